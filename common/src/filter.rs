@@ -1,0 +1,215 @@
+//! Include and exclude filters with DataSync's SIMPLE_PATTERN semantics.
+//!
+//! - A filter string holds patterns separated by `|`.
+//! - Patterns match paths relative to the location root, written with a leading `/`
+//!   (`/dir/file`). A pattern without a leading `/` and without `*` matches that name at any
+//!   depth (as if written `*/name`).
+//! - `*` matches any run of bytes, `/` included, so `*/.snapshot` matches `.snapshot` at any
+//!   depth and `*.tmp` matches every name ending in `.tmp`.
+//! - A pattern that matches a directory matches everything below it.
+//! - Excludes win over includes. With no include pattern, everything is included.
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Filters {
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirDecision {
+    /// Not transferred and not scanned.
+    Skip,
+    /// Scanned, but its entries are filtered one by one (an include may match below it).
+    Traverse,
+    /// Transferred with everything below it.
+    Include,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid filter pattern {pattern:?}: {reason} (patterns look like '/dir|*.tmp|*/.snapshot')")]
+pub struct FilterError {
+    pub pattern: String,
+    pub reason: &'static str,
+}
+
+/// Compiled filters, built once per execution.
+#[derive(Clone, Debug, Default)]
+pub struct Matcher {
+    include: Vec<Vec<u8>>,
+    exclude: Vec<Vec<u8>>,
+}
+
+fn compile(list: &[String]) -> Result<Vec<Vec<u8>>, FilterError> {
+    let mut out = Vec::new();
+    for spec in list {
+        for raw in spec.split('|') {
+            let p = raw.trim();
+            if p.is_empty() {
+                return Err(FilterError { pattern: spec.clone(), reason: "empty pattern between '|'" });
+            }
+            if p.contains('\0') {
+                return Err(FilterError { pattern: spec.clone(), reason: "NUL byte" });
+            }
+            let p = p.trim_end_matches('/');
+            let anchored = if p.starts_with('/') || p.starts_with('*') { p.to_string() } else { format!("*/{p}") };
+            out.push(anchored.into_bytes());
+        }
+    }
+    Ok(out)
+}
+
+/// `*`-only glob over bytes; iterative with single backtrack point, O(n·m) worst case.
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] != b'*' && pattern[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if p < pattern.len() && pattern[p] == b'*' {
+            star = Some(p);
+            mark = t;
+            p += 1;
+        } else if let Some(s) = star {
+            p = s + 1;
+            mark += 1;
+            t = mark;
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// True when `pattern` matches `path` or one of its ancestors (`path` starts with '/').
+fn matches_self_or_ancestor(pattern: &[u8], path: &[u8]) -> bool {
+    if glob(pattern, path) {
+        return true;
+    }
+    path.iter().enumerate().skip(1).any(|(i, &b)| b == b'/' && glob(pattern, &path[..i]))
+}
+
+/// Could something below directory `dir` match `pattern`?
+fn may_match_below(pattern: &[u8], dir: &[u8]) -> bool {
+    match pattern.iter().position(|&c| c == b'*') {
+        // A wildcard can span any depth, so only the literal prefix before it can rule out.
+        Some(star) => {
+            let lit = &pattern[..star];
+            let n = lit.len().min(dir.len());
+            lit[..n] == dir[..n]
+        }
+        None => pattern.len() > dir.len() && pattern.starts_with(dir) && pattern[dir.len()] == b'/',
+    }
+}
+
+impl Matcher {
+    pub fn new(filters: &Filters) -> Result<Self, FilterError> {
+        Ok(Matcher { include: compile(&filters.include)?, exclude: compile(&filters.exclude)? })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.include.is_empty() && self.exclude.is_empty()
+    }
+
+    fn slash(rel: &[u8]) -> Vec<u8> {
+        let mut p = Vec::with_capacity(rel.len() + 1);
+        p.push(b'/');
+        p.extend_from_slice(rel);
+        p
+    }
+
+    fn excluded(&self, path: &[u8]) -> bool {
+        self.exclude.iter().any(|p| matches_self_or_ancestor(p, path))
+    }
+
+    /// Whether a non-directory entry at `rel` (relative, no leading '/') is transferred.
+    pub fn file_selected(&self, rel: &[u8]) -> bool {
+        if self.is_empty() {
+            return true;
+        }
+        let path = Self::slash(rel);
+        !self.excluded(&path) && (self.include.is_empty() || self.include.iter().any(|p| matches_self_or_ancestor(p, &path)))
+    }
+
+    pub fn dir_decision(&self, rel: &[u8]) -> DirDecision {
+        if rel.is_empty() || self.is_empty() {
+            return DirDecision::Include;
+        }
+        let path = Self::slash(rel);
+        if self.excluded(&path) {
+            return DirDecision::Skip;
+        }
+        if self.include.is_empty() || self.include.iter().any(|p| matches_self_or_ancestor(p, &path)) {
+            return DirDecision::Include;
+        }
+        if self.include.iter().any(|p| may_match_below(p, &path)) {
+            DirDecision::Traverse
+        } else {
+            DirDecision::Skip
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(include: &[&str], exclude: &[&str]) -> Matcher {
+        Matcher::new(&Filters {
+            include: include.iter().map(|s| s.to_string()).collect(),
+            exclude: exclude.iter().map(|s| s.to_string()).collect(),
+        })
+        .unwrap()
+    }
+
+    /// DataSync's documented examples, plus the edge cases around them.
+    #[test]
+    fn simple_pattern_table() {
+        let cases: &[(&[&str], &[&str], &str, bool)] = &[
+            (&[], &["*/.snapshot"], "a/b/.snapshot/x", false),
+            (&[], &["*/.snapshot"], ".snapshot", false), // "*" may be empty: "/.snapshot"
+            (&[], &["*/.snapshot"], "a/.snapshotx", true),
+            (&[], &["/dir"], "dir/file", false),
+            (&[], &["/dir"], "dir", false),
+            (&[], &["/dir"], "a/dir/file", true), // anchored: only at the root
+            (&[], &["/dir"], "dir2/file", true),
+            (&[], &["*.tmp"], "x/y.tmp", false),
+            (&[], &["*.tmp"], "y.tmp", false),
+            (&[], &["*.tmp"], "y.tmpx", true),
+            (&[], &["/a|/b"], "b/c", false),
+            (&[], &["/a|/b"], "c", true),
+            (&[], &["temp"], "x/temp/y", false),
+            (&["/photos"], &[], "photos/2024/a.jpg", true),
+            (&["/photos"], &[], "docs/a.txt", false),
+            (&["/photos"], &["*.raw"], "photos/a.raw", false),
+            (&["*.jpg"], &[], "deep/er/a.jpg", true),
+            (&["*.jpg"], &[], "deep/er/a.png", false),
+        ];
+        for (inc, exc, path, want) in cases {
+            assert_eq!(m(inc, exc).file_selected(path.as_bytes()), *want, "include {inc:?} exclude {exc:?} path {path}");
+        }
+    }
+
+    #[test]
+    fn directory_decisions() {
+        assert_eq!(m(&[], &["/skip"]).dir_decision(b"skip"), DirDecision::Skip);
+        assert_eq!(m(&["/a/b"], &[]).dir_decision(b"a"), DirDecision::Traverse);
+        assert_eq!(m(&["/a/b"], &[]).dir_decision(b"a/b"), DirDecision::Include);
+        assert_eq!(m(&["/a/b"], &[]).dir_decision(b"c"), DirDecision::Skip);
+        assert_eq!(m(&["*.jpg"], &[]).dir_decision(b"any/dir"), DirDecision::Traverse);
+    }
+
+    #[test]
+    fn bad_patterns_name_the_problem() {
+        let err = Matcher::new(&Filters { include: vec![], exclude: vec!["a||b".into()] }).unwrap_err();
+        assert!(err.to_string().contains("a||b"));
+    }
+
+    #[test]
+    fn glob_handles_pathological_stars_quickly() {
+        let text = vec![b'a'; 5000];
+        let mut pat = b"*a*a*a*a*a*a*a*a*".to_vec();
+        pat.push(b'b');
+        assert!(!glob(&pat, &text));
+    }
+}

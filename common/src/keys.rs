@@ -1,0 +1,80 @@
+//! The Store key layout (docs/store-layout.md). Every key starts with `/ferry/v1/`.
+//!
+//! ```text
+//! /ferry/v1/workers/{id}                   WorkerInfo            (leased by the worker)
+//! /ferry/v1/leader                         coordinator election
+//! /ferry/v1/exec/{exec}/meta               Execution
+//! /ferry/v1/exec/{exec}/queue/{shard}      Shard; id = {stage digit}{kind letter}-{hash}
+//! /ferry/v1/exec/{exec}/claim/{shard}      worker id             (leased by the worker)
+//! /ferry/v1/exec/{exec}/done/{shard}       ShardResult           (folded, then deleted)
+//! /ferry/v1/exec/{exec}/links/{dev}:{ino}  first path of a hard-link set
+//! /ferry/v1/exec/{exec}/parts/{group}      PartSet of a large file being written in parts
+//! ```
+
+use crate::model::Stage;
+
+pub const ROOT: &str = "/ferry/v1/";
+
+pub fn workers() -> Vec<u8> {
+    format!("{ROOT}workers/").into_bytes()
+}
+pub fn worker(id: &str) -> Vec<u8> {
+    format!("{ROOT}workers/{id}").into_bytes()
+}
+pub fn exec_root() -> Vec<u8> {
+    format!("{ROOT}exec/").into_bytes()
+}
+
+/// Keys of one execution.
+#[derive(Clone, Debug)]
+pub struct ExecKeys {
+    base: String,
+}
+
+impl ExecKeys {
+    pub fn new(exec: &str) -> Self {
+        ExecKeys { base: format!("{ROOT}exec/{exec}/") }
+    }
+    pub fn all(&self) -> Vec<u8> {
+        self.base.clone().into_bytes()
+    }
+    pub fn meta(&self) -> Vec<u8> {
+        format!("{}meta", self.base).into_bytes()
+    }
+    pub fn queue_prefix(&self) -> Vec<u8> {
+        format!("{}queue/", self.base).into_bytes()
+    }
+    pub fn queue_stage(&self, stage: Stage) -> Vec<u8> {
+        format!("{}queue/{}", self.base, stage.digit()).into_bytes()
+    }
+    /// Queued shards of one stage and kind letter.
+    pub fn queue_kind(&self, stage: Stage, kind: char) -> Vec<u8> {
+        format!("{}queue/{}{kind}", self.base, stage.digit()).into_bytes()
+    }
+    pub fn queue(&self, shard: &str) -> Vec<u8> {
+        format!("{}queue/{shard}", self.base).into_bytes()
+    }
+    pub fn claim(&self, shard: &str) -> Vec<u8> {
+        format!("{}claim/{shard}", self.base).into_bytes()
+    }
+    pub fn claim_prefix(&self) -> Vec<u8> {
+        format!("{}claim/", self.base).into_bytes()
+    }
+    pub fn done(&self, shard: &str) -> Vec<u8> {
+        format!("{}done/{shard}", self.base).into_bytes()
+    }
+    pub fn done_prefix(&self) -> Vec<u8> {
+        format!("{}done/", self.base).into_bytes()
+    }
+    pub fn link(&self, dev: u64, ino: u64) -> Vec<u8> {
+        format!("{}links/{dev}:{ino}", self.base).into_bytes()
+    }
+    pub fn parts(&self, group: &str) -> Vec<u8> {
+        format!("{}parts/{group}", self.base).into_bytes()
+    }
+    /// The shard id at the end of a queue, claim or done key.
+    pub fn shard_of(key: &[u8]) -> &str {
+        let s = std::str::from_utf8(key).unwrap_or("");
+        s.rsplit('/').next().unwrap_or("")
+    }
+}

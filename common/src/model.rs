@@ -1,0 +1,536 @@
+//! Domain types: executions, options, shards, results and report entries.
+//!
+//! Everything here is persisted with [`crate::codec`] (a version byte, then a MessagePack map),
+//! so fields can be added with `#[serde(default)]`. Paths are raw bytes relative to a location
+//! root (see [`crate::paths`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::filter::Filters;
+
+pub type RelPath = Vec<u8>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+    HardLink,
+    Fifo,
+    Socket,
+    CharDev,
+    BlockDev,
+}
+
+impl EntryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::File => "file",
+            EntryKind::Dir => "dir",
+            EntryKind::Symlink => "symlink",
+            EntryKind::HardLink => "hardlink",
+            EntryKind::Fifo => "fifo",
+            EntryKind::Socket => "socket",
+            EntryKind::CharDev => "chardev",
+            EntryKind::BlockDev => "blockdev",
+        }
+    }
+    pub fn is_special(self) -> bool {
+        matches!(self, EntryKind::Fifo | EntryKind::Socket | EntryKind::CharDev | EntryKind::BlockDev)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Timestamp {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    Copy,
+    Sync,
+    Verify,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Copy => "copy",
+            Mode::Sync => "sync",
+            Mode::Verify => "verify",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VerifyMode {
+    OnlyFilesTransferred,
+    PointInTimeConsistent,
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TransferMode {
+    /// Copy what is new or differs by size and mtime (or by CRC32C with `checksum`).
+    Changed,
+    All,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OverwriteMode {
+    Always,
+    Never,
+}
+
+/// Sizes that bound work and memory. Memory per worker is about
+/// `movers × (chunk_size + shard_max_files × ~200 B)`; the Store holds about
+/// `max_queued_transfer_shards × encoded shard size` of queued work.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub shard_max_files: u32,
+    pub shard_max_bytes: u64,
+    /// Files at least this large are split into part shards.
+    pub part_threshold: u64,
+    pub part_size: u64,
+    /// Directory entries listed per scan shard run before it continues in a new shard.
+    pub scan_page_entries: u32,
+    /// Scan shards are not claimed while more transfer shards than this are queued.
+    pub max_queued_transfer_shards: u32,
+    /// Attempts per shard (and per entry) before its entries are reported failed.
+    pub max_attempts: u32,
+    /// Read/write buffer per mover.
+    pub chunk_size: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            shard_max_files: 1000,
+            shard_max_bytes: 64 << 20,
+            part_threshold: 256 << 20,
+            part_size: 64 << 20,
+            scan_page_entries: 4096,
+            max_queued_transfer_shards: 64,
+            max_attempts: 3,
+            chunk_size: 1 << 20,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Options {
+    pub verify: VerifyMode,
+    pub transfer_mode: TransferMode,
+    pub overwrite: OverwriteMode,
+    /// Compare by CRC32C instead of size and mtime when deciding what changed.
+    pub checksum: bool,
+    /// PreserveDeletedFiles=REMOVE when true.
+    pub remove_deleted: bool,
+    /// PreserveDevices: recreate FIFOs, sockets and device nodes.
+    pub preserve_devices: bool,
+    /// Set owner and group (needs root at the destination).
+    pub preserve_owner: bool,
+    pub fsync: bool,
+    pub dry_run: bool,
+    pub filters: Filters,
+    pub limits: Limits,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            verify: VerifyMode::OnlyFilesTransferred,
+            transfer_mode: TransferMode::Changed,
+            overwrite: OverwriteMode::Always,
+            checksum: false,
+            remove_deleted: false,
+            preserve_devices: true,
+            preserve_owner: true,
+            fsync: true,
+            dry_run: false,
+            filters: Filters::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecutionSpec {
+    pub id: String,
+    pub mode: Mode,
+    pub source: String,
+    pub destination: String,
+    pub options: Options,
+}
+
+/// DataSync's execution phases. PREPARING and TRANSFERRING overlap in ferry: copying starts
+/// while listing goes on; `Phase::Transferring` is shown once listing is done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    Queued,
+    Launching,
+    Preparing,
+    Transferring,
+    Verifying,
+    Success,
+    Error,
+    Cancelled,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Queued => "QUEUED",
+            Phase::Launching => "LAUNCHING",
+            Phase::Preparing => "PREPARING",
+            Phase::Transferring => "TRANSFERRING",
+            Phase::Verifying => "VERIFYING",
+            Phase::Success => "SUCCESS",
+            Phase::Error => "ERROR",
+            Phase::Cancelled => "CANCELLED",
+        }
+    }
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Success | Phase::Error | Phase::Cancelled)
+    }
+}
+
+/// Stages gate which shards may be claimed, because some work must wait for all earlier
+/// work: hard links need their first path in place, and directory times must be set after
+/// everything inside the directory was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Stage {
+    /// Scan, transfer, part, commit and prune shards.
+    Transfer = 1,
+    Links = 2,
+    DirMeta = 3,
+    Verify = 4,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 4] = [Stage::Transfer, Stage::Links, Stage::DirMeta, Stage::Verify];
+    pub fn digit(self) -> char {
+        (b'0' + self as u8) as char
+    }
+    pub fn next(self) -> Option<Stage> {
+        match self {
+            Stage::Transfer => Some(Stage::Links),
+            Stage::Links => Some(Stage::DirMeta),
+            Stage::DirMeta => Some(Stage::Verify),
+            Stage::Verify => None,
+        }
+    }
+}
+
+/// DataSync's counters, plus ferry's accounting fields. All fields add up across shards.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Counters {
+    pub files_prepared: u64,
+    pub bytes_prepared: u64,
+    pub files_transferred: u64,
+    pub bytes_transferred: u64,
+    pub bytes_written: u64,
+    pub files_skipped: u64,
+    pub files_deleted: u64,
+    pub files_verified: u64,
+    pub bytes_verified: u64,
+    pub files_failed: u64,
+    pub bytes_compressed: u64,
+    /// Entries reported as different by `verify` or POINT_IN_TIME_CONSISTENT.
+    pub files_mismatched: u64,
+    pub shards_done: u64,
+    pub shard_retries: u64,
+    /// Prepared entries whose outcome comes later (part files, hard links): lets the
+    /// reconciler check that prepared == transferred + skipped + failed.
+    pub files_pending: i64,
+}
+
+impl Counters {
+    pub fn add(&mut self, o: &Counters) {
+        self.files_prepared += o.files_prepared;
+        self.bytes_prepared += o.bytes_prepared;
+        self.files_transferred += o.files_transferred;
+        self.bytes_transferred += o.bytes_transferred;
+        self.bytes_written += o.bytes_written;
+        self.files_skipped += o.files_skipped;
+        self.files_deleted += o.files_deleted;
+        self.files_verified += o.files_verified;
+        self.bytes_verified += o.bytes_verified;
+        self.files_failed += o.files_failed;
+        self.bytes_compressed += o.bytes_compressed;
+        self.files_mismatched += o.files_mismatched;
+        self.shards_done += o.shards_done;
+        self.shard_retries += o.shard_retries;
+        self.files_pending += o.files_pending;
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Execution {
+    pub spec: ExecutionSpec,
+    pub phase: Phase,
+    pub stage: Stage,
+    /// True once no scan shard is left: listing is complete and counters are final totals.
+    #[serde(default)]
+    pub listing_done: bool,
+    pub counters: Counters,
+    pub started_unix_ms: u64,
+    #[serde(default)]
+    pub finished_unix_ms: Option<u64>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// A directory to list, with where to resume when an earlier run of the shard listed part of
+/// it (a readdir cookie, stable for the directory on ext4, XFS and NFS).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanDir {
+    #[serde(with = "serde_bytes")]
+    pub path: RelPath,
+    #[serde(default)]
+    pub cookie: Option<i64>,
+    /// The directory matched an include filter, so everything below is included.
+    #[serde(default)]
+    pub included: bool,
+}
+
+/// One entry to move, as the scanner saw it at the source.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    #[serde(with = "serde_bytes")]
+    pub path: RelPath,
+    pub kind: EntryKind,
+    pub size: u64,
+    pub mtime: Timestamp,
+    /// CHANGED with `--checksum`: the destination exists with the same size, so compare CRCs
+    /// before copying.
+    #[serde(default)]
+    pub compare_checksum: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkEntry {
+    #[serde(with = "serde_bytes")]
+    pub path: RelPath,
+    /// The first path of the hard-link set, already copied in the Transfer stage.
+    #[serde(with = "serde_bytes")]
+    pub target: RelPath,
+    pub size: u64,
+}
+
+/// Source directory metadata captured when it was listed (listing changes its atime).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirMeta {
+    #[serde(with = "serde_bytes")]
+    pub path: RelPath,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub atime: Timestamp,
+    pub mtime: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShardBody {
+    Scan { dirs: Vec<ScanDir> },
+    Transfer { entries: Vec<Entry> },
+    /// Bytes `[offset, offset+len)` of one large file; `group` names the file's part set.
+    Part { file: Entry, index: u32, count: u32, offset: u64, len: u64, group: String },
+    /// All parts are written: check the combined CRC, make durable, rename, set metadata.
+    Commit { file: Entry, count: u32, group: String },
+    /// Delete what the destination directory has and the source does not (sync).
+    Prune { dir: ScanDir },
+    Links { links: Vec<LinkEntry> },
+    DirMeta { dirs: Vec<DirMeta> },
+    /// Compare source and destination directories (verify, POINT_IN_TIME_CONSISTENT).
+    Verify { dirs: Vec<ScanDir> },
+}
+
+impl ShardBody {
+    pub fn stage(&self) -> Stage {
+        match self {
+            ShardBody::Scan { .. }
+            | ShardBody::Transfer { .. }
+            | ShardBody::Part { .. }
+            | ShardBody::Commit { .. }
+            | ShardBody::Prune { .. } => Stage::Transfer,
+            ShardBody::Links { .. } => Stage::Links,
+            ShardBody::DirMeta { .. } => Stage::DirMeta,
+            ShardBody::Verify { .. } => Stage::Verify,
+        }
+    }
+    /// One letter per kind, part of the shard id so that claimers can choose by kind from
+    /// keys alone. Letters sort in claim-preference order: finish started files first, list
+    /// last, which keeps the frontier small.
+    pub fn kind_letter(&self) -> char {
+        match self {
+            ShardBody::Commit { .. } => 'a',
+            ShardBody::Part { .. } => 'b',
+            ShardBody::Transfer { .. } => 'c',
+            ShardBody::Prune { .. } => 'd',
+            ShardBody::Scan { .. } => 's',
+            ShardBody::Links { .. } => 'l',
+            ShardBody::DirMeta { .. } => 'm',
+            ShardBody::Verify { .. } => 'v',
+        }
+    }
+    pub fn is_scan(&self) -> bool {
+        matches!(self, ShardBody::Scan { .. } | ShardBody::Verify { .. })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub id: String,
+    pub attempt: u32,
+    pub body: ShardBody,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+impl Shard {
+    /// Ids are `{stage}{kind}-{hash}`: deterministic from the parent and the sequence number,
+    /// so a retried scan re-emits the same ids instead of duplicating work.
+    pub fn child_id(parent: &str, seq: u64, body: &ShardBody) -> String {
+        let h = ((crc32c::crc32c(parent.as_bytes()) as u64) << 32)
+            | crc32c::crc32c_append(0x5bd1_e995, parent.as_bytes()) as u64;
+        format!("{}{}-{h:016x}.{seq:x}", body.stage().digit(), body.kind_letter())
+    }
+
+    pub fn new(id: String, body: ShardBody) -> Self {
+        Shard { id, attempt: 1, body, last_error: None }
+    }
+}
+
+/// Per-part record kept while a large file's parts are being written.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartSet {
+    /// (index, crc32c, len) of each finished part.
+    pub done: Vec<(u32, u32, u64)>,
+}
+
+impl PartSet {
+    /// The whole-file CRC, combined from the part CRCs in order.
+    pub fn combined_crc(&self) -> u32 {
+        let mut parts = self.done.clone();
+        parts.sort_by_key(|p| p.0);
+        parts.iter().fold(0u32, |acc, &(i, crc, len)| if i == 0 { crc } else { crate::crc::combine(acc, crc, len) })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    #[serde(with = "serde_bytes")]
+    pub path: RelPath,
+    pub reason: String,
+}
+
+/// What a shard contributed, written to `done/{shard}` and folded into the counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardResult {
+    pub counters: Counters,
+    /// The first few failures, for the summary; the report file has all of them.
+    pub failures: Vec<Failure>,
+}
+
+/// How many failures a shard result carries; the rest are only in the report.
+pub const MAX_FAILURES_PER_RESULT: usize = 16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryStatus {
+    Transferred,
+    Skipped,
+    Verified,
+    Deleted,
+    Failed,
+    /// Found different by `verify` or POINT_IN_TIME_CONSISTENT.
+    Mismatched,
+}
+
+impl EntryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryStatus::Transferred => "transferred",
+            EntryStatus::Skipped => "skipped",
+            EntryStatus::Verified => "verified",
+            EntryStatus::Deleted => "deleted",
+            EntryStatus::Failed => "failed",
+            EntryStatus::Mismatched => "mismatched",
+        }
+    }
+}
+
+/// One line of the task report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportEntry {
+    pub path: RelPath,
+    pub kind: EntryKind,
+    pub status: EntryStatus,
+    pub reason: Option<String>,
+    pub size: u64,
+    pub crc32c: Option<u32>,
+}
+
+impl ReportEntry {
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "type": "entry",
+            "path": crate::paths::display(&self.path),
+            "status": self.status.as_str(),
+            "kind": self.kind.as_str(),
+            "size": self.size,
+            "crc32c": self.crc32c.map(crate::crc::to_hex),
+        });
+        if let Some(r) = &self.reason {
+            v["reason"] = serde_json::Value::String(r.clone());
+        }
+        if std::str::from_utf8(&self.path).is_err() {
+            v["path_encoding"] = serde_json::Value::String("escaped".into());
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_ids_are_deterministic_and_sort_by_stage_and_kind() {
+        let body = ShardBody::Transfer { entries: vec![] };
+        assert_eq!(Shard::child_id("1s-root", 3, &body), Shard::child_id("1s-root", 3, &body));
+        assert_ne!(Shard::child_id("1s-root", 3, &body), Shard::child_id("1s-root", 4, &body));
+        assert!(Shard::child_id("x", 1, &body).starts_with("1c-"));
+        assert!(Shard::child_id("x", 1, &ShardBody::Links { links: vec![] }).starts_with("2l-"));
+    }
+
+    #[test]
+    fn part_crcs_combine_into_the_file_crc() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        let parts = [(0u32, 0usize, 4000usize), (2, 7000, 3000), (1, 4000, 3000)];
+        let set = PartSet {
+            done: parts.iter().map(|&(i, o, l)| (i, crc32c::crc32c(&data[o..o + l]), l as u64)).collect(),
+        };
+        assert_eq!(set.combined_crc(), crc32c::crc32c(&data));
+    }
+
+    #[test]
+    fn shard_round_trips_through_the_codec() {
+        let shard = Shard::new(
+            "1c-x".into(),
+            ShardBody::Transfer {
+                entries: vec![Entry {
+                    path: b"caf\xe9/x\ny".to_vec(),
+                    kind: EntryKind::File,
+                    size: 5,
+                    mtime: Timestamp { sec: 1, nsec: 2 },
+                    compare_checksum: false,
+                }],
+            },
+        );
+        let bytes = crate::codec::encode(&shard).unwrap();
+        assert_eq!(crate::codec::decode::<Shard>(&bytes).unwrap(), shard);
+    }
+}

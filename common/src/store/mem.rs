@@ -1,0 +1,347 @@
+//! MemStore: the in-process Store behind embedded mode and the unit tests.
+//!
+//! It follows etcd's semantics (see the contract on [`Store`]) with one mutex around a
+//! B-tree. Lease deadlines use `tokio::time::Instant`, so tests that pause tokio time can
+//! expire leases deterministically. Expiry happens lazily on every call and from a reaper task,
+//! so watchers see the deletes even when nobody else calls.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::*;
+
+/// How many past events a watch can replay from; older revisions answer `Compacted`.
+const EVENT_HISTORY: usize = 100_000;
+
+#[derive(Clone)]
+pub struct MemStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+struct Lease {
+    ttl: Duration,
+    deadline: Instant,
+    keys: HashSet<Vec<u8>>,
+}
+
+struct Watcher {
+    prefix: Vec<u8>,
+    tx: mpsc::UnboundedSender<WatchEvent>,
+}
+
+#[derive(Default)]
+struct Inner {
+    kvs: BTreeMap<Vec<u8>, KeyValue>,
+    revision: Revision,
+    next_lease: LeaseId,
+    leases: HashMap<LeaseId, Lease>,
+    history: VecDeque<WatchEvent>,
+    watchers: Vec<Watcher>,
+}
+
+impl Default for MemStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemStore {
+    pub fn new() -> Self {
+        let store = MemStore { inner: Arc::new(Mutex::new(Inner { next_lease: 1, ..Default::default() })) };
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let weak: Weak<Mutex<Inner>> = Arc::downgrade(&store.inner);
+            handle.spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    inner.lock().unwrap_or_else(|e| e.into_inner()).expire_leases();
+                }
+            });
+        }
+        store
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the map half-updated (every mutation is
+        // applied after its checks), so a poisoned lock is still safe to use.
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        guard.expire_leases();
+        guard
+    }
+}
+
+fn check_value(key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(StoreError::ValueTooLarge {
+            key: String::from_utf8_lossy(key).into_owned(),
+            len: value.len(),
+            max: MAX_VALUE_BYTES,
+        });
+    }
+    Ok(())
+}
+
+impl Inner {
+    fn expire_leases(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<LeaseId> =
+            self.leases.iter().filter(|(_, l)| l.deadline <= now).map(|(id, _)| *id).collect();
+        for id in expired {
+            self.revoke(id);
+        }
+    }
+
+    fn revoke(&mut self, id: LeaseId) -> bool {
+        let Some(lease) = self.leases.remove(&id) else { return false };
+        if lease.keys.is_empty() {
+            return true;
+        }
+        self.revision += 1;
+        let rev = self.revision;
+        let mut keys: Vec<_> = lease.keys.into_iter().collect();
+        keys.sort();
+        for key in keys {
+            self.remove_key(&key, rev);
+        }
+        true
+    }
+
+    fn publish(&mut self, event: WatchEvent) {
+        self.watchers.retain(|w| {
+            if !event.kv.key.starts_with(&w.prefix) {
+                return !w.tx.is_closed();
+            }
+            w.tx.send(event.clone()).is_ok()
+        });
+        if self.history.len() == EVENT_HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(event);
+    }
+
+    fn remove_key(&mut self, key: &[u8], rev: Revision) -> bool {
+        let Some(old) = self.kvs.remove(key) else { return false };
+        if old.lease != 0 {
+            if let Some(lease) = self.leases.get_mut(&old.lease) {
+                lease.keys.remove(key);
+            }
+        }
+        let kv = KeyValue { value: Vec::new(), mod_revision: rev, ..old };
+        self.publish(WatchEvent { kind: EventKind::Delete, kv });
+        true
+    }
+
+    fn put_key(&mut self, key: &[u8], value: Vec<u8>, lease: Option<LeaseId>, rev: Revision) {
+        let lease = lease.unwrap_or(0);
+        let (create_revision, version, old_lease) = match self.kvs.get(key) {
+            Some(old) => (old.create_revision, old.version + 1, old.lease),
+            None => (rev, 1, 0),
+        };
+        if old_lease != 0 && old_lease != lease {
+            if let Some(l) = self.leases.get_mut(&old_lease) {
+                l.keys.remove(key);
+            }
+        }
+        if lease != 0 {
+            if let Some(l) = self.leases.get_mut(&lease) {
+                l.keys.insert(key.to_vec());
+            }
+        }
+        let kv = KeyValue { key: key.to_vec(), value, create_revision, mod_revision: rev, version, lease };
+        self.kvs.insert(key.to_vec(), kv.clone());
+        self.publish(WatchEvent { kind: EventKind::Put, kv });
+    }
+
+    fn check_lease(&self, lease: Option<LeaseId>) -> Result<(), StoreError> {
+        match lease {
+            Some(id) if id != 0 && !self.leases.contains_key(&id) => Err(StoreError::LeaseExpired(id)),
+            _ => Ok(()),
+        }
+    }
+
+    fn prefix_keys(&self, prefix: &[u8]) -> Vec<Vec<u8>> {
+        self.kvs.range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    fn compare(&self, c: &Compare) -> bool {
+        use std::cmp::Ordering;
+        let kv = self.kvs.get(&c.key);
+        let ord = match (&c.target, kv) {
+            (CompareTarget::Value(_), None) => return false,
+            (CompareTarget::Value(v), Some(kv)) => kv.value.as_slice().cmp(v.as_slice()),
+            (CompareTarget::ModRevision(r), kv) => kv.map_or(0, |kv| kv.mod_revision).cmp(r),
+            (CompareTarget::CreateRevision(r), kv) => kv.map_or(0, |kv| kv.create_revision).cmp(r),
+            (CompareTarget::Version(v), kv) => kv.map_or(0, |kv| kv.version).cmp(v),
+            (CompareTarget::Lease(l), kv) => kv.map_or(0, |kv| kv.lease).cmp(l),
+        };
+        match c.op {
+            CompareOp::Equal => ord == Ordering::Equal,
+            CompareOp::NotEqual => ord != Ordering::Equal,
+            CompareOp::Greater => ord == Ordering::Greater,
+            CompareOp::Less => ord == Ordering::Less,
+        }
+    }
+}
+
+#[async_trait]
+impl Store for MemStore {
+    async fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, StoreError> {
+        Ok(self.lock().kvs.get(key).cloned())
+    }
+
+    async fn range(&self, prefix: &[u8], opts: RangeOptions) -> Result<RangeResult, StoreError> {
+        let inner = self.lock();
+        let start = match &opts.start_after {
+            Some(after) if after.as_slice() >= prefix => Bound::Excluded(after.as_slice()),
+            _ => Bound::Included(prefix),
+        };
+        let mut kvs = Vec::new();
+        let mut more = false;
+        for (k, kv) in inner.kvs.range::<[u8], _>((start, Bound::Unbounded)) {
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if opts.limit != 0 && kvs.len() == opts.limit {
+                more = true;
+                break;
+            }
+            let mut kv = kv.clone();
+            if opts.keys_only {
+                kv.value.clear();
+            }
+            kvs.push(kv);
+        }
+        Ok(RangeResult { kvs, revision: inner.revision, more })
+    }
+
+    async fn count(&self, prefix: &[u8]) -> Result<usize, StoreError> {
+        let inner = self.lock();
+        Ok(inner.kvs.range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .count())
+    }
+
+    async fn put(&self, key: &[u8], value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision, StoreError> {
+        check_value(key, &value)?;
+        let mut inner = self.lock();
+        inner.check_lease(lease)?;
+        inner.revision += 1;
+        let rev = inner.revision;
+        inner.put_key(key, value, lease, rev);
+        Ok(rev)
+    }
+
+    async fn delete(&self, key: &[u8]) -> Result<usize, StoreError> {
+        let mut inner = self.lock();
+        if !inner.kvs.contains_key(key) {
+            return Ok(0);
+        }
+        inner.revision += 1;
+        let rev = inner.revision;
+        inner.remove_key(key, rev);
+        Ok(1)
+    }
+
+    async fn delete_prefix(&self, prefix: &[u8]) -> Result<usize, StoreError> {
+        let mut inner = self.lock();
+        let keys = inner.prefix_keys(prefix);
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        inner.revision += 1;
+        let rev = inner.revision;
+        for k in &keys {
+            inner.remove_key(k, rev);
+        }
+        Ok(keys.len())
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError> {
+        let mut inner = self.lock();
+        let succeeded = txn.compares.iter().all(|c| inner.compare(c));
+        let ops = if succeeded { txn.success } else { txn.failure };
+        // Validate everything first so the transaction is all-or-nothing.
+        for op in &ops {
+            if let TxnOp::Put { key, value, lease } = op {
+                check_value(key, value)?;
+                inner.check_lease(*lease)?;
+            }
+        }
+        let writes = ops.iter().any(|op| match op {
+            TxnOp::Put { .. } => true,
+            TxnOp::Delete { key } => inner.kvs.contains_key(key),
+            TxnOp::DeletePrefix { prefix } => !inner.prefix_keys(prefix).is_empty(),
+        });
+        if writes {
+            inner.revision += 1;
+            let rev = inner.revision;
+            for op in ops {
+                match op {
+                    TxnOp::Put { key, value, lease } => inner.put_key(&key, value, lease, rev),
+                    TxnOp::Delete { key } => {
+                        inner.remove_key(&key, rev);
+                    }
+                    TxnOp::DeletePrefix { prefix } => {
+                        for k in inner.prefix_keys(&prefix) {
+                            inner.remove_key(&k, rev);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(TxnResult { succeeded, revision: inner.revision })
+    }
+
+    async fn lease_grant(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        let mut inner = self.lock();
+        let id = inner.next_lease;
+        inner.next_lease += 1;
+        inner.leases.insert(id, Lease { ttl, deadline: Instant::now() + ttl, keys: HashSet::new() });
+        Ok(id)
+    }
+
+    async fn lease_keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        match inner.leases.get_mut(&lease) {
+            Some(l) => {
+                l.deadline = Instant::now() + l.ttl;
+                Ok(())
+            }
+            None => Err(StoreError::LeaseExpired(lease)),
+        }
+    }
+
+    async fn lease_revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.lock().revoke(lease);
+        Ok(())
+    }
+
+    async fn watch(&self, prefix: &[u8], from_revision: Revision) -> Result<WatchStream, StoreError> {
+        let mut inner = self.lock();
+        let oldest = inner.history.front().map_or(inner.revision + 1, |e| e.kv.mod_revision);
+        let (tx, rx) = mpsc::unbounded_channel();
+        if from_revision > 0 && from_revision < oldest && from_revision <= inner.revision {
+            let err = StoreError::Compacted { requested: from_revision, oldest };
+            return Ok(Box::pin(futures::stream::once(async move { Err(err) })));
+        }
+        for event in inner.history.iter() {
+            if event.kv.mod_revision >= from_revision && event.kv.key.starts_with(prefix) {
+                let _ = tx.send(event.clone());
+            }
+        }
+        inner.watchers.push(Watcher { prefix: prefix.to_vec(), tx });
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|ev| (Ok(ev), rx))
+        });
+        Ok(Box::pin(stream))
+    }
+}
