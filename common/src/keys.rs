@@ -69,6 +69,12 @@ impl ExecKeys {
     pub fn link(&self, dev: u64, ino: u64) -> Vec<u8> {
         format!("{}links/{dev}:{ino}", self.base).into_bytes()
     }
+    pub fn links_prefix(&self) -> Vec<u8> {
+        format!("{}links/", self.base).into_bytes()
+    }
+    pub fn parts_prefix(&self) -> Vec<u8> {
+        format!("{}parts/", self.base).into_bytes()
+    }
     pub fn parts(&self, group: &str) -> Vec<u8> {
         format!("{}parts/{group}", self.base).into_bytes()
     }

@@ -242,9 +242,6 @@ pub struct Counters {
     pub files_mismatched: u64,
     pub shards_done: u64,
     pub shard_retries: u64,
-    /// Prepared entries whose outcome comes later (part files, hard links): lets the
-    /// reconciler check that prepared == transferred + skipped + failed.
-    pub files_pending: i64,
 }
 
 impl Counters {
@@ -263,7 +260,6 @@ impl Counters {
         self.files_mismatched += o.files_mismatched;
         self.shards_done += o.shards_done;
         self.shard_retries += o.shard_retries;
-        self.files_pending += o.files_pending;
     }
 }
 
@@ -409,9 +405,17 @@ impl Shard {
 pub struct PartSet {
     /// (index, crc32c, len) of each finished part.
     pub done: Vec<(u32, u32, u64)>,
+    /// Parts that failed for good, with the reason; the file is then reported failed.
+    #[serde(default)]
+    pub failed: Vec<(u32, String)>,
 }
 
 impl PartSet {
+    /// True once every part has finished or failed.
+    pub fn is_complete(&self, count: u32) -> bool {
+        (self.done.len() + self.failed.len()) as u32 >= count
+    }
+
     /// The whole-file CRC, combined from the part CRCs in order.
     pub fn combined_crc(&self) -> u32 {
         let mut parts = self.done.clone();
@@ -445,8 +449,6 @@ pub enum EntryStatus {
     Verified,
     Deleted,
     Failed,
-    /// Found different by `verify` or POINT_IN_TIME_CONSISTENT.
-    Mismatched,
 }
 
 impl EntryStatus {
@@ -457,7 +459,6 @@ impl EntryStatus {
             EntryStatus::Verified => "verified",
             EntryStatus::Deleted => "deleted",
             EntryStatus::Failed => "failed",
-            EntryStatus::Mismatched => "mismatched",
         }
     }
 }
@@ -511,6 +512,7 @@ mod tests {
         let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
         let parts = [(0u32, 0usize, 4000usize), (2, 7000, 3000), (1, 4000, 3000)];
         let set = PartSet {
+            failed: vec![],
             done: parts.iter().map(|&(i, o, l)| (i, crc32c::crc32c(&data[o..o + l]), l as u64)).collect(),
         };
         assert_eq!(set.combined_crc(), crc32c::crc32c(&data));

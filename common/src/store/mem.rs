@@ -16,8 +16,10 @@ use tokio::time::Instant;
 
 use super::*;
 
-/// How many past events a watch can replay from; older revisions answer `Compacted`.
+/// How many past events a watch can replay from; older revisions answer `Compacted`. Both
+/// bounds hold, so memory stays bounded however large the values are.
 const EVENT_HISTORY: usize = 100_000;
+const EVENT_HISTORY_BYTES: usize = 16 << 20;
 
 #[derive(Clone)]
 pub struct MemStore {
@@ -42,6 +44,9 @@ struct Inner {
     next_lease: LeaseId,
     leases: HashMap<LeaseId, Lease>,
     history: VecDeque<WatchEvent>,
+    history_bytes: usize,
+    /// Highest revision with events dropped from `history`; watches must start above it.
+    compacted_through: Revision,
     watchers: Vec<Watcher>,
 }
 
@@ -119,10 +124,13 @@ impl Inner {
             }
             w.tx.send(event.clone()).is_ok()
         });
-        if self.history.len() == EVENT_HISTORY {
-            self.history.pop_front();
-        }
+        self.history_bytes += event.kv.key.len() + event.kv.value.len();
         self.history.push_back(event);
+        while self.history.len() > EVENT_HISTORY || self.history_bytes > EVENT_HISTORY_BYTES {
+            let Some(old) = self.history.pop_front() else { break };
+            self.history_bytes -= old.kv.key.len() + old.kv.value.len();
+            self.compacted_through = old.kv.mod_revision;
+        }
     }
 
     fn remove_key(&mut self, key: &[u8], rev: Revision) -> bool {
@@ -327,9 +335,9 @@ impl Store for MemStore {
 
     async fn watch(&self, prefix: &[u8], from_revision: Revision) -> Result<WatchStream, StoreError> {
         let mut inner = self.lock();
-        let oldest = inner.history.front().map_or(inner.revision + 1, |e| e.kv.mod_revision);
+        let oldest = inner.compacted_through + 1;
         let (tx, rx) = mpsc::unbounded_channel();
-        if from_revision > 0 && from_revision < oldest && from_revision <= inner.revision {
+        if from_revision > 0 && from_revision < oldest {
             let err = StoreError::Compacted { requested: from_revision, oldest };
             return Ok(Box::pin(futures::stream::once(async move { Err(err) })));
         }

@@ -1,0 +1,279 @@
+//! The `ferry` command line: parsing, validation, and exit codes.
+//!
+//! Exit codes: 0 when everything succeeded, 1 when some entries failed or differ, 2 for a
+//! usage or configuration error. Every error is one line naming the problem and the fix.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ferry_common::filter::{Filters, Matcher};
+use ferry_common::model::{ExecutionSpec, Limits, Mode, Options, Phase, TransferMode, VerifyMode};
+use ferry_common::telemetry::{init_logging, LogFormat};
+
+use crate::embedded::{self, RunConfig};
+use crate::progress::print_summary;
+use crate::report::summary_json;
+
+#[derive(Parser, Debug)]
+#[command(name = "ferry", version, about = "Move data between storage systems, verified end to end", propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Copy SRC into DST: new and changed entries only (TransferMode CHANGED), unless --all.
+    Copy(TransferArgs),
+    /// Like copy, then delete what DST has and SRC does not (PreserveDeletedFiles REMOVE).
+    Sync(TransferArgs),
+    /// Compare SRC and DST entry by entry, content by CRC32C; change nothing.
+    Verify(VerifyArgs),
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
+pub enum VerifyArg {
+    /// Read back what was written and compare its CRC32C with the source's (the default).
+    OnlyFilesTransferred,
+    /// Also compare both complete trees at the end.
+    PointInTimeConsistent,
+    /// No verification.
+    None,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Source location: a directory path or file:// URI.
+    pub source: String,
+    /// Destination location: a directory path or file:// URI (created if missing).
+    pub destination: String,
+    /// Exclude paths matching these patterns ('|'-separated; '*' wildcard; '/x' anchors at the root).
+    #[arg(long, value_name = "PATTERNS")]
+    pub exclude: Vec<String>,
+    /// Only include paths matching these patterns.
+    #[arg(long, value_name = "PATTERNS")]
+    pub include: Vec<String>,
+    /// Skip FIFOs, sockets and device nodes (PreserveDevices NONE); each gets a report entry.
+    #[arg(long)]
+    pub no_specials: bool,
+    /// Write the task report (JSON Lines) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormatArg,
+    /// Concurrent movers (each holds one shard and one chunk buffer).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub movers: u32,
+    /// No progress line, even on a terminal.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TransferArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Decide what changed by CRC32C instead of size and mtime.
+    #[arg(long)]
+    pub checksum: bool,
+    /// Copy everything, changed or not (TransferMode ALL).
+    #[arg(long)]
+    pub all: bool,
+    /// Never replace an entry that exists at the destination (OverwriteMode NEVER).
+    #[arg(long)]
+    pub no_overwrite: bool,
+    /// Show what would be done; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Verification mode.
+    #[arg(long, value_enum, default_value = "only-files-transferred")]
+    pub verify: VerifyArg,
+    /// Do not flush to stable storage (scratch data only: a crash may lose recent files).
+    #[arg(long)]
+    pub no_fsync: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// A usage or configuration problem: exit code 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+/// Where a location URI points. Only local trees exist in this build.
+fn parse_location(role: &str, uri: &str) -> Result<PathBuf, UsageError> {
+    if let Some((scheme, _)) = uri.split_once("://") {
+        return match scheme {
+            "file" => Ok(PathBuf::from(&uri["file://".len()..])),
+            "s3" | "nfs" | "efs" | "smb" => Err(UsageError(format!(
+                "{role} {uri}: {scheme}:// locations are not supported by this build yet (use a local or mounted path)"
+            ))),
+            other => Err(UsageError(format!("{role} {uri}: unknown scheme '{other}' (use a local path or file:///path)"))),
+        };
+    }
+    if uri.is_empty() {
+        return Err(UsageError(format!("{role} is empty (give a directory path)")));
+    }
+    Ok(PathBuf::from(uri))
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Checks the source and prepares the destination; returns their canonical paths.
+fn check_locations(mode: Mode, src_uri: &str, dst_uri: &str, dry_run: bool) -> Result<(PathBuf, PathBuf), UsageError> {
+    let src = parse_location("source", src_uri)?;
+    let dst = parse_location("destination", dst_uri)?;
+    let meta = std::fs::metadata(&src).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => UsageError(format!("source {} does not exist (check the path)", src.display())),
+        std::io::ErrorKind::PermissionDenied => UsageError(format!("source {}: permission denied (run as a user who can read it)", src.display())),
+        _ => UsageError(format!("source {}: {e}", src.display())),
+    })?;
+    if !meta.is_dir() {
+        return Err(UsageError(format!("source {} is not a directory (ferry copies directory trees; give its parent and use --include)", src.display())));
+    }
+    let src = src.canonicalize().map_err(|e| UsageError(format!("source {}: {e}", src.display())))?;
+    // Resolve the destination through its deepest existing ancestor, so symlinks cannot hide
+    // that it lies inside the source.
+    let dst_abs = absolute(&dst);
+    let mut existing = dst_abs.clone();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.file_name().map(|n| n.to_os_string()), existing.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = parent.to_path_buf();
+            }
+            _ => break,
+        }
+    }
+    let mut dst_canon = existing.canonicalize().unwrap_or(existing);
+    for name in rest.iter().rev() {
+        dst_canon.push(name);
+    }
+    if dst_canon.starts_with(&src) {
+        return Err(UsageError(format!(
+            "destination {} is inside the source {} (choose a destination outside the source tree, or exclude it)",
+            dst.display(),
+            src.display()
+        )));
+    }
+    if mode == Mode::Sync && src.starts_with(&dst_canon) {
+        return Err(UsageError(format!(
+            "source {} is inside the destination {}: sync would delete it (choose another destination)",
+            src.display(),
+            dst.display()
+        )));
+    }
+    if mode == Mode::Verify || dry_run {
+        if mode == Mode::Verify && !dst_canon.is_dir() {
+            return Err(UsageError(format!("destination {} does not exist or is not a directory (check the path)", dst.display())));
+        }
+        return Ok((src, dst_canon));
+    }
+    std::fs::create_dir_all(&dst_canon)
+        .map_err(|e| UsageError(format!("cannot create destination {}: {e} (check the path and its permissions)", dst.display())))?;
+    if !dst_canon.is_dir() {
+        return Err(UsageError(format!("destination {} is not a directory (give a directory path)", dst.display())));
+    }
+    let probe = dst_canon.join(format!(".ferry-tmp-probe-{}", std::process::id()));
+    std::fs::File::create(&probe)
+        .and_then(|_| std::fs::remove_file(&probe))
+        .map_err(|e| UsageError(format!("destination {} is not writable: {e} (check its permissions and free space)", dst.display())))?;
+    Ok((src, dst_canon))
+}
+
+fn new_execution_id() -> String {
+    use rand::Rng;
+    format!("{:012x}", rand::thread_rng().gen::<u64>() & 0xffff_ffff_ffff)
+}
+
+fn build_spec(mode: Mode, common: &CommonArgs, t: Option<&TransferArgs>) -> Result<ExecutionSpec, UsageError> {
+    let mut options = Options {
+        preserve_devices: !common.no_specials,
+        preserve_owner: ferry_worker::storage::local::sys::is_root(),
+        filters: Filters { include: common.include.clone(), exclude: common.exclude.clone() },
+        limits: Limits::default(),
+        remove_deleted: mode == Mode::Sync,
+        ..Options::default()
+    };
+    if let Some(t) = t {
+        if t.checksum && t.all {
+            return Err(UsageError("conflicting flags --checksum and --all (--all copies everything without comparing; drop one)".into()));
+        }
+        options.checksum = t.checksum;
+        options.transfer_mode = if t.all { TransferMode::All } else { TransferMode::Changed };
+        options.overwrite = if t.no_overwrite { ferry_common::model::OverwriteMode::Never } else { ferry_common::model::OverwriteMode::Always };
+        options.dry_run = t.dry_run;
+        options.fsync = !t.no_fsync;
+        options.verify = match t.verify {
+            VerifyArg::OnlyFilesTransferred => VerifyMode::OnlyFilesTransferred,
+            VerifyArg::PointInTimeConsistent => VerifyMode::PointInTimeConsistent,
+            VerifyArg::None => VerifyMode::None,
+        };
+    }
+    Matcher::new(&options.filters).map_err(|e| UsageError(e.to_string()))?;
+    let (src, dst) = check_locations(mode, &common.source, &common.destination, options.dry_run)?;
+    Ok(ExecutionSpec {
+        id: new_execution_id(),
+        mode,
+        source: src.to_string_lossy().into_owned(),
+        destination: dst.to_string_lossy().into_owned(),
+        options,
+    })
+}
+
+/// Runs the CLI and returns the process exit code.
+pub fn run(cli: Cli) -> i32 {
+    let (mode, common, transfer) = match &cli.command {
+        Command::Copy(t) => (Mode::Copy, &t.common, Some(t)),
+        Command::Sync(t) => (Mode::Sync, &t.common, Some(t)),
+        Command::Verify(v) => (Mode::Verify, &v.common, None),
+    };
+    let format = if common.log_format == LogFormatArg::Json { LogFormat::Json } else { LogFormat::Text };
+    init_logging(format, "warn");
+    let spec = match build_spec(mode, common, transfer) {
+        Ok(s) => s,
+        Err(UsageError(msg)) => {
+            eprintln!("ferry: error: {msg}");
+            return 2;
+        }
+    };
+    let progress = !common.no_progress && !common.json && std::io::stderr().is_terminal();
+    let cfg = RunConfig { spec, movers: common.movers as usize, report: common.report.clone(), progress };
+    let result = match embedded::run(cfg) {
+        Ok(r) => r,
+        Err(msg) => {
+            eprintln!("ferry: error: {msg}");
+            return 2;
+        }
+    };
+    if common.json {
+        println!("{}", summary_json(&result.exec, &result.failures));
+    } else {
+        print_summary(&result.exec, &result.failures);
+    }
+    if let Some(e) = &result.report_error {
+        eprintln!("ferry: error: {e}");
+        return 1;
+    }
+    match result.exec.phase {
+        Phase::Success => 0,
+        _ => 1,
+    }
+}

@@ -1,0 +1,303 @@
+//! The execution state machine and the reconciler.
+//!
+//! [`Reconciler`] is pure: it folds shard results into counters and decides, from counts the
+//! caller reads, when a stage is over and how the execution ends. [`ExecutionDriver`] feeds
+//! it from the Store and writes its decisions back. Both see only the Store trait, so the same
+//! code drives embedded mode and a cluster.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ferry_common::codec;
+use ferry_common::keys::ExecKeys;
+use ferry_common::model::{
+    Counters, Execution, ExecutionSpec, Failure, Mode, Phase, ScanDir, Shard, ShardBody, ShardResult, Stage, VerifyMode,
+};
+use ferry_common::store::{Compare, RangeOptions, SharedStore, StoreError, Txn, TxnOp};
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("corrupt value in the coordination store: {0}")]
+    Codec(#[from] codec::CodecError),
+}
+
+/// How many failures the summary keeps; the report file has all of them.
+pub const SUMMARY_FAILURES: usize = 20;
+
+/// Pure bookkeeping for one execution.
+#[derive(Debug)]
+pub struct Reconciler {
+    pub exec: Execution,
+    pub failures: Vec<Failure>,
+}
+
+/// What the driver should do after looking at the queue.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Work is still queued in the current stage.
+    Wait,
+    /// Enter this stage; `seed` is a shard to queue on entry.
+    Enter { stage: Stage, seed: Option<ShardBody> },
+    /// No work is left: the execution ends in this phase.
+    Finish(Phase),
+}
+
+impl Reconciler {
+    pub fn new(spec: ExecutionSpec) -> Self {
+        let stage = if spec.mode == Mode::Verify { Stage::Verify } else { Stage::Transfer };
+        let phase = if spec.mode == Mode::Verify { Phase::Verifying } else { Phase::Preparing };
+        Reconciler {
+            exec: Execution {
+                spec,
+                phase,
+                stage,
+                listing_done: false,
+                counters: Counters::default(),
+                started_unix_ms: now_ms(),
+                finished_unix_ms: None,
+                error: None,
+            },
+            failures: Vec::new(),
+        }
+    }
+
+    /// The shard that starts the execution.
+    pub fn root_shard(&self) -> Shard {
+        let root = ScanDir { path: Vec::new(), cookie: None, included: false };
+        let body = if self.exec.spec.mode == Mode::Verify { ShardBody::Verify { dirs: vec![root] } } else { ShardBody::Scan { dirs: vec![root] } };
+        Shard::new(Shard::child_id(&self.exec.spec.id, 0, &body), body)
+    }
+
+    pub fn fold(&mut self, result: &ShardResult) {
+        self.exec.counters.add(&result.counters);
+        for f in &result.failures {
+            if self.failures.len() < SUMMARY_FAILURES {
+                self.failures.push(f.clone());
+            }
+        }
+    }
+
+    /// Called with the number of shards still queued in the current stage, and the number
+    /// of scan shards queued (to know when listing is complete).
+    pub fn next_step(&mut self, queued_in_stage: usize, queued_scans: usize) -> Step {
+        if self.exec.stage == Stage::Transfer && queued_scans == 0 && !self.exec.listing_done {
+            self.exec.listing_done = true;
+            self.exec.phase = Phase::Transferring;
+        }
+        if queued_in_stage > 0 {
+            return Step::Wait;
+        }
+        let mut next = self.exec.stage.next();
+        if next == Some(Stage::Verify) && self.exec.spec.options.verify != VerifyMode::PointInTimeConsistent {
+            next = None;
+        }
+        if self.exec.spec.options.dry_run && next == Some(Stage::Verify) {
+            next = None;
+        }
+        match next {
+            Some(stage) => {
+                self.exec.stage = stage;
+                let seed = (stage == Stage::Verify).then(|| ShardBody::Verify { dirs: vec![ScanDir { path: Vec::new(), cookie: None, included: false }] });
+                if stage == Stage::Verify {
+                    self.exec.phase = Phase::Verifying;
+                }
+                Step::Enter { stage, seed }
+            }
+            None => Step::Finish(self.final_phase()),
+        }
+    }
+
+    /// SUCCESS only when every prepared entry is accounted for and none failed.
+    fn final_phase(&mut self) -> Phase {
+        let c = &self.exec.counters;
+        let accounted = if self.exec.spec.mode == Mode::Verify {
+            c.files_verified + c.files_mismatched
+        } else {
+            c.files_transferred + c.files_skipped + c.files_failed
+        };
+        if accounted != c.files_prepared {
+            self.exec.error = Some(format!(
+                "accounting mismatch: {} entries prepared but {accounted} accounted for (this is a bug in ferry; please report it)",
+                c.files_prepared
+            ));
+            return Phase::Error;
+        }
+        if c.files_failed > 0 || c.files_mismatched > 0 {
+            return Phase::Error;
+        }
+        // Failures without an entry (a flush that failed after renames) also fail the run.
+        if !self.failures.is_empty() {
+            return Phase::Error;
+        }
+        Phase::Success
+    }
+}
+
+/// Drives one execution through the Store.
+pub struct ExecutionDriver {
+    store: SharedStore,
+    keys: ExecKeys,
+    pub state: Reconciler,
+    meta_revision: i64,
+}
+
+/// Done records folded per transaction; keeps each transaction well within etcd's limits.
+const FOLD_BATCH: usize = 100;
+
+impl ExecutionDriver {
+    /// Writes the execution and its root shard.
+    pub async fn start(store: SharedStore, spec: ExecutionSpec) -> Result<Self, DriverError> {
+        let keys = ExecKeys::new(&spec.id);
+        let state = Reconciler::new(spec);
+        let root = state.root_shard();
+        let txn = Txn::new()
+            .when([Compare::absent(keys.meta())])
+            .and_then([TxnOp::put(keys.meta(), codec::encode(&state.exec)?), TxnOp::put(keys.queue(&root.id), codec::encode(&root)?)]);
+        let r = store.txn(txn).await?;
+        if !r.succeeded {
+            return Err(DriverError::Store(StoreError::Other(format!("execution {} already exists", state.exec.spec.id))));
+        }
+        Ok(ExecutionDriver { store, keys, state, meta_revision: r.revision })
+    }
+
+    async fn write_meta(&mut self, mut extra: Vec<TxnOp>) -> Result<(), DriverError> {
+        extra.push(TxnOp::put(self.keys.meta(), codec::encode(&self.state.exec)?));
+        let txn = Txn::new().when([Compare::mod_revision_is(self.keys.meta(), self.meta_revision)]).and_then(extra);
+        let r = self.store.txn(txn).await?;
+        if !r.succeeded {
+            return Err(DriverError::Store(StoreError::Other("execution record was changed by someone else; is another coordinator running?".into())));
+        }
+        self.meta_revision = r.revision;
+        Ok(())
+    }
+
+    /// One reconciliation round: fold finished shards, then advance the stage if its queue
+    /// is empty. Returns the execution as it now stands.
+    pub async fn step(&mut self) -> Result<&Execution, DriverError> {
+        loop {
+            let done = self.store.range(&self.keys.done_prefix(), RangeOptions { limit: FOLD_BATCH, ..Default::default() }).await?;
+            if done.kvs.is_empty() {
+                break;
+            }
+            let mut deletes = Vec::with_capacity(done.kvs.len());
+            for kv in &done.kvs {
+                let result: ShardResult = codec::decode(&kv.value)?;
+                self.state.fold(&result);
+                deletes.push(TxnOp::delete(kv.key.clone()));
+            }
+            self.write_meta(deletes).await?;
+            if !done.more {
+                break;
+            }
+        }
+        if self.state.exec.phase.is_terminal() {
+            return Ok(&self.state.exec);
+        }
+        let stage = self.state.exec.stage;
+        let queued = self.store.count(&self.keys.queue_stage(stage)).await?;
+        let scans = self.store.count(&self.keys.queue_kind(Stage::Transfer, 's')).await?;
+        let before = (self.state.exec.phase, self.state.exec.listing_done);
+        match self.state.next_step(queued, scans) {
+            Step::Wait => {
+                if before != (self.state.exec.phase, self.state.exec.listing_done) {
+                    self.write_meta(Vec::new()).await?;
+                }
+            }
+            Step::Enter { seed, .. } => {
+                let mut ops = Vec::new();
+                if let Some(body) = seed {
+                    let shard = Shard::new(Shard::child_id(&format!("{}-verify", self.state.exec.spec.id), 0, &body), body);
+                    ops.push(TxnOp::put(self.keys.queue(&shard.id), codec::encode(&shard)?));
+                }
+                self.write_meta(ops).await?;
+            }
+            Step::Finish(phase) => self.finish(phase).await?,
+        }
+        Ok(&self.state.exec)
+    }
+
+    async fn finish(&mut self, phase: Phase) -> Result<(), DriverError> {
+        self.state.exec.phase = phase;
+        self.state.exec.finished_unix_ms = Some(now_ms());
+        // Only the execution record outlives the run: the frontier keys are gone.
+        let ops = vec![
+            TxnOp::DeletePrefix { prefix: self.keys.claim_prefix() },
+            TxnOp::DeletePrefix { prefix: self.keys.links_prefix() },
+            TxnOp::DeletePrefix { prefix: self.keys.parts_prefix() },
+        ];
+        self.write_meta(ops).await
+    }
+
+    /// Marks the execution cancelled; workers stop claiming when they see it.
+    pub async fn cancel(&mut self) -> Result<(), DriverError> {
+        if !self.state.exec.phase.is_terminal() {
+            self.state.exec.error = Some("cancelled".into());
+            self.finish(Phase::Cancelled).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_common::model::Options;
+
+    fn spec(mode: Mode, verify: VerifyMode) -> ExecutionSpec {
+        ExecutionSpec { id: "e1".into(), mode, source: "/a".into(), destination: "/b".into(), options: Options { verify, ..Options::default() } }
+    }
+
+    fn result(prepared: u64, transferred: u64, failed: u64) -> ShardResult {
+        ShardResult { counters: Counters { files_prepared: prepared, files_transferred: transferred, files_failed: failed, ..Default::default() }, failures: vec![] }
+    }
+
+    #[test]
+    fn stages_advance_only_when_their_queue_is_empty() {
+        let mut r = Reconciler::new(spec(Mode::Copy, VerifyMode::OnlyFilesTransferred));
+        assert_eq!(r.next_step(5, 2), Step::Wait);
+        assert_eq!(r.exec.phase, Phase::Preparing);
+        assert_eq!(r.next_step(3, 0), Step::Wait);
+        assert_eq!(r.exec.phase, Phase::Transferring, "listing done once no scan shard is queued");
+        assert_eq!(r.next_step(0, 0), Step::Enter { stage: Stage::Links, seed: None });
+        assert_eq!(r.next_step(0, 0), Step::Enter { stage: Stage::DirMeta, seed: None });
+        assert_eq!(r.next_step(0, 0), Step::Finish(Phase::Success), "verify stage skipped without POINT_IN_TIME_CONSISTENT");
+    }
+
+    #[test]
+    fn point_in_time_consistent_seeds_a_verify_pass() {
+        let mut r = Reconciler::new(spec(Mode::Copy, VerifyMode::PointInTimeConsistent));
+        r.next_step(0, 0);
+        r.next_step(0, 0);
+        match r.next_step(0, 0) {
+            Step::Enter { stage: Stage::Verify, seed: Some(ShardBody::Verify { .. }) } => {}
+            other => panic!("expected a verify stage, got {other:?}"),
+        }
+        assert_eq!(r.exec.phase, Phase::Verifying);
+    }
+
+    #[test]
+    fn every_prepared_entry_must_be_accounted_for() {
+        let mut r = Reconciler::new(spec(Mode::Copy, VerifyMode::None));
+        r.fold(&result(10, 9, 0));
+        r.exec.stage = Stage::DirMeta;
+        assert_eq!(r.next_step(0, 0), Step::Finish(Phase::Error));
+        assert!(r.exec.error.as_deref().unwrap().contains("accounting mismatch"));
+    }
+
+    #[test]
+    fn failures_end_in_error_and_clean_runs_in_success() {
+        let mut r = Reconciler::new(spec(Mode::Copy, VerifyMode::None));
+        r.fold(&result(10, 9, 1));
+        r.exec.stage = Stage::DirMeta;
+        assert_eq!(r.next_step(0, 0), Step::Finish(Phase::Error));
+        let mut ok = Reconciler::new(spec(Mode::Copy, VerifyMode::None));
+        ok.fold(&result(10, 10, 0));
+        ok.exec.stage = Stage::DirMeta;
+        assert_eq!(ok.next_step(0, 0), Step::Finish(Phase::Success));
+    }
+}

@@ -1,0 +1,8 @@
+//! ferry-coordinator: the `ferry` CLI, the execution driver and reconciler, reports, and
+//! embedded mode (the coordinator and worker actors in one process).
+
+pub mod cli;
+pub mod driver;
+pub mod embedded;
+pub mod progress;
+pub mod report;

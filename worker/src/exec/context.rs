@@ -1,0 +1,101 @@
+//! Everything a worker needs to run the shards of one execution.
+
+use std::path::PathBuf;
+
+use ferry_common::error::FerryError;
+use ferry_common::filter::Matcher;
+use ferry_common::keys::ExecKeys;
+use ferry_common::model::{ExecutionSpec, Options};
+
+use crate::storage::local::LocalTree;
+
+/// Test hooks, read once from the environment. They exist so integration tests can inject
+/// faults that are otherwise impossible to time: they never activate unless set.
+#[derive(Clone, Debug, Default)]
+pub struct TestHooks {
+    /// `FERRY_TEST_CORRUPT=rel/path`: flip a byte of that file's destination copy after it is
+    /// written and before it is verified.
+    pub corrupt: Option<Vec<u8>>,
+    /// `FERRY_TEST_SOURCE_CHANGE=rel/path`: append to that source file while it is read.
+    pub source_change: Option<Vec<u8>>,
+}
+
+impl TestHooks {
+    pub fn from_env() -> Self {
+        use std::os::unix::ffi::OsStringExt;
+        TestHooks {
+            corrupt: std::env::var_os("FERRY_TEST_CORRUPT").map(|v| v.into_vec()),
+            source_change: std::env::var_os("FERRY_TEST_SOURCE_CHANGE").map(|v| v.into_vec()),
+        }
+    }
+}
+
+pub struct ExecContext {
+    pub spec: ExecutionSpec,
+    pub keys: ExecKeys,
+    pub src: LocalTree,
+    /// `None` only in dry-run mode when the destination root does not exist yet.
+    pub dst: Option<LocalTree>,
+    pub matcher: Matcher,
+    pub hooks: TestHooks,
+    /// Prefix of this execution's temporary names; anything else starting with
+    /// [`TEMP_PREFIX`] is debris from an interrupted run and is removed.
+    pub temp_prefix: Vec<u8>,
+    pub is_root: bool,
+}
+
+/// Every temporary name ferry creates starts with this; source entries with it are ignored.
+pub const TEMP_PREFIX: &[u8] = b".ferry-tmp-";
+
+impl ExecContext {
+    pub fn open(spec: ExecutionSpec) -> Result<Self, FerryError> {
+        let src = LocalTree::open(&local_path(&spec.source))?;
+        let dst_path = local_path(&spec.destination);
+        let dst = match LocalTree::open(&dst_path) {
+            Ok(t) => Some(t),
+            Err(_) if spec.options.dry_run => None,
+            Err(e) => return Err(e),
+        };
+        let matcher = Matcher::new(&spec.options.filters).map_err(|e| FerryError::config(e.to_string()))?;
+        let mut temp_prefix = TEMP_PREFIX.to_vec();
+        temp_prefix.extend_from_slice(spec.id.as_bytes());
+        temp_prefix.push(b'-');
+        Ok(ExecContext {
+            keys: ExecKeys::new(&spec.id),
+            spec,
+            src,
+            dst,
+            matcher,
+            hooks: TestHooks::from_env(),
+            temp_prefix,
+            is_root: crate::storage::local::sys::is_root(),
+        })
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.spec.options
+    }
+
+    /// The destination tree; callers only reach this outside dry-run.
+    pub fn dst(&self) -> Result<&LocalTree, FerryError> {
+        self.dst.as_ref().ok_or_else(|| FerryError::config("destination does not exist (dry run)"))
+    }
+
+    /// A temporary name in the same directory as `name`: deterministic, so a retry reuses (and
+    /// replaces) its own debris, and short, so it fits even when `name` is 255 bytes.
+    pub fn temp_name(&self, name: &[u8]) -> Vec<u8> {
+        let h = ((crc32c::crc32c(name) as u64) << 32) | crc32c::crc32c_append(0x2545_f491, name) as u64;
+        let mut t = self.temp_prefix.clone();
+        t.extend_from_slice(format!("{h:016x}").as_bytes());
+        t
+    }
+
+    pub fn is_own_temp(&self, name: &[u8]) -> bool {
+        name.starts_with(&self.temp_prefix)
+    }
+}
+
+/// `file:///x` and `/x` both name the local path `/x`.
+pub fn local_path(uri: &str) -> PathBuf {
+    PathBuf::from(uri.strip_prefix("file://").unwrap_or(uri))
+}

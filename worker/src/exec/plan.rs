@@ -1,0 +1,193 @@
+//! Turning listed entries into shards: pure and deterministic, so it is tested without I/O.
+//!
+//! Transfer shards are bounded by both file count and bytes, the way fpart bins files. Files
+//! at or above the part threshold become part shards so one huge file spreads over many movers.
+
+use ferry_common::model::{Entry, EntryKind, Limits, LinkEntry, ScanDir, ShardBody};
+
+/// How many parts one file may be split into. It keeps a scan page's completion transaction
+/// within etcd's operation limit; the part size grows instead for enormous files.
+pub const MAX_PARTS_PER_FILE: u64 = 64;
+
+/// Directories handed to one child scan shard.
+pub const DIRS_PER_SCAN_SHARD: usize = 16;
+
+pub struct Binner<'a> {
+    limits: &'a Limits,
+    current: Vec<Entry>,
+    current_bytes: u64,
+    /// Encoded-size estimate of `current`, so a shard of long paths stays under the Store's
+    /// value limit.
+    current_encoded: usize,
+    links: Vec<LinkEntry>,
+    out: Vec<ShardBody>,
+    /// Part groups need unique names within the emitting shard.
+    part_groups: u32,
+    group_prefix: String,
+}
+
+/// A shard value must stay well under the Store's 256 KiB limit.
+const MAX_ENCODED_BYTES: usize = 192 * 1024;
+
+fn encoded_estimate(path_len: usize) -> usize {
+    path_len + 48
+}
+
+impl<'a> Binner<'a> {
+    pub fn new(limits: &'a Limits, group_prefix: &str) -> Self {
+        Binner {
+            limits,
+            current: Vec::new(),
+            current_bytes: 0,
+            current_encoded: 0,
+            links: Vec::new(),
+            out: Vec::new(),
+            part_groups: 0,
+            group_prefix: group_prefix.to_string(),
+        }
+    }
+
+    /// Part size for a file: the configured size, grown so the file has at most
+    /// [`MAX_PARTS_PER_FILE`] parts.
+    pub fn part_size(limits: &Limits, size: u64) -> u64 {
+        limits.part_size.max(size.div_ceil(MAX_PARTS_PER_FILE))
+    }
+
+    pub fn push(&mut self, entry: Entry) {
+        if entry.kind == EntryKind::File && entry.size >= self.limits.part_threshold && !entry.compare_checksum {
+            self.push_parts(entry);
+            return;
+        }
+        let enc = encoded_estimate(entry.path.len());
+        if !self.current.is_empty()
+            && (self.current.len() as u32 >= self.limits.shard_max_files
+                || self.current_bytes + entry.size > self.limits.shard_max_bytes
+                || self.current_encoded + enc > MAX_ENCODED_BYTES)
+        {
+            self.flush();
+        }
+        self.current_bytes += entry.size;
+        self.current_encoded += enc;
+        self.current.push(entry);
+    }
+
+    fn push_parts(&mut self, file: Entry) {
+        let part = Self::part_size(self.limits, file.size);
+        let count = file.size.div_ceil(part) as u32;
+        let group = format!("{}.{}", self.group_prefix, self.part_groups);
+        self.part_groups += 1;
+        for index in 0..count {
+            let offset = index as u64 * part;
+            let len = part.min(file.size - offset);
+            self.out.push(ShardBody::Part { file: file.clone(), index, count, offset, len, group: group.clone() });
+        }
+    }
+
+    pub fn push_link(&mut self, link: LinkEntry) {
+        self.links.push(link);
+        if self.links.len() as u32 >= self.limits.shard_max_files {
+            self.out.push(ShardBody::Links { links: std::mem::take(&mut self.links) });
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.current.is_empty() {
+            self.out.push(ShardBody::Transfer { entries: std::mem::take(&mut self.current) });
+            self.current_bytes = 0;
+            self.current_encoded = 0;
+        }
+    }
+
+    /// How many shards are planned so far (for the scan page budget).
+    pub fn planned(&self) -> usize {
+        self.out.len() + usize::from(!self.current.is_empty()) + usize::from(!self.links.is_empty())
+    }
+
+    pub fn finish(mut self) -> Vec<ShardBody> {
+        self.flush();
+        if !self.links.is_empty() {
+            self.out.push(ShardBody::Links { links: std::mem::take(&mut self.links) });
+        }
+        self.out
+    }
+}
+
+/// Splits directories into child scan shard bodies.
+pub fn scan_bodies(dirs: Vec<ScanDir>) -> Vec<ShardBody> {
+    let mut out = Vec::new();
+    let mut it = dirs.into_iter().peekable();
+    while it.peek().is_some() {
+        out.push(ShardBody::Scan { dirs: it.by_ref().take(DIRS_PER_SCAN_SHARD).collect() });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_common::model::Timestamp;
+
+    fn file(name: &str, size: u64) -> Entry {
+        Entry { path: name.as_bytes().to_vec(), kind: EntryKind::File, size, mtime: Timestamp::default(), compare_checksum: false }
+    }
+
+    fn limits() -> Limits {
+        Limits { shard_max_files: 3, shard_max_bytes: 100, part_threshold: 1000, part_size: 400, ..Limits::default() }
+    }
+
+    #[test]
+    fn shards_are_bounded_by_count_and_bytes() {
+        let l = limits();
+        let mut b = Binner::new(&l, "g");
+        for (i, size) in [10, 10, 10, 10, 95, 1].iter().enumerate() {
+            b.push(file(&format!("f{i}"), *size));
+        }
+        let sizes: Vec<Vec<u64>> = b
+            .finish()
+            .into_iter()
+            .map(|s| match s {
+                ShardBody::Transfer { entries } => entries.iter().map(|e| e.size).collect(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(sizes, vec![vec![10, 10, 10], vec![10], vec![95, 1]]);
+    }
+
+    #[test]
+    fn large_files_become_parts_that_cover_the_file_exactly() {
+        let l = limits();
+        let mut b = Binner::new(&l, "g");
+        b.push(file("big", 1001));
+        let parts: Vec<(u32, u32, u64, u64)> = b
+            .finish()
+            .into_iter()
+            .map(|s| match s {
+                ShardBody::Part { index, count, offset, len, .. } => (index, count, offset, len),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(parts, vec![(0, 3, 0, 400), (1, 3, 400, 400), (2, 3, 800, 201)]);
+    }
+
+    #[test]
+    fn part_count_is_capped_by_growing_the_part_size() {
+        let l = Limits { part_size: 1 << 20, ..Limits::default() };
+        let size = 1u64 << 40;
+        let part = Binner::part_size(&l, size);
+        assert!(size.div_ceil(part) <= MAX_PARTS_PER_FILE);
+    }
+
+    #[test]
+    fn scan_bodies_batch_directories() {
+        let dirs: Vec<ScanDir> =
+            (0..40).map(|i| ScanDir { path: format!("d{i}").into_bytes(), cookie: None, included: true }).collect();
+        let counts: Vec<usize> = scan_bodies(dirs)
+            .into_iter()
+            .map(|b| match b {
+                ShardBody::Scan { dirs } => dirs.len(),
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(counts, vec![16, 16, 8]);
+    }
+}

@@ -1,0 +1,357 @@
+//! The worker's actors: a node that holds the Store lease, and N movers that claim shards,
+//! run them and complete them.
+//!
+//! Actors are thin drivers. The decisions live in [`crate::queue`] (claims, fencing, retry
+//! accounting) and [`crate::exec`] (what each shard does). Movers run on the actix system
+//! thread, but every blocking step (file I/O, CRC) goes to tokio's blocking pool, so one
+//! thread orchestrates many movers without stalling.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use ferry_common::codec;
+use ferry_common::error::{ErrorKind, FerryError};
+use ferry_common::model::{EntryKind, Execution, Shard, ShardBody};
+use ferry_common::store::{LeaseId, SharedStore, StoreError, TxnOp};
+use futures::StreamExt;
+use tokio::sync::Notify;
+
+use crate::exec::scan::{list_page, LinkRole};
+use crate::exec::transfer::{self, Buffers};
+use crate::exec::{verify, ExecContext, Outcome};
+use crate::queue::{QueueError, ShardQueue};
+use crate::report::ReportSink;
+
+/// A worker's membership in the cluster: its lease, kept alive in the background.
+pub struct Node {
+    pub store: SharedStore,
+    pub worker_id: String,
+    pub lease: LeaseId,
+    alive: Arc<AtomicBool>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
+pub struct WorkerInfo {
+    pub name: String,
+    pub host: String,
+    pub movers: usize,
+    pub pid: u32,
+}
+
+impl Node {
+    /// Takes a lease, registers under it, and keeps it alive until [`Node::leave`].
+    pub async fn join(store: SharedStore, worker_id: &str, ttl: Duration, movers: usize) -> Result<Node, StoreError> {
+        let lease = store.lease_grant(ttl).await?;
+        let info = WorkerInfo {
+            name: worker_id.to_string(),
+            host: std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim().to_string(),
+            movers,
+            pid: std::process::id(),
+        };
+        let value = codec::encode(&info).map_err(|e| StoreError::Other(e.to_string()))?;
+        store.put(&ferry_common::keys::worker(worker_id), value, Some(lease)).await?;
+        let alive = Arc::new(AtomicBool::new(true));
+        let (s, a) = (store.clone(), alive.clone());
+        tokio::spawn(async move {
+            while a.load(Ordering::Relaxed) {
+                tokio::time::sleep(ttl / 3).await;
+                match s.lease_keep_alive(lease).await {
+                    Ok(()) => {}
+                    Err(StoreError::LeaseExpired(_)) => {
+                        tracing::error!(lease, "worker lease expired; its claims are gone and completions will be refused");
+                        a.store(false, Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "lease keep-alive failed; retrying"),
+                }
+            }
+        });
+        Ok(Node { store, worker_id: worker_id.to_string(), lease, alive })
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Relaxed)
+    }
+
+    /// Revokes the lease: claims still held return to the queue at once.
+    pub async fn leave(&self) {
+        self.alive.store(false, Ordering::Relaxed);
+        let _ = self.store.lease_revoke(self.lease).await;
+    }
+
+    /// Starts `count` movers on one execution. Must run inside an actix System.
+    pub fn start_movers(&self, ctx: Arc<ExecContext>, reports: Arc<dyn ReportSink>, count: usize) -> Vec<Addr<MoverActor>> {
+        let shared = Arc::new(MoverShared {
+            queue: ShardQueue::new(self.store.clone(), &ctx.spec.id, &self.worker_id, self.lease),
+            ctx,
+            reports,
+            wake: Arc::new(Notify::new()),
+            stopping: AtomicBool::new(false),
+        });
+        spawn_waker(shared.clone());
+        (0..count).map(|index| MoverActor { shared: shared.clone(), index }.start()).collect()
+    }
+}
+
+/// What the movers of one node share for one execution.
+pub struct MoverShared {
+    ctx: Arc<ExecContext>,
+    queue: ShardQueue,
+    reports: Arc<dyn ReportSink>,
+    /// Woken by Store changes under the execution, so idle movers do not poll hard.
+    wake: Arc<Notify>,
+    stopping: AtomicBool,
+}
+
+fn spawn_waker(shared: Arc<MoverShared>) {
+    let store = shared.queue.store().clone();
+    let prefix = shared.queue.keys().all();
+    let wake = shared.wake.clone();
+    let weak = Arc::downgrade(&shared);
+    drop(shared);
+    tokio::spawn(async move {
+        let Ok(mut events) = store.watch(&prefix, 0).await else { return };
+        while let Some(ev) = events.next().await {
+            if ev.is_err() || weak.strong_count() == 0 {
+                return;
+            }
+            wake.notify_waiters();
+        }
+    });
+}
+
+pub struct MoverActor {
+    shared: Arc<MoverShared>,
+    index: usize,
+}
+
+impl Actor for MoverActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let shared = self.shared.clone();
+        let index = self.index;
+        ctx.spawn(
+            async move { mover_loop(shared, index).await }
+                .into_actor(self)
+                .map(|_, _, ctx| ctx.stop()),
+        );
+    }
+}
+
+/// Asks a mover to stop claiming; it finishes the shard it holds first.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopClaiming;
+
+impl Handler<StopClaiming> for MoverActor {
+    type Result = ();
+    fn handle(&mut self, _: StopClaiming, _: &mut Context<Self>) {
+        self.shared.stopping.store(true, Ordering::Relaxed);
+        self.shared.wake.notify_waiters();
+    }
+}
+
+async fn mover_loop(shared: Arc<MoverShared>, index: usize) {
+    let limits = shared.ctx.options().limits.clone();
+    let mut bufs = Some(Buffers::new(limits.chunk_size as usize));
+    let mut backoff = Duration::from_millis(50);
+    let meta_key = shared.queue.keys().meta();
+    loop {
+        if shared.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        let wake = shared.wake.notified();
+        let step = async {
+            let kv = shared.queue.store().get(&meta_key).await?;
+            let Some(kv) = kv else { return Ok::<_, QueueError>(None) };
+            let exec: Execution = codec::decode(&kv.value)?;
+            if exec.phase.is_terminal() {
+                return Ok(None);
+            }
+            let allow_scan = shared.queue.transfer_backlog().await? < limits.max_queued_transfer_shards as usize;
+            Ok(Some(shared.queue.claim(exec.stage, allow_scan).await?))
+        };
+        match step.await {
+            Ok(None) => return,
+            Ok(Some(Some(shard))) => {
+                backoff = Duration::from_millis(50);
+                run_shard(&shared, shard, &mut bufs).await;
+            }
+            Ok(Some(None)) => {
+                let _ = tokio::time::timeout(Duration::from_millis(200), wake).await;
+            }
+            Err(e) => {
+                tracing::warn!(mover = index, error = %e, "coordination store error; backing off");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Runs blocking work on the blocking pool with the mover's buffers; a panic in it becomes an
+/// error for that shard instead of taking the process down.
+async fn blocking<T: Send + 'static>(
+    chunk: usize,
+    slot: &mut Option<Buffers>,
+    f: impl FnOnce(&mut Buffers) -> T + Send + 'static,
+) -> Result<T, FerryError> {
+    let mut bufs = slot.take().unwrap_or_else(|| Buffers::new(chunk));
+    match tokio::task::spawn_blocking(move || {
+        let t = f(&mut bufs);
+        (t, bufs)
+    })
+    .await
+    {
+        Ok((t, b)) => {
+            *slot = Some(b);
+            Ok(t)
+        }
+        Err(e) => Err(FerryError::new(ErrorKind::Other, format!("internal error while running a shard: {e}"))),
+    }
+}
+
+async fn run_shard(shared: &MoverShared, shard: Shard, bufs: &mut Option<Buffers>) {
+    let ctx = shared.ctx.clone();
+    let queue = &shared.queue;
+    let max_attempts = ctx.options().limits.max_attempts;
+    let chunk = ctx.options().limits.chunk_size as usize;
+    tracing::debug!(shard = %shard.id, attempt = shard.attempt, "ShardClaimed");
+
+    let committed: Result<bool, QueueError> = if let ShardBody::Part { file, offset, len, .. } = shard.body.clone() {
+        let c = ctx.clone();
+        let r = blocking(chunk, bufs, move |b| transfer::run_part(&c, &file, offset, len, b)).await.and_then(|r| r);
+        match r {
+            Ok(crc) => queue.complete_part(&shard, Ok((crc, len)), &Outcome::default()).await,
+            Err(e) if e.kind.is_transient() && shard.attempt < max_attempts => queue.requeue(&shard, e.to_string()).await,
+            Err(e) => queue.complete_part(&shard, Err(e.to_string()), &Outcome::default()).await,
+        }
+    } else {
+        match execute(shared, &shard, bufs).await {
+            Ok((outcome, extra)) => commit(shared, &shard, outcome, extra).await,
+            Err(e) if e.kind.is_transient() && shard.attempt < max_attempts => {
+                tracing::info!(shard = %shard.id, error = %e, "shard failed; queued for another attempt");
+                queue.requeue(&shard, e.to_string()).await
+            }
+            Err(e) => commit(shared, &shard, all_failed(&shard.body, &e), Vec::new()).await,
+        }
+    };
+    match committed {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(shard = %shard.id, "completion refused: the claim was lost (lease expired); another worker owns it"),
+        Err(e) => tracing::warn!(shard = %shard.id, error = %e, "could not complete shard; it returns to the queue when the claim expires"),
+    }
+}
+
+async fn commit(shared: &MoverShared, shard: &Shard, outcome: Outcome, extra: Vec<TxnOp>) -> Result<bool, QueueError> {
+    let ok = shared.queue.complete(shard, &outcome, extra).await?;
+    if ok && !outcome.report.is_empty() {
+        shared.reports.record(outcome.report);
+    }
+    Ok(ok)
+}
+
+/// Runs any shard but a part; returns the outcome and extra completion writes.
+async fn execute(shared: &MoverShared, shard: &Shard, bufs: &mut Option<Buffers>) -> Result<(Outcome, Vec<TxnOp>), FerryError> {
+    let ctx = shared.ctx.clone();
+    let chunk = ctx.options().limits.chunk_size as usize;
+    let attempt = shard.attempt;
+    let store_err = |e: QueueError| FerryError::new(ErrorKind::Unavailable, format!("coordination store: {e}"));
+    let outcome = match shard.body.clone() {
+        ShardBody::Scan { dirs } => {
+            let c = ctx.clone();
+            let page = blocking(chunk, bufs, move |_| list_page(&c, &dirs)).await??;
+            let mut roles = Vec::with_capacity(page.link_candidates.len());
+            for cand in &page.link_candidates {
+                roles.push(match shared.queue.resolve_link(cand.dev, cand.ino, &cand.entry.path).await.map_err(store_err)? {
+                    None => LinkRole::First,
+                    Some(first) => LinkRole::LinkTo(first),
+                });
+            }
+            page.into_bodies(&ctx, &shard.id, roles)
+        }
+        ShardBody::Transfer { entries } => {
+            let c = ctx.clone();
+            blocking(chunk, bufs, move |b| transfer::run_transfer(&c, entries, attempt, b)).await?
+        }
+        ShardBody::Commit { file, group, .. } => {
+            let set = shared.queue.part_set(&group).await.map_err(store_err)?;
+            let c = ctx.clone();
+            let out = blocking(chunk, bufs, move |_| {
+                let failure = set.failed.first().map(|(_, r)| r.clone());
+                transfer::run_commit(&c, &file, &set, failure.as_deref())
+            })
+            .await?;
+            return Ok((out, vec![TxnOp::delete(shared.queue.keys().parts(&group))]));
+        }
+        ShardBody::Prune { dir } => {
+            let c = ctx.clone();
+            blocking(chunk, bufs, move |_| transfer::run_prune(&c, &dir)).await??
+        }
+        ShardBody::Links { links } => {
+            let c = ctx.clone();
+            blocking(chunk, bufs, move |_| transfer::run_links(&c, links)).await?
+        }
+        ShardBody::DirMeta { dirs } => {
+            let c = ctx.clone();
+            blocking(chunk, bufs, move |_| transfer::run_dirmeta(&c, dirs)).await?
+        }
+        ShardBody::Verify { dirs } => {
+            let c = ctx.clone();
+            blocking(chunk, bufs, move |b| verify::run_verify(&c, &dirs, b)).await??
+        }
+        ShardBody::Part { .. } => unreachable!("parts complete through complete_part"),
+    };
+    Ok((outcome, Vec::new()))
+}
+
+/// A shard that failed for good: every entry it carried is reported failed with the error,
+/// so the reconciliation still accounts for each of them.
+pub fn all_failed(body: &ShardBody, err: &FerryError) -> Outcome {
+    let mut out = Outcome::default();
+    let reason = format!("{err} (shard gave up)");
+    let fail_unprepared = |out: &mut Outcome, path: &[u8], kind: EntryKind| {
+        // Not an entry the scan counted (a whole directory's listing or pruning): count it
+        // as prepared too, so prepared == transferred + skipped + failed still holds.
+        out.counters().files_prepared += 1;
+        out.record(path.to_vec(), kind, ferry_common::model::EntryStatus::Failed, 0, None, Some(reason.clone()));
+    };
+    match body {
+        ShardBody::Scan { dirs } => {
+            for d in dirs {
+                if d.path.is_empty() || d.cookie.is_some() {
+                    fail_unprepared(&mut out, &d.path, EntryKind::Dir);
+                } else {
+                    out.record(d.path.clone(), EntryKind::Dir, ferry_common::model::EntryStatus::Failed, 0, None, Some(reason.clone()));
+                }
+            }
+        }
+        ShardBody::Verify { dirs } => {
+            for d in dirs {
+                out.mismatch(d.path.clone(), EntryKind::Dir, 0, reason.clone());
+            }
+        }
+        ShardBody::Prune { dir } => fail_unprepared(&mut out, &dir.path, EntryKind::Dir),
+        ShardBody::Transfer { entries } => {
+            for e in entries {
+                out.fail(e.path.clone(), e.kind, e.size, err);
+            }
+        }
+        ShardBody::Part { file, .. } | ShardBody::Commit { file, .. } => out.fail(file.path.clone(), EntryKind::File, file.size, err),
+        ShardBody::Links { links } => {
+            for l in links {
+                out.fail(l.path.clone(), EntryKind::HardLink, l.size, err);
+            }
+        }
+        ShardBody::DirMeta { dirs } => {
+            for d in dirs {
+                if !d.path.is_empty() {
+                    out.fail(d.path.clone(), EntryKind::Dir, 0, err);
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,215 @@
+//! Claiming and completing shards through the Store (design.md, "The coordination Store").
+//!
+//! - Claim: one transaction. If no claim exists and the queue entry does, put the claim with
+//!   the worker's lease.
+//! - Complete: one transaction. If the claim is still ours, write `done`, delete the queue
+//!   entry and the claim, and queue what the shard emitted. This is the fence: a worker whose
+//!   lease expired has lost its claim and cannot commit, so a stalled worker never overwrites
+//!   the accounting of the worker that took over.
+
+use ferry_common::codec;
+use ferry_common::keys::ExecKeys;
+use ferry_common::model::{PartSet, Shard, ShardBody, ShardResult, Stage};
+use ferry_common::store::{Compare, LeaseId, RangeOptions, SharedStore, StoreError, Txn, TxnOp};
+use rand::seq::SliceRandom;
+
+use crate::exec::Outcome;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("corrupt value in the coordination store: {0}")]
+    Codec(#[from] codec::CodecError),
+}
+
+pub struct ShardQueue {
+    store: SharedStore,
+    keys: ExecKeys,
+    /// Identifies this claimer: the worker id plus its lease, so a restarted worker with the
+    /// same name does not mistake an old claim for its own.
+    holder: Vec<u8>,
+    lease: LeaseId,
+}
+
+/// Claim preference within a stage: finish files already started (commits, parts) before
+/// new files, and list last, so the frontier stays small.
+fn kind_preference(stage: Stage, allow_scan: bool) -> Vec<char> {
+    match stage {
+        Stage::Transfer if allow_scan => vec!['a', 'b', 'c', 'd', 's'],
+        Stage::Transfer => vec!['a', 'b', 'c', 'd'],
+        Stage::Links => vec!['l'],
+        Stage::DirMeta => vec!['m'],
+        Stage::Verify => vec!['v'],
+    }
+}
+
+/// Queued kinds that count as the transfer backlog for scan backpressure.
+const BACKLOG_KINDS: [char; 3] = ['a', 'b', 'c'];
+
+impl ShardQueue {
+    pub fn new(store: SharedStore, exec: &str, worker_id: &str, lease: LeaseId) -> Self {
+        ShardQueue { store, keys: ExecKeys::new(exec), holder: format!("{worker_id}#{lease:x}").into_bytes(), lease }
+    }
+
+    pub fn keys(&self) -> &ExecKeys {
+        &self.keys
+    }
+
+    pub fn store(&self) -> &SharedStore {
+        &self.store
+    }
+
+    /// Queued transfer work; scanning pauses while this is above the configured limit.
+    pub async fn transfer_backlog(&self) -> Result<usize, QueueError> {
+        let mut n = 0;
+        for k in BACKLOG_KINDS {
+            n += self.store.count(&self.keys.queue_kind(Stage::Transfer, k)).await?;
+        }
+        Ok(n)
+    }
+
+    /// Claims one shard of `stage`, or returns `None` when nothing is claimable right now.
+    pub async fn claim(&self, stage: Stage, allow_scan: bool) -> Result<Option<Shard>, QueueError> {
+        for kind in kind_preference(stage, allow_scan) {
+            let prefix = self.keys.queue_kind(stage, kind);
+            let mut start_after = None;
+            loop {
+                let page = self
+                    .store
+                    .range(&prefix, RangeOptions { limit: 64, start_after: start_after.clone(), keys_only: true })
+                    .await?;
+                let mut keys: Vec<Vec<u8>> = page.kvs.into_iter().map(|kv| kv.key).collect();
+                start_after = keys.last().cloned();
+                // Claimers start at different places so they rarely collide on one key.
+                keys.shuffle(&mut rand::thread_rng());
+                for key in &keys {
+                    let id = ExecKeys::shard_of(key);
+                    let claim = self.keys.claim(id);
+                    let txn = Txn::new()
+                        .when([Compare::absent(claim.clone()), Compare::present(key.clone())])
+                        .and_then([TxnOp::put_leased(claim, self.holder.clone(), self.lease)]);
+                    if !self.store.txn(txn).await?.succeeded {
+                        continue;
+                    }
+                    match self.store.get(key).await? {
+                        Some(kv) => return Ok(Some(codec::decode(&kv.value)?)),
+                        // Completed by someone else between our claim and read: drop the claim.
+                        None => {
+                            self.store.delete(&self.keys.claim(id)).await?;
+                        }
+                    }
+                }
+                if !page.more {
+                    break;
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn fence(&self, shard: &Shard) -> Compare {
+        Compare::value_is(self.keys.claim(&shard.id), self.holder.clone())
+    }
+
+    /// The writes of a completion: the result, the queue update and the emitted shards.
+    fn completion_ops(&self, shard: &Shard, outcome: &Outcome) -> Result<Vec<TxnOp>, QueueError> {
+        let mut result: ShardResult = outcome.result.clone();
+        result.counters.shards_done += 1;
+        let mut ops = vec![TxnOp::delete(self.keys.claim(&shard.id))];
+        match &outcome.retry {
+            Some(body) => {
+                result.counters.shard_retries += 1;
+                let next = Shard { id: shard.id.clone(), attempt: shard.attempt + 1, body: body.clone(), last_error: outcome.retry_error.clone() };
+                ops.push(TxnOp::put(self.keys.queue(&shard.id), codec::encode(&next)?));
+            }
+            None => ops.push(TxnOp::delete(self.keys.queue(&shard.id))),
+        }
+        ops.push(TxnOp::put(self.keys.done(&format!("{}@{}", shard.id, shard.attempt)), codec::encode(&result)?));
+        for (seq, body) in outcome.emit.iter().enumerate() {
+            let child = Shard::new(Shard::child_id(&shard.id, seq as u64, body), body.clone());
+            ops.push(TxnOp::put(self.keys.queue(&child.id), codec::encode(&child)?));
+        }
+        Ok(ops)
+    }
+
+    /// Commits a shard's outcome. Returns false when the fence rejected it (the claim was
+    /// lost): the caller must then discard the outcome, including its report lines.
+    pub async fn complete(&self, shard: &Shard, outcome: &Outcome, extra: Vec<TxnOp>) -> Result<bool, QueueError> {
+        let mut ops = self.completion_ops(shard, outcome)?;
+        ops.extend(extra);
+        let txn = Txn::new().when([self.fence(shard)]).and_then(ops);
+        Ok(self.store.txn(txn).await?.succeeded)
+    }
+
+    /// Puts the shard back for another attempt (a transient whole-shard failure).
+    pub async fn requeue(&self, shard: &Shard, error: String) -> Result<bool, QueueError> {
+        let outcome = Outcome { retry: Some(shard.body.clone()), retry_error: Some(error), ..Default::default() };
+        self.complete(shard, &outcome, Vec::new()).await
+    }
+
+    /// Gives a claim back untouched (graceful shutdown).
+    pub async fn release(&self, shard: &Shard) -> Result<(), QueueError> {
+        let txn = Txn::new().when([self.fence(shard)]).and_then([TxnOp::delete(self.keys.claim(&shard.id))]);
+        self.store.txn(txn).await?;
+        Ok(())
+    }
+
+    /// Records one finished (or failed) part in the file's PartSet and completes the part
+    /// shard, in one transaction guarded by both the fence and the PartSet's revision. The
+    /// part that completes the set also queues the Commit shard.
+    pub async fn complete_part(&self, shard: &Shard, result: Result<(u32, u64), String>, outcome: &Outcome) -> Result<bool, QueueError> {
+        let ShardBody::Part { file, index, count, group, .. } = &shard.body else {
+            unreachable!("complete_part is only called for part shards")
+        };
+        let parts_key = self.keys.parts(group);
+        loop {
+            let current = self.store.get(&parts_key).await?;
+            let (mut set, rev): (PartSet, i64) = match &current {
+                Some(kv) => (codec::decode(&kv.value)?, kv.mod_revision),
+                None => (PartSet::default(), 0),
+            };
+            set.done.retain(|p| p.0 != *index);
+            set.failed.retain(|p| p.0 != *index);
+            match &result {
+                Ok((crc, len)) => set.done.push((*index, *crc, *len)),
+                Err(reason) => set.failed.push((*index, reason.clone())),
+            }
+            let mut out = Outcome { result: outcome.result.clone(), ..Default::default() };
+            if set.is_complete(*count) {
+                out.emit.push(ShardBody::Commit { file: file.clone(), count: *count, group: group.clone() });
+            }
+            let mut ops = self.completion_ops(shard, &out)?;
+            ops.push(TxnOp::put(parts_key.clone(), codec::encode(&set)?));
+            let guard = Compare::mod_revision_is(parts_key.clone(), rev);
+            let txn = Txn::new().when([self.fence(shard), guard]).and_then(ops);
+            if self.store.txn(txn).await?.succeeded {
+                return Ok(true);
+            }
+            // Either the fence failed (we lost the claim) or another part updated the set.
+            let still_ours = self.store.get(&self.keys.claim(&shard.id)).await?.is_some_and(|kv| kv.value == self.holder);
+            if !still_ours {
+                return Ok(false);
+            }
+        }
+    }
+
+    pub async fn part_set(&self, group: &str) -> Result<PartSet, QueueError> {
+        Ok(match self.store.get(&self.keys.parts(group)).await? {
+            Some(kv) => codec::decode(&kv.value)?,
+            None => PartSet::default(),
+        })
+    }
+
+    /// Decides which path of a hard-link set is copied: the first to register wins, and a
+    /// retried scan finds its own registration again.
+    pub async fn resolve_link(&self, dev: u64, ino: u64, path: &[u8]) -> Result<Option<Vec<u8>>, QueueError> {
+        let key = self.keys.link(dev, ino);
+        let txn = Txn::new().when([Compare::absent(key.clone())]).and_then([TxnOp::put(key.clone(), path.to_vec())]);
+        if self.store.txn(txn).await?.succeeded {
+            return Ok(None);
+        }
+        let first = self.store.get(&key).await?.map(|kv| kv.value).unwrap_or_default();
+        Ok(if first == path { None } else { Some(first) })
+    }
+}

@@ -1,0 +1,361 @@
+//! Thin, safe wrappers over the POSIX `*at` calls the local backend needs.
+//!
+//! Everything works relative to directory handles, never through full paths: paths of any
+//! depth exceed PATH_MAX otherwise, and walking with `O_NOFOLLOW` is what keeps a writer inside
+//! its root when a directory on the way is swapped for a symlink.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use ferry_common::model::Timestamp;
+
+fn cstr(name: &[u8]) -> io::Result<CString> {
+    CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains a NUL byte"))
+}
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn retry_eintr<F: FnMut() -> libc::ssize_t>(mut f: F) -> io::Result<usize> {
+    loop {
+        let r = f();
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+pub fn open_at(dir: RawFd, name: &[u8], flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
+    let c = cstr(name)?;
+    let fd = check(unsafe { libc::openat(dir, c.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) })?;
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens a directory without following a symlink at `name`.
+pub fn open_dir_at(dir: RawFd, name: &[u8]) -> io::Result<OwnedFd> {
+    open_at(dir, name, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)
+}
+
+pub fn open_root(path: &std::path::Path) -> io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    open_at(libc::AT_FDCWD, path.as_os_str().as_bytes(), libc::O_RDONLY | libc::O_DIRECTORY, 0)
+}
+
+/// Opens a source file for reading without following symlinks and, where permitted, without
+/// touching its atime (O_NOATIME is refused with EPERM for files we do not own as non-root).
+pub fn open_source_file(dir: RawFd, name: &[u8]) -> io::Result<OwnedFd> {
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+    match open_at(dir, name, flags | libc::O_NOATIME, 0) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open_at(dir, name, flags, 0),
+        other => other,
+    }
+}
+
+pub fn fstat(fd: RawFd) -> io::Result<libc::stat> {
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::fstat(fd, &mut st) })?;
+    Ok(st)
+}
+
+/// lstat relative to a directory; `Ok(None)` when absent.
+pub fn lstat_at(dir: RawFd, name: &[u8]) -> io::Result<Option<libc::stat>> {
+    let c = cstr(name)?;
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    match check(unsafe { libc::fstatat(dir, c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) }) {
+        Ok(_) => Ok(Some(st)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn mtime(st: &libc::stat) -> Timestamp {
+    Timestamp { sec: st.st_mtime, nsec: st.st_mtime_nsec as u32 }
+}
+pub fn atime(st: &libc::stat) -> Timestamp {
+    Timestamp { sec: st.st_atime, nsec: st.st_atime_nsec as u32 }
+}
+
+pub fn pread(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    retry_eintr(|| unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), buf.len(), offset as libc::off_t) })
+}
+
+pub fn pwrite_all(fd: RawFd, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        let n = retry_eintr(|| unsafe { libc::pwrite(fd, buf.as_ptr().cast(), buf.len(), offset as libc::off_t) })?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "write returned 0"));
+        }
+        buf = &buf[n..];
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+/// Next data region at or after `offset` (SEEK_DATA), `None` past the last one.
+pub fn seek_data(fd: RawFd, offset: u64) -> io::Result<Option<u64>> {
+    let r = unsafe { libc::lseek(fd, offset as libc::off_t, libc::SEEK_DATA) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::ENXIO) { Ok(None) } else { Err(e) };
+    }
+    Ok(Some(r as u64))
+}
+
+pub fn seek_hole(fd: RawFd, offset: u64) -> io::Result<u64> {
+    let r = unsafe { libc::lseek(fd, offset as libc::off_t, libc::SEEK_HOLE) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r as u64)
+}
+
+pub fn ftruncate(fd: RawFd, len: u64) -> io::Result<()> {
+    check(unsafe { libc::ftruncate(fd, len as libc::off_t) }).map(|_| ())
+}
+
+pub fn fchown(fd: RawFd, uid: u32, gid: u32) -> io::Result<()> {
+    check(unsafe { libc::fchown(fd, uid, gid) }).map(|_| ())
+}
+pub fn fchmod(fd: RawFd, mode: u32) -> io::Result<()> {
+    check(unsafe { libc::fchmod(fd, mode & 0o7777) }).map(|_| ())
+}
+
+fn timespecs(atime: Timestamp, mtime: Timestamp) -> [libc::timespec; 2] {
+    [
+        libc::timespec { tv_sec: atime.sec, tv_nsec: atime.nsec as _ },
+        libc::timespec { tv_sec: mtime.sec, tv_nsec: mtime.nsec as _ },
+    ]
+}
+
+pub fn futimens(fd: RawFd, atime: Timestamp, mtime: Timestamp) -> io::Result<()> {
+    let ts = timespecs(atime, mtime);
+    check(unsafe { libc::futimens(fd, ts.as_ptr()) }).map(|_| ())
+}
+
+/// Sets times on `name` itself, not on what a symlink points to.
+pub fn utimens_at_nofollow(dir: RawFd, name: &[u8], atime: Timestamp, mtime: Timestamp) -> io::Result<()> {
+    let c = cstr(name)?;
+    let ts = timespecs(atime, mtime);
+    check(unsafe { libc::utimensat(dir, c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) }).map(|_| ())
+}
+
+pub fn lchown_at(dir: RawFd, name: &[u8], uid: u32, gid: u32) -> io::Result<()> {
+    let c = cstr(name)?;
+    check(unsafe { libc::fchownat(dir, c.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) }).map(|_| ())
+}
+
+pub fn chmod_at(dir: RawFd, name: &[u8], mode: u32) -> io::Result<()> {
+    let c = cstr(name)?;
+    check(unsafe { libc::fchmodat(dir, c.as_ptr(), mode & 0o7777, 0) }).map(|_| ())
+}
+
+pub fn mkdir_at(dir: RawFd, name: &[u8], mode: u32) -> io::Result<()> {
+    let c = cstr(name)?;
+    check(unsafe { libc::mkdirat(dir, c.as_ptr(), mode) }).map(|_| ())
+}
+
+pub fn mknod_at(dir: RawFd, name: &[u8], mode: u32, rdev: u64) -> io::Result<()> {
+    let c = cstr(name)?;
+    check(unsafe { libc::mknodat(dir, c.as_ptr(), mode, rdev) }).map(|_| ())
+}
+
+pub fn symlink_at(target: &[u8], dir: RawFd, name: &[u8]) -> io::Result<()> {
+    let (t, c) = (cstr(target)?, cstr(name)?);
+    check(unsafe { libc::symlinkat(t.as_ptr(), dir, c.as_ptr()) }).map(|_| ())
+}
+
+pub fn readlink_at(dir: RawFd, name: &[u8]) -> io::Result<Vec<u8>> {
+    let c = cstr(name)?;
+    let mut buf = vec![0u8; 4096];
+    let n = retry_eintr(|| unsafe { libc::readlinkat(dir, c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+pub fn link_at(old_dir: RawFd, old: &[u8], new_dir: RawFd, new: &[u8]) -> io::Result<()> {
+    let (o, n) = (cstr(old)?, cstr(new)?);
+    check(unsafe { libc::linkat(old_dir, o.as_ptr(), new_dir, n.as_ptr(), 0) }).map(|_| ())
+}
+
+pub fn rename_at(old_dir: RawFd, old: &[u8], new_dir: RawFd, new: &[u8]) -> io::Result<()> {
+    let (o, n) = (cstr(old)?, cstr(new)?);
+    check(unsafe { libc::renameat(old_dir, o.as_ptr(), new_dir, n.as_ptr()) }).map(|_| ())
+}
+
+pub fn unlink_at(dir: RawFd, name: &[u8], is_dir: bool) -> io::Result<()> {
+    let c = cstr(name)?;
+    let flags = if is_dir { libc::AT_REMOVEDIR } else { 0 };
+    check(unsafe { libc::unlinkat(dir, c.as_ptr(), flags) }).map(|_| ())
+}
+
+pub fn syncfs(fd: RawFd) -> io::Result<()> {
+    check(unsafe { libc::syncfs(fd) }).map(|_| ())
+}
+
+pub fn fdatasync(fd: RawFd) -> io::Result<()> {
+    check(unsafe { libc::fdatasync(fd) }).map(|_| ())
+}
+
+/// User-visible extended attributes of an open file or directory, as (name, value) pairs.
+/// Only the `user.` namespace is copied: `security.` and `trusted.` belong to the host.
+pub fn fxattrs(fd: RawFd) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    xattrs_with(
+        |buf| unsafe { libc::flistxattr(fd, buf.as_mut_ptr().cast(), buf.len()) },
+        |name, buf| unsafe { libc::fgetxattr(fd, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) },
+    )
+}
+
+/// Like [`fxattrs`] for a path under a directory, without following a final symlink.
+pub fn lxattrs_at(dir: RawFd, name: &[u8]) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let path = proc_path(dir, name)?;
+    xattrs_with(
+        |buf| unsafe { libc::llistxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) },
+        |n, buf| unsafe { libc::lgetxattr(path.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) },
+    )
+}
+
+fn proc_path(dir: RawFd, name: &[u8]) -> io::Result<CString> {
+    let mut p = format!("/proc/self/fd/{dir}/").into_bytes();
+    p.extend_from_slice(name);
+    cstr(&p)
+}
+
+fn xattrs_with(
+    list: impl Fn(&mut [u8]) -> libc::ssize_t,
+    get: impl Fn(&CStr, &mut [u8]) -> libc::ssize_t,
+) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut names = vec![0u8; 1024];
+    let n = loop {
+        let r = list(&mut names);
+        if r >= 0 {
+            break r as usize;
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ERANGE) => names.resize(names.len() * 4, 0),
+            Some(libc::ENOTSUP) => return Ok(Vec::new()),
+            _ => return Err(e),
+        }
+    };
+    let mut out = Vec::new();
+    for name in names[..n].split(|&b| b == 0).filter(|s| s.starts_with(b"user.")) {
+        let cname = cstr(name)?;
+        let mut value = vec![0u8; 256];
+        loop {
+            let r = get(&cname, &mut value);
+            if r >= 0 {
+                value.truncate(r as usize);
+                break;
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::ERANGE) => value.resize(value.len() * 4, 0),
+                Some(libc::ENODATA) => {
+                    value.clear();
+                    break;
+                }
+                _ => return Err(e),
+            }
+        }
+        out.push((name.to_vec(), value));
+    }
+    Ok(out)
+}
+
+pub fn fsetxattr(fd: RawFd, name: &[u8], value: &[u8]) -> io::Result<()> {
+    let c = cstr(name)?;
+    check(unsafe { libc::fsetxattr(fd, c.as_ptr(), value.as_ptr().cast(), value.len(), 0) }).map(|_| ())
+}
+
+pub fn lsetxattr_at(dir: RawFd, name: &[u8], key: &[u8], value: &[u8]) -> io::Result<()> {
+    let path = proc_path(dir, name)?;
+    let c = cstr(key)?;
+    check(unsafe { libc::lsetxattr(path.as_ptr(), c.as_ptr(), value.as_ptr().cast(), value.len(), 0) }).map(|_| ())
+}
+
+pub fn fremovexattr(fd: RawFd, name: &[u8]) -> io::Result<()> {
+    let c = cstr(name)?;
+    check(unsafe { libc::fremovexattr(fd, c.as_ptr()) }).map(|_| ())
+}
+
+/// One directory entry from [`DirReader`], with the cookie that resumes right after it.
+pub struct RawDirEntry {
+    pub name: Vec<u8>,
+    pub d_type: u8,
+    pub cookie: i64,
+}
+
+/// A streaming directory reader that can resume from a cookie (telldir/seekdir), so a huge
+/// directory is listed in pages with bounded memory.
+pub struct DirReader {
+    dirp: *mut libc::DIR,
+}
+
+// SAFETY: the DIR stream is owned exclusively by this value and only used through &mut self.
+unsafe impl Send for DirReader {}
+
+impl DirReader {
+    /// Takes ownership of `fd`.
+    pub fn new(fd: OwnedFd, resume: Option<i64>) -> io::Result<Self> {
+        use std::os::fd::IntoRawFd;
+        let raw = fd.into_raw_fd();
+        let dirp = unsafe { libc::fdopendir(raw) };
+        if dirp.is_null() {
+            let e = io::Error::last_os_error();
+            unsafe { libc::close(raw) };
+            return Err(e);
+        }
+        if let Some(cookie) = resume {
+            unsafe { libc::seekdir(dirp, cookie as libc::c_long) };
+        }
+        Ok(DirReader { dirp })
+    }
+
+    pub fn fd(&self) -> RawFd {
+        unsafe { libc::dirfd(self.dirp) }
+    }
+
+    /// The next entry other than `.` and `..`, or `None` at the end.
+    pub fn next_entry(&mut self) -> io::Result<Option<RawDirEntry>> {
+        loop {
+            unsafe { *libc::__errno_location() = 0 };
+            let ent = unsafe { libc::readdir64(self.dirp) };
+            if ent.is_null() {
+                let errno = unsafe { *libc::__errno_location() };
+                return if errno == 0 { Ok(None) } else { Err(io::Error::from_raw_os_error(errno)) };
+            }
+            let ent = unsafe { &*ent };
+            let name = unsafe { CStr::from_ptr(ent.d_name.as_ptr()) }.to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            return Ok(Some(RawDirEntry { name: name.to_vec(), d_type: ent.d_type, cookie: ent.d_off }));
+        }
+    }
+}
+
+impl Drop for DirReader {
+    fn drop(&mut self) {
+        unsafe { libc::closedir(self.dirp) };
+    }
+}
+
+impl AsRawFd for DirReader {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd()
+    }
+}
+
+pub fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}

@@ -1,0 +1,3 @@
+//! Storage locations. Each backend lives in `storage/<name>/`.
+
+pub mod local;
