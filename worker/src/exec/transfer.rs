@@ -242,15 +242,29 @@ pub fn run_transfer(ctx: &ExecContext, entries: Vec<Entry>, attempt: u32, bufs: 
             Err(err) => retries.fail(&mut out, entry, err),
         }
     }
-    finish_pending(ctx, dst, pending, &mut dst_dirs, &mut retries, &mut out, bufs);
+    let others_written = out.counters().files_transferred > 0;
+    let renamed = finish_pending(ctx, dst, pending, &mut dst_dirs, &mut retries, &mut out, bufs);
+    if ctx.options().fsync && (renamed > 0 || others_written) {
+        flush_or_report(dst, &mut out, "flush renames");
+    }
     retries.finish(&mut out);
     out
 }
 
-/// Flush, verify, rename and flush again: the shard-level durability protocol.
-fn finish_pending(ctx: &ExecContext, dst: &LocalTree, pending: Vec<Pending>, dst_dirs: &mut DirCache, retries: &mut Retries, out: &mut Outcome, bufs: &mut Buffers) {
+/// Makes everything written so far durable. A failure here means the entries are in place
+/// but maybe not durable: the shard reports it rather than claim success.
+fn flush_or_report(dst: &LocalTree, out: &mut Outcome, what: &str) {
+    if let Err(e) = sys::syncfs(dst.root_fd()) {
+        let err = dst.error(what, b"", &e);
+        out.result.failures.push(ferry_common::model::Failure { path: Vec::new(), reason: err.to_string() });
+    }
+}
+
+/// Flush, verify and rename: the shard-level durability protocol (the caller flushes the
+/// renames). Returns how many files were renamed into place.
+fn finish_pending(ctx: &ExecContext, dst: &LocalTree, pending: Vec<Pending>, dst_dirs: &mut DirCache, retries: &mut Retries, out: &mut Outcome, bufs: &mut Buffers) -> usize {
     if pending.is_empty() {
-        return;
+        return 0;
     }
     let fsync = ctx.options().fsync;
     if fsync {
@@ -259,7 +273,7 @@ fn finish_pending(ctx: &ExecContext, dst: &LocalTree, pending: Vec<Pending>, dst
             for p in pending {
                 retries.fail(out, p.entry, err.clone());
             }
-            return;
+            return 0;
         }
     }
     let verify = ctx.options().verify != VerifyMode::None;
@@ -295,13 +309,7 @@ fn finish_pending(ctx: &ExecContext, dst: &LocalTree, pending: Vec<Pending>, dst
             Err(err) => retries.fail(out, p.entry, err),
         }
     }
-    if fsync && renamed > 0 {
-        if let Err(e) = sys::syncfs(dst.root_fd()) {
-            // The files are in place but maybe not durable: say so rather than claim success.
-            let err = dst.error("flush renames", b"", &e);
-            out.result.failures.push(ferry_common::model::Failure { path: Vec::new(), reason: err.to_string() });
-        }
-    }
+    renamed
 }
 
 /// Copies one regular file to its temporary name. `Ok(None)` means a checksum comparison
@@ -584,6 +592,9 @@ pub fn run_prune(ctx: &ExecContext, dir: &ScanDir) -> Result<Outcome, FerryError
             Err(e) => out.fail(rel.clone(), kind, 0, &dst.error("remove", &rel, &e)),
         }
     }
+    if ctx.options().fsync && out.counters().files_deleted > 0 {
+        flush_or_report(dst, &mut out, "flush deletions");
+    }
     Ok(out)
 }
 
@@ -601,9 +612,9 @@ pub fn run_links(ctx: &ExecContext, links: Vec<LinkEntry>) -> Outcome {
             Err(err) => out.fail(link.path, EntryKind::HardLink, link.size, &err),
         }
     }
-    if ctx.options().fsync && !ctx.options().dry_run && out.counters().files_transferred > 0 {
+    if ctx.options().fsync && out.counters().files_transferred > 0 {
         if let Ok(dst) = ctx.dst() {
-            let _ = sys::syncfs(dst.root_fd());
+            flush_or_report(dst, &mut out, "flush hard links");
         }
     }
     out
@@ -653,6 +664,11 @@ pub fn run_dirmeta(ctx: &ExecContext, dirs: Vec<DirMeta>) -> Outcome {
             Ok(true) => out.record(d.path, EntryKind::Dir, EntryStatus::Transferred, 0, None, None),
             Ok(false) => out.record(d.path, EntryKind::Dir, EntryStatus::Skipped, 0, None, Some("unchanged".into())),
             Err(err) => out.fail(d.path, EntryKind::Dir, 0, &err),
+        }
+    }
+    if ctx.options().fsync && !ctx.options().dry_run {
+        if let Ok(dst) = ctx.dst() {
+            flush_or_report(dst, &mut out, "flush directory metadata");
         }
     }
     out
