@@ -14,3 +14,4 @@ pub mod model;
 pub mod paths;
 pub mod store;
 pub mod telemetry;
+pub mod testing;

@@ -25,9 +25,13 @@
 //! The rest are permanent.
 
 mod conformance;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod mem;
 
 pub use conformance::run_conformance_suite;
+#[cfg(feature = "etcd")]
+pub use etcd::EtcdStore;
 pub use mem::MemStore;
 
 use std::fmt;
