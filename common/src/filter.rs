@@ -123,15 +123,18 @@ impl Matcher {
     }
 
     /// Whether a non-directory entry at `rel` (relative, no leading '/') is transferred.
-    pub fn file_selected(&self, rel: &[u8]) -> bool {
+    /// `parent_included` says an include pattern already matched an ancestor directory;
+    /// excludes still apply below it.
+    pub fn file_selected(&self, rel: &[u8], parent_included: bool) -> bool {
         if self.is_empty() {
             return true;
         }
         let path = Self::slash(rel);
-        !self.excluded(&path) && (self.include.is_empty() || self.include.iter().any(|p| matches_self_or_ancestor(p, &path)))
+        !self.excluded(&path)
+            && (parent_included || self.include.is_empty() || self.include.iter().any(|p| matches_self_or_ancestor(p, &path)))
     }
 
-    pub fn dir_decision(&self, rel: &[u8]) -> DirDecision {
+    pub fn dir_decision(&self, rel: &[u8], parent_included: bool) -> DirDecision {
         if rel.is_empty() || self.is_empty() {
             return DirDecision::Include;
         }
@@ -139,7 +142,7 @@ impl Matcher {
         if self.excluded(&path) {
             return DirDecision::Skip;
         }
-        if self.include.is_empty() || self.include.iter().any(|p| matches_self_or_ancestor(p, &path)) {
+        if parent_included || self.include.is_empty() || self.include.iter().any(|p| matches_self_or_ancestor(p, &path)) {
             return DirDecision::Include;
         }
         if self.include.iter().any(|p| may_match_below(p, &path)) {
@@ -186,17 +189,27 @@ mod tests {
             (&["*.jpg"], &[], "deep/er/a.png", false),
         ];
         for (inc, exc, path, want) in cases {
-            assert_eq!(m(inc, exc).file_selected(path.as_bytes()), *want, "include {inc:?} exclude {exc:?} path {path}");
+            assert_eq!(m(inc, exc).file_selected(path.as_bytes(), false), *want, "include {inc:?} exclude {exc:?} path {path}");
         }
     }
 
     #[test]
     fn directory_decisions() {
-        assert_eq!(m(&[], &["/skip"]).dir_decision(b"skip"), DirDecision::Skip);
-        assert_eq!(m(&["/a/b"], &[]).dir_decision(b"a"), DirDecision::Traverse);
-        assert_eq!(m(&["/a/b"], &[]).dir_decision(b"a/b"), DirDecision::Include);
-        assert_eq!(m(&["/a/b"], &[]).dir_decision(b"c"), DirDecision::Skip);
-        assert_eq!(m(&["*.jpg"], &[]).dir_decision(b"any/dir"), DirDecision::Traverse);
+        assert_eq!(m(&[], &["/skip"]).dir_decision(b"skip", false), DirDecision::Skip);
+        assert_eq!(m(&["/a/b"], &[]).dir_decision(b"a", false), DirDecision::Traverse);
+        assert_eq!(m(&["/a/b"], &[]).dir_decision(b"a/b", false), DirDecision::Include);
+        assert_eq!(m(&["/a/b"], &[]).dir_decision(b"c", false), DirDecision::Skip);
+        assert_eq!(m(&["*.jpg"], &[]).dir_decision(b"any/dir", false), DirDecision::Traverse);
+    }
+
+    #[test]
+    fn excludes_apply_below_included_directories() {
+        let f = m(&[], &["*.tmp|*/.snapshot"]);
+        assert!(!f.file_selected(b"sub/deeper/b.tmp", true));
+        assert_eq!(f.dir_decision(b"sub/.snapshot", true), DirDecision::Skip);
+        let g = m(&["/photos"], &["*.raw"]);
+        assert!(!g.file_selected(b"photos/x/a.raw", true));
+        assert!(g.file_selected(b"photos/x/a.jpg", true));
     }
 
     #[test]

@@ -2,8 +2,11 @@
 //!
 //! ```text
 //! /ferry/v1/workers/{id}                   WorkerInfo            (leased by the worker)
-//! /ferry/v1/leader                         coordinator election
+//! /ferry/v1/leader                         coordinator election  (leased by the leader)
+//! /ferry/v1/active/{exec}                  ""                    executions still running
+//! /ferry/v1/index/{exec}                   ""                    every execution, for listing
 //! /ferry/v1/exec/{exec}/meta               Execution
+//! /ferry/v1/exec/{exec}/cancel             ""                    cancellation request
 //! /ferry/v1/exec/{exec}/queue/{shard}      Shard; id = {stage digit}{kind letter}-{hash}
 //! /ferry/v1/exec/{exec}/claim/{shard}      worker id             (leased by the worker)
 //! /ferry/v1/exec/{exec}/done/{shard}       ShardResult           (folded, then deleted)
@@ -21,8 +24,24 @@ pub fn workers() -> Vec<u8> {
 pub fn worker(id: &str) -> Vec<u8> {
     format!("{ROOT}workers/{id}").into_bytes()
 }
-pub fn exec_root() -> Vec<u8> {
-    format!("{ROOT}exec/").into_bytes()
+pub fn leader() -> Vec<u8> {
+    format!("{ROOT}leader").into_bytes()
+}
+pub fn active_prefix() -> Vec<u8> {
+    format!("{ROOT}active/").into_bytes()
+}
+pub fn active(exec: &str) -> Vec<u8> {
+    format!("{ROOT}active/{exec}").into_bytes()
+}
+pub fn index_prefix() -> Vec<u8> {
+    format!("{ROOT}index/").into_bytes()
+}
+pub fn index(exec: &str) -> Vec<u8> {
+    format!("{ROOT}index/{exec}").into_bytes()
+}
+/// The execution id at the end of an `active/` or `index/` key.
+pub fn exec_of(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).rsplit('/').next().unwrap_or("").to_string()
 }
 
 /// Keys of one execution.
@@ -40,6 +59,9 @@ impl ExecKeys {
     }
     pub fn meta(&self) -> Vec<u8> {
         format!("{}meta", self.base).into_bytes()
+    }
+    pub fn cancel(&self) -> Vec<u8> {
+        format!("{}cancel", self.base).into_bytes()
     }
     pub fn queue_prefix(&self) -> Vec<u8> {
         format!("{}queue/", self.base).into_bytes()

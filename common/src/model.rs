@@ -162,6 +162,10 @@ pub struct ExecutionSpec {
     pub source: String,
     pub destination: String,
     pub options: Options,
+    /// Cluster mode: the directory (reachable by workers, coordinators and the submitter)
+    /// where per-entry report files are written and merged at the end.
+    #[serde(default)]
+    pub report_dir: Option<String>,
 }
 
 /// DataSync's execution phases. PREPARING and TRANSFERRING overlap in ferry: copying starts
@@ -277,6 +281,9 @@ pub struct Execution {
     pub finished_unix_ms: Option<u64>,
     #[serde(default)]
     pub error: Option<String>,
+    /// The first failures, for the summary; the report has all of them.
+    #[serde(default)]
+    pub failures: Vec<Failure>,
 }
 
 /// A directory to list, with where to resume when an earlier run of the shard listed part of
@@ -434,6 +441,10 @@ pub struct Failure {
 /// What a shard contributed, written to `done/{shard}` and folded into the counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardResult {
+    /// Who committed it (`worker#lease`): report lines carry the same tag, so the merge keeps
+    /// exactly the lines of committed attempts.
+    #[serde(default)]
+    pub holder: String,
     pub counters: Counters,
     /// The first few failures, for the summary; the report file has all of them.
     pub failures: Vec<Failure>,

@@ -235,6 +235,7 @@ fn build_spec(mode: Mode, common: &CommonArgs, t: Option<&TransferArgs>) -> Resu
         source: src.to_string_lossy().into_owned(),
         destination: dst.to_string_lossy().into_owned(),
         options,
+        report_dir: None,
     })
 }
 
@@ -264,9 +265,9 @@ pub fn run(cli: Cli) -> i32 {
         }
     };
     if common.json {
-        println!("{}", summary_json(&result.exec, &result.failures));
+        println!("{}", summary_json(&result.exec));
     } else {
-        print_summary(&result.exec, &result.failures);
+        print_summary(&result.exec);
     }
     if let Some(e) = &result.report_error {
         eprintln!("ferry: error: {e}");

@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use ferry_common::codec;
 use ferry_common::keys::ExecKeys;
 use ferry_common::model::{
-    Counters, Execution, ExecutionSpec, Failure, Mode, Phase, ScanDir, Shard, ShardBody, ShardResult, Stage, VerifyMode,
+    Counters, Execution, ExecutionSpec, Mode, Phase, ScanDir, Shard, ShardBody, ShardResult, Stage, VerifyMode,
 };
 use ferry_common::store::{Compare, RangeOptions, SharedStore, StoreError, Txn, TxnOp};
 
@@ -33,7 +33,6 @@ pub const SUMMARY_FAILURES: usize = 20;
 #[derive(Debug)]
 pub struct Reconciler {
     pub exec: Execution,
-    pub failures: Vec<Failure>,
 }
 
 /// What the driver should do after looking at the queue.
@@ -61,8 +60,8 @@ impl Reconciler {
                 started_unix_ms: now_ms(),
                 finished_unix_ms: None,
                 error: None,
+                failures: Vec::new(),
             },
-            failures: Vec::new(),
         }
     }
 
@@ -76,8 +75,8 @@ impl Reconciler {
     pub fn fold(&mut self, result: &ShardResult) {
         self.exec.counters.add(&result.counters);
         for f in &result.failures {
-            if self.failures.len() < SUMMARY_FAILURES {
-                self.failures.push(f.clone());
+            if self.exec.failures.len() < SUMMARY_FAILURES {
+                self.exec.failures.push(f.clone());
             }
         }
     }
@@ -131,11 +130,17 @@ impl Reconciler {
             return Phase::Error;
         }
         // Failures without an entry (a flush that failed after renames) also fail the run.
-        if !self.failures.is_empty() {
+        if !self.exec.failures.is_empty() {
             return Phase::Error;
         }
         Phase::Success
     }
+}
+
+/// Receives the (shard attempt, holder) of every folded result before the fold commits, so
+/// the report merge can keep exactly the lines of committed attempts (cluster mode).
+pub trait CommitLog: Send {
+    fn committed(&mut self, entries: &[(String, String)]) -> std::io::Result<()>;
 }
 
 /// Drives one execution through the Store.
@@ -144,6 +149,7 @@ pub struct ExecutionDriver {
     keys: ExecKeys,
     pub state: Reconciler,
     meta_revision: i64,
+    commit_log: Option<Box<dyn CommitLog>>,
 }
 
 /// Done records folded per transaction; keeps each transaction well within etcd's limits.
@@ -155,14 +161,31 @@ impl ExecutionDriver {
         let keys = ExecKeys::new(&spec.id);
         let state = Reconciler::new(spec);
         let root = state.root_shard();
-        let txn = Txn::new()
-            .when([Compare::absent(keys.meta())])
-            .and_then([TxnOp::put(keys.meta(), codec::encode(&state.exec)?), TxnOp::put(keys.queue(&root.id), codec::encode(&root)?)]);
+        let id = state.exec.spec.id.clone();
+        let txn = Txn::new().when([Compare::absent(keys.meta())]).and_then([
+            TxnOp::put(keys.meta(), codec::encode(&state.exec)?),
+            TxnOp::put(keys.queue(&root.id), codec::encode(&root)?),
+            TxnOp::put(ferry_common::keys::active(&id), Vec::new()),
+            TxnOp::put(ferry_common::keys::index(&id), Vec::new()),
+        ]);
         let r = store.txn(txn).await?;
         if !r.succeeded {
-            return Err(DriverError::Store(StoreError::Other(format!("execution {} already exists", state.exec.spec.id))));
+            return Err(DriverError::Store(StoreError::Other(format!("execution {id} already exists"))));
         }
-        Ok(ExecutionDriver { store, keys, state, meta_revision: r.revision })
+        Ok(ExecutionDriver { store, keys, state, meta_revision: r.revision, commit_log: None })
+    }
+
+    /// Picks up a running execution where the previous driver (a failed leader) left it.
+    pub async fn resume(store: SharedStore, exec_id: &str) -> Result<Option<Self>, DriverError> {
+        let keys = ExecKeys::new(exec_id);
+        let Some(kv) = store.get(&keys.meta()).await? else { return Ok(None) };
+        let exec: Execution = codec::decode(&kv.value)?;
+        Ok(Some(ExecutionDriver { store, keys, state: Reconciler { exec }, meta_revision: kv.mod_revision, commit_log: None }))
+    }
+
+    pub fn with_commit_log(mut self, log: Box<dyn CommitLog>) -> Self {
+        self.commit_log = Some(log);
+        self
     }
 
     async fn write_meta(&mut self, mut extra: Vec<TxnOp>) -> Result<(), DriverError> {
@@ -185,17 +208,34 @@ impl ExecutionDriver {
                 break;
             }
             let mut deletes = Vec::with_capacity(done.kvs.len());
+            let mut committed = Vec::with_capacity(done.kvs.len());
+            let before = self.state.exec.clone();
             for kv in &done.kvs {
                 let result: ShardResult = codec::decode(&kv.value)?;
                 self.state.fold(&result);
+                committed.push((ExecKeys::shard_of(&kv.key).to_string(), result.holder.clone()));
                 deletes.push(TxnOp::delete(kv.key.clone()));
             }
-            self.write_meta(deletes).await?;
+            if let Some(log) = self.commit_log.as_mut() {
+                if let Err(e) = log.committed(&committed) {
+                    self.state.exec = before;
+                    return Err(DriverError::Store(StoreError::Unavailable(format!("cannot record committed shards in the report directory: {e}"))));
+                }
+            }
+            if let Err(e) = self.write_meta(deletes).await {
+                // Not folded: the results stay in the Store for the next round (or leader).
+                self.state.exec = before;
+                return Err(e);
+            }
             if !done.more {
                 break;
             }
         }
         if self.state.exec.phase.is_terminal() {
+            return Ok(&self.state.exec);
+        }
+        if self.store.get(&self.keys.cancel()).await?.is_some() {
+            self.cancel().await?;
             return Ok(&self.state.exec);
         }
         let stage = self.state.exec.stage;
@@ -226,6 +266,9 @@ impl ExecutionDriver {
         self.state.exec.finished_unix_ms = Some(now_ms());
         // Only the execution record outlives the run: the frontier keys are gone.
         let ops = vec![
+            TxnOp::delete(ferry_common::keys::active(&self.state.exec.spec.id)),
+            TxnOp::delete(self.keys.cancel()),
+            TxnOp::DeletePrefix { prefix: self.keys.queue_prefix() },
             TxnOp::DeletePrefix { prefix: self.keys.claim_prefix() },
             TxnOp::DeletePrefix { prefix: self.keys.links_prefix() },
             TxnOp::DeletePrefix { prefix: self.keys.parts_prefix() },
@@ -249,11 +292,11 @@ mod tests {
     use ferry_common::model::Options;
 
     fn spec(mode: Mode, verify: VerifyMode) -> ExecutionSpec {
-        ExecutionSpec { id: "e1".into(), mode, source: "/a".into(), destination: "/b".into(), options: Options { verify, ..Options::default() } }
+        ExecutionSpec { id: "e1".into(), mode, source: "/a".into(), destination: "/b".into(), options: Options { verify, ..Options::default() }, report_dir: None }
     }
 
     fn result(prepared: u64, transferred: u64, failed: u64) -> ShardResult {
-        ShardResult { counters: Counters { files_prepared: prepared, files_transferred: transferred, files_failed: failed, ..Default::default() }, failures: vec![] }
+        ShardResult { holder: String::new(), counters: Counters { files_prepared: prepared, files_transferred: transferred, files_failed: failed, ..Default::default() }, failures: vec![] }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use ferry_common::model::{Execution, ExecutionSpec, Failure};
+use ferry_common::model::{Execution, ExecutionSpec};
 use ferry_common::store::{MemStore, SharedStore};
 use ferry_worker::exec::ExecContext;
 use ferry_worker::node::Node;
@@ -29,7 +29,6 @@ pub struct RunConfig {
 
 pub struct RunResult {
     pub exec: Execution,
-    pub failures: Vec<Failure>,
     pub report_error: Option<String>,
 }
 
@@ -50,7 +49,7 @@ pub fn run(cfg: RunConfig) -> Result<RunResult, String> {
     system.block_on(run_async(cfg))
 }
 
-type Done = Result<(Execution, Vec<Failure>), DriverError>;
+type Done = Result<Execution, DriverError>;
 
 /// Drives the execution: one reconciliation step per tick, never two at once.
 struct CoordinatorActor {
@@ -83,7 +82,7 @@ impl CoordinatorActor {
                     if exec.phase.is_terminal() {
                         act.progress.clear();
                         if let Some(tx) = act.done.take() {
-                            let _ = tx.send(Ok((exec, driver.state.failures.clone())));
+                            let _ = tx.send(Ok(exec));
                         }
                         ctx.stop();
                     }
@@ -137,7 +136,7 @@ async fn run_async(cfg: RunConfig) -> Result<RunResult, String> {
     let (tx, rx) = oneshot::channel();
     CoordinatorActor { driver: Some(driver), progress: Progress::new(cfg.progress), done: Some(tx), cancel }.start();
     let outcome = rx.await.map_err(|_| "the coordinator stopped unexpectedly".to_string())?;
-    let (exec, failures) = outcome.map_err(|e| e.to_string())?;
+    let exec = outcome.map_err(|e| e.to_string())?;
 
     // Movers stop by themselves once they see the terminal phase; wait so their last report
     // lines reach the writer before the summary.
@@ -146,8 +145,8 @@ async fn run_async(cfg: RunConfig) -> Result<RunResult, String> {
     }
     node.leave().await;
     let report_error = match report_addr {
-        Some(addr) => addr.send(Finish(summary_json(&exec, &failures))).await.map_err(|e| e.to_string()).and_then(|r| r).err(),
+        Some(addr) => addr.send(Finish(summary_json(&exec))).await.map_err(|e| e.to_string()).and_then(|r| r).err(),
         None => None,
     };
-    Ok(RunResult { exec, failures, report_error })
+    Ok(RunResult { exec, report_error })
 }

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::time::Instant;
 
-use ferry_common::model::{Execution, Failure, Phase};
+use ferry_common::model::{Execution, Phase};
 use ferry_common::paths;
 
 pub fn human_bytes(n: u64) -> String {
@@ -76,7 +76,7 @@ impl Progress {
 }
 
 /// The final summary for people.
-pub fn print_summary(exec: &Execution, failures: &[Failure]) {
+pub fn print_summary(exec: &Execution) {
     let c = &exec.counters;
     let secs = exec.finished_unix_ms.unwrap_or(exec.started_unix_ms).saturating_sub(exec.started_unix_ms) as f64 / 1000.0;
     let rate = if secs > 0.0 { c.bytes_transferred as f64 / secs } else { 0.0 };
@@ -98,7 +98,7 @@ pub fn print_summary(exec: &Execution, failures: &[Failure]) {
     if let Some(e) = &exec.error {
         println!("  error: {e}");
     }
-    for f in failures {
+    for f in &exec.failures {
         let path = if f.path.is_empty() { ".".to_string() } else { paths::display(&f.path) };
         println!("  failed: {path}: {}", f.reason);
     }

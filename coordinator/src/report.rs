@@ -9,12 +9,12 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
 use actix::prelude::*;
-use ferry_common::model::{Counters, Execution, Failure, ReportEntry};
+use ferry_common::model::{Counters, Execution, ReportEntry};
 use ferry_common::paths;
 use ferry_worker::report::ReportSink;
 
 /// The end-of-run summary, printed with `--json` and written as the report's last line.
-pub fn summary_json(exec: &Execution, failures: &[Failure]) -> serde_json::Value {
+pub fn summary_json(exec: &Execution) -> serde_json::Value {
     let c: &Counters = &exec.counters;
     let duration = exec.finished_unix_ms.unwrap_or_else(crate::driver::now_ms).saturating_sub(exec.started_unix_ms) as f64 / 1000.0;
     serde_json::json!({
@@ -41,7 +41,7 @@ pub fn summary_json(exec: &Execution, failures: &[Failure]) -> serde_json::Value
             "bytes_compressed": c.bytes_compressed,
             "shard_retries": c.shard_retries,
         },
-        "failures": failures.iter().map(|f| serde_json::json!({
+        "failures": exec.failures.iter().map(|f| serde_json::json!({
             "path": paths::display(&f.path),
             "reason": f.reason,
         })).collect::<Vec<_>>(),

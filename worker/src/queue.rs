@@ -115,6 +115,7 @@ impl ShardQueue {
     /// The writes of a completion: the result, the queue update and the emitted shards.
     fn completion_ops(&self, shard: &Shard, outcome: &Outcome) -> Result<Vec<TxnOp>, QueueError> {
         let mut result: ShardResult = outcome.result.clone();
+        result.holder = String::from_utf8_lossy(&self.holder).into_owned();
         result.counters.shards_done += 1;
         let mut ops = vec![TxnOp::delete(self.keys.claim(&shard.id))];
         match &outcome.retry {

@@ -165,18 +165,16 @@ fn list_dir(
         };
         let kind = kind_of(&st);
         if kind == EntryKind::Dir {
-            let included = dir.included || {
-                match ctx.matcher.dir_decision(&rel) {
-                    DirDecision::Skip => continue,
-                    DirDecision::Traverse => false,
-                    DirDecision::Include => true,
-                }
+            let included = match ctx.matcher.dir_decision(&rel, dir.included) {
+                DirDecision::Skip => continue,
+                DirDecision::Traverse => false,
+                DirDecision::Include => true,
             };
             page.outcome.counters().files_prepared += 1;
             page.subdirs.push(ScanDir { path: rel, cookie: None, included });
             continue;
         }
-        if !dir.included && !ctx.matcher.file_selected(&rel) {
+        if !ctx.matcher.file_selected(&rel, dir.included) {
             continue;
         }
         let size = if kind == EntryKind::File { st.st_size as u64 } else { 0 };

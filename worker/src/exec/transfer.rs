@@ -284,7 +284,8 @@ fn finish_pending(ctx: &ExecContext, dst: &LocalTree, pending: Vec<Pending>, dst
         let mut step = || -> Result<(), FerryError> {
             let dir = dst_dirs.get(dst, parent).map_err(|e| dst.error("open directory", parent, &e))?;
             if verify {
-                let fd = sys::open_at(dir, &temp, libc::O_RDONLY | libc::O_NOFOLLOW, 0).map_err(|e| dst.error("read back", &p.entry.path, &e))?;
+                // O_NOATIME: reading back must not undo the atime just set from the source.
+                let fd = sys::open_read_noatime(dir, &temp).map_err(|e| dst.error("read back", &p.entry.path, &e))?;
                 let got = crc_range(fd.as_raw_fd(), 0, p.entry.size, &mut bufs.data).map_err(|e| dst.error("read back", &p.entry.path, &e))?;
                 if got != p.crc {
                     remove_temp(dir, &temp);
@@ -316,7 +317,7 @@ fn finish_pending(ctx: &ExecContext, dst: &LocalTree, pending: Vec<Pending>, dst
 /// found it unchanged.
 fn copy_file(ctx: &ExecContext, dst: &LocalTree, src_dir: RawFd, dst_dir: RawFd, name: &[u8], entry: &Entry, bufs: &mut Buffers) -> Result<Option<u32>, FerryError> {
     let rel = &entry.path;
-    let sfd = sys::open_source_file(src_dir, name).map_err(|e| ctx.src.error("open", rel, &e))?;
+    let sfd = sys::open_read_noatime(src_dir, name).map_err(|e| ctx.src.error("open", rel, &e))?;
     let st0 = sys::fstat(sfd.as_raw_fd()).map_err(|e| ctx.src.error("stat", rel, &e))?;
     if kind_of(&st0) != EntryKind::File {
         return Err(source_changed(&ctx.src, rel, "no longer a regular file"));
@@ -335,7 +336,8 @@ fn copy_file(ctx: &ExecContext, dst: &LocalTree, src_dir: RawFd, dst_dir: RawFd,
     }
     let temp = ctx.temp_name(name);
     remove_temp(dst_dir, &temp);
-    let dfd = sys::open_at(dst_dir, &temp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o600)
+    // Read-write so the test hook can flip a byte in place.
+    let dfd = sys::open_at(dst_dir, &temp, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o600)
         .map_err(|e| dst.error("create", rel, &e))?;
     let result = (|| {
         let hook_change = ctx.hooks.source_change.as_deref() == Some(rel.as_slice());
@@ -367,7 +369,7 @@ fn copy_file(ctx: &ExecContext, dst: &LocalTree, src_dir: RawFd, dst_dir: RawFd,
 /// `Some(true)` when the destination has the same CRC32C as the source.
 #[allow(clippy::too_many_arguments)]
 fn same_content(ctx: &ExecContext, dst: &LocalTree, sfd: RawFd, dst_dir: RawFd, name: &[u8], entry: &Entry, size: u64, bufs: &mut Buffers) -> Result<Option<bool>, FerryError> {
-    let dfd = match sys::open_at(dst_dir, name, libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK, 0) {
+    let dfd = match sys::open_read_noatime(dst_dir, name) {
         Ok(fd) => fd,
         Err(_) => return Ok(None),
     };
@@ -439,7 +441,7 @@ pub fn run_part(ctx: &ExecContext, file: &Entry, offset: u64, len: u64, bufs: &m
     let (parent, name) = paths::split(rel);
     let src_dir = ctx.src.open_dir(parent).map_err(|e| ctx.src.error("open directory", parent, &e))?;
     let dst_dir = dst.open_dir(parent).map_err(|e| dst.error("open directory", parent, &e))?;
-    let sfd = sys::open_source_file(src_dir.as_raw_fd(), name).map_err(|e| ctx.src.error("open", rel, &e))?;
+    let sfd = sys::open_read_noatime(src_dir.as_raw_fd(), name).map_err(|e| ctx.src.error("open", rel, &e))?;
     let check_unchanged = |sfd: RawFd| -> Result<libc::stat, FerryError> {
         let st = sys::fstat(sfd).map_err(|e| ctx.src.error("stat", rel, &e))?;
         // Parts are read at different times, so each checks against what the scan saw.
@@ -450,7 +452,7 @@ pub fn run_part(ctx: &ExecContext, file: &Entry, offset: u64, len: u64, bufs: &m
     };
     let st0 = check_unchanged(sfd.as_raw_fd())?;
     let temp = ctx.temp_name(name);
-    let dfd = sys::open_at(dst_dir.as_raw_fd(), &temp, libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW, 0o600)
+    let dfd = sys::open_at(dst_dir.as_raw_fd(), &temp, libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW, 0o600)
         .map_err(|e| dst.error("create", rel, &e))?;
     let crc = copy_range(sfd.as_raw_fd(), dfd.as_raw_fd(), offset, len, is_sparse(&st0), &mut bufs.data, &mut || {})
         .map_err(|e| if e.kind() == std::io::ErrorKind::UnexpectedEof { source_changed(&ctx.src, rel, "it shrank") } else { ctx.src.error("copy", rel, &e) })?;
@@ -462,7 +464,7 @@ pub fn run_part(ctx: &ExecContext, file: &Entry, offset: u64, len: u64, bufs: &m
         sys::fdatasync(dfd.as_raw_fd()).map_err(|e| dst.error("flush", rel, &e))?;
     }
     if ctx.options().verify != VerifyMode::None {
-        let rfd = sys::open_at(dst_dir.as_raw_fd(), &temp, libc::O_RDONLY | libc::O_NOFOLLOW, 0).map_err(|e| dst.error("read back", rel, &e))?;
+        let rfd = sys::open_read_noatime(dst_dir.as_raw_fd(), &temp).map_err(|e| dst.error("read back", rel, &e))?;
         let got = crc_range(rfd.as_raw_fd(), offset, len, &mut bufs.data).map_err(|e| dst.error("read back", rel, &e))?;
         if got != crc {
             return Err(FerryError::new(
@@ -490,7 +492,7 @@ pub fn run_commit(ctx: &ExecContext, file: &Entry, parts: &PartSet, part_failure
         }
         let finish = || -> Result<u32, FerryError> {
             let src_dir = ctx.src.open_dir(parent).map_err(|e| ctx.src.error("open directory", parent, &e))?;
-            let sfd = sys::open_source_file(src_dir.as_raw_fd(), name).map_err(|e| ctx.src.error("open", rel, &e))?;
+            let sfd = sys::open_read_noatime(src_dir.as_raw_fd(), name).map_err(|e| ctx.src.error("open", rel, &e))?;
             let st = sys::fstat(sfd.as_raw_fd()).map_err(|e| ctx.src.error("stat", rel, &e))?;
             if st.st_size as u64 != file.size || sys::mtime(&st) != file.mtime {
                 return Err(source_changed(&ctx.src, rel, "size or mtime differs from the listing"));
@@ -571,14 +573,16 @@ pub fn run_prune(ctx: &ExecContext, dir: &ScanDir) -> Result<Outcome, FerryError
         };
         let kind = kind_of(&st);
         let selected = if kind == EntryKind::Dir {
-            dir.included || ctx.matcher.dir_decision(&rel) == ferry_common::filter::DirDecision::Include
+            ctx.matcher.dir_decision(&rel, dir.included) == ferry_common::filter::DirDecision::Include
         } else {
-            dir.included || ctx.matcher.file_selected(&rel)
+            ctx.matcher.file_selected(&rel, dir.included)
         };
         if !selected {
             continue;
         }
         if ctx.options().dry_run {
+            // Not prepared by any scan: count it here so every reported entry is accounted for.
+            out.counters().files_prepared += 1;
             out.record(rel, kind, EntryStatus::Skipped, 0, None, Some("dry run: would delete".into()));
             continue;
         }

@@ -35,9 +35,9 @@ fn difference(ctx: &ExecContext, src_dir: RawFd, dst_dir: RawFd, name: &[u8], s:
             if s.st_size != d.st_size {
                 return Ok(Some(format!("size differs: {} vs {}", s.st_size, d.st_size)));
             }
-            let sfd = sys::open_source_file(src_dir, name).map_err(|e| ctx.src.error("open", rel, &e))?;
+            let sfd = sys::open_read_noatime(src_dir, name).map_err(|e| ctx.src.error("open", rel, &e))?;
             let dst = ctx.dst()?;
-            let dfd = sys::open_at(dst_dir, name, libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK, 0).map_err(|e| dst.error("open", rel, &e))?;
+            let dfd = sys::open_read_noatime(dst_dir, name).map_err(|e| dst.error("open", rel, &e))?;
             let a = crc_range(sfd.as_raw_fd(), 0, s.st_size as u64, &mut bufs.data).map_err(|e| ctx.src.error("read", rel, &e))?;
             let b = crc_range(dfd.as_raw_fd(), 0, d.st_size as u64, &mut bufs.data).map_err(|e| dst.error("read", rel, &e))?;
             if a != b {
@@ -86,13 +86,13 @@ pub fn run_verify(ctx: &ExecContext, dirs: &[ScanDir], bufs: &mut Buffers) -> Re
             let Some(s) = sys::lstat_at(sfd, &raw.name).map_err(|e| ctx.src.error("stat", &rel, &e))? else { continue };
             let kind = kind_of(&s);
             let included = if kind == EntryKind::Dir {
-                match (dir.included, ctx.matcher.dir_decision(&rel)) {
-                    (true, _) | (_, DirDecision::Include) => true,
-                    (_, DirDecision::Traverse) => false,
-                    (_, DirDecision::Skip) => continue,
+                match ctx.matcher.dir_decision(&rel, dir.included) {
+                    DirDecision::Include => true,
+                    DirDecision::Traverse => false,
+                    DirDecision::Skip => continue,
                 }
             } else {
-                if !dir.included && !ctx.matcher.file_selected(&rel) {
+                if !ctx.matcher.file_selected(&rel, dir.included) {
                     continue;
                 }
                 if kind.is_special() && !ctx.options().preserve_devices {
@@ -132,7 +132,11 @@ pub fn run_verify(ctx: &ExecContext, dirs: &[ScanDir], bufs: &mut Buffers) -> Re
                 }
                 let Some(d) = sys::lstat_at(dfd, &raw.name).map_err(|e| dst.error("stat", &rel, &e))? else { continue };
                 let kind = kind_of(&d);
-                let selected = if kind == EntryKind::Dir { dir.included || ctx.matcher.dir_decision(&rel) == DirDecision::Include } else { dir.included || ctx.matcher.file_selected(&rel) };
+                let selected = if kind == EntryKind::Dir {
+                    ctx.matcher.dir_decision(&rel, dir.included) == DirDecision::Include
+                } else {
+                    ctx.matcher.file_selected(&rel, dir.included)
+                };
                 if selected {
                     out.mismatch(rel, kind, 0, "only at the destination".into());
                 }

@@ -53,7 +53,7 @@ pub fn open_root(path: &std::path::Path) -> io::Result<OwnedFd> {
 
 /// Opens a source file for reading without following symlinks and, where permitted, without
 /// touching its atime (O_NOATIME is refused with EPERM for files we do not own as non-root).
-pub fn open_source_file(dir: RawFd, name: &[u8]) -> io::Result<OwnedFd> {
+pub fn open_read_noatime(dir: RawFd, name: &[u8]) -> io::Result<OwnedFd> {
     let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK;
     match open_at(dir, name, flags | libc::O_NOATIME, 0) {
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => open_at(dir, name, flags, 0),

@@ -1,0 +1,228 @@
+//! Bad input of any kind gets exit code 2 and one line on stderr, `ferry: error: ...`, naming
+//! the thing and the fix: never a panic, never a backtrace, never a hang.
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use support::*;
+
+/// Runs `ferry ARGS...` (no `--no-progress`: errors come before any progress output) with
+/// backtraces enabled, so that a panic could not hide.
+fn ferry_in(dir: &Path, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Outcome {
+    let mut f = Ferry::bare().env("RUST_BACKTRACE", "1").current_dir(dir).timeout(Duration::from_secs(120));
+    for a in args {
+        f = f.arg(a);
+    }
+    f.run()
+}
+
+fn assert_usage_error(out: &Outcome, needles: &[&str]) {
+    assert_eq!(out.code, Some(2), "expected exit code 2\n{}", out.describe());
+    out.assert_no_panic();
+    let lines: Vec<&str> = out.stderr.trim_end_matches('\n').lines().collect();
+    assert_eq!(lines.len(), 1, "stderr must be exactly one line\n{}", out.describe());
+    assert!(lines[0].starts_with("ferry: error: "), "stderr must start with 'ferry: error: '\n{}", out.describe());
+    for n in needles {
+        assert!(lines[0].contains(n), "the error should mention {n:?}\n{}", out.describe());
+    }
+}
+
+/// A scratch dir holding `src/` with one file in it.
+fn setup() -> (tempfile::TempDir, PathBuf) {
+    let t = scratch();
+    let src = t.path().join("src");
+    write_file(&src.join("file.txt"), b"hello\n");
+    (t, src)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("scratch paths are UTF-8")
+}
+
+#[test]
+fn missing_source_is_reported() {
+    let (t, _) = setup();
+    let missing = t.path().join("does-not-exist");
+    let dst = t.path().join("dst");
+    let out = ferry_in(t.path(), &[&"copy", &missing, &dst]);
+    assert_usage_error(&out, &[s(&missing), "does not exist"]);
+    assert!(!dst.exists(), "the destination was created for a missing source");
+}
+
+#[test]
+fn missing_relative_source_is_reported() {
+    let (t, _) = setup();
+    let out = ferry_in(t.path(), &[&"copy", &"no-such-dir", &"out"]);
+    assert_usage_error(&out, &["no-such-dir", "does not exist"]);
+    assert!(!t.path().join("out").exists());
+}
+
+#[test]
+fn missing_source_file_uri_is_reported() {
+    let (t, _) = setup();
+    let missing = t.path().join("gone");
+    let uri = format!("file://{}", s(&missing));
+    let out = ferry_in(t.path(), &[&"copy", &uri, &t.path().join("dst")]);
+    assert_usage_error(&out, &[s(&missing), "does not exist"]);
+}
+
+#[test]
+fn destination_inside_source_is_refused() {
+    let (t, src) = setup();
+    for sub in ["copy", "sync"] {
+        let out = ferry_in(t.path(), &[&sub, &src, &src.join("backup")]);
+        assert_usage_error(&out, &["inside the source"]);
+        assert!(!src.join("backup").exists(), "{sub} created the destination inside the source");
+    }
+}
+
+#[test]
+fn destination_inside_source_via_symlink_is_refused() {
+    let (t, src) = setup();
+    let alias = t.path().join("alias");
+    symlink(&src, &alias);
+    let out = ferry_in(t.path(), &[&"copy", &src, &alias.join("backup")]);
+    assert_usage_error(&out, &["inside the source"]);
+    assert!(!src.join("backup").exists());
+}
+
+#[test]
+fn destination_equal_to_source_is_refused() {
+    let (t, src) = setup();
+    let out = ferry_in(t.path(), &[&"sync", &src, &src]);
+    assert_usage_error(&out, &[s(&src)]);
+    assert_eq!(fs::read(src.join("file.txt")).unwrap(), b"hello\n");
+}
+
+/// `sync SRC/sub SRC` would delete the source itself as an extraneous destination entry.
+#[test]
+fn sync_into_a_parent_of_the_source_is_refused() {
+    let (t, src) = setup();
+    let inner = src.join("inner");
+    write_file(&inner.join("precious.txt"), b"keep me\n");
+    let out = ferry_in(t.path(), &[&"sync", &inner, &src]);
+    assert_usage_error(&out, &[]);
+    assert_eq!(fs::read(inner.join("precious.txt")).unwrap(), b"keep me\n");
+    assert_eq!(fs::read(src.join("file.txt")).unwrap(), b"hello\n");
+}
+
+#[test]
+fn destination_under_a_file_is_refused() {
+    let (t, src) = setup();
+    let file = t.path().join("afile");
+    write_file(&file, b"a plain file\n");
+    let out = ferry_in(t.path(), &[&"copy", &src, &file.join("sub")]);
+    assert_usage_error(&out, &[s(&file)]);
+    assert_eq!(fs::read(&file).unwrap(), b"a plain file\n");
+}
+
+#[test]
+fn destination_that_is_a_file_is_refused() {
+    let (t, src) = setup();
+    let file = t.path().join("afile");
+    write_file(&file, b"a plain file\n");
+    let out = ferry_in(t.path(), &[&"copy", &src, &file]);
+    assert_usage_error(&out, &[s(&file)]);
+    assert_eq!(fs::read(&file).unwrap(), b"a plain file\n");
+}
+
+#[test]
+fn unknown_scheme_is_reported() {
+    let (t, src) = setup();
+    let out = ferry_in(t.path(), &[&"copy", &"foo://x", &t.path().join("dst")]);
+    assert_usage_error(&out, &["unknown scheme", "foo"]);
+    let out = ferry_in(t.path(), &[&"copy", &src, &"foo://x"]);
+    assert_usage_error(&out, &["unknown scheme", "foo"]);
+}
+
+#[test]
+fn ftp_scheme_is_reported() {
+    let (t, _) = setup();
+    let out = ferry_in(t.path(), &[&"copy", &"ftp://host/path", &t.path().join("dst")]);
+    assert_usage_error(&out, &["ftp", "scheme"]);
+}
+
+#[test]
+fn s3_scheme_is_reported_as_unsupported() {
+    let (t, src) = setup();
+    let out = ferry_in(t.path(), &[&"copy", &src, &"s3://bucket/prefix"]);
+    assert_usage_error(&out, &["s3"]);
+    let out = ferry_in(t.path(), &[&"copy", &"s3://bucket/prefix", &t.path().join("dst")]);
+    assert_usage_error(&out, &["s3"]);
+}
+
+#[test]
+fn conflicting_checksum_and_all_are_refused() {
+    let (t, src) = setup();
+    let dst = t.path().join("dst");
+    let out = ferry_in(t.path(), &[&"copy", &src, &dst, &"--checksum", &"--all"]);
+    assert_usage_error(&out, &["conflict", "--checksum", "--all"]);
+    assert!(!dst.exists());
+}
+
+/// Not bad input: a dry run may ask for point-in-time verification.
+#[test]
+fn dry_run_with_point_in_time_verify_is_allowed() {
+    let (t, src) = setup();
+    let dst = t.path().join("dst");
+    let out = ferry_in(
+        t.path(),
+        &[&"copy", &src, &dst, &"--dry-run", &"--verify", &"point-in-time-consistent", &"--no-progress"],
+    );
+    out.assert_code(0);
+    assert!(!dst.exists(), "a dry run created the destination");
+}
+
+#[test]
+fn unknown_flag_is_reported() {
+    let (t, src) = setup();
+    let out = ferry_in(t.path(), &[&"copy", &src, &t.path().join("dst"), &"--frobnicate"]);
+    assert_usage_error(&out, &["--frobnicate"]);
+}
+
+#[test]
+fn bad_verify_mode_is_reported() {
+    let (t, src) = setup();
+    let out = ferry_in(t.path(), &[&"copy", &src, &t.path().join("dst"), &"--verify", &"sometimes"]);
+    assert_usage_error(&out, &["sometimes"]);
+}
+
+#[test]
+fn non_numeric_movers_is_reported() {
+    let (t, src) = setup();
+    let out = ferry_in(t.path(), &[&"copy", &src, &t.path().join("dst"), &"--movers", &"lots"]);
+    assert_usage_error(&out, &["lots"]);
+}
+
+#[test]
+fn missing_destination_argument_is_reported() {
+    let (t, src) = setup();
+    let out = ferry_in(t.path(), &[&"copy", &src]);
+    assert_usage_error(&out, &[]);
+}
+
+#[test]
+fn unknown_subcommand_is_reported() {
+    let (t, src) = setup();
+    let out = ferry_in(t.path(), &[&"frobnicate", &src, &t.path().join("dst")]);
+    assert_usage_error(&out, &["frobnicate"]);
+}
+
+#[test]
+fn empty_filter_pattern_is_reported() {
+    let (t, src) = setup();
+    let out = ferry_in(t.path(), &[&"copy", &src, &t.path().join("dst"), &"--exclude", &"*.tmp||/x"]);
+    assert_usage_error(&out, &["*.tmp||/x"]);
+}
+
+#[test]
+fn report_in_missing_directory_is_reported() {
+    let (t, src) = setup();
+    let dir = t.path().join("no-such-dir");
+    let dst = t.path().join("dst");
+    let out = ferry_in(t.path(), &[&"copy", &src, &dst, &"--report", &dir.join("r.jsonl")]);
+    assert_usage_error(&out, &[s(&dir)]);
+}
