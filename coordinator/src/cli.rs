@@ -11,7 +11,13 @@ use ferry_common::filter::{Filters, Matcher};
 use ferry_common::model::{ExecutionSpec, Limits, Mode, Options, Phase, TransferMode, VerifyMode};
 use ferry_common::telemetry::{init_logging, LogFormat};
 
-use crate::embedded::{self, RunConfig};
+use std::sync::Arc;
+
+use ferry_common::store::{EtcdStore, SharedStore};
+
+use crate::cluster;
+use crate::embedded::{self, RunConfig, RunResult};
+use crate::progress::Progress;
 use crate::progress::print_summary;
 use crate::report::summary_json;
 
@@ -30,6 +36,59 @@ pub enum Command {
     Sync(TransferArgs),
     /// Compare SRC and DST entry by entry, content by CRC32C; change nothing.
     Verify(VerifyArgs),
+    /// Run a coordinator daemon for a cluster (several may run: one leads, the others stand by).
+    Coordinator(CoordinatorArgs),
+    /// List the worker agents registered in a cluster.
+    Workers(ClusterArgs),
+    /// List, describe or cancel executions in a cluster.
+    Exec(ExecArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ClusterArgs {
+    /// etcd endpoints, comma-separated (e.g. http://127.0.0.1:2379).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub etcd: Vec<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CoordinatorArgs {
+    /// etcd endpoints, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub etcd: Vec<String>,
+    /// This coordinator's name, unique among coordinators (default: host-pid).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormatArg,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ExecArgs {
+    #[command(subcommand)]
+    pub command: ExecCommand,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum ExecCommand {
+    /// List executions.
+    List(ClusterArgs),
+    /// Show one execution's phase, counters and first failures.
+    Describe {
+        id: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Cancel a running execution.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
@@ -78,6 +137,9 @@ pub struct CommonArgs {
     /// No progress line, even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
+    /// Submit to a cluster through these etcd endpoints instead of running in this process.
+    #[arg(long, value_delimiter = ',')]
+    pub etcd: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -239,16 +301,34 @@ fn build_spec(mode: Mode, common: &CommonArgs, t: Option<&TransferArgs>) -> Resu
     })
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts")
+}
+
+async fn connect(endpoints: &[String]) -> Result<SharedStore, UsageError> {
+    EtcdStore::connect(endpoints)
+        .await
+        .map(|s| Arc::new(s) as SharedStore)
+        .map_err(|e| UsageError(format!("{e} (start etcd, or fix --etcd)")))
+}
+
 /// Runs the CLI and returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
     let (mode, common, transfer) = match &cli.command {
         Command::Copy(t) => (Mode::Copy, &t.common, Some(t)),
         Command::Sync(t) => (Mode::Sync, &t.common, Some(t)),
         Command::Verify(v) => (Mode::Verify, &v.common, None),
+        Command::Coordinator(args) => return run_coordinator_daemon(args),
+        Command::Workers(args) => return exit_on_usage(runtime().block_on(workers_command(args))),
+        Command::Exec(args) => return exit_on_usage(runtime().block_on(exec_command(&args.command))),
     };
     let format = if common.log_format == LogFormatArg::Json { LogFormat::Json } else { LogFormat::Text };
     init_logging(format, "warn");
-    let spec = match build_spec(mode, common, transfer) {
+    let mut spec = match build_spec(mode, common, transfer) {
         Ok(s) => s,
         Err(UsageError(msg)) => {
             eprintln!("ferry: error: {msg}");
@@ -256,8 +336,21 @@ pub fn run(cli: Cli) -> i32 {
         }
     };
     let progress = !common.no_progress && !common.json && std::io::stderr().is_terminal();
-    let cfg = RunConfig { spec, movers: common.movers as usize, report: common.report.clone(), progress };
-    let result = match embedded::run(cfg) {
+    let result = if common.etcd.is_empty() {
+        let cfg = RunConfig { spec, movers: common.movers as usize, report: common.report.clone(), progress };
+        embedded::run(cfg)
+    } else {
+        spec.report_dir = common.report.as_ref().map(|r| {
+            let mut d = absolute(r).into_os_string();
+            d.push(".d");
+            d.to_string_lossy().into_owned()
+        });
+        match runtime().block_on(run_in_cluster(&common.etcd, spec, common.report.clone(), progress)) {
+            Ok(r) => Ok(r),
+            Err(UsageError(msg)) => Err(msg),
+        }
+    };
+    let result = match result {
         Ok(r) => r,
         Err(msg) => {
             eprintln!("ferry: error: {msg}");
@@ -277,4 +370,118 @@ pub fn run(cli: Cli) -> i32 {
         Phase::Success => 0,
         _ => 1,
     }
+}
+
+fn exit_on_usage(r: Result<(), UsageError>) -> i32 {
+    match r {
+        Ok(()) => 0,
+        Err(UsageError(msg)) => {
+            eprintln!("ferry: error: {msg}");
+            2
+        }
+    }
+}
+
+async fn run_in_cluster(etcd: &[String], spec: ExecutionSpec, report: Option<PathBuf>, progress: bool) -> Result<RunResult, UsageError> {
+    let store = connect(etcd).await?;
+    if let Some(dir) = &spec.report_dir {
+        std::fs::create_dir_all(dir).map_err(|e| UsageError(format!("cannot create report directory {dir}: {e} (choose a writable path for --report)")))?;
+    }
+    let id = spec.id.clone();
+    let dir = spec.report_dir.clone();
+    cluster::submit(&store, spec).await.map_err(|e| UsageError(format!("cannot submit the execution: {e}")))?;
+    let exec = cluster::follow(&store, &id, Progress::new(progress)).await.map_err(UsageError)?;
+    let report_error = match (report, dir) {
+        (Some(path), Some(dir)) => cluster::merge_report(std::path::Path::new(&dir), &exec, &path)
+            .err()
+            .map(|e| format!("cannot write report {}: {e}", path.display())),
+        _ => None,
+    };
+    Ok(RunResult { exec, report_error })
+}
+
+fn run_coordinator_daemon(args: &CoordinatorArgs) -> i32 {
+    let format = if args.log_format == LogFormatArg::Json { LogFormat::Json } else { LogFormat::Text };
+    init_logging(format, "info");
+    let name = args.name.clone().unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    exit_on_usage(runtime().block_on(async move {
+        let store = connect(&args.etcd).await?;
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            let _ = tx.send(true);
+        });
+        cluster::run_coordinator(store, name, rx).await;
+        Ok(())
+    }))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "ferry".into())
+}
+
+async fn workers_command(args: &ClusterArgs) -> Result<(), UsageError> {
+    let store = connect(&args.etcd).await?;
+    let workers = cluster::list_workers(&store).await.map_err(|e| UsageError(e.to_string()))?;
+    if args.json {
+        let v: Vec<_> = workers.iter().map(|w| serde_json::json!({"name": w.name, "host": w.host, "movers": w.movers, "pid": w.pid, "locations": w.locations, "state": "ONLINE"})).collect();
+        println!("{}", serde_json::Value::Array(v));
+    } else {
+        println!("{:<24} {:<20} {:>6} {:>8}  {:<8} LOCATIONS", "NAME", "HOST", "MOVERS", "PID", "STATE");
+        for w in &workers {
+            println!("{:<24} {:<20} {:>6} {:>8}  {:<8} {}", w.name, w.host, w.movers, w.pid, "ONLINE", w.locations.join(","));
+        }
+    }
+    Ok(())
+}
+
+async fn exec_command(cmd: &ExecCommand) -> Result<(), UsageError> {
+    match cmd {
+        ExecCommand::List(args) => {
+            let store = connect(&args.etcd).await?;
+            let execs = cluster::list_executions(&store).await.map_err(|e| UsageError(e.to_string()))?;
+            if args.json {
+                println!("{}", serde_json::Value::Array(execs.iter().map(summary_json).collect()));
+            } else {
+                println!("{:<14} {:<7} {:<13} {:>12} {:>12} {:>8}  SOURCE -> DESTINATION", "ID", "MODE", "PHASE", "FILES", "BYTES", "FAILED");
+                for e in &execs {
+                    let c = &e.counters;
+                    println!(
+                        "{:<14} {:<7} {:<13} {:>12} {:>12} {:>8}  {} -> {}",
+                        e.spec.id,
+                        e.spec.mode.as_str(),
+                        e.phase.as_str(),
+                        c.files_transferred + c.files_skipped,
+                        crate::progress::human_bytes(c.bytes_transferred),
+                        c.files_failed,
+                        e.spec.source,
+                        e.spec.destination
+                    );
+                }
+            }
+        }
+        ExecCommand::Describe { id, cluster: args } => {
+            let store = connect(&args.etcd).await?;
+            let exec = cluster::read_execution(&store, id)
+                .await
+                .map_err(|e| UsageError(e.to_string()))?
+                .ok_or_else(|| UsageError(format!("no execution {id} (list them with `ferry exec list`)")))?;
+            if args.json {
+                println!("{}", summary_json(&exec));
+            } else {
+                println!("execution {} ({} -> {}), stage {:?}", exec.spec.id, exec.spec.source, exec.spec.destination, exec.stage);
+                print_summary(&exec);
+            }
+        }
+        ExecCommand::Cancel { id, cluster: args } => {
+            let store = connect(&args.etcd).await?;
+            cluster::cancel(&store, id).await.map_err(UsageError)?;
+            println!("cancellation requested for execution {id}");
+        }
+    }
+    Ok(())
 }

@@ -2,6 +2,7 @@
 //! embedded mode (the coordinator and worker actors in one process).
 
 pub mod cli;
+pub mod cluster;
 pub mod driver;
 pub mod embedded;
 pub mod progress;

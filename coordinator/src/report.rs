@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use actix::prelude::*;
 use ferry_common::model::{Counters, Execution, ReportEntry};
 use ferry_common::paths;
-use ferry_worker::report::ReportSink;
+use ferry_worker::report::{ReportSink, ShardTag};
 
 /// The end-of-run summary, printed with `--json` and written as the report's last line.
 pub fn summary_json(exec: &Execution) -> serde_json::Value {
@@ -116,7 +116,7 @@ impl Handler<Finish> for ReportWriter {
 pub struct ActorSink(pub Addr<ReportWriter>);
 
 impl ReportSink for ActorSink {
-    fn record(&self, entries: Vec<ReportEntry>) {
+    fn record(&self, _tag: &ShardTag, entries: Vec<ReportEntry>) {
         self.0.do_send(Lines(entries));
     }
 }

@@ -7,6 +7,7 @@
 //!   transaction from the design.
 //! - [`node`]: the actors: a worker node that holds the lease and runs N movers.
 
+pub mod agent;
 pub mod exec;
 pub mod node;
 pub mod queue;

@@ -22,7 +22,7 @@ use crate::exec::scan::{list_page, LinkRole};
 use crate::exec::transfer::{self, Buffers};
 use crate::exec::{verify, ExecContext, Outcome};
 use crate::queue::{QueueError, ShardQueue};
-use crate::report::ReportSink;
+use crate::report::{ReportSink, ShardTag};
 
 /// A worker's membership in the cluster: its lease, kept alive in the background.
 pub struct Node {
@@ -38,6 +38,11 @@ pub struct WorkerInfo {
     pub host: String,
     pub movers: usize,
     pub pid: u32,
+    /// Location prefixes this agent can reach (`file:///` means every local path).
+    #[serde(default)]
+    pub locations: Vec<String>,
+    #[serde(default)]
+    pub started_unix_ms: u64,
 }
 
 impl Node {
@@ -46,9 +51,11 @@ impl Node {
         let lease = store.lease_grant(ttl).await?;
         let info = WorkerInfo {
             name: worker_id.to_string(),
-            host: std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim().to_string(),
+            host: hostname(),
             movers,
             pid: std::process::id(),
+            locations: vec!["file:///".to_string()],
+            started_unix_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
         };
         let value = codec::encode(&info).map_err(|e| StoreError::Other(e.to_string()))?;
         store.put(&ferry_common::keys::worker(worker_id), value, Some(lease)).await?;
@@ -81,6 +88,11 @@ impl Node {
     }
 
     /// Starts `count` movers on one execution. Must run inside an actix System.
+    /// The claim holder tag of this node: `{worker}#{lease}`.
+    pub fn holder(&self) -> String {
+        format!("{}#{:x}", self.worker_id, self.lease)
+    }
+
     pub fn start_movers(&self, ctx: Arc<ExecContext>, reports: Arc<dyn ReportSink>, count: usize) -> Vec<Addr<MoverActor>> {
         let shared = Arc::new(MoverShared {
             queue: ShardQueue::new(self.store.clone(), &ctx.spec.id, &self.worker_id, self.lease),
@@ -92,6 +104,13 @@ impl Node {
         spawn_waker(shared.clone());
         (0..count).map(|index| MoverActor { shared: shared.clone(), index }.start()).collect()
     }
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    if ok { String::from_utf8_lossy(&buf[..end]).into_owned() } else { String::new() }
 }
 
 /// What the movers of one node share for one execution.
@@ -245,10 +264,18 @@ async fn run_shard(shared: &MoverShared, shard: Shard, bufs: &mut Option<Buffers
     }
 }
 
-async fn commit(shared: &MoverShared, shard: &Shard, outcome: Outcome, extra: Vec<TxnOp>) -> Result<bool, QueueError> {
+async fn commit(shared: &MoverShared, shard: &Shard, mut outcome: Outcome, extra: Vec<TxnOp>) -> Result<bool, QueueError> {
+    let tag = ShardTag { shard: format!("{}@{}", shard.id, shard.attempt), holder: shared.queue.holder().to_string() };
+    let report = std::mem::take(&mut outcome.report);
+    let early = shared.reports.before_commit();
+    if early && !report.is_empty() {
+        let (sink, t) = (shared.reports.clone(), tag.clone());
+        let _ = tokio::task::spawn_blocking(move || sink.record(&t, report)).await;
+        return shared.queue.complete(shard, &outcome, extra).await;
+    }
     let ok = shared.queue.complete(shard, &outcome, extra).await?;
-    if ok && !outcome.report.is_empty() {
-        shared.reports.record(outcome.report);
+    if ok && !report.is_empty() {
+        shared.reports.record(&tag, report);
     }
     Ok(ok)
 }

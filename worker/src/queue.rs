@@ -52,6 +52,10 @@ impl ShardQueue {
         ShardQueue { store, keys: ExecKeys::new(exec), holder: format!("{worker_id}#{lease:x}").into_bytes(), lease }
     }
 
+    pub fn holder(&self) -> &str {
+        std::str::from_utf8(&self.holder).unwrap_or("")
+    }
+
     pub fn keys(&self) -> &ExecKeys {
         &self.keys
     }

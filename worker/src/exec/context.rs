@@ -41,6 +41,10 @@ pub struct ExecContext {
     /// Prefix of this execution's temporary names; anything else starting with
     /// [`TEMP_PREFIX`] is debris from an interrupted run and is removed.
     pub temp_prefix: Vec<u8>,
+    /// Distinguishes this process's temporary names from another worker's running the same
+    /// shard (a stalled worker that lost its claim must never rename the other's half-written
+    /// file into place).
+    nonce: String,
     pub is_root: bool,
 }
 
@@ -68,6 +72,7 @@ impl ExecContext {
             matcher,
             hooks: TestHooks::from_env(),
             temp_prefix,
+            nonce: format!("{:08x}", rand::random::<u32>()),
             is_root: crate::storage::local::sys::is_root(),
         })
     }
@@ -81,12 +86,24 @@ impl ExecContext {
         self.dst.as_ref().ok_or_else(|| FerryError::config("destination does not exist (dry run)"))
     }
 
-    /// A temporary name in the same directory as `name`: deterministic, so a retry reuses (and
-    /// replaces) its own debris, and short, so it fits even when `name` is 255 bytes.
+    /// A temporary name in the same directory as `name`: deterministic within this process, so
+    /// a retry reuses (and replaces) its own debris, and short, so it fits even when `name` is
+    /// 255 bytes.
     pub fn temp_name(&self, name: &[u8]) -> Vec<u8> {
+        self.temp_with(&self.nonce, name)
+    }
+
+    /// The temporary name of a large file written in parts: shared by every worker that
+    /// writes a part. Parts of one source write identical bytes at identical offsets, so a
+    /// stale writer cannot corrupt it.
+    pub fn part_temp_name(&self, name: &[u8]) -> Vec<u8> {
+        self.temp_with("parts", name)
+    }
+
+    fn temp_with(&self, tag: &str, name: &[u8]) -> Vec<u8> {
         let h = ((crc32c::crc32c(name) as u64) << 32) | crc32c::crc32c_append(0x2545_f491, name) as u64;
         let mut t = self.temp_prefix.clone();
-        t.extend_from_slice(format!("{h:016x}").as_bytes());
+        t.extend_from_slice(format!("{tag}-{h:016x}").as_bytes());
         t
     }
 

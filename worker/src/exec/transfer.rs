@@ -451,7 +451,7 @@ pub fn run_part(ctx: &ExecContext, file: &Entry, offset: u64, len: u64, bufs: &m
         Ok(st)
     };
     let st0 = check_unchanged(sfd.as_raw_fd())?;
-    let temp = ctx.temp_name(name);
+    let temp = ctx.part_temp_name(name);
     let dfd = sys::open_at(dst_dir.as_raw_fd(), &temp, libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW, 0o600)
         .map_err(|e| dst.error("create", rel, &e))?;
     let crc = copy_range(sfd.as_raw_fd(), dfd.as_raw_fd(), offset, len, is_sparse(&st0), &mut bufs.data, &mut || {})
@@ -485,7 +485,7 @@ pub fn run_commit(ctx: &ExecContext, file: &Entry, parts: &PartSet, part_failure
         let rel = &file.path;
         let (parent, name) = paths::split(rel);
         let dst_dir = dst.open_dir(parent).map_err(|e| dst.error("open directory", parent, &e))?;
-        let temp = ctx.temp_name(name);
+        let temp = ctx.part_temp_name(name);
         if let Some(reason) = part_failure {
             remove_temp(dst_dir.as_raw_fd(), &temp);
             return Err(FerryError::new(ErrorKind::Other, reason.to_string()));

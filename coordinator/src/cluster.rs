@@ -1,0 +1,314 @@
+//! Cluster mode: the coordinator daemon (leader election, driving executions) and the client
+//! side (submit an execution, follow it, merge its report, list and cancel).
+//!
+//! All state lives in the Store, so any coordinator can carry on an execution where a failed
+//! leader stopped: [`ExecutionDriver::resume`] rebuilds the driver from the execution record,
+//! and its compare-and-swap on that record's revision keeps a stale leader from overwriting it.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferry_common::codec;
+use ferry_common::keys::{self, ExecKeys};
+use ferry_common::model::{Execution, ExecutionSpec};
+use ferry_common::store::{Compare, LeaseId, RangeOptions, SharedStore, StoreError, Txn, TxnOp};
+use ferry_worker::node::WorkerInfo;
+use tokio::sync::watch;
+
+use crate::driver::{CommitLog, DriverError, ExecutionDriver};
+use crate::progress::Progress;
+use crate::report::summary_json;
+
+/// How long a silent leader keeps leadership; a standby takes over within about this long.
+pub const LEADER_TTL: Duration = Duration::from_secs(5);
+/// How often the leader reconciles each execution.
+const TICK: Duration = Duration::from_millis(200);
+
+/// Appends committed (attempt, holder) pairs to this coordinator's file in the report dir.
+struct FileCommitLog {
+    out: BufWriter<std::fs::File>,
+}
+
+pub fn committed_file(dir: &Path, exec: &str, coordinator: &str) -> PathBuf {
+    dir.join(format!("{exec}.committed.{coordinator}.txt"))
+}
+
+impl CommitLog for FileCommitLog {
+    fn committed(&mut self, entries: &[(String, String)]) -> std::io::Result<()> {
+        for (shard, holder) in entries {
+            writeln!(self.out, "{shard}\t{holder}")?;
+        }
+        // Durable before the fold commits: the merge must never miss a committed attempt.
+        self.out.flush()?;
+        self.out.get_ref().sync_data()
+    }
+}
+
+async fn resume_driver(store: &SharedStore, exec_id: &str, name: &str) -> Result<Option<ExecutionDriver>, DriverError> {
+    let Some(driver) = ExecutionDriver::resume(store.clone(), exec_id).await? else { return Ok(None) };
+    let Some(dir) = driver.state.exec.spec.report_dir.clone() else { return Ok(Some(driver)) };
+    let path = committed_file(Path::new(&dir), exec_id, name);
+    let file = std::fs::create_dir_all(&dir)
+        .and_then(|_| OpenOptions::new().create(true).append(true).open(&path))
+        .map_err(|e| DriverError::Store(StoreError::Other(format!("cannot open {}: {e}", path.display()))))?;
+    Ok(Some(driver.with_commit_log(Box::new(FileCommitLog { out: BufWriter::new(file) }))))
+}
+
+/// Campaigns until this coordinator holds the leader key; returns its lease.
+async fn campaign(store: &SharedStore, name: &str, shutdown: &mut watch::Receiver<bool>) -> Option<LeaseId> {
+    let mut announced_standby = false;
+    loop {
+        if *shutdown.borrow() {
+            return None;
+        }
+        let attempt = async {
+            let lease = store.lease_grant(LEADER_TTL).await?;
+            let txn = Txn::new().when([Compare::absent(keys::leader())]).and_then([TxnOp::put_leased(keys::leader(), name.as_bytes().to_vec(), lease)]);
+            if store.txn(txn).await?.succeeded {
+                Ok::<_, StoreError>(Some(lease))
+            } else {
+                store.lease_revoke(lease).await?;
+                Ok(None)
+            }
+        };
+        match attempt.await {
+            Ok(Some(lease)) => return Some(lease),
+            Ok(None) if !announced_standby => {
+                tracing::info!(coordinator = name, "standing by: another coordinator leads");
+                announced_standby = true;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "election: coordination store unavailable; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// The coordinator daemon: campaign, lead, step down when the lease is lost, campaign again.
+pub async fn run_coordinator(store: SharedStore, name: String, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let Some(lease) = campaign(&store, &name, &mut shutdown).await else { return };
+        tracing::info!(coordinator = %name, "LeaderElected");
+        lead(&store, &name, lease, &mut shutdown).await;
+        if *shutdown.borrow() {
+            let _ = store.lease_revoke(lease).await;
+            return;
+        }
+        tracing::warn!(coordinator = %name, "leadership lost; campaigning again");
+    }
+}
+
+async fn lead(store: &SharedStore, name: &str, lease: LeaseId, shutdown: &mut watch::Receiver<bool>) {
+    let mut drivers: HashMap<String, ExecutionDriver> = HashMap::new();
+    let mut last_keepalive = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(TICK) => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        if last_keepalive.elapsed() >= LEADER_TTL / 4 {
+            match store.lease_keep_alive(lease).await {
+                Ok(()) => last_keepalive = tokio::time::Instant::now(),
+                Err(StoreError::LeaseExpired(_)) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "leader keep-alive failed; retrying");
+                    // Past the TTL another coordinator may lead: stop acting.
+                    if last_keepalive.elapsed() >= LEADER_TTL {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        let active = match store.range(&keys::active_prefix(), RangeOptions { keys_only: true, ..Default::default() }).await {
+            Ok(r) => r.kvs.into_iter().map(|kv| keys::exec_of(&kv.key)).collect::<HashSet<_>>(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list executions; retrying");
+                continue;
+            }
+        };
+        drivers.retain(|id, _| active.contains(id));
+        for id in active {
+            if !drivers.contains_key(&id) {
+                match resume_driver(store, &id, name).await {
+                    Ok(Some(d)) => {
+                        tracing::info!(execution = %id, "ExecutionResumed");
+                        drivers.insert(id.clone(), d);
+                    }
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!(execution = %id, error = %e, "cannot load execution; retrying");
+                        continue;
+                    }
+                }
+            }
+            let Some(driver) = drivers.get_mut(&id) else { continue };
+            match driver.step().await {
+                Ok(exec) if exec.phase.is_terminal() => {
+                    tracing::info!(execution = %id, phase = exec.phase.as_str(), "ExecutionFinished");
+                    drivers.remove(&id);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    // Reload from the Store next round: another writer may have moved it on.
+                    tracing::warn!(execution = %id, error = %e, "reconciliation step failed; reloading");
+                    drivers.remove(&id);
+                }
+            }
+        }
+    }
+}
+
+/// Writes the execution into the Store for the cluster to run.
+pub async fn submit(store: &SharedStore, spec: ExecutionSpec) -> Result<(), DriverError> {
+    ExecutionDriver::start(store.clone(), spec).await.map(|_| ())
+}
+
+pub async fn read_execution(store: &SharedStore, exec_id: &str) -> Result<Option<Execution>, DriverError> {
+    match store.get(&ExecKeys::new(exec_id).meta()).await? {
+        Some(kv) => Ok(Some(codec::decode(&kv.value)?)),
+        None => Ok(None),
+    }
+}
+
+/// Follows an execution until it ends, showing progress; Ctrl-C asks the cluster to cancel.
+pub async fn follow(store: &SharedStore, exec_id: &str, mut progress: Progress) -> Result<Execution, String> {
+    let (tx, mut cancel) = watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\nferry: cancelling the execution (press Ctrl-C again to stop following)");
+            let _ = tx.send(true);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    let mut warned_no_leader = false;
+    let mut cancel_sent = false;
+    let mut failures_in_a_row = 0;
+    loop {
+        if *cancel.borrow() && !cancel_sent {
+            if store.put(&ExecKeys::new(exec_id).cancel(), Vec::new(), None).await.is_ok() {
+                cancel_sent = true;
+            }
+        }
+        match read_execution(store, exec_id).await {
+            Ok(Some(exec)) => {
+                failures_in_a_row = 0;
+                progress.update(&exec);
+                if exec.phase.is_terminal() {
+                    progress.clear();
+                    return Ok(exec);
+                }
+            }
+            Ok(None) => return Err(format!("execution {exec_id} is gone from the coordination store")),
+            Err(e) => {
+                failures_in_a_row += 1;
+                if failures_in_a_row == 10 {
+                    eprintln!("ferry: warning: cannot read execution progress ({e}); still trying");
+                }
+            }
+        }
+        if !warned_no_leader {
+            if let Ok(None) = store.get(&keys::leader()).await {
+                progress.clear();
+                eprintln!("ferry: warning: no coordinator is running; start `ferry coordinator --etcd ...` to run execution {exec_id}");
+                warned_no_leader = true;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = cancel.changed() => {}
+        }
+    }
+}
+
+/// Merges the workers' tagged report lines into one report, keeping exactly the lines of
+/// committed shard attempts, then appends the summary. Returns (entries written, dropped).
+pub fn merge_report(dir: &Path, exec: &Execution, out_path: &Path) -> std::io::Result<(u64, u64)> {
+    let id = &exec.spec.id;
+    let mut committed: HashSet<(String, String)> = HashSet::new();
+    let mut entry_files = Vec::new();
+    for ent in std::fs::read_dir(dir)? {
+        let path = ent?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if name.starts_with(&format!("{id}.committed.")) {
+            for line in BufReader::new(std::fs::File::open(&path)?).lines() {
+                if let Some((shard, holder)) = line?.split_once('\t') {
+                    committed.insert((shard.to_string(), holder.to_string()));
+                }
+            }
+        } else if name.starts_with(&format!("{id}.entries.")) {
+            entry_files.push(path);
+        }
+    }
+    entry_files.sort();
+    let mut out = BufWriter::new(std::fs::File::create(out_path)?);
+    let (mut kept, mut dropped) = (0, 0);
+    for path in entry_files {
+        for line in BufReader::new(std::fs::File::open(&path)?).lines() {
+            let line = line?;
+            // A worker killed mid-write leaves a torn last line; its shard never committed.
+            let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                dropped += 1;
+                continue;
+            };
+            let key = (v["shard"].as_str().unwrap_or("").to_string(), v["holder"].as_str().unwrap_or("").to_string());
+            if committed.contains(&key) {
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("shard");
+                    o.remove("holder");
+                }
+                serde_json::to_writer(&mut out, &v)?;
+                out.write_all(b"\n")?;
+                kept += 1;
+            } else {
+                dropped += 1;
+            }
+        }
+    }
+    serde_json::to_writer(&mut out, &summary_json(exec))?;
+    out.write_all(b"\n")?;
+    out.flush()?;
+    Ok((kept, dropped))
+}
+
+pub async fn list_workers(store: &SharedStore) -> Result<Vec<WorkerInfo>, DriverError> {
+    let r = store.range(&keys::workers(), RangeOptions::default()).await?;
+    let mut out = Vec::new();
+    for kv in r.kvs {
+        out.push(codec::decode(&kv.value)?);
+    }
+    Ok(out)
+}
+
+pub async fn list_executions(store: &SharedStore) -> Result<Vec<Execution>, DriverError> {
+    let r = store.range(&keys::index_prefix(), RangeOptions { keys_only: true, ..Default::default() }).await?;
+    let mut out = Vec::new();
+    for kv in r.kvs {
+        if let Some(e) = read_execution(store, &keys::exec_of(&kv.key)).await? {
+            out.push(e);
+        }
+    }
+    out.sort_by_key(|e| e.started_unix_ms);
+    Ok(out)
+}
+
+/// Asks the leader to cancel a running execution.
+pub async fn cancel(store: &SharedStore, exec_id: &str) -> Result<Execution, String> {
+    let exec = read_execution(store, exec_id).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("no execution {exec_id} (list them with `ferry exec list`)"))?;
+    if exec.phase.is_terminal() {
+        return Err(format!("execution {exec_id} already ended ({})", exec.phase.as_str()));
+    }
+    store.put(&ExecKeys::new(exec_id).cancel(), Vec::new(), None).await.map_err(|e| e.to_string())?;
+    Ok(exec)
+}

@@ -1,0 +1,134 @@
+//! The `ferry-worker` agent: joins the cluster under a lease, finds running executions in
+//! the Store, and runs movers on each until it ends.
+//!
+//! - Losing the lease (a long stall, an etcd outage longer than the TTL) means its claims are
+//!   gone: the agent stops its movers (their completions would be refused by the fence anyway)
+//!   and joins again under a new lease.
+//! - On shutdown it stops claiming, lets each mover finish the shard it holds, revokes its
+//!   lease and returns.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use ferry_common::codec;
+use ferry_common::keys;
+use ferry_common::model::Execution;
+use ferry_common::store::{RangeOptions, SharedStore};
+use tokio::sync::watch;
+
+use crate::exec::ExecContext;
+use crate::node::{MoverActor, Node, StopClaiming};
+use crate::report::{FileSink, NullSink, ReportSink};
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub name: String,
+    pub movers: usize,
+    pub lease_ttl: Duration,
+}
+
+/// How often the agent looks for new executions.
+const POLL: Duration = Duration::from_millis(300);
+
+async fn stop_all(serving: &mut HashMap<String, Vec<Addr<MoverActor>>>) {
+    for movers in serving.values() {
+        for m in movers {
+            m.do_send(StopClaiming);
+        }
+    }
+    while serving.values().flatten().any(|m| m.connected()) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    serving.clear();
+}
+
+/// Starts movers for an execution this agent has not joined yet.
+async fn join_execution(store: &SharedStore, node: &Node, exec_id: &str, cfg: &AgentConfig) -> Result<Option<Vec<Addr<MoverActor>>>, String> {
+    let meta_key = keys::ExecKeys::new(exec_id).meta();
+    let Some(kv) = store.get(&meta_key).await.map_err(|e| e.to_string())? else { return Ok(None) };
+    let exec: Execution = codec::decode(&kv.value).map_err(|e| e.to_string())?;
+    if exec.phase.is_terminal() {
+        return Ok(None);
+    }
+    let spec = exec.spec.clone();
+    let ctx = tokio::task::spawn_blocking(move || ExecContext::open(spec))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let sink: Arc<dyn ReportSink> = match &exec.spec.report_dir {
+        Some(dir) => Arc::new(FileSink::open(&PathBuf::from(dir), exec_id, &node.holder()).map_err(|e| format!("cannot open report directory {dir}: {e}"))?),
+        None => Arc::new(NullSink),
+    };
+    tracing::info!(execution = exec_id, source = %exec.spec.source, destination = %exec.spec.destination, "ExecutionJoined");
+    Ok(Some(node.start_movers(Arc::new(ctx), sink, cfg.movers)))
+}
+
+/// Runs until `shutdown` turns true. Must run inside an actix System.
+pub async fn run_agent(store: SharedStore, cfg: AgentConfig, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(200);
+    'join: loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let node = match Node::join(store.clone(), &cfg.name, cfg.lease_ttl, cfg.movers).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register with the coordination store; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(200);
+        tracing::info!(worker = %cfg.name, lease = node.lease, "WorkerRegistered");
+        let mut serving: HashMap<String, Vec<Addr<MoverActor>>> = HashMap::new();
+        let mut unusable: HashSet<String> = HashSet::new();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                _ = shutdown.changed() => {}
+            }
+            if *shutdown.borrow() {
+                tracing::info!("stopping: finishing held shards, then leaving");
+                stop_all(&mut serving).await;
+                node.leave().await;
+                return;
+            }
+            if !node.is_alive() {
+                tracing::warn!("lease lost; stopping movers and joining again");
+                stop_all(&mut serving).await;
+                continue 'join;
+            }
+            serving.retain(|_, movers| movers.iter().any(|m| m.connected()));
+            let active = match store.range(&keys::active_prefix(), RangeOptions { keys_only: true, ..Default::default() }).await {
+                Ok(r) => r.kvs,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list executions; retrying");
+                    continue;
+                }
+            };
+            for kv in active {
+                let id = keys::exec_of(&kv.key);
+                if serving.contains_key(&id) || unusable.contains(&id) {
+                    continue;
+                }
+                match join_execution(&store, &node, &id, &cfg).await {
+                    Ok(Some(movers)) => {
+                        serving.insert(id, movers);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(execution = %id, error = %e, "cannot take part in execution");
+                        unusable.insert(id);
+                    }
+                }
+            }
+        }
+    }
+}
