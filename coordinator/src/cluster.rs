@@ -104,9 +104,25 @@ pub async fn run_coordinator(store: SharedStore, name: String, mut shutdown: wat
     }
 }
 
+/// How often the leader compacts the Store's history, and how many revisions it keeps.
+const COMPACT_EVERY: Duration = Duration::from_secs(10);
+const KEEP_REVISIONS: i64 = 10_000;
+
+/// etcd keeps every old revision until compacted; without this a long execution would fill
+/// etcd's quota with history even though the live keys stay few.
+async fn compact_history(store: &SharedStore) {
+    let Ok(r) = store.range(&keys::leader(), RangeOptions { limit: 1, keys_only: true, ..Default::default() }).await else { return };
+    if r.revision > KEEP_REVISIONS {
+        if let Err(e) = store.compact(r.revision - KEEP_REVISIONS).await {
+            tracing::warn!(error = %e, "history compaction failed; will retry");
+        }
+    }
+}
+
 async fn lead(store: &SharedStore, name: &str, lease: LeaseId, shutdown: &mut watch::Receiver<bool>) {
     let mut drivers: HashMap<String, ExecutionDriver> = HashMap::new();
     let mut last_keepalive = tokio::time::Instant::now();
+    let mut last_compaction = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
@@ -128,6 +144,10 @@ async fn lead(store: &SharedStore, name: &str, lease: LeaseId, shutdown: &mut wa
                     continue;
                 }
             }
+        }
+        if last_compaction.elapsed() >= COMPACT_EVERY {
+            compact_history(store).await;
+            last_compaction = tokio::time::Instant::now();
         }
         let active = match store.range(&keys::active_prefix(), RangeOptions { keys_only: true, ..Default::default() }).await {
             Ok(r) => r.kvs.into_iter().map(|kv| keys::exec_of(&kv.key)).collect::<HashSet<_>>(),

@@ -30,6 +30,7 @@ pub async fn run_conformance_suite(store: SharedStore, scope: &str) {
     claim_race_has_exactly_one_winner(&store, scope).await;
     values_over_the_limit_are_refused(&store, scope).await;
     watch_resumes_from_a_revision(&store, scope).await;
+    compaction_keeps_keys_and_refuses_old_watches(&store, scope).await;
     lease_keep_alive_and_revoke(&store, scope).await;
     lease_expiry_removes_claims(&store, scope).await;
 }
@@ -249,4 +250,19 @@ pub async fn lease_expiry_removes_claims(store: &SharedStore, scope: &str) {
     assert_eq!((e.kind, e.kv.key), (EventKind::Delete, key(&p, "claim/1")), "watchers see the expiry");
     assert!(matches!(store.lease_keep_alive(short).await, Err(StoreError::LeaseExpired(_))));
     store.lease_revoke(kept).await.unwrap();
+}
+
+pub async fn compaction_keeps_keys_and_refuses_old_watches(store: &SharedStore, scope: &str) {
+    let p = ns(scope, "compact");
+    store.delete_prefix(&p).await.unwrap();
+    let r1 = store.put(&key(&p, "a"), b"1".to_vec(), None).await.unwrap();
+    let r2 = store.put(&key(&p, "a"), b"2".to_vec(), None).await.unwrap();
+    store.compact(r2).await.unwrap();
+    store.compact(r1).await.unwrap(); // compacting to an older revision is a no-op, not an error
+    assert_eq!(store.get(&key(&p, "a")).await.unwrap().unwrap().value, b"2", "compaction keeps current values");
+    let mut w = store.watch(&p, r1).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), w.next()).await.expect("an answer within 10 s") {
+        Some(Err(StoreError::Compacted { .. })) => {}
+        other => panic!("a watch from a compacted revision must fail with Compacted, got {other:?}"),
+    }
 }

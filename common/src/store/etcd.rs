@@ -90,6 +90,15 @@ fn revision_of(header: Option<&ec::ResponseHeader>) -> Revision {
     header.map_or(0, |h| h.revision())
 }
 
+/// etcd refuses an empty key; the empty prefix starts at "\0", the smallest key.
+fn first_key(prefix: &[u8]) -> Vec<u8> {
+    if prefix.is_empty() {
+        vec![0]
+    } else {
+        prefix.to_vec()
+    }
+}
+
 fn check_value(key: &[u8], value: &[u8]) -> Result<(), StoreError> {
     if value.len() > MAX_VALUE_BYTES {
         return Err(StoreError::ValueTooLarge { key: String::from_utf8_lossy(key).into_owned(), len: value.len(), max: MAX_VALUE_BYTES });
@@ -142,7 +151,7 @@ impl EtcdStore {
         match op {
             TxnOp::Put { key, value, lease } => ec::TxnOp::put(key, value, lease.map(|l| ec::PutOptions::new().with_lease(l))),
             TxnOp::Delete { key } => ec::TxnOp::delete(key, None),
-            TxnOp::DeletePrefix { prefix } => ec::TxnOp::delete(prefix.clone(), Some(ec::DeleteOptions::new().with_range(prefix_end(&prefix)))),
+            TxnOp::DeletePrefix { prefix } => ec::TxnOp::delete(first_key(&prefix), Some(ec::DeleteOptions::new().with_range(prefix_end(&prefix)))),
         }
     }
 }
@@ -163,7 +172,7 @@ impl Store for EtcdStore {
                 s.push(0);
                 s
             }
-            _ => prefix.to_vec(),
+            _ => first_key(prefix),
         };
         let mut o = ec::GetOptions::new().with_range(prefix_end(prefix));
         if opts.limit > 0 {
@@ -179,7 +188,7 @@ impl Store for EtcdStore {
     async fn count(&self, prefix: &[u8]) -> Result<usize, StoreError> {
         let mut c = self.client.clone();
         let o = ec::GetOptions::new().with_range(prefix_end(prefix)).with_count_only();
-        let resp = deadline(c.get(prefix.to_vec(), Some(o)), None).await?;
+        let resp = deadline(c.get(first_key(prefix), Some(o)), None).await?;
         Ok(resp.count() as usize)
     }
 
@@ -200,7 +209,7 @@ impl Store for EtcdStore {
     async fn delete_prefix(&self, prefix: &[u8]) -> Result<usize, StoreError> {
         let mut c = self.client.clone();
         let o = ec::DeleteOptions::new().with_range(prefix_end(prefix));
-        let resp = deadline(c.delete(prefix.to_vec(), Some(o)), None).await?;
+        let resp = deadline(c.delete(first_key(prefix), Some(o)), None).await?;
         Ok(resp.deleted() as usize)
     }
 
@@ -243,13 +252,22 @@ impl Store for EtcdStore {
         }
     }
 
+    async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+        let mut c = self.client.clone();
+        match deadline(c.compact(revision, None), None).await {
+            // Already compacted at or past it: nothing to do.
+            Ok(_) | Err(StoreError::Compacted { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn watch(&self, prefix: &[u8], from_revision: Revision) -> Result<WatchStream, StoreError> {
         let mut c = self.client.clone();
         let mut o = ec::WatchOptions::new().with_range(prefix_end(prefix));
         if from_revision > 0 {
             o = o.with_start_revision(from_revision);
         }
-        let stream = deadline(c.watch(prefix.to_vec(), Some(o)), None).await?;
+        let stream = deadline(c.watch(first_key(prefix), Some(o)), None).await?;
         let events = futures::stream::unfold((stream, std::collections::VecDeque::new(), false), move |(mut s, mut pending, done)| async move {
             loop {
                 if let Some(ev) = pending.pop_front() {

@@ -333,6 +333,16 @@ impl Store for MemStore {
         Ok(())
     }
 
+    async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        while inner.history.front().is_some_and(|e| e.kv.mod_revision <= revision) {
+            let old = inner.history.pop_front().expect("checked");
+            inner.history_bytes -= old.kv.key.len() + old.kv.value.len();
+        }
+        inner.compacted_through = inner.compacted_through.max(revision.min(inner.revision));
+        Ok(())
+    }
+
     async fn watch(&self, prefix: &[u8], from_revision: Revision) -> Result<WatchStream, StoreError> {
         let mut inner = self.lock();
         let oldest = inner.compacted_through + 1;

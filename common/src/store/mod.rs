@@ -242,6 +242,9 @@ pub trait Store: Send + Sync + 'static {
     async fn lease_keep_alive(&self, lease: LeaseId) -> Result<(), StoreError>;
     async fn lease_revoke(&self, lease: LeaseId) -> Result<(), StoreError>;
     async fn watch(&self, prefix: &[u8], from_revision: Revision) -> Result<WatchStream, StoreError>;
+    /// Discards the change history up to `revision` (watches from before it get
+    /// `Compacted`), so a long execution does not grow the store's history without bound.
+    async fn compact(&self, revision: Revision) -> Result<(), StoreError>;
     /// Total number of keys, for the "etcd holds only the frontier" accounting.
     async fn total_keys(&self) -> Result<usize, StoreError> {
         self.count(b"").await

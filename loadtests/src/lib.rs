@@ -1,0 +1,18 @@
+//! `ferry-load`: deterministic dataset generation and wall-clock benchmarks of
+//! ferry against the usual local copy tools (cp, rsync, rclone, fpsync).
+//!
+//! The binary (`src/main.rs`) is a thin clap layer; everything testable lives
+//! here so `cargo test -p ferry-loadtests` covers generator determinism,
+//! dataset shape and the statistics used in reports.
+
+pub mod bench;
+pub mod error;
+pub mod gen;
+pub mod report;
+pub mod rng;
+pub mod size;
+pub mod stats;
+pub mod tree;
+pub mod util;
+
+pub use error::{Error, Result};

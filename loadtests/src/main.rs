@@ -1,0 +1,256 @@
+//! `ferry-load`: dataset generator and benchmark runner for ferry.
+//!
+//!   ferry-load gen PROFILE DIR --seed N [--files N] [--dirs N] ...
+//!   ferry-load bench SCENARIO [--runs N] [--out DIR] [--ferry PATH] [--data DIR] [--tiny]
+//!   ferry-load digest DIR
+//!
+//! Exit codes: 0 success, 1 failure (including a benchmarked tool failing or
+//! producing a wrong copy), 2 usage error.
+
+use clap::{Args, Parser, Subcommand};
+use ferry_loadtests::bench::{self, BenchOptions, Scenario};
+use ferry_loadtests::gen::{self, DatasetSpec, GenConfig, Profile, ShapeOptions};
+use ferry_loadtests::size::{format_bytes, format_secs, parse_size};
+use ferry_loadtests::util::say;
+use ferry_loadtests::{report, tree, Error, Result};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "ferry-load",
+    version,
+    about = "Dataset generator and benchmark runner for ferry"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate a deterministic dataset (same seed => byte-identical tree).
+    Gen(GenArgs),
+    /// Benchmark ferry against cp, rsync, rclone and fpsync.
+    Bench(BenchArgs),
+    /// Print entry counts and a content digest of a tree (compare two
+    /// generations, or a source with its copy).
+    Digest {
+        /// Directory to digest.
+        dir: PathBuf,
+    },
+}
+
+/// Dataset shape; every option defaults per profile.
+#[derive(Args, Clone, Default)]
+struct ShapeArgs {
+    /// Number of files (small: 50000, large: 4, mixed: 10000 small ones,
+    /// meta: 100000).
+    #[arg(long)]
+    files: Option<u64>,
+    /// Leaf directories the small files are spread over (nested two levels).
+    #[arg(long)]
+    dirs: Option<u64>,
+    /// Smallest small-file size, e.g. 0, 4K (sizes are uniform in min..=max).
+    #[arg(long, value_parser = parse_size)]
+    min_size: Option<u64>,
+    /// Largest small-file size, e.g. 64KiB.
+    #[arg(long, value_parser = parse_size)]
+    max_size: Option<u64>,
+    /// Size of each large file, e.g. 512MiB.
+    #[arg(long, value_parser = parse_size)]
+    file_size: Option<u64>,
+    /// Number of large files in the mixed profile (default 2).
+    #[arg(long)]
+    large_files: Option<u64>,
+    /// Files per directory in the meta profile (default 1000).
+    #[arg(long)]
+    files_per_dir: Option<u64>,
+}
+
+impl From<ShapeArgs> for ShapeOptions {
+    fn from(a: ShapeArgs) -> Self {
+        ShapeOptions {
+            files: a.files,
+            dirs: a.dirs,
+            min_size: a.min_size,
+            max_size: a.max_size,
+            file_size: a.file_size,
+            large_files: a.large_files,
+            files_per_dir: a.files_per_dir,
+        }
+    }
+}
+
+#[derive(Args)]
+struct GenArgs {
+    /// Dataset profile.
+    #[arg(value_enum)]
+    profile: Profile,
+    /// Target directory (created; must be absent or empty).
+    dir: PathBuf,
+    /// Seed: the whole tree is a function of profile, options and seed.
+    #[arg(long)]
+    seed: u64,
+    #[command(flatten)]
+    shape: ShapeArgs,
+    /// Writer threads (default: number of cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// No progress output.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Scenario to run.
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// Timed runs per tool.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Untimed warm-up rounds of every tool before the timed runs.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Results directory [default: loadtests/results].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// ferry binary [default: $FERRY_BIN, else target/release/ferry].
+    #[arg(long)]
+    ferry: Option<PathBuf>,
+    /// Work directory for the dataset and copies; put it on the filesystem
+    /// to measure [default: target/ferry-load].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// CI-sized dataset: local-small 500 files in 10 dirs, local-large 4 x 8 MiB.
+    #[arg(long)]
+    tiny: bool,
+    /// Dataset seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Only these tools, comma-separated (e.g. ferry,rsync).
+    #[arg(long, value_delimiter = ',')]
+    tools: Option<Vec<String>>,
+    /// Dataset generation threads (default: number of cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    #[command(flatten)]
+    shape: ShapeArgs,
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+fn threads(t: Option<usize>) -> Result<usize> {
+    match t {
+        Some(0) => Err(Error::usage("--threads must be at least 1")),
+        Some(n) => Ok(n),
+        None => Ok(default_threads()),
+    }
+}
+
+fn cmd_gen(a: GenArgs) -> Result<i32> {
+    let spec = DatasetSpec::resolve(a.profile, &a.shape.into())?;
+    let cfg = GenConfig {
+        threads: threads(a.threads)?,
+        progress: !a.quiet,
+        sync: false,
+    };
+    if !a.quiet {
+        eprintln!(
+            "generating {} (seed {}) into {}",
+            spec.describe(),
+            a.seed,
+            a.dir.display()
+        );
+    }
+    let s = gen::generate(&spec, a.seed, &a.dir, &cfg)?;
+    for w in &s.warnings {
+        eprintln!("warning: {w}");
+    }
+    say(format!(
+        "{}: {} files, {} dirs, {} symlinks, {} special, {} in {} ({}/s)",
+        a.dir.display(),
+        s.stats.files,
+        s.stats.dirs,
+        s.stats.symlinks,
+        s.stats.other,
+        format_bytes(s.stats.bytes),
+        format_secs(s.elapsed_s),
+        format_bytes((s.stats.bytes as f64 / s.elapsed_s.max(1e-9)) as u64)
+    ));
+    Ok(0)
+}
+
+fn cmd_bench(a: BenchArgs) -> Result<i32> {
+    let opts = BenchOptions {
+        scenario: a.scenario,
+        runs: a.runs,
+        warmup: a.warmup,
+        out: a.out,
+        ferry: a.ferry,
+        data: a.data,
+        tiny: a.tiny,
+        shape: a.shape.into(),
+        seed: a.seed,
+        tools: a.tools,
+        threads: threads(a.threads)?,
+        helper: None,
+    };
+    let o = bench::run_bench(&opts)?;
+    say("");
+    say(report::render_table(&o.report));
+    say(format!("results: {}", o.json.display()));
+    say(format!("chart:   {}", o.svg.display()));
+    if !o.ok {
+        eprintln!(
+            "ferry-load: a tool failed or produced a copy that differs from the source (see above)"
+        );
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+fn cmd_digest(dir: PathBuf) -> Result<i32> {
+    if !dir.is_dir() {
+        return Err(Error::usage(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
+    }
+    let (st, h) = tree::digest(&dir)?;
+    say(format!(
+        "{:016x}  {} files, {} dirs, {} symlinks, {} special, {}",
+        h,
+        st.files,
+        st.dirs,
+        st.symlinks,
+        st.other,
+        format_bytes(st.bytes)
+    ));
+    Ok(0)
+}
+
+fn main() {
+    // The bench runner re-executes this binary as a small measuring helper
+    // (see `bench::measure_main`); intercept that before clap so the helper
+    // stays tiny and out of `--help`.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == bench::MEASURE_ARG) {
+        std::process::exit(bench::measure_main(&args[2..]));
+    }
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Gen(a) => cmd_gen(a),
+        Cmd::Bench(a) => cmd_bench(a),
+        Cmd::Digest { dir } => cmd_digest(dir),
+    };
+    match r {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("ferry-load: {e}");
+            std::process::exit(e.exit_code());
+        }
+    }
+}
