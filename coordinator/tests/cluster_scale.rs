@@ -109,7 +109,15 @@ fn a_million_file_execution_keeps_a_bounded_number_of_keys_in_etcd() {
     running.store(false, Ordering::Relaxed);
     sampler.join().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "cluster copy failed: {stderr}\n{}", String::from_utf8_lossy(&out.stdout));
+    let tails: String = ["c1", "w1", "w2"]
+        .iter()
+        .map(|n| {
+            let text = std::fs::read_to_string(tmp.path().join(format!("{n}.log"))).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            format!("--- {n}.log (last 20 lines)\n{}\n", lines[lines.len().saturating_sub(20)..].join("\n"))
+        })
+        .collect();
+    assert_eq!(out.status.code(), Some(0), "cluster copy failed: {stderr}\n{}\n{tails}", String::from_utf8_lossy(&out.stdout));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["counters"]["files_transferred"], 1_000_000 + 1000 + 10);
 

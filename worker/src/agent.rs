@@ -45,21 +45,32 @@ async fn stop_all(serving: &mut HashMap<String, Vec<Addr<MoverActor>>>) {
     serving.clear();
 }
 
+/// Why an execution could not be joined.
+enum JoinError {
+    /// The Store did not answer: try again next round.
+    Store(String),
+    /// This agent cannot take part (cannot reach the locations, bad record): stop trying.
+    Unusable(String),
+}
+
 /// Starts movers for an execution this agent has not joined yet.
-async fn join_execution(store: &SharedStore, node: &Node, exec_id: &str, cfg: &AgentConfig) -> Result<Option<Vec<Addr<MoverActor>>>, String> {
+async fn join_execution(store: &SharedStore, node: &Node, exec_id: &str, cfg: &AgentConfig) -> Result<Option<Vec<Addr<MoverActor>>>, JoinError> {
     let meta_key = keys::ExecKeys::new(exec_id).meta();
-    let Some(kv) = store.get(&meta_key).await.map_err(|e| e.to_string())? else { return Ok(None) };
-    let exec: Execution = codec::decode(&kv.value).map_err(|e| e.to_string())?;
+    let Some(kv) = store.get(&meta_key).await.map_err(|e| JoinError::Store(e.to_string()))? else { return Ok(None) };
+    let exec: Execution = codec::decode(&kv.value).map_err(|e| JoinError::Unusable(e.to_string()))?;
     if exec.phase.is_terminal() {
         return Ok(None);
     }
     let spec = exec.spec.clone();
     let ctx = tokio::task::spawn_blocking(move || ExecContext::open(spec))
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| JoinError::Unusable(e.to_string()))?
+        .map_err(|e| JoinError::Unusable(e.to_string()))?;
     let sink: Arc<dyn ReportSink> = match &exec.spec.report_dir {
-        Some(dir) => Arc::new(FileSink::open(&PathBuf::from(dir), exec_id, &node.holder()).map_err(|e| format!("cannot open report directory {dir}: {e}"))?),
+        Some(dir) => Arc::new(
+            FileSink::open(&PathBuf::from(dir), exec_id, &node.holder())
+                .map_err(|e| JoinError::Unusable(format!("cannot open report directory {dir}: {e}")))?,
+        ),
         None => Arc::new(NullSink),
     };
     tracing::info!(execution = exec_id, source = %exec.spec.source, destination = %exec.spec.destination, "ExecutionJoined");
@@ -123,7 +134,8 @@ pub async fn run_agent(store: SharedStore, cfg: AgentConfig, mut shutdown: watch
                         serving.insert(id, movers);
                     }
                     Ok(None) => {}
-                    Err(e) => {
+                    Err(JoinError::Store(e)) => tracing::warn!(execution = %id, error = %e, "cannot read execution; retrying"),
+                    Err(JoinError::Unusable(e)) => {
                         tracing::error!(execution = %id, error = %e, "cannot take part in execution");
                         unusable.insert(id);
                     }

@@ -232,6 +232,30 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// Retries a Store operation while the Store is unavailable. Giving up is not an option: a
+/// shard whose completion is never written stays claimed by this live worker forever.
+async fn with_store_retry<T, F, Fut>(what: &str, mut op: F) -> Result<T, QueueError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, QueueError>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    let mut warned = false;
+    loop {
+        match op().await {
+            Err(QueueError::Store(e)) if e.is_transient() => {
+                if !warned {
+                    tracing::warn!(error = %e, "{what}: coordination store unavailable; retrying until it is back");
+                    warned = true;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}
+
 async fn run_shard(shared: &MoverShared, shard: Shard, bufs: &mut Option<Buffers>) {
     let ctx = shared.ctx.clone();
     let queue = &shared.queue;
@@ -242,17 +266,20 @@ async fn run_shard(shared: &MoverShared, shard: Shard, bufs: &mut Option<Buffers
     let committed: Result<bool, QueueError> = if let ShardBody::Part { file, offset, len, .. } = shard.body.clone() {
         let c = ctx.clone();
         let r = blocking(chunk, bufs, move |b| transfer::run_part(&c, &file, offset, len, b)).await.and_then(|r| r);
+        let outcome = Outcome::default();
         match r {
-            Ok(crc) => queue.complete_part(&shard, Ok((crc, len)), &Outcome::default()).await,
-            Err(e) if e.kind.is_transient() && shard.attempt < max_attempts => queue.requeue(&shard, e.to_string()).await,
-            Err(e) => queue.complete_part(&shard, Err(e.to_string()), &Outcome::default()).await,
+            Ok(crc) => with_store_retry("complete part", || queue.complete_part(&shard, Ok((crc, len)), &outcome)).await,
+            Err(e) if e.kind.is_transient() && shard.attempt < max_attempts => {
+                with_store_retry("requeue part", || queue.requeue(&shard, e.to_string())).await
+            }
+            Err(e) => with_store_retry("complete part", || queue.complete_part(&shard, Err(e.to_string()), &outcome)).await,
         }
     } else {
         match execute(shared, &shard, bufs).await {
             Ok((outcome, extra)) => commit(shared, &shard, outcome, extra).await,
             Err(e) if e.kind.is_transient() && shard.attempt < max_attempts => {
                 tracing::info!(shard = %shard.id, error = %e, "shard failed; queued for another attempt");
-                queue.requeue(&shard, e.to_string()).await
+                with_store_retry("requeue shard", || queue.requeue(&shard, e.to_string())).await
             }
             Err(e) => commit(shared, &shard, all_failed(&shard.body, &e), Vec::new()).await,
         }
@@ -271,9 +298,9 @@ async fn commit(shared: &MoverShared, shard: &Shard, mut outcome: Outcome, extra
     if early && !report.is_empty() {
         let (sink, t) = (shared.reports.clone(), tag.clone());
         let _ = tokio::task::spawn_blocking(move || sink.record(&t, report)).await;
-        return shared.queue.complete(shard, &outcome, extra).await;
+        return with_store_retry("complete shard", || shared.queue.complete(shard, &outcome, extra.clone())).await;
     }
-    let ok = shared.queue.complete(shard, &outcome, extra).await?;
+    let ok = with_store_retry("complete shard", || shared.queue.complete(shard, &outcome, extra.clone())).await?;
     if ok && !report.is_empty() {
         shared.reports.record(&tag, report);
     }
@@ -285,14 +312,15 @@ async fn execute(shared: &MoverShared, shard: &Shard, bufs: &mut Option<Buffers>
     let ctx = shared.ctx.clone();
     let chunk = ctx.options().limits.chunk_size as usize;
     let attempt = shard.attempt;
-    let store_err = |e: QueueError| FerryError::new(ErrorKind::Unavailable, format!("coordination store: {e}"));
+    let store_err = |e: QueueError| FerryError::new(ErrorKind::Other, format!("coordination store: {e}"));
     let outcome = match shard.body.clone() {
         ShardBody::Scan { dirs } => {
             let c = ctx.clone();
             let page = blocking(chunk, bufs, move |_| list_page(&c, &dirs)).await??;
             let mut roles = Vec::with_capacity(page.link_candidates.len());
             for cand in &page.link_candidates {
-                roles.push(match shared.queue.resolve_link(cand.dev, cand.ino, &cand.entry.path).await.map_err(store_err)? {
+                let role = with_store_retry("resolve hard link", || shared.queue.resolve_link(cand.dev, cand.ino, &cand.entry.path)).await;
+                roles.push(match role.map_err(store_err)? {
                     None => LinkRole::First,
                     Some(first) => LinkRole::LinkTo(first),
                 });
@@ -304,7 +332,7 @@ async fn execute(shared: &MoverShared, shard: &Shard, bufs: &mut Option<Buffers>
             blocking(chunk, bufs, move |b| transfer::run_transfer(&c, entries, attempt, b)).await?
         }
         ShardBody::Commit { file, group, .. } => {
-            let set = shared.queue.part_set(&group).await.map_err(store_err)?;
+            let set = with_store_retry("read part set", || shared.queue.part_set(&group)).await.map_err(store_err)?;
             let c = ctx.clone();
             let out = blocking(chunk, bufs, move |_| {
                 let failure = set.failed.first().map(|(_, r)| r.clone());
