@@ -6,6 +6,7 @@
 //! here, so that every crate can depend on it cheaply.
 
 pub mod codec;
+pub mod config;
 pub mod crc;
 pub mod error;
 pub mod filter;

@@ -13,6 +13,7 @@ use ferry_common::telemetry::{init_logging, LogFormat};
 
 use std::sync::Arc;
 
+use ferry_common::config::DaemonConfig;
 use ferry_common::store::{EtcdStore, SharedStore};
 
 use crate::cluster;
@@ -56,15 +57,18 @@ pub struct ClusterArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct CoordinatorArgs {
+    /// Configuration file (TOML; see deploy/ferry.toml). Flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// etcd endpoints, comma-separated.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',')]
     pub etcd: Vec<String>,
     /// This coordinator's name, unique among coordinators (default: host-pid).
     #[arg(long)]
     pub name: Option<String>,
-    /// Log format on stderr.
-    #[arg(long, value_enum, default_value = "text")]
-    pub log_format: LogFormatArg,
+    /// Log format on stderr [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormatArg>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -401,11 +405,26 @@ async fn run_in_cluster(etcd: &[String], spec: ExecutionSpec, report: Option<Pat
 }
 
 fn run_coordinator_daemon(args: &CoordinatorArgs) -> i32 {
-    let format = if args.log_format == LogFormatArg::Json { LogFormat::Json } else { LogFormat::Text };
-    init_logging(format, "info");
-    let name = args.name.clone().unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    let cfg = match &args.config {
+        Some(path) => match DaemonConfig::load(path) {
+            Ok(c) => c,
+            Err(e) => return exit_on_usage(Err(UsageError(e))),
+        },
+        None => DaemonConfig::default(),
+    };
+    let json = match args.log_format {
+        Some(f) => f == LogFormatArg::Json,
+        None => cfg.log_format.as_deref() == Some("json"),
+    };
+    init_logging(if json { LogFormat::Json } else { LogFormat::Text }, "info");
+    let name = args.name.clone().or(cfg.coordinator.name.clone()).unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    let endpoints = if args.etcd.is_empty() { cfg.etcd.endpoints.clone() } else { args.etcd.clone() };
     exit_on_usage(runtime().block_on(async move {
-        let store = connect(&args.etcd).await?;
+        let credentials = cfg.etcd_credentials().map_err(UsageError)?;
+        let store = EtcdStore::connect_with(&endpoints, credentials)
+            .await
+            .map(|s| Arc::new(s) as SharedStore)
+            .map_err(|e| UsageError(format!("{e} (start etcd, or fix --etcd)")))?;
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };

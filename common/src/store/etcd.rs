@@ -109,10 +109,21 @@ fn check_value(key: &[u8], value: &[u8]) -> Result<(), StoreError> {
 impl EtcdStore {
     /// Connects and checks that etcd answers, so a wrong URL fails at once with a clear error.
     pub async fn connect(endpoints: &[String]) -> Result<Self, StoreError> {
-        let opts = ec::ConnectOptions::new()
+        Self::connect_with(endpoints, None).await
+    }
+
+    /// Like [`EtcdStore::connect`], authenticating as `(user, password)` when given.
+    pub async fn connect_with(endpoints: &[String], credentials: Option<(String, String)>) -> Result<Self, StoreError> {
+        if endpoints.is_empty() {
+            return Err(StoreError::Other("no etcd endpoint given (use --etcd URL or [etcd] endpoints in the config)".into()));
+        }
+        let mut opts = ec::ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
             .with_keep_alive_while_idle(true);
+        if let Some((user, password)) = credentials {
+            opts = opts.with_user(user, password);
+        }
         let client = match tokio::time::timeout(REQUEST_TIMEOUT, ec::Client::connect(endpoints, Some(opts))).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(StoreError::Unavailable(format!("cannot reach etcd at {}: {e}", endpoints.join(",")))),

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use ferry_common::config::DaemonConfig;
 use ferry_common::store::{EtcdStore, SharedStore};
 use ferry_common::telemetry::{init_logging, LogFormat};
 use ferry_worker::agent::{run_agent, AgentConfig};
@@ -11,21 +12,29 @@ use ferry_worker::agent::{run_agent, AgentConfig};
 #[derive(Parser)]
 #[command(name = "ferry-worker", version, about = "ferry's worker agent: joins a cluster through etcd and moves shards")]
 struct Args {
+    /// Configuration file (TOML; see deploy/ferry.toml). Flags override it.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
     /// etcd endpoints, comma-separated (e.g. http://127.0.0.1:2379).
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',')]
     etcd: Vec<String>,
     /// This agent's name, unique in the cluster.
     #[arg(long)]
-    name: String,
-    /// Concurrent movers per execution (each holds one shard and a 1 MiB buffer).
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
-    movers: u32,
-    /// Lease TTL in seconds: how long a silent agent keeps its claims.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=300))]
-    lease_ttl: u64,
-    /// Log format on stderr.
-    #[arg(long, default_value = "text")]
-    log_format: String,
+    name: Option<String>,
+    /// Concurrent movers per execution (each holds one shard and a 1 MiB buffer) [default: 8].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    movers: Option<u32>,
+    /// Lease TTL in seconds: how long a silent agent keeps its claims [default: 10].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(2..=300))]
+    lease_ttl: Option<u64>,
+    /// Log format on stderr: text or json.
+    #[arg(long)]
+    log_format: Option<String>,
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("ferry-worker: error: {msg}");
+    std::process::exit(2);
 }
 
 fn main() {
@@ -43,7 +52,24 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let format = if args.log_format == "json" { LogFormat::Json } else { LogFormat::Text };
+    let cfg = match &args.config {
+        Some(path) => DaemonConfig::load(path).unwrap_or_else(|e| fail(&e)),
+        None => DaemonConfig::default(),
+    };
+    let endpoints = if args.etcd.is_empty() { cfg.etcd.endpoints.clone() } else { args.etcd.clone() };
+    if endpoints.is_empty() {
+        fail("no etcd endpoint (give --etcd URL or [etcd] endpoints in --config)");
+    }
+    let name = args.name.clone().or(cfg.worker.name.clone()).unwrap_or_else(|| fail("no worker name (give --name NAME or [worker] name in --config)"));
+    let credentials = cfg.etcd_credentials().unwrap_or_else(|e| fail(&e));
+    let movers = args.movers.or(cfg.worker.movers).unwrap_or(8).clamp(1, 256) as usize;
+    let lease_ttl = args.lease_ttl.or(cfg.worker.lease_ttl_secs).unwrap_or(10).clamp(2, 300);
+    let log_format = args.log_format.clone().or(cfg.log_format.clone()).unwrap_or_else(|| "text".into());
+    let format = match log_format.as_str() {
+        "json" => LogFormat::Json,
+        "text" => LogFormat::Text,
+        other => fail(&format!("--log-format must be text or json, not {other:?}")),
+    };
     init_logging(format, "info");
     let system = actix_rt::System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_multi_thread()
@@ -53,7 +79,7 @@ fn main() {
             .expect("the tokio runtime starts")
     });
     let code = system.block_on(async move {
-        let store: SharedStore = match EtcdStore::connect(&args.etcd).await {
+        let store: SharedStore = match EtcdStore::connect_with(&endpoints, credentials).await {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 eprintln!("ferry-worker: error: {e} (start etcd or fix --etcd)");
@@ -69,7 +95,7 @@ fn main() {
             }
             let _ = tx.send(true);
         });
-        let cfg = AgentConfig { name: args.name, movers: args.movers as usize, lease_ttl: Duration::from_secs(args.lease_ttl) };
+        let cfg = AgentConfig { name, movers, lease_ttl: Duration::from_secs(lease_ttl) };
         run_agent(store, cfg, rx).await;
         0
     });

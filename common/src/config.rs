@@ -1,0 +1,152 @@
+//! The daemon configuration file (`ferry coordinator --config`, `ferry-worker --config`).
+//!
+//! TOML; unknown keys are refused so a typo never silently falls back to a default. Secrets
+//! are read from files, and a secret file that others can read is refused.
+//!
+//! ```toml
+//! log_format = "json"            # text | json
+//!
+//! [etcd]
+//! endpoints = ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
+//! user = "ferry"                 # optional
+//! password_file = "/etc/ferry/etcd-password"   # mode 0600; required with user
+//!
+//! [coordinator]
+//! name = "coord-a"               # default: host-pid
+//!
+//! [worker]
+//! name = "agent-1"               # required for workers (or --name)
+//! movers = 8                     # memory ≈ movers × (1 MiB buffer + one shard)
+//! lease_ttl_secs = 10            # how long a silent agent keeps its claims
+//! ```
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    #[serde(default)]
+    pub log_format: Option<String>,
+    #[serde(default)]
+    pub etcd: EtcdConfig,
+    #[serde(default)]
+    pub coordinator: CoordinatorSection,
+    #[serde(default)]
+    pub worker: WorkerSection,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorSection {
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSection {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub movers: Option<u32>,
+    #[serde(default)]
+    pub lease_ttl_secs: Option<u64>,
+}
+
+impl DaemonConfig {
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        let cfg: DaemonConfig = toml::from_str(&text).map_err(|e| {
+            let first = e.to_string().lines().find(|l| !l.trim().is_empty() && !l.contains('|')).unwrap_or("invalid TOML").trim().to_string();
+            format!("config {}: {first}", path.display())
+        })?;
+        if let Some(f) = &cfg.log_format {
+            if f != "text" && f != "json" {
+                return Err(format!("config {}: log_format must be \"text\" or \"json\", not {f:?}", path.display()));
+            }
+        }
+        if cfg.etcd.user.is_some() != cfg.etcd.password_file.is_some() {
+            return Err(format!("config {}: etcd.user and etcd.password_file go together (set both or neither)", path.display()));
+        }
+        Ok(cfg)
+    }
+
+    /// The etcd credentials, read from the password file.
+    pub fn etcd_credentials(&self) -> Result<Option<(String, String)>, String> {
+        match (&self.etcd.user, &self.etcd.password_file) {
+            (Some(user), Some(file)) => Ok(Some((user.clone(), read_secret(file)?))),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Reads a secret file, refusing one that group or others can read.
+pub fn read_secret(path: &Path) -> Result<String, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "secret file {} is readable by others (mode {:o}); run `chmod 600 {}`",
+            path.display(),
+            meta.permissions().mode() & 0o777,
+            path.display()
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_full_config_parses() {
+        let dir = std::env::temp_dir().join(format!("ferry-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pw = write(&dir, "pw", "s3cret\n", 0o600);
+        let cfg = write(
+            &dir,
+            "ok.toml",
+            &format!("log_format = \"json\"\n[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\nuser = \"ferry\"\npassword_file = \"{}\"\n[worker]\nname = \"w1\"\nmovers = 4\n", pw.display()),
+            0o644,
+        );
+        let c = DaemonConfig::load(&cfg).unwrap();
+        assert_eq!(c.worker.movers, Some(4));
+        assert_eq!(c.etcd_credentials().unwrap(), Some(("ferry".into(), "s3cret".into())));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_readable_secrets_are_refused() {
+        let dir = std::env::temp_dir().join(format!("ferry-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let typo = write(&dir, "typo.toml", "[worker]\nmover = 4\n", 0o644);
+        let err = DaemonConfig::load(&typo).unwrap_err();
+        assert!(err.contains("mover"), "{err}");
+        let pw = write(&dir, "pw", "x", 0o644);
+        let err = read_secret(&pw).unwrap_err();
+        assert!(err.contains("chmod 600"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
