@@ -25,7 +25,7 @@ use crate::report::summary_json;
 /// How long a silent leader keeps leadership; a standby takes over within about this long.
 pub const LEADER_TTL: Duration = Duration::from_secs(5);
 /// How often the leader reconciles each execution.
-const TICK: Duration = Duration::from_millis(200);
+const TICK: Duration = Duration::from_millis(50);
 
 /// Appends committed (attempt, holder) pairs to this coordinator's file in the report dir.
 struct FileCommitLog {
@@ -246,7 +246,7 @@ pub async fn follow(store: &SharedStore, exec_id: &str, mut progress: Progress) 
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             _ = cancel.changed() => {}
         }
     }

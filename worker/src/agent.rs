@@ -31,7 +31,7 @@ pub struct AgentConfig {
 }
 
 /// How often the agent looks for new executions.
-const POLL: Duration = Duration::from_millis(300);
+const POLL: Duration = Duration::from_millis(100);
 
 async fn stop_all(serving: &mut HashMap<String, Vec<Addr<MoverActor>>>) {
     for movers in serving.values() {

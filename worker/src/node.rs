@@ -189,8 +189,7 @@ async fn mover_loop(shared: Arc<MoverShared>, index: usize) {
             if exec.phase.is_terminal() {
                 return Ok(None);
             }
-            let allow_scan = shared.queue.transfer_backlog().await? < limits.max_queued_transfer_shards as usize;
-            Ok(Some(shared.queue.claim(exec.stage, allow_scan).await?))
+            Ok(Some(shared.queue.claim(exec.stage, limits.max_queued_transfer_shards as usize).await?))
         };
         match step.await {
             Ok(None) => return,

@@ -34,18 +34,20 @@ pub struct ShardQueue {
 
 /// Claim preference within a stage: finish files already started (commits, parts) before
 /// new files, and list last, so the frontier stays small.
-fn kind_preference(stage: Stage, allow_scan: bool) -> Vec<char> {
+fn kind_preference(stage: Stage) -> &'static [char] {
     match stage {
-        Stage::Transfer if allow_scan => vec!['a', 'b', 'c', 'd', 's'],
-        Stage::Transfer => vec!['a', 'b', 'c', 'd'],
-        Stage::Links => vec!['l'],
-        Stage::DirMeta => vec!['m'],
-        Stage::Verify => vec!['v'],
+        Stage::Transfer => &['a', 'b', 'c', 'd', 's'],
+        Stage::Links => &['l'],
+        Stage::DirMeta => &['m'],
+        Stage::Verify => &['v'],
     }
 }
 
 /// Queued kinds that count as the transfer backlog for scan backpressure.
 const BACKLOG_KINDS: [char; 3] = ['a', 'b', 'c'];
+
+/// Keys read per queue page while looking for an unclaimed shard.
+const CLAIM_PAGE: usize = 256;
 
 impl ShardQueue {
     pub fn new(store: SharedStore, exec: &str, worker_id: &str, lease: LeaseId) -> Self {
@@ -64,44 +66,50 @@ impl ShardQueue {
         &self.store
     }
 
-    /// Queued transfer work; scanning pauses while this is above the configured limit.
-    pub async fn transfer_backlog(&self) -> Result<usize, QueueError> {
-        let mut n = 0;
-        for k in BACKLOG_KINDS {
-            n += self.store.count(&self.keys.queue_kind(Stage::Transfer, k)).await?;
-        }
-        Ok(n)
-    }
-
     /// Claims one shard of `stage`, or returns `None` when nothing is claimable right now.
-    pub async fn claim(&self, stage: Stage, allow_scan: bool) -> Result<Option<Shard>, QueueError> {
-        for kind in kind_preference(stage, allow_scan) {
+    ///
+    /// Scan shards are only claimed while fewer than `max_backlog` transfer shards are queued:
+    /// that is the backpressure that keeps listing from running ahead of copying.
+    ///
+    /// Shards already claimed are skipped using one read of the claim prefix: a claim
+    /// transaction is a write (it goes through etcd's log even when its compare fails), so
+    /// trying claimed shards one by one would cost a disk flush each.
+    pub async fn claim(&self, stage: Stage, max_backlog: usize) -> Result<Option<Shard>, QueueError> {
+        let claimed: std::collections::HashSet<Vec<u8>> = self
+            .store
+            .range(&self.keys.claim_prefix(), RangeOptions { keys_only: true, ..Default::default() })
+            .await?
+            .kvs
+            .into_iter()
+            .map(|kv| ExecKeys::shard_of(&kv.key).as_bytes().to_vec())
+            .collect();
+        let mut backlog = 0;
+        for &kind in kind_preference(stage) {
+            if kind == 's' && backlog >= max_backlog {
+                continue;
+            }
             let prefix = self.keys.queue_kind(stage, kind);
             let mut start_after = None;
             loop {
                 let page = self
                     .store
-                    .range(&prefix, RangeOptions { limit: 64, start_after: start_after.clone(), keys_only: true })
+                    .range(&prefix, RangeOptions { limit: CLAIM_PAGE, start_after: start_after.clone(), keys_only: true })
                     .await?;
-                let mut keys: Vec<Vec<u8>> = page.kvs.into_iter().map(|kv| kv.key).collect();
-                start_after = keys.last().cloned();
+                if BACKLOG_KINDS.contains(&kind) {
+                    backlog += page.kvs.len();
+                }
+                start_after = page.kvs.last().map(|kv| kv.key.clone());
+                let mut keys: Vec<Vec<u8>> = page
+                    .kvs
+                    .into_iter()
+                    .map(|kv| kv.key)
+                    .filter(|k| !claimed.contains(ExecKeys::shard_of(k).as_bytes()))
+                    .collect();
                 // Claimers start at different places so they rarely collide on one key.
                 keys.shuffle(&mut rand::thread_rng());
                 for key in &keys {
-                    let id = ExecKeys::shard_of(key);
-                    let claim = self.keys.claim(id);
-                    let txn = Txn::new()
-                        .when([Compare::absent(claim.clone()), Compare::present(key.clone())])
-                        .and_then([TxnOp::put_leased(claim, self.holder.clone(), self.lease)]);
-                    if !self.store.txn(txn).await?.succeeded {
-                        continue;
-                    }
-                    match self.store.get(key).await? {
-                        Some(kv) => return Ok(Some(codec::decode(&kv.value)?)),
-                        // Completed by someone else between our claim and read: drop the claim.
-                        None => {
-                            self.store.delete(&self.keys.claim(id)).await?;
-                        }
+                    if let Some(shard) = self.try_claim(key).await? {
+                        return Ok(Some(shard));
                     }
                 }
                 if !page.more {
@@ -110,6 +118,25 @@ impl ShardQueue {
             }
         }
         Ok(None)
+    }
+
+    async fn try_claim(&self, key: &[u8]) -> Result<Option<Shard>, QueueError> {
+        let id = ExecKeys::shard_of(key);
+        let claim = self.keys.claim(id);
+        let txn = Txn::new()
+            .when([Compare::absent(claim.clone()), Compare::present(key.to_vec())])
+            .and_then([TxnOp::put_leased(claim, self.holder.clone(), self.lease)]);
+        if !self.store.txn(txn).await?.succeeded {
+            return Ok(None);
+        }
+        match self.store.get(key).await? {
+            Some(kv) => Ok(Some(codec::decode(&kv.value)?)),
+            // Completed by someone else between our claim and read: drop the claim.
+            None => {
+                self.store.delete(&self.keys.claim(id)).await?;
+                Ok(None)
+            }
+        }
     }
 
     fn fence(&self, shard: &Shard) -> Compare {
