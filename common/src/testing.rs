@@ -102,3 +102,21 @@ impl Drop for EtcdServer {
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
+
+/// Creates `dirs` directories of `files_per_dir` empty files under `root` (as `gNN/dNNNN/fNNNN`),
+/// on two threads: the shape of the million-file scale tests.
+pub fn make_empty_tree(root: &std::path::Path, dirs: usize, files_per_dir: usize) {
+    std::thread::scope(|s| {
+        for part in 0..2 {
+            s.spawn(move || {
+                for d in (part..dirs).step_by(2) {
+                    let dir = root.join(format!("g{:02}", d / 100)).join(format!("d{d:04}"));
+                    std::fs::create_dir_all(&dir).expect("create test directory");
+                    for f in 0..files_per_dir {
+                        std::fs::File::create(dir.join(format!("f{f:04}"))).expect("create test file");
+                    }
+                }
+            });
+        }
+    });
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_common::store::{EtcdStore, Store};
-use ferry_common::testing::EtcdServer;
+use ferry_common::testing::{make_empty_tree, EtcdServer};
 
 struct Children(Vec<Child>);
 
@@ -26,21 +26,6 @@ fn worker_bin() -> PathBuf {
     p
 }
 
-fn make_tree(root: &Path, dirs: usize, files_per_dir: usize) {
-    std::thread::scope(|s| {
-        for part in 0..2 {
-            s.spawn(move || {
-                for d in (part..dirs).step_by(2) {
-                    let dir = root.join(format!("g{:02}", d / 100)).join(format!("d{d:04}"));
-                    std::fs::create_dir_all(&dir).unwrap();
-                    for f in 0..files_per_dir {
-                        std::fs::File::create(dir.join(format!("f{f:04}"))).unwrap();
-                    }
-                }
-            });
-        }
-    });
-}
 
 fn dir_size(p: &Path) -> u64 {
     let mut total = 0;
@@ -58,7 +43,7 @@ fn a_million_file_execution_keeps_a_bounded_number_of_keys_in_etcd() {
     let Some(etcd) = EtcdServer::start() else { return };
     let tmp = tempfile::Builder::new().prefix("ferry-cluster-scale-").tempdir_in("/var/tmp").unwrap();
     let src = tmp.path().join("src");
-    make_tree(&src, 1000, 1000);
+    make_empty_tree(&src, 1000, 1000);
     let dst = tmp.path().join("dst");
     let log = |name: &str| std::fs::File::create(tmp.path().join(format!("{name}.log"))).unwrap();
 

@@ -4,6 +4,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Command;
 
+use ferry_common::testing::make_empty_tree;
+
 /// Runs a command and returns (exit code, peak RSS in KiB) from wait4's rusage.
 fn run_with_rusage(cmd: &mut Command) -> (i32, i64) {
     let child = cmd.spawn().expect("spawn ferry");
@@ -17,28 +19,13 @@ fn run_with_rusage(cmd: &mut Command) -> (i32, i64) {
     (code, usage.ru_maxrss)
 }
 
-fn make_tree(root: &Path, dirs: usize, files_per_dir: usize) {
-    std::thread::scope(|s| {
-        for part in 0..2 {
-            s.spawn(move || {
-                for d in (part..dirs).step_by(2) {
-                    let dir = root.join(format!("g{:02}", d / 100)).join(format!("d{d:04}"));
-                    std::fs::create_dir_all(&dir).unwrap();
-                    for f in 0..files_per_dir {
-                        std::fs::File::create(dir.join(format!("f{f:04}"))).unwrap();
-                    }
-                }
-            });
-        }
-    });
-}
 
 #[test]
 fn a_million_file_tree_copies_within_300_mib_rss() {
     let tmp = tempfile::Builder::new().prefix("ferry-scale-").tempdir_in("/var/tmp").unwrap();
     let src = tmp.path().join("src");
     // 1,000 directories of 1,000 empty files, plus one directory of 20,000 so listing pages.
-    make_tree(&src, 1000, 1000);
+    make_empty_tree(&src, 1000, 1000);
     let wide = src.join("wide");
     std::fs::create_dir_all(&wide).unwrap();
     for f in 0..20_000 {
