@@ -1,7 +1,6 @@
 //! Memory stays bounded by configuration, not by the size of the tree.
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
 use std::process::Command;
 
 use ferry_common::testing::make_empty_tree;
