@@ -71,8 +71,16 @@ impl DaemonConfig {
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
         let cfg: DaemonConfig = toml::from_str(&text).map_err(|e| {
-            let first = e.to_string().lines().find(|l| !l.trim().is_empty() && !l.contains('|')).unwrap_or("invalid TOML").trim().to_string();
-            format!("config {}: {first}", path.display())
+            // toml's message spans several lines (position, source snippet, reason): keep the
+            // position and the reason on one line.
+            let text = e.to_string();
+            let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.contains('|')).collect();
+            let summary = match (lines.first(), lines.last()) {
+                (Some(first), Some(last)) if first != last => format!("{first}: {last}"),
+                (Some(first), _) => first.to_string(),
+                _ => "invalid TOML".to_string(),
+            };
+            format!("config {}: {summary}", path.display())
         })?;
         if let Some(f) = &cfg.log_format {
             if f != "text" && f != "json" {

@@ -23,6 +23,9 @@ pub enum ErrorKind {
     Unavailable,
     /// Bad configuration or input; retrying will not help.
     Config,
+    /// This worker's lease lapsed: its claim belongs to someone else now, so it must stop
+    /// touching the destination and drop the shard without completing it.
+    LeaseLost,
     Other,
 }
 
@@ -64,6 +67,7 @@ impl ErrorKind {
             ErrorKind::Unsupported => "the destination cannot hold this entry; use --no-specials to skip such entries",
             ErrorKind::Unavailable => "ferry retried; check the storage or network, then rerun",
             ErrorKind::Config => "fix the option and rerun",
+            ErrorKind::LeaseLost => "another worker took the shard over",
             ErrorKind::Other => "rerun; report a bug if it persists",
         }
     }

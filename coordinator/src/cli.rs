@@ -320,6 +320,7 @@ async fn connect(endpoints: &[String]) -> Result<SharedStore, UsageError> {
         .map_err(|e| UsageError(format!("{e} (start etcd, or fix --etcd)")))
 }
 
+
 /// Runs the CLI and returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
     let (mode, common, transfer) = match &cli.command {
@@ -332,6 +333,20 @@ pub fn run(cli: Cli) -> i32 {
     };
     let format = if common.log_format == LogFormatArg::Json { LogFormat::Json } else { LogFormat::Text };
     init_logging(format, "warn");
+    // In cluster mode, reach etcd before touching anything (the destination is created by
+    // validation).
+    let cluster = if common.etcd.is_empty() {
+        None
+    } else {
+        let rt = runtime();
+        match rt.block_on(connect(&common.etcd)) {
+            Ok(store) => Some((rt, store)),
+            Err(UsageError(msg)) => {
+                eprintln!("ferry: error: {msg}");
+                return 2;
+            }
+        }
+    };
     let mut spec = match build_spec(mode, common, transfer) {
         Ok(s) => s,
         Err(UsageError(msg)) => {
@@ -340,18 +355,18 @@ pub fn run(cli: Cli) -> i32 {
         }
     };
     let progress = !common.no_progress && !common.json && std::io::stderr().is_terminal();
-    let result = if common.etcd.is_empty() {
-        let cfg = RunConfig { spec, movers: common.movers as usize, report: common.report.clone(), progress };
-        embedded::run(cfg)
-    } else {
-        spec.report_dir = common.report.as_ref().map(|r| {
-            let mut d = absolute(r).into_os_string();
-            d.push(".d");
-            d.to_string_lossy().into_owned()
-        });
-        match runtime().block_on(run_in_cluster(&common.etcd, spec, common.report.clone(), progress)) {
-            Ok(r) => Ok(r),
-            Err(UsageError(msg)) => Err(msg),
+    let result = match cluster {
+        None => {
+            let cfg = RunConfig { spec, movers: common.movers as usize, report: common.report.clone(), progress };
+            embedded::run(cfg)
+        }
+        Some((rt, store)) => {
+            spec.report_dir = common.report.as_ref().map(|r| {
+                let mut d = absolute(r).into_os_string();
+                d.push(".d");
+                d.to_string_lossy().into_owned()
+            });
+            rt.block_on(run_in_cluster(store, spec, common.report.clone(), progress)).map_err(|UsageError(msg)| msg)
         }
     };
     let result = match result {
@@ -386,8 +401,7 @@ fn exit_on_usage(r: Result<(), UsageError>) -> i32 {
     }
 }
 
-async fn run_in_cluster(etcd: &[String], spec: ExecutionSpec, report: Option<PathBuf>, progress: bool) -> Result<RunResult, UsageError> {
-    let store = connect(etcd).await?;
+async fn run_in_cluster(store: SharedStore, spec: ExecutionSpec, report: Option<PathBuf>, progress: bool) -> Result<RunResult, UsageError> {
     if let Some(dir) = &spec.report_dir {
         std::fs::create_dir_all(dir).map_err(|e| UsageError(format!("cannot create report directory {dir}: {e} (choose a writable path for --report)")))?;
     }

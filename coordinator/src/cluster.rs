@@ -65,6 +65,10 @@ async fn campaign(store: &SharedStore, name: &str, shutdown: &mut watch::Receive
             return None;
         }
         let attempt = async {
+            // Our own key from before an outage: its lease will lapse anyway, so take it back
+            // now instead of standing by behind ourselves.
+            let mine = Txn::new().when([Compare::value_is(keys::leader(), name.as_bytes().to_vec())]).and_then([TxnOp::delete(keys::leader())]);
+            store.txn(mine).await?;
             let lease = store.lease_grant(LEADER_TTL).await?;
             let txn = Txn::new().when([Compare::absent(keys::leader())]).and_then([TxnOp::put_leased(keys::leader(), name.as_bytes().to_vec(), lease)]);
             if store.txn(txn).await?.succeeded {

@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod exec;
+pub mod lease;
 pub mod node;
 pub mod queue;
 pub mod report;

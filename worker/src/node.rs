@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 use crate::exec::scan::{list_page, LinkRole};
 use crate::exec::transfer::{self, Buffers};
 use crate::exec::{verify, ExecContext, Outcome};
+use crate::lease::LeaseClock;
 use crate::queue::{QueueError, ShardQueue};
 use crate::report::{ReportSink, ShardTag};
 
@@ -29,7 +30,8 @@ pub struct Node {
     pub store: SharedStore,
     pub worker_id: String,
     pub lease: LeaseId,
-    alive: Arc<AtomicBool>,
+    clock: Arc<LeaseClock>,
+    stopped: Arc<AtomicBool>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
@@ -48,7 +50,9 @@ pub struct WorkerInfo {
 impl Node {
     /// Takes a lease, registers under it, and keeps it alive until [`Node::leave`].
     pub async fn join(store: SharedStore, worker_id: &str, ttl: Duration, movers: usize) -> Result<Node, StoreError> {
+        let asked = std::time::Instant::now();
         let lease = store.lease_grant(ttl).await?;
+        let clock = Arc::new(LeaseClock::new(ttl, asked));
         let info = WorkerInfo {
             name: worker_id.to_string(),
             host: hostname(),
@@ -59,31 +63,39 @@ impl Node {
         };
         let value = codec::encode(&info).map_err(|e| StoreError::Other(e.to_string()))?;
         store.put(&ferry_common::keys::worker(worker_id), value, Some(lease)).await?;
-        let alive = Arc::new(AtomicBool::new(true));
-        let (s, a) = (store.clone(), alive.clone());
+        let stopped = Arc::new(AtomicBool::new(false));
+        let (s, c, stop) = (store.clone(), clock.clone(), stopped.clone());
         tokio::spawn(async move {
-            while a.load(Ordering::Relaxed) {
-                tokio::time::sleep(ttl / 3).await;
+            let mut interval = ttl / 3;
+            while !stop.load(Ordering::Relaxed) && !c.is_lost() {
+                tokio::time::sleep(interval).await;
+                let sent = std::time::Instant::now();
                 match s.lease_keep_alive(lease).await {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        c.renewed(sent);
+                        interval = ttl / 3;
+                    }
                     Err(StoreError::LeaseExpired(_)) => {
                         tracing::error!(lease, "worker lease expired; its claims are gone and completions will be refused");
-                        a.store(false, Ordering::Relaxed);
+                        c.mark_lost();
                     }
-                    Err(e) => tracing::warn!(error = %e, "lease keep-alive failed; retrying"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "lease keep-alive failed; retrying");
+                        interval = Duration::from_millis(500).min(ttl / 3);
+                    }
                 }
             }
         });
-        Ok(Node { store, worker_id: worker_id.to_string(), lease, alive })
+        Ok(Node { store, worker_id: worker_id.to_string(), lease, clock, stopped })
     }
 
     pub fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::Relaxed)
+        !self.clock.is_lost() && !self.stopped.load(Ordering::Relaxed)
     }
 
     /// Revokes the lease: claims still held return to the queue at once.
     pub async fn leave(&self) {
-        self.alive.store(false, Ordering::Relaxed);
+        self.stopped.store(true, Ordering::Relaxed);
         let _ = self.store.lease_revoke(self.lease).await;
     }
 
@@ -94,6 +106,7 @@ impl Node {
     }
 
     pub fn start_movers(&self, ctx: Arc<ExecContext>, reports: Arc<dyn ReportSink>, count: usize) -> Vec<Addr<MoverActor>> {
+        let _ = ctx.lease.set(self.clock.clone());
         let shared = Arc::new(MoverShared {
             queue: ShardQueue::new(self.store.clone(), &ctx.spec.id, &self.worker_id, self.lease),
             ctx,
@@ -267,6 +280,7 @@ async fn run_shard(shared: &MoverShared, shard: Shard, bufs: &mut Option<Buffers
         let r = blocking(chunk, bufs, move |b| transfer::run_part(&c, &file, offset, len, b)).await.and_then(|r| r);
         let outcome = Outcome::default();
         match r {
+            Err(e) if e.kind == ErrorKind::LeaseLost => return abandon(&shard),
             Ok(crc) => with_store_retry("complete part", || queue.complete_part(&shard, Ok((crc, len)), &outcome)).await,
             Err(e) if e.kind.is_transient() && shard.attempt < max_attempts => {
                 with_store_retry("requeue part", || queue.requeue(&shard, e.to_string())).await
@@ -275,6 +289,8 @@ async fn run_shard(shared: &MoverShared, shard: Shard, bufs: &mut Option<Buffers
         }
     } else {
         match execute(shared, &shard, bufs).await {
+            Ok((outcome, _)) if outcome.abandoned => return abandon(&shard),
+            Err(e) if e.kind == ErrorKind::LeaseLost => return abandon(&shard),
             Ok((outcome, extra)) => commit(shared, &shard, outcome, extra).await,
             Err(e) if e.kind.is_transient() && shard.attempt < max_attempts => {
                 tracing::info!(shard = %shard.id, error = %e, "shard failed; queued for another attempt");
@@ -288,6 +304,12 @@ async fn run_shard(shared: &MoverShared, shard: Shard, bufs: &mut Option<Buffers
         Ok(false) => tracing::warn!(shard = %shard.id, "completion refused: the claim was lost (lease expired); another worker owns it"),
         Err(e) => tracing::warn!(shard = %shard.id, error = %e, "could not complete shard; it returns to the queue when the claim expires"),
     }
+}
+
+/// A shard this worker may no longer own: no completion, no cleanup at the destination (a
+/// successor may be working there); its temporary files go at the directory-metadata stage.
+fn abandon(shard: &Shard) {
+    tracing::warn!(shard = %shard.id, "lease expired; abandoning the shard to the worker that claims it next");
 }
 
 async fn commit(shared: &MoverShared, shard: &Shard, mut outcome: Outcome, extra: Vec<TxnOp>) -> Result<bool, QueueError> {

@@ -90,6 +90,26 @@ fn revision_of(header: Option<&ec::ResponseHeader>) -> Revision {
     header.map_or(0, |h| h.revision())
 }
 
+/// The useful part of a connection error: transport errors nest several layers deep.
+fn short_reason(e: &ec::Error) -> String {
+    let text = format!("{e:?}").to_lowercase();
+    for (needle, reason) in [
+        ("connection refused", "connection refused"),
+        ("timed out", "timed out"),
+        ("no route to host", "no route to host"),
+        ("dns error", "cannot resolve the host name"),
+        ("invalid uri", "invalid URL"),
+        ("authentication failed", "authentication failed (check the user and password file)"),
+        ("invalid auth token", "authentication failed (check the user and password file)"),
+    ] {
+        if text.contains(needle) {
+            return reason.to_string();
+        }
+    }
+    let full = e.to_string();
+    full.chars().take(120).collect()
+}
+
 /// etcd refuses an empty key; the empty prefix starts at "\0", the smallest key.
 fn first_key(prefix: &[u8]) -> Vec<u8> {
     if prefix.is_empty() {
@@ -124,17 +144,18 @@ impl EtcdStore {
         if let Some((user, password)) = credentials {
             opts = opts.with_user(user, password);
         }
+        let unreachable = |why: String| StoreError::Unreachable(format!("cannot reach etcd at {}: {why}", endpoints.join(",")));
         let client = match tokio::time::timeout(REQUEST_TIMEOUT, ec::Client::connect(endpoints, Some(opts))).await {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(StoreError::Unavailable(format!("cannot reach etcd at {}: {e}", endpoints.join(",")))),
-            Err(_) => return Err(StoreError::Unavailable(format!("cannot reach etcd at {}: timed out", endpoints.join(",")))),
+            Ok(Err(e)) => return Err(unreachable(short_reason(&e))),
+            Err(_) => return Err(unreachable("timed out".into())),
         };
         let store = EtcdStore { client, endpoints: endpoints.to_vec() };
         let mut probe = store.client.clone();
         match tokio::time::timeout(Duration::from_secs(5), probe.get(b"/ferry/v1/probe".to_vec(), None)).await {
             Ok(Ok(_)) => Ok(store),
-            Ok(Err(e)) => Err(StoreError::Unavailable(format!("cannot reach etcd at {}: {e}", endpoints.join(",")))),
-            Err(_) => Err(StoreError::Unavailable(format!("cannot reach etcd at {}: no answer within 5s", endpoints.join(",")))),
+            Ok(Err(e)) => Err(unreachable(short_reason(&e))),
+            Err(_) => Err(unreachable("no answer within 5 s".into())),
         }
     }
 

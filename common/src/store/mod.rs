@@ -205,6 +205,9 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, StoreError>>
 pub enum StoreError {
     #[error("coordination store unavailable: {0} (check that it is running and reachable; ferry retries)")]
     Unavailable(String),
+    /// The first connection failed: reported as is, since nothing is retried.
+    #[error("{0}")]
+    Unreachable(String),
     #[error("lease {0} expired (its keys are gone; the holder must stop acting on them)")]
     LeaseExpired(LeaseId),
     #[error("watch revision {requested} was compacted (oldest kept is {oldest}); re-read with range")]

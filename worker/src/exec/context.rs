@@ -46,6 +46,8 @@ pub struct ExecContext {
     /// file into place).
     nonce: String,
     pub is_root: bool,
+    /// The lease of the worker running this execution's shards; set when movers start.
+    pub lease: std::sync::OnceLock<std::sync::Arc<crate::lease::LeaseClock>>,
 }
 
 /// Every temporary name ferry creates starts with this; source entries with it are ignored.
@@ -74,7 +76,18 @@ impl ExecContext {
             temp_prefix,
             nonce: format!("{:08x}", rand::random::<u32>()),
             is_root: crate::storage::local::sys::is_root(),
+            lease: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Called before every change to the destination: waits while the lease's state is
+    /// unknown (a keep-alive is overdue) and fails with `LeaseLost` once it is known gone, so a
+    /// worker that stalled past its lease never writes over its successor's work.
+    pub fn fence(&self) -> Result<(), FerryError> {
+        match self.lease.get() {
+            Some(lease) => lease.wait_valid(),
+            None => Ok(()),
+        }
     }
 
     pub fn options(&self) -> &Options {

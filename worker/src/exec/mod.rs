@@ -29,6 +29,8 @@ pub struct Outcome {
     pub retry: Option<ShardBody>,
     /// The last transient error, carried with the retry.
     pub retry_error: Option<String>,
+    /// The worker lost its lease midway: drop the shard without completing it.
+    pub abandoned: bool,
 }
 
 impl Outcome {

@@ -90,6 +90,7 @@ fn prepare_dst_dir(ctx: &ExecContext, rel: &[u8]) -> Result<Option<std::os::fd::
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) || e.raw_os_error() == Some(libc::ENOTDIR) || e.raw_os_error() == Some(libc::ELOOP) => {}
         Err(e) => return Err(dst.error("open directory", rel, &e)),
     }
+    ctx.fence()?;
     let (parent, name) = paths::split(rel);
     let pfd = dst.open_dir(parent).map_err(|e| dst.error("open directory", parent, &e))?;
     // Something else (a file, a symlink) is in the way of a directory: it goes, as rsync does.

@@ -213,6 +213,10 @@ pub fn run_transfer(ctx: &ExecContext, entries: Vec<Entry>, attempt: u32, bufs: 
     let (mut src_dirs, mut dst_dirs) = (DirCache::default(), DirCache::default());
     let mut pending: Vec<Pending> = Vec::new();
     for entry in entries {
+        if ctx.fence().is_err() {
+            out.abandoned = true;
+            return out;
+        }
         let (parent, name) = paths::split(&entry.path);
         let dirs = src_dirs
             .get(&ctx.src, parent)
@@ -244,6 +248,9 @@ pub fn run_transfer(ctx: &ExecContext, entries: Vec<Entry>, attempt: u32, bufs: 
     }
     let others_written = out.counters().files_transferred > 0;
     let renamed = finish_pending(ctx, dst, pending, &mut dst_dirs, &mut retries, &mut out, bufs);
+    if out.abandoned {
+        return out;
+    }
     if ctx.options().fsync && (renamed > 0 || others_written) {
         flush_or_report(dst, &mut out, "flush renames");
     }
@@ -279,6 +286,10 @@ fn finish_pending(ctx: &ExecContext, dst: &LocalTree, pending: Vec<Pending>, dst
     let verify = ctx.options().verify != VerifyMode::None;
     let mut renamed = 0;
     for p in pending {
+        if ctx.fence().is_err() {
+            out.abandoned = true;
+            return renamed;
+        }
         let (parent, name) = paths::split(&p.entry.path);
         let temp = ctx.temp_name(name);
         let mut step = || -> Result<(), FerryError> {
@@ -451,6 +462,7 @@ pub fn run_part(ctx: &ExecContext, file: &Entry, offset: u64, len: u64, bufs: &m
         Ok(st)
     };
     let st0 = check_unchanged(sfd.as_raw_fd())?;
+    ctx.fence()?;
     let temp = ctx.part_temp_name(name);
     let dfd = sys::open_at(dst_dir.as_raw_fd(), &temp, libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW, 0o600)
         .map_err(|e| dst.error("create", rel, &e))?;
@@ -504,6 +516,7 @@ pub fn run_commit(ctx: &ExecContext, file: &Entry, parts: &PartSet, part_failure
             if ctx.options().fsync {
                 sys::fdatasync(dfd.as_raw_fd()).map_err(|e| dst.error("flush", rel, &e))?;
             }
+            ctx.fence()?;
             rename_into_place(dst, dst_dir.as_raw_fd(), &temp, name, rel)?;
             if ctx.options().fsync {
                 sys::fdatasync(dst_dir.as_raw_fd()).map_err(|e| dst.error("flush directory of", rel, &e))?;
@@ -511,12 +524,13 @@ pub fn run_commit(ctx: &ExecContext, file: &Entry, parts: &PartSet, part_failure
             Ok(parts.combined_crc())
         };
         let r = finish();
-        if r.is_err() {
+        if matches!(&r, Err(e) if e.kind != ErrorKind::LeaseLost) {
             remove_temp(dst_dir.as_raw_fd(), &temp);
         }
         r
     })();
     match result {
+        Err(err) if err.kind == ErrorKind::LeaseLost => out.abandoned = true,
         Ok(crc) => {
             let c = out.counters();
             c.bytes_written += file.size;
@@ -553,6 +567,7 @@ pub fn run_prune(ctx: &ExecContext, dir: &ScanDir) -> Result<Outcome, FerryError
         let rel = paths::child(&dir.path, &raw.name);
         if raw.name.starts_with(TEMP_PREFIX) {
             if !ctx.is_own_temp(&raw.name) && !ctx.options().dry_run {
+                ctx.fence()?;
                 remove_tree_at(dfd, &raw.name).map_err(|e| dst.error("remove stale temporary", &rel, &e))?;
             }
             continue;
@@ -586,6 +601,7 @@ pub fn run_prune(ctx: &ExecContext, dir: &ScanDir) -> Result<Outcome, FerryError
             out.record(rel, kind, EntryStatus::Skipped, 0, None, Some("dry run: would delete".into()));
             continue;
         }
+        ctx.fence()?;
         match remove_tree_at(dfd, &raw.name) {
             Ok(n) => {
                 // A removed directory counts the files inside it; the report names the top.
@@ -606,6 +622,10 @@ pub fn run_prune(ctx: &ExecContext, dir: &ScanDir) -> Result<Outcome, FerryError
 pub fn run_links(ctx: &ExecContext, links: Vec<LinkEntry>) -> Outcome {
     let mut out = Outcome::default();
     for link in links {
+        if ctx.fence().is_err() {
+            out.abandoned = true;
+            return out;
+        }
         if ctx.options().dry_run {
             out.record(link.path, EntryKind::HardLink, EntryStatus::Skipped, link.size, None, Some("dry run: would link".into()));
             continue;
@@ -650,6 +670,10 @@ fn make_link(ctx: &ExecContext, link: &LinkEntry) -> Result<bool, FerryError> {
 pub fn run_dirmeta(ctx: &ExecContext, dirs: Vec<DirMeta>) -> Outcome {
     let mut out = Outcome::default();
     for d in dirs {
+        if ctx.fence().is_err() {
+            out.abandoned = true;
+            return out;
+        }
         let is_root = d.path.is_empty();
         if ctx.options().dry_run {
             if !is_root {
@@ -678,9 +702,29 @@ pub fn run_dirmeta(ctx: &ExecContext, dirs: Vec<DirMeta>) -> Outcome {
     out
 }
 
+/// Removes this execution's temporary files left in a directory by workers that died or lost
+/// their lease. Every transfer of the execution is finished by the directory-metadata stage,
+/// so whatever temporary name remains is debris, and it must go before the directory's times
+/// are set.
+fn remove_execution_temps(ctx: &ExecContext, dst: &LocalTree, fd: RawFd, rel: &[u8]) -> Result<(), FerryError> {
+    let dup = sys::open_dir_at(fd, b".").map_err(|e| dst.error("list", rel, &e))?;
+    let mut reader = sys::DirReader::new(dup, None).map_err(|e| dst.error("list", rel, &e))?;
+    let mut debris = Vec::new();
+    while let Some(raw) = reader.next_entry().map_err(|e| dst.error("list", rel, &e))? {
+        if ctx.is_own_temp(&raw.name) {
+            debris.push(raw.name);
+        }
+    }
+    for name in debris {
+        remove_tree_at(fd, &name).map_err(|e| dst.error("remove temporary file in", rel, &e))?;
+    }
+    Ok(())
+}
+
 fn apply_dir_meta(ctx: &ExecContext, d: &DirMeta) -> Result<bool, FerryError> {
     let dst = ctx.dst()?;
     let fd = dst.open_dir(&d.path).map_err(|e| dst.error("open directory", &d.path, &e))?;
+    remove_execution_temps(ctx, dst, fd.as_raw_fd(), &d.path)?;
     let cur = sys::fstat(fd.as_raw_fd()).map_err(|e| dst.error("stat", &d.path, &e))?;
     let owner = ctx.is_root && ctx.options().preserve_owner;
     let src_xattrs = match ctx.src.open_dir(&d.path) {
