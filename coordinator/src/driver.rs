@@ -199,9 +199,8 @@ impl ExecutionDriver {
         Ok(())
     }
 
-    /// One reconciliation round: fold finished shards, then advance the stage if its queue
-    /// is empty. Returns the execution as it now stands.
-    pub async fn step(&mut self) -> Result<&Execution, DriverError> {
+    /// Folds finished shards' results into the execution's counters, in batches.
+    async fn fold_results(&mut self) -> Result<(), DriverError> {
         loop {
             let done = self.store.range(&self.keys.done_prefix(), RangeOptions { limit: FOLD_BATCH, ..Default::default() }).await?;
             if done.kvs.is_empty() {
@@ -231,16 +230,28 @@ impl ExecutionDriver {
                 break;
             }
         }
+        Ok(())
+    }
+
+    /// One reconciliation round: fold finished shards, then advance the stage if its queue
+    /// is empty. Returns the execution as it now stands.
+    pub async fn step(&mut self) -> Result<&Execution, DriverError> {
         if self.state.exec.phase.is_terminal() {
             return Ok(&self.state.exec);
         }
         if self.store.get(&self.keys.cancel()).await?.is_some() {
+            self.fold_results().await?;
             self.cancel().await?;
             return Ok(&self.state.exec);
         }
+        // Count before folding: a completion writes its result and dequeues its shard in one
+        // transaction, so once the queue is seen empty every result is already written and the
+        // fold below collects all of them. Counting after the fold would let a shard finishing
+        // in between dequeue itself unseen and its result would never be folded.
         let stage = self.state.exec.stage;
         let queued = self.store.count(&self.keys.queue_stage(stage)).await?;
         let scans = self.store.count(&self.keys.queue_kind(Stage::Transfer, 's')).await?;
+        self.fold_results().await?;
         let before = (self.state.exec.phase, self.state.exec.listing_done);
         match self.state.next_step(queued, scans) {
             Step::Wait => {

@@ -864,3 +864,38 @@ fn workers_and_exec_commands_list_the_cluster() {
     out.assert_code(2);
     c.assert_no_panics();    assert_no_debris(&p.dst, &c);
 }
+
+#[test]
+fn sigterm_makes_a_worker_finish_its_shards_and_leave() {
+    let _serial = heavy();
+    let t0 = Instant::now();
+    let p = paths();
+    build_many_files(&p.src, 20_000, 200);
+    let Some((mut c, _co, ws)) = cluster_with(p.logs.clone(), &["w1"], 4, 10) else { return };
+    let url = c.url();
+    let copy = c.copy(&p.src, &p.dst, &p.report);
+    wait_for_progress(&mut c, copy, &p.dst, 100);
+    assert!(c.running(copy), "the copy ended before the worker could be stopped{}", c.tails());
+
+    // SIGTERM: stop claiming, finish the shards held, revoke the lease, exit 0. It must not
+    // wait for its 10 s lease to run out, nor leave claims behind.
+    note!(t0, "sending SIGTERM to w1");
+    c.signal(ws[0], libc::SIGTERM);
+    let status = c.wait_exit(ws[0], Duration::from_secs(60));
+    assert_eq!(status.code(), Some(0), "a worker stopped with SIGTERM exits 0{}", c.tails());
+    let log = c.log(ws[0]);
+    assert!(log.contains("finishing held shards"), "w1 should say it finishes its shards{}", c.tails());
+    let out = Ferry::bare().args(["workers", "--etcd", &url, "--json"]).timeout(Duration::from_secs(60)).run();
+    out.assert_code(0);
+    assert_eq!(out.stdout.trim(), "[]", "a worker that left is no longer registered\n{}", out.describe());
+
+    // Another worker finishes the execution; nothing w1 did is lost or done twice.
+    note!(t0, "starting w2");
+    let w2 = c.worker("w2", 4, 10);
+    c.wait_log(w2, "WorkerRegistered", Duration::from_secs(60));
+    let json = assert_copy_succeeded(&mut c, copy);
+    assert_same_tree(&p.src, &p.dst, &c);
+    assert_report_exactly_once(&p.report, &p.src, &json, &c);
+    assert_no_debris(&p.dst, &c);
+    c.assert_no_panics();
+}

@@ -14,5 +14,7 @@ pub mod size;
 pub mod stats;
 pub mod tree;
 pub mod util;
+pub mod storebench;
+pub mod wan;
 
 pub use error::{Error, Result};

@@ -3,6 +3,8 @@
 //!   ferry-load gen PROFILE DIR --seed N [--files N] [--dirs N] ...
 //!   ferry-load bench SCENARIO [--runs N] [--out DIR] [--ferry PATH] [--data DIR] [--tiny]
 //!   ferry-load digest DIR
+//!   ferry-load wan up|selftest|cleanup [--delay 25ms --loss 0.5% --rate 1gbit ...]
+//!   ferry-load store-bench [--shards N] [--claimers N]
 //!
 //! Exit codes: 0 success, 1 failure (including a benchmarked tool failing or
 //! producing a wrong copy), 2 usage error.
@@ -37,6 +39,17 @@ enum Cmd {
     Digest {
         /// Directory to digest.
         dir: PathBuf,
+    },
+    /// User-space WAN link emulator between two network namespaces.
+    Wan(ferry_loadtests::wan::cli::WanArgs),
+    /// Claims plus completions per second through the Store (MemStore and a real etcd).
+    StoreBench {
+        /// Shards to queue and drain.
+        #[arg(long, default_value_t = 2000)]
+        shards: usize,
+        /// Concurrent claimers.
+        #[arg(long, default_value_t = 16)]
+        claimers: usize,
     },
 }
 
@@ -232,6 +245,15 @@ fn cmd_digest(dir: PathBuf) -> Result<i32> {
     Ok(0)
 }
 
+fn cmd_store_bench(shards: usize, claimers: usize) -> Result<i32> {
+    let results = ferry_loadtests::storebench::run(shards, claimers).map_err(Error::Run)?;
+    println!("{:<10} {:>7} {:>9} {:>9} {:>14}", "store", "shards", "claimers", "seconds", "claims+completions/s");
+    for r in &results {
+        println!("{:<10} {:>7} {:>9} {:>9.2} {:>14.0}", r.store, r.shards, r.claimers, r.elapsed.as_secs_f64(), r.ops_per_sec());
+    }
+    Ok(0)
+}
+
 fn main() {
     // The bench runner re-executes this binary as a small measuring helper
     // (see `bench::measure_main`); intercept that before clap so the helper
@@ -245,6 +267,8 @@ fn main() {
         Cmd::Gen(a) => cmd_gen(a),
         Cmd::Bench(a) => cmd_bench(a),
         Cmd::Digest { dir } => cmd_digest(dir),
+        Cmd::Wan(a) => ferry_loadtests::wan::cli::run(a),
+        Cmd::StoreBench { shards, claimers } => cmd_store_bench(shards, claimers),
     };
     match r {
         Ok(code) => std::process::exit(code),
