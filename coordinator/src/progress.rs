@@ -31,17 +31,22 @@ pub struct Progress {
     started: Instant,
     enabled: bool,
     drawn: bool,
+    last_draw: Option<Instant>,
 }
+
+/// Redraws at most this often, however often the caller updates.
+const REDRAW: std::time::Duration = std::time::Duration::from_millis(150);
 
 impl Progress {
     pub fn new(enabled: bool) -> Self {
-        Progress { started: Instant::now(), enabled, drawn: false }
+        Progress { started: Instant::now(), enabled, drawn: false, last_draw: None }
     }
 
     pub fn update(&mut self, exec: &Execution) {
-        if !self.enabled {
+        if !self.enabled || self.last_draw.is_some_and(|t| t.elapsed() < REDRAW) {
             return;
         }
+        self.last_draw = Some(Instant::now());
         let c = &exec.counters;
         let elapsed = self.started.elapsed().as_secs_f64().max(0.001);
         let done_files = c.files_transferred + c.files_skipped + c.files_failed;
