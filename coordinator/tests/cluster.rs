@@ -562,6 +562,17 @@ fn paths() -> Paths {
     Paths { src: root.join("src"), dst: root.join("dst"), report: root.join("report.jsonl"), logs: root.join("logs"), _tmp: tmp }
 }
 
+/// What every failure scenario must end with: the destination equals the source, the report
+/// lists every entry exactly once, no process panicked, and no temporary file is left.
+fn assert_exact_result(p: &Paths, json: &Value, c: &Cluster, t0: Instant) {
+    assert_same_tree(&p.src, &p.dst, c);
+    note!(t0, "trees compared");
+    assert_report_exactly_once(&p.report, &p.src, json, c);
+    note!(t0, "report checked");
+    c.assert_no_panics();
+    assert_no_debris(&p.dst, c);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tests
 
@@ -611,12 +622,7 @@ fn killed_worker_shards_are_reclaimed() {
 
     let json = assert_copy_succeeded(&mut c, copy);
     note!(t0, "copy finished after {:?}: {}", started.elapsed(), json["counters"]);
-    assert_same_tree(&p.src, &p.dst, &c);
-    note!(t0, "trees compared");
-    assert_report_exactly_once(&p.report, &p.src, &json, &c);
-    note!(t0, "report checked");
-    c.assert_no_panics();
-    assert_no_debris(&p.dst, &c);
+    assert_exact_result(&p, &json, &c, t0);
 }
 
 #[test]
@@ -653,12 +659,7 @@ fn leader_failover_carries_on() {
         "c2 never took over and resumed the execution, yet the copy finished?{}",
         c.tails()
     );
-    assert_same_tree(&p.src, &p.dst, &c);
-    note!(t0, "trees compared");
-    assert_report_exactly_once(&p.report, &p.src, &json, &c);
-    note!(t0, "report checked");
-    c.assert_no_panics();
-    assert_no_debris(&p.dst, &c);
+    assert_exact_result(&p, &json, &c, t0);
 }
 
 #[test]
@@ -770,12 +771,7 @@ fn stalled_worker_cannot_commit_after_its_lease_expires() {
         );
     }
 
-    assert_same_tree(&p.src, &p.dst, &c);
-    note!(t0, "trees compared");
-    assert_report_exactly_once(&p.report, &p.src, &json, &c);
-    note!(t0, "report checked");
-    c.assert_no_panics();
-    assert_no_debris(&p.dst, &c);
+    assert_exact_result(&p, &json, &c, t0);
 }
 
 #[test]
@@ -894,8 +890,5 @@ fn sigterm_makes_a_worker_finish_its_shards_and_leave() {
     let w2 = c.worker("w2", 4, 10);
     c.wait_log(w2, "WorkerRegistered", Duration::from_secs(60));
     let json = assert_copy_succeeded(&mut c, copy);
-    assert_same_tree(&p.src, &p.dst, &c);
-    assert_report_exactly_once(&p.report, &p.src, &json, &c);
-    assert_no_debris(&p.dst, &c);
-    c.assert_no_panics();
+    assert_exact_result(&p, &json, &c, t0);
 }
