@@ -62,7 +62,7 @@ impl Scenario {
     /// Tools run in this scenario, in run order.
     pub fn tools(self) -> &'static [&'static str] {
         match self {
-            Scenario::LocalSmall => &["ferry", "cp", "rsync", "rclone", "fpsync"],
+            Scenario::LocalSmall => &["ferry", "cp", "rsync", "rclone", "fpsync", "tar-pipe"],
             // Without verification ferry does what cp does; with it, it reads
             // everything back. Both matter for large files.
             Scenario::LocalLarge => &[
@@ -72,6 +72,7 @@ impl Scenario {
                 "rsync",
                 "rclone",
                 "fpsync",
+                "tar-pipe",
             ],
         }
     }
@@ -256,6 +257,20 @@ fn tool_defs(
                 with_suffix(dst, "/"),
             ],
             version_args: &["-V"],
+        },
+        ToolDef {
+            name: "tar-pipe",
+            // The classic `tar c | tar x` pipe, with permissions and owners (GNU tar keeps
+            // owners when run as root), symlinks as links and hard links as links.
+            program: installed("tar").and_then(|_| installed("sh")),
+            args: vec![
+                os("-c"),
+                os("mkdir -p \"$2\" && tar -C \"$1\" -cf - . | tar -C \"$2\" -xpf -"),
+                os("tar-pipe"),
+                src.into(),
+                dst.into(),
+            ],
+            version_args: &["-c", "tar --version"],
         },
     ]
 }
