@@ -213,7 +213,6 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 4] = [Stage::Transfer, Stage::Links, Stage::DirMeta, Stage::Verify];
     pub fn digit(self) -> char {
         (b'0' + self as u8) as char
     }

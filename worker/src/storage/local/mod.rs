@@ -24,10 +24,6 @@ impl LocalTree {
         Ok(LocalTree { root: root.to_path_buf(), root_fd })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     pub fn root_fd(&self) -> RawFd {
         self.root_fd.as_raw_fd()
     }
@@ -70,9 +66,6 @@ impl DirCache {
         Ok(self.current.as_ref().map(|(_, fd)| fd.as_raw_fd()).expect("set above"))
     }
 
-    pub fn invalidate(&mut self) {
-        self.current = None;
-    }
 }
 
 /// The kind of entry a stat describes.
