@@ -282,43 +282,7 @@ fn all_mode_recopies_everything() {
 /// `allowed` and the right kind; no entry names a path outside the source (the root itself may
 /// appear once). Returns the entries by source-relative path.
 fn assert_report_covers_tree<'a>(rep: &'a Report, src: &Path, allowed: &[&str]) -> BTreeMap<PathBuf, &'a Value> {
-    let expected: BTreeMap<String, PathBuf> =
-        walk(src).into_iter().map(|p| (normalize_escapes(&escape_rel(&p)), p)).collect();
-    let mut seen: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
-    for e in &rep.entries {
-        seen.entry(normalize_escapes(e["path"].as_str().unwrap())).or_default().push(e);
-    }
-    let mut problems = Vec::new();
-    let mut by_path = BTreeMap::new();
-    for (path, es) in &seen {
-        if es.len() != 1 {
-            problems.push(format!("{path:?} appears {} times: {es:?}", es.len()));
-        }
-        if matches!(path.as_str(), "" | "." | "/") {
-            continue;
-        }
-        let Some(rel) = expected.get(path) else {
-            problems.push(format!("entry for {path:?}, which is not a source path: {:?}", es[0]));
-            continue;
-        };
-        let e = es[0];
-        let status = e["status"].as_str().unwrap();
-        if !allowed.contains(&status) {
-            problems.push(format!("{path:?} has status {status:?}, expected one of {allowed:?}: {e}"));
-        }
-        let src_kind = kind_of(&fs::symlink_metadata(src.join(rel)).unwrap());
-        let kind = e["kind"].as_str().unwrap();
-        let kind_ok = kind == src_kind || (src_kind == "file" && kind == "hardlink");
-        if !kind_ok {
-            problems.push(format!("{path:?} is a {src_kind} but the report says {kind:?}: {e}"));
-        }
-        by_path.insert(rel.clone(), e);
-    }
-    for (path, _) in &expected {
-        if !seen.contains_key(path) {
-            problems.push(format!("{path:?} is missing from the report"));
-        }
-    }
+    let (mut problems, by_path, _) = report_problems(rep, src, allowed);
     if problems.len() > 60 {
         problems.truncate(60);
         problems.push("...".into());

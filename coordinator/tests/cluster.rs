@@ -481,46 +481,15 @@ fn assert_no_debris(dst: &Path, c: &Cluster) {
 /// summary line (checked last by `read_report`) agrees with the --json output.
 fn assert_report_exactly_once(report: &Path, src: &Path, json: &Value, c: &Cluster) {
     let rep = read_report(report);
-    let expected: BTreeMap<String, PathBuf> = walk(src).into_iter().map(|p| (normalize_escapes(&escape_rel(&p)), p)).collect();
-    let mut seen: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
-    for e in &rep.entries {
-        seen.entry(normalize_escapes(e["path"].as_str().unwrap())).or_default().push(e);
-    }
-    let mut problems = Vec::new();
-    for (path, es) in &seen {
-        if es.len() != 1 {
-            problems.push(format!("{path:?} appears {} times: {es:?}", es.len()));
-        }
-        if matches!(path.as_str(), "" | "." | "/") {
-            continue;
-        }
-        let Some(rel) = expected.get(path) else {
-            problems.push(format!("entry for {path:?}, which is not a source path: {:?}", es[0]));
-            continue;
-        };
-        let e = es[0];
-        let status = e["status"].as_str().unwrap();
-        // "verified" is what a transferred file that was read back may say (as in embedded mode).
-        if !matches!(status, "transferred" | "verified" | "skipped") {
-            problems.push(format!("{path:?} has status {status:?}: {e}"));
-        }
-        let src_kind = kind_of(&fs::symlink_metadata(src.join(rel)).unwrap());
-        let kind = e["kind"].as_str().unwrap();
-        if !(kind == src_kind || (src_kind == "file" && kind == "hardlink")) {
-            problems.push(format!("{path:?} is a {src_kind} but the report says {kind:?}: {e}"));
-        }
-    }
-    let missing: Vec<&String> = expected.keys().filter(|p| !seen.contains_key(*p)).collect();
-    if !missing.is_empty() {
-        problems.push(format!("{} source entries are missing from the report, e.g. {:?}", missing.len(), &missing[..missing.len().min(20)]));
-    }
+    // "verified" is what a transferred file that was read back may say (as in embedded mode).
+    let (mut problems, _, expected) = report_problems(&rep, src, &["transferred", "verified", "skipped"]);
     let n = problems.len();
     problems.truncate(60);
     assert!(
         problems.is_empty(),
         "the merged report does not account for every entry exactly once ({n} problems, {} entries for {} source entries):\n{}{}",
         rep.entries.len(),
-        expected.len(),
+        expected,
         problems.join("\n"),
         c.tails()
     );

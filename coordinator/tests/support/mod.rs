@@ -291,6 +291,53 @@ impl Report {
     }
 }
 
+/// Everything wrong with how a report accounts for the tree under `src`: entries that appear
+/// more than once, name no source path, carry a status outside `allowed` or the wrong kind, and
+/// source entries missing from it (the root itself may appear once). Also returns the entries
+/// by source-relative path, and how many source entries there are.
+pub fn report_problems<'a>(rep: &'a Report, src: &Path, allowed: &[&str]) -> (Vec<String>, BTreeMap<PathBuf, &'a Value>, usize) {
+    let expected: BTreeMap<String, PathBuf> =
+        walk(src).into_iter().map(|p| (normalize_escapes(&escape_rel(&p)), p)).collect();
+    let mut seen: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    for e in &rep.entries {
+        seen.entry(normalize_escapes(e["path"].as_str().unwrap())).or_default().push(e);
+    }
+    let mut problems = Vec::new();
+    let mut by_path = BTreeMap::new();
+    for (path, es) in &seen {
+        if es.len() != 1 {
+            problems.push(format!("{path:?} appears {} times: {es:?}", es.len()));
+        }
+        if matches!(path.as_str(), "" | "." | "/") {
+            continue;
+        }
+        let Some(rel) = expected.get(path) else {
+            problems.push(format!("entry for {path:?}, which is not a source path: {:?}", es[0]));
+            continue;
+        };
+        let e = es[0];
+        let status = e["status"].as_str().unwrap();
+        if !allowed.contains(&status) {
+            problems.push(format!("{path:?} has status {status:?}, expected one of {allowed:?}: {e}"));
+        }
+        let src_kind = kind_of(&fs::symlink_metadata(src.join(rel)).unwrap());
+        let kind = e["kind"].as_str().unwrap();
+        if !(kind == src_kind || (src_kind == "file" && kind == "hardlink")) {
+            problems.push(format!("{path:?} is a {src_kind} but the report says {kind:?}: {e}"));
+        }
+        by_path.insert(rel.clone(), e);
+    }
+    let missing: Vec<&String> = expected.keys().filter(|p| !seen.contains_key(*p)).collect();
+    if !missing.is_empty() {
+        problems.push(format!(
+            "{} source entries are missing from the report, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(20)]
+        ));
+    }
+    (problems, by_path, expected.len())
+}
+
 /// Reads a JSON Lines report: entry lines, then exactly one summary line, last.
 pub fn read_report(path: &Path) -> Report {
     let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read report {}: {e}", path.display()));
