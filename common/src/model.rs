@@ -166,6 +166,30 @@ pub struct ExecutionSpec {
     /// where per-entry report files are written and merged at the end.
     #[serde(default)]
     pub report_dir: Option<String>,
+    /// How to reach and write S3 locations; unused when neither side is S3.
+    #[serde(default)]
+    pub s3: S3Settings,
+}
+
+/// S3 settings that travel with the execution, so every worker addresses the store the same
+/// way. Credentials do not travel: each worker takes them from its own AWS credential chain.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct S3Settings {
+    /// An S3-compatible endpoint (`http://127.0.0.1:9000`); AWS when unset.
+    pub endpoint_url: Option<String>,
+    /// Overrides the region from the AWS chain.
+    pub region: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), which most self-managed stores need.
+    pub path_style: bool,
+    /// Storage class for uploaded objects (STANDARD, STANDARD_IA, GLACIER_IR, ...).
+    pub storage_class: Option<String>,
+    /// Server-side encryption: `AES256` (SSE-S3) or `aws:kms` (SSE-KMS).
+    pub sse: Option<String>,
+    /// The KMS key for SSE-KMS; the bucket's default key when unset.
+    pub sse_kms_key_id: Option<String>,
+    /// ObjectTags PRESERVE: copy object tags between S3 locations.
+    pub preserve_tags: bool,
 }
 
 /// DataSync's execution phases. PREPARING and TRANSFERRING overlap in ferry: copying starts
@@ -243,6 +267,8 @@ pub struct Counters {
     pub bytes_compressed: u64,
     /// Entries reported as different by `verify` or POINT_IN_TIME_CONSISTENT.
     pub files_mismatched: u64,
+    /// Bytes found already uploaded by an interrupted run and kept (multipart resume).
+    pub bytes_resumed: u64,
     pub shards_done: u64,
     pub shard_retries: u64,
 }
@@ -261,6 +287,7 @@ impl Counters {
         self.files_failed += o.files_failed;
         self.bytes_compressed += o.bytes_compressed;
         self.files_mismatched += o.files_mismatched;
+        self.bytes_resumed += o.bytes_resumed;
         self.shards_done += o.shards_done;
         self.shard_retries += o.shard_retries;
     }
@@ -293,6 +320,9 @@ pub struct ScanDir {
     pub path: RelPath,
     #[serde(default)]
     pub cookie: Option<i64>,
+    /// Where an object-store listing resumes: the last name already listed.
+    #[serde(default, with = "serde_bytes")]
+    pub after: Option<Vec<u8>>,
     /// The directory matched an include filter, so everything below is included.
     #[serde(default)]
     pub included: bool,
@@ -310,6 +340,10 @@ pub struct Entry {
     /// before copying.
     #[serde(default)]
     pub compare_checksum: bool,
+    /// The destination has an entry of the same size: compare metadata (object stores list
+    /// sizes but not metadata) before copying.
+    #[serde(default)]
+    pub check_dest: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -414,6 +448,9 @@ pub struct PartSet {
     /// Parts that failed for good, with the reason; the file is then reported failed.
     #[serde(default)]
     pub failed: Vec<(u32, String)>,
+    /// The object store's multipart upload that every part of the file goes into.
+    #[serde(default)]
+    pub upload_id: Option<String>,
 }
 
 impl PartSet {
@@ -523,6 +560,7 @@ mod tests {
         let parts = [(0u32, 0usize, 4000usize), (2, 7000, 3000), (1, 4000, 3000)];
         let set = PartSet {
             failed: vec![],
+            upload_id: None,
             done: parts.iter().map(|&(i, o, l)| (i, crc32c::crc32c(&data[o..o + l]), l as u64)).collect(),
         };
         assert_eq!(set.combined_crc(), crc32c::crc32c(&data));
@@ -539,6 +577,7 @@ mod tests {
                     size: 5,
                     mtime: Timestamp { sec: 1, nsec: 2 },
                     compare_checksum: false,
+                    check_dest: false,
                 }],
             },
         );

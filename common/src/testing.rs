@@ -120,3 +120,130 @@ pub fn make_empty_tree(root: &std::path::Path, dirs: usize, files_per_dir: usize
         }
     });
 }
+
+/// Which S3-compatible server a test runs against. Both are real servers, started on loopback:
+/// `s3s-fs` (crates.io; checks SigV4 and CRC32C on PUT) and `moto` (PyPI; full multipart).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum S3Flavor {
+    S3sFs,
+    Moto,
+}
+
+/// A throwaway S3-compatible server with one bucket, `ferry-test`.
+pub struct S3Server {
+    child: Child,
+    pub flavor: S3Flavor,
+    pub endpoint: String,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+    _root: Option<tempfile_dir::Dir>,
+}
+
+/// A temporary directory removed on drop (common has no tempfile dependency).
+mod tempfile_dir {
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn find_program(name: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(&home).join(".cargo/bin"));
+        dirs.push(PathBuf::from(&home).join(".local/bin"));
+    }
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+impl S3Server {
+    /// Starts the server and creates the bucket. `None` when the server is not installed,
+    /// outside CI; under `CI=true` that is a failure.
+    pub fn start(flavor: S3Flavor) -> Option<S3Server> {
+        let (prog, hint) = match flavor {
+            S3Flavor::S3sFs => ("s3s-fs", "cargo install s3s-fs@0.14.1 --features binary --locked"),
+            S3Flavor::Moto => ("moto_server", "pip install 'moto[server]>=5.2.5'"),
+        };
+        let Some(bin) = find_program(prog) else {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("{prog} is not installed ({hint}; .ci/run installs it, and under CI=true no test skips for lack of a server)");
+            }
+            eprintln!("skipping: {prog} is not installed ({hint})");
+            return None;
+        };
+        let port = free_port();
+        let (access_key, secret_key) = ("ferrytestkey".to_string(), "ferrytestsecret0123456789".to_string());
+        let bucket = "ferry-test".to_string();
+        let (child, root) = match flavor {
+            S3Flavor::S3sFs => {
+                let root = std::env::temp_dir().join(format!("ferry-s3s-{}-{port}", std::process::id()));
+                std::fs::create_dir_all(root.join(&bucket)).expect("create the s3s-fs root");
+                let child = Command::new(bin)
+                    .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", &access_key, "--secret-key", &secret_key])
+                    .arg(&root)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start s3s-fs");
+                (child, Some(tempfile_dir::Dir(root)))
+            }
+            S3Flavor::Moto => {
+                let child = Command::new(bin)
+                    .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start moto_server");
+                (child, None)
+            }
+        };
+        let server = S3Server { child, flavor, endpoint: format!("http://127.0.0.1:{port}"), bucket, access_key, secret_key, _root: root };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "{prog} did not start listening on port {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if flavor == S3Flavor::Moto {
+            // moto checks no signatures: a bare PUT creates the bucket.
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to moto");
+            write!(s, "PUT /{} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", server.bucket).expect("create bucket");
+            let mut resp = String::new();
+            let _ = s.read_to_string(&mut resp);
+            assert!(resp.starts_with("HTTP/1.1 200"), "moto refused to create the bucket: {resp}");
+        }
+        Some(server)
+    }
+
+    /// Environment for a process that should reach this server through the AWS chain.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_key.clone()),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
+        ]
+    }
+
+    /// Sets [`S3Server::env`] in this process (tests that call the library directly).
+    pub fn export_env(&self) {
+        for (k, v) in self.env() {
+            std::env::set_var(k, v);
+        }
+    }
+
+    /// A fresh, empty prefix URI for one test.
+    pub fn uri(&self, prefix: &str) -> String {
+        format!("s3://{}/{prefix}", self.bucket)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -67,7 +67,7 @@ impl Reconciler {
 
     /// The shard that starts the execution.
     pub fn root_shard(&self) -> Shard {
-        let root = ScanDir { path: Vec::new(), cookie: None, included: false };
+        let root = ScanDir { path: Vec::new(), cookie: None, after: None, included: false };
         let body = if self.exec.spec.mode == Mode::Verify { ShardBody::Verify { dirs: vec![root] } } else { ShardBody::Scan { dirs: vec![root] } };
         Shard::new(Shard::child_id(&self.exec.spec.id, 0, &body), body)
     }
@@ -101,7 +101,7 @@ impl Reconciler {
         match next {
             Some(stage) => {
                 self.exec.stage = stage;
-                let seed = (stage == Stage::Verify).then(|| ShardBody::Verify { dirs: vec![ScanDir { path: Vec::new(), cookie: None, included: false }] });
+                let seed = (stage == Stage::Verify).then(|| ShardBody::Verify { dirs: vec![ScanDir { path: Vec::new(), cookie: None, after: None, included: false }] });
                 if stage == Stage::Verify {
                     self.exec.phase = Phase::Verifying;
                 }
@@ -303,7 +303,7 @@ mod tests {
     use ferry_common::model::Options;
 
     fn spec(mode: Mode, verify: VerifyMode) -> ExecutionSpec {
-        ExecutionSpec { id: "e1".into(), mode, source: "/a".into(), destination: "/b".into(), options: Options { verify, ..Options::default() }, report_dir: None }
+        ExecutionSpec { id: "e1".into(), mode, source: "/a".into(), destination: "/b".into(), options: Options { verify, ..Options::default() }, report_dir: None, s3: Default::default() }
     }
 
     fn result(prepared: u64, transferred: u64, failed: u64) -> ShardResult {

@@ -128,7 +128,7 @@ mod tests {
     use ferry_common::model::Timestamp;
 
     fn file(name: &str, size: u64) -> Entry {
-        Entry { path: name.as_bytes().to_vec(), kind: EntryKind::File, size, mtime: Timestamp::default(), compare_checksum: false }
+        Entry { path: name.as_bytes().to_vec(), kind: EntryKind::File, size, mtime: Timestamp::default(), compare_checksum: false, check_dest: false }
     }
 
     fn limits() -> Limits {
@@ -180,7 +180,7 @@ mod tests {
     #[test]
     fn scan_bodies_batch_directories() {
         let dirs: Vec<ScanDir> =
-            (0..40).map(|i| ScanDir { path: format!("d{i}").into_bytes(), cookie: None, included: true }).collect();
+            (0..40).map(|i| ScanDir { path: format!("d{i}").into_bytes(), cookie: None, after: None, included: true }).collect();
         let counts: Vec<usize> = scan_bodies(dirs)
             .into_iter()
             .map(|b| match b {

@@ -71,7 +71,7 @@ pub fn list_page(ctx: &ExecContext, dirs: &[ScanDir]) -> Result<ListedPage, Ferr
         match list_dir(ctx, dir, &mut page, &mut listed, &mut big_files, budget)? {
             None => {}
             Some(cookie) => {
-                page.rest.push(ScanDir { path: dir.path.clone(), cookie: Some(cookie), included: dir.included });
+                page.rest.push(ScanDir { path: dir.path.clone(), cookie: Some(cookie), after: None, included: dir.included });
                 page.rest.extend_from_slice(&dirs[i + 1..]);
                 break;
             }
@@ -136,7 +136,7 @@ fn list_dir(
             mtime: sys::mtime(&st),
         });
         if dst_fd.is_some() {
-            page.prunes.push(ScanDir { path: dir.path.clone(), cookie: None, included: dir.included });
+            page.prunes.push(ScanDir { path: dir.path.clone(), cookie: None, after: None, included: dir.included });
         }
     }
     let mut reader = sys::DirReader::new(src_fd, dir.cookie).map_err(|e| ctx.src.error("list", &dir.path, &e))?;
@@ -172,7 +172,7 @@ fn list_dir(
                 DirDecision::Include => true,
             };
             page.outcome.counters().files_prepared += 1;
-            page.subdirs.push(ScanDir { path: rel, cookie: None, included });
+            page.subdirs.push(ScanDir { path: rel, cookie: None, after: None, included });
             continue;
         }
         if !ctx.matcher.file_selected(&rel, dir.included) {
@@ -186,7 +186,7 @@ fn list_dir(
             page.outcome.record(rel, kind, EntryStatus::Skipped, 0, None, Some("special file skipped (--no-specials)".into()));
             continue;
         }
-        let mut entry = Entry { path: rel, kind, size, mtime: sys::mtime(&st), compare_checksum: false };
+        let mut entry = Entry { path: rel, kind, size, mtime: sys::mtime(&st), compare_checksum: false, check_dest: false };
         let unchanged = match dst_dir {
             Some(dst_dir) => unchanged_reason(ctx, src_dir, dst_dir, &raw.name, &st, &mut entry)?,
             None => None,

@@ -116,7 +116,7 @@ pub fn run_verify(ctx: &ExecContext, dirs: &[ScanDir], bufs: &mut Buffers) -> Re
                 None => {}
             }
             if kind == EntryKind::Dir {
-                subdirs.push(ScanDir { path: rel, cookie: None, included });
+                subdirs.push(ScanDir { path: rel, cookie: None, after: None, included });
             }
         }
         if check_extras {

@@ -1,3 +1,143 @@
 //! Storage locations. Each backend lives in `storage/<name>/`.
+//!
+//! Local-to-local executions use the local tree's directory handles directly (hard links,
+//! holes, xattrs, special files). Any execution with an object store on either side goes
+//! through the [`Location`] trait, which both backends implement and which one conformance
+//! suite ([`conformance`]) checks.
 
+pub mod conformance;
 pub mod local;
+pub mod s3;
+
+use std::sync::Arc;
+
+use ferry_common::error::FerryError;
+use ferry_common::model::{EntryKind, ExecutionSpec, Timestamp};
+
+/// What a location knows about one entry. Fields a backend cannot know are `None`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    pub kind: Option<EntryKind>,
+    pub size: u64,
+    pub mtime: Timestamp,
+    pub atime: Option<Timestamp>,
+    /// The full `st_mode`, file-type bits included.
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// A whole-content CRC32C the location stores and vouches for (S3's checksum). `None`
+    /// when it has none: verification then reads the content back.
+    pub crc32c: Option<u32>,
+    /// The object was uploaded in parts. Some S3-compatible stores report a checksum for it
+    /// that is not the whole content's CRC32C, so a mismatch is settled by reading it back.
+    pub multipart: bool,
+    /// Symlinks: the target (filled in by `stat`, not by `list`).
+    pub link_target: Option<Vec<u8>>,
+}
+
+impl Meta {
+    pub fn kind(&self) -> EntryKind {
+        self.kind.unwrap_or(EntryKind::File)
+    }
+}
+
+/// One listed name. `complete` is false when the listing carries only size and time (an
+/// object listing), so a comparison that needs owner, mode or the exact mtime must `stat`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub name: Vec<u8>,
+    pub meta: Meta,
+    pub complete: bool,
+}
+
+/// One page of a directory listing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Page {
+    pub entries: Vec<Listed>,
+    /// Pass this back as `resume` to continue; `None` when the directory is exhausted.
+    pub resume: Option<Vec<u8>>,
+}
+
+/// What to write.
+pub enum Content<'a> {
+    File(&'a [u8]),
+    Symlink(&'a [u8]),
+    Dir,
+}
+
+/// A part already stored in an unfinished large write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredPart {
+    pub number: u32,
+    pub size: u64,
+    /// The part's CRC32C when the store reports it.
+    pub crc32c: Option<u32>,
+    /// The store's tag for the part (an MD5 hex digest on most S3 implementations).
+    pub etag: String,
+}
+
+/// A location: a tree of entries addressed by relative paths (`a/b/c`, no `.` or `..`, no
+/// leading or doubled `/`; see `ferry_common::paths`).
+///
+/// The contract, checked by [`conformance::run_location_suite`] for every backend:
+/// - `list(dir)` returns every direct child of `dir` exactly once across its pages, with
+///   directories as `EntryKind::Dir`, and never ferry's own temporary or marker names.
+///   Listing a directory that does not exist returns an empty page.
+/// - `stat` returns `None` for a missing entry and full metadata otherwise.
+/// - `put` is atomic: readers see the old entry or the complete new one, never a partial
+///   one, and the metadata is in place when the content appears. Parent directories are
+///   created as needed.
+/// - Large content is written as numbered parts of a multipart write, then completed. Parts
+///   may be written in any order, by any process, and rewritten; `list_parts` shows what is
+///   stored; nothing is visible until `complete_multipart`; `abort_multipart` leaves nothing.
+/// - `read` returns exactly the bytes asked for, or fails.
+/// - `remove` deletes entries (a directory with everything below it) and ignores missing ones.
+///
+/// Methods block: callers run them on the blocking pool.
+pub trait Location: Send + Sync {
+    /// The location URI of `rel`, for messages.
+    fn describe(&self, rel: &[u8]) -> String;
+    /// Whether `stat` returns owner, mode and times (POSIX trees) or only what an object store
+    /// keeps in user metadata.
+    fn is_object_store(&self) -> bool;
+    fn list(&self, dir: &[u8], resume: Option<&[u8]>, max: usize) -> Result<Page, FerryError>;
+    fn stat(&self, rel: &[u8]) -> Result<Option<Meta>, FerryError>;
+    /// `stat` for a name known to be a directory (listed as one), which an object store
+    /// answers without looking for an object of that name.
+    fn stat_dir(&self, rel: &[u8]) -> Result<Option<Meta>, FerryError> {
+        self.stat(rel)
+    }
+    /// Reads `[offset, offset + len)` of a file into `buf` (replacing its contents).
+    fn read(&self, rel: &[u8], offset: u64, len: u64, buf: &mut Vec<u8>) -> Result<(), FerryError>;
+    /// Writes a whole entry with its metadata. `crc32c` is the content's CRC, computed at the
+    /// source: a store that checks it on arrival refuses a mismatch.
+    fn put(&self, rel: &[u8], content: Content<'_>, meta: &Meta, crc32c: Option<u32>) -> Result<(), FerryError>;
+    /// Starts a multipart write of `size` bytes and returns its id.
+    fn create_multipart(&self, rel: &[u8], size: u64, meta: &Meta) -> Result<String, FerryError>;
+    /// Ids of unfinished multipart writes to `rel`, oldest first.
+    fn pending_multiparts(&self, rel: &[u8]) -> Result<Vec<String>, FerryError>;
+    fn put_part(&self, rel: &[u8], upload: &str, number: u32, offset: u64, data: &[u8], crc32c: u32) -> Result<(), FerryError>;
+    fn list_parts(&self, rel: &[u8], upload: &str) -> Result<Vec<StoredPart>, FerryError>;
+    /// Makes the parts `1..=parts` (numbers given) visible as one entry with `meta`;
+    /// `crc32c` is the whole content's CRC (S3's FULL_OBJECT checksum).
+    fn complete_multipart(&self, rel: &[u8], upload: &str, parts: &[u32], size: u64, meta: &Meta, crc32c: u32) -> Result<(), FerryError>;
+    fn abort_multipart(&self, rel: &[u8], upload: &str) -> Result<(), FerryError>;
+    /// Deletes entries; returns how many non-directory entries went (for counting).
+    fn remove(&self, rels: &[Vec<u8>]) -> Vec<Result<u64, FerryError>>;
+}
+
+pub type SharedLocation = Arc<dyn Location>;
+
+/// Whether a location URI names an object store rather than a POSIX tree.
+pub fn is_object_uri(uri: &str) -> bool {
+    uri.starts_with("s3://")
+}
+
+/// Opens the location behind a URI for an execution.
+pub fn open(uri: &str, spec: &ExecutionSpec) -> Result<SharedLocation, FerryError> {
+    if is_object_uri(uri) {
+        Ok(Arc::new(s3::S3Location::open(uri, &spec.s3)?))
+    } else {
+        Ok(Arc::new(local::location::LocalLocation::open(&crate::exec::context::local_path(uri), &spec.id)?))
+    }
+}

@@ -3,6 +3,7 @@
 //! All access goes through directory handles opened component by component with
 //! `O_NOFOLLOW`, so paths of any depth work and a symlink inside the tree is never followed.
 
+pub mod location;
 pub mod sys;
 
 use std::io;
