@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ferry_common::filter::{Filters, Matcher};
-use ferry_common::model::{ExecutionSpec, Limits, Mode, Options, Phase, TransferMode, VerifyMode};
+use ferry_common::model::{ExecutionSpec, Limits, Mode, Options, Phase, S3Settings, TransferMode, VerifyMode};
 use ferry_common::telemetry::{init_logging, LogFormat};
 
 use std::sync::Arc;
@@ -111,12 +111,85 @@ pub enum LogFormatArg {
     Json,
 }
 
+#[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
+pub enum SseArg {
+    /// SSE-S3: keys managed by S3.
+    #[value(name = "AES256")]
+    Aes256,
+    /// SSE-KMS, with --sse-kms-key-id or the bucket's default key.
+    #[value(name = "aws:kms")]
+    Kms,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
+pub enum ObjectTagsArg {
+    #[value(name = "PRESERVE")]
+    Preserve,
+    #[value(name = "NONE")]
+    None,
+}
+
+/// How to reach and write `s3://` locations. Credentials and the default region come from the
+/// standard AWS chain: environment, profiles (AWS_PROFILE), instance and container roles.
+#[derive(Args, Debug, Clone)]
+pub struct S3Args {
+    /// S3-compatible endpoint, e.g. http://127.0.0.1:9000 (AWS when omitted).
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+    /// Region of the bucket (default: from the AWS chain, else us-east-1).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Virtual-hosted-style addressing (bucket.endpoint) with --endpoint-url; path style
+    /// (endpoint/bucket) is the default there, as most self-managed stores need it.
+    #[arg(long)]
+    pub virtual_hosted_style: bool,
+    /// Storage class of uploaded objects (STANDARD, STANDARD_IA, INTELLIGENT_TIERING, GLACIER_IR, ...).
+    #[arg(long, value_name = "CLASS")]
+    pub storage_class: Option<String>,
+    /// Server-side encryption of uploaded objects.
+    #[arg(long, value_enum)]
+    pub sse: Option<SseArg>,
+    /// KMS key id or ARN for --sse aws:kms.
+    #[arg(long, value_name = "KEY")]
+    pub sse_kms_key_id: Option<String>,
+    /// ObjectTags: copy object tags between S3 locations.
+    #[arg(long, value_enum, default_value = "PRESERVE")]
+    pub object_tags: ObjectTagsArg,
+}
+
+impl S3Args {
+    fn settings(&self) -> Result<S3Settings, UsageError> {
+        if self.sse_kms_key_id.is_some() && self.sse != Some(SseArg::Kms) {
+            return Err(UsageError("--sse-kms-key-id needs --sse aws:kms (add it, or drop the key id)".into()));
+        }
+        if let Some(e) = &self.endpoint_url {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(UsageError(format!("--endpoint-url {e}: give a URL with http:// or https://")));
+            }
+        }
+        Ok(S3Settings {
+            endpoint_url: self.endpoint_url.clone(),
+            region: self.region.clone(),
+            path_style: self.endpoint_url.is_some() && !self.virtual_hosted_style,
+            storage_class: self.storage_class.clone(),
+            sse: self.sse.map(|s| match s {
+                SseArg::Aes256 => "AES256".to_string(),
+                SseArg::Kms => "aws:kms".to_string(),
+            }),
+            sse_kms_key_id: self.sse_kms_key_id.clone(),
+            preserve_tags: self.object_tags == ObjectTagsArg::Preserve,
+        })
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct CommonArgs {
-    /// Source location: a directory path or file:// URI.
+    /// Source location: a directory path, file:// URI, or s3://bucket/prefix.
     pub source: String,
-    /// Destination location: a directory path or file:// URI (created if missing).
+    /// Destination location: a directory path or file:// URI (created if missing), or s3://bucket/prefix.
     pub destination: String,
+    #[command(flatten)]
+    pub s3: S3Args,
     /// Exclude paths matching these patterns ('|'-separated; '*' wildcard; '/x' anchors at the root).
     #[arg(long, value_name = "PATTERNS")]
     pub exclude: Vec<String>,
@@ -185,7 +258,7 @@ fn parse_location(role: &str, uri: &str) -> Result<PathBuf, UsageError> {
     if let Some((scheme, _)) = uri.split_once("://") {
         return match scheme {
             "file" => Ok(PathBuf::from(&uri["file://".len()..])),
-            "s3" | "nfs" | "efs" | "smb" => Err(UsageError(format!(
+            "nfs" | "efs" | "smb" => Err(UsageError(format!(
                 "{role} {uri}: {scheme}:// locations are not supported by this build yet (use a local or mounted path)"
             ))),
             other => Err(UsageError(format!("{role} {uri}: unknown scheme '{other}' (use a local path or file:///path)"))),
@@ -199,6 +272,53 @@ fn parse_location(role: &str, uri: &str) -> Result<PathBuf, UsageError> {
 
 fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Checks an `s3://` location: the URI, then one request that fails the way the whole run
+/// would (missing bucket, refused credentials, wrong region, unreachable endpoint).
+fn check_s3(role: &str, uri: &str, settings: &S3Settings) -> Result<(), UsageError> {
+    use ferry_worker::storage::s3::S3Location;
+    let loc = S3Location::open(uri, settings).map_err(|e| UsageError(format!("{role} {}", e.message)))?;
+    loc.probe().map_err(|e| UsageError(format!("{role}: {}", e.message)))
+}
+
+/// Checks both locations and prepares a local destination; returns the locations as URIs or
+/// canonical paths.
+fn check_any_locations(mode: Mode, src_uri: &str, dst_uri: &str, dry_run: bool, s3: &S3Settings) -> Result<(String, String), UsageError> {
+    use ferry_worker::storage::is_object_uri;
+    if !is_object_uri(src_uri) && !is_object_uri(dst_uri) {
+        let (src, dst) = check_locations(mode, src_uri, dst_uri, dry_run)?;
+        return Ok((src.to_string_lossy().into_owned(), dst.to_string_lossy().into_owned()));
+    }
+    let src = if is_object_uri(src_uri) {
+        check_s3("source", src_uri, s3)?;
+        src_uri.to_string()
+    } else {
+        let src = parse_location("source", src_uri)?;
+        let meta = std::fs::metadata(&src).map_err(|e| UsageError(format!("source {}: {e} (check the path)", src.display())))?;
+        if !meta.is_dir() {
+            return Err(UsageError(format!("source {} is not a directory (ferry copies directory trees; give its parent and use --include)", src.display())));
+        }
+        src.canonicalize().map_err(|e| UsageError(format!("source {}: {e}", src.display())))?.to_string_lossy().into_owned()
+    };
+    let dst = if is_object_uri(dst_uri) {
+        check_s3("destination", dst_uri, s3)?;
+        if src == dst_uri || (mode == Mode::Sync && (src.starts_with(dst_uri) || dst_uri.starts_with(&src))) {
+            return Err(UsageError(format!("source {src} and destination {dst_uri} overlap (choose prefixes that do not contain each other)")));
+        }
+        dst_uri.to_string()
+    } else {
+        let dst = absolute(&parse_location("destination", dst_uri)?);
+        if mode == Mode::Verify && !dst.is_dir() {
+            return Err(UsageError(format!("destination {} does not exist or is not a directory (check the path)", dst.display())));
+        }
+        if !dry_run && mode != Mode::Verify {
+            std::fs::create_dir_all(&dst)
+                .map_err(|e| UsageError(format!("cannot create destination {}: {e} (check the path and its permissions)", dst.display())))?;
+        }
+        dst.to_string_lossy().into_owned()
+    };
+    Ok((src, dst))
 }
 
 /// Checks the source and prepares the destination; returns their canonical paths.
@@ -294,15 +414,9 @@ fn build_spec(mode: Mode, common: &CommonArgs, t: Option<&TransferArgs>) -> Resu
         };
     }
     Matcher::new(&options.filters).map_err(|e| UsageError(e.to_string()))?;
-    let (src, dst) = check_locations(mode, &common.source, &common.destination, options.dry_run)?;
-    Ok(ExecutionSpec {
-        id: new_execution_id(),
-        mode,
-        source: src.to_string_lossy().into_owned(),
-        destination: dst.to_string_lossy().into_owned(),
-        options,
-        report_dir: None,
-    })
+    let s3 = common.s3.settings()?;
+    let (source, destination) = check_any_locations(mode, &common.source, &common.destination, options.dry_run, &s3)?;
+    Ok(ExecutionSpec { id: new_execution_id(), mode, source, destination, options, report_dir: None, s3 })
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -13,14 +13,14 @@ use std::time::Duration;
 use actix::prelude::*;
 use ferry_common::codec;
 use ferry_common::error::{ErrorKind, FerryError};
-use ferry_common::model::{EntryKind, Execution, Shard, ShardBody};
+use ferry_common::model::{Entry, EntryKind, Execution, Shard, ShardBody};
 use ferry_common::store::{LeaseId, SharedStore, StoreError, TxnOp};
 use futures::StreamExt;
 use tokio::sync::Notify;
 
 use crate::exec::scan::{list_page, LinkRole};
 use crate::exec::transfer::{self, Buffers};
-use crate::exec::{verify, ExecContext, Outcome};
+use crate::exec::{object, verify, ExecContext, Outcome};
 use crate::lease::LeaseClock;
 use crate::queue::{QueueError, ShardQueue};
 use crate::report::{ReportSink, ShardTag};
@@ -275,10 +275,17 @@ async fn run_shard(shared: &MoverShared, shard: Shard, bufs: &mut Option<Buffers
     let chunk = ctx.options().limits.chunk_size as usize;
     tracing::debug!(shard = %shard.id, attempt = shard.attempt, "ShardClaimed");
 
-    let committed: Result<bool, QueueError> = if let ShardBody::Part { file, offset, len, .. } = shard.body.clone() {
-        let c = ctx.clone();
-        let r = blocking(chunk, bufs, move |b| transfer::run_part(&c, &file, offset, len, b)).await.and_then(|r| r);
-        let outcome = Outcome::default();
+    let committed: Result<bool, QueueError> = if let ShardBody::Part { file, offset, len, group, .. } = shard.body.clone() {
+        let mut outcome = Outcome::default();
+        let r = if ctx.object.is_some() {
+            run_object_part(shared, file, offset, len, group, bufs).await.map(|done| {
+                outcome.counters().bytes_resumed += done.bytes_resumed;
+                done.crc
+            })
+        } else {
+            let c = ctx.clone();
+            blocking(chunk, bufs, move |b| transfer::run_part(&c, &file, offset, len, b)).await.and_then(|r| r)
+        };
         match r {
             Err(e) if e.kind == ErrorKind::LeaseLost => return abandon(&shard),
             Ok(crc) => with_store_retry("complete part", || queue.complete_part(&shard, Ok((crc, len)), &outcome)).await,
@@ -304,6 +311,31 @@ async fn run_shard(shared: &MoverShared, shard: Shard, bufs: &mut Option<Buffers
         Ok(false) => tracing::warn!(shard = %shard.id, "completion refused: the claim was lost (lease expired); another worker owns it"),
         Err(e) => tracing::warn!(shard = %shard.id, error = %e, "could not complete shard; it returns to the queue when the claim expires"),
     }
+}
+
+/// A part of a large file bound for an object store: finds the file's multipart upload
+/// (recorded in the part set, left by an interrupted run, or new), then uploads the range.
+async fn run_object_part(shared: &MoverShared, file: Entry, offset: u64, len: u64, group: String, bufs: &mut Option<Buffers>) -> Result<object::PartDone, FerryError> {
+    let ctx = shared.ctx.clone();
+    let chunk = ctx.options().limits.chunk_size as usize;
+    let store_err = |e: QueueError| FerryError::new(ErrorKind::Unavailable, format!("coordination store: {e}"));
+    let recorded = with_store_retry("read part set", || shared.queue.part_set(&group)).await.map_err(store_err)?.upload_id;
+    let upload = match recorded {
+        Some(id) => id,
+        None => {
+            let (c, f) = (ctx.clone(), file.clone());
+            let (id, created) = blocking(chunk, bufs, move |_| object::find_or_create_upload(c.object.as_ref().expect("object execution"), &f, c.spec.s3.preserve_tags)).await??;
+            let winner = with_store_retry("record upload", || shared.queue.record_upload(&group, &id)).await.map_err(store_err)?;
+            if winner != id && created {
+                // Another part created the upload first: this one is not needed.
+                let (c, f) = (ctx.clone(), file.clone());
+                let _ = blocking(chunk, bufs, move |_| c.object.as_ref().expect("object execution").dst.as_ref().map(|d| d.abort_multipart(&f.path, &id))).await;
+            }
+            winner
+        }
+    };
+    let c = ctx.clone();
+    blocking(chunk, bufs, move |b| object::run_part(&c, c.object.as_ref().expect("object execution"), &file, offset, len, &upload, b)).await?
 }
 
 /// A shard this worker may no longer own: no completion, no cleanup at the destination (a
@@ -334,6 +366,9 @@ async fn execute(shared: &MoverShared, shard: &Shard, bufs: &mut Option<Buffers>
     let chunk = ctx.options().limits.chunk_size as usize;
     let attempt = shard.attempt;
     let store_err = |e: QueueError| FerryError::new(ErrorKind::Other, format!("coordination store: {e}"));
+    if ctx.object.is_some() {
+        return execute_object(shared, shard, bufs).await;
+    }
     let outcome = match shard.body.clone() {
         ShardBody::Scan { dirs } => {
             let c = ctx.clone();
@@ -378,6 +413,40 @@ async fn execute(shared: &MoverShared, shard: &Shard, bufs: &mut Option<Buffers>
             let c = ctx.clone();
             blocking(chunk, bufs, move |b| verify::run_verify(&c, &dirs, b)).await??
         }
+        ShardBody::Part { .. } => unreachable!("parts complete through complete_part"),
+    };
+    Ok((outcome, Vec::new()))
+}
+
+/// [`execute`] for executions with an object store on either side.
+async fn execute_object(shared: &MoverShared, shard: &Shard, bufs: &mut Option<Buffers>) -> Result<(Outcome, Vec<TxnOp>), FerryError> {
+    let ctx = shared.ctx.clone();
+    let chunk = ctx.options().limits.chunk_size as usize;
+    let attempt = shard.attempt;
+    let store_err = |e: QueueError| FerryError::new(ErrorKind::Other, format!("coordination store: {e}"));
+    let c = ctx.clone();
+    let outcome = match shard.body.clone() {
+        ShardBody::Scan { dirs } => {
+            let page = blocking(chunk, bufs, move |_| object::list_page(&c, c.object.as_ref().expect("object execution"), &dirs)).await??;
+            page.into_bodies(&ctx, &shard.id, Vec::new())
+        }
+        ShardBody::Transfer { entries } => {
+            blocking(chunk, bufs, move |b| object::run_transfer(&c, c.object.as_ref().expect("object execution"), entries, attempt, b)).await?
+        }
+        ShardBody::Commit { file, group, .. } => {
+            let set = with_store_retry("read part set", || shared.queue.part_set(&group)).await.map_err(store_err)?;
+            let out = blocking(chunk, bufs, move |b| {
+                let failure = set.failed.first().map(|(_, r)| r.clone());
+                object::run_commit(&c, c.object.as_ref().expect("object execution"), &file, &set, failure.as_deref(), b)
+            })
+            .await?;
+            return Ok((out, vec![TxnOp::delete(shared.queue.keys().parts(&group))]));
+        }
+        ShardBody::Prune { dir } => blocking(chunk, bufs, move |_| object::run_prune(&c, c.object.as_ref().expect("object execution"), &dir)).await??,
+        // Object stores hold no hard links: the scan never plans link shards for them.
+        ShardBody::Links { .. } => Outcome::default(),
+        ShardBody::DirMeta { dirs } => blocking(chunk, bufs, move |_| object::run_dirmeta(&c, c.object.as_ref().expect("object execution"), dirs)).await?,
+        ShardBody::Verify { dirs } => blocking(chunk, bufs, move |b| object::run_verify(&c, c.object.as_ref().expect("object execution"), &dirs, b)).await??,
         ShardBody::Part { .. } => unreachable!("parts complete through complete_part"),
     };
     Ok((outcome, Vec::new()))

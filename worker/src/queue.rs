@@ -226,6 +226,27 @@ impl ShardQueue {
         }
     }
 
+    /// Records `upload` as the multipart upload of a part group unless one is recorded
+    /// already; returns the upload every part must use (the first recorded wins).
+    pub async fn record_upload(&self, group: &str, upload: &str) -> Result<String, QueueError> {
+        let key = self.keys.parts(group);
+        loop {
+            let current = self.store.get(&key).await?;
+            let (mut set, rev): (PartSet, i64) = match &current {
+                Some(kv) => (codec::decode(&kv.value)?, kv.mod_revision),
+                None => (PartSet::default(), 0),
+            };
+            if let Some(existing) = set.upload_id {
+                return Ok(existing);
+            }
+            set.upload_id = Some(upload.to_string());
+            let txn = Txn::new().when([Compare::mod_revision_is(key.clone(), rev)]).and_then([TxnOp::put(key.clone(), codec::encode(&set)?)]);
+            if self.store.txn(txn).await?.succeeded {
+                return Ok(upload.to_string());
+            }
+        }
+    }
+
     pub async fn part_set(&self, group: &str) -> Result<PartSet, QueueError> {
         Ok(match self.store.get(&self.keys.parts(group)).await? {
             Some(kv) => codec::decode(&kv.value)?,

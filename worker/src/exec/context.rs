@@ -8,6 +8,7 @@ use ferry_common::keys::ExecKeys;
 use ferry_common::model::{ExecutionSpec, Options};
 
 use crate::storage::local::LocalTree;
+use crate::storage::{self, SharedLocation};
 
 /// Test hooks, read once from the environment. They exist so integration tests can inject
 /// faults that are otherwise impossible to time: they never activate unless set.
@@ -30,12 +31,23 @@ impl TestHooks {
     }
 }
 
+/// The two sides of an execution that involves an object store, behind the `Location` trait.
+pub struct ObjectPair {
+    pub src: SharedLocation,
+    /// `None` only in dry-run mode when a local destination root does not exist yet.
+    pub dst: Option<SharedLocation>,
+}
+
 pub struct ExecContext {
     pub spec: ExecutionSpec,
     pub keys: ExecKeys,
-    pub src: LocalTree,
-    /// `None` only in dry-run mode when the destination root does not exist yet.
+    /// Local-to-local executions: the source tree. `None` when `object` is set.
+    src: Option<LocalTree>,
+    /// Local-to-local: `None` only in dry-run mode when the destination root does not exist yet.
     pub dst: Option<LocalTree>,
+    /// Set when either side is an object store: every shard then runs through
+    /// [`crate::exec::object`].
+    pub object: Option<ObjectPair>,
     pub matcher: Matcher,
     pub hooks: TestHooks,
     /// Prefix of this execution's temporary names; anything else starting with
@@ -55,13 +67,22 @@ pub const TEMP_PREFIX: &[u8] = b".ferry-tmp-";
 
 impl ExecContext {
     pub fn open(spec: ExecutionSpec) -> Result<Self, FerryError> {
-        let src = LocalTree::open(&local_path(&spec.source))?;
-        let dst_path = local_path(&spec.destination);
-        let dst = match LocalTree::open(&dst_path) {
-            Ok(t) => Some(t),
-            Err(_) if spec.options.dry_run => None,
-            Err(e) => return Err(e),
-        };
+        let (mut src, mut dst, mut object) = (None, None, None);
+        if storage::is_object_uri(&spec.source) || storage::is_object_uri(&spec.destination) {
+            let dst = match storage::open(&spec.destination, &spec) {
+                Ok(d) => Some(d),
+                Err(_) if spec.options.dry_run && !storage::is_object_uri(&spec.destination) => None,
+                Err(e) => return Err(e),
+            };
+            object = Some(ObjectPair { src: storage::open(&spec.source, &spec)?, dst });
+        } else {
+            src = Some(LocalTree::open(&local_path(&spec.source))?);
+            dst = match LocalTree::open(&local_path(&spec.destination)) {
+                Ok(t) => Some(t),
+                Err(_) if spec.options.dry_run => None,
+                Err(e) => return Err(e),
+            };
+        }
         let matcher = Matcher::new(&spec.options.filters).map_err(|e| FerryError::config(e.to_string()))?;
         let mut temp_prefix = TEMP_PREFIX.to_vec();
         temp_prefix.extend_from_slice(spec.id.as_bytes());
@@ -71,6 +92,7 @@ impl ExecContext {
             spec,
             src,
             dst,
+            object,
             matcher,
             hooks: TestHooks::from_env(),
             temp_prefix,
@@ -88,6 +110,12 @@ impl ExecContext {
             Some(lease) => lease.wait_valid(),
             None => Ok(()),
         }
+    }
+
+    /// The local source tree. Only local-to-local shard functions call this, and the node
+    /// sends every shard of an execution with an object store to `exec::object` instead.
+    pub fn src(&self) -> &LocalTree {
+        self.src.as_ref().expect("local shard functions run only for local-to-local executions")
     }
 
     pub fn options(&self) -> &Options {

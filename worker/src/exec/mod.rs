@@ -5,6 +5,7 @@
 //! commits in the shard's completion transaction.
 
 pub mod context;
+pub mod object;
 pub mod plan;
 pub mod scan;
 pub mod transfer;

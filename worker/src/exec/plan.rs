@@ -9,6 +9,17 @@ use ferry_common::model::{Entry, EntryKind, Limits, LinkEntry, ScanDir, ShardBod
 /// within etcd's operation limit; the part size grows instead for enormous files.
 pub const MAX_PARTS_PER_FILE: u64 = 64;
 
+/// Objects up to this size are uploaded in one request, and this is the smallest part of a
+/// multipart upload: what one mover buffers at a time.
+pub const OBJECT_PART_MIN: u64 = 16 << 20;
+
+/// The part size of a multipart upload of `size` bytes: at least [`OBJECT_PART_MIN`], and
+/// large enough (in whole MiB) that the object stays within S3's 10,000 parts, up to 5 TiB.
+pub fn object_part_size(size: u64) -> u64 {
+    let needed = size.div_ceil(crate::storage::s3::MAX_PARTS).div_ceil(1 << 20) << 20;
+    OBJECT_PART_MIN.max(needed)
+}
+
 /// Directories handed to one child scan shard.
 pub const DIRS_PER_SCAN_SHARD: usize = 16;
 
@@ -49,8 +60,16 @@ impl<'a> Binner<'a> {
 
     /// Part size for a file: the configured size, grown so the file has at most
     /// [`MAX_PARTS_PER_FILE`] parts.
+    /// The part size is also a whole multiple of [`object_part_size`], so every part shard
+    /// uploads whole object-store parts and the part numbers follow from offsets alone.
     pub fn part_size(limits: &Limits, size: u64) -> u64 {
-        limits.part_size.max(size.div_ceil(MAX_PARTS_PER_FILE))
+        let part = limits.part_size.max(size.div_ceil(MAX_PARTS_PER_FILE));
+        let sub = object_part_size(size);
+        if part >= sub {
+            part.div_ceil(sub) * sub
+        } else {
+            part
+        }
     }
 
     pub fn push(&mut self, entry: Entry) {
@@ -133,6 +152,19 @@ mod tests {
 
     fn limits() -> Limits {
         Limits { shard_max_files: 3, shard_max_bytes: 100, part_threshold: 1000, part_size: 400, ..Limits::default() }
+    }
+
+    #[test]
+    fn object_parts_stay_within_s3_limits_and_align_with_part_shards() {
+        let limits = Limits::default();
+        for size in [300u64 << 20, 5 << 30, 100 << 30, crate::storage::s3::MAX_OBJECT_SIZE] {
+            let sub = object_part_size(size);
+            assert!(size.div_ceil(sub) <= crate::storage::s3::MAX_PARTS, "{size}: {sub}");
+            assert!(sub >= crate::storage::s3::MIN_PART_SIZE && sub <= 5 << 30);
+            let shard = Binner::part_size(&limits, size);
+            assert_eq!(shard % sub, 0, "part shards hold whole object parts ({size})");
+            assert!(size.div_ceil(shard) <= MAX_PARTS_PER_FILE);
+        }
     }
 
     #[test]

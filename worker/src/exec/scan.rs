@@ -118,15 +118,15 @@ fn list_dir(
     budget: usize,
 ) -> Result<Option<i64>, FerryError> {
     let opts = ctx.options();
-    let src_fd = match ctx.src.open_dir(&dir.path) {
+    let src_fd = match ctx.src().open_dir(&dir.path) {
         Ok(fd) => fd,
         // The directory vanished since its parent listed it: nothing to copy.
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) && !dir.path.is_empty() => return Ok(None),
-        Err(e) => return Err(ctx.src.error("open directory", &dir.path, &e)),
+        Err(e) => return Err(ctx.src().error("open directory", &dir.path, &e)),
     };
     let dst_fd = prepare_dst_dir(ctx, &dir.path)?;
     if dir.cookie.is_none() {
-        let st = sys::fstat(src_fd.as_raw_fd()).map_err(|e| ctx.src.error("stat", &dir.path, &e))?;
+        let st = sys::fstat(src_fd.as_raw_fd()).map_err(|e| ctx.src().error("stat", &dir.path, &e))?;
         page.dirmeta.push(DirMeta {
             path: dir.path.clone(),
             mode: st.st_mode,
@@ -139,7 +139,7 @@ fn list_dir(
             page.prunes.push(ScanDir { path: dir.path.clone(), cookie: None, after: None, included: dir.included });
         }
     }
-    let mut reader = sys::DirReader::new(src_fd, dir.cookie).map_err(|e| ctx.src.error("list", &dir.path, &e))?;
+    let mut reader = sys::DirReader::new(src_fd, dir.cookie).map_err(|e| ctx.src().error("list", &dir.path, &e))?;
     let src_dir = reader.fd();
     let dst_dir = dst_fd.as_ref().map(|fd| fd.as_raw_fd());
     // Where the next readdir continues: the d_off of the last entry handled (0 = start).
@@ -148,7 +148,7 @@ fn list_dir(
         if *listed >= budget || page.subdirs.len() >= MAX_SUBDIRS_PER_PAGE || *big_files >= MAX_PARTS_PER_PAGE {
             return Ok(Some(resume_at));
         }
-        let Some(raw) = reader.next_entry().map_err(|e| ctx.src.error("list", &dir.path, &e))? else { break };
+        let Some(raw) = reader.next_entry().map_err(|e| ctx.src().error("list", &dir.path, &e))? else { break };
         resume_at = raw.cookie;
         if raw.name.starts_with(TEMP_PREFIX) {
             continue;
@@ -160,7 +160,7 @@ fn list_dir(
             Ok(None) => continue, // deleted while listing
             Err(e) => {
                 page.outcome.counters().files_prepared += 1;
-                page.outcome.fail(rel.clone(), EntryKind::File, 0, &ctx.src.error("stat", &rel, &e));
+                page.outcome.fail(rel.clone(), EntryKind::File, 0, &ctx.src().error("stat", &rel, &e));
                 continue;
             }
         };
@@ -243,7 +243,7 @@ fn unchanged_reason(
             }
         }
         EntryKind::Symlink => {
-            let a = sys::readlink_at(src_dir, name).map_err(|e| ctx.src.error("read link", &entry.path, &e))?;
+            let a = sys::readlink_at(src_dir, name).map_err(|e| ctx.src().error("read link", &entry.path, &e))?;
             let b = sys::readlink_at(dst_dir, name).map_err(|e| dst.error("read link", &entry.path, &e))?;
             a == b && same_mtime(src, &d)
         }

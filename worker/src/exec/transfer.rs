@@ -30,7 +30,7 @@ struct Pending {
 }
 
 /// Collects entries that failed for a transient reason, to retry as a new attempt.
-struct Retries<'a> {
+pub(crate) struct Retries<'a> {
     ctx: &'a ExecContext,
     attempt: u32,
     entries: Vec<Entry>,
@@ -38,12 +38,12 @@ struct Retries<'a> {
 }
 
 impl<'a> Retries<'a> {
-    fn new(ctx: &'a ExecContext, attempt: u32) -> Self {
+    pub(crate) fn new(ctx: &'a ExecContext, attempt: u32) -> Self {
         Retries { ctx, attempt, entries: Vec::new(), last_error: None }
     }
 
     /// Retries transient failures while attempts remain; reports the rest as failed.
-    fn fail(&mut self, out: &mut Outcome, entry: Entry, err: FerryError) {
+    pub(crate) fn fail(&mut self, out: &mut Outcome, entry: Entry, err: FerryError) {
         if err.kind.is_transient() && self.attempt < self.ctx.options().limits.max_attempts {
             self.last_error = Some(err.to_string());
             self.entries.push(entry);
@@ -57,7 +57,7 @@ impl<'a> Retries<'a> {
         }
     }
 
-    fn finish(self, out: &mut Outcome) {
+    pub(crate) fn finish(self, out: &mut Outcome) {
         if !self.entries.is_empty() {
             out.retry = Some(ShardBody::Transfer { entries: self.entries });
             out.retry_error = self.last_error;
@@ -65,7 +65,7 @@ impl<'a> Retries<'a> {
     }
 }
 
-fn source_changed(tree: &LocalTree, rel: &[u8], what: &str) -> FerryError {
+pub(crate) fn source_changed(tree: &LocalTree, rel: &[u8], what: &str) -> FerryError {
     FerryError::new(ErrorKind::SourceChanged, format!("source changed while it was read: {} ({what})", tree.display_path(rel).display()))
 }
 
@@ -183,11 +183,14 @@ fn rename_into_place(dst: &LocalTree, dir: RawFd, temp: &[u8], name: &[u8], rel:
 
 pub struct Buffers {
     pub data: Vec<u8>,
+    /// Object-store transfers: one whole object or part, up to `plan::object_part_size`;
+    /// grown on first use, so local-only movers never hold it.
+    pub object: Vec<u8>,
 }
 
 impl Buffers {
     pub fn new(chunk: usize) -> Self {
-        Buffers { data: vec![0u8; chunk] }
+        Buffers { data: vec![0u8; chunk], object: Vec::new() }
     }
 }
 
@@ -219,8 +222,8 @@ pub fn run_transfer(ctx: &ExecContext, entries: Vec<Entry>, attempt: u32, bufs: 
         }
         let (parent, name) = paths::split(&entry.path);
         let dirs = src_dirs
-            .get(&ctx.src, parent)
-            .map_err(|e| ctx.src.error("open directory", parent, &e))
+            .get(ctx.src(), parent)
+            .map_err(|e| ctx.src().error("open directory", parent, &e))
             .and_then(|s| dst_dirs.get(dst, parent).map(|d| (s, d)).map_err(|e| dst.error("open directory", parent, &e)));
         let (src_dir, dst_dir) = match dirs {
             Ok(d) => d,
@@ -328,10 +331,10 @@ fn finish_pending(ctx: &ExecContext, dst: &LocalTree, pending: Vec<Pending>, dst
 /// found it unchanged.
 fn copy_file(ctx: &ExecContext, dst: &LocalTree, src_dir: RawFd, dst_dir: RawFd, name: &[u8], entry: &Entry, bufs: &mut Buffers) -> Result<Option<u32>, FerryError> {
     let rel = &entry.path;
-    let sfd = sys::open_read_noatime(src_dir, name).map_err(|e| ctx.src.error("open", rel, &e))?;
-    let st0 = sys::fstat(sfd.as_raw_fd()).map_err(|e| ctx.src.error("stat", rel, &e))?;
+    let sfd = sys::open_read_noatime(src_dir, name).map_err(|e| ctx.src().error("open", rel, &e))?;
+    let st0 = sys::fstat(sfd.as_raw_fd()).map_err(|e| ctx.src().error("stat", rel, &e))?;
     if kind_of(&st0) != EntryKind::File {
-        return Err(source_changed(&ctx.src, rel, "no longer a regular file"));
+        return Err(source_changed(ctx.src(), rel, "no longer a regular file"));
     }
     let size = st0.st_size as u64;
     if entry.compare_checksum {
@@ -339,7 +342,7 @@ fn copy_file(ctx: &ExecContext, dst: &LocalTree, src_dir: RawFd, dst_dir: RawFd,
             if same {
                 // Same bytes: only the metadata may need refreshing, in place.
                 let dfd = sys::open_at(dst_dir, name, libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK, 0).map_err(|e| dst.error("open", rel, &e))?;
-                let xattrs = sys::fxattrs(sfd.as_raw_fd()).map_err(|e| ctx.src.error("read xattrs of", rel, &e))?;
+                let xattrs = sys::fxattrs(sfd.as_raw_fd()).map_err(|e| ctx.src().error("read xattrs of", rel, &e))?;
                 apply_meta_fd(ctx, &xattrs, &st0, dfd.as_raw_fd()).map_err(|e| dst.error("set metadata on", rel, &e))?;
                 return Ok(None);
             }
@@ -354,20 +357,20 @@ fn copy_file(ctx: &ExecContext, dst: &LocalTree, src_dir: RawFd, dst_dir: RawFd,
         let hook_change = ctx.hooks.source_change.as_deref() == Some(rel.as_slice());
         let mut on_chunk = || {
             if hook_change {
-                append_to_source(&ctx.src, rel);
+                append_to_source(ctx.src(), rel);
             }
         };
         let crc = copy_range(sfd.as_raw_fd(), dfd.as_raw_fd(), 0, size, is_sparse(&st0), &mut bufs.data, &mut on_chunk)
-            .map_err(|e| if e.kind() == std::io::ErrorKind::UnexpectedEof { source_changed(&ctx.src, rel, "it shrank") } else { ctx.src.error("copy", rel, &e) })?;
+            .map_err(|e| if e.kind() == std::io::ErrorKind::UnexpectedEof { source_changed(ctx.src(), rel, "it shrank") } else { ctx.src().error("copy", rel, &e) })?;
         sys::ftruncate(dfd.as_raw_fd(), size).map_err(|e| dst.error("write", rel, &e))?;
-        let st1 = sys::fstat(sfd.as_raw_fd()).map_err(|e| ctx.src.error("stat", rel, &e))?;
+        let st1 = sys::fstat(sfd.as_raw_fd()).map_err(|e| ctx.src().error("stat", rel, &e))?;
         if st1.st_size != st0.st_size || sys::mtime(&st1) != sys::mtime(&st0) {
-            return Err(source_changed(&ctx.src, rel, "size or mtime changed"));
+            return Err(source_changed(ctx.src(), rel, "size or mtime changed"));
         }
         if ctx.hooks.corrupt.as_deref() == Some(rel.as_slice()) && size > 0 {
             corrupt_first_byte(dfd.as_raw_fd());
         }
-        let xattrs = sys::fxattrs(sfd.as_raw_fd()).map_err(|e| ctx.src.error("read xattrs of", rel, &e))?;
+        let xattrs = sys::fxattrs(sfd.as_raw_fd()).map_err(|e| ctx.src().error("read xattrs of", rel, &e))?;
         apply_meta_fd(ctx, &xattrs, &st0, dfd.as_raw_fd()).map_err(|e| dst.error("set metadata on", rel, &e))?;
         Ok(crc)
     })();
@@ -388,7 +391,7 @@ fn same_content(ctx: &ExecContext, dst: &LocalTree, sfd: RawFd, dst_dir: RawFd, 
     if dst_size != size {
         return Ok(Some(false));
     }
-    let a = crc_range(sfd, 0, size, &mut bufs.data).map_err(|e| ctx.src.error("read", &entry.path, &e))?;
+    let a = crc_range(sfd, 0, size, &mut bufs.data).map_err(|e| ctx.src().error("read", &entry.path, &e))?;
     let b = crc_range(dfd.as_raw_fd(), 0, size, &mut bufs.data).map_err(|e| dst.error("read", &entry.path, &e))?;
     Ok(Some(a == b))
 }
@@ -412,16 +415,16 @@ fn append_to_source(src: &LocalTree, rel: &[u8]) {
 fn copy_other(ctx: &ExecContext, dst: &LocalTree, src_dir: RawFd, dst_dir: RawFd, name: &[u8], entry: &Entry) -> Result<(), FerryError> {
     let rel = &entry.path;
     let st = sys::lstat_at(src_dir, name)
-        .map_err(|e| ctx.src.error("stat", rel, &e))?
-        .ok_or_else(|| source_changed(&ctx.src, rel, "it was removed"))?;
+        .map_err(|e| ctx.src().error("stat", rel, &e))?
+        .ok_or_else(|| source_changed(ctx.src(), rel, "it was removed"))?;
     if kind_of(&st) != entry.kind {
-        return Err(source_changed(&ctx.src, rel, "its type changed"));
+        return Err(source_changed(ctx.src(), rel, "its type changed"));
     }
     let temp = ctx.temp_name(name);
     remove_temp(dst_dir, &temp);
     match entry.kind {
         EntryKind::Symlink => {
-            let target = sys::readlink_at(src_dir, name).map_err(|e| ctx.src.error("read link", rel, &e))?;
+            let target = sys::readlink_at(src_dir, name).map_err(|e| ctx.src().error("read link", rel, &e))?;
             sys::symlink_at(&target, dst_dir, &temp).map_err(|e| dst.error("create symlink", rel, &e))?;
         }
         _ => {
@@ -450,14 +453,14 @@ pub fn run_part(ctx: &ExecContext, file: &Entry, offset: u64, len: u64, bufs: &m
     let dst = ctx.dst()?;
     let rel = &file.path;
     let (parent, name) = paths::split(rel);
-    let src_dir = ctx.src.open_dir(parent).map_err(|e| ctx.src.error("open directory", parent, &e))?;
+    let src_dir = ctx.src().open_dir(parent).map_err(|e| ctx.src().error("open directory", parent, &e))?;
     let dst_dir = dst.open_dir(parent).map_err(|e| dst.error("open directory", parent, &e))?;
-    let sfd = sys::open_read_noatime(src_dir.as_raw_fd(), name).map_err(|e| ctx.src.error("open", rel, &e))?;
+    let sfd = sys::open_read_noatime(src_dir.as_raw_fd(), name).map_err(|e| ctx.src().error("open", rel, &e))?;
     let check_unchanged = |sfd: RawFd| -> Result<libc::stat, FerryError> {
-        let st = sys::fstat(sfd).map_err(|e| ctx.src.error("stat", rel, &e))?;
+        let st = sys::fstat(sfd).map_err(|e| ctx.src().error("stat", rel, &e))?;
         // Parts are read at different times, so each checks against what the scan saw.
         if st.st_size as u64 != file.size || sys::mtime(&st) != file.mtime {
-            return Err(source_changed(&ctx.src, rel, "size or mtime differs from the listing"));
+            return Err(source_changed(ctx.src(), rel, "size or mtime differs from the listing"));
         }
         Ok(st)
     };
@@ -467,7 +470,7 @@ pub fn run_part(ctx: &ExecContext, file: &Entry, offset: u64, len: u64, bufs: &m
     let dfd = sys::open_at(dst_dir.as_raw_fd(), &temp, libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW, 0o600)
         .map_err(|e| dst.error("create", rel, &e))?;
     let crc = copy_range(sfd.as_raw_fd(), dfd.as_raw_fd(), offset, len, is_sparse(&st0), &mut bufs.data, &mut || {})
-        .map_err(|e| if e.kind() == std::io::ErrorKind::UnexpectedEof { source_changed(&ctx.src, rel, "it shrank") } else { ctx.src.error("copy", rel, &e) })?;
+        .map_err(|e| if e.kind() == std::io::ErrorKind::UnexpectedEof { source_changed(ctx.src(), rel, "it shrank") } else { ctx.src().error("copy", rel, &e) })?;
     check_unchanged(sfd.as_raw_fd())?;
     if ctx.hooks.corrupt.as_deref() == Some(rel.as_slice()) && offset == 0 {
         corrupt_first_byte(dfd.as_raw_fd());
@@ -503,15 +506,15 @@ pub fn run_commit(ctx: &ExecContext, file: &Entry, parts: &PartSet, part_failure
             return Err(FerryError::new(ErrorKind::Other, reason.to_string()));
         }
         let finish = || -> Result<u32, FerryError> {
-            let src_dir = ctx.src.open_dir(parent).map_err(|e| ctx.src.error("open directory", parent, &e))?;
-            let sfd = sys::open_read_noatime(src_dir.as_raw_fd(), name).map_err(|e| ctx.src.error("open", rel, &e))?;
-            let st = sys::fstat(sfd.as_raw_fd()).map_err(|e| ctx.src.error("stat", rel, &e))?;
+            let src_dir = ctx.src().open_dir(parent).map_err(|e| ctx.src().error("open directory", parent, &e))?;
+            let sfd = sys::open_read_noatime(src_dir.as_raw_fd(), name).map_err(|e| ctx.src().error("open", rel, &e))?;
+            let st = sys::fstat(sfd.as_raw_fd()).map_err(|e| ctx.src().error("stat", rel, &e))?;
             if st.st_size as u64 != file.size || sys::mtime(&st) != file.mtime {
-                return Err(source_changed(&ctx.src, rel, "size or mtime differs from the listing"));
+                return Err(source_changed(ctx.src(), rel, "size or mtime differs from the listing"));
             }
             let dfd = sys::open_at(dst_dir.as_raw_fd(), &temp, libc::O_WRONLY | libc::O_NOFOLLOW, 0).map_err(|e| dst.error("open", rel, &e))?;
             sys::ftruncate(dfd.as_raw_fd(), file.size).map_err(|e| dst.error("write", rel, &e))?;
-            let xattrs = sys::fxattrs(sfd.as_raw_fd()).map_err(|e| ctx.src.error("read xattrs of", rel, &e))?;
+            let xattrs = sys::fxattrs(sfd.as_raw_fd()).map_err(|e| ctx.src().error("read xattrs of", rel, &e))?;
             apply_meta_fd(ctx, &xattrs, &st, dfd.as_raw_fd()).map_err(|e| dst.error("set metadata on", rel, &e))?;
             if ctx.options().fsync {
                 sys::fdatasync(dfd.as_raw_fd()).map_err(|e| dst.error("flush", rel, &e))?;
@@ -556,10 +559,10 @@ pub fn run_prune(ctx: &ExecContext, dir: &ScanDir) -> Result<Outcome, FerryError
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
         Err(e) => return Err(dst.error("open directory", &dir.path, &e)),
     };
-    let src_fd: Option<OwnedFd> = match ctx.src.open_dir(&dir.path) {
+    let src_fd: Option<OwnedFd> = match ctx.src().open_dir(&dir.path) {
         Ok(fd) => Some(fd),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
-        Err(e) => return Err(ctx.src.error("open directory", &dir.path, &e)),
+        Err(e) => return Err(ctx.src().error("open directory", &dir.path, &e)),
     };
     let mut reader = sys::DirReader::new(dst_fd, None).map_err(|e| dst.error("list", &dir.path, &e))?;
     let dfd = reader.fd();
@@ -576,7 +579,7 @@ pub fn run_prune(ctx: &ExecContext, dir: &ScanDir) -> Result<Outcome, FerryError
             continue;
         }
         let in_source = match &src_fd {
-            Some(s) => sys::lstat_at(s.as_raw_fd(), &raw.name).map_err(|e| ctx.src.error("stat", &rel, &e))?.is_some(),
+            Some(s) => sys::lstat_at(s.as_raw_fd(), &raw.name).map_err(|e| ctx.src().error("stat", &rel, &e))?.is_some(),
             None => false,
         };
         if in_source {
@@ -727,8 +730,8 @@ fn apply_dir_meta(ctx: &ExecContext, d: &DirMeta) -> Result<bool, FerryError> {
     remove_execution_temps(ctx, dst, fd.as_raw_fd(), &d.path)?;
     let cur = sys::fstat(fd.as_raw_fd()).map_err(|e| dst.error("stat", &d.path, &e))?;
     let owner = ctx.is_root && ctx.options().preserve_owner;
-    let src_xattrs = match ctx.src.open_dir(&d.path) {
-        Ok(sfd) => sys::fxattrs(sfd.as_raw_fd()).map_err(|e| ctx.src.error("read xattrs of", &d.path, &e))?,
+    let src_xattrs = match ctx.src().open_dir(&d.path) {
+        Ok(sfd) => sys::fxattrs(sfd.as_raw_fd()).map_err(|e| ctx.src().error("read xattrs of", &d.path, &e))?,
         Err(_) => Vec::new(),
     };
     let dst_xattrs = sys::fxattrs(fd.as_raw_fd()).map_err(|e| dst.error("read xattrs of", &d.path, &e))?;

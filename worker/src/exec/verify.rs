@@ -35,18 +35,18 @@ fn difference(ctx: &ExecContext, src_dir: RawFd, dst_dir: RawFd, name: &[u8], s:
             if s.st_size != d.st_size {
                 return Ok(Some(format!("size differs: {} vs {}", s.st_size, d.st_size)));
             }
-            let sfd = sys::open_read_noatime(src_dir, name).map_err(|e| ctx.src.error("open", rel, &e))?;
+            let sfd = sys::open_read_noatime(src_dir, name).map_err(|e| ctx.src().error("open", rel, &e))?;
             let dst = ctx.dst()?;
             let dfd = sys::open_read_noatime(dst_dir, name).map_err(|e| dst.error("open", rel, &e))?;
-            let a = crc_range(sfd.as_raw_fd(), 0, s.st_size as u64, &mut bufs.data).map_err(|e| ctx.src.error("read", rel, &e))?;
+            let a = crc_range(sfd.as_raw_fd(), 0, s.st_size as u64, &mut bufs.data).map_err(|e| ctx.src().error("read", rel, &e))?;
             let b = crc_range(dfd.as_raw_fd(), 0, d.st_size as u64, &mut bufs.data).map_err(|e| dst.error("read", rel, &e))?;
             if a != b {
                 return Ok(Some(format!("content differs: CRC32C {a:08x} at the source, {b:08x} at the destination")));
             }
         }
         EntryKind::Symlink => {
-            let a = sys::readlink_at(src_dir, name).map_err(|e| ctx.src.error("read link", rel, &e))?;
-            let b = sys::readlink_at(dst_dir, name).map_err(|e| ctx.src.error("read link", rel, &e))?;
+            let a = sys::readlink_at(src_dir, name).map_err(|e| ctx.src().error("read link", rel, &e))?;
+            let b = sys::readlink_at(dst_dir, name).map_err(|e| ctx.src().error("read link", rel, &e))?;
             if a != b {
                 return Ok(Some("symlink target differs".into()));
             }
@@ -67,7 +67,7 @@ pub fn run_verify(ctx: &ExecContext, dirs: &[ScanDir], bufs: &mut Buffers) -> Re
     let dst = ctx.dst()?;
     let mut subdirs = Vec::new();
     for dir in dirs {
-        let src_fd = ctx.src.open_dir(&dir.path).map_err(|e| ctx.src.error("open directory", &dir.path, &e))?;
+        let src_fd = ctx.src().open_dir(&dir.path).map_err(|e| ctx.src().error("open directory", &dir.path, &e))?;
         let dst_fd = match dst.open_dir(&dir.path) {
             Ok(fd) => fd,
             Err(e) => {
@@ -76,14 +76,14 @@ pub fn run_verify(ctx: &ExecContext, dirs: &[ScanDir], bufs: &mut Buffers) -> Re
             }
         };
         let (sfd, dfd) = (src_fd.as_raw_fd(), dst_fd.as_raw_fd());
-        let mut reader = sys::DirReader::new(sys::open_dir_at(sfd, b".").map_err(|e| ctx.src.error("list", &dir.path, &e))?, None)
-            .map_err(|e| ctx.src.error("list", &dir.path, &e))?;
-        while let Some(raw) = reader.next_entry().map_err(|e| ctx.src.error("list", &dir.path, &e))? {
+        let mut reader = sys::DirReader::new(sys::open_dir_at(sfd, b".").map_err(|e| ctx.src().error("list", &dir.path, &e))?, None)
+            .map_err(|e| ctx.src().error("list", &dir.path, &e))?;
+        while let Some(raw) = reader.next_entry().map_err(|e| ctx.src().error("list", &dir.path, &e))? {
             if raw.name.starts_with(TEMP_PREFIX) {
                 continue;
             }
             let rel = paths::child(&dir.path, &raw.name);
-            let Some(s) = sys::lstat_at(sfd, &raw.name).map_err(|e| ctx.src.error("stat", &rel, &e))? else { continue };
+            let Some(s) = sys::lstat_at(sfd, &raw.name).map_err(|e| ctx.src().error("stat", &rel, &e))? else { continue };
             let kind = kind_of(&s);
             let included = if kind == EntryKind::Dir {
                 match ctx.matcher.dir_decision(&rel, dir.included) {
@@ -127,7 +127,7 @@ pub fn run_verify(ctx: &ExecContext, dirs: &[ScanDir], bufs: &mut Buffers) -> Re
                     continue;
                 }
                 let rel = paths::child(&dir.path, &raw.name);
-                if sys::lstat_at(sfd, &raw.name).map_err(|e| ctx.src.error("stat", &rel, &e))?.is_some() {
+                if sys::lstat_at(sfd, &raw.name).map_err(|e| ctx.src().error("stat", &rel, &e))?.is_some() {
                     continue;
                 }
                 let Some(d) = sys::lstat_at(dfd, &raw.name).map_err(|e| dst.error("stat", &rel, &e))? else { continue };

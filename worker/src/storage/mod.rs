@@ -33,6 +33,9 @@ pub struct Meta {
     pub multipart: bool,
     /// Symlinks: the target (filled in by `stat`, not by `list`).
     pub link_target: Option<Vec<u8>>,
+    /// Object tags as a URL-encoded query (`k=v&k2=v2`), to write with the entry
+    /// (ObjectTags PRESERVE); only `tags` reads them.
+    pub tags: Option<String>,
 }
 
 impl Meta {
@@ -102,6 +105,10 @@ pub trait Location: Send + Sync {
     fn is_object_store(&self) -> bool;
     fn list(&self, dir: &[u8], resume: Option<&[u8]>, max: usize) -> Result<Page, FerryError>;
     fn stat(&self, rel: &[u8]) -> Result<Option<Meta>, FerryError>;
+    /// The entry's object tags; `None` where the location has no tags.
+    fn tags(&self, _rel: &[u8]) -> Result<Option<String>, FerryError> {
+        Ok(None)
+    }
     /// `stat` for a name known to be a directory (listed as one), which an object store
     /// answers without looking for an object of that name.
     fn stat_dir(&self, rel: &[u8]) -> Result<Option<Meta>, FerryError> {

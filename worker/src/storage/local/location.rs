@@ -33,6 +33,7 @@ fn meta_of(st: &libc::stat) -> Meta {
         crc32c: None,
         multipart: false,
         link_target: None,
+        tags: None,
     }
 }
 

@@ -269,7 +269,7 @@ impl S3Location {
     }
 
     /// Object tags of `rel` as a URL-encoded query string (ObjectTags PRESERVE).
-    pub fn tags(&self, rel: &[u8]) -> Result<Option<String>, FerryError> {
+    fn object_tags(&self, rel: &[u8]) -> Result<Option<String>, FerryError> {
         let key = self.key(rel)?;
         let out = self
             .block(self.client.get_object_tagging().bucket(&self.url.bucket).key(&key).send())
@@ -285,8 +285,8 @@ impl S3Location {
         Ok(Some(out.tag_set().iter().map(|t| format!("{}={}", enc(t.key()), enc(t.value()))).collect::<Vec<_>>().join("&")))
     }
 
-    /// Writes `data` as one object with `tags` (ObjectTags PRESERVE between S3 locations).
-    pub fn put_with_tags(&self, rel: &[u8], content: Content<'_>, m: &Meta, crc32c: Option<u32>, tags: Option<String>) -> Result<(), FerryError> {
+    /// Writes one whole object, with `m.tags` when set (ObjectTags PRESERVE).
+    fn put_object(&self, rel: &[u8], content: Content<'_>, m: &Meta, crc32c: Option<u32>) -> Result<(), FerryError> {
         let (key, body, kind): (String, Vec<u8>, EntryKind) = match content {
             Content::File(d) => (self.key(rel)?, d.to_vec(), EntryKind::File),
             Content::Symlink(t) => (self.key(rel)?, t.to_vec(), EntryKind::Symlink),
@@ -314,7 +314,7 @@ impl S3Location {
         if let Some(k) = &self.settings.sse_kms_key_id {
             req = req.ssekms_key_id(k);
         }
-        if let Some(t) = tags {
+        if let Some(t) = &m.tags {
             req = req.tagging(t);
         }
         self.block(req.send()).map(|_| ()).map_err(|e| classify("upload", &self.target(&key), &e))
@@ -400,6 +400,10 @@ impl Location for S3Location {
         }
     }
 
+    fn tags(&self, rel: &[u8]) -> Result<Option<String>, FerryError> {
+        self.object_tags(rel)
+    }
+
     fn stat(&self, rel: &[u8]) -> Result<Option<Meta>, FerryError> {
         let key = self.key(rel)?;
         if !key.is_empty() {
@@ -463,7 +467,7 @@ impl Location for S3Location {
     }
 
     fn put(&self, rel: &[u8], content: Content<'_>, meta: &Meta, crc32c: Option<u32>) -> Result<(), FerryError> {
-        self.put_with_tags(rel, content, meta, crc32c, None)
+        self.put_object(rel, content, meta, crc32c)
     }
 
     fn create_multipart(&self, rel: &[u8], _size: u64, m: &Meta) -> Result<String, FerryError> {
@@ -476,6 +480,9 @@ impl Location for S3Location {
             .set_metadata(Some(meta::to_user_metadata(m, EntryKind::File)))
             .checksum_algorithm(ChecksumAlgorithm::Crc32C)
             .checksum_type(ChecksumType::FullObject);
+        if let Some(t) = &m.tags {
+            req = req.tagging(t);
+        }
         if let Some(sc) = &self.settings.storage_class {
             req = req.storage_class(StorageClass::from(sc.as_str()));
         }
