@@ -100,6 +100,9 @@ pub fn print_summary(exec: &Execution) {
     if c.files_mismatched > 0 {
         println!("  differences: {}", c.files_mismatched);
     }
+    if c.bytes_resumed > 0 {
+        println!("  resumed: {} already uploaded by an interrupted run", human_bytes(c.bytes_resumed));
+    }
     if let Some(e) = &exec.error {
         println!("  error: {e}");
     }

@@ -40,6 +40,7 @@ pub fn summary_json(exec: &Execution) -> serde_json::Value {
             "files_mismatched": c.files_mismatched,
             "bytes_compressed": c.bytes_compressed,
             "shard_retries": c.shard_retries,
+            "bytes_resumed": c.bytes_resumed,
         },
         "failures": exec.failures.iter().map(|f| serde_json::json!({
             "path": paths::display(&f.path),

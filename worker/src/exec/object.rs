@@ -103,6 +103,16 @@ fn list_dir(ctx: &ExecContext, pair: &ObjectPair, dir: &ScanDir, page: &mut List
             atime: m.atime.unwrap_or(m.mtime),
             mtime: m.mtime,
         });
+        if let (Some(d), false) = (&pair.dst, opts.dry_run) {
+            let missing = || d.stat_dir(&dir.path).map(|m| m.is_none_or(|m| m.kind() != EntryKind::Dir));
+            if !d.is_object_store() && !dir.path.is_empty() && missing()? {
+                // Made now, owner-only, as the local path does: creating it later (at the
+                // DirMeta stage, for an empty directory) would change its parent's mtime
+                // after the parent's metadata was set.
+                let placeholder = Meta { kind: Some(EntryKind::Dir), mtime: m.mtime, mode: Some(libc::S_IFDIR | 0o700), ..Meta::default() };
+                d.put(&dir.path, Content::Dir, &placeholder, None)?;
+            }
+        }
         if pair.dst.is_some() && opts.remove_deleted {
             page.prunes.push(ScanDir { path: dir.path.clone(), cookie: None, after: None, included: dir.included });
         }
@@ -111,7 +121,12 @@ fn list_dir(ctx: &ExecContext, pair: &ObjectPair, dir: &ScanDir, page: &mut List
     // directory's continuation pages compare entry by entry instead (`check_dest`).
     let compare = opts.transfer_mode == TransferMode::Changed || opts.overwrite == OverwriteMode::Never;
     let existing = match (&pair.dst, compare && first_page) {
-        (Some(d), true) => list_all(d.as_ref(), &dir.path, DEST_LISTING_CAP)?,
+        (Some(d), true) => match list_all(d.as_ref(), &dir.path, DEST_LISTING_CAP) {
+            // The destination cannot even name this directory (a non-UTF-8 name on S3): its
+            // entries are each reported as skipped when they are written.
+            Err(e) if e.kind == ErrorKind::Unsupported => Some(HashMap::new()),
+            other => other?,
+        },
         _ => None,
     };
     let dest_unknown = pair.dst.is_some() && compare && existing.is_none();
@@ -550,7 +565,11 @@ pub fn run_prune(ctx: &ExecContext, pair: &ObjectPair, dir: &ScanDir) -> Result<
     let mut batch: Vec<(Vec<u8>, EntryKind, u64)> = Vec::new();
     let mut resume: Option<Vec<u8>> = None;
     loop {
-        let page = dst.list(&dir.path, resume.as_deref(), 1000)?;
+        let page = match dst.list(&dir.path, resume.as_deref(), 1000) {
+            // A directory the destination cannot name holds nothing there to delete.
+            Err(e) if e.kind == ErrorKind::Unsupported => return Ok(out),
+            other => other?,
+        };
         for l in page.entries {
             if source.contains(&l.name) {
                 continue;
@@ -649,6 +668,9 @@ pub fn run_dirmeta(ctx: &ExecContext, pair: &ObjectPair, dirs: Vec<DirMeta>) -> 
         match result {
             Ok(true) => out.record(d.path, EntryKind::Dir, EntryStatus::Transferred, 0, None, None),
             Ok(false) => out.record(d.path, EntryKind::Dir, EntryStatus::Skipped, 0, None, Some("unchanged".into())),
+            Err(err) if err.kind == ErrorKind::Unsupported => {
+                out.record(d.path, EntryKind::Dir, EntryStatus::Skipped, 0, None, Some(format!("destination cannot hold it: {}", err.message)))
+            }
             Err(err) => out.fail(d.path, EntryKind::Dir, 0, &err),
         }
     }
@@ -667,7 +689,10 @@ pub fn run_verify(ctx: &ExecContext, pair: &ObjectPair, dirs: &[ScanDir], bufs: 
         let Some(src_names) = list_all(pair.src.as_ref(), &dir.path, PRUNE_SOURCE_CAP)? else {
             return Err(FerryError::new(ErrorKind::Other, format!("{} is too large to verify in one shard", pair.src.describe(&dir.path))));
         };
-        let dst_names = list_all(dst, &dir.path, PRUNE_SOURCE_CAP)?.unwrap_or_default();
+        let dst_names = match list_all(dst, &dir.path, PRUNE_SOURCE_CAP) {
+            Err(e) if e.kind == ErrorKind::Unsupported => HashMap::new(),
+            other => other?.unwrap_or_default(),
+        };
         let mut names: Vec<&Vec<u8>> = src_names.keys().collect();
         names.sort();
         for name in names {

@@ -1,0 +1,284 @@
+//! `ferry` against real S3-compatible servers on loopback: s3s-fs (checks SigV4 and CRC32C)
+//! and moto (full multipart, ListMultipartUploads). Results are checked with tools that are
+//! not ferry's code: rsync for trees, the AWS CLI for objects, metadata and checksums.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ferry_common::model::S3Settings;
+use ferry_common::testing::{S3Flavor, S3Server};
+use ferry_worker::storage::s3::S3Location;
+use ferry_worker::storage::Location;
+use serde_json::Value;
+use support::*;
+
+fn ferry_s3(server: &S3Server, sub: &str, src: impl AsRef<std::ffi::OsStr>, dst: impl AsRef<std::ffi::OsStr>) -> Ferry {
+    let mut f = Ferry::new(sub, src, dst).arg("--endpoint-url").arg(&server.endpoint);
+    for (k, v) in server.env() {
+        f = f.env(k, v);
+    }
+    f
+}
+
+fn location(server: &S3Server, uri: &str) -> S3Location {
+    server.export_env();
+    S3Location::open(uri, &S3Settings { endpoint_url: Some(server.endpoint.clone()), path_style: true, ..S3Settings::default() }).unwrap()
+}
+
+/// The AWS CLI (botocore), an S3 client independent of ferry's.
+fn aws(server: &S3Server, args: &[&str]) -> Value {
+    let mut cmd = Command::new("aws");
+    cmd.args(["--endpoint-url", &server.endpoint, "--output", "json", "s3api"]).args(args);
+    for (k, v) in server.env() {
+        cmd.env(k, v);
+    }
+    let out = match cmd.output() {
+        Ok(o) => o,
+        Err(e) => panic!("the AWS CLI is needed (pip install awscli; .ci/run installs it): {e}"),
+    };
+    assert!(out.status.success(), "aws s3api {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("aws output is not JSON ({e}): {text}"))
+    }
+}
+
+fn crc_b64(data: &[u8]) -> String {
+    ferry_worker::storage::s3::crc_to_base64(crc32c(data))
+}
+
+/// What S3 cannot hold, as README.md lists it: names that are not UTF-8, special files,
+/// extended attributes and hard links (each link becomes its own object, restored as a copy).
+/// Also what moto cannot hold: a key with a newline (AWS takes it; moto answers 404).
+fn unholdable(rel: &str) -> bool {
+    rel.contains("\\x") || rel.contains("\\#3") || rel.contains("\\#2") || rel.contains('\u{fffd}') || rel.starts_with("specials/") || rel == "specials" || is_newline_name(rel)
+}
+
+fn is_newline_name(rel: &str) -> bool {
+    rel.contains("new\nline") || rel.contains("new\\nline") || rel.contains("new\\#012line")
+}
+
+/// rsync's itemized differences between two trees, minus what S3 cannot hold.
+fn differences(src: &Path, dst: &Path) -> Vec<String> {
+    let out = Command::new("rsync")
+        .args(["-n", "-i", "-a", "--checksum"])
+        .arg(format!("{}/", src.display()))
+        .arg(format!("{}/", dst.display()))
+        .env("LC_ALL", "C")
+        .output()
+        .expect("rsync is installed");
+    assert!(out.status.success(), "rsync failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter(|l| {
+            let path = l.split_once(' ').map(|x| x.1).unwrap_or(l);
+            !unholdable(path)
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn tricky_tree_round_trips_posix_to_s3_to_posix() {
+    let Some(server) = S3Server::start(S3Flavor::Moto) else { return };
+    let dir = scratch();
+    let src = dir.path().join("src");
+    build_tricky_tree(&src);
+    let times = time_snapshot(&src);
+    let report = dir.path().join("up.jsonl");
+    let up = ferry_s3(&server, "copy", &src, server.uri("rt")).arg("--json").arg("--report").arg(&report).run();
+    let fails = failures(&up.json());
+    assert!(fails.iter().all(|(p, _)| is_newline_name(p)), "only moto's newline limit may fail: {fails:?}\n{}", up.describe());
+
+    // What S3 cannot hold is reported as skipped, with the reason.
+    let rep = read_report(&report);
+    let skipped: BTreeMap<String, String> = rep
+        .entries
+        .iter()
+        .filter(|e| e["status"] == "skipped")
+        .map(|e| (e["path"].as_str().unwrap().to_string(), e["reason"].as_str().unwrap_or("").to_string()))
+        .collect();
+    assert!(skipped.iter().any(|(p, r)| p.starts_with("specials/") && r.contains("object store cannot hold")), "{skipped:?}");
+    assert!(skipped.iter().any(|(p, r)| p.contains("caf") && r.contains("UTF-8")), "{skipped:?}");
+
+    // Back to POSIX: everything S3 can hold comes back exactly, metadata included.
+    let back = dir.path().join("back");
+    fs::create_dir_all(&back).unwrap();
+    let down = ferry_s3(&server, "copy", server.uri("rt"), &back).arg("--json").run();
+    down.assert_code(0);
+    let _ = fs::remove_file(back.join("names/new\nline"));
+    let diff = differences(&src, &back);
+    assert!(diff.is_empty(), "rsync sees differences after POSIX -> S3 -> POSIX:\n{}", diff.join("\n"));
+    let tdiff: Vec<String> = time_differences(&times, &back, false).into_iter().filter(|d| !unholdable(d.trim_start_matches('"'))).collect();
+    assert!(tdiff.is_empty(), "mtimes differ after the round trip:\n{}", tdiff.join("\n"));
+    assert_no_temp_leftovers(&back);
+
+    // A second run in each direction changes nothing.
+    for (a, b) in [(src.as_os_str().to_owned(), server.uri("rt").into()), (server.uri("rt").into(), back.as_os_str().to_owned())] {
+        let again = ferry_s3(&server, "copy", &a, &b).arg("--json").arg("--exclude").arg("*line").run();
+        again.assert_code(0);
+        assert_eq!(counter(&again.json(), "files_transferred"), 0, "nothing changed, nothing is copied\n{}", again.describe());
+    }
+}
+
+#[test]
+fn objects_carry_crc32c_and_posix_metadata_an_independent_client_can_read() {
+    let Some(server) = S3Server::start(S3Flavor::S3sFs) else { return };
+    let dir = scratch();
+    let src = dir.path().join("src");
+    let small = random_bytes(70_000);
+    write_file(&src.join("d/small"), &small);
+    chmod(&src.join("d/small"), 0o640);
+    set_times(&src.join("d/small"), (1_600_000_000, 1), (1_650_000_000, 987_654_321));
+    write_file(&src.join("d/medium"), &random_bytes(20 << 20));
+    ferry_s3(&server, "copy", &src, server.uri("meta")).arg("--json").run().assert_code(0);
+
+    let head = aws(&server, &["head-object", "--bucket", &server.bucket, "--key", "meta/d/small", "--checksum-mode", "ENABLED"]);
+    assert_eq!(head["ContentLength"], 70_000);
+    assert_eq!(head["ChecksumCRC32C"].as_str(), Some(crc_b64(&small).as_str()), "the stored CRC32C is the source's: {head}");
+    let meta = &head["Metadata"];
+    assert_eq!(meta["file-mtime"], "1650000000987654321ns", "{head}");
+    assert_eq!(meta["file-permissions"], "0100640", "{head}");
+    assert_eq!(meta["file-owner"], unsafe { libc::getuid() }.to_string(), "{head}");
+    let medium = aws(&server, &["head-object", "--bucket", &server.bucket, "--key", "meta/d/medium"]);
+    assert_eq!(medium["ContentLength"], 20 << 20, "the multipart object is whole: {medium}");
+
+    // s3s-fs checks CRC32C on arrival: a corrupted upload is refused, retried and reported.
+    let dir2 = scratch();
+    write_file(&dir2.path().join("x/bad"), &random_bytes(5000));
+    let out = ferry_s3(&server, "copy", dir2.path(), server.uri("corrupt")).arg("--json").env("FERRY_TEST_CORRUPT", "x/bad").run();
+    out.assert_code(1);
+    let fails = failures(&out.json());
+    assert!(fails.iter().any(|(p, r)| p == "x/bad" && r.contains("checksum")), "{fails:?}\n{}", out.describe());
+    assert!(counter(&out.json(), "shard_retries") >= 1 || out.stdout.contains("attempts"), "{}", out.describe());
+}
+
+fn write_big(path: &Path, size: usize) -> Vec<u8> {
+    let data: Vec<u8> = (0..size).map(|i| ((i * 2654435761) >> 13) as u8).collect();
+    write_file(path, &data);
+    data
+}
+
+#[test]
+fn killed_mid_multipart_upload_resumes_and_leaves_no_upload_behind() {
+    let Some(server) = S3Server::start(S3Flavor::Moto) else { return };
+    let dir = scratch();
+    let src = dir.path().join("src");
+    let size = 320 << 20;
+    write_big(&src.join("huge"), size);
+    let loc = location(&server, &server.uri("resume"));
+    let stderr = dir.path().join("killed.stderr");
+    let mut child = ferry_s3(&server, "copy", &src, server.uri("resume")).arg("--movers").arg("1").spawn_detached(&stderr);
+
+    // Wait until the upload holds some parts, then kill the whole process group.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen = 0;
+    while Instant::now() < deadline {
+        if let Some(id) = loc.pending_multiparts(b"huge").unwrap().first() {
+            seen = loc.list_parts(b"huge", id).unwrap().len();
+            if seen >= 5 {
+                break;
+            }
+        }
+        if child.try_wait().unwrap().is_some() {
+            panic!("ferry finished before it could be killed: {}", fs::read_to_string(&stderr).unwrap_or_default());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(seen >= 5, "the upload never got going");
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    let _ = child.wait();
+    assert_eq!(loc.stat(b"huge").unwrap(), None, "nothing is visible before the upload completes");
+    assert_eq!(loc.pending_multiparts(b"huge").unwrap().len(), 1);
+
+    // The rerun finds the upload and keeps the parts already there.
+    let out = ferry_s3(&server, "copy", &src, server.uri("resume")).arg("--json").run();
+    out.assert_code(0);
+    let json = out.json();
+    assert!(counter(&json, "bytes_resumed") >= 5 * (16 << 20), "the rerun resumed rather than restarted\n{}", out.describe());
+    assert_eq!(counter(&json, "files_verified"), 1);
+    let listing = aws(&server, &["list-multipart-uploads", "--bucket", &server.bucket]);
+    assert!(listing.get("Uploads").is_none_or(|u| u.as_array().is_none_or(|a| a.is_empty())), "no unfinished upload is left: {listing}");
+    // The object is right: fetched back by the independent client and compared.
+    let fetched = dir.path().join("fetched");
+    aws(&server, &["get-object", "--bucket", &server.bucket, "--key", "resume/huge", fetched.to_str().unwrap()]);
+    assert!(same_content(&src.join("huge"), &fetched), "the resumed object differs from the source");
+}
+
+fn one_line_error(out: &Outcome, needles: &[&str]) {
+    assert_eq!(out.code, Some(2), "expected exit code 2\n{}", out.describe());
+    out.assert_no_panic();
+    let lines: Vec<&str> = out.stderr.trim_end().lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr\n{}", out.describe());
+    for n in needles {
+        assert!(lines[0].contains(n), "the error should mention {n:?}\n{}", out.describe());
+    }
+}
+
+#[test]
+fn bad_credentials_missing_bucket_and_unreachable_server_give_clear_errors() {
+    let Some(server) = S3Server::start(S3Flavor::S3sFs) else { return };
+    let dir = scratch();
+    write_file(&dir.path().join("f"), b"x");
+    let bare = |args: &[&str]| -> Ferry {
+        let mut f = Ferry::bare().timeout(Duration::from_secs(60));
+        for a in args {
+            f = f.arg(a);
+        }
+        f.env("AWS_REGION", "us-east-1").env("AWS_EC2_METADATA_DISABLED", "true")
+    };
+    let src = dir.path().to_str().unwrap();
+
+    let wrong = bare(&["copy", src, &server.uri("x"), "--endpoint-url", &server.endpoint])
+        .env("AWS_ACCESS_KEY_ID", &server.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        .run();
+    one_line_error(&wrong, &["destination", "s3://ferry-test", "credentials"]);
+
+    let missing = bare(&["copy", src, "s3://no-such-bucket/x", "--endpoint-url", &server.endpoint])
+        .env("AWS_ACCESS_KEY_ID", &server.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &server.secret_key)
+        .run();
+    one_line_error(&missing, &["no-such-bucket", "does not exist"]);
+
+    let unreachable = bare(&["copy", "s3://ferry-test/x", src, "--endpoint-url", "http://127.0.0.1:9"])
+        .env("AWS_ACCESS_KEY_ID", "a")
+        .env("AWS_SECRET_ACCESS_KEY", "b")
+        .run();
+    one_line_error(&unreachable, &["source", "cannot reach", "--endpoint-url"]);
+
+    let bad_uri = bare(&["copy", src, "s3://A_B/x"]).run();
+    one_line_error(&bad_uri, &["bucket name"]);
+}
+
+#[test]
+fn sync_to_s3_deletes_extraneous_objects_in_batches() {
+    let Some(server) = S3Server::start(S3Flavor::Moto) else { return };
+    let dir = scratch();
+    let src = dir.path().join("src");
+    for i in 0..30 {
+        write_file(&src.join(format!("keep/f{i}")), format!("{i}").as_bytes());
+        write_file(&src.join(format!("gone/g{i}")), b"g");
+    }
+    write_file(&src.join("excluded.tmp"), b"t");
+    ferry_s3(&server, "copy", &src, server.uri("sync")).run().assert_code(0);
+    fs::remove_dir_all(src.join("gone")).unwrap();
+    fs::remove_file(src.join("keep/f0")).unwrap();
+    fs::remove_file(src.join("excluded.tmp")).unwrap();
+    let out = ferry_s3(&server, "sync", &src, server.uri("sync")).arg("--json").arg("--exclude").arg("*.tmp").run();
+    out.assert_code(0);
+    assert_eq!(counter(&out.json(), "files_deleted"), 31, "{}", out.describe());
+    let listed = aws(&server, &["list-objects-v2", "--bucket", &server.bucket, "--prefix", "sync/"]);
+    let keys: Vec<String> = listed["Contents"].as_array().unwrap().iter().map(|o| o["Key"].as_str().unwrap().to_string()).collect();
+    assert!(keys.iter().all(|k| !k.starts_with("sync/gone/") && k != "sync/keep/f0"), "{keys:?}");
+    assert!(keys.contains(&"sync/excluded.tmp".to_string()), "excluded paths are left alone: {keys:?}");
+    assert_eq!(keys.iter().filter(|k| k.starts_with("sync/keep/f")).count(), 29);
+}
