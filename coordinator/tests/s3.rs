@@ -282,3 +282,50 @@ fn sync_to_s3_deletes_extraneous_objects_in_batches() {
     assert!(keys.contains(&"sync/excluded.tmp".to_string()), "excluded paths are left alone: {keys:?}");
     assert_eq!(keys.iter().filter(|k| k.starts_with("sync/keep/f")).count(), 29);
 }
+
+/// Kills the cluster's processes when the test ends, however it ends.
+struct Procs(Vec<std::process::Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn cluster_mode_moves_a_tree_to_s3_and_back_through_two_workers() {
+    let Some(server) = S3Server::start(S3Flavor::Moto) else { return };
+    let Some(etcd) = ferry_common::testing::EtcdServer::start() else { return };
+    // Workers take credentials from their own AWS chain: here, the environment they inherit.
+    server.export_env();
+    let dir = scratch();
+    let bin = |name: &str| Path::new(env!("CARGO_BIN_EXE_ferry")).with_file_name(name);
+    let quiet = |c: &mut Command| -> std::process::Child {
+        c.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().expect("start a cluster process")
+    };
+    let mut procs = Procs(Vec::new());
+    procs.0.push(quiet(Command::new(bin("ferry")).args(["coordinator", "--etcd", &etcd.endpoint, "--name", "c1"])));
+    for w in ["w1", "w2"] {
+        procs.0.push(quiet(Command::new(bin("ferry-worker")).args(["--etcd", &etcd.endpoint, "--name", w, "--movers", "3"])));
+    }
+    let src = dir.path().join("src");
+    write_big(&src.join("big/file"), 300 << 20);
+    for i in 0..200 {
+        write_file(&src.join(format!("small/d{}/f{i}", i % 7)), &random_bytes(100 + i * 37));
+    }
+    let run = |a: &std::ffi::OsStr, b: &std::ffi::OsStr| {
+        let out = Ferry::new("copy", a, b).args(["--etcd", &etcd.endpoint, "--endpoint-url", &server.endpoint, "--json"]).run();
+        out.assert_code(0);
+        out.json()
+    };
+    let up = run(src.as_os_str(), server.uri("cluster").as_ref());
+    assert_eq!(counter(&up, "files_transferred"), 201 + 9, "200 small files, one big one and 9 directories\n{up}");
+    let back = dir.path().join("back");
+    run(server.uri("cluster").as_ref(), back.as_os_str());
+    let diff = differences(&src, &back);
+    assert!(diff.is_empty(), "rsync sees differences after a cluster round trip:\n{}", diff.join("\n"));
+    drop(procs);
+}
