@@ -8,9 +8,16 @@ pub enum LogFormat {
     Json,
 }
 
+/// Libraries whose warnings are ferry's to report: the AWS SDK warns once per credential
+/// provider it tries, which ferry turns into one actionable error instead.
+const QUIET_TARGETS: &[&str] = &["aws_config", "aws_smithy_runtime", "aws_smithy_http_client", "aws_sdk_s3", "aws_runtime"];
+
 /// Installs the global subscriber. `RUST_LOG` overrides `default_level`.
 pub fn init_logging(format: LogFormat, default_level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        let quiet: Vec<String> = QUIET_TARGETS.iter().map(|t| format!("{t}=error")).collect();
+        EnvFilter::new(format!("{default_level},{}", quiet.join(",")))
+    });
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.with_target(false).try_init(),

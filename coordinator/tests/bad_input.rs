@@ -146,12 +146,35 @@ fn ftp_scheme_is_reported() {
 }
 
 #[test]
-fn s3_scheme_is_reported_as_unsupported() {
+fn unsupported_schemes_and_bad_s3_locations_are_refused() {
     let (t, src) = setup();
-    let out = ferry_in(t.path(), &[&"copy", &src, &"s3://bucket/prefix"]);
-    assert_usage_error(&out, &["s3"]);
-    let out = ferry_in(t.path(), &[&"copy", &"s3://bucket/prefix", &t.path().join("dst")]);
-    assert_usage_error(&out, &["s3"]);
+    let out = ferry_in(t.path(), &[&"copy", &src, &"nfs://host/export"]);
+    assert_usage_error(&out, &["nfs://", "not supported"]);
+    let out = ferry_in(t.path(), &[&"copy", &"s3://Bad_Bucket/prefix", &t.path().join("dst")]);
+    assert_usage_error(&out, &["Bad_Bucket", "bucket name"]);
+    let out = ferry_in(t.path(), &[&"copy", &src, &"s3://bucket/a/../b"]);
+    assert_usage_error(&out, &["'..'"]);
+    let out = ferry_in(t.path(), &[&"copy", &src, &"s3://bucket/x", &"--sse-kms-key-id", &"k"]);
+    assert_usage_error(&out, &["--sse aws:kms"]);
+}
+
+#[test]
+fn s3_without_credentials_says_where_credentials_come_from() {
+    let (t, src) = setup();
+    let out = Ferry::bare()
+        .env("HOME", t.path())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove_aws()
+        .current_dir(t.path())
+        .timeout(Duration::from_secs(120))
+        .arg("copy")
+        .arg(&src)
+        .arg("s3://some-bucket/x")
+        .arg("--endpoint-url")
+        .arg("http://127.0.0.1:9")
+        .run();
+    assert_usage_error(&out, &["destination", "no AWS credentials", "AWS_ACCESS_KEY_ID"]);
 }
 
 #[test]

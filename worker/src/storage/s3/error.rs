@@ -11,7 +11,10 @@ use ferry_common::error::{ErrorKind, FerryError};
 
 /// What an S3 failure means, decided from the error code, the HTTP status and the failure
 /// class. Pure, so the table is tested without a server.
-pub fn classify_parts(code: Option<&str>, status: Option<u16>, dispatch_failed: bool, timed_out: bool) -> (ErrorKind, &'static str) {
+pub fn classify_parts(code: Option<&str>, status: Option<u16>, dispatch_failed: bool, timed_out: bool, no_credentials: bool) -> (ErrorKind, &'static str) {
+    if no_credentials {
+        return (ErrorKind::Config, "no AWS credentials were found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with an instance or container role)");
+    }
     if timed_out {
         return (ErrorKind::Unavailable, "the request timed out (ferry retried; check the network and the endpoint)");
     }
@@ -59,7 +62,11 @@ where
         SdkError::ServiceError(s) => (s.err().code().map(str::to_string), s.err().message().map(str::to_string)),
         _ => (None, None),
     };
-    let (kind, what) = classify_parts(code.as_deref(), status, matches!(err, SdkError::DispatchFailure(_)), matches!(err, SdkError::TimeoutError(_)));
+    let context = aws_sdk_s3::error::DisplayErrorContext(err).to_string();
+    // The SDK reports a failed credential chain as a dispatch failure; its message says so.
+    let no_credentials = matches!(err, SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_))
+        && (context.contains("loading credentials") || context.contains("no credentials") || context.contains("credentials provider"));
+    let (kind, what) = classify_parts(code.as_deref(), status, matches!(err, SdkError::DispatchFailure(_)), matches!(err, SdkError::TimeoutError(_)), no_credentials);
     let mut msg = format!("cannot {op} {target}: {what}");
     if let Some(code) = &code {
         msg.push_str(&format!(" [{code}"));
@@ -69,8 +76,8 @@ where
         msg.push(']');
     } else if let (Some(s), false) = (status, kind == ErrorKind::Other) {
         msg.push_str(&format!(" [HTTP {s}]"));
-    } else if kind == ErrorKind::Other || kind == ErrorKind::Unavailable {
-        msg.push_str(&format!(" [{}]", aws_sdk_s3::error::DisplayErrorContext(err).to_string().replace('\n', " ")));
+    } else if (kind == ErrorKind::Other || kind == ErrorKind::Unavailable) && !no_credentials {
+        msg.push_str(&format!(" [{}]", context.replace('\n', " ")));
     }
     FerryError::new(kind, msg)
 }
@@ -81,6 +88,7 @@ mod tests {
 
     #[test]
     fn permanent_failures_are_not_retried_and_throttling_is() {
+        assert_eq!(classify_parts(None, None, true, false, true).0, ErrorKind::Config, "a missing credential chain is not retried");
         let table: &[(Option<&str>, Option<u16>, bool, bool, ErrorKind)] = &[
             (Some("NoSuchBucket"), Some(404), false, false, ErrorKind::Config),
             (Some("InvalidAccessKeyId"), Some(403), false, false, ErrorKind::Config),
@@ -98,7 +106,7 @@ mod tests {
             (Some("NotImplemented"), Some(501), false, false, ErrorKind::Unsupported),
         ];
         for &(code, status, dispatch, timeout, want) in table {
-            let (kind, msg) = classify_parts(code, status, dispatch, timeout);
+            let (kind, msg) = classify_parts(code, status, dispatch, timeout, false);
             assert_eq!(kind, want, "{code:?} {status:?}");
             assert!(!msg.is_empty());
             assert_eq!(kind.is_transient(), matches!(want, ErrorKind::Unavailable | ErrorKind::Corrupt));
