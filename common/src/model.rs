@@ -451,6 +451,9 @@ pub struct PartSet {
     /// The object store's multipart upload that every part of the file goes into.
     #[serde(default)]
     pub upload_id: Option<String>,
+    /// The file the upload is for, so an execution that ends early can abort it.
+    #[serde(default, with = "serde_bytes")]
+    pub path: Option<Vec<u8>>,
 }
 
 impl PartSet {
@@ -561,6 +564,7 @@ mod tests {
         let set = PartSet {
             failed: vec![],
             upload_id: None,
+            path: None,
             done: parts.iter().map(|&(i, o, l)| (i, crc32c::crc32c(&data[o..o + l]), l as u64)).collect(),
         };
         assert_eq!(set.combined_crc(), crc32c::crc32c(&data));

@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use ferry_common::codec;
 use ferry_common::keys::ExecKeys;
 use ferry_common::model::{
-    Counters, Execution, ExecutionSpec, Mode, Phase, ScanDir, Shard, ShardBody, ShardResult, Stage, VerifyMode,
+    Counters, Execution, ExecutionSpec, Mode, PartSet, Phase, ScanDir, Shard, ShardBody, ShardResult, Stage, VerifyMode,
 };
 use ferry_common::store::{Compare, RangeOptions, SharedStore, StoreError, Txn, TxnOp};
 
@@ -273,6 +273,9 @@ impl ExecutionDriver {
     }
 
     async fn finish(&mut self, phase: Phase) -> Result<(), DriverError> {
+        if phase != Phase::Success {
+            self.abort_uploads().await;
+        }
         self.state.exec.phase = phase;
         self.state.exec.finished_unix_ms = Some(now_ms());
         // Only the execution record outlives the run: the frontier keys are gone.
@@ -285,6 +288,39 @@ impl ExecutionDriver {
             TxnOp::DeletePrefix { prefix: self.keys.parts_prefix() },
         ];
         self.write_meta(ops).await
+    }
+
+    /// Aborts the multipart uploads of large files the execution did not finish (cancelled or
+    /// failed), so no invisible parts are left to pay for. Best effort: a failure is logged,
+    /// and the next run would resume or abort them anyway.
+    async fn abort_uploads(&self) {
+        let spec = self.state.exec.spec.clone();
+        if !ferry_worker::storage::is_object_uri(&spec.destination) {
+            return;
+        }
+        let Ok(sets) = self.store.range(&self.keys.parts_prefix(), RangeOptions::default()).await else { return };
+        let uploads: Vec<(Vec<u8>, String)> = sets
+            .kvs
+            .iter()
+            .filter_map(|kv| codec::decode::<PartSet>(&kv.value).ok())
+            .filter_map(|set| Some((set.path?, set.upload_id?)))
+            .collect();
+        if uploads.is_empty() {
+            return;
+        }
+        let aborted = tokio::task::spawn_blocking(move || {
+            let dst = ferry_worker::storage::open(&spec.destination, &spec)?;
+            for (path, id) in &uploads {
+                dst.abort_multipart(path, id)?;
+            }
+            Ok::<usize, ferry_common::error::FerryError>(uploads.len())
+        })
+        .await;
+        match aborted {
+            Ok(Ok(n)) => tracing::info!(uploads = n, "aborted the unfinished multipart uploads of the execution"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not abort the execution's unfinished multipart uploads; the next run resumes or aborts them"),
+            Err(e) => tracing::warn!(error = %e, "aborting multipart uploads failed"),
+        }
     }
 
     /// Marks the execution cancelled; workers stop claiming when they see it.

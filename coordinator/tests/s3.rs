@@ -329,3 +329,26 @@ fn cluster_mode_moves_a_tree_to_s3_and_back_through_two_workers() {
     assert!(diff.is_empty(), "rsync sees differences after a cluster round trip:\n{}", diff.join("\n"));
     drop(procs);
 }
+
+#[test]
+fn a_cancelled_run_aborts_its_multipart_upload() {
+    let Some(server) = S3Server::start(S3Flavor::Moto) else { return };
+    let dir = scratch();
+    let src = dir.path().join("src");
+    write_big(&src.join("huge"), 320 << 20);
+    let loc = location(&server, &server.uri("cancel"));
+    let stderr = dir.path().join("cancelled.stderr");
+    let mut child = ferry_s3(&server, "copy", &src, server.uri("cancel")).arg("--movers").arg("1").spawn_detached(&stderr);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while loc.pending_multiparts(b"huge").unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the upload never started");
+        assert!(child.try_wait().unwrap().is_none(), "ferry finished before it could be cancelled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Ctrl-C: the execution is cancelled, and its upload aborted.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "a cancelled run exits 1: {}", fs::read_to_string(&stderr).unwrap_or_default());
+    assert!(loc.pending_multiparts(b"huge").unwrap().is_empty(), "the cancelled upload is aborted");
+    assert_eq!(loc.stat(b"huge").unwrap(), None);
+}

@@ -325,7 +325,7 @@ async fn run_object_part(shared: &MoverShared, file: Entry, offset: u64, len: u6
         None => {
             let (c, f) = (ctx.clone(), file.clone());
             let (id, created) = blocking(chunk, bufs, move |_| object::find_or_create_upload(c.object.as_ref().expect("object execution"), &f, c.spec.s3.preserve_tags)).await??;
-            let winner = with_store_retry("record upload", || shared.queue.record_upload(&group, &id)).await.map_err(store_err)?;
+            let winner = with_store_retry("record upload", || shared.queue.record_upload(&group, &file.path, &id)).await.map_err(store_err)?;
             if winner != id && created {
                 // Another part created the upload first: this one is not needed.
                 let (c, f) = (ctx.clone(), file.clone());

@@ -228,7 +228,7 @@ impl ShardQueue {
 
     /// Records `upload` as the multipart upload of a part group unless one is recorded
     /// already; returns the upload every part must use (the first recorded wins).
-    pub async fn record_upload(&self, group: &str, upload: &str) -> Result<String, QueueError> {
+    pub async fn record_upload(&self, group: &str, path: &[u8], upload: &str) -> Result<String, QueueError> {
         let key = self.keys.parts(group);
         loop {
             let current = self.store.get(&key).await?;
@@ -240,6 +240,7 @@ impl ShardQueue {
                 return Ok(existing);
             }
             set.upload_id = Some(upload.to_string());
+            set.path = Some(path.to_vec());
             let txn = Txn::new().when([Compare::mod_revision_is(key.clone(), rev)]).and_then([TxnOp::put(key.clone(), codec::encode(&set)?)]);
             if self.store.txn(txn).await?.succeeded {
                 return Ok(upload.to_string());

@@ -334,6 +334,7 @@ fn copy_entry(ctx: &ExecContext, pair: &ObjectPair, entry: &Entry, bufs: &mut Bu
                 pair.src.read(rel, 0, size, buf)?;
                 let crc = crc32c::crc32c(buf);
                 check_source_unchanged(pair, rel, &src_meta)?;
+                check_against_stored(pair.src.as_ref(), rel, &src_meta, crc)?;
                 if ctx.hooks.corrupt.as_deref() == Some(rel.as_slice()) && !buf.is_empty() {
                     // Test hook: what arrives is not what was read. The store (or the read-back
                     // below) must catch it.
@@ -378,6 +379,18 @@ fn check_source_unchanged(pair: &ObjectPair, rel: &[u8], before: &Meta) -> Resul
     }
 }
 
+/// An object store that keeps the source's CRC32C vouches for what was read: a read that
+/// disagrees was damaged on the way and is retried.
+fn check_against_stored(src: &dyn Location, rel: &[u8], meta: &Meta, crc: u32) -> Result<(), FerryError> {
+    match meta.crc32c {
+        Some(stored) if !meta.multipart && stored != crc => Err(FerryError::new(
+            ErrorKind::Corrupt,
+            format!("read {} with CRC32C {crc:08x}, but the source stores {stored:08x}", src.describe(rel)),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A file above the single-request size but below the part-shard threshold: uploaded in parts
 /// by this mover, one part buffered at a time.
 fn upload_whole_multipart(ctx: &ExecContext, pair: &ObjectPair, rel: &[u8], meta: &Meta, buf: &mut Vec<u8>) -> Result<u32, FerryError> {
@@ -401,6 +414,7 @@ fn upload_whole_multipart(ctx: &ExecContext, pair: &ObjectPair, rel: &[u8], meta
             pos += n;
         }
         check_source_unchanged(pair, rel, meta)?;
+        check_against_stored(pair.src.as_ref(), rel, meta, crc)?;
         dst.complete_multipart(rel, &upload, &numbers, size, meta, crc)?;
         Ok(crc)
     })();
@@ -518,6 +532,7 @@ pub fn run_commit(ctx: &ExecContext, pair: &ObjectPair, file: &Entry, parts: &Pa
             let sub = object_part_size(file.size).min(Binner::part_size(&ctx.options().limits, file.size));
             let numbers: Vec<u32> = (1..=file.size.div_ceil(sub) as u32).collect();
             let crc = parts.combined_crc();
+            check_against_stored(pair.src.as_ref(), rel, &meta, crc)?;
             ctx.fence()?;
             dst.complete_multipart(rel, &upload, &numbers, file.size, &meta, crc)?;
             if dst.is_object_store() {
