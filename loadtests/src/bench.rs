@@ -36,12 +36,27 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+#[path = "s3peer.rs"]
+pub mod s3peer;
+use s3peer::S3Server;
+
+/// Placeholder in an S3 tool's arguments, replaced by the run's own prefix
+/// (`<tool>-<run>`, `<tool>-w<n>` for warm-ups) so every run uploads into an
+/// empty prefix.
+pub const PREFIX_TOKEN: &str = "@PREFIX@";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Scenario {
     /// Many small files (small profile): per-file overhead.
     LocalSmall,
     /// A few big files (large profile): streaming throughput.
     LocalLarge,
+    /// Local → S3 (s3s-fs on loopback), 10,000 files of 4–64 KiB: per-object
+    /// request overhead.
+    S3Small,
+    /// Local → S3 (s3s-fs on loopback), 4 files of 512 MiB: upload
+    /// throughput (multipart).
+    S3Large,
 }
 
 impl Scenario {
@@ -49,13 +64,20 @@ impl Scenario {
         match self {
             Scenario::LocalSmall => "local-small",
             Scenario::LocalLarge => "local-large",
+            Scenario::S3Small => "s3-small",
+            Scenario::S3Large => "s3-large",
         }
+    }
+
+    /// Uploads to an S3 server started by the scenario (see `s3peer`).
+    pub fn is_s3(self) -> bool {
+        matches!(self, Scenario::S3Small | Scenario::S3Large)
     }
 
     pub fn profile(self) -> Profile {
         match self {
-            Scenario::LocalSmall => Profile::Small,
-            Scenario::LocalLarge => Profile::Large,
+            Scenario::LocalSmall | Scenario::S3Small => Profile::Small,
+            Scenario::LocalLarge | Scenario::S3Large => Profile::Large,
         }
     }
 
@@ -74,6 +96,28 @@ impl Scenario {
                 "fpsync",
                 "tar-pipe",
             ],
+            // Object-store peers only: rclone's S3 backend.
+            Scenario::S3Small | Scenario::S3Large => &["ferry", "rclone"],
+        }
+    }
+
+    /// Full-size shape (what the scenario measures without `--tiny`); empty
+    /// options mean the profile defaults.
+    fn full_shape(self) -> ShapeOptions {
+        match self {
+            Scenario::LocalSmall | Scenario::LocalLarge => ShapeOptions::default(),
+            Scenario::S3Small => ShapeOptions {
+                files: Some(10_000),
+                dirs: Some(100),
+                min_size: Some(4 << 10),
+                max_size: Some(64 << 10),
+                ..ShapeOptions::default()
+            },
+            Scenario::S3Large => ShapeOptions {
+                files: Some(4),
+                file_size: Some(512 << 20),
+                ..ShapeOptions::default()
+            },
         }
     }
 
@@ -88,6 +132,20 @@ impl Scenario {
             Scenario::LocalLarge => ShapeOptions {
                 files: Some(4),
                 file_size: Some(8 << 20),
+                ..ShapeOptions::default()
+            },
+            Scenario::S3Small => ShapeOptions {
+                files: Some(200),
+                dirs: Some(10),
+                min_size: Some(4 << 10),
+                max_size: Some(64 << 10),
+                ..ShapeOptions::default()
+            },
+            // Big enough to take the multipart path of both tools (rclone's
+            // default cutoff is 200 MiB, so it uploads these in one PUT).
+            Scenario::S3Large => ShapeOptions {
+                files: Some(2),
+                file_size: Some(40 << 20),
                 ..ShapeOptions::default()
             },
         }
@@ -143,7 +201,7 @@ pub fn scenario_spec(scenario: Scenario, tiny: bool, shape: &ShapeOptions) -> Re
     let base = if tiny {
         scenario.tiny_shape()
     } else {
-        ShapeOptions::default()
+        scenario.full_shape()
     };
     let merged = ShapeOptions {
         files: shape.files.or(base.files),
@@ -163,6 +221,10 @@ struct ToolDef {
     program: std::result::Result<PathBuf, String>,
     args: Vec<OsString>,
     version_args: &'static [&'static str],
+    /// Extra environment for the tool (S3 credentials, rclone remote).
+    env: Vec<(OsString, OsString)>,
+    /// Variables removed from the tool's environment.
+    env_remove: &'static [&'static str],
 }
 
 fn with_suffix(p: &Path, suffix: &str) -> OsString {
@@ -193,6 +255,8 @@ fn tool_defs(
             program: ferry.clone(),
             args: vec![os("copy"), src.into(), dst.into()],
             version_args: &["--version"],
+            env: vec![],
+            env_remove: &[],
         },
         ToolDef {
             name: "ferry-verify-none",
@@ -205,6 +269,8 @@ fn tool_defs(
                 dst.into(),
             ],
             version_args: &["--version"],
+            env: vec![],
+            env_remove: &[],
         },
         ToolDef {
             name: "cp",
@@ -212,12 +278,16 @@ fn tool_defs(
             // `SRC/.` copies the contents whether or not DST exists.
             args: vec![os("-a"), with_suffix(src, "/."), dst.into()],
             version_args: &["--version"],
+            env: vec![],
+            env_remove: &[],
         },
         ToolDef {
             name: "rsync",
             program: installed("rsync"),
             args: vec![os("-a"), with_suffix(src, "/"), with_suffix(dst, "/")],
             version_args: &["--version"],
+            env: vec![],
+            env_remove: &[],
         },
         ToolDef {
             name: "rclone",
@@ -241,6 +311,8 @@ fn tool_defs(
                 dst.into(),
             ],
             version_args: &["version"],
+            env: vec![],
+            env_remove: &[],
         },
         ToolDef {
             name: "fpsync",
@@ -257,6 +329,8 @@ fn tool_defs(
                 with_suffix(dst, "/"),
             ],
             version_args: &["-V"],
+            env: vec![],
+            env_remove: &[],
         },
         ToolDef {
             name: "tar-pipe",
@@ -271,8 +345,99 @@ fn tool_defs(
                 dst.into(),
             ],
             version_args: &["-c", "tar --version"],
+            env: vec![],
+            env_remove: &[],
         },
     ]
+}
+
+/// The S3 scenarios' command lines: local `src` to `s3://bench/@PREFIX@` on
+/// the s3s-fs at `endpoint`, same concurrency for both (8 parallel uploads).
+fn s3_tool_defs(
+    ferry: &std::result::Result<PathBuf, String>,
+    src: &Path,
+    endpoint: &str,
+) -> Vec<ToolDef> {
+    let pairs = |v: &[(&str, &str)]| -> Vec<(OsString, OsString)> {
+        v.iter().map(|(k, val)| (os(k), os(val))).collect()
+    };
+    // Credentials and endpoint come only from here: no profile, token or CA
+    // bundle of the machine may leak in (rclone refuses to start at all when
+    // AWS_CA_BUNDLE is set, "LoadCustomCABundleError ... unsupported
+    // transport"; the endpoint is plain http anyway).
+    const SCRUB: &[&str] = &[
+        "AWS_CA_BUNDLE",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "RCLONE_CONFIG",
+    ];
+    vec![
+        ToolDef {
+            name: "ferry",
+            program: ferry.clone(),
+            args: vec![
+                os("copy"),
+                os("--no-progress"),
+                os("--movers"),
+                os("8"),
+                os("--endpoint-url"),
+                os(endpoint),
+                src.into(),
+                os(&format!("s3://{}/{PREFIX_TOKEN}", s3peer::BUCKET)),
+            ],
+            version_args: &["--version"],
+            env: pairs(&[
+                ("AWS_ACCESS_KEY_ID", s3peer::ACCESS_KEY),
+                ("AWS_SECRET_ACCESS_KEY", s3peer::SECRET_KEY),
+                ("AWS_REGION", s3peer::REGION),
+                ("AWS_EC2_METADATA_DISABLED", "true"),
+            ]),
+            env_remove: SCRUB,
+        },
+        ToolDef {
+            name: "rclone",
+            program: installed("rclone"),
+            // An env-var remote named "bench" (no config file: --config "");
+            // --transfers/--checkers 8 as ferry's --movers 8. Everything else
+            // is rclone's S3 default (multipart above 200 MiB, 5 MiB chunks,
+            // 4 parts in flight per file, MD5 of every upload).
+            args: vec![
+                os("copy"),
+                os("--transfers"),
+                os("8"),
+                os("--checkers"),
+                os("8"),
+                os("--config"),
+                os(""),
+                src.into(),
+                os(&format!("bench:{}/{PREFIX_TOKEN}", s3peer::BUCKET)),
+            ],
+            version_args: &["version"],
+            env: pairs(&[
+                ("RCLONE_CONFIG_BENCH_TYPE", "s3"),
+                ("RCLONE_CONFIG_BENCH_PROVIDER", "Other"),
+                ("RCLONE_CONFIG_BENCH_ACCESS_KEY_ID", s3peer::ACCESS_KEY),
+                ("RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY", s3peer::SECRET_KEY),
+                ("RCLONE_CONFIG_BENCH_ENDPOINT", endpoint),
+                ("RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE", "true"),
+                ("RCLONE_CONFIG_BENCH_REGION", s3peer::REGION),
+            ]),
+            env_remove: SCRUB,
+        },
+    ]
+}
+
+/// `args` with the S3 prefix placeholder replaced by `prefix`.
+fn with_prefix(args: &[OsString], prefix: &str) -> Vec<OsString> {
+    args.iter()
+        .map(|a| match a.to_str() {
+            Some(s) if s.contains(PREFIX_TOKEN) => OsString::from(s.replace(PREFIX_TOKEN, prefix)),
+            _ => a.clone(),
+        })
+        .collect()
 }
 
 fn ferry_program(explicit: Option<&Path>, ws: &Path) -> std::result::Result<PathBuf, String> {
@@ -448,11 +613,30 @@ pub fn timed_run(
     log: &Path,
     run: usize,
 ) -> Result<Measured> {
+    timed_run_env(helper, program, args, &[], &[], log, run)
+}
+
+/// [`timed_run`] with extra (`env`) and removed (`env_remove`) environment
+/// variables for the tool (the helper passes its environment on).
+pub fn timed_run_env(
+    helper: &Path,
+    program: &Path,
+    args: &[OsString],
+    env: &[(OsString, OsString)],
+    env_remove: &[&str],
+    log: &Path,
+    run: usize,
+) -> Result<Measured> {
     let report = log.with_extension("rusage.json");
     util::remove_tree(&report)?;
     let out = File::create(log).ctx(|| at("create log", log))?;
     let err = out.try_clone().ctx(|| at("open log", log))?;
-    let status = Command::new(helper)
+    let mut cmd = Command::new(helper);
+    for k in env_remove {
+        cmd.env_remove(k);
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    let status = cmd
         .arg(MEASURE_ARG)
         .arg(&report)
         .arg(program)
@@ -635,6 +819,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
     }
     let scenario = opts.scenario;
     let spec = scenario_spec(scenario, opts.tiny, &opts.shape)?;
+    let started = util::utc_timestamp();
     let available = scenario.tools();
     let selected: Vec<&'static str> = match &opts.tools {
         None => available.to_vec(),
@@ -676,6 +861,25 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
     // against the free space and confuse the first sanity check.
     util::remove_tree(&dst)?;
 
+    // The S3 scenarios need their server; without it they are skipped (like
+    // a missing peer), and there is no point generating their dataset.
+    let s3s_fs = scenario.is_s3().then(s3peer::find_s3s_fs);
+    if let Some(Err(why)) = &s3s_fs {
+        say(format!("{}: skipped: {why}", scenario.name()));
+        return finish(
+            opts,
+            &ws,
+            &data_root,
+            &spec,
+            key,
+            &src,
+            TreeStats::default(),
+            skipped_tools(&selected, why),
+            None,
+            started,
+        );
+    }
+
     let expected = ensure_dataset(&spec, opts.seed, &ds_dir, opts.threads)?;
     let free = util::free_bytes(&ds_dir)?;
     let need = expected.bytes + (64 << 20);
@@ -702,8 +906,29 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
         .helper
         .clone()
         .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
-    let (stamp, started_at) = util::utc_timestamp();
-    let mut tools: Vec<Active> = tool_defs(&ferry, &src, &dst, &fpsync_tmp)
+    // Started here, killed when `server` drops (also on every early return).
+    let mut server = match &s3s_fs {
+        Some(Ok(program)) => {
+            let root = ds_dir.join("s3-root");
+            let log = logs.join("s3s-fs.log");
+            let srv = S3Server::start(program, &root, &log)?;
+            say(format!(
+                "s3: {} serving {} on {} (log {})",
+                program.display(),
+                root.display(),
+                srv.endpoint(),
+                log.display()
+            ));
+            Some((srv, program.clone()))
+        }
+        _ => None,
+    };
+    let defs = match &server {
+        Some((srv, _)) => s3_tool_defs(&ferry, &src, &srv.endpoint()),
+        None => tool_defs(&ferry, &src, &dst, &fpsync_tmp),
+    };
+    let mut server_runs: Vec<ServerRun> = Vec::new();
+    let mut tools: Vec<Active> = defs
         .into_iter()
         .filter(|d| selected.contains(&d.name))
         .map(|def| {
@@ -755,13 +980,48 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
             };
             util::remove_tree(&dst)?;
             util::remove_tree(&fpsync_tmp)?;
+            // S3: empty the bucket (the previous run's objects and s3s-fs's
+            // sidecars), then upload into a prefix no run used before.
+            let prefix = if warm {
+                format!("{}-w{round}", t.def.name)
+            } else {
+                format!("{}-{run}", t.def.name)
+            };
+            if let Some((srv, _)) = &server {
+                srv.clear()?;
+            }
             sync_all();
             let log = logs.join(if warm {
                 format!("{}-warmup{round}.log", t.def.name)
             } else {
                 format!("{}-run{run}.log", t.def.name)
             });
-            let m = match timed_run(&helper, &program, &t.def.args, &log, run) {
+            let args = with_prefix(&t.def.args, &prefix);
+            let server_cpu0 = server.as_ref().and_then(|(s, _)| s.cpu_s());
+            let measured = timed_run_env(
+                &helper,
+                &program,
+                &args,
+                &t.def.env,
+                t.def.env_remove,
+                &log,
+                run,
+            );
+            let server_cpu = server
+                .as_ref()
+                .and_then(|(s, _)| s.cpu_s())
+                .zip(server_cpu0)
+                .map(|(b, a)| b - a);
+            if let Some((srv, _)) = server.as_mut() {
+                if !srv.alive() {
+                    return Err(Error::run(format!(
+                        "s3s-fs died during {label} of {}; log {}",
+                        t.def.name,
+                        srv.log.display()
+                    )));
+                }
+            }
+            let m = match measured {
                 Ok(m) => m,
                 Err(e) => {
                     say(format!("{label} {}: FAILED to run: {e}", t.def.name));
@@ -772,13 +1032,17 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
             };
             let r = &m.result;
             say(format!(
-                "{label} {:<18} {:>10} (tool {}, sync {}; cpu {}; rss {})",
+                "{label} {:<18} {:>10} (tool {}, sync {}; cpu {}; rss {}{})",
                 t.def.name,
                 format_secs(r.wall_s),
                 format_secs(r.tool_wall_s),
                 format_secs(r.sync_s),
                 format_secs(r.cpu_s),
-                format_bytes(r.max_rss_kib * 1024)
+                format_bytes(r.max_rss_kib * 1024),
+                server_cpu.map_or(String::new(), |c| format!(
+                    "; s3s-fs cpu {}",
+                    format_secs(c)
+                ))
             ));
             if !m.success {
                 let how = match (r.exit_code, r.signal) {
@@ -794,6 +1058,37 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
                 ));
                 t.result.status = Status::Failed;
                 t.result.reason = Some(format!("{how} on {label}; see {}", log.display()));
+            }
+            // S3: every successful run is checked (object count and bytes
+            // under its prefix), before its time may count: a tool that
+            // "succeeds" without uploading everything must not look fast.
+            if let (true, Some((srv, _))) = (m.success, &server) {
+                let s = s3_sanity(expected, &srv.prefix_dir(&prefix));
+                if !s.ok {
+                    let msg = s.message.clone().unwrap_or_default();
+                    say(format!(
+                        "!!! {} on {label}: s3://{}/{prefix}: {msg}",
+                        t.def.name,
+                        s3peer::BUCKET
+                    ));
+                    t.result.status = Status::Failed;
+                    t.result.reason = Some(format!(
+                        "{label}: exit code 0 but s3://{}/{prefix} {msg}; see {}",
+                        s3peer::BUCKET,
+                        log.display()
+                    ));
+                    t.result.sanity = Some(s);
+                    // Not recorded as a time.
+                    continue;
+                }
+                if t.result.sanity.is_none() {
+                    t.result.sanity = Some(s);
+                }
+                server_runs.push(ServerRun {
+                    tool: t.def.name.to_string(),
+                    run,
+                    cpu_s: server_cpu,
+                });
             }
             if !warm {
                 t.result.runs.push(m.result);
@@ -815,8 +1110,151 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
     }
     util::remove_tree(&dst)?;
     util::remove_tree(&fpsync_tmp)?;
+    let server_info = server.take().map(|(srv, program)| {
+        let info = server_info(&srv, &program, server_runs);
+        drop(srv); // kill it and remove its root now, not after the report
+        info
+    });
 
-    let mut results: Vec<ToolResult> = tools.into_iter().map(|t| t.result).collect();
+    let results: Vec<ToolResult> = tools.into_iter().map(|t| t.result).collect();
+    finish(
+        opts,
+        &ws,
+        &data_root,
+        &spec,
+        key,
+        &src,
+        expected,
+        results,
+        server_info,
+        started,
+    )
+}
+
+/// One run's server-side cost (S3 scenarios).
+#[derive(Debug, Serialize)]
+struct ServerRun {
+    tool: String,
+    /// 0 = warm-up.
+    run: usize,
+    /// s3s-fs user+sys CPU seconds during the run (including the final sync).
+    cpu_s: Option<f64>,
+}
+
+/// The `s3_server` object added to an S3 scenario's JSON report.
+#[derive(Debug, Serialize)]
+struct ServerInfo {
+    program: String,
+    version: Option<String>,
+    endpoint: String,
+    /// Peak RSS of s3s-fs over the whole scenario.
+    peak_rss_kib: Option<u64>,
+    /// Median s3s-fs CPU per timed run, by tool.
+    cpu_s_median: Vec<(String, f64)>,
+    runs: Vec<ServerRun>,
+}
+
+fn server_info(srv: &S3Server, program: &Path, runs: Vec<ServerRun>) -> ServerInfo {
+    let mut names: Vec<String> = Vec::new();
+    for r in &runs {
+        if !names.contains(&r.tool) {
+            names.push(r.tool.clone());
+        }
+    }
+    let cpu_s_median = names
+        .into_iter()
+        .filter_map(|n| {
+            let v: Vec<f64> = runs
+                .iter()
+                .filter(|r| r.tool == n && r.run > 0)
+                .filter_map(|r| r.cpu_s)
+                .collect();
+            summarize(&v).map(|s| (n, s.median))
+        })
+        .collect();
+    ServerInfo {
+        program: program.display().to_string(),
+        version: tool_version(program, &["--version"]),
+        endpoint: srv.endpoint(),
+        peak_rss_kib: srv.peak_rss_kib(),
+        cpu_s_median,
+        runs,
+    }
+}
+
+/// Objects under an S3 prefix (files below its directory in the s3s-fs
+/// root) against the source: same count, same total size.
+fn s3_sanity(expected: TreeStats, prefix_dir: &Path) -> Sanity {
+    let want = TreeStats {
+        files: expected.files,
+        bytes: expected.bytes,
+        ..TreeStats::default()
+    };
+    let got = match tree::scan(prefix_dir) {
+        // Directories are s3s-fs's rendering of key prefixes, not objects.
+        Ok(st) => TreeStats { dirs: 0, ..st },
+        Err(_) => TreeStats::default(),
+    };
+    let mut s = Sanity::compare(want, got);
+    if let Some(m) = s.message.as_mut() {
+        *m = m.replace("destination differs", "objects under the prefix differ");
+    }
+    s
+}
+
+/// How the S3 scenarios' numbers were taken (the report's `method`).
+fn s3_method() -> Vec<String> {
+    [
+        "local → S3: the scenario starts s3s-fs on 127.0.0.1 (free port, fresh root dir under the work dir) and kills it at the end; both tools and the server share the machine's cores",
+        "runs interleaved across tools (A B A B ...), after `warmup` untimed rounds",
+        "before each run, untimed: every object and s3s-fs sidecar file of the previous run is deleted, then sync(2); each run uploads into its own fresh prefix s3://bench/<tool>-<run> (warm-ups: <tool>-w<n>)",
+        "ferry: copy --no-progress --movers 8 (default verification); rclone: copy --transfers 8 --checkers 8 with an env-var S3 remote (provider Other, path style)",
+        "wall_s = tool wall time + a final sync(2) (which flushes what s3s-fs wrote); tool_wall_s and sync_s split it",
+        "page cache not dropped; the source is read once before the first run",
+        "cpu_s = user+sys of the tool and its waited-for descendants (wait4); the server's CPU per run is reported separately under s3_server (from /proc/PID/stat)",
+        "max_rss_kib = ru_maxrss from wait4 (the tool only, not the server)",
+        "sanity: after every successful run, the object count and total bytes under the run's prefix must equal the source's file count and bytes; a run that fails this is reported as a failure, never as a time",
+        "statistics over successful runs: median, min, max",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect()
+}
+
+/// Every selected tool marked skipped for `why`.
+fn skipped_tools(selected: &[&str], why: &str) -> Vec<ToolResult> {
+    selected
+        .iter()
+        .map(|name| ToolResult {
+            name: name.to_string(),
+            command: vec![],
+            version: None,
+            status: Status::Skipped,
+            reason: Some(why.to_string()),
+            runs: Vec::new(),
+            wall_s: None,
+            cpu_s: None,
+            max_rss_kib: None,
+            sanity: None,
+        })
+        .collect()
+}
+
+/// Summaries, comparisons, report files.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    opts: &BenchOptions,
+    ws: &Path,
+    data_root: &Path,
+    spec: &DatasetSpec,
+    key: String,
+    src: &Path,
+    expected: TreeStats,
+    mut results: Vec<ToolResult>,
+    server: Option<ServerInfo>,
+    (stamp, started_at): (String, String),
+) -> Result<BenchOutcome> {
+    let scenario = opts.scenario;
     for t in &mut results {
         let ok_runs: Vec<&RunResult> = t.runs.iter().filter(|r| r.exit_code == Some(0)).collect();
         let col =
@@ -845,9 +1283,12 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
             src: src.display().to_string(),
             stats: expected,
         },
-        host: host_info(&data_root),
-        git: git_info(&ws),
-        method: vec![
+        host: host_info(data_root),
+        git: git_info(ws),
+        method: if scenario.is_s3() {
+            s3_method()
+        } else {
+            vec![
             "runs interleaved across tools (A B C A B C ...), after `warmup` untimed rounds".into(),
             "destination removed and sync(2) called, untimed, before each run".into(),
             "wall_s = tool wall time + a final sync(2); tool_wall_s and sync_s split it".into(),
@@ -856,7 +1297,8 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
             "max_rss_kib = ru_maxrss from wait4: the largest single process in the tool's tree; tools are started from a fresh ~2 MiB helper process because a child inherits its parent's peak RSS".into(),
             "sanity: destination file/dir/symlink counts and total bytes vs source, after each tool's first run (warm-up included)".into(),
             "statistics over successful runs: median, min, max".into(),
-        ],
+        ]
+        },
         tools: results,
         comparisons,
     };
@@ -873,7 +1315,33 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
     );
     let json = out_dir.join(format!("{stem}.json"));
     let svg = out_dir.join(format!("{stem}.svg"));
-    let mut text = serde_json::to_string_pretty(&report)
+    // The S3 server's own cost rides along as an extra top-level object
+    // (the shared report types stay as they are).
+    let mut value =
+        serde_json::to_value(&report).map_err(|e| Error::run(format!("encode results: {e}")))?;
+    if let (Some(info), Some(obj)) = (&server, value.as_object_mut()) {
+        let v =
+            serde_json::to_value(info).map_err(|e| Error::run(format!("encode results: {e}")))?;
+        obj.insert("s3_server".into(), v);
+    }
+    if let Some(info) = &server {
+        let med: Vec<String> = info
+            .cpu_s_median
+            .iter()
+            .map(|(t, c)| format!("{t} {}", format_secs(*c)))
+            .collect();
+        say(format!(
+            "s3s-fs CPU per timed run (median): {}; s3s-fs peak RSS {}",
+            if med.is_empty() {
+                "-".to_string()
+            } else {
+                med.join(", ")
+            },
+            info.peak_rss_kib
+                .map_or("-".to_string(), |k| format_bytes(k * 1024))
+        ));
+    }
+    let mut text = serde_json::to_string_pretty(&value)
         .map_err(|e| Error::run(format!("encode results: {e}")))?;
     text.push('\n');
     fs::write(&json, text).ctx(|| at("write", &json))?;
@@ -915,5 +1383,108 @@ mod tests {
                 .exit_code(),
             2
         );
+    }
+
+    #[test]
+    fn s3_scenario_specs() {
+        let none = ShapeOptions::default();
+        let small = |tiny| match scenario_spec(Scenario::S3Small, tiny, &none).unwrap() {
+            DatasetSpec::Small(s) => (s.files, s.dirs, s.min_size, s.max_size),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(small(false), (10_000, 100, 4 << 10, 64 << 10));
+        assert_eq!(small(true), (200, 10, 4 << 10, 64 << 10));
+        let large =
+            |tiny, o: &ShapeOptions| match scenario_spec(Scenario::S3Large, tiny, o).unwrap() {
+                DatasetSpec::Large(l) => (l.files, l.file_size),
+                other => panic!("{other:?}"),
+            };
+        assert_eq!(large(false, &none), (4, 512 << 20));
+        assert_eq!(large(true, &none), (2, 40 << 20));
+        // Explicit options still win over the scenario's shape.
+        let o = ShapeOptions {
+            file_size: Some(1 << 20),
+            ..ShapeOptions::default()
+        };
+        assert_eq!(large(true, &o), (2, 1 << 20));
+        // Local scenarios keep the profile defaults at full size.
+        match scenario_spec(Scenario::LocalSmall, false, &none).unwrap() {
+            DatasetSpec::Small(s) => assert_eq!(s, gen::SMALL_DEFAULT),
+            other => panic!("{other:?}"),
+        }
+        for sc in [Scenario::S3Small, Scenario::S3Large] {
+            assert!(sc.is_s3());
+            assert_eq!(sc.tools(), &["ferry", "rclone"]);
+        }
+        assert!(!Scenario::LocalSmall.is_s3());
+        assert_eq!(Scenario::S3Small.name(), "s3-small");
+        assert_eq!(Scenario::S3Large.name(), "s3-large");
+    }
+
+    #[test]
+    fn s3_commands_use_fresh_prefixes_and_same_concurrency() {
+        let ferry = Ok(PathBuf::from("/bin/true"));
+        let defs = s3_tool_defs(&ferry, Path::new("/data/src"), "http://127.0.0.1:9");
+        let names: Vec<&str> = defs.iter().map(|d| d.name).collect();
+        assert_eq!(names, ["ferry", "rclone"]);
+        let args = |d: &ToolDef, prefix: &str| -> Vec<String> {
+            with_prefix(&d.args, prefix)
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(
+            args(&defs[0], "ferry-1"),
+            [
+                "copy",
+                "--no-progress",
+                "--movers",
+                "8",
+                "--endpoint-url",
+                "http://127.0.0.1:9",
+                "/data/src",
+                "s3://bench/ferry-1"
+            ]
+        );
+        let r = args(&defs[1], "rclone-w1");
+        assert_eq!(r.last().unwrap(), "bench:bench/rclone-w1");
+        assert!(r.windows(2).any(|w| w == ["--transfers", "8"]));
+        assert!(r.windows(2).any(|w| w == ["--checkers", "8"]));
+        let env = |d: &ToolDef, k: &str| {
+            d.env
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.to_string_lossy().into_owned())
+        };
+        assert_eq!(
+            env(&defs[1], "RCLONE_CONFIG_BENCH_ENDPOINT").as_deref(),
+            Some("http://127.0.0.1:9")
+        );
+        assert_eq!(
+            env(&defs[0], "AWS_ACCESS_KEY_ID").as_deref(),
+            Some(s3peer::ACCESS_KEY)
+        );
+        assert!(defs.iter().all(|d| d.env_remove.contains(&"AWS_CA_BUNDLE")));
+    }
+
+    #[test]
+    fn s3_sanity_counts_objects_and_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bench/ferry-1");
+        fs::create_dir_all(p.join("a/b")).unwrap();
+        fs::write(p.join("a/b/x"), b"12345").unwrap();
+        fs::write(p.join("y"), b"678").unwrap();
+        let want = TreeStats {
+            files: 2,
+            dirs: 5,
+            bytes: 8,
+            ..TreeStats::default()
+        };
+        assert!(s3_sanity(want, &p).ok);
+        let s = s3_sanity(TreeStats { files: 3, ..want }, &p);
+        assert!(!s.ok);
+        assert!(s.message.unwrap().contains("files 2 (expected 3)"));
+        // A prefix that was never written is a failure, not an empty success.
+        assert!(!s3_sanity(want, &dir.path().join("bench/none")).ok);
     }
 }
