@@ -25,6 +25,7 @@ use super::plan::{object_part_size, scan_bodies, Binner, OBJECT_PART_MIN};
 use super::scan::ListedPage;
 use super::transfer::{Buffers, Retries};
 use super::Outcome;
+use crate::storage::s3::etag;
 use crate::storage::{Content, Location, Meta, StoredPart};
 
 /// Most names of one destination directory held to compare a source page against; a larger
@@ -239,9 +240,19 @@ fn read_crc(loc: &dyn Location, rel: &[u8], size: u64, buf: &mut Vec<u8>) -> Res
     Ok(crc)
 }
 
-/// Checks what was written against the source's CRC: the store's own checksum when it keeps
-/// one (no download), or by reading it back. Returns the report note for a read-back.
-fn verify_written(loc: &dyn Location, rel: &[u8], size: u64, want: u32, buf: &mut Vec<u8>) -> Result<Option<String>, FerryError> {
+/// What a store's stored entry is checked against, besides the source's CRC32C.
+pub enum Expected<'a> {
+    /// A single upload of these bytes: the ETag should be their MD5.
+    Bytes(&'a [u8]),
+    /// A multipart upload whose parts' MD5s were checked as they were stored: the ETag should
+    /// be this (see [`etag::multipart`]).
+    Tag(Option<String>),
+}
+
+/// Checks what was written against the source: the store's own CRC32C when it keeps one, else
+/// its MD5 ETag (no download either way), else by reading it back. Returns the report note
+/// when it could not use the CRC32C.
+fn verify_written(loc: &dyn Location, rel: &[u8], size: u64, want: u32, expected: Expected<'_>, buf: &mut Vec<u8>) -> Result<Option<String>, FerryError> {
     if !loc.is_object_store() {
         // Local writes are read back and checked before they are renamed into place.
         return Ok(None);
@@ -250,19 +261,31 @@ fn verify_written(loc: &dyn Location, rel: &[u8], size: u64, want: u32, buf: &mu
     if m.size != size {
         return Err(FerryError::new(ErrorKind::Corrupt, format!("{} holds {} bytes after writing {size}", loc.describe(rel), m.size)));
     }
-    let note = match m.crc32c {
+    match m.crc32c {
         Some(c) if c == want => return Ok(None),
         Some(_) if !m.multipart => {
             return Err(FerryError::new(ErrorKind::Corrupt, format!("stored CRC32C of {} differs from the source's {want:08x}", loc.describe(rel))));
         }
-        Some(_) => "verified by reading back: the store's multipart checksum is not a whole-object CRC32C",
-        None => "verified by reading back: the store keeps no CRC32C",
+        _ => {}
+    }
+    let stored_tag = m.etag.as_deref().map(str::to_ascii_lowercase);
+    let expected_tag = match expected {
+        Expected::Bytes(data) => Some(etag::md5_hex(data)),
+        Expected::Tag(t) => t,
     };
+    if let (Some(stored), Some(expected)) = (&stored_tag, &expected_tag) {
+        if stored == expected {
+            return Ok(Some("verified by MD5 ETag: the store keeps no whole-object CRC32C".into()));
+        }
+        if etag::is_md5(stored) || stored.contains('-') && !m.multipart {
+            return Err(FerryError::new(ErrorKind::Corrupt, format!("stored ETag of {} is {stored}, expected {expected} from the source", loc.describe(rel))));
+        }
+    }
     let got = read_crc(loc, rel, size, buf)?;
     if got != want {
         return Err(FerryError::new(ErrorKind::Corrupt, format!("CRC32C mismatch after writing {}: source {want:08x}, destination {got:08x}", loc.describe(rel))));
     }
-    Ok(Some(note.to_string()))
+    Ok(Some("verified by reading back: the store keeps neither a CRC32C nor an MD5 ETag".into()))
 }
 
 /// Runs a Transfer shard.
@@ -341,10 +364,16 @@ fn copy_entry(ctx: &ExecContext, pair: &ObjectPair, entry: &Entry, bufs: &mut Bu
                     buf[0] ^= 0xff;
                 }
                 dst.put(rel, Content::File(buf), &src_meta, Some(crc))?;
-                (crc, verify_if_asked(ctx, dst, rel, size, crc, buf)?)
+                if ctx.hooks.corrupt.as_deref() == Some(rel.as_slice()) && !buf.is_empty() {
+                    buf[0] ^= 0xff; // the source's bytes again, for the checks below
+                }
+                let data = std::mem::take(buf);
+                let note = verify_if_asked(ctx, dst, rel, size, crc, Expected::Bytes(&data), buf);
+                *buf = data;
+                (crc, note?)
             } else {
-                let crc = upload_whole_multipart(ctx, pair, rel, &src_meta, buf)?;
-                (crc, verify_if_asked(ctx, dst, rel, size, crc, buf)?)
+                let (crc, tag) = upload_whole_multipart(ctx, pair, rel, &src_meta, buf)?;
+                (crc, verify_if_asked(ctx, dst, rel, size, crc, Expected::Tag(tag), buf)?)
             };
             let c = out.counters();
             c.bytes_written += size;
@@ -358,11 +387,11 @@ fn copy_entry(ctx: &ExecContext, pair: &ObjectPair, entry: &Entry, bufs: &mut Bu
     Ok(())
 }
 
-fn verify_if_asked(ctx: &ExecContext, dst: &dyn Location, rel: &[u8], size: u64, crc: u32, buf: &mut Vec<u8>) -> Result<Option<String>, FerryError> {
+fn verify_if_asked(ctx: &ExecContext, dst: &dyn Location, rel: &[u8], size: u64, crc: u32, expected: Expected<'_>, buf: &mut Vec<u8>) -> Result<Option<String>, FerryError> {
     if ctx.options().verify == VerifyMode::None {
         return Ok(None);
     }
-    verify_written(dst, rel, size, crc, buf)
+    verify_written(dst, rel, size, crc, expected, buf)
 }
 
 /// A file that changed while it was read must not be accepted silently.
@@ -393,7 +422,7 @@ fn check_against_stored(src: &dyn Location, rel: &[u8], meta: &Meta, crc: u32) -
 
 /// A file above the single-request size but below the part-shard threshold: uploaded in parts
 /// by this mover, one part buffered at a time.
-fn upload_whole_multipart(ctx: &ExecContext, pair: &ObjectPair, rel: &[u8], meta: &Meta, buf: &mut Vec<u8>) -> Result<u32, FerryError> {
+fn upload_whole_multipart(ctx: &ExecContext, pair: &ObjectPair, rel: &[u8], meta: &Meta, buf: &mut Vec<u8>) -> Result<(u32, Option<String>), FerryError> {
     let dst = dst(pair)?;
     let size = meta.size;
     let sub = object_part_size(size);
@@ -408,15 +437,16 @@ fn upload_whole_multipart(ctx: &ExecContext, pair: &ObjectPair, rel: &[u8], meta
             pair.src.read(rel, pos, n, buf)?;
             let part_crc = crc32c::crc32c(buf);
             let number = (pos / sub) as u32 + 1;
-            dst.put_part(rel, &upload, number, pos, buf, part_crc)?;
+            let tag = dst.put_part(rel, &upload, number, pos, buf, part_crc)?;
+            check_part_tag(dst, rel, number, tag, buf)?;
             crc = if pos == 0 { part_crc } else { ferry_common::crc::combine(crc, part_crc, n) };
             numbers.push(number);
             pos += n;
         }
         check_source_unchanged(pair, rel, meta)?;
         check_against_stored(pair.src.as_ref(), rel, meta, crc)?;
-        dst.complete_multipart(rel, &upload, &numbers, size, meta, crc)?;
-        Ok(crc)
+        let tag = dst.complete_multipart(rel, &upload, &numbers, size, meta, crc)?;
+        Ok((crc, tag))
     })();
     if result.is_err() {
         // A failed upload is aborted: no invisible parts are left to pay for.
@@ -455,15 +485,20 @@ fn stored_part_matches(p: &StoredPart, data: &[u8], crc: u32) -> bool {
     }
     match p.crc32c {
         Some(c) => c == crc,
-        None => {
-            use md5::{Digest, Md5};
-            p.etag.len() == 32 && hex_lower(&Md5::digest(data)) == p.etag.to_ascii_lowercase()
-        }
+        None => etag::is_md5(&p.etag) && etag::md5_hex(data) == p.etag.to_ascii_lowercase(),
     }
 }
 
-fn hex_lower(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+/// Checks the tag a store gave for a part it just stored against the bytes sent, where the
+/// tag is an MD5 (the CRC32C sent with the part is checked by the store itself).
+fn check_part_tag(dst: &dyn Location, rel: &[u8], number: u32, tag: Option<String>, data: &[u8]) -> Result<(), FerryError> {
+    match tag {
+        Some(t) if etag::is_md5(&t) && etag::md5_hex(data) != t.to_ascii_lowercase() => Err(FerryError::new(
+            ErrorKind::Corrupt,
+            format!("part {number} of {} was stored with MD5 {t}, not the MD5 of the bytes sent", dst.describe(rel)),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Runs a Part shard: uploads `[offset, offset + len)` as whole object parts, keeping parts
@@ -502,7 +537,10 @@ pub fn run_part(ctx: &ExecContext, pair: &ObjectPair, file: &Entry, offset: u64,
         }
         match stored.get(&number) {
             Some(p) if stored_part_matches(p, buf, part_crc) => done.bytes_resumed += n,
-            _ => dst.put_part(rel, upload, number, pos, buf, part_crc)?,
+            _ => {
+                let tag = dst.put_part(rel, upload, number, pos, buf, part_crc)?;
+                check_part_tag(dst, rel, number, tag, buf)?;
+            }
         }
         done.crc = if pos == offset { part_crc } else { ferry_common::crc::combine(done.crc, part_crc, n) };
         pos += n;
@@ -534,13 +572,13 @@ pub fn run_commit(ctx: &ExecContext, pair: &ObjectPair, file: &Entry, parts: &Pa
             let crc = parts.combined_crc();
             check_against_stored(pair.src.as_ref(), rel, &meta, crc)?;
             ctx.fence()?;
-            dst.complete_multipart(rel, &upload, &numbers, file.size, &meta, crc)?;
+            let tag = dst.complete_multipart(rel, &upload, &numbers, file.size, &meta, crc)?;
             if dst.is_object_store() {
                 for stale in dst.pending_multiparts(rel)? {
                     dst.abort_multipart(rel, &stale)?;
                 }
             }
-            let note = verify_if_asked(ctx, dst, rel, file.size, crc, &mut bufs.object)?;
+            let note = verify_if_asked(ctx, dst, rel, file.size, crc, Expected::Tag(tag), &mut bufs.object)?;
             Ok((crc, note))
         };
         let r = finish();

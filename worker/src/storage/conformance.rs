@@ -115,7 +115,10 @@ pub fn run_location_suite(loc: &dyn Location, caps: Capabilities) {
     let fm = file_meta(1_700_000_002);
     let id = loc.create_multipart(b"big/file", big.len() as u64, &fm).expect("create multipart");
     for (i, c) in chunks.iter().enumerate().rev() {
-        loc.put_part(b"big/file", &id, i as u32 + 1, (i * psize) as u64, c, crc32c::crc32c(c)).expect("put part");
+        let tag = loc.put_part(b"big/file", &id, i as u32 + 1, (i * psize) as u64, c, crc32c::crc32c(c)).expect("put part");
+        if let Some(t) = tag.filter(|t| super::s3::etag::is_md5(t)) {
+            assert_eq!(t, super::s3::etag::md5_hex(c), "an MD5 part tag is the part's MD5");
+        }
     }
     loc.put_part(b"big/file", &id, 1, 0, chunks[0], crc32c::crc32c(chunks[0])).expect("rewrite a part");
     assert_eq!(loc.stat(b"big/file").expect("stat"), None, "nothing is visible before completion");
@@ -127,8 +130,11 @@ pub fn run_location_suite(loc: &dyn Location, caps: Capabilities) {
         }
     }
     let numbers: Vec<u32> = (1..=chunks.len() as u32).collect();
-    loc.complete_multipart(b"big/file", &id, &numbers, big.len() as u64, &fm, crc32c::crc32c(&big)).expect("complete");
+    let tag = loc.complete_multipart(b"big/file", &id, &numbers, big.len() as u64, &fm, crc32c::crc32c(&big)).expect("complete");
     let bm = loc.stat(b"big/file").expect("stat").expect("visible after completion");
+    if let Some(t) = tag {
+        assert_eq!(bm.etag.as_deref(), Some(t.as_str()), "the completed object carries the tag complete_multipart promised");
+    }
     assert_eq!((bm.size, bm.mtime), (big.len() as u64, fm.mtime));
     if let (Some(stored), true) = (bm.crc32c, caps.full_object_crc) {
         assert_eq!(stored, crc32c::crc32c(&big), "the whole object's stored CRC is the FULL_OBJECT CRC32C");

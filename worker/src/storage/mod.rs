@@ -33,6 +33,9 @@ pub struct Meta {
     pub multipart: bool,
     /// Symlinks: the target (filled in by `stat`, not by `list`).
     pub link_target: Option<Vec<u8>>,
+    /// The store's entity tag (S3's ETag, quotes removed): the MD5 of the content for a single
+    /// upload, `md5-of-part-md5s-N` for a multipart one, on S3 and most compatibles.
+    pub etag: Option<String>,
     /// Object tags as a URL-encoded query (`k=v&k2=v2`), to write with the entry
     /// (ObjectTags PRESERVE); only `tags` reads them.
     pub tags: Option<String>,
@@ -123,11 +126,14 @@ pub trait Location: Send + Sync {
     fn create_multipart(&self, rel: &[u8], size: u64, meta: &Meta) -> Result<String, FerryError>;
     /// Ids of unfinished multipart writes to `rel`, oldest first.
     fn pending_multiparts(&self, rel: &[u8]) -> Result<Vec<String>, FerryError>;
-    fn put_part(&self, rel: &[u8], upload: &str, number: u32, offset: u64, data: &[u8], crc32c: u32) -> Result<(), FerryError>;
+    /// Stores one part; returns the store's tag for what it stored (S3: the part's MD5), when
+    /// it gives one.
+    fn put_part(&self, rel: &[u8], upload: &str, number: u32, offset: u64, data: &[u8], crc32c: u32) -> Result<Option<String>, FerryError>;
     fn list_parts(&self, rel: &[u8], upload: &str) -> Result<Vec<StoredPart>, FerryError>;
     /// Makes the parts `1..=parts` (numbers given) visible as one entry with `meta`;
-    /// `crc32c` is the whole content's CRC (S3's FULL_OBJECT checksum).
-    fn complete_multipart(&self, rel: &[u8], upload: &str, parts: &[u32], size: u64, meta: &Meta, crc32c: u32) -> Result<(), FerryError>;
+    /// `crc32c` is the whole content's CRC (S3's FULL_OBJECT checksum). Returns the tag the
+    /// entry carries if it holds exactly those parts (S3: the MD5 of the part MD5s, `-N`).
+    fn complete_multipart(&self, rel: &[u8], upload: &str, parts: &[u32], size: u64, meta: &Meta, crc32c: u32) -> Result<Option<String>, FerryError>;
     fn abort_multipart(&self, rel: &[u8], upload: &str) -> Result<(), FerryError>;
     /// Deletes entries; returns how many non-directory entries went (for counting).
     fn remove(&self, rels: &[Vec<u8>]) -> Vec<Result<u64, FerryError>>;

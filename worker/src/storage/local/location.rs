@@ -33,6 +33,7 @@ fn meta_of(st: &libc::stat) -> Meta {
         crc32c: None,
         multipart: false,
         link_target: None,
+        etag: None,
         tags: None,
     }
 }
@@ -259,7 +260,7 @@ impl Location for LocalLocation {
         Ok(Vec::new())
     }
 
-    fn put_part(&self, rel: &[u8], upload: &str, _number: u32, offset: u64, data: &[u8], crc32c: u32) -> Result<(), FerryError> {
+    fn put_part(&self, rel: &[u8], upload: &str, _number: u32, offset: u64, data: &[u8], crc32c: u32) -> Result<Option<String>, FerryError> {
         let dir = self.parent_dir(rel, false)?.ok_or_else(|| FerryError::new(ErrorKind::NotFound, format!("the directory of {} vanished", self.describe(rel))))?;
         let fd = sys::open_at(dir.as_raw_fd(), upload.as_bytes(), libc::O_RDWR | libc::O_NOFOLLOW, 0).map_err(|e| self.err("open", rel, &e))?;
         sys::pwrite_all(fd.as_raw_fd(), data, offset).map_err(|e| self.err("write", rel, &e))?;
@@ -269,14 +270,14 @@ impl Location for LocalLocation {
         if got != crc32c {
             return Err(FerryError::new(ErrorKind::Corrupt, format!("CRC32C mismatch after writing a part of {}", self.describe(rel))));
         }
-        Ok(())
+        Ok(None)
     }
 
     fn list_parts(&self, _rel: &[u8], _upload: &str) -> Result<Vec<StoredPart>, FerryError> {
         Ok(Vec::new())
     }
 
-    fn complete_multipart(&self, rel: &[u8], upload: &str, _parts: &[u32], size: u64, meta: &Meta, crc32c: u32) -> Result<(), FerryError> {
+    fn complete_multipart(&self, rel: &[u8], upload: &str, _parts: &[u32], size: u64, meta: &Meta, crc32c: u32) -> Result<Option<String>, FerryError> {
         let (_, name) = paths::split(rel);
         let dir = self.parent_dir(rel, false)?.ok_or_else(|| FerryError::new(ErrorKind::NotFound, format!("the directory of {} vanished", self.describe(rel))))?;
         let fd = sys::open_at(dir.as_raw_fd(), upload.as_bytes(), libc::O_RDWR | libc::O_NOFOLLOW, 0).map_err(|e| self.err("open", rel, &e))?;
@@ -284,7 +285,8 @@ impl Location for LocalLocation {
         self.apply_meta_fd(fd.as_raw_fd(), meta, 0o644).map_err(|e| self.err("set metadata on", rel, &e))?;
         self.flush_and_check(fd.as_raw_fd(), rel, size, Some(crc32c))?;
         self.rename_into_place(dir.as_raw_fd(), upload.as_bytes(), name, rel)?;
-        sys::fdatasync(dir.as_raw_fd()).map_err(|e| self.err("flush directory of", rel, &e))
+        sys::fdatasync(dir.as_raw_fd()).map_err(|e| self.err("flush directory of", rel, &e))?;
+        Ok(None)
     }
 
     fn abort_multipart(&self, rel: &[u8], upload: &str) -> Result<(), FerryError> {

@@ -12,6 +12,7 @@
 //! SDK's I/O and blocks the calling thread (a blocking-pool thread) on it.
 
 pub mod error;
+pub mod etag;
 pub mod meta;
 
 use std::collections::HashMap;
@@ -265,6 +266,7 @@ impl S3Location {
         };
         m.crc32c = out.checksum_crc32_c().filter(|_| whole).and_then(crc_from_base64);
         m.multipart = out.e_tag().unwrap_or("").contains('-');
+        m.etag = out.e_tag().map(|t| t.trim_matches('"').to_string());
         Ok(Some(m))
     }
 
@@ -537,7 +539,7 @@ impl Location for S3Location {
         Ok(found.into_iter().map(|(_, id)| id).collect())
     }
 
-    fn put_part(&self, rel: &[u8], upload: &str, number: u32, _offset: u64, data: &[u8], crc32c: u32) -> Result<(), FerryError> {
+    fn put_part(&self, rel: &[u8], upload: &str, number: u32, _offset: u64, data: &[u8], crc32c: u32) -> Result<Option<String>, FerryError> {
         let key = self.key(rel)?;
         let req = self
             .client
@@ -548,7 +550,9 @@ impl Location for S3Location {
             .part_number(number as i32)
             .checksum_crc32_c(crc_to_base64(crc32c))
             .body(ByteStream::from(data.to_vec()));
-        self.block(req.customize().disable_payload_signing().send()).map(|_| ()).map_err(|e| classify(&format!("upload part {number} of"), &self.target(&key), &e))
+        self.block(req.customize().disable_payload_signing().send())
+            .map(|out| out.e_tag().map(|t| t.trim_matches('"').to_string()))
+            .map_err(|e| classify(&format!("upload part {number} of"), &self.target(&key), &e))
     }
 
     fn list_parts(&self, rel: &[u8], upload: &str) -> Result<Vec<StoredPart>, FerryError> {
@@ -588,14 +592,16 @@ impl Location for S3Location {
         Ok(parts)
     }
 
-    fn complete_multipart(&self, rel: &[u8], upload: &str, parts: &[u32], _size: u64, _meta: &Meta, crc32c: u32) -> Result<(), FerryError> {
+    fn complete_multipart(&self, rel: &[u8], upload: &str, parts: &[u32], _size: u64, _meta: &Meta, crc32c: u32) -> Result<Option<String>, FerryError> {
         let key = self.key(rel)?;
         // The ETags come from the server's own list, so parts written by other workers (or by
         // an earlier run) need no bookkeeping here.
         let stored: HashMap<u32, StoredPart> = self.list_parts(rel, upload)?.into_iter().map(|p| (p.number, p)).collect();
         let mut completed = Vec::with_capacity(parts.len());
+        let mut part_tags = Vec::with_capacity(parts.len());
         for n in parts {
             let p = stored.get(n).ok_or_else(|| FerryError::new(ErrorKind::Unavailable, format!("part {n} of {} is missing from its upload", self.target(&key))))?;
+            part_tags.push(p.etag.clone());
             let mut b = CompletedPart::builder().part_number(*n as i32).e_tag(format!("\"{}\"", p.etag));
             if let Some(c) = p.crc32c {
                 b = b.checksum_crc32_c(crc_to_base64(c));
@@ -611,7 +617,8 @@ impl Location for S3Location {
             .checksum_crc32_c(crc_to_base64(crc32c))
             .checksum_type(ChecksumType::FullObject)
             .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(completed)).build());
-        self.block(req.send()).map(|_| ()).map_err(|e| classify("complete the upload of", &self.target(&key), &e))
+        self.block(req.send()).map_err(|e| classify("complete the upload of", &self.target(&key), &e))?;
+        Ok(etag::multipart(&part_tags))
     }
 
     fn abort_multipart(&self, rel: &[u8], upload: &str) -> Result<(), FerryError> {
