@@ -352,3 +352,33 @@ fn a_cancelled_run_aborts_its_multipart_upload() {
     assert!(loc.pending_multiparts(b"huge").unwrap().is_empty(), "the cancelled upload is aborted");
     assert_eq!(loc.stat(b"huge").unwrap(), None);
 }
+
+#[test]
+fn storage_class_encryption_and_object_tags_reach_the_objects() {
+    let Some(server) = S3Server::start(S3Flavor::Moto) else { return };
+    let dir = scratch();
+    let src = dir.path().join("src");
+    write_file(&src.join("small"), b"small object");
+    write_file(&src.join("medium"), &random_bytes(20 << 20));
+    ferry_s3(&server, "copy", &src, server.uri("opts"))
+        .args(["--storage-class", "STANDARD_IA", "--sse", "AES256"])
+        .run()
+        .assert_code(0);
+    for key in ["opts/small", "opts/medium"] {
+        let head = aws(&server, &["head-object", "--bucket", &server.bucket, "--key", key]);
+        assert_eq!(head["StorageClass"], "STANDARD_IA", "{key}: {head}");
+        assert_eq!(head["ServerSideEncryption"], "AES256", "{key}: {head}");
+    }
+
+    // ObjectTags PRESERVE (the default) between S3 locations, NONE drops them.
+    aws(&server, &["put-object-tagging", "--bucket", &server.bucket, "--key", "opts/small", "--tagging", "TagSet=[{Key=team,Value=data eng},{Key=tier,Value=gold}]"]);
+    ferry_s3(&server, "copy", server.uri("opts"), server.uri("tagged")).run().assert_code(0);
+    let tags = aws(&server, &["get-object-tagging", "--bucket", &server.bucket, "--key", "tagged/small"]);
+    let mut got: Vec<(String, String)> =
+        tags["TagSet"].as_array().unwrap().iter().map(|t| (t["Key"].as_str().unwrap().to_string(), t["Value"].as_str().unwrap().to_string())).collect();
+    got.sort();
+    assert_eq!(got, vec![("team".to_string(), "data eng".to_string()), ("tier".to_string(), "gold".to_string())]);
+    ferry_s3(&server, "copy", server.uri("opts"), server.uri("untagged")).args(["--object-tags", "NONE"]).run().assert_code(0);
+    let none = aws(&server, &["get-object-tagging", "--bucket", &server.bucket, "--key", "untagged/small"]);
+    assert!(none["TagSet"].as_array().is_none_or(|a| a.is_empty()), "{none}");
+}
