@@ -454,7 +454,15 @@ pub struct PartSet {
     /// The file the upload is for, so an execution that ends early can abort it.
     #[serde(default, with = "serde_bytes")]
     pub path: Option<Vec<u8>>,
+    /// (part number, MD5 hex) of every object part stored, as the store reported and the
+    /// uploader checked them: the commit derives the object's expected ETag from them. Kept
+    /// only up to [`MAX_PART_TAGS`] parts, to bound the value's size.
+    #[serde(default)]
+    pub part_tags: Vec<(u32, String)>,
 }
+
+/// Most part tags a [`PartSet`] keeps (about 40 bytes each).
+pub const MAX_PART_TAGS: usize = 2048;
 
 impl PartSet {
     /// True once every part has finished or failed.
@@ -565,6 +573,7 @@ mod tests {
             failed: vec![],
             upload_id: None,
             path: None,
+            part_tags: vec![],
             done: parts.iter().map(|&(i, o, l)| (i, crc32c::crc32c(&data[o..o + l]), l as u64)).collect(),
         };
         assert_eq!(set.combined_crc(), crc32c::crc32c(&data));

@@ -277,9 +277,11 @@ async fn run_shard(shared: &MoverShared, shard: Shard, bufs: &mut Option<Buffers
 
     let committed: Result<bool, QueueError> = if let ShardBody::Part { file, offset, len, group, .. } = shard.body.clone() {
         let mut outcome = Outcome::default();
+        let mut tags = Vec::new();
         let r = if ctx.object.is_some() {
             run_object_part(shared, file, offset, len, group, bufs).await.map(|done| {
                 outcome.counters().bytes_resumed += done.bytes_resumed;
+                tags = done.tags;
                 done.crc
             })
         } else {
@@ -288,11 +290,11 @@ async fn run_shard(shared: &MoverShared, shard: Shard, bufs: &mut Option<Buffers
         };
         match r {
             Err(e) if e.kind == ErrorKind::LeaseLost => return abandon(&shard),
-            Ok(crc) => with_store_retry("complete part", || queue.complete_part(&shard, Ok((crc, len)), &outcome)).await,
+            Ok(crc) => with_store_retry("complete part", || queue.complete_part(&shard, Ok((crc, len)), &tags, &outcome)).await,
             Err(e) if e.kind.is_transient() && shard.attempt < max_attempts => {
                 with_store_retry("requeue part", || queue.requeue(&shard, e.to_string())).await
             }
-            Err(e) => with_store_retry("complete part", || queue.complete_part(&shard, Err(e.to_string()), &outcome)).await,
+            Err(e) => with_store_retry("complete part", || queue.complete_part(&shard, Err(e.to_string()), &[], &outcome)).await,
         }
     } else {
         match execute(shared, &shard, bufs).await {

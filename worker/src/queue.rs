@@ -190,7 +190,9 @@ impl ShardQueue {
     /// Records one finished (or failed) part in the file's PartSet and completes the part
     /// shard, in one transaction guarded by both the fence and the PartSet's revision. The
     /// part that completes the set also queues the Commit shard.
-    pub async fn complete_part(&self, shard: &Shard, result: Result<(u32, u64), String>, outcome: &Outcome) -> Result<bool, QueueError> {
+    /// Records one part's result in its part set; `tags` are the object-store part tags it
+    /// stored (empty for local destinations).
+    pub async fn complete_part(&self, shard: &Shard, result: Result<(u32, u64), String>, tags: &[(u32, String)], outcome: &Outcome) -> Result<bool, QueueError> {
         let ShardBody::Part { file, index, count, group, .. } = &shard.body else {
             unreachable!("complete_part is only called for part shards")
         };
@@ -203,6 +205,10 @@ impl ShardQueue {
             };
             set.done.retain(|p| p.0 != *index);
             set.failed.retain(|p| p.0 != *index);
+            set.part_tags.retain(|(n, _)| !tags.iter().any(|(m, _)| m == n));
+            if set.part_tags.len() + tags.len() <= ferry_common::model::MAX_PART_TAGS {
+                set.part_tags.extend(tags.iter().cloned());
+            }
             match &result {
                 Ok((crc, len)) => set.done.push((*index, *crc, *len)),
                 Err(reason) => set.failed.push((*index, reason.clone())),

@@ -430,6 +430,7 @@ fn upload_whole_multipart(ctx: &ExecContext, pair: &ObjectPair, rel: &[u8], meta
     let result = (|| {
         let mut crc = 0u32;
         let mut numbers = Vec::new();
+        let mut tags = Vec::new();
         let mut pos = 0u64;
         while pos < size {
             ctx.fence()?;
@@ -438,7 +439,8 @@ fn upload_whole_multipart(ctx: &ExecContext, pair: &ObjectPair, rel: &[u8], meta
             let part_crc = crc32c::crc32c(buf);
             let number = (pos / sub) as u32 + 1;
             let tag = dst.put_part(rel, &upload, number, pos, buf, part_crc)?;
-            check_part_tag(dst, rel, number, tag, buf)?;
+            check_part_tag(dst, rel, number, tag.clone(), buf)?;
+            tags.push(tag.unwrap_or_default());
             crc = if pos == 0 { part_crc } else { ferry_common::crc::combine(crc, part_crc, n) };
             numbers.push(number);
             pos += n;
@@ -446,7 +448,7 @@ fn upload_whole_multipart(ctx: &ExecContext, pair: &ObjectPair, rel: &[u8], meta
         check_source_unchanged(pair, rel, meta)?;
         check_against_stored(pair.src.as_ref(), rel, meta, crc)?;
         let tag = dst.complete_multipart(rel, &upload, &numbers, size, meta, crc)?;
-        Ok((crc, tag))
+        Ok((crc, tag.or_else(|| etag::multipart(&tags))))
     })();
     if result.is_err() {
         // A failed upload is aborted: no invisible parts are left to pay for.
@@ -475,6 +477,8 @@ pub fn find_or_create_upload(pair: &ObjectPair, file: &Entry, preserve_tags: boo
 pub struct PartDone {
     pub crc: u32,
     pub bytes_resumed: u64,
+    /// (part number, MD5) of each part stored, where the store's tags are MD5s.
+    pub tags: Vec<(u32, String)>,
 }
 
 /// Whether a part already stored holds exactly these bytes: by its CRC32C when the store
@@ -521,7 +525,7 @@ pub fn run_part(ctx: &ExecContext, pair: &ObjectPair, file: &Entry, offset: u64,
         return Err(FerryError::new(ErrorKind::SourceChanged, format!("source changed while it was read: {} (size or mtime differs from the listing)", pair.src.describe(rel))));
     }
     let buf = &mut bufs.object;
-    let mut done = PartDone { crc: 0, bytes_resumed: 0 };
+    let mut done = PartDone { crc: 0, bytes_resumed: 0, tags: Vec::new() };
     let mut pos = offset;
     while pos < offset + len {
         ctx.fence()?;
@@ -535,12 +539,19 @@ pub fn run_part(ctx: &ExecContext, pair: &ObjectPair, file: &Entry, offset: u64,
             // The store must refuse a part whose bytes do not match their CRC32C.
             dst.put_part(rel, upload, number, pos, &bad, part_crc)?;
         }
-        match stored.get(&number) {
-            Some(p) if stored_part_matches(p, buf, part_crc) => done.bytes_resumed += n,
+        let tag = match stored.get(&number) {
+            Some(p) if stored_part_matches(p, buf, part_crc) => {
+                done.bytes_resumed += n;
+                Some(p.etag.clone()).filter(|t| etag::is_md5(t)).or_else(|| Some(etag::md5_hex(buf)))
+            }
             _ => {
                 let tag = dst.put_part(rel, upload, number, pos, buf, part_crc)?;
-                check_part_tag(dst, rel, number, tag, buf)?;
+                check_part_tag(dst, rel, number, tag.clone(), buf)?;
+                tag
             }
+        };
+        if let Some(t) = tag.filter(|t| etag::is_md5(t)) {
+            done.tags.push((number, t.to_ascii_lowercase()));
         }
         done.crc = if pos == offset { part_crc } else { ferry_common::crc::combine(done.crc, part_crc, n) };
         pos += n;
@@ -572,7 +583,15 @@ pub fn run_commit(ctx: &ExecContext, pair: &ObjectPair, file: &Entry, parts: &Pa
             let crc = parts.combined_crc();
             check_against_stored(pair.src.as_ref(), rel, &meta, crc)?;
             ctx.fence()?;
-            let tag = dst.complete_multipart(rel, &upload, &numbers, file.size, &meta, crc)?;
+            let tag = dst.complete_multipart(rel, &upload, &numbers, file.size, &meta, crc)?.or_else(|| {
+                // The store lists parts without their tags (s3s-fs): use the ones the part
+                // shards recorded, when every part's is there.
+                let mut recorded = parts.part_tags.clone();
+                recorded.sort();
+                recorded.dedup_by_key(|(n, _)| *n);
+                let complete = recorded.iter().map(|(n, _)| *n).eq(numbers.iter().copied());
+                complete.then(|| etag::multipart(&recorded.into_iter().map(|(_, t)| t).collect::<Vec<_>>())).flatten()
+            });
             if dst.is_object_store() {
                 for stale in dst.pending_multiparts(rel)? {
                     dst.abort_multipart(rel, &stale)?;
