@@ -1,0 +1,377 @@
+//! The agent-to-agent wire format: frames on a QUIC stream. docs/protocol.md is the
+//! specification; this file is its only encoder and decoder, and the two must agree.
+//!
+//! A stream starts with a preamble (`FRYL`, version, flags) from each side. Then frames:
+//!
+//! ```text
+//! +--------+-----------------+------------------+
+//! | type u8| length u32 (BE) | payload (length) |
+//! +--------+-----------------+------------------+
+//! ```
+//!
+//! The decoder checks the type and the length against that type's limit before it waits for
+//! the payload, so a hostile length never makes a receiver buffer more than the limit. It never
+//! panics: every malformed input is a [`ProtocolError`] with a wire error code.
+
+use serde::{Deserialize, Serialize};
+
+use ferry_common::paths;
+
+pub const MAGIC: &[u8; 4] = b"FRYL";
+pub const VERSION: u16 = 1;
+pub const PREAMBLE_LEN: usize = 8;
+/// type (1) + length (4).
+pub const FRAME_HEADER_LEN: usize = 5;
+
+/// Largest chunk of file data in one frame (raw, before compression).
+pub const MAX_CHUNK: usize = 4 << 20;
+/// Largest encoded file header.
+pub const MAX_HEADER: usize = 64 << 10;
+/// Longest relative path a header may carry.
+pub const MAX_PATH: usize = 4096;
+/// Longest error message.
+pub const MAX_MESSAGE: usize = 1024;
+
+const CHUNK_FIXED: usize = 8 + 4 + 1 + 4;
+
+/// Frame type bytes.
+pub mod kind {
+    pub const HEADER: u8 = 0x01;
+    pub const CHUNK: u8 = 0x02;
+    pub const END: u8 = 0x03;
+    pub const ACK: u8 = 0x04;
+    pub const ERROR: u8 = 0x05;
+}
+
+/// Error codes carried by ERROR frames, and what a receiver reports for bad input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+pub enum Code {
+    BadVersion = 1,
+    Malformed = 2,
+    TooLarge = 3,
+    UnsafePath = 4,
+    CrcMismatch = 5,
+    Io = 6,
+    UnknownType = 7,
+    OutOfOrder = 8,
+}
+
+impl Code {
+    pub fn from_u16(v: u16) -> Option<Code> {
+        Some(match v {
+            1 => Code::BadVersion,
+            2 => Code::Malformed,
+            3 => Code::TooLarge,
+            4 => Code::UnsafePath,
+            5 => Code::CrcMismatch,
+            6 => Code::Io,
+            7 => Code::UnknownType,
+            8 => Code::OutOfOrder,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {detail}")]
+pub struct ProtocolError {
+    pub code: Code,
+    pub detail: String,
+}
+
+fn err(code: Code, detail: impl Into<String>) -> ProtocolError {
+    ProtocolError { code, detail: detail.into() }
+}
+
+/// What the reader tells the writer about a file before its bytes (msgpack map).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileHeader {
+    /// Names the file on this stream in CHUNK, END and ACK frames.
+    pub id: u64,
+    /// Relative to the destination root; checked with [`paths::is_safe_relative`].
+    #[serde(with = "serde_bytes")]
+    pub path: Vec<u8>,
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_sec: i64,
+    pub mtime_nsec: u32,
+    pub atime_sec: i64,
+    pub atime_nsec: u32,
+}
+
+/// ACK status values.
+pub mod status {
+    /// Durable, and the CRC matched, up to `offset`.
+    pub const OK: u8 = 0;
+    /// The answer to a HEADER: resume sending at `offset` (0 = from the start).
+    pub const RESUME_AT: u8 = 1;
+    /// A chunk failed its CRC: resend from `offset`.
+    pub const RESEND_FROM: u8 = 2;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    Header(FileHeader),
+    /// `crc32c` covers the raw bytes; `compressed` data is zstd and inflates to `raw_len`.
+    Chunk { id: u64, offset: u64, crc32c: u32, compressed: bool, raw_len: u32, data: Vec<u8> },
+    End { id: u64, size: u64, crc32c: u32 },
+    Ack { id: u64, offset: u64, status: u8 },
+    Error { code: u16, message: String },
+}
+
+pub fn encode_preamble() -> [u8; PREAMBLE_LEN] {
+    let mut p = [0u8; PREAMBLE_LEN];
+    p[..4].copy_from_slice(MAGIC);
+    p[4..6].copy_from_slice(&VERSION.to_be_bytes());
+    p
+}
+
+/// Checks a peer's preamble; returns its version.
+pub fn decode_preamble(p: &[u8; PREAMBLE_LEN]) -> Result<u16, ProtocolError> {
+    if &p[..4] != MAGIC {
+        return Err(err(Code::Malformed, "not a ferry link stream (bad magic)"));
+    }
+    let v = u16::from_be_bytes([p[4], p[5]]);
+    if v != VERSION {
+        return Err(err(Code::BadVersion, format!("peer speaks link protocol version {v}, this agent speaks {VERSION} (upgrade the older agent)")));
+    }
+    Ok(v)
+}
+
+/// Appends the encoding of `frame` to `out`.
+pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
+    let start = out.len();
+    let ty = match frame {
+        Frame::Header(_) => kind::HEADER,
+        Frame::Chunk { .. } => kind::CHUNK,
+        Frame::End { .. } => kind::END,
+        Frame::Ack { .. } => kind::ACK,
+        Frame::Error { .. } => kind::ERROR,
+    };
+    out.push(ty);
+    out.extend_from_slice(&[0; 4]);
+    match frame {
+        Frame::Header(h) => {
+            check_header(h)?;
+            rmp_serde::encode::write_named(out, h).map_err(|e| err(Code::Malformed, e.to_string()))?;
+        }
+        Frame::Chunk { id, offset, crc32c, compressed, raw_len, data } => {
+            if data.len() > MAX_CHUNK || *raw_len as usize > MAX_CHUNK {
+                return Err(err(Code::TooLarge, format!("chunk of {} bytes (limit {MAX_CHUNK})", data.len().max(*raw_len as usize))));
+            }
+            out.extend_from_slice(&id.to_be_bytes());
+            out.extend_from_slice(&offset.to_be_bytes());
+            out.extend_from_slice(&crc32c.to_be_bytes());
+            out.push(u8::from(*compressed));
+            out.extend_from_slice(&raw_len.to_be_bytes());
+            out.extend_from_slice(data);
+        }
+        Frame::End { id, size, crc32c } => {
+            out.extend_from_slice(&id.to_be_bytes());
+            out.extend_from_slice(&size.to_be_bytes());
+            out.extend_from_slice(&crc32c.to_be_bytes());
+        }
+        Frame::Ack { id, offset, status } => {
+            out.extend_from_slice(&id.to_be_bytes());
+            out.extend_from_slice(&offset.to_be_bytes());
+            out.push(*status);
+        }
+        Frame::Error { code, message } => {
+            let mut m = message.as_bytes();
+            if m.len() > MAX_MESSAGE {
+                let mut end = MAX_MESSAGE;
+                while !message.is_char_boundary(end) {
+                    end -= 1;
+                }
+                m = &m[..end];
+            }
+            out.extend_from_slice(&code.to_be_bytes());
+            out.extend_from_slice(m);
+        }
+    }
+    let len = (out.len() - start - FRAME_HEADER_LEN) as u32;
+    out[start + 1..start + FRAME_HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
+/// Most payload bytes a frame of type `ty` may carry.
+fn limit(ty: u8) -> Result<usize, ProtocolError> {
+    Ok(match ty {
+        kind::HEADER => MAX_HEADER,
+        // The chunk's id comes first: 8 more bytes than the fixed fields below.
+        kind::CHUNK => 8 + CHUNK_FIXED + MAX_CHUNK,
+        kind::END => 20,
+        kind::ACK => 17,
+        kind::ERROR => 2 + MAX_MESSAGE,
+        other => return Err(err(Code::UnknownType, format!("unknown frame type {other:#04x}"))),
+    })
+}
+
+fn check_header(h: &FileHeader) -> Result<(), ProtocolError> {
+    if h.path.is_empty() || h.path.len() > MAX_PATH || !paths::is_safe_relative(&h.path) {
+        return Err(err(Code::UnsafePath, format!("path {:?} is not a safe relative path of at most {MAX_PATH} bytes", paths::display(&h.path))));
+    }
+    if h.mtime_nsec >= 1_000_000_000 || h.atime_nsec >= 1_000_000_000 {
+        return Err(err(Code::Malformed, "nanoseconds out of range"));
+    }
+    Ok(())
+}
+
+fn be_u64(b: &[u8]) -> u64 {
+    u64::from_be_bytes(b[..8].try_into().expect("8 bytes"))
+}
+
+fn be_u32(b: &[u8]) -> u32 {
+    u32::from_be_bytes(b[..4].try_into().expect("4 bytes"))
+}
+
+/// Decodes one frame from the front of `buf`. `Ok(None)`: more bytes are needed (and will
+/// fit the limits); `Ok(Some((frame, used)))`: a frame and how many bytes it took.
+pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, ProtocolError> {
+    if buf.len() < FRAME_HEADER_LEN {
+        return Ok(None);
+    }
+    let ty = buf[0];
+    let len = be_u32(&buf[1..5]) as usize;
+    let max = limit(ty)?;
+    if len > max {
+        return Err(err(Code::TooLarge, format!("frame type {ty:#04x} of {len} bytes (limit {max})")));
+    }
+    let Some(p) = buf.get(FRAME_HEADER_LEN..FRAME_HEADER_LEN + len) else { return Ok(None) };
+    let exact = |n: usize| if len == n { Ok(()) } else { Err(err(Code::Malformed, format!("frame type {ty:#04x} must be {n} bytes, got {len}"))) };
+    let frame = match ty {
+        kind::HEADER => {
+            let h: FileHeader = rmp_serde::from_slice(p).map_err(|e| err(Code::Malformed, format!("file header: {e}")))?;
+            check_header(&h)?;
+            Frame::Header(h)
+        }
+        kind::CHUNK => {
+            if len < 8 + CHUNK_FIXED {
+                return Err(err(Code::Malformed, "chunk frame shorter than its fixed fields"));
+            }
+            let compressed = match p[20] {
+                0 => false,
+                1 => true,
+                f => return Err(err(Code::Malformed, format!("unknown chunk flags {f:#04x}"))),
+            };
+            let raw_len = be_u32(&p[21..25]);
+            let data = p[25..].to_vec();
+            if raw_len as usize > MAX_CHUNK || (!compressed && raw_len as usize != data.len()) {
+                return Err(err(Code::Malformed, format!("chunk raw length {raw_len} does not fit its {} data bytes", data.len())));
+            }
+            Frame::Chunk { id: be_u64(&p[0..8]), offset: be_u64(&p[8..16]), crc32c: be_u32(&p[16..20]), compressed, raw_len, data }
+        }
+        kind::END => {
+            exact(20)?;
+            Frame::End { id: be_u64(&p[0..8]), size: be_u64(&p[8..16]), crc32c: be_u32(&p[16..20]) }
+        }
+        kind::ACK => {
+            exact(17)?;
+            Frame::Ack { id: be_u64(&p[0..8]), offset: be_u64(&p[8..16]), status: p[16] }
+        }
+        kind::ERROR => {
+            if len < 2 {
+                return Err(err(Code::Malformed, "error frame without a code"));
+            }
+            let message = String::from_utf8_lossy(&p[2..]).into_owned();
+            Frame::Error { code: u16::from_be_bytes([p[0], p[1]]), message }
+        }
+        _ => unreachable!("limit() refused unknown types"),
+    };
+    Ok(Some((frame, FRAME_HEADER_LEN + len)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn header(path: &[u8]) -> FileHeader {
+        FileHeader { id: 7, path: path.to_vec(), size: 10, mode: 0o100644, uid: 1, gid: 2, mtime_sec: -3, mtime_nsec: 4, atime_sec: 5, atime_nsec: 6 }
+    }
+
+    fn round_trip(f: &Frame) {
+        let mut buf = Vec::new();
+        encode(f, &mut buf).unwrap();
+        let (back, used) = decode(&buf).unwrap().expect("a whole frame");
+        assert_eq!((&back, used), (f, buf.len()));
+        for cut in 0..buf.len() {
+            assert_eq!(decode(&buf[..cut]).unwrap(), None, "a truncated frame asks for more bytes");
+        }
+    }
+
+    #[test]
+    fn every_frame_type_round_trips() {
+        round_trip(&Frame::Header(header(b"a/b/c\xff")));
+        round_trip(&Frame::Chunk { id: 1, offset: 1 << 40, crc32c: 0xdead_beef, compressed: false, raw_len: 3, data: b"abc".to_vec() });
+        round_trip(&Frame::Chunk { id: 1, offset: 0, crc32c: 1, compressed: true, raw_len: 4096, data: vec![9; 20] });
+        round_trip(&Frame::End { id: 2, size: 99, crc32c: 5 });
+        round_trip(&Frame::Ack { id: 2, offset: 64, status: status::RESUME_AT });
+        round_trip(&Frame::Error { code: Code::CrcMismatch as u16, message: "chunk at 0 failed its CRC32C".into() });
+    }
+
+    #[test]
+    fn hostile_paths_are_refused_both_ways() {
+        for bad in [&b"../x"[..], b"/etc/passwd", b"a/../../b", b"a//b", b"", b"a/./b", b"nul\0byte"] {
+            let mut buf = Vec::new();
+            assert_eq!(encode(&Frame::Header(header(bad)), &mut buf).unwrap_err().code, Code::UnsafePath, "{bad:?}");
+            // A peer that skips the check on its side is refused on ours.
+            let mut raw = vec![kind::HEADER, 0, 0, 0, 0];
+            rmp_serde::encode::write_named(&mut raw, &header(bad)).unwrap();
+            let len = (raw.len() - FRAME_HEADER_LEN) as u32;
+            raw[1..5].copy_from_slice(&len.to_be_bytes());
+            assert_eq!(decode(&raw).unwrap_err().code, Code::UnsafePath, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn oversized_and_unknown_frames_are_refused_before_their_payload_arrives() {
+        let mut huge = vec![kind::CHUNK];
+        huge.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(decode(&huge).unwrap_err().code, Code::TooLarge);
+        assert_eq!(decode(&[0x7f, 0, 0, 0, 0]).unwrap_err().code, Code::UnknownType);
+        assert_eq!(decode(&[kind::ACK, 0, 0, 0, 3, 1, 2, 3]).unwrap_err().code, Code::Malformed);
+        let p = encode_preamble();
+        assert_eq!(decode_preamble(&p), Ok(VERSION));
+        let mut old = p;
+        old[5] = 9;
+        assert_eq!(decode_preamble(&old).unwrap_err().code, Code::BadVersion);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// Any bytes at all: an error, a request for more, or a frame that fits the input.
+        #[test]
+        fn the_decoder_never_panics_or_overreads(bytes in proptest::collection::vec(any::<u8>(), 0..512), ty in 0u8..8) {
+            let mut input = bytes;
+            if !input.is_empty() {
+                input[0] = ty;
+            }
+            if let Ok(Some((_, used))) = decode(&input) {
+                prop_assert!(used <= input.len());
+            }
+        }
+
+        #[test]
+        fn chunks_round_trip(id: u64, offset: u64, crc: u32, data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let f = Frame::Chunk { id, offset, crc32c: crc, compressed: false, raw_len: data.len() as u32, data };
+            let mut buf = Vec::new();
+            encode(&f, &mut buf).unwrap();
+            prop_assert_eq!(decode(&buf).unwrap(), Some((f, buf.len())));
+        }
+
+        #[test]
+        fn headers_round_trip(path in "[a-z]{1,8}(/[a-z0-9._-]{1,8}){0,5}", size: u64, mode: u32, sec: i64, nsec in 0u32..1_000_000_000) {
+            prop_assume!(paths::is_safe_relative(path.as_bytes()));
+            let h = FileHeader { id: 1, path: path.into_bytes(), size, mode, uid: 0, gid: 0, mtime_sec: sec, mtime_nsec: nsec, atime_sec: sec, atime_nsec: nsec };
+            let f = Frame::Header(h);
+            let mut buf = Vec::new();
+            encode(&f, &mut buf).unwrap();
+            prop_assert_eq!(decode(&buf).unwrap(), Some((f, buf.len())));
+        }
+    }
+}
