@@ -135,7 +135,8 @@ struct BenchArgs {
     /// to measure [default: target/ferry-load].
     #[arg(long)]
     data: Option<PathBuf>,
-    /// CI-sized dataset: local-small 500 files in 10 dirs, local-large 4 x 8 MiB.
+    /// CI-sized dataset: local-small 500 files in 10 dirs, local-large 4 x 8 MiB, s3-small 200
+    /// files, s3-large 2 x 40 MiB.
     #[arg(long)]
     tiny: bool,
     /// Dataset seed.
