@@ -26,7 +26,7 @@ use super::scan::ListedPage;
 use super::transfer::{Buffers, Retries};
 use super::Outcome;
 use crate::storage::s3::etag;
-use crate::storage::{Content, Location, Meta, StoredPart};
+use crate::storage::{Content, Location, Meta, Staged, StoredPart};
 
 /// Most names of one destination directory held to compare a source page against; a larger
 /// directory is compared entry by entry instead.
@@ -298,13 +298,21 @@ pub fn run_transfer(ctx: &ExecContext, pair: &ObjectPair, entries: Vec<Entry>, a
         return out;
     }
     let mut retries = Retries::new(ctx, attempt);
+    // Written but not yet in place: committed together, so a file system flushes once per
+    // shard rather than once per file.
+    let mut staged: Vec<Staged> = Vec::new();
+    let mut written: Vec<(Entry, Written)> = Vec::new();
     for entry in entries {
         if ctx.fence().is_err() {
             out.abandoned = true;
             return out;
         }
         match copy_entry(ctx, pair, &entry, bufs, &mut out) {
-            Ok(()) => {}
+            Ok(None) => {}
+            Ok(Some((s, w))) => {
+                staged.push(s);
+                written.push((entry, w));
+            }
             Err(err) if err.kind == ErrorKind::LeaseLost => {
                 out.abandoned = true;
                 return out;
@@ -315,14 +323,55 @@ pub fn run_transfer(ctx: &ExecContext, pair: &ObjectPair, entries: Vec<Entry>, a
             Err(err) => retries.fail(&mut out, entry, err),
         }
     }
+    if !staged.is_empty() {
+        if ctx.fence().is_err() {
+            out.abandoned = true;
+            return out;
+        }
+        let results = match pair.dst.as_deref() {
+            Some(d) => d.commit(staged),
+            None => Vec::new(),
+        };
+        for ((entry, w), result) in written.into_iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    if w.kind == EntryKind::File {
+                        let c = out.counters();
+                        c.bytes_written += w.size;
+                        if ctx.options().verify != VerifyMode::None {
+                            c.files_verified += 1;
+                            c.bytes_verified += w.size;
+                        }
+                    }
+                    out.record(entry.path, w.kind, EntryStatus::Transferred, w.size, w.crc, w.note);
+                }
+                Err(err) => retries.fail(&mut out, entry, err),
+            }
+        }
+    }
     retries.finish(&mut out);
     out
 }
 
-fn copy_entry(ctx: &ExecContext, pair: &ObjectPair, entry: &Entry, bufs: &mut Buffers, out: &mut Outcome) -> Result<(), FerryError> {
+/// An entry staged at the destination, with what its report line will say once committed.
+struct Written {
+    kind: EntryKind,
+    size: u64,
+    crc: Option<u32>,
+    note: Option<String>,
+}
+
+/// Copies one entry, up to staging it at the destination. `None`: nothing to write (it was
+/// found unchanged and recorded as skipped).
+fn copy_entry(ctx: &ExecContext, pair: &ObjectPair, entry: &Entry, bufs: &mut Buffers, out: &mut Outcome) -> Result<Option<(Staged, Written)>, FerryError> {
     let dst = dst(pair)?;
     let rel = &entry.path;
-    let mut src_meta = pair.src.stat(rel)?.ok_or_else(|| FerryError::new(ErrorKind::SourceChanged, format!("source changed while it was read: {} (it was removed)", pair.src.describe(rel))))?;
+    // A new small object is fetched with its metadata in one request; anything to compare
+    // first is only stat'ed, so an unchanged entry is never downloaded.
+    let fetch = pair.src.is_object_store() && !entry.check_dest && entry.size <= OBJECT_PART_MIN;
+    let found = if fetch { pair.src.fetch(rel, OBJECT_PART_MIN, &mut bufs.object)? } else { pair.src.stat(rel)? };
+    let fetched = fetch && found.as_ref().is_some_and(|m| m.kind() == EntryKind::File && m.size <= OBJECT_PART_MIN);
+    let mut src_meta = found.ok_or_else(|| FerryError::new(ErrorKind::SourceChanged, format!("source changed while it was read: {} (it was removed)", pair.src.describe(rel))))?;
     let kind = src_meta.kind();
     if ctx.spec.s3.preserve_tags && pair.src.is_object_store() && dst.is_object_store() {
         src_meta.tags = pair.src.tags(rel)?;
@@ -340,51 +389,44 @@ fn copy_entry(ctx: &ExecContext, pair: &ObjectPair, entry: &Entry, bufs: &mut Bu
             };
             if let Some(reason) = unchanged_reason(ctx, &src_meta, &dm, src_crc, dst_crc) {
                 out.record(rel.clone(), kind, EntryStatus::Skipped, src_meta.size, None, Some(reason.into()));
-                return Ok(());
+                return Ok(None);
             }
         }
     }
     ctx.fence()?;
-    match kind {
-        EntryKind::Symlink => {
-            let target = src_meta.link_target.clone().unwrap_or_default();
-            dst.put(rel, Content::Symlink(&target), &src_meta, Some(crc32c::crc32c(&target)))?;
-            out.record(rel.clone(), kind, EntryStatus::Transferred, 0, None, None);
-        }
-        _ => {
-            let size = src_meta.size;
-            let (crc, note) = if size <= OBJECT_PART_MIN {
-                pair.src.read(rel, 0, size, buf)?;
-                let crc = crc32c::crc32c(buf);
-                check_source_unchanged(pair, rel, &src_meta)?;
-                check_against_stored(pair.src.as_ref(), rel, &src_meta, crc)?;
-                if ctx.hooks.corrupt.as_deref() == Some(rel.as_slice()) && !buf.is_empty() {
-                    // Test hook: what arrives is not what was read. The store (or the read-back
-                    // below) must catch it.
-                    buf[0] ^= 0xff;
-                }
-                dst.put(rel, Content::File(buf), &src_meta, Some(crc))?;
-                if ctx.hooks.corrupt.as_deref() == Some(rel.as_slice()) && !buf.is_empty() {
-                    buf[0] ^= 0xff; // the source's bytes again, for the checks below
-                }
-                let data = std::mem::take(buf);
-                let note = verify_if_asked(ctx, dst, rel, size, crc, Expected::Bytes(&data), buf);
-                *buf = data;
-                (crc, note?)
-            } else {
-                let (crc, tag) = upload_whole_multipart(ctx, pair, rel, &src_meta, buf)?;
-                (crc, verify_if_asked(ctx, dst, rel, size, crc, Expected::Tag(tag), buf)?)
-            };
-            let c = out.counters();
-            c.bytes_written += size;
-            if ctx.options().verify != VerifyMode::None {
-                c.files_verified += 1;
-                c.bytes_verified += size;
-            }
-            out.record(rel.clone(), EntryKind::File, EntryStatus::Transferred, size, Some(crc), note);
-        }
+    if kind == EntryKind::Symlink {
+        let target = src_meta.link_target.clone().unwrap_or_default();
+        let staged = dst.stage(rel, Content::Symlink(&target), &src_meta, Some(crc32c::crc32c(&target)))?;
+        return Ok(Some((staged, Written { kind, size: 0, crc: None, note: None })));
     }
-    Ok(())
+    let size = src_meta.size;
+    if size > OBJECT_PART_MIN {
+        let (crc, tag) = upload_whole_multipart(ctx, pair, rel, &src_meta, buf)?;
+        let note = verify_if_asked(ctx, dst, rel, size, crc, Expected::Tag(tag), buf)?;
+        let done = Staged { rel: rel.clone(), temp: None, size, crc32c: Some(crc) };
+        return Ok(Some((done, Written { kind: EntryKind::File, size, crc: Some(crc), note })));
+    }
+    if !fetched {
+        pair.src.read(rel, 0, size, buf)?;
+    }
+    let crc = crc32c::crc32c(buf);
+    check_source_unchanged(pair, rel, &src_meta)?;
+    check_against_stored(pair.src.as_ref(), rel, &src_meta, crc)?;
+    let corrupt = ctx.hooks.corrupt.as_deref() == Some(rel.as_slice()) && !buf.is_empty();
+    if corrupt {
+        // Test hook: what arrives is not what was read. The store (or the checks below) must
+        // catch it.
+        buf[0] ^= 0xff;
+    }
+    let staged = dst.stage(rel, Content::File(buf), &src_meta, Some(crc));
+    if corrupt {
+        buf[0] ^= 0xff; // the source's bytes again, for the checks below
+    }
+    let staged = staged?;
+    let data = std::mem::take(buf);
+    let note = verify_if_asked(ctx, dst, rel, size, crc, Expected::Bytes(&data), buf);
+    *buf = data;
+    Ok(Some((staged, Written { kind: EntryKind::File, size, crc: Some(crc), note: note? })))
 }
 
 fn verify_if_asked(ctx: &ExecContext, dst: &dyn Location, rel: &[u8], size: u64, crc: u32, expected: Expected<'_>, buf: &mut Vec<u8>) -> Result<Option<String>, FerryError> {

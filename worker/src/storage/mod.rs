@@ -71,6 +71,16 @@ pub enum Content<'a> {
     Dir,
 }
 
+/// An entry written by [`Location::stage`] and not yet committed.
+#[derive(Debug)]
+pub struct Staged {
+    pub rel: Vec<u8>,
+    /// Where a file system wrote it; `None` when the entry is in place already.
+    pub temp: Option<Vec<u8>>,
+    pub size: u64,
+    pub crc32c: Option<u32>,
+}
+
 /// A part already stored in an unfinished large write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredPart {
@@ -117,11 +127,33 @@ pub trait Location: Send + Sync {
     fn stat_dir(&self, rel: &[u8]) -> Result<Option<Meta>, FerryError> {
         self.stat(rel)
     }
+    /// `stat` plus, for a file of at most `max` bytes, its whole content in `buf` (emptied
+    /// otherwise). An object store answers both with one request.
+    fn fetch(&self, rel: &[u8], max: u64, buf: &mut Vec<u8>) -> Result<Option<Meta>, FerryError> {
+        buf.clear();
+        let meta = self.stat(rel)?;
+        if let Some(m) = &meta {
+            if m.kind() == EntryKind::File && m.size <= max {
+                self.read(rel, 0, m.size, buf)?;
+            }
+        }
+        Ok(meta)
+    }
     /// Reads `[offset, offset + len)` of a file into `buf` (replacing its contents).
     fn read(&self, rel: &[u8], offset: u64, len: u64, buf: &mut Vec<u8>) -> Result<(), FerryError>;
-    /// Writes a whole entry with its metadata. `crc32c` is the content's CRC, computed at the
-    /// source: a store that checks it on arrival refuses a mismatch.
-    fn put(&self, rel: &[u8], content: Content<'_>, meta: &Meta, crc32c: Option<u32>) -> Result<(), FerryError>;
+    /// Writes a whole entry with its metadata so that [`Location::commit`] can put it in
+    /// place. `crc32c` is the content's CRC, computed at the source: a store that checks it
+    /// refuses a mismatch. A store whose writes are atomic and durable by themselves (S3)
+    /// writes the entry in place at once; a file system writes a temporary name, so that many
+    /// entries can be made durable by one flush instead of one per file.
+    fn stage(&self, rel: &[u8], content: Content<'_>, meta: &Meta, crc32c: Option<u32>) -> Result<Staged, FerryError>;
+    /// Makes staged entries durable and visible; one result per entry, in order.
+    fn commit(&self, staged: Vec<Staged>) -> Vec<Result<(), FerryError>>;
+    /// Writes one whole entry: `stage`, then `commit`.
+    fn put(&self, rel: &[u8], content: Content<'_>, meta: &Meta, crc32c: Option<u32>) -> Result<(), FerryError> {
+        let staged = self.stage(rel, content, meta, crc32c)?;
+        self.commit(vec![staged]).pop().unwrap_or(Ok(()))
+    }
     /// Starts a multipart write of `size` bytes and returns its id.
     fn create_multipart(&self, rel: &[u8], size: u64, meta: &Meta) -> Result<String, FerryError>;
     /// Ids of unfinished multipart writes to `rel`, oldest first.

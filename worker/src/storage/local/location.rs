@@ -10,7 +10,7 @@ use ferry_common::paths;
 
 use super::{kind_of, remove_tree_at, sys, LocalTree};
 use crate::exec::context::TEMP_PREFIX;
-use crate::storage::{Content, Listed, Location, Meta, Page, StoredPart};
+use crate::storage::{Content, Listed, Location, Meta, Page, Staged, StoredPart};
 
 /// A local tree as a [`Location`]. Temporary names carry the execution id, so the next run can
 /// tell debris of other runs from its own work in progress.
@@ -197,13 +197,15 @@ impl Location for LocalLocation {
         Ok(())
     }
 
-    fn put(&self, rel: &[u8], content: Content<'_>, meta: &Meta, crc32c: Option<u32>) -> Result<(), FerryError> {
+    fn stage(&self, rel: &[u8], content: Content<'_>, meta: &Meta, crc32c: Option<u32>) -> Result<Staged, FerryError> {
         let (_, name) = paths::split(rel);
         let dir = self.parent_dir(rel, true)?.expect("created above");
         let dfd = dir.as_raw_fd();
         if let Content::Dir = content {
+            let done = Staged { rel: rel.to_vec(), temp: None, size: 0, crc32c: None };
             if rel.is_empty() {
-                return self.apply_meta_fd(self.tree.root_fd(), meta, 0o755).map_err(|e| self.err("set metadata on", rel, &e));
+                self.apply_meta_fd(self.tree.root_fd(), meta, 0o755).map_err(|e| self.err("set metadata on", rel, &e))?;
+                return Ok(done);
             }
             // A directory is made in place: its contents go in before and after it, so there is
             // nothing to swap atomically; only something else in its way is removed.
@@ -216,9 +218,12 @@ impl Location for LocalLocation {
                 None => sys::mkdir_at(dfd, name, 0o700).map_err(|e| self.err("create directory", rel, &e))?,
             }
             let fd = sys::open_dir_at(dfd, name).map_err(|e| self.err("open directory", rel, &e))?;
-            return self.apply_meta_fd(fd.as_raw_fd(), meta, 0o755).map_err(|e| self.err("set metadata on", rel, &e));
+            self.apply_meta_fd(fd.as_raw_fd(), meta, 0o755).map_err(|e| self.err("set metadata on", rel, &e))?;
+            return Ok(done);
         }
         let temp = self.temp_name(&format!("{:016x}", rand::random::<u64>()));
+        let content_kind = if matches!(content, Content::Symlink(_)) { EntryKind::Symlink } else { EntryKind::File };
+        let mut size = 0;
         let result = (|| {
             match content {
                 Content::Symlink(target) => {
@@ -226,24 +231,76 @@ impl Location for LocalLocation {
                     if let (true, Some(uid), Some(gid)) = (self.is_root, meta.uid, meta.gid) {
                         sys::lchown_at(dfd, &temp, uid, gid).map_err(|e| self.err("chown", rel, &e))?;
                     }
-                    sys::utimens_at_nofollow(dfd, &temp, meta.atime.unwrap_or(meta.mtime), meta.mtime).map_err(|e| self.err("set times on", rel, &e))?;
+                    sys::utimens_at_nofollow(dfd, &temp, meta.atime.unwrap_or(meta.mtime), meta.mtime).map_err(|e| self.err("set times on", rel, &e))
                 }
                 Content::File(data) => {
+                    size = data.len() as u64;
                     let fd = sys::open_at(dfd, &temp, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o600)
                         .map_err(|e| self.err("create", rel, &e))?;
                     sys::pwrite_all(fd.as_raw_fd(), data, 0).map_err(|e| self.err("write", rel, &e))?;
-                    self.apply_meta_fd(fd.as_raw_fd(), meta, 0o644).map_err(|e| self.err("set metadata on", rel, &e))?;
-                    self.flush_and_check(fd.as_raw_fd(), rel, data.len() as u64, crc32c)?;
+                    self.apply_meta_fd(fd.as_raw_fd(), meta, 0o644).map_err(|e| self.err("set metadata on", rel, &e))
                 }
                 Content::Dir => unreachable!("handled above"),
             }
-            self.rename_into_place(dfd, &temp, name, rel)?;
-            sys::fdatasync(dfd).map_err(|e| self.err("flush directory of", rel, &e))
         })();
-        if result.is_err() {
-            let _ = sys::unlink_at(dfd, &temp, false);
+        // A symlink has no content to read back; its target went in whole with symlink(2).
+        let crc32c = if matches!(content_kind, EntryKind::Symlink) { None } else { crc32c };
+        match result {
+            Ok(()) => Ok(Staged { rel: rel.to_vec(), temp: Some(temp), size, crc32c }),
+            Err(e) => {
+                let _ = sys::unlink_at(dfd, &temp, false);
+                Err(e)
+            }
         }
-        result
+    }
+
+    /// One flush makes every staged file durable; each is then checked against its CRC and
+    /// renamed into place, and a second flush makes the renames durable.
+    fn commit(&self, staged: Vec<Staged>) -> Vec<Result<(), FerryError>> {
+        if staged.iter().any(|s| s.temp.is_some()) {
+            if let Err(e) = sys::syncfs(self.tree.root_fd()) {
+                let err = self.err("flush", b"", &e);
+                return staged.iter().map(|_| Err(err.clone())).collect();
+            }
+        }
+        let mut results = Vec::with_capacity(staged.len());
+        let mut renamed = false;
+        for s in &staged {
+            let Some(temp) = &s.temp else {
+                results.push(Ok(()));
+                continue;
+            };
+            let (_, name) = paths::split(&s.rel);
+            let r = (|| {
+                let dir = self.parent_dir(&s.rel, false)?.ok_or_else(|| FerryError::new(ErrorKind::NotFound, format!("the directory of {} vanished", self.describe(&s.rel))))?;
+                let dfd = dir.as_raw_fd();
+                if let Some(want) = s.crc32c {
+                    // O_NOATIME: reading back must not undo the atime just set from the source.
+                    let fd = sys::open_read_noatime(dfd, temp).map_err(|e| self.err("read back", &s.rel, &e))?;
+                    let mut buf = vec![0u8; (s.size as usize).clamp(1, 1 << 20)];
+                    let got = crate::exec::transfer::crc_range(fd.as_raw_fd(), 0, s.size, &mut buf).map_err(|e| self.err("read back", &s.rel, &e))?;
+                    if got != want {
+                        let _ = sys::unlink_at(dfd, temp, false);
+                        return Err(FerryError::new(
+                            ErrorKind::Corrupt,
+                            format!("CRC32C mismatch after writing {}: source {want:08x}, destination {got:08x}", self.describe(&s.rel)),
+                        ));
+                    }
+                }
+                self.rename_into_place(dfd, temp, name, &s.rel).inspect_err(|_| {
+                    let _ = sys::unlink_at(dfd, temp, false);
+                })
+            })();
+            renamed |= r.is_ok();
+            results.push(r);
+        }
+        if renamed {
+            if let Err(e) = sys::syncfs(self.tree.root_fd()) {
+                let err = self.err("flush renames", b"", &e);
+                return results.into_iter().map(|r| r.and(Err(err.clone()))).collect();
+            }
+        }
+        results
     }
 
     fn create_multipart(&self, rel: &[u8], size: u64, _meta: &Meta) -> Result<String, FerryError> {

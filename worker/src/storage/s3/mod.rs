@@ -32,7 +32,7 @@ use ferry_common::error::{ErrorKind, FerryError};
 use ferry_common::model::{EntryKind, S3Settings, Timestamp};
 
 use self::error::classify;
-use crate::storage::{Content, Listed, Location, Meta, Page, StoredPart};
+use crate::storage::{Content, Listed, Location, Meta, Page, Staged, StoredPart};
 
 /// S3's limits on multipart uploads.
 pub const MAX_PARTS: u64 = 10_000;
@@ -129,6 +129,31 @@ fn parse_list_parts_fallback(body: &[u8]) -> Option<Vec<StoredPart>> {
         });
     }
     Some(parts)
+}
+
+/// An object's [`Meta`] from the headers HEAD and GET both return.
+fn object_meta(
+    key: &str,
+    content_length: Option<i64>,
+    user: Option<&HashMap<String, String>>,
+    last_modified: Option<&aws_sdk_s3::primitives::DateTime>,
+    checksum_type: Option<&ChecksumType>,
+    crc32c: Option<&str>,
+    etag: Option<&str>,
+) -> Meta {
+    let mut m = Meta { size: content_length.unwrap_or(0).max(0) as u64, ..Meta::default() };
+    meta::from_user_metadata(user, timestamp(last_modified), key.ends_with('/'), &mut m);
+    // A multipart object's CRC is only the whole content's when it is FULL_OBJECT; a
+    // composite checksum (a CRC of part CRCs) cannot be compared with the source's.
+    let whole = match checksum_type {
+        Some(ChecksumType::FullObject) => true,
+        Some(ChecksumType::Composite) => false,
+        _ => !etag.unwrap_or("").contains('-'),
+    };
+    m.crc32c = crc32c.filter(|_| whole).and_then(crc_from_base64);
+    m.multipart = etag.unwrap_or("").contains('-');
+    m.etag = etag.map(|t| t.trim_matches('"').to_string());
+    m
 }
 
 fn timestamp(dt: Option<&aws_sdk_s3::primitives::DateTime>) -> Timestamp {
@@ -248,26 +273,21 @@ impl S3Location {
 
     fn head_key(&self, key: &str) -> Result<Option<Meta>, FerryError> {
         let r = self.block(self.client.head_object().bucket(&self.url.bucket).key(key).checksum_mode(ChecksumMode::Enabled).send());
-        let out = match r {
-            Ok(out) => out,
+        match r {
+            Ok(out) => Ok(Some(object_meta(
+                key,
+                out.content_length(),
+                out.metadata(),
+                out.last_modified(),
+                out.checksum_type(),
+                out.checksum_crc32_c(),
+                out.e_tag(),
+            ))),
             Err(e) => {
                 let err = classify("stat", &self.target(key), &e);
-                return if err.kind == ErrorKind::NotFound { Ok(None) } else { Err(err) };
+                if err.kind == ErrorKind::NotFound { Ok(None) } else { Err(err) }
             }
-        };
-        let mut m = Meta { size: out.content_length().unwrap_or(0).max(0) as u64, ..Meta::default() };
-        meta::from_user_metadata(out.metadata(), timestamp(out.last_modified()), key.ends_with('/'), &mut m);
-        // A multipart object's CRC is only the whole content's when it is FULL_OBJECT; a
-        // composite checksum (a CRC of part CRCs) cannot be compared with the source's.
-        let whole = match out.checksum_type() {
-            Some(ChecksumType::FullObject) => true,
-            Some(ChecksumType::Composite) => false,
-            _ => !out.e_tag().unwrap_or("").contains('-'),
-        };
-        m.crc32c = out.checksum_crc32_c().filter(|_| whole).and_then(crc_from_base64);
-        m.multipart = out.e_tag().unwrap_or("").contains('-');
-        m.etag = out.e_tag().map(|t| t.trim_matches('"').to_string());
-        Ok(Some(m))
+        }
     }
 
     /// Object tags of `rel` as a URL-encoded query string (ObjectTags PRESERVE).
@@ -448,6 +468,41 @@ impl Location for S3Location {
         Ok((out.key_count().unwrap_or(0) > 0).then(|| Meta { kind: Some(EntryKind::Dir), ..Meta::default() }))
     }
 
+    /// One GET: the headers carry the metadata, and the body is read only when it is small
+    /// enough (otherwise the connection drops it unread).
+    fn fetch(&self, rel: &[u8], max: u64, buf: &mut Vec<u8>) -> Result<Option<Meta>, FerryError> {
+        buf.clear();
+        let key = self.key(rel)?;
+        if key.is_empty() || key.ends_with('/') {
+            return self.stat(rel);
+        }
+        let target = self.target(&key);
+        self.block(async {
+            let out = match self.client.get_object().bucket(&self.url.bucket).key(&key).checksum_mode(ChecksumMode::Enabled).send().await {
+                Ok(out) => out,
+                Err(e) => {
+                    let err = classify("read", &target, &e);
+                    return if err.kind == ErrorKind::NotFound { Ok(None) } else { Err(err) };
+                }
+            };
+            let mut m = object_meta(&key, out.content_length(), out.metadata(), out.last_modified(), out.checksum_type(), out.checksum_crc32_c(), out.e_tag());
+            let small = m.size <= max || m.kind() == EntryKind::Symlink;
+            if small {
+                let mut body = out.body;
+                while let Some(chunk) = body.try_next().await.map_err(|e| FerryError::new(ErrorKind::Unavailable, format!("cannot read {target}: {e}")))? {
+                    buf.extend_from_slice(&chunk);
+                }
+                if buf.len() as u64 != m.size {
+                    return Err(FerryError::new(ErrorKind::SourceChanged, format!("source changed while it was read: {target} (got {} of {} bytes)", buf.len(), m.size)));
+                }
+                if m.kind() == EntryKind::Symlink {
+                    m.link_target = Some(std::mem::take(buf));
+                }
+            }
+            Ok(Some(m))
+        })
+    }
+
     fn read(&self, rel: &[u8], offset: u64, len: u64, buf: &mut Vec<u8>) -> Result<(), FerryError> {
         buf.clear();
         if len == 0 {
@@ -470,8 +525,18 @@ impl Location for S3Location {
         Ok(())
     }
 
-    fn put(&self, rel: &[u8], content: Content<'_>, meta: &Meta, crc32c: Option<u32>) -> Result<(), FerryError> {
-        self.put_object(rel, content, meta, crc32c)
+    /// A PUT is atomic and durable when it returns: the entry is in place at once.
+    fn stage(&self, rel: &[u8], content: Content<'_>, meta: &Meta, crc32c: Option<u32>) -> Result<Staged, FerryError> {
+        let size = match &content {
+            Content::File(d) | Content::Symlink(d) => d.len() as u64,
+            Content::Dir => 0,
+        };
+        self.put_object(rel, content, meta, crc32c)?;
+        Ok(Staged { rel: rel.to_vec(), temp: None, size, crc32c })
+    }
+
+    fn commit(&self, staged: Vec<Staged>) -> Vec<Result<(), FerryError>> {
+        staged.iter().map(|_| Ok(())).collect()
     }
 
     fn create_multipart(&self, rel: &[u8], _size: u64, m: &Meta) -> Result<String, FerryError> {
