@@ -84,7 +84,7 @@ impl Scenario {
     /// Tools run in this scenario, in run order.
     pub fn tools(self) -> &'static [&'static str] {
         match self {
-            Scenario::LocalSmall => &["ferry", "cp", "rsync", "rclone", "fpsync", "tar-pipe"],
+            Scenario::LocalSmall => &["ferry", "cp", "rsync", "rsync-daemon", "rclone", "fpsync", "tar-pipe"],
             // Without verification ferry does what cp does; with it, it reads
             // everything back. Both matter for large files.
             Scenario::LocalLarge => &[
@@ -348,8 +348,35 @@ fn tool_defs(
             env: vec![],
             env_remove: &[],
         },
+        ToolDef {
+            name: "rsync-daemon",
+            // rsync over its own daemon protocol on loopback TCP, as between two hosts without
+            // ssh. The daemon is started and stopped inside the timed command (a few ms), on a
+            // port of its own, writing as root so owners are kept like the other peers.
+            program: installed("rsync").and_then(|_| installed("sh")),
+            args: vec![os("-c"), os(RSYNC_DAEMON_SCRIPT), os("rsync-daemon"), src.into(), dst.into()],
+            version_args: &["-c", "rsync --version"],
+            env: vec![],
+            env_remove: &[],
+        },
     ]
 }
+
+/// `sh -c` script for the rsync-daemon peer: `$1` is the source, `$2` the destination.
+const RSYNC_DAEMON_SCRIPT: &str = r#"set -e
+work=$(mktemp -d)
+trap 'kill "$(cat "$work/pid" 2>/dev/null)" 2>/dev/null || true; rm -rf "$work"' EXIT
+mkdir -p "$2"
+port=$(( 20000 + $$ % 30000 ))
+printf 'uid = root\ngid = root\nuse chroot = no\nmunge symlinks = no\npid file = %s/pid\n[dst]\npath = %s\nread only = no\n' "$work" "$2" > "$work/conf"
+rsync --daemon --config="$work/conf" --address=127.0.0.1 --port="$port"
+i=0
+until rsync "rsync://127.0.0.1:$port/" >/dev/null 2>&1; do
+  i=$((i + 1)); [ "$i" -lt 200 ] || { echo "rsync daemon did not start on port $port" >&2; exit 1; }
+  sleep 0.02
+done
+rsync -a "$1/" "rsync://127.0.0.1:$port/dst/"
+"#;
 
 /// The S3 scenarios' command lines: local `src` to `s3://bench/@PREFIX@` on
 /// the s3s-fs at `endpoint`, same concurrency for both (8 parallel uploads).
