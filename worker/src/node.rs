@@ -326,18 +326,18 @@ async fn run_object_part(shared: &MoverShared, file: Entry, offset: u64, len: u6
         Some(id) => id,
         None => {
             let (c, f) = (ctx.clone(), file.clone());
-            let (id, created) = blocking(chunk, bufs, move |_| object::find_or_create_upload(c.object.as_ref().expect("object execution"), &f, c.spec.s3.preserve_tags)).await??;
+            let (id, created) = blocking(chunk, bufs, move |_| object::find_or_create_upload(c.object(), &f, c.spec.s3.preserve_tags)).await??;
             let winner = with_store_retry("record upload", || shared.queue.record_upload(&group, &file.path, &id)).await.map_err(store_err)?;
             if winner != id && created {
                 // Another part created the upload first: this one is not needed.
                 let (c, f) = (ctx.clone(), file.clone());
-                let _ = blocking(chunk, bufs, move |_| c.object.as_ref().expect("object execution").dst.as_ref().map(|d| d.abort_multipart(&f.path, &id))).await;
+                let _ = blocking(chunk, bufs, move |_| c.object().dst.as_ref().map(|d| d.abort_multipart(&f.path, &id))).await;
             }
             winner
         }
     };
     let c = ctx.clone();
-    blocking(chunk, bufs, move |b| object::run_part(&c, c.object.as_ref().expect("object execution"), &file, offset, len, &upload, b)).await?
+    blocking(chunk, bufs, move |b| object::run_part(&c, c.object(), &file, offset, len, &upload, b)).await?
 }
 
 /// A shard this worker may no longer own: no completion, no cleanup at the destination (a
@@ -429,26 +429,26 @@ async fn execute_object(shared: &MoverShared, shard: &Shard, bufs: &mut Option<B
     let c = ctx.clone();
     let outcome = match shard.body.clone() {
         ShardBody::Scan { dirs } => {
-            let page = blocking(chunk, bufs, move |_| object::list_page(&c, c.object.as_ref().expect("object execution"), &dirs)).await??;
+            let page = blocking(chunk, bufs, move |_| object::list_page(&c, c.object(), &dirs)).await??;
             page.into_bodies(&ctx, &shard.id, Vec::new())
         }
         ShardBody::Transfer { entries } => {
-            blocking(chunk, bufs, move |b| object::run_transfer(&c, c.object.as_ref().expect("object execution"), entries, attempt, b)).await?
+            blocking(chunk, bufs, move |b| object::run_transfer(&c, c.object(), entries, attempt, b)).await?
         }
         ShardBody::Commit { file, group, .. } => {
             let set = with_store_retry("read part set", || shared.queue.part_set(&group)).await.map_err(store_err)?;
             let out = blocking(chunk, bufs, move |b| {
                 let failure = set.failed.first().map(|(_, r)| r.clone());
-                object::run_commit(&c, c.object.as_ref().expect("object execution"), &file, &set, failure.as_deref(), b)
+                object::run_commit(&c, c.object(), &file, &set, failure.as_deref(), b)
             })
             .await?;
             return Ok((out, vec![TxnOp::delete(shared.queue.keys().parts(&group))]));
         }
-        ShardBody::Prune { dir } => blocking(chunk, bufs, move |_| object::run_prune(&c, c.object.as_ref().expect("object execution"), &dir)).await??,
+        ShardBody::Prune { dir } => blocking(chunk, bufs, move |_| object::run_prune(&c, c.object(), &dir)).await??,
         // Object stores hold no hard links: the scan never plans link shards for them.
         ShardBody::Links { .. } => Outcome::default(),
-        ShardBody::DirMeta { dirs } => blocking(chunk, bufs, move |_| object::run_dirmeta(&c, c.object.as_ref().expect("object execution"), dirs)).await?,
-        ShardBody::Verify { dirs } => blocking(chunk, bufs, move |b| object::run_verify(&c, c.object.as_ref().expect("object execution"), &dirs, b)).await??,
+        ShardBody::DirMeta { dirs } => blocking(chunk, bufs, move |_| object::run_dirmeta(&c, c.object(), dirs)).await?,
+        ShardBody::Verify { dirs } => blocking(chunk, bufs, move |b| object::run_verify(&c, c.object(), &dirs, b)).await??,
         ShardBody::Part { .. } => unreachable!("parts complete through complete_part"),
     };
     Ok((outcome, Vec::new()))

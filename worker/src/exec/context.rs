@@ -118,6 +118,12 @@ impl ExecContext {
         self.src.as_ref().expect("local shard functions run only for local-to-local executions")
     }
 
+    /// Both sides of an execution with an object store. Only `exec::object` callers use it,
+    /// and the node sends them only the shards of such executions.
+    pub fn object(&self) -> &ObjectPair {
+        self.object.as_ref().expect("object shard functions run only for executions with an object store")
+    }
+
     pub fn options(&self) -> &Options {
         &self.spec.options
     }
