@@ -134,6 +134,27 @@ impl Matcher {
             && (parent_included || self.include.is_empty() || self.include.iter().any(|p| matches_self_or_ancestor(p, &path)))
     }
 
+    /// A listed directory: `None` when it is skipped, else the `included` flag its scan
+    /// carries (whether everything below it is included).
+    pub fn scan_dir(&self, rel: &[u8], parent_included: bool) -> Option<bool> {
+        match self.dir_decision(rel, parent_included) {
+            DirDecision::Skip => None,
+            DirDecision::Traverse => Some(false),
+            DirDecision::Include => Some(true),
+        }
+    }
+
+    /// Whether an entry found only at the destination is within the filters' reach, so sync
+    /// may delete it and verify reports it: a file when selected, a directory only when it is
+    /// included whole.
+    pub fn covers(&self, rel: &[u8], is_dir: bool, parent_included: bool) -> bool {
+        if is_dir {
+            self.dir_decision(rel, parent_included) == DirDecision::Include
+        } else {
+            self.file_selected(rel, parent_included)
+        }
+    }
+
     pub fn dir_decision(&self, rel: &[u8], parent_included: bool) -> DirDecision {
         if rel.is_empty() || self.is_empty() {
             return DirDecision::Include;

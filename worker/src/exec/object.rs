@@ -14,7 +14,6 @@
 use std::collections::{HashMap, HashSet};
 
 use ferry_common::error::{ErrorKind, FerryError};
-use ferry_common::filter::DirDecision;
 use ferry_common::model::{
     DirMeta, Entry, EntryKind, EntryStatus, Mode, OverwriteMode, PartSet, ScanDir, TransferMode, VerifyMode,
 };
@@ -23,7 +22,7 @@ use ferry_common::paths;
 use super::context::{ExecContext, ObjectPair};
 use super::plan::{object_part_size, scan_bodies, Binner, OBJECT_PART_MIN};
 use super::scan::ListedPage;
-use super::transfer::{Buffers, Retries};
+use super::transfer::{dirmeta_each, Buffers, Retries};
 use super::Outcome;
 use crate::storage::s3::etag;
 use crate::storage::{Content, Location, Meta, Staged, StoredPart};
@@ -143,11 +142,7 @@ fn list_dir(ctx: &ExecContext, pair: &ObjectPair, dir: &ScanDir, page: &mut List
             continue;
         }
         if kind == EntryKind::Dir {
-            let included = match ctx.matcher.dir_decision(&rel, dir.included) {
-                DirDecision::Skip => continue,
-                DirDecision::Traverse => false,
-                DirDecision::Include => true,
-            };
+            let Some(included) = ctx.matcher.scan_dir(&rel, dir.included) else { continue };
             page.outcome.counters().files_prepared += 1;
             page.subdirs.push(ScanDir { path: rel, cookie: None, after: None, included });
             continue;
@@ -690,12 +685,7 @@ pub fn run_prune(ctx: &ExecContext, pair: &ObjectPair, dir: &ScanDir) -> Result<
             }
             let rel = paths::child(&dir.path, &l.name);
             let kind = l.meta.kind();
-            let selected = if kind == EntryKind::Dir {
-                ctx.matcher.dir_decision(&rel, dir.included) == DirDecision::Include
-            } else {
-                ctx.matcher.file_selected(&rel, dir.included)
-            };
-            if selected {
+            if ctx.matcher.covers(&rel, kind == EntryKind::Dir, dir.included) {
                 batch.push((rel, kind, l.meta.size));
             }
         }
@@ -739,56 +729,31 @@ fn delete_batch(ctx: &ExecContext, dst: &dyn Location, batch: Vec<(Vec<u8>, Entr
 /// DirMeta shard: directory metadata after the contents (a `dir/` marker object on S3, which
 /// also keeps empty directories).
 pub fn run_dirmeta(ctx: &ExecContext, pair: &ObjectPair, dirs: Vec<DirMeta>) -> Outcome {
-    let mut out = Outcome::default();
-    for d in dirs {
-        if ctx.fence().is_err() {
-            out.abandoned = true;
-            return out;
-        }
-        let is_root = d.path.is_empty();
-        if ctx.options().dry_run {
-            if !is_root {
-                out.record(d.path, EntryKind::Dir, EntryStatus::Skipped, 0, None, Some("dry run".into()));
-            }
-            continue;
-        }
+    let apply = |d: &DirMeta| -> Result<Option<String>, FerryError> {
+        let dst = dst(pair)?;
+        let keep_owner = dst.is_object_store() || ctx.is_root && ctx.options().preserve_owner;
         let meta = Meta {
             kind: Some(EntryKind::Dir),
             mtime: d.mtime,
             atime: Some(d.atime),
             mode: Some(d.mode),
-            uid: known_id(d.uid),
-            gid: known_id(d.gid),
+            uid: known_id(d.uid).filter(|_| keep_owner),
+            gid: known_id(d.gid).filter(|_| keep_owner),
             ..Meta::default()
         };
-        let result = (|| -> Result<bool, FerryError> {
-            let dst = dst(pair)?;
-            if let Some(cur) = dst.stat_dir(&d.path)? {
-                let same_owner = !ctx.is_root || !ctx.options().preserve_owner || dst.is_object_store() || (cur.uid == meta.uid || meta.uid.is_none()) && (cur.gid == meta.gid || meta.gid.is_none());
-                if cur.mtime == meta.mtime && cur.mode.map(|m| m & 0o7777) == meta.mode.map(|m| m & 0o7777) && same_owner {
-                    return Ok(false);
-                }
+        if let Some(cur) = dst.stat_dir(&d.path)? {
+            let same_owner = !keep_owner || dst.is_object_store() || (meta.uid.is_none() || cur.uid == meta.uid) && (meta.gid.is_none() || cur.gid == meta.gid);
+            if cur.mtime == meta.mtime && cur.mode.map(|m| m & 0o7777) == meta.mode.map(|m| m & 0o7777) && same_owner {
+                return Ok(Some("unchanged".into()));
             }
-            let meta = if ctx.is_root && ctx.options().preserve_owner || dst.is_object_store() { meta.clone() } else { Meta { uid: None, gid: None, ..meta.clone() } };
-            dst.put(&d.path, Content::Dir, &meta, None)?;
-            Ok(true)
-        })();
-        if is_root {
-            if let Err(err) = result {
-                out.result.failures.push(ferry_common::model::Failure { path: Vec::new(), reason: err.to_string() });
-            }
-            continue;
         }
-        match result {
-            Ok(true) => out.record(d.path, EntryKind::Dir, EntryStatus::Transferred, 0, None, None),
-            Ok(false) => out.record(d.path, EntryKind::Dir, EntryStatus::Skipped, 0, None, Some("unchanged".into())),
-            Err(err) if err.kind == ErrorKind::Unsupported => {
-                out.record(d.path, EntryKind::Dir, EntryStatus::Skipped, 0, None, Some(format!("destination cannot hold it: {}", err.message)))
-            }
-            Err(err) => out.fail(d.path, EntryKind::Dir, 0, &err),
-        }
-    }
-    out
+        dst.put(&d.path, Content::Dir, &meta, None)?;
+        Ok(None)
+    };
+    dirmeta_each(ctx, dirs, |d| match apply(d) {
+        Err(err) if err.kind == ErrorKind::Unsupported => Ok(Some(format!("destination cannot hold it: {}", err.message))),
+        other => other,
+    })
 }
 
 /// Verify shard: compares source and destination directories entry by entry, content by
@@ -813,11 +778,7 @@ pub fn run_verify(ctx: &ExecContext, pair: &ObjectPair, dirs: &[ScanDir], bufs: 
             let rel = paths::child(&dir.path, name);
             let listed = &src_names[name];
             if listed.kind() == EntryKind::Dir {
-                let included = match ctx.matcher.dir_decision(&rel, dir.included) {
-                    DirDecision::Skip => continue,
-                    DirDecision::Traverse => false,
-                    DirDecision::Include => true,
-                };
+                let Some(included) = ctx.matcher.scan_dir(&rel, dir.included) else { continue };
                 if report_all {
                     out.counters().files_prepared += 1;
                     match dst_names.get(name) {
@@ -875,8 +836,7 @@ pub fn run_verify(ctx: &ExecContext, pair: &ObjectPair, dirs: &[ScanDir], bufs: 
             for name in extras {
                 let rel = paths::child(&dir.path, name);
                 let kind = dst_names[name].kind();
-                let selected = if kind == EntryKind::Dir { ctx.matcher.dir_decision(&rel, dir.included) == DirDecision::Include } else { ctx.matcher.file_selected(&rel, dir.included) };
-                if selected {
+                if ctx.matcher.covers(&rel, kind == EntryKind::Dir, dir.included) {
                     out.mismatch(rel, kind, 0, "only at the destination".into());
                 }
             }

@@ -11,7 +11,6 @@
 use std::os::fd::{AsRawFd, RawFd};
 
 use ferry_common::error::FerryError;
-use ferry_common::filter::DirDecision;
 use ferry_common::model::{
     DirMeta, Entry, EntryKind, EntryStatus, LinkEntry, OverwriteMode, ScanDir,
     ShardBody, TransferMode,
@@ -166,11 +165,7 @@ fn list_dir(
         };
         let kind = kind_of(&st);
         if kind == EntryKind::Dir {
-            let included = match ctx.matcher.dir_decision(&rel, dir.included) {
-                DirDecision::Skip => continue,
-                DirDecision::Traverse => false,
-                DirDecision::Include => true,
-            };
+            let Some(included) = ctx.matcher.scan_dir(&rel, dir.included) else { continue };
             page.outcome.counters().files_prepared += 1;
             page.subdirs.push(ScanDir { path: rel, cookie: None, after: None, included });
             continue;

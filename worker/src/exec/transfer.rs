@@ -590,12 +590,7 @@ pub fn run_prune(ctx: &ExecContext, dir: &ScanDir) -> Result<Outcome, FerryError
             _ => continue,
         };
         let kind = kind_of(&st);
-        let selected = if kind == EntryKind::Dir {
-            ctx.matcher.dir_decision(&rel, dir.included) == ferry_common::filter::DirDecision::Include
-        } else {
-            ctx.matcher.file_selected(&rel, dir.included)
-        };
-        if !selected {
+        if !ctx.matcher.covers(&rel, kind == EntryKind::Dir, dir.included) {
             continue;
         }
         if ctx.options().dry_run {
@@ -671,6 +666,19 @@ fn make_link(ctx: &ExecContext, link: &LinkEntry) -> Result<bool, FerryError> {
 /// DirMeta shard: directory metadata, applied after everything inside was written (writing
 /// into a directory changes its mtime).
 pub fn run_dirmeta(ctx: &ExecContext, dirs: Vec<DirMeta>) -> Outcome {
+    let mut out = dirmeta_each(ctx, dirs, |d| apply_dir_meta(ctx, d).map(|changed| (!changed).then(|| "unchanged".to_string())));
+    if ctx.options().fsync && !ctx.options().dry_run && !out.abandoned {
+        if let Ok(dst) = ctx.dst() {
+            flush_or_report(dst, &mut out, "flush directory metadata");
+        }
+    }
+    out
+}
+
+/// The DirMeta shard loop shared by every destination: fencing, dry run, and accounting.
+/// `apply` sets one directory's metadata and returns why it was skipped, if it was; the root
+/// is not an entry of the report, so its failure goes to the shard's failures.
+pub(crate) fn dirmeta_each(ctx: &ExecContext, dirs: Vec<DirMeta>, mut apply: impl FnMut(&DirMeta) -> Result<Option<String>, FerryError>) -> Outcome {
     let mut out = Outcome::default();
     for d in dirs {
         if ctx.fence().is_err() {
@@ -684,7 +692,7 @@ pub fn run_dirmeta(ctx: &ExecContext, dirs: Vec<DirMeta>) -> Outcome {
             }
             continue;
         }
-        let result = apply_dir_meta(ctx, &d);
+        let result = apply(&d);
         if is_root {
             if let Err(err) = result {
                 out.result.failures.push(ferry_common::model::Failure { path: Vec::new(), reason: err.to_string() });
@@ -692,14 +700,9 @@ pub fn run_dirmeta(ctx: &ExecContext, dirs: Vec<DirMeta>) -> Outcome {
             continue;
         }
         match result {
-            Ok(true) => out.record(d.path, EntryKind::Dir, EntryStatus::Transferred, 0, None, None),
-            Ok(false) => out.record(d.path, EntryKind::Dir, EntryStatus::Skipped, 0, None, Some("unchanged".into())),
+            Ok(None) => out.record(d.path, EntryKind::Dir, EntryStatus::Transferred, 0, None, None),
+            Ok(Some(reason)) => out.record(d.path, EntryKind::Dir, EntryStatus::Skipped, 0, None, Some(reason)),
             Err(err) => out.fail(d.path, EntryKind::Dir, 0, &err),
-        }
-    }
-    if ctx.options().fsync && !ctx.options().dry_run {
-        if let Ok(dst) = ctx.dst() {
-            flush_or_report(dst, &mut out, "flush directory metadata");
         }
     }
     out

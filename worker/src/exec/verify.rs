@@ -4,7 +4,6 @@
 use std::os::fd::{AsRawFd, RawFd};
 
 use ferry_common::error::FerryError;
-use ferry_common::filter::DirDecision;
 use ferry_common::model::{EntryKind, EntryStatus, Mode, ScanDir};
 use ferry_common::paths;
 
@@ -86,11 +85,8 @@ pub fn run_verify(ctx: &ExecContext, dirs: &[ScanDir], bufs: &mut Buffers) -> Re
             let Some(s) = sys::lstat_at(sfd, &raw.name).map_err(|e| ctx.src().error("stat", &rel, &e))? else { continue };
             let kind = kind_of(&s);
             let included = if kind == EntryKind::Dir {
-                match ctx.matcher.dir_decision(&rel, dir.included) {
-                    DirDecision::Include => true,
-                    DirDecision::Traverse => false,
-                    DirDecision::Skip => continue,
-                }
+                let Some(included) = ctx.matcher.scan_dir(&rel, dir.included) else { continue };
+                included
             } else {
                 if !ctx.matcher.file_selected(&rel, dir.included) {
                     continue;
@@ -132,12 +128,7 @@ pub fn run_verify(ctx: &ExecContext, dirs: &[ScanDir], bufs: &mut Buffers) -> Re
                 }
                 let Some(d) = sys::lstat_at(dfd, &raw.name).map_err(|e| dst.error("stat", &rel, &e))? else { continue };
                 let kind = kind_of(&d);
-                let selected = if kind == EntryKind::Dir {
-                    ctx.matcher.dir_decision(&rel, dir.included) == DirDecision::Include
-                } else {
-                    ctx.matcher.file_selected(&rel, dir.included)
-                };
-                if selected {
+                if ctx.matcher.covers(&rel, kind == EntryKind::Dir, dir.included) {
                     out.mismatch(rel, kind, 0, "only at the destination".into());
                 }
             }

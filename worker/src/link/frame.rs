@@ -311,6 +311,10 @@ mod tests {
         round_trip(&Frame::End { id: 2, size: 99, crc32c: 5 });
         round_trip(&Frame::Ack { id: 2, offset: 64, status: status::RESUME_AT });
         round_trip(&Frame::Error { code: Code::CrcMismatch as u16, message: "chunk at 0 failed its CRC32C".into() });
+        for code in [Code::BadVersion, Code::Malformed, Code::TooLarge, Code::UnsafePath, Code::CrcMismatch, Code::Io, Code::UnknownType, Code::OutOfOrder] {
+            assert_eq!(Code::from_u16(code as u16), Some(code));
+        }
+        assert_eq!(Code::from_u16(0), None);
     }
 
     #[test]

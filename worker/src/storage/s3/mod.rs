@@ -227,9 +227,6 @@ impl S3Location {
         self.runtime.as_ref().expect("present until drop").block_on(f)
     }
 
-    pub fn url(&self) -> &S3Url {
-        &self.url
-    }
 
     /// One cheap request that fails the way a whole run would: a missing bucket, refused
     /// credentials, a wrong region or an unreachable endpoint.
@@ -248,6 +245,15 @@ impl S3Location {
         })
         .map(|_| ())
         .map_err(|e| classify("list", &target, &e))
+    }
+
+    /// Storage class and encryption for every object written (both kinds of upload).
+    fn storage_class(&self) -> Option<StorageClass> {
+        self.settings.storage_class.as_deref().map(StorageClass::from)
+    }
+
+    fn sse(&self) -> Option<ServerSideEncryption> {
+        self.settings.sse.as_deref().map(ServerSideEncryption::from)
     }
 
     /// The object key of `rel`; S3 keys are UTF-8, so other names cannot be stored.
@@ -319,39 +325,21 @@ impl S3Location {
             return Ok(());
         }
         let crc = crc32c.unwrap_or_else(|| crc32c::crc32c(&body));
-        let mut req = self
+        let req = self
             .client
             .put_object()
             .bucket(&self.url.bucket)
             .key(&key)
             .set_metadata(Some(meta::to_user_metadata(m, kind)))
             .checksum_crc32_c(crc_to_base64(crc))
-            .body(ByteStream::from(body));
-        if let Some(sc) = &self.settings.storage_class {
-            req = req.storage_class(StorageClass::from(sc.as_str()));
-        }
-        if let Some(sse) = &self.settings.sse {
-            req = req.server_side_encryption(ServerSideEncryption::from(sse.as_str()));
-        }
-        if let Some(k) = &self.settings.sse_kms_key_id {
-            req = req.ssekms_key_id(k);
-        }
-        if let Some(t) = &m.tags {
-            req = req.tagging(t);
-        }
+            .body(ByteStream::from(body))
+            .set_storage_class(self.storage_class())
+            .set_server_side_encryption(self.sse())
+            .set_ssekms_key_id(self.settings.sse_kms_key_id.clone())
+            .set_tagging(m.tags.clone());
         // The body's integrity rides on its CRC32C, which the server checks: signing a SHA-256
         // of every body as well would double the hashing on both ends for nothing.
         self.block(req.customize().disable_payload_signing().send()).map(|_| ()).map_err(|e| classify("upload", &self.target(&key), &e))
-    }
-
-    /// Aborts every unfinished upload of `rel` except `keep`: debris of interrupted runs.
-    pub fn abort_others(&self, rel: &[u8], keep: &str) -> Result<(), FerryError> {
-        for id in self.pending_multiparts(rel)? {
-            if id != keep {
-                self.abort_multipart(rel, &id)?;
-            }
-        }
-        Ok(())
     }
 }
 
@@ -541,26 +529,18 @@ impl Location for S3Location {
 
     fn create_multipart(&self, rel: &[u8], _size: u64, m: &Meta) -> Result<String, FerryError> {
         let key = self.key(rel)?;
-        let mut req = self
+        let req = self
             .client
             .create_multipart_upload()
             .bucket(&self.url.bucket)
             .key(&key)
             .set_metadata(Some(meta::to_user_metadata(m, EntryKind::File)))
             .checksum_algorithm(ChecksumAlgorithm::Crc32C)
-            .checksum_type(ChecksumType::FullObject);
-        if let Some(t) = &m.tags {
-            req = req.tagging(t);
-        }
-        if let Some(sc) = &self.settings.storage_class {
-            req = req.storage_class(StorageClass::from(sc.as_str()));
-        }
-        if let Some(sse) = &self.settings.sse {
-            req = req.server_side_encryption(ServerSideEncryption::from(sse.as_str()));
-        }
-        if let Some(k) = &self.settings.sse_kms_key_id {
-            req = req.ssekms_key_id(k);
-        }
+            .checksum_type(ChecksumType::FullObject)
+            .set_storage_class(self.storage_class())
+            .set_server_side_encryption(self.sse())
+            .set_ssekms_key_id(self.settings.sse_kms_key_id.clone())
+            .set_tagging(m.tags.clone());
         let out = self.block(req.send()).map_err(|e| classify("start the upload of", &self.target(&key), &e))?;
         out.upload_id().map(str::to_string).ok_or_else(|| FerryError::new(ErrorKind::Other, format!("the server gave no upload id for {}", self.target(&key))))
     }
@@ -697,53 +677,78 @@ impl Location for S3Location {
         }
     }
 
+    /// Lists the keys of every entry (a directory brings everything below it), then deletes
+    /// them all with DeleteObjects, 1,000 keys per request across entries.
     fn remove(&self, rels: &[Vec<u8>]) -> Vec<Result<u64, FerryError>> {
         let mut results: Vec<Result<u64, FerryError>> = Vec::with_capacity(rels.len());
-        // Each entry may be a directory: everything below it goes, in DeleteObjects batches.
-        for rel in rels {
-            let r = (|| -> Result<u64, FerryError> {
-                let own = self.key(rel)?;
-                let mut keys = Vec::new();
-                // Listed rather than HEADed: the object, if any, sorts first under its own name,
-                // and file-backed servers fail a HEAD of a name that is a directory on disk.
-                let first = self
-                    .block(self.client.list_objects_v2().bucket(&self.url.bucket).prefix(&own).max_keys(1).send())
-                    .map_err(|e| classify("list", &self.target(&own), &e))?;
-                if first.contents().first().and_then(|o| o.key()) == Some(own.as_str()) {
-                    keys.push(own);
+        let mut keys: Vec<(usize, String)> = Vec::new();
+        for (i, rel) in rels.iter().enumerate() {
+            match self.keys_under(rel) {
+                Ok(found) => {
+                    results.push(Ok(found.iter().filter(|k| !k.ends_with('/')).count() as u64));
+                    keys.extend(found.into_iter().map(|k| (i, k)));
                 }
-                let below = self.marker_key(rel)?;
-                let mut token: Option<String> = None;
-                loop {
-                    let out = self
-                        .block(self.client.list_objects_v2().bucket(&self.url.bucket).prefix(&below).set_continuation_token(token.clone()).send())
-                        .map_err(|e| classify("list", &self.target(&below), &e))?;
-                    keys.extend(out.contents().iter().filter_map(|o| o.key().map(str::to_string)));
-                    token = out.next_continuation_token().map(str::to_string);
-                    if token.is_none() {
-                        break;
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        for batch in keys.chunks(1000) {
+            let objects: Vec<ObjectIdentifier> = batch.iter().filter_map(|(_, k)| ObjectIdentifier::builder().key(k).build().ok()).collect();
+            let sent = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| FerryError::new(ErrorKind::Other, e.to_string()))
+                .and_then(|delete| {
+                    self.block(self.client.delete_objects().bucket(&self.url.bucket).delete(delete).send())
+                        .map_err(|e| classify("delete objects in", &self.target(&self.url.prefix), &e))
+                });
+            let mut fail = |i: usize, err: FerryError| {
+                if results[i].is_ok() {
+                    results[i] = Err(err);
+                }
+            };
+            match sent {
+                Err(err) => batch.iter().for_each(|(i, _)| fail(*i, err.clone())),
+                Ok(out) => {
+                    for e in out.errors() {
+                        let key = e.key().unwrap_or("?");
+                        let err = FerryError::new(ErrorKind::PermissionDenied, format!("cannot delete s3://{}/{key}: {}", self.url.bucket, e.message().unwrap_or("refused")));
+                        if let Some((i, _)) = batch.iter().find(|(_, k)| k == key) {
+                            fail(*i, err);
+                        }
                     }
                 }
-                let removed = keys.iter().filter(|k| !k.ends_with('/')).count() as u64;
-                for batch in keys.chunks(1000) {
-                    let objects: Vec<ObjectIdentifier> =
-                        batch.iter().filter_map(|k| ObjectIdentifier::builder().key(k).build().ok()).collect();
-                    let delete = Delete::builder().set_objects(Some(objects)).quiet(true).build().map_err(|e| FerryError::new(ErrorKind::Other, e.to_string()))?;
-                    let out = self
-                        .block(self.client.delete_objects().bucket(&self.url.bucket).delete(delete).send())
-                        .map_err(|e| classify("delete objects under", &self.describe(rel), &e))?;
-                    if let Some(e) = out.errors().first() {
-                        return Err(FerryError::new(
-                            ErrorKind::PermissionDenied,
-                            format!("cannot delete s3://{}/{}: {}", self.url.bucket, e.key().unwrap_or("?"), e.message().unwrap_or("refused")),
-                        ));
-                    }
-                }
-                Ok(removed)
-            })();
-            results.push(r);
+            }
         }
         results
+    }
+}
+
+impl S3Location {
+    /// The key of `rel` if it exists, and every key below `rel/`.
+    fn keys_under(&self, rel: &[u8]) -> Result<Vec<String>, FerryError> {
+        let own = self.key(rel)?;
+        let mut keys = Vec::new();
+        // Listed rather than HEADed: the object, if any, sorts first under its own name, and
+        // file-backed servers fail a HEAD of a name that is a directory on disk.
+        let first = self
+            .block(self.client.list_objects_v2().bucket(&self.url.bucket).prefix(&own).max_keys(1).send())
+            .map_err(|e| classify("list", &self.target(&own), &e))?;
+        if first.contents().first().and_then(|o| o.key()) == Some(own.as_str()) {
+            keys.push(own);
+        }
+        let below = self.marker_key(rel)?;
+        let mut token: Option<String> = None;
+        loop {
+            let out = self
+                .block(self.client.list_objects_v2().bucket(&self.url.bucket).prefix(&below).set_continuation_token(token.clone()).send())
+                .map_err(|e| classify("list", &self.target(&below), &e))?;
+            keys.extend(out.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+            token = out.next_continuation_token().map(str::to_string);
+            if token.is_none() {
+                return Ok(keys);
+            }
+        }
     }
 }
 
