@@ -65,6 +65,24 @@ pub struct WorkerSection {
     pub movers: Option<u32>,
     #[serde(default)]
     pub lease_ttl_secs: Option<u64>,
+    /// Labels that locations can be bound to (`--source-agents onprem`).
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// UDP address to accept links from other agents on, e.g. `0.0.0.0:7400`.
+    #[serde(default)]
+    pub link_listen: Option<String>,
+    /// Address other agents dial; defaults to `link_listen`.
+    #[serde(default)]
+    pub link_advertise: Option<String>,
+    /// Directory with `agent.crt`, `agent.key` (0600) and `ca.crt`.
+    #[serde(default)]
+    pub tls_dir: Option<String>,
+    /// Congestion controller for links: bbr (default), cubic or newreno.
+    #[serde(default)]
+    pub congestion: Option<String>,
+    /// QUIC connections per writer agent.
+    #[serde(default)]
+    pub link_connections: Option<u32>,
 }
 
 impl DaemonConfig {

@@ -169,6 +169,48 @@ pub struct ExecutionSpec {
     /// How to reach and write S3 locations; unused when neither side is S3.
     #[serde(default)]
     pub s3: S3Settings,
+    /// Which agents reach which side, and how data travels between them.
+    #[serde(default)]
+    pub link: LinkSettings,
+}
+
+/// Locations bound to agents. An agent matches a selector when its name or one of its labels
+/// is listed; an empty selector matches every agent. When the agent reading a shard cannot
+/// reach the destination, it streams the data over QUIC to an agent that can.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LinkSettings {
+    pub source_agents: Vec<String>,
+    pub destination_agents: Vec<String>,
+    /// zstd per chunk, skipped for data that does not compress.
+    pub compress: bool,
+    /// BytesPerSecond per agent (0: unlimited).
+    pub bytes_per_second: u64,
+}
+
+impl LinkSettings {
+    /// True when locations are bound to agents: shards then go through the link path, which
+    /// works whether or not one agent reaches both sides.
+    pub fn is_bound(&self) -> bool {
+        !self.source_agents.is_empty() || !self.destination_agents.is_empty()
+    }
+
+    /// What an agent with this name and labels can reach.
+    pub fn reach(&self, name: &str, labels: &[String]) -> Reach {
+        let matches = |sel: &[String]| sel.is_empty() || sel.iter().any(|s| s == name || labels.iter().any(|l| l == s));
+        Reach { source: matches(&self.source_agents), destination: matches(&self.destination_agents) }
+    }
+}
+
+/// Which sides of an execution an agent can reach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reach {
+    pub source: bool,
+    pub destination: bool,
+}
+
+impl Reach {
+    pub const BOTH: Reach = Reach { source: true, destination: true };
 }
 
 /// S3 settings that travel with the execution, so every worker addresses the store the same
@@ -269,6 +311,8 @@ pub struct Counters {
     pub files_mismatched: u64,
     /// Bytes found already uploaded by an interrupted run and kept (multipart resume).
     pub bytes_resumed: u64,
+    /// Link chunks sent again because the writer found them damaged.
+    pub chunks_resent: u64,
     pub shards_done: u64,
     pub shard_retries: u64,
 }
@@ -288,6 +332,7 @@ impl Counters {
         self.bytes_compressed += o.bytes_compressed;
         self.files_mismatched += o.files_mismatched;
         self.bytes_resumed += o.bytes_resumed;
+        self.chunks_resent += o.chunks_resent;
         self.shards_done += o.shards_done;
         self.shard_retries += o.shard_retries;
     }

@@ -15,6 +15,7 @@ pub struct EtcdServer {
     pub data_dir: PathBuf,
     client_port: u16,
     peer_port: u16,
+    extra: Option<String>,
 }
 
 fn free_port() -> u16 {
@@ -37,12 +38,23 @@ pub fn etcd_binary() -> Option<PathBuf> {
 impl EtcdServer {
     /// Starts etcd and waits until it answers. `None` when etcd is not installed (outside CI).
     pub fn start() -> Option<EtcdServer> {
+        Self::start_also_on(None)
+    }
+
+    /// Like [`EtcdServer::start`], also listening on `ip` (an address of this host that
+    /// agents in network namespaces reach); [`EtcdServer::endpoint_on`] names it.
+    pub fn start_also_on(ip: Option<&str>) -> Option<EtcdServer> {
         let bin = etcd_binary()?;
         let data_dir = std::env::temp_dir().join(format!("ferry-etcd-{}-{}", std::process::id(), free_port()));
-        let mut server = EtcdServer { child: None, endpoint: String::new(), data_dir, client_port: free_port(), peer_port: free_port() };
+        let mut server = EtcdServer { child: None, endpoint: String::new(), data_dir, client_port: free_port(), peer_port: free_port(), extra: ip.map(str::to_string) };
         server.endpoint = format!("http://127.0.0.1:{}", server.client_port);
         server.spawn(&bin);
         Some(server)
+    }
+
+    /// The client URL on another address given to [`EtcdServer::start_also_on`].
+    pub fn endpoint_on(&self, ip: &str) -> String {
+        format!("http://{ip}:{}", self.client_port)
     }
 
     fn spawn(&mut self, bin: &std::path::Path) {
@@ -53,7 +65,10 @@ impl EtcdServer {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--listen-client-urls")
-            .arg(&self.endpoint)
+            .arg(match &self.extra {
+                Some(ip) => format!("{},{}", self.endpoint, self.endpoint_on(ip)),
+                None => self.endpoint.clone(),
+            })
             .arg("--advertise-client-urls")
             .arg(&self.endpoint)
             .arg("--listen-peer-urls")

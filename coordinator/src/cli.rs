@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ferry_common::filter::{Filters, Matcher};
-use ferry_common::model::{ExecutionSpec, Limits, Mode, Options, Phase, S3Settings, TransferMode, VerifyMode};
+use ferry_common::model::{ExecutionSpec, Limits, LinkSettings, Mode, Options, Phase, S3Settings, TransferMode, VerifyMode};
 use ferry_common::telemetry::{init_logging, LogFormat};
 
 use std::sync::Arc;
@@ -43,6 +43,8 @@ pub enum Command {
     Workers(ClusterArgs),
     /// List, describe or cancel executions in a cluster.
     Exec(ExecArgs),
+    /// The cluster CA: create it, issue activation tokens, sign agent certificates.
+    Ca(crate::ca::CaArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -217,6 +219,45 @@ pub struct CommonArgs {
     /// Submit to a cluster through these etcd endpoints instead of running in this process.
     #[arg(long, value_delimiter = ',')]
     pub etcd: Vec<String>,
+    #[command(flatten)]
+    pub link: LinkArgs,
+}
+
+/// Binding locations to agents (cluster mode), and how data travels between them.
+#[derive(Args, Debug, Clone, Default)]
+pub struct LinkArgs {
+    /// Only these agents reach the source: agent names or labels, comma-separated (e.g.
+    /// onprem). Shards are read there.
+    #[arg(long, value_delimiter = ',', value_name = "AGENTS")]
+    pub source_agents: Vec<String>,
+    /// Only these agents reach the destination (e.g. cloud). A reader that cannot reach it
+    /// streams the data to one of them over QUIC.
+    #[arg(long, value_delimiter = ',', value_name = "AGENTS")]
+    pub destination_agents: Vec<String>,
+    /// Compress link chunks with zstd (skipped automatically for data that does not compress).
+    #[arg(long)]
+    pub compress: bool,
+    /// BytesPerSecond on links, per agent (e.g. 100M, 1G; 0 = unlimited).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub bwlimit: Option<u64>,
+}
+
+/// `100M` → 100,000,000 bytes per second (decimal, like network rates).
+fn parse_rate(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (
+            &s[..i],
+            match c.to_ascii_uppercase() {
+                'K' => 1_000,
+                'M' => 1_000_000,
+                'G' => 1_000_000_000,
+                _ => return Err(format!("{s:?}: use a number of bytes per second with an optional K, M or G suffix")),
+            },
+        ),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().map(|n| n.saturating_mul(mult)).map_err(|_| format!("{s:?}: use a number of bytes per second with an optional K, M or G suffix (e.g. 100M)"))
 }
 
 #[derive(Args, Debug, Clone)]
@@ -415,11 +456,60 @@ fn build_spec(mode: Mode, common: &CommonArgs, t: Option<&TransferArgs>) -> Resu
     }
     Matcher::new(&options.filters).map_err(|e| UsageError(e.to_string()))?;
     let s3 = common.s3.settings()?;
-    let (source, destination) = check_any_locations(mode, &common.source, &common.destination, options.dry_run, &s3)?;
-    Ok(ExecutionSpec { id: new_execution_id(), mode, source, destination, options, report_dir: None, s3 })
+    let link = link_settings(mode, common, &options)?;
+    let (source, destination) = if link.is_bound() {
+        // The submitter may see neither side: each is checked by the agents that reach it.
+        (bound_path("source", &common.source)?, bound_path("destination", &common.destination)?)
+    } else {
+        check_any_locations(mode, &common.source, &common.destination, options.dry_run, &s3)?
+    };
+    if link.is_bound() {
+        // Large files cross a link as one file (resumable from the last chunk written)
+        // rather than as part shards, which need one agent that reaches both sides.
+        options.limits.part_threshold = u64::MAX;
+    }
+    Ok(ExecutionSpec { id: new_execution_id(), mode, source, destination, options, report_dir: None, s3, link })
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+fn link_settings(mode: Mode, common: &CommonArgs, options: &Options) -> Result<LinkSettings, UsageError> {
+    let a = &common.link;
+    let link = LinkSettings { source_agents: a.source_agents.clone(), destination_agents: a.destination_agents.clone(), compress: a.compress, bytes_per_second: a.bwlimit.unwrap_or(0) };
+    if !link.is_bound() {
+        if a.compress || a.bwlimit.is_some() {
+            return Err(UsageError("--compress and --bwlimit apply to links between agents: bind the locations with --source-agents and --destination-agents".into()));
+        }
+        return Ok(link);
+    }
+    if common.etcd.is_empty() {
+        return Err(UsageError("--source-agents and --destination-agents bind locations to cluster agents: give --etcd (this host alone reaches both sides; drop the flags)".into()));
+    }
+    if mode != Mode::Copy {
+        return Err(UsageError(format!("'ferry {}' with agent-bound locations is not supported yet: it needs one agent that reaches both sides (use 'ferry copy')", mode.as_str())));
+    }
+    if options.verify == VerifyMode::PointInTimeConsistent {
+        return Err(UsageError("--verify point-in-time-consistent with agent-bound locations is not supported yet (the default, only-files-transferred, checks each file at rest on the writer)".into()));
+    }
+    for sel in link.source_agents.iter().chain(&link.destination_agents) {
+        if sel.is_empty() {
+            return Err(UsageError("an empty agent name in --source-agents or --destination-agents (give names or labels, comma-separated)".into()));
+        }
+    }
+    Ok(link)
+}
+
+/// A location bound to agents: an absolute local path on those agents.
+fn bound_path(role: &str, uri: &str) -> Result<String, UsageError> {
+    if ferry_worker::storage::is_object_uri(uri) {
+        return Err(UsageError(format!("{role} {uri}: only local paths can be bound to agents (every agent reaches an object store directly; drop --source-agents/--destination-agents)")));
+    }
+    let path = parse_location(role, uri)?;
+    if !path.is_absolute() {
+        return Err(UsageError(format!("{role} {uri}: a location bound to agents must be an absolute path on those agents")));
+    }
+    Ok(path.to_string_lossy().into_owned())
+}
+
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -427,7 +517,7 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("the tokio runtime starts")
 }
 
-async fn connect(endpoints: &[String]) -> Result<SharedStore, UsageError> {
+pub(crate) async fn connect(endpoints: &[String]) -> Result<SharedStore, UsageError> {
     EtcdStore::connect(endpoints)
         .await
         .map(|s| Arc::new(s) as SharedStore)
@@ -444,6 +534,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Coordinator(args) => return run_coordinator_daemon(args),
         Command::Workers(args) => return exit_on_usage(runtime().block_on(workers_command(args))),
         Command::Exec(args) => return exit_on_usage(runtime().block_on(exec_command(&args.command))),
+        Command::Ca(args) => return exit_on_usage(crate::ca::run(args)),
     };
     let format = if common.log_format == LogFormatArg::Json { LogFormat::Json } else { LogFormat::Text };
     init_logging(format, "warn");

@@ -339,7 +339,7 @@ mod tests {
     use ferry_common::model::Options;
 
     fn spec(mode: Mode, verify: VerifyMode) -> ExecutionSpec {
-        ExecutionSpec { id: "e1".into(), mode, source: "/a".into(), destination: "/b".into(), options: Options { verify, ..Options::default() }, report_dir: None, s3: Default::default() }
+        ExecutionSpec { id: "e1".into(), mode, source: "/a".into(), destination: "/b".into(), options: Options { verify, ..Options::default() }, report_dir: None, s3: Default::default(), link: Default::default() }
     }
 
     fn result(prepared: u64, transferred: u64, failed: u64) -> ShardResult {

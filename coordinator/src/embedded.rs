@@ -119,8 +119,8 @@ async fn run_async(cfg: RunConfig) -> Result<RunResult, String> {
     };
 
     let driver = ExecutionDriver::start(store.clone(), cfg.spec.clone()).await.map_err(|e| e.to_string())?;
-    let node = Node::join(store.clone(), "embedded", Duration::from_secs(30), cfg.movers).await.map_err(|e| e.to_string())?;
-    let movers = node.start_movers(ctx, sink, cfg.movers);
+    let node = Node::join(store.clone(), "embedded", Duration::from_secs(30), cfg.movers, &[], None).await.map_err(|e| e.to_string())?;
+    let movers = node.start_movers(ctx, sink, cfg.movers, Default::default());
 
     let cancel = Arc::new(AtomicBool::new(false));
     let c = cancel.clone();

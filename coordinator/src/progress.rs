@@ -101,7 +101,10 @@ pub fn print_summary(exec: &Execution) {
         println!("  differences: {}", c.files_mismatched);
     }
     if c.bytes_resumed > 0 {
-        println!("  resumed: {} already uploaded by an interrupted run", human_bytes(c.bytes_resumed));
+        println!("  resumed: {} already at the destination from an interrupted transfer", human_bytes(c.bytes_resumed));
+    }
+    if c.chunks_resent > 0 {
+        println!("  resent:  {} link chunks that arrived damaged", c.chunks_resent);
     }
     if let Some(e) = &exec.error {
         println!("  error: {e}");

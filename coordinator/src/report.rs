@@ -41,6 +41,7 @@ pub fn summary_json(exec: &Execution) -> serde_json::Value {
             "bytes_compressed": c.bytes_compressed,
             "shard_retries": c.shard_retries,
             "bytes_resumed": c.bytes_resumed,
+            "chunks_resent": c.chunks_resent,
         },
         "failures": exec.failures.iter().map(|f| serde_json::json!({
             "path": paths::display(&f.path),

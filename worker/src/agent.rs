@@ -20,6 +20,9 @@ use ferry_common::store::{RangeOptions, SharedStore};
 use tokio::sync::watch;
 
 use crate::exec::ExecContext;
+use crate::link::pki::{self, Identity};
+use crate::link::quic::{self, LinkClient, LinkTuning};
+use crate::link::LinkAgent;
 use crate::node::{MoverActor, Node, StopClaiming};
 use crate::report::{FileSink, NullSink, ReportSink};
 
@@ -28,6 +31,53 @@ pub struct AgentConfig {
     pub name: String,
     pub movers: usize,
     pub lease_ttl: Duration,
+    /// Labels that locations can be bound to.
+    pub labels: Vec<String>,
+    /// Link settings; `None`: this agent neither sends to nor accepts from other agents.
+    pub link: Option<LinkSetup>,
+}
+
+#[derive(Clone, Debug)]
+pub struct LinkSetup {
+    /// Directory with the agent's certificate, key and the cluster CA.
+    pub tls_dir: PathBuf,
+    /// Enroll with this token if `tls_dir` holds no certificate yet.
+    pub enroll_token: Option<String>,
+    /// Accept links here (UDP); `None`: send only.
+    pub listen: Option<std::net::SocketAddr>,
+    /// What other agents dial; defaults to `listen`.
+    pub advertise: Option<String>,
+    pub tuning: LinkTuning,
+}
+
+/// Loads (or first enrolls for) the agent's certificate and starts its link endpoints.
+pub async fn start_link(store: &SharedStore, cfg: &AgentConfig) -> Result<(Arc<LinkAgent>, Option<String>), String> {
+    let mut agent = LinkAgent { name: cfg.name.clone(), labels: cfg.labels.clone(), ..Default::default() };
+    let Some(setup) = &cfg.link else { return Ok((Arc::new(agent), None)) };
+    if !Identity::exists(&setup.tls_dir) {
+        let Some(token) = &setup.enroll_token else {
+            return Err(format!("no certificate in {} (enroll this agent once with --enroll-token TOKEN; make a token with 'ferry ca token')", setup.tls_dir.display()));
+        };
+        tracing::info!(agent = %cfg.name, "enrolling with the cluster CA");
+        let id = pki::enroll(store, token, &cfg.name, Duration::from_secs(600)).await.map_err(|e| e.to_string())?;
+        id.save(&setup.tls_dir).map_err(|e| e.to_string())?;
+        tracing::info!(agent = %cfg.name, dir = %setup.tls_dir.display(), "AgentEnrolled");
+    }
+    let id = Identity::load(&setup.tls_dir).map_err(|e| e.to_string())?;
+    agent.client = Some(LinkClient::new(&id, setup.tuning.clone()).map_err(|e| e.to_string())?);
+    let mut advertise = None;
+    if let Some(listen) = setup.listen {
+        let endpoint = quic::bind(listen, &id, &setup.tuning).map_err(|e| e.to_string())?;
+        let bound = endpoint.local_addr().map_err(|e| format!("link endpoint: {e}"))?;
+        advertise = Some(match &setup.advertise {
+            Some(a) => a.clone(),
+            None if bound.ip().is_unspecified() => return Err(format!("--link-listen {listen} is a wildcard address: give --link-advertise HOST:PORT, the address other agents dial")),
+            None => bound.to_string(),
+        });
+        tracing::info!(listen = %bound, advertise = advertise.as_deref().unwrap_or(""), "LinkListening");
+        tokio::spawn(quic::serve(endpoint, agent.registry.clone(), Arc::new(quic::ServeStats::default())));
+    }
+    Ok((Arc::new(agent), advertise))
 }
 
 /// How often the agent looks for new executions.
@@ -47,6 +97,8 @@ async fn stop_all(serving: &mut HashMap<String, Vec<Addr<MoverActor>>>) {
 
 /// Why an execution could not be joined.
 enum JoinError {
+    /// Its locations are bound to other agents.
+    NotOurs,
     /// The Store did not answer: try again next round.
     Store(String),
     /// This agent cannot take part (cannot reach the locations, bad record): stop trying.
@@ -54,15 +106,22 @@ enum JoinError {
 }
 
 /// Starts movers for an execution this agent has not joined yet.
-async fn join_execution(store: &SharedStore, node: &Node, exec_id: &str, cfg: &AgentConfig) -> Result<Option<Vec<Addr<MoverActor>>>, JoinError> {
+async fn join_execution(store: &SharedStore, node: &Node, exec_id: &str, cfg: &AgentConfig, link: &Arc<LinkAgent>) -> Result<Option<Vec<Addr<MoverActor>>>, JoinError> {
     let meta_key = keys::ExecKeys::new(exec_id).meta();
     let Some(kv) = store.get(&meta_key).await.map_err(|e| JoinError::Store(e.to_string()))? else { return Ok(None) };
     let exec: Execution = codec::decode(&kv.value).map_err(|e| JoinError::Unusable(e.to_string()))?;
     if exec.phase.is_terminal() {
         return Ok(None);
     }
+    let reach = exec.spec.link.reach(&cfg.name, &cfg.labels);
+    if !reach.source && !reach.destination {
+        return Err(JoinError::NotOurs);
+    }
+    if exec.spec.link.is_bound() && reach.source && !reach.destination && link.client.is_none() {
+        return Err(JoinError::Unusable("this agent reads the source but has no link certificate to send to the destination's agents (start it with --tls-dir)".into()));
+    }
     let spec = exec.spec.clone();
-    let ctx = tokio::task::spawn_blocking(move || ExecContext::open(spec))
+    let ctx = tokio::task::spawn_blocking(move || ExecContext::open_for(spec, reach))
         .await
         .map_err(|e| JoinError::Unusable(e.to_string()))?
         .map_err(|e| JoinError::Unusable(e.to_string()))?;
@@ -73,18 +132,22 @@ async fn join_execution(store: &SharedStore, node: &Node, exec_id: &str, cfg: &A
         ),
         None => Arc::new(NullSink),
     };
-    tracing::info!(execution = exec_id, source = %exec.spec.source, destination = %exec.spec.destination, "ExecutionJoined");
-    Ok(Some(node.start_movers(Arc::new(ctx), sink, cfg.movers)))
+    tracing::info!(execution = exec_id, source = %exec.spec.source, destination = %exec.spec.destination, reads = reach.source, writes = reach.destination, "ExecutionJoined");
+    let ctx = Arc::new(ctx);
+    if exec.spec.link.is_bound() && reach.destination {
+        link.registry.insert(ctx.clone());
+    }
+    Ok(Some(node.start_movers(ctx, sink, cfg.movers, link.clone())))
 }
 
 /// Runs until `shutdown` turns true. Must run inside an actix System.
-pub async fn run_agent(store: SharedStore, cfg: AgentConfig, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_agent(store: SharedStore, cfg: AgentConfig, link: Arc<LinkAgent>, link_addr: Option<String>, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(200);
     'join: loop {
         if *shutdown.borrow() {
             return;
         }
-        let node = match Node::join(store.clone(), &cfg.name, cfg.lease_ttl, cfg.movers).await {
+        let node = match Node::join(store.clone(), &cfg.name, cfg.lease_ttl, cfg.movers, &cfg.labels, link_addr.clone()).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot register with the coordination store; retrying");
@@ -116,7 +179,13 @@ pub async fn run_agent(store: SharedStore, cfg: AgentConfig, mut shutdown: watch
                 stop_all(&mut serving).await;
                 continue 'join;
             }
-            serving.retain(|_, movers| movers.iter().any(|m| m.connected()));
+            serving.retain(|id, movers| {
+                let live = movers.iter().any(|m| m.connected());
+                if !live {
+                    link.registry.remove(id);
+                }
+                live
+            });
             let active = match store.range(&keys::active_prefix(), RangeOptions { keys_only: true, ..Default::default() }).await {
                 Ok(r) => r.kvs,
                 Err(e) => {
@@ -129,12 +198,16 @@ pub async fn run_agent(store: SharedStore, cfg: AgentConfig, mut shutdown: watch
                 if serving.contains_key(&id) || unusable.contains(&id) {
                     continue;
                 }
-                match join_execution(&store, &node, &id, &cfg).await {
+                match join_execution(&store, &node, &id, &cfg, &link).await {
                     Ok(Some(movers)) => {
                         serving.insert(id, movers);
                     }
                     Ok(None) => {}
                     Err(JoinError::Store(e)) => tracing::warn!(execution = %id, error = %e, "cannot read execution; retrying"),
+                    Err(JoinError::NotOurs) => {
+                        tracing::info!(execution = %id, "locations bound to other agents; not joining");
+                        unusable.insert(id);
+                    }
                     Err(JoinError::Unusable(e)) => {
                         tracing::error!(execution = %id, error = %e, "cannot take part in execution");
                         unusable.insert(id);

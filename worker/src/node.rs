@@ -22,6 +22,8 @@ use crate::exec::scan::{list_page, LinkRole};
 use crate::exec::transfer::{self, Buffers};
 use crate::exec::{object, verify, ExecContext, Outcome};
 use crate::lease::LeaseClock;
+use crate::link::sender::SendSettings;
+use crate::link::{run_transfer_linked, InProcess, LinkAgent, Remote, Writer};
 use crate::queue::{QueueError, ShardQueue};
 use crate::report::{ReportSink, ShardTag};
 
@@ -45,11 +47,17 @@ pub struct WorkerInfo {
     pub locations: Vec<String>,
     #[serde(default)]
     pub started_unix_ms: u64,
+    /// Labels that locations can be bound to.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Where other agents reach this one's link endpoint (`host:port`, UDP), if it has one.
+    #[serde(default)]
+    pub link_addr: Option<String>,
 }
 
 impl Node {
     /// Takes a lease, registers under it, and keeps it alive until [`Node::leave`].
-    pub async fn join(store: SharedStore, worker_id: &str, ttl: Duration, movers: usize) -> Result<Node, StoreError> {
+    pub async fn join(store: SharedStore, worker_id: &str, ttl: Duration, movers: usize, labels: &[String], link_addr: Option<String>) -> Result<Node, StoreError> {
         let asked = std::time::Instant::now();
         let lease = store.lease_grant(ttl).await?;
         let clock = Arc::new(LeaseClock::new(ttl, asked));
@@ -60,6 +68,8 @@ impl Node {
             pid: std::process::id(),
             locations: vec!["file:///".to_string()],
             started_unix_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            labels: labels.to_vec(),
+            link_addr,
         };
         let value = codec::encode(&info).map_err(|e| StoreError::Other(e.to_string()))?;
         store.put(&ferry_common::keys::worker(worker_id), value, Some(lease)).await?;
@@ -105,10 +115,12 @@ impl Node {
         format!("{}#{:x}", self.worker_id, self.lease)
     }
 
-    pub fn start_movers(&self, ctx: Arc<ExecContext>, reports: Arc<dyn ReportSink>, count: usize) -> Vec<Addr<MoverActor>> {
+    pub fn start_movers(&self, ctx: Arc<ExecContext>, reports: Arc<dyn ReportSink>, count: usize, link: Arc<LinkAgent>) -> Vec<Addr<MoverActor>> {
         let _ = ctx.lease.set(self.clock.clone());
+        let kinds = if ctx.spec.link.is_bound() { crate::link::claimable_kinds(ctx.reach()) } else { None };
         let shared = Arc::new(MoverShared {
-            queue: ShardQueue::new(self.store.clone(), &ctx.spec.id, &self.worker_id, self.lease),
+            queue: ShardQueue::new(self.store.clone(), &ctx.spec.id, &self.worker_id, self.lease).with_kinds(kinds),
+            link,
             ctx,
             reports,
             wake: Arc::new(Notify::new()),
@@ -129,6 +141,7 @@ fn hostname() -> String {
 /// What the movers of one node share for one execution.
 pub struct MoverShared {
     ctx: Arc<ExecContext>,
+    link: Arc<LinkAgent>,
     queue: ShardQueue,
     reports: Arc<dyn ReportSink>,
     /// Woken by Store changes under the execution, so idle movers do not poll hard.
@@ -201,6 +214,10 @@ async fn mover_loop(shared: Arc<MoverShared>, index: usize) {
             let exec: Execution = codec::decode(&kv.value)?;
             if exec.phase.is_terminal() {
                 return Ok(None);
+            }
+            // BytesPerSecond may change while the execution runs; the agent's bucket follows.
+            if exec.spec.link.is_bound() {
+                shared.link.rate.set_rate(exec.spec.link.bytes_per_second);
             }
             Ok(Some(shared.queue.claim(exec.stage, limits.max_queued_transfer_shards as usize).await?))
         };
@@ -371,6 +388,9 @@ async fn execute(shared: &MoverShared, shard: &Shard, bufs: &mut Option<Buffers>
     if ctx.object.is_some() {
         return execute_object(shared, shard, bufs).await;
     }
+    if let (true, ShardBody::Transfer { entries }) = (ctx.spec.link.is_bound(), &shard.body) {
+        return Ok((execute_linked_transfer(shared, shard, entries.clone(), bufs).await?, Vec::new()));
+    }
     let outcome = match shard.body.clone() {
         ShardBody::Scan { dirs } => {
             let c = ctx.clone();
@@ -418,6 +438,54 @@ async fn execute(shared: &MoverShared, shard: &Shard, bufs: &mut Option<Buffers>
         ShardBody::Part { .. } => unreachable!("parts complete through complete_part"),
     };
     Ok((outcome, Vec::new()))
+}
+
+/// A Transfer shard of an execution whose locations are bound to agents: sent in-process when
+/// this agent reaches the destination too, else over QUIC to an agent that does.
+async fn execute_linked_transfer(shared: &MoverShared, shard: &Shard, entries: Vec<Entry>, bufs: &mut Option<Buffers>) -> Result<Outcome, FerryError> {
+    let ctx = shared.ctx.clone();
+    let link = shared.link.clone();
+    let chunk = ctx.options().limits.chunk_size as usize;
+    let attempt = shard.attempt;
+    let local = ctx.reach().destination;
+    let writers = if local { Vec::new() } else { find_writers(shared.queue.store(), &ctx.spec).await? };
+    let start = crc32c::crc32c(shard.id.as_bytes()) as usize;
+    blocking(chunk, bufs, move |b| {
+        let settings = SendSettings { agent: &link.name, compress: ctx.spec.link.compress, rate: &link.rate };
+        if local {
+            return run_transfer_linked(&ctx, &InProcess { ctx: ctx.clone() }, &settings, entries, attempt, b);
+        }
+        match &link.client {
+            Some(client) => run_transfer_linked(&ctx, &Remote { client, writers, start }, &settings, entries, attempt, b),
+            None => {
+                let err = FerryError::config(format!("agent {} has no link certificate, so it cannot send to the destination's agents (start it with --tls-dir; enroll with --enroll-token)", link.name));
+                let mut out = Outcome::default();
+                for e in entries {
+                    out.fail(e.path, e.kind, e.size, &err);
+                }
+                out
+            }
+        }
+    })
+    .await
+}
+
+/// The agents that reach an execution's destination and accept links.
+async fn find_writers(store: &SharedStore, spec: &ferry_common::model::ExecutionSpec) -> Result<Vec<Writer>, FerryError> {
+    let page = store
+        .range(&ferry_common::keys::workers(), Default::default())
+        .await
+        .map_err(|e| FerryError::new(ErrorKind::Unavailable, format!("coordination store: {e}")))?;
+    let mut writers = Vec::new();
+    for kv in page.kvs {
+        let Ok(info) = codec::decode::<WorkerInfo>(&kv.value) else { continue };
+        let Some(addr) = info.link_addr.as_deref().and_then(|a| a.parse().ok()) else { continue };
+        if spec.link.reach(&info.name, &info.labels).destination {
+            writers.push(Writer { name: info.name, addr });
+        }
+    }
+    writers.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(writers)
 }
 
 /// [`execute`] for executions with an object store on either side.

@@ -30,6 +30,9 @@ pub struct ShardQueue {
     /// same name does not mistake an old claim for its own.
     holder: Vec<u8>,
     lease: LeaseId,
+    /// Shard kinds this claimer may take (by letter); `None` takes every kind. An agent that
+    /// reaches only one side of a linked execution takes only the shards that side needs.
+    kinds: Option<Vec<char>>,
 }
 
 /// Claim preference within a stage: finish files already started (commits, parts) before
@@ -51,7 +54,13 @@ const CLAIM_PAGE: usize = 256;
 
 impl ShardQueue {
     pub fn new(store: SharedStore, exec: &str, worker_id: &str, lease: LeaseId) -> Self {
-        ShardQueue { store, keys: ExecKeys::new(exec), holder: format!("{worker_id}#{lease:x}").into_bytes(), lease }
+        ShardQueue { store, keys: ExecKeys::new(exec), holder: format!("{worker_id}#{lease:x}").into_bytes(), lease, kinds: None }
+    }
+
+    /// Restricts claims to shard kinds with these letters (see `ShardBody::kind_letter`).
+    pub fn with_kinds(mut self, kinds: Option<Vec<char>>) -> Self {
+        self.kinds = kinds;
+        self
     }
 
     pub fn holder(&self) -> &str {
@@ -86,6 +95,13 @@ impl ShardQueue {
         let mut backlog = 0;
         for &kind in kind_preference(stage) {
             if kind == 's' && backlog >= max_backlog {
+                continue;
+            }
+            if self.kinds.as_ref().is_some_and(|k| !k.contains(&kind)) {
+                // Still count the backlog: it holds scans back for every claimer.
+                if BACKLOG_KINDS.contains(&kind) {
+                    backlog += self.store.range(&self.keys.queue_kind(stage, kind), RangeOptions { limit: CLAIM_PAGE, keys_only: true, ..Default::default() }).await?.kvs.len();
+                }
                 continue;
             }
             let prefix = self.keys.queue_kind(stage, kind);

@@ -7,7 +7,7 @@ use clap::Parser;
 use ferry_common::config::DaemonConfig;
 use ferry_common::store::{EtcdStore, SharedStore};
 use ferry_common::telemetry::{init_logging, LogFormat};
-use ferry_worker::agent::{run_agent, AgentConfig};
+use ferry_worker::agent::{run_agent, start_link, AgentConfig, LinkSetup};
 
 #[derive(Parser)]
 #[command(name = "ferry-worker", version, about = "ferry's worker agent: joins a cluster through etcd and moves shards")]
@@ -30,6 +30,28 @@ struct Args {
     /// Log format on stderr: text or json.
     #[arg(long)]
     log_format: Option<String>,
+    /// Labels that locations can be bound to, comma-separated (e.g. onprem,site-a).
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Accept links from other agents on this UDP address (e.g. 0.0.0.0:7400).
+    #[arg(long)]
+    link_listen: Option<String>,
+    /// The address other agents dial for links [default: --link-listen].
+    #[arg(long)]
+    link_advertise: Option<String>,
+    /// Directory with agent.crt, agent.key and ca.crt; enables links.
+    #[arg(long)]
+    tls_dir: Option<std::path::PathBuf>,
+    /// Enroll with the cluster CA using this one-time token (from 'ferry ca token'), then keep
+    /// the certificate in --tls-dir.
+    #[arg(long)]
+    enroll_token: Option<String>,
+    /// Congestion controller for links: bbr, cubic or newreno [default: bbr].
+    #[arg(long)]
+    congestion: Option<String>,
+    /// QUIC connections to each writer agent [default: 1].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=16))]
+    link_connections: Option<u32>,
 }
 
 fn fail(msg: &str) -> ! {
@@ -70,6 +92,25 @@ fn main() {
         "text" => LogFormat::Text,
         other => fail(&format!("--log-format must be text or json, not {other:?}")),
     };
+    let labels = if args.labels.is_empty() { cfg.worker.labels.clone() } else { args.labels.clone() };
+    let tls_dir = args.tls_dir.clone().or(cfg.worker.tls_dir.clone().map(Into::into));
+    let link_listen = args.link_listen.clone().or(cfg.worker.link_listen.clone());
+    let link = match tls_dir {
+        None if link_listen.is_some() || args.enroll_token.is_some() => fail("links need a certificate: give --tls-dir DIR (and --enroll-token the first time)"),
+        None => None,
+        Some(tls_dir) => {
+            if let Err(e) = ferry_worker::link::pki::check_agent_name(&name) {
+                fail(&e.to_string());
+            }
+            let mut tuning = ferry_worker::link::quic::LinkTuning::default();
+            if let Some(c) = args.congestion.clone().or(cfg.worker.congestion.clone()) {
+                tuning.congestion = c.parse().unwrap_or_else(|e: String| fail(&e));
+            }
+            tuning.connections = args.link_connections.or(cfg.worker.link_connections).unwrap_or(1).clamp(1, 16) as usize;
+            let listen = link_listen.map(|l| l.parse::<std::net::SocketAddr>().unwrap_or_else(|_| fail(&format!("--link-listen {l:?} is not an address like 0.0.0.0:7400"))));
+            Some(LinkSetup { tls_dir, enroll_token: args.enroll_token.clone(), listen, advertise: args.link_advertise.clone().or(cfg.worker.link_advertise.clone()), tuning })
+        }
+    };
     init_logging(format, "info");
     let system = actix_rt::System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_multi_thread()
@@ -95,8 +136,15 @@ fn main() {
             }
             let _ = tx.send(true);
         });
-        let cfg = AgentConfig { name, movers, lease_ttl: Duration::from_secs(lease_ttl) };
-        run_agent(store, cfg, rx).await;
+        let cfg = AgentConfig { name, movers, lease_ttl: Duration::from_secs(lease_ttl), labels, link };
+        let (link, link_addr) = match start_link(&store, &cfg).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("ferry-worker: error: {e}");
+                return 2;
+            }
+        };
+        run_agent(store, cfg, link, link_addr, rx).await;
         0
     });
     std::process::exit(code);

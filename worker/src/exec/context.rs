@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use ferry_common::error::FerryError;
 use ferry_common::filter::Matcher;
 use ferry_common::keys::ExecKeys;
-use ferry_common::model::{ExecutionSpec, Options};
+use ferry_common::model::{ExecutionSpec, Options, Reach};
 
 use crate::storage::local::LocalTree;
 use crate::storage::{self, SharedLocation};
@@ -19,6 +19,9 @@ pub struct TestHooks {
     pub corrupt: Option<Vec<u8>>,
     /// `FERRY_TEST_SOURCE_CHANGE=rel/path`: append to that source file while it is read.
     pub source_change: Option<Vec<u8>>,
+    /// `FERRY_TEST_CORRUPT_CHUNK=rel/path`: a link reader flips a byte of that file's first
+    /// chunk after computing its CRC, once per shard, as a bad network path would.
+    pub corrupt_chunk: Option<Vec<u8>>,
 }
 
 impl TestHooks {
@@ -27,6 +30,7 @@ impl TestHooks {
         TestHooks {
             corrupt: std::env::var_os("FERRY_TEST_CORRUPT").map(|v| v.into_vec()),
             source_change: std::env::var_os("FERRY_TEST_SOURCE_CHANGE").map(|v| v.into_vec()),
+            corrupt_chunk: std::env::var_os("FERRY_TEST_CORRUPT_CHUNK").map(|v| v.into_vec()),
         }
     }
 }
@@ -67,8 +71,24 @@ pub const TEMP_PREFIX: &[u8] = b".ferry-tmp-";
 
 impl ExecContext {
     pub fn open(spec: ExecutionSpec) -> Result<Self, FerryError> {
+        Self::open_for(spec, Reach::BOTH)
+    }
+
+    /// Opens the sides this agent can reach. A linked execution (locations bound to agents)
+    /// runs on local trees at both ends; an agent that reaches one side opens only that one.
+    pub fn open_for(spec: ExecutionSpec, reach: Reach) -> Result<Self, FerryError> {
         let (mut src, mut dst, mut object) = (None, None, None);
-        if storage::is_object_uri(&spec.source) || storage::is_object_uri(&spec.destination) {
+        if spec.link.is_bound() {
+            if storage::is_object_uri(&spec.source) || storage::is_object_uri(&spec.destination) {
+                return Err(FerryError::config("locations bound to agents must be local paths (file trees); object stores are reached by every agent directly"));
+            }
+            if reach.source {
+                src = Some(LocalTree::open(&local_path(&spec.source))?);
+            }
+            if reach.destination {
+                dst = Some(LocalTree::open(&local_path(&spec.destination))?);
+            }
+        } else if storage::is_object_uri(&spec.source) || storage::is_object_uri(&spec.destination) {
             let dst = match storage::open(&spec.destination, &spec) {
                 Ok(d) => Some(d),
                 Err(_) if spec.options.dry_run && !storage::is_object_uri(&spec.destination) => None,
@@ -115,7 +135,20 @@ impl ExecContext {
     /// The local source tree. Only local-to-local shard functions call this, and the node
     /// sends every shard of an execution with an object store to `exec::object` instead.
     pub fn src(&self) -> &LocalTree {
-        self.src.as_ref().expect("local shard functions run only for local-to-local executions")
+        self.src.as_ref().expect("local shard functions run only for local-to-local executions, on agents that reach the source")
+    }
+
+    /// The local source tree, if this agent reaches it.
+    pub fn src_if_reached(&self) -> Option<&LocalTree> {
+        self.src.as_ref()
+    }
+
+    /// What this agent can reach of this execution.
+    pub fn reach(&self) -> Reach {
+        if self.object.is_some() {
+            return Reach::BOTH;
+        }
+        Reach { source: self.src.is_some(), destination: self.dst.is_some() || self.options().dry_run }
     }
 
     /// Both sides of an execution with an object store. Only `exec::object` callers use it,
@@ -147,7 +180,7 @@ impl ExecContext {
         self.temp_with("parts", name)
     }
 
-    fn temp_with(&self, tag: &str, name: &[u8]) -> Vec<u8> {
+    pub(crate) fn temp_with(&self, tag: &str, name: &[u8]) -> Vec<u8> {
         let h = ((crc32c::crc32c(name) as u64) << 32) | crc32c::crc32c_append(0x2545_f491, name) as u64;
         let mut t = self.temp_prefix.clone();
         t.extend_from_slice(format!("{tag}-{h:016x}").as_bytes());

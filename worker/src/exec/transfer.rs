@@ -729,29 +729,35 @@ fn remove_execution_temps(ctx: &ExecContext, dst: &LocalTree, fd: RawFd, rel: &[
 
 fn apply_dir_meta(ctx: &ExecContext, d: &DirMeta) -> Result<bool, FerryError> {
     let dst = ctx.dst()?;
-    let fd = dst.open_dir(&d.path).map_err(|e| dst.error("open directory", &d.path, &e))?;
+    // A link writer creates directories as files arrive; an empty one arrives only here.
+    let opened = if ctx.src_if_reached().is_none() { dst.ensure_dir(&d.path) } else { dst.open_dir(&d.path) };
+    let fd = opened.map_err(|e| dst.error("open directory", &d.path, &e))?;
     remove_execution_temps(ctx, dst, fd.as_raw_fd(), &d.path)?;
     let cur = sys::fstat(fd.as_raw_fd()).map_err(|e| dst.error("stat", &d.path, &e))?;
     let owner = ctx.is_root && ctx.options().preserve_owner;
-    let src_xattrs = match ctx.src().open_dir(&d.path) {
-        Ok(sfd) => sys::fxattrs(sfd.as_raw_fd()).map_err(|e| ctx.src().error("read xattrs of", &d.path, &e))?,
-        Err(_) => Vec::new(),
+    // An agent that does not reach the source (a link writer) keeps the directory's xattrs.
+    let src_xattrs = match ctx.src_if_reached().map(|s| (s, s.open_dir(&d.path))) {
+        Some((src, Ok(sfd))) => Some(sys::fxattrs(sfd.as_raw_fd()).map_err(|e| src.error("read xattrs of", &d.path, &e))?),
+        Some((_, Err(_))) => Some(Vec::new()),
+        None => None,
     };
     let dst_xattrs = sys::fxattrs(fd.as_raw_fd()).map_err(|e| dst.error("read xattrs of", &d.path, &e))?;
     let same = cur.st_mode == d.mode
         && (!owner || (cur.st_uid == d.uid && cur.st_gid == d.gid))
         && sys::mtime(&cur) == d.mtime
-        && src_xattrs == dst_xattrs;
+        && src_xattrs.as_ref().is_none_or(|x| *x == dst_xattrs);
     if same {
         return Ok(false);
     }
-    for (k, _) in &dst_xattrs {
-        if !src_xattrs.iter().any(|(sk, _)| sk == k) {
-            let _ = sys::fremovexattr(fd.as_raw_fd(), k);
+    if let Some(src_xattrs) = &src_xattrs {
+        for (k, _) in &dst_xattrs {
+            if !src_xattrs.iter().any(|(sk, _)| sk == k) {
+                let _ = sys::fremovexattr(fd.as_raw_fd(), k);
+            }
         }
-    }
-    for (k, v) in &src_xattrs {
-        sys::fsetxattr(fd.as_raw_fd(), k, v).map_err(|e| dst.error("set xattr on", &d.path, &e))?;
+        for (k, v) in src_xattrs {
+            sys::fsetxattr(fd.as_raw_fd(), k, v).map_err(|e| dst.error("set xattr on", &d.path, &e))?;
+        }
     }
     if owner {
         sys::fchown(fd.as_raw_fd(), d.uid, d.gid).map_err(|e| dst.error("chown", &d.path, &e))?;

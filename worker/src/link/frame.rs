@@ -31,6 +31,10 @@ pub const MAX_HEADER: usize = 64 << 10;
 pub const MAX_PATH: usize = 4096;
 /// Longest error message.
 pub const MAX_MESSAGE: usize = 1024;
+/// Largest encoded HELLO.
+pub const MAX_HELLO: usize = 1024;
+/// Most files a reader may have announced and not yet seen acknowledged on one stream.
+pub const MAX_OPEN_FILES: usize = 4096;
 
 const CHUNK_FIXED: usize = 8 + 4 + 1 + 4;
 
@@ -41,6 +45,9 @@ pub mod kind {
     pub const END: u8 = 0x03;
     pub const ACK: u8 = 0x04;
     pub const ERROR: u8 = 0x05;
+    pub const HELLO: u8 = 0x06;
+    pub const FLUSH: u8 = 0x07;
+    pub const REJECT: u8 = 0x08;
 }
 
 /// Error codes carried by ERROR frames, and what a receiver reports for bad input.
@@ -55,6 +62,8 @@ pub enum Code {
     Io = 6,
     UnknownType = 7,
     OutOfOrder = 8,
+    Limit = 9,
+    UnknownExecution = 10,
 }
 
 impl Code {
@@ -68,6 +77,8 @@ impl Code {
             6 => Code::Io,
             7 => Code::UnknownType,
             8 => Code::OutOfOrder,
+            9 => Code::Limit,
+            10 => Code::UnknownExecution,
             _ => return None,
         })
     }
@@ -84,8 +95,28 @@ fn err(code: Code, detail: impl Into<String>) -> ProtocolError {
     ProtocolError { code, detail: detail.into() }
 }
 
-/// What the reader tells the writer about a file before its bytes (msgpack map).
+/// The first frame on a stream: which execution the files belong to. The writer takes the
+/// destination root and the options from that execution's record in the Store, never from
+/// the reader.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub exec: String,
+    /// The reader agent's name, for logs.
+    pub agent: String,
+}
+
+/// Entry kinds a HEADER can carry.
+pub mod entry_kind {
+    pub const FILE: u8 = 0;
+    pub const SYMLINK: u8 = 1;
+    pub const FIFO: u8 = 2;
+    pub const SOCKET: u8 = 3;
+    pub const CHAR_DEVICE: u8 = 4;
+    pub const BLOCK_DEVICE: u8 = 5;
+}
+
+/// What the reader tells the writer about a file before its bytes (msgpack map).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileHeader {
     /// Names the file on this stream in CHUNK, END and ACK frames.
     pub id: u64,
@@ -100,6 +131,19 @@ pub struct FileHeader {
     pub mtime_nsec: u32,
     pub atime_sec: i64,
     pub atime_nsec: u32,
+    /// [`entry_kind`]; only files have data.
+    #[serde(default)]
+    pub kind: u8,
+    /// A symlink's target (opaque bytes: the writer never follows it).
+    #[serde(default, with = "serde_bytes")]
+    pub target: Vec<u8>,
+    /// Device number of a device node.
+    #[serde(default)]
+    pub rdev: u64,
+    /// The source file's CRC32C, sent when the execution compares by checksum so the writer
+    /// can tell an unchanged destination file without receiving it.
+    #[serde(default)]
+    pub crc32c: Option<u32>,
 }
 
 /// ACK status values.
@@ -110,6 +154,9 @@ pub mod status {
     pub const RESUME_AT: u8 = 1;
     /// A chunk failed its CRC: resend from `offset`.
     pub const RESEND_FROM: u8 = 2;
+    /// The answer to a HEADER: the destination already holds this entry unchanged; send
+    /// nothing more for it.
+    pub const CURRENT: u8 = 3;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,6 +167,11 @@ pub enum Frame {
     End { id: u64, size: u64, crc32c: u32 },
     Ack { id: u64, offset: u64, status: u8 },
     Error { code: u16, message: String },
+    Hello(Hello),
+    /// Make every finished file durable, rename it into place and acknowledge it.
+    Flush,
+    /// The writer could not take this one entry (the stream goes on).
+    Reject { id: u64, code: u16, message: String },
 }
 
 pub fn encode_preamble() -> [u8; PREAMBLE_LEN] {
@@ -150,6 +202,9 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
         Frame::End { .. } => kind::END,
         Frame::Ack { .. } => kind::ACK,
         Frame::Error { .. } => kind::ERROR,
+        Frame::Hello(_) => kind::HELLO,
+        Frame::Flush => kind::FLUSH,
+        Frame::Reject { .. } => kind::REJECT,
     };
     out.push(ty);
     out.extend_from_slice(&[0; 4]);
@@ -180,21 +235,34 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
             out.push(*status);
         }
         Frame::Error { code, message } => {
-            let mut m = message.as_bytes();
-            if m.len() > MAX_MESSAGE {
-                let mut end = MAX_MESSAGE;
-                while !message.is_char_boundary(end) {
-                    end -= 1;
-                }
-                m = &m[..end];
-            }
             out.extend_from_slice(&code.to_be_bytes());
-            out.extend_from_slice(m);
+            out.extend_from_slice(truncated(message));
+        }
+        Frame::Hello(h) => {
+            rmp_serde::encode::write_named(out, h).map_err(|e| err(Code::Malformed, e.to_string()))?;
+            if out.len() - start - FRAME_HEADER_LEN > MAX_HELLO {
+                return Err(err(Code::TooLarge, "hello frame above its limit"));
+            }
+        }
+        Frame::Flush => {}
+        Frame::Reject { id, code, message } => {
+            out.extend_from_slice(&id.to_be_bytes());
+            out.extend_from_slice(&code.to_be_bytes());
+            out.extend_from_slice(truncated(message));
         }
     }
     let len = (out.len() - start - FRAME_HEADER_LEN) as u32;
     out[start + 1..start + FRAME_HEADER_LEN].copy_from_slice(&len.to_be_bytes());
     Ok(())
+}
+
+/// At most [`MAX_MESSAGE`] bytes of `message`, cut at a character boundary.
+fn truncated(message: &str) -> &[u8] {
+    let mut end = message.len().min(MAX_MESSAGE);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    &message.as_bytes()[..end]
 }
 
 /// Most payload bytes a frame of type `ty` may carry.
@@ -206,6 +274,9 @@ fn limit(ty: u8) -> Result<usize, ProtocolError> {
         kind::END => 20,
         kind::ACK => 17,
         kind::ERROR => 2 + MAX_MESSAGE,
+        kind::HELLO => MAX_HELLO,
+        kind::FLUSH => 0,
+        kind::REJECT => 8 + 2 + MAX_MESSAGE,
         other => return Err(err(Code::UnknownType, format!("unknown frame type {other:#04x}"))),
     })
 }
@@ -216,6 +287,15 @@ fn check_header(h: &FileHeader) -> Result<(), ProtocolError> {
     }
     if h.mtime_nsec >= 1_000_000_000 || h.atime_nsec >= 1_000_000_000 {
         return Err(err(Code::Malformed, "nanoseconds out of range"));
+    }
+    if h.kind > entry_kind::BLOCK_DEVICE {
+        return Err(err(Code::Malformed, format!("unknown entry kind {}", h.kind)));
+    }
+    if h.target.len() > MAX_PATH || (h.kind == entry_kind::SYMLINK) == h.target.is_empty() || h.target.contains(&0) {
+        return Err(err(Code::Malformed, "a symlink needs a target of 1 to 4,096 bytes without NUL, and only a symlink has one"));
+    }
+    if h.kind != entry_kind::FILE && h.size != 0 {
+        return Err(err(Code::Malformed, "only a regular file has a size"));
     }
     Ok(())
 }
@@ -279,6 +359,18 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, ProtocolError> {
             let message = String::from_utf8_lossy(&p[2..]).into_owned();
             Frame::Error { code: u16::from_be_bytes([p[0], p[1]]), message }
         }
+        kind::HELLO => {
+            let h: Hello = rmp_serde::from_slice(p).map_err(|e| err(Code::Malformed, format!("hello: {e}")))?;
+            Frame::Hello(h)
+        }
+        kind::FLUSH => Frame::Flush,
+        kind::REJECT => {
+            if len < 10 {
+                return Err(err(Code::Malformed, "reject frame shorter than its fixed fields"));
+            }
+            let message = String::from_utf8_lossy(&p[10..]).into_owned();
+            Frame::Reject { id: be_u64(&p[0..8]), code: u16::from_be_bytes([p[8], p[9]]), message }
+        }
         _ => unreachable!("limit() refused unknown types"),
     };
     Ok(Some((frame, FRAME_HEADER_LEN + len)))
@@ -290,7 +382,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn header(path: &[u8]) -> FileHeader {
-        FileHeader { id: 7, path: path.to_vec(), size: 10, mode: 0o100644, uid: 1, gid: 2, mtime_sec: -3, mtime_nsec: 4, atime_sec: 5, atime_nsec: 6 }
+        FileHeader { id: 7, path: path.to_vec(), size: 10, mode: 0o100644, uid: 1, gid: 2, mtime_sec: -3, mtime_nsec: 4, atime_sec: 5, atime_nsec: 6, ..Default::default() }
     }
 
     fn round_trip(f: &Frame) {
@@ -311,7 +403,11 @@ mod tests {
         round_trip(&Frame::End { id: 2, size: 99, crc32c: 5 });
         round_trip(&Frame::Ack { id: 2, offset: 64, status: status::RESUME_AT });
         round_trip(&Frame::Error { code: Code::CrcMismatch as u16, message: "chunk at 0 failed its CRC32C".into() });
-        for code in [Code::BadVersion, Code::Malformed, Code::TooLarge, Code::UnsafePath, Code::CrcMismatch, Code::Io, Code::UnknownType, Code::OutOfOrder] {
+        round_trip(&Frame::Header(FileHeader { kind: entry_kind::SYMLINK, target: b"../elsewhere".to_vec(), size: 0, crc32c: Some(3), ..header(b"l") }));
+        round_trip(&Frame::Hello(Hello { exec: "e1".into(), agent: "w1".into() }));
+        round_trip(&Frame::Flush);
+        round_trip(&Frame::Reject { id: 9, code: Code::Io as u16, message: "permission denied".into() });
+        for code in [Code::BadVersion, Code::Malformed, Code::TooLarge, Code::UnsafePath, Code::CrcMismatch, Code::Io, Code::UnknownType, Code::OutOfOrder, Code::Limit, Code::UnknownExecution] {
             assert_eq!(Code::from_u16(code as u16), Some(code));
         }
         assert_eq!(Code::from_u16(0), None);
@@ -350,7 +446,7 @@ mod tests {
 
         /// Any bytes at all: an error, a request for more, or a frame that fits the input.
         #[test]
-        fn the_decoder_never_panics_or_overreads(bytes in proptest::collection::vec(any::<u8>(), 0..512), ty in 0u8..8) {
+        fn the_decoder_never_panics_or_overreads(bytes in proptest::collection::vec(any::<u8>(), 0..512), ty in 0u8..10) {
             let mut input = bytes;
             if !input.is_empty() {
                 input[0] = ty;
@@ -371,7 +467,7 @@ mod tests {
         #[test]
         fn headers_round_trip(path in "[a-z]{1,8}(/[a-z0-9._-]{1,8}){0,5}", size: u64, mode: u32, sec: i64, nsec in 0u32..1_000_000_000) {
             prop_assume!(paths::is_safe_relative(path.as_bytes()));
-            let h = FileHeader { id: 1, path: path.into_bytes(), size, mode, uid: 0, gid: 0, mtime_sec: sec, mtime_nsec: nsec, atime_sec: sec, atime_nsec: nsec };
+            let h = FileHeader { id: 1, path: path.into_bytes(), size, mode, uid: 0, gid: 0, mtime_sec: sec, mtime_nsec: nsec, atime_sec: sec, atime_nsec: nsec, ..Default::default() };
             let f = Frame::Header(h);
             let mut buf = Vec::new();
             encode(&f, &mut buf).unwrap();

@@ -46,6 +46,35 @@ impl LocalTree {
         Ok(fd)
     }
 
+    /// Opens directory `rel`, creating what is missing (owner-only until the DirMeta stage
+    /// sets the real mode). A file or symlink in the way of a directory goes, as rsync does:
+    /// the entry itself is removed, never what a symlink points to, so nothing outside the
+    /// tree is touched.
+    pub fn ensure_dir(&self, rel: &[u8]) -> io::Result<OwnedFd> {
+        let mut fd = sys::open_dir_at(self.root_fd(), b".")?;
+        if rel.is_empty() {
+            return Ok(fd);
+        }
+        for comp in rel.split(|&b| b == b'/') {
+            fd = match sys::open_dir_at(fd.as_raw_fd(), comp) {
+                Ok(sub) => sub,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP)) => {
+                    if e.raw_os_error() != Some(libc::ENOENT) {
+                        remove_tree_at(fd.as_raw_fd(), comp)?;
+                    }
+                    match sys::mkdir_at(fd.as_raw_fd(), comp, 0o700) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                        Err(e) => return Err(e),
+                    }
+                    sys::open_dir_at(fd.as_raw_fd(), comp)?
+                }
+                Err(e) => return Err(e),
+            };
+        }
+        Ok(fd)
+    }
+
     pub fn error(&self, op: &str, rel: &[u8], err: &io::Error) -> FerryError {
         FerryError::io(op, &self.display_path(rel), err)
     }

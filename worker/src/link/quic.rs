@@ -1,0 +1,399 @@
+//! QUIC endpoints for the link (quinn over UDP, TLS 1.3 with mutual authentication).
+//!
+//! - The writer side ([`serve`]) accepts connections from agents of the same CA. Each
+//!   bidirectional stream carries one reader's batches; it runs on the blocking pool, driving
+//!   a [`Receiver`], because writing files blocks.
+//! - The reader side ([`LinkClient`]) keeps one connection per writer (or several, see
+//!   [`LinkTuning::connections`]) and opens a stream per batch. A reader thread sends with
+//!   blocking calls; a task drains the writer's answers into a channel, so the two directions
+//!   never wait on each other.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+
+use super::frame::{self, decode, decode_preamble, encode, encode_preamble, Code, Frame, ProtocolError, PREAMBLE_LEN};
+use super::pki::{Identity, PkiError};
+use super::receiver::Receiver;
+use super::wire::{refused, LinkError, Wire};
+use crate::exec::ExecContext;
+
+/// A link silent this long is declared dead.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// Congestion controllers quinn offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Congestion {
+    Cubic,
+    Bbr,
+    NewReno,
+}
+
+impl std::str::FromStr for Congestion {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "cubic" => Ok(Congestion::Cubic),
+            "bbr" => Ok(Congestion::Bbr),
+            "newreno" | "new-reno" => Ok(Congestion::NewReno),
+            other => Err(format!("unknown congestion controller {other:?} (use cubic, bbr or newreno)")),
+        }
+    }
+}
+
+/// Transport settings. Windows are sized for the bandwidth-delay product: a stream's window
+/// must hold what one stream has in flight for a round trip, or it stalls every RTT.
+#[derive(Clone, Debug)]
+pub struct LinkTuning {
+    pub congestion: Congestion,
+    /// Per-stream receive window (bytes).
+    pub stream_window: u64,
+    /// Per-connection receive and send windows (bytes).
+    pub connection_window: u64,
+    /// First datagram size; with `mtu_discovery`, the path MTU is probed upwards from here.
+    pub initial_mtu: u16,
+    pub mtu_discovery: bool,
+    /// Generic segmentation offload: one syscall sends many datagrams.
+    pub gso: bool,
+    /// Connections per writer; streams spread over them.
+    pub connections: usize,
+}
+
+impl Default for LinkTuning {
+    fn default() -> Self {
+        // 1 Gbit/s × 150 ms = 18.75 MB in flight: the stream window covers it with room.
+        LinkTuning {
+            congestion: Congestion::Bbr,
+            stream_window: 32 << 20,
+            connection_window: 128 << 20,
+            initial_mtu: 1400,
+            mtu_discovery: true,
+            gso: true,
+            connections: 1,
+        }
+    }
+}
+
+impl LinkTuning {
+    pub fn transport(&self) -> quinn::TransportConfig {
+        let mut t = quinn::TransportConfig::default();
+        let var = |v: u64| quinn::VarInt::from_u64(v).unwrap_or(quinn::VarInt::MAX);
+        t.stream_receive_window(var(self.stream_window));
+        t.receive_window(var(self.connection_window));
+        t.send_window(self.connection_window);
+        t.max_concurrent_bidi_streams(var(256));
+        t.max_concurrent_uni_streams(var(0));
+        t.initial_mtu(self.initial_mtu.max(1200));
+        if !self.mtu_discovery {
+            t.mtu_discovery_config(None);
+        }
+        t.enable_segmentation_offload(self.gso);
+        t.keep_alive_interval(Some(Duration::from_secs(2)));
+        // A connection silent for this long is dead: the reader reconnects (to another writer
+        // if this one stays away) and resumes from what the writer kept.
+        t.max_idle_timeout(Some(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).expect("fits")));
+        match self.congestion {
+            Congestion::Cubic => t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default())),
+            Congestion::Bbr => t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default())),
+            Congestion::NewReno => t.congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default())),
+        };
+        t
+    }
+}
+
+fn pki_err(e: impl std::fmt::Display) -> PkiError {
+    PkiError(e.to_string())
+}
+
+pub fn server_config(id: &Identity, tuning: &LinkTuning) -> Result<quinn::ServerConfig, PkiError> {
+    let crypto = QuicServerConfig::try_from(id.server_tls()?).map_err(pki_err)?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    cfg.transport_config(Arc::new(tuning.transport()));
+    Ok(cfg)
+}
+
+pub fn client_config(id: &Identity, tuning: &LinkTuning) -> Result<quinn::ClientConfig, PkiError> {
+    let crypto = QuicClientConfig::try_from(id.client_tls()?).map_err(pki_err)?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    cfg.transport_config(Arc::new(tuning.transport()));
+    Ok(cfg)
+}
+
+/// Executions this agent writes for, by id: filled as the agent joins them.
+#[derive(Clone, Default)]
+pub struct Registry {
+    execs: Arc<Mutex<HashMap<String, Arc<ExecContext>>>>,
+}
+
+impl Registry {
+    pub fn insert(&self, ctx: Arc<ExecContext>) {
+        self.execs.lock().unwrap_or_else(|p| p.into_inner()).insert(ctx.spec.id.clone(), ctx);
+    }
+
+    pub fn remove(&self, exec: &str) {
+        self.execs.lock().unwrap_or_else(|p| p.into_inner()).remove(exec);
+    }
+
+    fn get(&self, exec: &str) -> Option<Arc<ExecContext>> {
+        self.execs.lock().unwrap_or_else(|p| p.into_inner()).get(exec).cloned()
+    }
+}
+
+/// Counters of a writer endpoint, for logs, tests and metrics.
+#[derive(Default)]
+pub struct ServeStats {
+    pub refused_handshakes: std::sync::atomic::AtomicU64,
+    pub streams: std::sync::atomic::AtomicU64,
+    pub stream_errors: std::sync::atomic::AtomicU64,
+}
+
+/// Binds the writer endpoint. Must be called inside a tokio runtime.
+pub fn bind(addr: SocketAddr, id: &Identity, tuning: &LinkTuning) -> Result<quinn::Endpoint, PkiError> {
+    let cfg = server_config(id, tuning)?;
+    quinn::Endpoint::server(cfg, addr).map_err(|e| PkiError(format!("cannot listen for links on {addr}: {e} (choose another --link-listen address)")))
+}
+
+/// Accepts connections until the endpoint closes.
+pub async fn serve(endpoint: quinn::Endpoint, registry: Registry, stats: Arc<ServeStats>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let (registry, stats) = (registry.clone(), stats.clone());
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    // No certificate, a certificate from another CA, or not TLS 1.3.
+                    stats.refused_handshakes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(peer = %remote, error = %e, "LinkRefused: handshake failed");
+                    return;
+                }
+            };
+            tracing::info!(peer = %remote, "LinkAccepted");
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                stats.streams.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (registry, stats) = (registry.clone(), stats.clone());
+                let handle = tokio::runtime::Handle::current();
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = serve_stream(&handle, send, recv, &registry) {
+                        stats.stream_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::warn!(peer = %remote, code = ?e.code, error = %e.detail, "LinkStreamError");
+                    }
+                });
+            }
+        });
+    }
+}
+
+/// Reads frames from a QUIC stream, never buffering more than one frame's limit.
+pub struct FrameReader {
+    recv: quinn::RecvStream,
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl FrameReader {
+    pub fn new(recv: quinn::RecvStream) -> Self {
+        FrameReader { recv, buf: Vec::with_capacity(1 << 20), start: 0 }
+    }
+
+    pub async fn preamble(&mut self) -> Result<(), ProtocolError> {
+        let mut p = [0u8; PREAMBLE_LEN];
+        self.recv.read_exact(&mut p).await.map_err(|e| ProtocolError { code: Code::Malformed, detail: format!("stream ended before its preamble: {e}") })?;
+        decode_preamble(&p).map(|_| ())
+    }
+
+    /// The next frame; `Ok(None)` at a clean end of stream.
+    pub async fn next(&mut self) -> Result<Option<Frame>, ProtocolError> {
+        loop {
+            if let Some((frame, used)) = decode(&self.buf[self.start..])? {
+                self.start += used;
+                return Ok(Some(frame));
+            }
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.start = 0;
+            }
+            let mut chunk = [0u8; 64 << 10];
+            match self.recv.read(&mut chunk).await {
+                Ok(Some(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(None) if self.buf.is_empty() => return Ok(None),
+                Ok(None) => return Err(ProtocolError { code: Code::Malformed, detail: "stream ended inside a frame".into() }),
+                Err(e) => return Err(ProtocolError { code: Code::Io, detail: format!("stream lost: {e}") }),
+            }
+        }
+    }
+}
+
+async fn write_frames(send: &mut quinn::SendStream, frames: &[Frame]) -> Result<(), ProtocolError> {
+    let mut out = Vec::new();
+    for f in frames {
+        encode(f, &mut out)?;
+    }
+    send.write_all(&out).await.map_err(|e| ProtocolError { code: Code::Io, detail: format!("cannot answer: {e}") })
+}
+
+/// How long a writer waits for an execution it has not joined yet.
+const JOIN_WAIT: Duration = Duration::from_secs(15);
+
+fn serve_stream(rt: &tokio::runtime::Handle, mut send: quinn::SendStream, recv: quinn::RecvStream, registry: &Registry) -> Result<(), ProtocolError> {
+    let mut reader = FrameReader::new(recv);
+    let result = (|| {
+        rt.block_on(reader.preamble())?;
+        rt.block_on(send.write_all(&encode_preamble())).map_err(|e| ProtocolError { code: Code::Io, detail: e.to_string() })?;
+        let hello = match rt.block_on(reader.next())? {
+            Some(Frame::Hello(h)) => h,
+            Some(_) => return Err(ProtocolError { code: Code::OutOfOrder, detail: "a stream must start with HELLO".into() }),
+            None => return Ok(()),
+        };
+        let deadline = std::time::Instant::now() + JOIN_WAIT;
+        let ctx = loop {
+            if let Some(c) = registry.get(&hello.exec) {
+                break c;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(ProtocolError { code: Code::UnknownExecution, detail: format!("this agent does not write for execution {:?} (not running, or the destination is not bound to this agent)", hello.exec) });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let mut receiver = Receiver::new(ctx);
+        while let Some(frame) = rt.block_on(reader.next())? {
+            let replies = receiver.handle(frame)?;
+            if !replies.is_empty() {
+                rt.block_on(write_frames(&mut send, &replies))?;
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = &result {
+        let _ = rt.block_on(write_frames(&mut send, &[Frame::Error { code: e.code as u16, message: e.detail.clone() }]));
+    }
+    let _ = send.finish();
+    result
+}
+
+/// The reader side: connections to writers, by address.
+pub struct LinkClient {
+    endpoint: quinn::Endpoint,
+    runtime: tokio::runtime::Handle,
+    tuning: LinkTuning,
+    conns: Mutex<HashMap<(SocketAddr, usize), quinn::Connection>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl LinkClient {
+    /// Must be called inside a tokio runtime.
+    pub fn new(id: &Identity, tuning: LinkTuning) -> Result<LinkClient, PkiError> {
+        let bind: SocketAddr = "0.0.0.0:0".parse().expect("valid");
+        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| PkiError(format!("cannot open a UDP socket for links: {e}")))?;
+        endpoint.set_default_client_config(client_config(id, &tuning)?);
+        Ok(LinkClient { endpoint, runtime: tokio::runtime::Handle::current(), tuning, conns: Mutex::new(HashMap::new()), next: Default::default() })
+    }
+
+    fn connection(&self, addr: SocketAddr, name: &str) -> Result<quinn::Connection, LinkError> {
+        let slot = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.tuning.connections.max(1);
+        let key = (addr, slot);
+        if let Some(c) = self.conns.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let _in_runtime = self.runtime.enter();
+        let connecting = self.endpoint.connect(addr, name).map_err(|e| LinkError::Down(format!("cannot connect to {name} at {addr}: {e}")))?;
+        let conn = self
+            .runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(10), connecting).await })
+            .map_err(|_| LinkError::Down(format!("no answer from {name} at {addr} within 10 s")))?
+            .map_err(|e| LinkError::Down(format!("cannot connect to {name} at {addr}: {e}")))?;
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(key, conn.clone());
+        Ok(conn)
+    }
+
+    /// Opens a stream to the writer `name` at `addr` (blocking; call from the blocking pool).
+    pub fn open(&self, addr: SocketAddr, name: &str) -> Result<QuicWire, LinkError> {
+        let conn = self.connection(addr, name)?;
+        let _in_runtime = self.runtime.enter();
+        let (mut send, recv) = self
+            .runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(10), conn.open_bi()).await })
+            .map_err(|_| LinkError::Down(format!("{name} at {addr} opened no stream within 10 s")))?
+            .map_err(|e| LinkError::Down(format!("stream to {name} at {addr}: {e}")))?;
+        self.runtime.block_on(send.write_all(&encode_preamble())).map_err(|e| LinkError::Down(e.to_string()))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.runtime.spawn(async move {
+            let mut reader = FrameReader::new(recv);
+            if let Err(e) = reader.preamble().await {
+                let _ = tx.send(Err(e));
+                return;
+            }
+            loop {
+                match reader.next().await {
+                    Ok(Some(f)) => {
+                        if tx.send(Ok(f)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(QuicWire { runtime: self.runtime.clone(), send, rx, buf: Vec::new() })
+    }
+}
+
+/// A reader's stream to a writer.
+pub struct QuicWire {
+    runtime: tokio::runtime::Handle,
+    send: quinn::SendStream,
+    rx: std::sync::mpsc::Receiver<Result<Frame, ProtocolError>>,
+    buf: Vec<u8>,
+}
+
+/// A send that makes no progress for this long means the link is down.
+const SEND_STALL: Duration = Duration::from_secs(30);
+
+impl Wire for QuicWire {
+    fn send(&mut self, frame: Frame) -> Result<(), LinkError> {
+        self.buf.clear();
+        frame::encode(&frame, &mut self.buf).map_err(LinkError::Refused)?;
+        let (send, buf) = (&mut self.send, &self.buf);
+        self.runtime
+            .block_on(async { tokio::time::timeout(SEND_STALL, send.write_all(buf)).await })
+            .map_err(|_| LinkError::Down(format!("no progress sending for {} s", SEND_STALL.as_secs())))?
+            .map_err(|e| LinkError::Down(format!("send: {e}")))
+    }
+
+    fn recv(&mut self, wait: Option<Duration>) -> Result<Option<Frame>, LinkError> {
+        use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
+        let got = match wait {
+            None => match self.rx.try_recv() {
+                Ok(f) => f,
+                Err(TryRecvError::Empty) => return Ok(None),
+                Err(TryRecvError::Disconnected) => return Err(LinkError::Down("the writer closed the stream".into())),
+            },
+            Some(t) => match self.rx.recv_timeout(t) {
+                Ok(f) => f,
+                Err(RecvTimeoutError::Timeout) => return Ok(None),
+                Err(RecvTimeoutError::Disconnected) => return Err(LinkError::Down("the writer closed the stream".into())),
+            },
+        };
+        match got {
+            Ok(Frame::Error { code, message }) => Err(refused(code, message)),
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.code == Code::Io => Err(LinkError::Down(e.detail)),
+            Err(e) => Err(LinkError::Refused(e)),
+        }
+    }
+}
+
+impl Drop for QuicWire {
+    fn drop(&mut self) {
+        let _ = self.send.finish();
+    }
+}

@@ -1,0 +1,326 @@
+//! The link's reader and writer together: in-process (the same state machines, no network)
+//! and over QUIC on loopback with real certificates.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_common::model::{Entry, EntryKind, EntryStatus, ExecutionSpec, LinkSettings, Mode, Options, Reach};
+use ferry_worker::exec::transfer::Buffers;
+use ferry_worker::exec::ExecContext;
+use ferry_worker::link::frame::{self, Code, FileHeader, Frame};
+use ferry_worker::link::pki::{init_ca, Ca, Identity};
+use ferry_worker::link::quic::{self, LinkClient, LinkTuning, Registry, ServeStats};
+use ferry_worker::link::rate::RateLimiter;
+use ferry_worker::link::receiver::Receiver;
+use ferry_worker::link::sender::SendSettings;
+use ferry_worker::link::wire::{LinkError, LocalWire, Wire};
+use ferry_worker::link::{run_transfer_linked, Connector, InProcess};
+
+fn spec(src: &Path, dst: &Path) -> ExecutionSpec {
+    ExecutionSpec {
+        id: format!("t{:08x}", rand::random::<u32>()),
+        mode: Mode::Copy,
+        source: src.display().to_string(),
+        destination: dst.display().to_string(),
+        options: Options::default(),
+        report_dir: None,
+        s3: Default::default(),
+        link: LinkSettings { destination_agents: vec!["cloud".into()], ..Default::default() },
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 13) as u8).collect()
+}
+
+/// A small tree: files around the chunk size, an empty file, a symlink, a FIFO, nesting.
+fn make_tree(root: &Path) -> Vec<Entry> {
+    let files: Vec<(&str, usize)> = vec![("a.txt", 10), ("empty", 0), ("d/big.bin", (3 << 20) + 17), ("d/e/f/deep", 1 << 20), ("compressible", 2 << 20)];
+    let mut entries = Vec::new();
+    for (i, (p, len)) in files.iter().enumerate() {
+        let path = root.join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let data = if *p == "compressible" { vec![b'z'; *len] } else { pattern(*len, i as u8) };
+        std::fs::write(&path, data).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        entries.push(Entry { path: p.as_bytes().to_vec(), kind: EntryKind::File, size: *len as u64, mtime: Default::default(), compare_checksum: false, check_dest: false });
+    }
+    std::os::unix::fs::symlink("../outside/target", root.join("d/link")).unwrap();
+    entries.push(Entry { path: b"d/link".to_vec(), kind: EntryKind::Symlink, size: 0, mtime: Default::default(), compare_checksum: false, check_dest: false });
+    let fifo = std::ffi::CString::new(root.join("fifo").to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    entries.push(Entry { path: b"fifo".to_vec(), kind: EntryKind::Fifo, size: 0, mtime: Default::default(), compare_checksum: false, check_dest: false });
+    entries
+}
+
+fn assert_same_tree(src: &Path, dst: &Path, entries: &[Entry]) {
+    for e in entries {
+        let rel = std::str::from_utf8(&e.path).unwrap();
+        let (a, b) = (std::fs::symlink_metadata(src.join(rel)).unwrap(), std::fs::symlink_metadata(dst.join(rel)).unwrap());
+        assert_eq!(a.mode(), b.mode(), "{rel} mode");
+        assert_eq!((a.mtime(), a.mtime_nsec()), (b.mtime(), b.mtime_nsec()), "{rel} mtime");
+        match e.kind {
+            EntryKind::File => assert!(std::fs::read(src.join(rel)).unwrap() == std::fs::read(dst.join(rel)).unwrap(), "{rel} content"),
+            EntryKind::Symlink => assert_eq!(std::fs::read_link(src.join(rel)).unwrap(), std::fs::read_link(dst.join(rel)).unwrap()),
+            _ => {}
+        }
+    }
+    let leftovers: Vec<_> = walk(dst).into_iter().filter(|p| p.contains(".ferry-tmp-")).collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+fn walk(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(root).unwrap() {
+        let e = e.unwrap();
+        out.push(e.path().display().to_string());
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        }
+    }
+    out
+}
+
+fn settings(rate: &RateLimiter, compress: bool) -> SendSettings<'_> {
+    SendSettings { agent: "reader", compress, rate }
+}
+
+#[test]
+fn a_batch_arrives_whole_and_a_second_run_sends_nothing() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let entries = make_tree(src.path());
+    let ctx = Arc::new(ExecContext::open(spec(src.path(), dst.path())).unwrap());
+    let rate = RateLimiter::new(0);
+    let mut bufs = Buffers::new(1 << 20);
+    let out = run_transfer_linked(&ctx, &InProcess { ctx: ctx.clone() }, &settings(&rate, true), entries.clone(), 1, &mut bufs);
+    assert!(out.result.failures.is_empty(), "{:?}", out.result.failures);
+    assert_eq!(out.result.counters.files_transferred, entries.len() as u64);
+    assert!(out.result.counters.bytes_compressed > (2 << 20) - 4096, "the compressible file was compressed: {:?}", out.result.counters);
+    assert!(out.report.iter().filter(|r| r.kind == EntryKind::File).all(|r| r.crc32c.is_some()));
+    assert_same_tree(src.path(), dst.path(), &entries);
+
+    let again = run_transfer_linked(&ctx, &InProcess { ctx: ctx.clone() }, &settings(&rate, false), entries.clone(), 1, &mut bufs);
+    assert_eq!(again.result.counters.files_transferred, 0);
+    assert_eq!(again.result.counters.files_skipped, entries.len() as u64, "{:?}", again.report);
+}
+
+#[test]
+fn a_corrupted_chunk_is_detected_resent_and_counted() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let entries = make_tree(src.path());
+    let mut ctx = ExecContext::open(spec(src.path(), dst.path())).unwrap();
+    ctx.hooks.corrupt_chunk = Some(b"d/big.bin".to_vec());
+    let ctx = Arc::new(ctx);
+    let rate = RateLimiter::new(0);
+    let out = run_transfer_linked(&ctx, &InProcess { ctx: ctx.clone() }, &settings(&rate, false), entries.clone(), 1, &mut Buffers::new(1 << 20));
+    assert!(out.result.failures.is_empty(), "{:?}", out.result.failures);
+    assert_eq!(out.result.counters.chunks_resent, 1);
+    assert_same_tree(src.path(), dst.path(), &entries);
+}
+
+/// Goes down after `budget` chunks, once per connection, then reconnects.
+struct Flaky {
+    ctx: Arc<ExecContext>,
+    budget: usize,
+    opened: AtomicUsize,
+}
+
+struct FlakyWire {
+    inner: LocalWire,
+    chunks_left: Option<usize>,
+}
+
+impl Wire for FlakyWire {
+    fn send(&mut self, frame: Frame) -> Result<(), LinkError> {
+        if let (Frame::Chunk { .. }, Some(left)) = (&frame, self.chunks_left.as_mut()) {
+            if *left == 0 {
+                return Err(LinkError::Down("cut".into()));
+            }
+            *left -= 1;
+        }
+        self.inner.send(frame)
+    }
+    fn recv(&mut self, wait: Option<Duration>) -> Result<Option<Frame>, LinkError> {
+        self.inner.recv(wait)
+    }
+}
+
+impl Connector for Flaky {
+    fn open(&self, _ctx: &ExecContext, _attempt: u32) -> Result<Box<dyn Wire + '_>, LinkError> {
+        let n = self.opened.fetch_add(1, Ordering::SeqCst);
+        let chunks_left = (n < 2).then_some(self.budget);
+        Ok(Box::new(FlakyWire { inner: LocalWire::new(Receiver::new(self.ctx.clone())), chunks_left }))
+    }
+}
+
+#[test]
+fn a_dropped_link_resumes_from_the_last_chunk_written() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let big = pattern(9 << 20, 7);
+    std::fs::write(src.path().join("big"), &big).unwrap();
+    let entries = vec![Entry { path: b"big".to_vec(), kind: EntryKind::File, size: big.len() as u64, mtime: Default::default(), compare_checksum: false, check_dest: false }];
+    let ctx = Arc::new(ExecContext::open(spec(src.path(), dst.path())).unwrap());
+    let flaky = Flaky { ctx: ctx.clone(), budget: 4, opened: AtomicUsize::new(0) };
+    let rate = RateLimiter::new(0);
+    let out = run_transfer_linked(&ctx, &flaky, &settings(&rate, false), entries.clone(), 1, &mut Buffers::new(1 << 20));
+    assert!(out.result.failures.is_empty(), "{:?}", out.result.failures);
+    assert_eq!(flaky.opened.load(Ordering::SeqCst), 3, "two cuts, three streams");
+    // The writer kept 4 MiB at the first reconnect and 8 MiB at the second.
+    assert_eq!(out.result.counters.bytes_resumed, 12 << 20, "resumed from the last chunk written, not from byte 0");
+    assert_eq!(out.report[0].status, EntryStatus::Transferred);
+    assert!(std::fs::read(dst.path().join("big")).unwrap() == big);
+}
+
+fn header(id: u64, path: &[u8], size: u64) -> FileHeader {
+    FileHeader { id, path: path.to_vec(), size, mode: 0o100644, mtime_sec: 1, ..Default::default() }
+}
+
+#[test]
+fn the_writer_never_writes_outside_its_root() {
+    let (outside, dst, src) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // A symlink already at the destination, pointing out of the root.
+    std::os::unix::fs::symlink(outside.path(), dst.path().join("evil")).unwrap();
+    let ctx = Arc::new(ExecContext::open_for(spec(src.path(), dst.path()), Reach { source: false, destination: true }).unwrap());
+    let mut rx = Receiver::new(ctx.clone());
+    // A symlink sent by the reader, then a file "through" it.
+    let link = FileHeader { kind: frame::entry_kind::SYMLINK, target: outside.path().display().to_string().into_bytes(), size: 0, mode: 0o120777, ..header(1, b"sneaky", 0) };
+    assert!(matches!(rx.handle(Frame::Header(link)).unwrap()[..], [Frame::Ack { status: frame::status::RESUME_AT, .. }]));
+    rx.handle(Frame::End { id: 1, size: 0, crc32c: 0 }).unwrap();
+    rx.handle(Frame::Flush).unwrap();
+    for (id, path) in [(2u64, &b"evil/passwd"[..]), (3, b"sneaky/passwd")] {
+        let data = b"owned".to_vec();
+        rx.handle(Frame::Header(header(id, path, 5))).unwrap();
+        rx.handle(Frame::Chunk { id, offset: 0, crc32c: crc32c::crc32c(&data), compressed: false, raw_len: 5, data }).unwrap();
+        rx.handle(Frame::End { id, size: 5, crc32c: crc32c::crc32c(b"owned") }).unwrap();
+    }
+    rx.handle(Frame::Flush).unwrap();
+    assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none(), "nothing was written outside the root");
+    // The symlinks in the way were replaced by directories inside the root.
+    assert!(std::fs::symlink_metadata(dst.path().join("evil")).unwrap().is_dir());
+
+    // Hostile paths never get past the decoder, whatever the sender does.
+    for bad in [&b"../x"[..], b"/etc/passwd", b"a/../../x"] {
+        let mut raw = vec![frame::kind::HEADER, 0, 0, 0, 0];
+        rmp_serde::encode::write_named(&mut raw, &header(9, bad, 0)).unwrap();
+        let len = (raw.len() - frame::FRAME_HEADER_LEN) as u32;
+        raw[1..5].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(frame::decode(&raw).unwrap_err().code, Code::UnsafePath);
+    }
+    // Out-of-order and oversized input ends the stream with a code, never a panic.
+    assert_eq!(rx.handle(Frame::Chunk { id: 77, offset: 0, crc32c: 0, compressed: false, raw_len: 1, data: vec![1] }).unwrap_err().code, Code::OutOfOrder);
+    rx.handle(Frame::Header(header(4, b"small", 2))).unwrap();
+    let data = vec![0u8; 3];
+    assert_eq!(rx.handle(Frame::Chunk { id: 4, offset: 0, crc32c: crc32c::crc32c(&data), compressed: false, raw_len: 3, data }).unwrap_err().code, Code::Malformed);
+}
+
+// ---- over QUIC ----
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+fn identities(dir: &Path, names: &[&str]) -> Vec<Identity> {
+    init_ca(dir).unwrap();
+    let ca = Ca::load(dir).unwrap();
+    names.iter().map(|n| Identity::issue(&ca, n, 30).unwrap()).collect()
+}
+
+struct Remote<'a> {
+    client: &'a LinkClient,
+    addr: std::net::SocketAddr,
+}
+
+impl Connector for Remote<'_> {
+    fn open(&self, _ctx: &ExecContext, _attempt: u32) -> Result<Box<dyn Wire + '_>, LinkError> {
+        Ok(Box::new(self.client.open(self.addr, "writer")?))
+    }
+}
+
+#[test]
+fn a_batch_crosses_quic_with_mutual_tls() {
+    let (src, dst, cadir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let entries = make_tree(src.path());
+    let ids = identities(cadir.path(), &["writer", "reader"]);
+    let spec = spec(src.path(), dst.path());
+    let writer_ctx = Arc::new(ExecContext::open_for(spec.clone(), Reach { source: false, destination: true }).unwrap());
+    let reader_ctx = ExecContext::open_for(spec, Reach { source: true, destination: false }).unwrap();
+    let rt = runtime();
+    let _guard = rt.enter();
+    let endpoint = quic::bind("127.0.0.1:0".parse().unwrap(), &ids[0], &LinkTuning::default()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let registry = Registry::default();
+    registry.insert(writer_ctx);
+    rt.spawn(quic::serve(endpoint, registry, Arc::new(ServeStats::default())));
+    let client = LinkClient::new(&ids[1], LinkTuning::default()).unwrap();
+    let rate = RateLimiter::new(0);
+    let out = std::thread::scope(|s| {
+        s.spawn(|| run_transfer_linked(&reader_ctx, &Remote { client: &client, addr }, &settings(&rate, true), entries.clone(), 1, &mut Buffers::new(1 << 20))).join().unwrap()
+    });
+    assert!(out.result.failures.is_empty(), "{:?}", out.result.failures);
+    assert_eq!(out.result.counters.files_transferred, entries.len() as u64);
+    assert_same_tree(src.path(), dst.path(), &entries);
+}
+
+#[test]
+fn peers_without_a_certificate_from_the_cluster_ca_are_refused() {
+    let (ca1, ca2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ours = identities(ca1.path(), &["writer"]);
+    let theirs = identities(ca2.path(), &["intruder"]);
+    let rt = runtime();
+    let _guard = rt.enter();
+    let endpoint = quic::bind("127.0.0.1:0".parse().unwrap(), &ours[0], &LinkTuning::default()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let stats = Arc::new(ServeStats::default());
+    rt.spawn(quic::serve(endpoint, Registry::default(), stats.clone()));
+
+    // A certificate from another CA.
+    let client = LinkClient::new(&theirs[0], LinkTuning::default()).unwrap();
+    let err = std::thread::scope(|s| s.spawn(|| client.open(addr, "writer").and_then(|mut w| {
+        w.send(Frame::Flush)?;
+        w.recv(Some(Duration::from_secs(5)))
+    })).join().unwrap());
+    assert!(err.is_err(), "a certificate from another CA must be refused");
+
+    // No certificate at all: a client that trusts our CA but presents nothing.
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::pem::PemObject::pem_slice_iter(ours[0].ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider).with_protocol_versions(&[&rustls::version::TLS13]).unwrap().with_root_certificates(roots).with_no_client_auth();
+    tls.alpn_protocols = vec![ferry_worker::link::pki::ALPN.to_vec()];
+    let cfg = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap()));
+    let anon = rt.block_on(async {
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(cfg);
+        let conn = ep.connect(addr, "writer").unwrap().await?;
+        // The server refuses the missing certificate after the client's handshake flight.
+        let (mut send, mut recv) = conn.open_bi().await?;
+        send.write_all(&frame::encode_preamble()).await?;
+        let mut b = [0u8; 8];
+        tokio::time::timeout(Duration::from_secs(5), recv.read_exact(&mut b)).await.map_err(|_| std::io::Error::other("timeout"))??;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    });
+    assert!(anon.is_err(), "a client without a certificate must be refused");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(stats.refused_handshakes.load(Ordering::Relaxed) >= 1, "the writer logged the refusal");
+}
+
+#[test]
+fn key_files_are_private_and_world_readable_keys_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = identities(dir.path(), &["w1"]);
+    assert_eq!(std::fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode() & 0o777, 0o600);
+    let agent = dir.path().join("agent");
+    ids[0].save(&agent).unwrap();
+    assert_eq!(std::fs::metadata(agent.join("agent.key")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(Identity::load(&agent).is_ok());
+    std::fs::set_permissions(agent.join("agent.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = Identity::load(&agent).err().expect("refused").to_string();
+    assert!(err.contains("readable by others") && err.contains("chmod 600"), "{err}");
+    assert!(init_ca(dir.path()).is_err(), "an existing CA is never replaced");
+    assert!(ferry_worker::link::pki::check_agent_name("bad name!").is_err());
+}
