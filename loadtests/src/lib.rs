@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod error;
 pub mod gen;
+pub mod linkbench;
 pub mod report;
 pub mod rng;
 pub mod size;

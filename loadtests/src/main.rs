@@ -5,6 +5,7 @@
 //!   ferry-load digest DIR
 //!   ferry-load wan up|selftest|cleanup [--delay 25ms --loss 0.5% --rate 1gbit ...]
 //!   ferry-load store-bench [--shards N] [--claimers N]
+//!   ferry-load link-bench [--large-files N --large-size SIZE --small-files N] [--wan-delay 25ms --wan-loss 0.5% --wan-rate 500mbit] [--tools ...]
 //!
 //! Exit codes: 0 success, 1 failure (including a benchmarked tool failing or
 //! producing a wrong copy), 2 usage error.
@@ -50,6 +51,29 @@ enum Cmd {
         /// Concurrent claimers.
         #[arg(long, default_value_t = 16)]
         claimers: usize,
+    },
+    /// ferry's QUIC agent link against rsync (daemon, ssh) and one TLS-over-TCP stream, on
+    /// loopback or through the WAN emulator (needs root, etcd, and the release binaries).
+    LinkBench(LinkBenchArgs),
+    /// (used by link-bench) receive one TLS stream of files into DIR.
+    #[command(hide = true)]
+    TlsSink {
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        tls: PathBuf,
+    },
+    /// (used by link-bench) send DIR's files over one TLS stream.
+    #[command(hide = true)]
+    TlsSend {
+        #[arg(long)]
+        connect: String,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        tls: PathBuf,
     },
 }
 
@@ -255,6 +279,59 @@ fn cmd_store_bench(shards: usize, claimers: usize) -> Result<i32> {
     Ok(0)
 }
 
+#[derive(Args)]
+struct LinkBenchArgs {
+    /// Source data directory (generated once, reused while its shape matches).
+    #[arg(long, default_value = "/var/tmp/ferry-linkbench/src")]
+    data: PathBuf,
+    /// Scratch directory: destination, certificates, logs, etcd.
+    #[arg(long, default_value = "/var/tmp/ferry-linkbench/work")]
+    work: PathBuf,
+    #[arg(long, default_value_t = 4)]
+    large_files: u64,
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    large_size: u64,
+    #[arg(long, default_value_t = 0)]
+    small_files: u64,
+    /// Tools in order, comma-separated: ferry[-variant[+variant]], rsync-daemon, rsync-ssh,
+    /// tls-tcp; `@cubic`/`@bbr` sets TCP congestion control for that run. Variants: cubic,
+    /// newreno, jumbo, nogso, 2conn, nosync, compress.
+    #[arg(long, value_delimiter = ',', default_value = "tls-tcp,ferry,ferry-jumbo,ferry-nogso,ferry-2conn,ferry-nosync,rsync-daemon,rsync-ssh")]
+    tools: Vec<String>,
+    /// One-way delay of the emulated WAN (RTT is twice this); without it, loopback.
+    #[arg(long, value_parser = ferry_loadtests::wan::parse_duration)]
+    wan_delay: Option<std::time::Duration>,
+    #[arg(long, value_parser = ferry_loadtests::wan::parse_loss, default_value = "0")]
+    wan_loss: f64,
+    #[arg(long, value_parser = ferry_loadtests::wan::parse_rate, default_value = "500mbit")]
+    wan_rate: u64,
+    /// Directory with the release `ferry` and `ferry-worker` binaries.
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn cmd_link_bench(a: LinkBenchArgs) -> Result<i32> {
+    let ws = ferry_loadtests::util::workspace_root();
+    let bin_dir = a.bin_dir.unwrap_or_else(|| ferry_loadtests::util::target_dir(&ws).join("release"));
+    let wan = a.wan_delay.map(|delay| ferry_loadtests::wan::WanConfig { delay, loss: a.wan_loss, rate_bps: a.wan_rate, ..Default::default() });
+    let o = ferry_loadtests::linkbench::LinkBenchOptions {
+        data: a.data,
+        work: a.work,
+        large_files: a.large_files,
+        large_size: a.large_size,
+        small_files: a.small_files,
+        tools: a.tools,
+        wan,
+        bin_dir,
+        out: a.out,
+    };
+    let runs = ferry_loadtests::linkbench::run(&o)?;
+    Ok(if runs.len() == o.tools.len() { 0 } else { 1 })
+}
+
 fn main() {
     // The bench runner re-executes this binary as a small measuring helper
     // (see `bench::measure_main`); intercept that before clap so the helper
@@ -270,6 +347,9 @@ fn main() {
         Cmd::Digest { dir } => cmd_digest(dir),
         Cmd::Wan(a) => ferry_loadtests::wan::cli::run(a),
         Cmd::StoreBench { shards, claimers } => cmd_store_bench(shards, claimers),
+        Cmd::LinkBench(a) => cmd_link_bench(a),
+        Cmd::TlsSink { listen, dir, tls } => ferry_loadtests::linkbench::tls_sink(&listen, &dir, &tls).map(|_| 0),
+        Cmd::TlsSend { connect, dir, tls } => ferry_loadtests::linkbench::tls_send(&connect, &dir, &tls).map(|_| 0),
     };
     match r {
         Ok(code) => std::process::exit(code),

@@ -52,6 +52,13 @@ struct Args {
     /// QUIC connections to each writer agent [default: 1].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=16))]
     link_connections: Option<u32>,
+    /// Largest link datagram path MTU discovery may try (1200-65527) [default: 1452; raise it
+    /// on jumbo-frame networks].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1200..=65527))]
+    link_max_mtu: Option<u16>,
+    /// Turn off generic segmentation offload for links (measuring only).
+    #[arg(long)]
+    link_no_gso: bool,
 }
 
 fn fail(msg: &str) -> ! {
@@ -106,6 +113,10 @@ fn main() {
             if let Some(c) = args.congestion.clone().or(cfg.worker.congestion.clone()) {
                 tuning.congestion = c.parse().unwrap_or_else(|e: String| fail(&e));
             }
+            if let Some(m) = args.link_max_mtu {
+                tuning.max_mtu = m;
+            }
+            tuning.gso = !args.link_no_gso;
             tuning.connections = args.link_connections.or(cfg.worker.link_connections).unwrap_or(1).clamp(1, 16) as usize;
             let listen = link_listen.map(|l| l.parse::<std::net::SocketAddr>().unwrap_or_else(|_| fail(&format!("--link-listen {l:?} is not an address like 0.0.0.0:7400"))));
             Some(LinkSetup { tls_dir, enroll_token: args.enroll_token.clone(), listen, advertise: args.link_advertise.clone().or(cfg.worker.link_advertise.clone()), tuning })

@@ -214,15 +214,10 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
             rmp_serde::encode::write_named(out, h).map_err(|e| err(Code::Malformed, e.to_string()))?;
         }
         Frame::Chunk { id, offset, crc32c, compressed, raw_len, data } => {
-            if data.len() > MAX_CHUNK || *raw_len as usize > MAX_CHUNK {
-                return Err(err(Code::TooLarge, format!("chunk of {} bytes (limit {MAX_CHUNK})", data.len().max(*raw_len as usize))));
-            }
-            out.extend_from_slice(&id.to_be_bytes());
-            out.extend_from_slice(&offset.to_be_bytes());
-            out.extend_from_slice(&crc32c.to_be_bytes());
-            out.push(u8::from(*compressed));
-            out.extend_from_slice(&raw_len.to_be_bytes());
+            out.truncate(start);
+            out.extend_from_slice(&encode_chunk_head(*id, *offset, *crc32c, *compressed, *raw_len, data.len())?);
             out.extend_from_slice(data);
+            return Ok(());
         }
         Frame::End { id, size, crc32c } => {
             out.extend_from_slice(&id.to_be_bytes());
@@ -254,6 +249,63 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
     let len = (out.len() - start - FRAME_HEADER_LEN) as u32;
     out[start + 1..start + FRAME_HEADER_LEN].copy_from_slice(&len.to_be_bytes());
     Ok(())
+}
+
+/// Bytes of a CHUNK frame before its data: frame type, length, and the fixed fields.
+pub const CHUNK_HEAD_LEN: usize = FRAME_HEADER_LEN + 8 + CHUNK_FIXED;
+
+/// Everything of a CHUNK frame but its data, so a sender can hand the data to the transport
+/// without copying it (the frame is this head followed by `data_len` bytes).
+pub fn encode_chunk_head(id: u64, offset: u64, crc32c: u32, compressed: bool, raw_len: u32, data_len: usize) -> Result<[u8; CHUNK_HEAD_LEN], ProtocolError> {
+    if data_len > MAX_CHUNK || raw_len as usize > MAX_CHUNK {
+        return Err(err(Code::TooLarge, format!("chunk of {} bytes (limit {MAX_CHUNK})", data_len.max(raw_len as usize))));
+    }
+    let mut h = [0u8; CHUNK_HEAD_LEN];
+    h[0] = kind::CHUNK;
+    h[1..5].copy_from_slice(&((8 + CHUNK_FIXED + data_len) as u32).to_be_bytes());
+    h[5..13].copy_from_slice(&id.to_be_bytes());
+    h[13..21].copy_from_slice(&offset.to_be_bytes());
+    h[21..25].copy_from_slice(&crc32c.to_be_bytes());
+    h[25] = u8::from(compressed);
+    h[26..30].copy_from_slice(&raw_len.to_be_bytes());
+    Ok(h)
+}
+
+/// The fixed fields of a CHUNK payload (its first 25 bytes), checked against the data length
+/// that follows. Shared by [`decode`] and by readers that receive the data into its own buffer.
+pub struct ChunkFields {
+    pub id: u64,
+    pub offset: u64,
+    pub crc32c: u32,
+    pub compressed: bool,
+    pub raw_len: u32,
+}
+
+pub fn decode_chunk_fields(fixed: &[u8], data_len: usize) -> Result<ChunkFields, ProtocolError> {
+    if fixed.len() < 8 + CHUNK_FIXED {
+        return Err(err(Code::Malformed, "chunk frame shorter than its fixed fields"));
+    }
+    let compressed = match fixed[20] {
+        0 => false,
+        1 => true,
+        f => return Err(err(Code::Malformed, format!("unknown chunk flags {f:#04x}"))),
+    };
+    let raw_len = be_u32(&fixed[21..25]);
+    if raw_len as usize > MAX_CHUNK || (!compressed && raw_len as usize != data_len) {
+        return Err(err(Code::Malformed, format!("chunk raw length {raw_len} does not fit its {data_len} data bytes")));
+    }
+    Ok(ChunkFields { id: be_u64(&fixed[0..8]), offset: be_u64(&fixed[8..16]), crc32c: be_u32(&fixed[16..20]), compressed, raw_len })
+}
+
+/// Checks a frame's type and length (its first five bytes) against the type's limit; returns
+/// the payload length. A reader calls this before it waits for or buffers the payload.
+pub fn check_frame_header(head: &[u8; FRAME_HEADER_LEN]) -> Result<usize, ProtocolError> {
+    let len = be_u32(&head[1..5]) as usize;
+    let max = limit(head[0])?;
+    if len > max {
+        return Err(err(Code::TooLarge, format!("frame type {:#04x} of {len} bytes (limit {max})", head[0])));
+    }
+    Ok(len)
 }
 
 /// At most [`MAX_MESSAGE`] bytes of `message`, cut at a character boundary.
@@ -315,11 +367,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, ProtocolError> {
         return Ok(None);
     }
     let ty = buf[0];
-    let len = be_u32(&buf[1..5]) as usize;
-    let max = limit(ty)?;
-    if len > max {
-        return Err(err(Code::TooLarge, format!("frame type {ty:#04x} of {len} bytes (limit {max})")));
-    }
+    let len = check_frame_header(buf[..FRAME_HEADER_LEN].try_into().expect("5 bytes"))?;
     let Some(p) = buf.get(FRAME_HEADER_LEN..FRAME_HEADER_LEN + len) else { return Ok(None) };
     let exact = |n: usize| if len == n { Ok(()) } else { Err(err(Code::Malformed, format!("frame type {ty:#04x} must be {n} bytes, got {len}"))) };
     let frame = match ty {
@@ -329,20 +377,8 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, ProtocolError> {
             Frame::Header(h)
         }
         kind::CHUNK => {
-            if len < 8 + CHUNK_FIXED {
-                return Err(err(Code::Malformed, "chunk frame shorter than its fixed fields"));
-            }
-            let compressed = match p[20] {
-                0 => false,
-                1 => true,
-                f => return Err(err(Code::Malformed, format!("unknown chunk flags {f:#04x}"))),
-            };
-            let raw_len = be_u32(&p[21..25]);
-            let data = p[25..].to_vec();
-            if raw_len as usize > MAX_CHUNK || (!compressed && raw_len as usize != data.len()) {
-                return Err(err(Code::Malformed, format!("chunk raw length {raw_len} does not fit its {} data bytes", data.len())));
-            }
-            Frame::Chunk { id: be_u64(&p[0..8]), offset: be_u64(&p[8..16]), crc32c: be_u32(&p[16..20]), compressed, raw_len, data }
+            let f = decode_chunk_fields(p, len.saturating_sub(8 + CHUNK_FIXED))?;
+            Frame::Chunk { id: f.id, offset: f.offset, crc32c: f.crc32c, compressed: f.compressed, raw_len: f.raw_len, data: p[8 + CHUNK_FIXED..].to_vec() }
         }
         kind::END => {
             exact(20)?;

@@ -334,18 +334,19 @@ impl Sender<'_, '_> {
                 return Ok(Err(FerryError::new(ErrorKind::Other, "rejected by the writer")));
             }
             let n = ((size - pos) as usize).min(chunk);
-            let buf = &mut self.bufs.data[..n];
-            match sys::pread(fd.as_raw_fd(), buf, pos) {
+            // A fresh buffer per chunk: it is handed to the transport, not copied.
+            let mut raw = vec![0u8; n];
+            match sys::pread(fd.as_raw_fd(), &mut raw, pos) {
                 Ok(got) if got == n => {}
                 Ok(_) => return Ok(Err(source_changed(src, rel, "it shrank"))),
                 Err(e) => return Ok(Err(src.error("read", rel, &e))),
             }
-            let c = crc32c::crc32c(buf);
+            let c = crc32c::crc32c(&raw);
             self.settings.rate.take(n as u64);
             let mut compressed = false;
             let mut data = None;
             if compress {
-                match zstd::bulk::compress(buf, 1) {
+                match zstd::bulk::compress(&raw, 1) {
                     // Worth it only when it saves at least 1/32 of the chunk.
                     Ok(z) if z.len() < n - n / 32 => {
                         self.batch.bytes_compressed += (n - z.len()) as u64;
@@ -357,7 +358,7 @@ impl Sender<'_, '_> {
                     _ => compress = false,
                 }
             }
-            let mut data = data.unwrap_or_else(|| buf.to_vec());
+            let mut data = data.unwrap_or(raw);
             if !self.batch.corrupted_once && ctx.hooks.corrupt_chunk.as_deref() == Some(rel.as_slice()) && !data.is_empty() {
                 self.batch.corrupted_once = true;
                 data[0] ^= 0xFF;
