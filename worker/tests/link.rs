@@ -324,3 +324,25 @@ fn key_files_are_private_and_world_readable_keys_are_refused() {
     assert!(init_ca(dir.path()).is_err(), "an existing CA is never replaced");
     assert!(ferry_worker::link::pki::check_agent_name("bad name!").is_err());
 }
+
+#[test]
+fn two_streams_never_write_the_same_file_at_once() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ctx = Arc::new(ExecContext::open_for(spec(src.path(), dst.path()), Reach { source: false, destination: true }).unwrap());
+    let (mut old, mut new) = (Receiver::new(ctx.clone()), Receiver::new(ctx.clone()));
+    let data = b"hello".to_vec();
+    assert!(matches!(old.handle(Frame::Header(header(1, b"f", 5))).unwrap()[..], [Frame::Ack { status: frame::status::RESUME_AT, .. }]));
+    // A reconnected reader's new stream while the old one still holds the file: refused, for
+    // a retry, instead of two writers on one temporary file.
+    assert!(matches!(new.handle(Frame::Header(header(1, b"f", 5))).unwrap()[..], [Frame::Reject { code, .. }] if code == Code::Limit as u16));
+    old.handle(Frame::Chunk { id: 1, offset: 0, crc32c: crc32c::crc32c(&data), compressed: false, raw_len: 5, data: data.clone() }).unwrap();
+    old.handle(Frame::End { id: 1, size: 5, crc32c: crc32c::crc32c(&data) }).unwrap();
+    assert!(matches!(old.handle(Frame::Flush).unwrap()[..], [Frame::Ack { status: frame::status::OK, offset: 5, .. }]));
+    // Settled: the file is free again (and now current).
+    assert!(matches!(new.handle(Frame::Header(header(2, b"f", 5))).unwrap()[..], [Frame::Ack { status: frame::status::CURRENT, .. }]), "{:?}", std::fs::metadata(dst.path().join("f")));
+    // A stream that dies mid-file lets go of it.
+    let mut dying = Receiver::new(ctx.clone());
+    dying.handle(Frame::Header(header(1, b"g", 5))).unwrap();
+    drop(dying);
+    assert!(matches!(new.handle(Frame::Header(header(3, b"g", 5))).unwrap()[..], [Frame::Ack { status: frame::status::RESUME_AT, .. }]));
+}

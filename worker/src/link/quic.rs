@@ -451,8 +451,10 @@ pub struct QuicWire {
     buf: Vec<u8>,
 }
 
-/// A send that makes no progress for this long means the link is down.
-const SEND_STALL: Duration = Duration::from_secs(30);
+/// A send that makes no progress for this long means the writer is stuck. A dead connection
+/// is noticed sooner (QUIC's idle timeout fails the send); a slow link must never count as
+/// down, or a reconnect would race the stream still draining.
+const SEND_STALL: Duration = Duration::from_secs(600);
 
 impl Wire for QuicWire {
     fn send(&mut self, frame: Frame) -> Result<(), LinkError> {

@@ -75,7 +75,29 @@ pub struct Receiver {
     open: HashMap<u64, Incoming>,
     staged: Vec<Staged>,
     buf: Vec<u8>,
+    /// Files this stream is writing: id → key in [`WRITING`].
+    held: HashMap<u64, Vec<u8>>,
     pub stats: ReceiverStats,
+}
+
+/// Files being written by any stream of this process (execution id, NUL, path). A reader that
+/// reconnects while its old stream is still draining here must not write the same temporary
+/// file from two streams: the second is refused until the first lets go, and retried.
+static WRITING: std::sync::Mutex<Option<std::collections::HashSet<Vec<u8>>>> = std::sync::Mutex::new(None);
+
+fn writing() -> std::sync::MutexGuard<'static, Option<std::collections::HashSet<Vec<u8>>>> {
+    WRITING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let mut w = writing();
+        if let Some(set) = w.as_mut() {
+            for key in self.held.values() {
+                set.remove(key);
+            }
+        }
+    }
 }
 
 fn reject(id: u64, code: Code, message: impl Into<String>) -> Frame {
@@ -113,7 +135,25 @@ impl Receiver {
     /// `ctx` must have the destination open (this agent can reach it).
     pub fn new(ctx: Arc<ExecContext>) -> Self {
         let chunk = ctx.options().limits.chunk_size as usize;
-        Receiver { ctx, open: HashMap::new(), staged: Vec::new(), buf: vec![0; chunk.max(64 << 10)], stats: ReceiverStats::default() }
+        Receiver { ctx, open: HashMap::new(), staged: Vec::new(), buf: vec![0; chunk.max(64 << 10)], held: HashMap::new(), stats: ReceiverStats::default() }
+    }
+
+    /// Lets go of the files whose answer in `replies` is final (in place, current, refused).
+    fn release_settled(&mut self, replies: &[Frame]) {
+        for r in replies {
+            let id = match r {
+                Frame::Reject { id, .. } | Frame::Ack { id, .. } => *id,
+                _ => continue,
+            };
+            if self.open.contains_key(&id) || self.staged.iter().any(|s| s.header.id == id) {
+                continue; // still ours: a checkpoint, or a refusal of a duplicate id
+            }
+            if let Some(key) = self.held.remove(&id) {
+                if let Some(set) = writing().as_mut() {
+                    set.remove(&key);
+                }
+            }
+        }
     }
 
     /// Handles one frame from the reader. `Err` ends the stream with that code.
@@ -121,15 +161,17 @@ impl Receiver {
         if self.ctx.fence().is_err() {
             return Err(perr(Code::Io, "this writer lost its cluster lease; reconnect to another writer"));
         }
-        match frame {
-            Frame::Header(h) => Ok(vec![self.header(h)]),
-            Frame::Chunk { id, offset, crc32c, compressed, raw_len, data } => self.chunk(id, offset, crc32c, compressed, raw_len, data),
-            Frame::End { id, size, crc32c } => self.end(id, size, crc32c),
-            Frame::Flush => Ok(self.flush()),
-            Frame::Hello(_) => Err(perr(Code::OutOfOrder, "HELLO after the stream started")),
-            Frame::Ack { .. } | Frame::Reject { .. } => Err(perr(Code::OutOfOrder, "ACK and REJECT travel from writer to reader")),
-            Frame::Error { code, message } => Err(perr(Code::from_u16(code).unwrap_or(Code::Malformed), format!("reader ended the stream: {message}"))),
-        }
+        let replies = match frame {
+            Frame::Header(h) => vec![self.header(h)],
+            Frame::Chunk { id, offset, crc32c, compressed, raw_len, data } => self.chunk(id, offset, crc32c, compressed, raw_len, data)?,
+            Frame::End { id, size, crc32c } => self.end(id, size, crc32c)?,
+            Frame::Flush => self.flush(),
+            Frame::Hello(_) => return Err(perr(Code::OutOfOrder, "HELLO after the stream started")),
+            Frame::Ack { .. } | Frame::Reject { .. } => return Err(perr(Code::OutOfOrder, "ACK and REJECT travel from writer to reader")),
+            Frame::Error { code, message } => return Err(perr(Code::from_u16(code).unwrap_or(Code::Malformed), format!("reader ended the stream: {message}"))),
+        };
+        self.release_settled(&replies);
+        Ok(replies)
     }
 
     fn header(&mut self, h: FileHeader) -> Frame {
@@ -140,6 +182,13 @@ impl Receiver {
         if self.open.len() + self.staged.len() >= MAX_OPEN_FILES {
             return reject(id, Code::Limit, format!("more than {MAX_OPEN_FILES} files open on one stream; send FLUSH and wait for acknowledgements"));
         }
+        let mut key = self.ctx.spec.id.as_bytes().to_vec();
+        key.push(0);
+        key.extend_from_slice(&h.path);
+        if !writing().get_or_insert_with(Default::default).insert(key.clone()) {
+            return reject(id, Code::Limit, format!("{} is being written by another stream of this agent (a reconnect while the old stream drains); try again", paths::display(&h.path)));
+        }
+        self.held.insert(id, key);
         let ctx = self.ctx.clone();
         let dst = match ctx.dst() {
             Ok(d) => d,

@@ -30,8 +30,10 @@ use crate::exec::transfer::{crc_range, source_changed, Buffers};
 use crate::exec::ExecContext;
 use crate::storage::local::{kind_of, sys, DirCache};
 
-/// How long a reader waits for the writer's answers before it declares the link down.
-pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a reader waits for the writer's answers before it declares the link down. A dead
+/// connection is noticed sooner, by QUIC's idle timeout; this covers a live connection whose
+/// writer makes no progress (answers after a FLUSH of large files take a read-back each).
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How one entry of a batch ended.
 #[derive(Debug, Clone)]
