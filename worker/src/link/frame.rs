@@ -144,7 +144,23 @@ pub struct FileHeader {
     /// can tell an unchanged destination file without receiving it.
     #[serde(default)]
     pub crc32c: Option<u32>,
+    /// Set when a large file is split over several streams: this stream carries bytes
+    /// `[start, start + len)` of it.
+    #[serde(default)]
+    pub stripe: Option<Stripe>,
 }
+
+/// One of `count` byte ranges of a file sent on separate streams (to the same writer).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stripe {
+    pub index: u32,
+    pub count: u32,
+    pub start: u64,
+    pub len: u64,
+}
+
+/// Most stripes one file may be split into.
+pub const MAX_STRIPES: u32 = 64;
 
 /// ACK status values.
 pub mod status {
@@ -157,6 +173,9 @@ pub mod status {
     /// The answer to a HEADER: the destination already holds this entry unchanged; send
     /// nothing more for it.
     pub const CURRENT: u8 = 3;
+    /// Like OK, for a stripe whose arrival completed its file: the whole file is durable,
+    /// checked and in place.
+    pub const COMPLETE: u8 = 4;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -349,6 +368,12 @@ fn check_header(h: &FileHeader) -> Result<(), ProtocolError> {
     if h.kind != entry_kind::FILE && h.size != 0 {
         return Err(err(Code::Malformed, "only a regular file has a size"));
     }
+    if let Some(s) = &h.stripe {
+        let fits = s.start.checked_add(s.len).is_some_and(|end| end <= h.size);
+        if h.kind != entry_kind::FILE || !(2..=MAX_STRIPES).contains(&s.count) || s.index >= s.count || s.len == 0 || !fits {
+            return Err(err(Code::Malformed, format!("stripe {}/{} [{}+{}) does not fit a file of {} bytes", s.index, s.count, s.start, s.len, h.size)));
+        }
+    }
     Ok(())
 }
 
@@ -441,6 +466,10 @@ mod tests {
         round_trip(&Frame::Error { code: Code::CrcMismatch as u16, message: "chunk at 0 failed its CRC32C".into() });
         round_trip(&Frame::Header(FileHeader { kind: entry_kind::SYMLINK, target: b"../elsewhere".to_vec(), size: 0, crc32c: Some(3), ..header(b"l") }));
         round_trip(&Frame::Hello(Hello { exec: "e1".into(), agent: "w1".into() }));
+        round_trip(&Frame::Header(FileHeader { size: 100, stripe: Some(Stripe { index: 1, count: 2, start: 50, len: 50 }), ..header(b"big") }));
+        let mut buf = Vec::new();
+        let bad = FileHeader { size: 100, stripe: Some(Stripe { index: 2, count: 2, start: 90, len: 20 }), ..header(b"big") };
+        assert_eq!(encode(&Frame::Header(bad), &mut buf).unwrap_err().code, Code::Malformed);
         round_trip(&Frame::Flush);
         round_trip(&Frame::Reject { id: 9, code: Code::Io as u16, message: "permission denied".into() });
         for code in [Code::BadVersion, Code::Malformed, Code::TooLarge, Code::UnsafePath, Code::CrcMismatch, Code::Io, Code::UnknownType, Code::OutOfOrder, Code::Limit, Code::UnknownExecution] {

@@ -22,7 +22,7 @@ pub mod wire;
 use std::time::{Duration, Instant};
 
 use ferry_common::error::{ErrorKind, FerryError};
-use ferry_common::model::{Entry, EntryStatus, VerifyMode};
+use ferry_common::model::{Counters, Entry, EntryKind, EntryStatus, VerifyMode};
 
 use crate::exec::transfer::{Buffers, Retries};
 use crate::exec::{ExecContext, Outcome};
@@ -40,7 +40,131 @@ pub trait Connector: Send + Sync {
 /// retried as a new attempt). A link cut shorter than this resumes transparently.
 pub const RECONNECT_FOR: Duration = Duration::from_secs(120);
 
-/// Runs a Transfer shard over a link.
+/// Files at least this large are split over several streams.
+pub const STRIPE_MIN: u64 = 256 << 20;
+/// Bytes per stripe, at least; a file gets at most [`MAX_STRIPES_PER_FILE`] stripes.
+const STRIPE_BYTES: u64 = 128 << 20;
+const MAX_STRIPES_PER_FILE: u64 = 4;
+
+/// The stripes a file of `size` bytes is sent as, or none (one stream). Boundaries fall on
+/// chunk multiples so no chunk straddles two stripes.
+pub fn stripes_of(size: u64, chunk: u64) -> Vec<frame::Stripe> {
+    if size < STRIPE_MIN || chunk == 0 {
+        return Vec::new();
+    }
+    let count = (size / STRIPE_BYTES).clamp(2, MAX_STRIPES_PER_FILE);
+    let per = size.div_ceil(count).div_ceil(chunk) * chunk;
+    let n = size.div_ceil(per);
+    if n < 2 {
+        return Vec::new();
+    }
+    (0..n).map(|i| frame::Stripe { index: i as u32, count: n as u32, start: i * per, len: per.min(size - i * per) }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stripes_cover_the_file_on_chunk_boundaries() {
+        assert!(stripes_of(STRIPE_MIN - 1, 1 << 20).is_empty());
+        for size in [STRIPE_MIN, STRIPE_MIN + 1, 1 << 30, (5 << 30) + 12345] {
+            let s = stripes_of(size, 1 << 20);
+            assert!((2..=MAX_STRIPES_PER_FILE as usize).contains(&s.len()), "{size}: {s:?}");
+            let mut next = 0;
+            for (i, st) in s.iter().enumerate() {
+                assert_eq!((st.index as usize, st.count as usize, st.start), (i, s.len(), next));
+                assert!(st.len > 0 && (st.start % (1 << 20)) == 0);
+                next = st.start + st.len;
+            }
+            assert_eq!(next, size);
+        }
+    }
+}
+
+/// Sends one batch over streams from `connector`, reconnecting while the link is down.
+/// Returns the last error for entries left unsettled.
+fn send_with_retries(ctx: &ExecContext, connector: &dyn Connector, settings: &SendSettings, batch: &mut Batch, bufs: &mut Buffers) -> Result<Option<FerryError>, Abandoned> {
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(200);
+    let mut tries = 0u32;
+    while !batch.is_settled() {
+        if ctx.fence().is_err() {
+            return Err(Abandoned);
+        }
+        let result = connector.open(ctx, tries).and_then(|mut wire| sender::send_batch(ctx, settings, wire.as_mut(), batch, bufs));
+        tries += 1;
+        match result {
+            Ok(()) => {}
+            Err(LinkError::Down(why)) => {
+                if started.elapsed() >= RECONNECT_FOR {
+                    return Ok(Some(FerryError::new(ErrorKind::Unavailable, format!("link to the destination agents down for {} s: {why}", RECONNECT_FOR.as_secs()))));
+                }
+                tracing::warn!(error = %why, retry_in_ms = backoff.as_millis() as u64, "link down; reconnecting to resume");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(LinkError::Refused(e)) => {
+                if tries >= 3 {
+                    return Ok(Some(FerryError::new(ErrorKind::Unavailable, format!("destination agent ended the stream: {e}"))));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The worker lost its lease while sending.
+struct Abandoned;
+
+/// Sends a large file as stripes on parallel streams (same writer: the connector picks it from
+/// the shard, not the stream). The file is in place when every stripe is acknowledged and one
+/// of them completed it.
+fn send_striped(ctx: &ExecContext, connector: &dyn Connector, settings: &SendSettings, entry: &Entry, stripes: &[frame::Stripe], chunk: usize) -> Result<(Settled, Counters), Abandoned> {
+    let results: Vec<Result<Batch, Abandoned>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = stripes
+            .iter()
+            .map(|&stripe| {
+                scope.spawn(move || {
+                    let mut batch = Batch::new(vec![entry.clone()]);
+                    batch.stripe = Some(stripe);
+                    let mut bufs = Buffers::new(chunk);
+                    let err = send_with_retries(ctx, connector, settings, &mut batch, &mut bufs)?;
+                    if let (Some(e), None) = (err, &batch.settled[0]) {
+                        batch.settled[0] = Some(Settled::Failed(e));
+                    }
+                    Ok(batch)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(Err(Abandoned))).collect()
+    });
+    let mut counters = Counters::default();
+    let mut crc = 0u32;
+    let mut completed = false;
+    let mut failure = None;
+    for (stripe, r) in stripes.iter().zip(results) {
+        let batch = r?;
+        counters.bytes_resumed += batch.bytes_resumed;
+        counters.chunks_resent += batch.chunks_resent;
+        counters.bytes_compressed += batch.bytes_compressed;
+        completed |= batch.completed_file;
+        match batch.settled.into_iter().next().flatten() {
+            Some(Settled::Transferred { crc: c }) => crc = ferry_common::crc::combine(crc, c, stripe.len),
+            Some(Settled::Current) => return Ok((Settled::Current, counters)),
+            Some(Settled::Failed(e)) => failure = failure.or(Some(e)),
+            None => failure = failure.or(Some(FerryError::new(ErrorKind::Unavailable, "a stripe was not acknowledged"))),
+        }
+    }
+    Ok(match failure {
+        Some(e) => (Settled::Failed(e), counters),
+        None if !completed => (Settled::Failed(FerryError::new(ErrorKind::Unavailable, "the stripes of this file reached different writers; sending it again")), counters),
+        None => (Settled::Transferred { crc }, counters),
+    })
+}
+
+/// Runs a Transfer shard over a link: large files as stripes on parallel streams, the rest as
+/// one batch on one stream.
 pub fn run_transfer_linked(ctx: &ExecContext, connector: &dyn Connector, settings: &SendSettings, entries: Vec<Entry>, attempt: u32, bufs: &mut Buffers) -> Outcome {
     let mut out = Outcome::default();
     if ctx.options().dry_run {
@@ -49,47 +173,44 @@ pub fn run_transfer_linked(ctx: &ExecContext, connector: &dyn Connector, setting
         }
         return out;
     }
-    let mut batch = Batch::new(entries);
-    let started = Instant::now();
-    let mut backoff = Duration::from_millis(200);
-    let mut tries = 0u32;
-    let mut last_error: Option<FerryError> = None;
-    while !batch.is_settled() {
-        if ctx.fence().is_err() {
-            out.abandoned = true;
-            return out;
-        }
-        let result = connector.open(ctx, tries).and_then(|mut wire| sender::send_batch(ctx, settings, wire.as_mut(), &mut batch, bufs));
-        tries += 1;
-        match result {
-            Ok(()) => {}
-            Err(LinkError::Down(why)) => {
-                if started.elapsed() >= RECONNECT_FOR {
-                    last_error = Some(FerryError::new(ErrorKind::Unavailable, format!("link to the destination agents down for {} s: {why}", RECONNECT_FOR.as_secs())));
-                    break;
-                }
-                tracing::warn!(error = %why, retry_in_ms = backoff.as_millis() as u64, "link down; reconnecting to resume");
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+    let chunk = bufs.data.len().min(frame::MAX_CHUNK);
+    let (striped, single): (Vec<Entry>, Vec<Entry>) = entries.into_iter().partition(|e| e.kind == EntryKind::File && !stripes_of(e.size, chunk as u64).is_empty());
+    let mut settled: Vec<(Entry, Option<Settled>)> = Vec::new();
+    let mut last_error = None;
+    if !single.is_empty() {
+        let mut batch = Batch::new(single);
+        match send_with_retries(ctx, connector, settings, &mut batch, bufs) {
+            Ok(e) => last_error = e,
+            Err(Abandoned) => {
+                out.abandoned = true;
+                return out;
             }
-            Err(LinkError::Refused(e)) => {
-                last_error = Some(FerryError::new(ErrorKind::Unavailable, format!("destination agent ended the stream: {e}")));
-                if tries >= 3 {
-                    break;
-                }
+        }
+        let c = out.counters();
+        c.bytes_resumed += batch.bytes_resumed;
+        c.chunks_resent += batch.chunks_resent;
+        c.bytes_compressed += batch.bytes_compressed;
+        settled.extend(batch.entries.into_iter().zip(batch.settled));
+    }
+    for entry in striped {
+        let stripes = stripes_of(entry.size, chunk as u64);
+        match send_striped(ctx, connector, settings, &entry, &stripes, chunk) {
+            Ok((s, counters)) => {
+                out.counters().add(&counters);
+                settled.push((entry, Some(s)));
+            }
+            Err(Abandoned) => {
+                out.abandoned = true;
+                return out;
             }
         }
     }
-    let c = out.counters();
-    c.bytes_resumed += batch.bytes_resumed;
-    c.chunks_resent += batch.chunks_resent;
-    c.bytes_compressed += batch.bytes_compressed;
     let verify = ctx.options().verify != VerifyMode::None;
     let mut retries = Retries::new(ctx, attempt);
-    for (entry, settled) in batch.entries.into_iter().zip(batch.settled) {
+    for (entry, settled) in settled {
         match settled {
             Some(Settled::Transferred { crc }) => {
-                if entry.kind == ferry_common::model::EntryKind::File {
+                if entry.kind == EntryKind::File {
                     let c = out.counters();
                     c.bytes_written += entry.size;
                     if verify {

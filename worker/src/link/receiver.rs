@@ -58,6 +58,32 @@ struct Staged {
     dir: OwnedFd,
     temp: Vec<u8>,
     crc: u32,
+    /// The offset its ACK OK carries: the file's size, or the end of its stripe.
+    ack_offset: u64,
+    /// False for a stripe whose file other stripes still complete: FLUSH only makes it
+    /// durable. The stripe that completes the file renames it.
+    rename: bool,
+}
+
+/// Stripes of files being received, by execution, path and source identity: the CRC and
+/// length of each finished stripe. The last stripe to finish completes the file.
+static STRIPES: std::sync::Mutex<Option<HashMap<Vec<u8>, Vec<Option<(u32, u64)>>>>> = std::sync::Mutex::new(None);
+
+impl Incoming {
+    /// Identifies the directory (device and inode) for the stripe registry's key.
+    fn dir_key(&self) -> Vec<u8> {
+        let st = sys::fstat(self.dir.as_raw_fd()).ok();
+        let (dev, ino) = st.map_or((0, 0), |st| (st.st_dev, st.st_ino));
+        format!("{dev}:{ino}/").into_bytes()
+    }
+
+    /// Where this stream's bytes of the file end.
+    fn end(&self) -> u64 {
+        self.header.stripe.map_or(self.header.size, |s| s.start + s.len)
+    }
+    fn start(&self) -> u64 {
+        self.header.stripe.map_or(0, |s| s.start)
+    }
 }
 
 /// What the writer did, for its logs and metrics.
@@ -185,6 +211,9 @@ impl Receiver {
         let mut key = self.ctx.spec.id.as_bytes().to_vec();
         key.push(0);
         key.extend_from_slice(&h.path);
+        if let Some(st) = &h.stripe {
+            key.extend_from_slice(format!("\0stripe{}", st.index).as_bytes());
+        }
         if !writing().get_or_insert_with(Default::default).insert(key.clone()) {
             return reject(id, Code::Limit, format!("{} is being written by another stream of this agent (a reconnect while the old stream drains); try again", paths::display(&h.path)));
         }
@@ -212,14 +241,18 @@ impl Receiver {
         let identity = format!("link{:08x}", crc32c::crc32c(format!("{}:{}.{}:{}", h.size, h.mtime_sec, h.mtime_nsec, h.mode).as_bytes()));
         let temp = self.ctx.temp_with(&identity, name);
         let mut incoming = Incoming { header: h, dir, temp, fd: None, offset: 0, crc: 0, resending: false, bad_chunks: 0, since_checkpoint: 0 };
-        if incoming.header.kind == entry_kind::FILE {
+        if incoming.header.stripe.is_some() {
+            if let Err(e) = Self::open_shared_temp(&mut incoming) {
+                return reject(id, Code::Io, dst.error("create", &incoming.header.path, &e).to_string());
+            }
+        } else if incoming.header.kind == entry_kind::FILE {
             if let Err(e) = self.open_temp(&mut incoming) {
                 let _ = sys::unlink_at(incoming.dir.as_raw_fd(), &incoming.temp, false);
                 return reject(id, Code::Io, dst.error("create", &incoming.header.path, &e).to_string());
             }
         }
         let resume_at = incoming.offset;
-        self.stats.bytes_resumed += resume_at;
+        self.stats.bytes_resumed += resume_at - incoming.start();
         self.open.insert(id, incoming);
         ack(id, resume_at, status::RESUME_AT)
     }
@@ -241,6 +274,21 @@ impl Receiver {
             remove_tree_at(dir, &f.temp)?;
         }
         f.fd = Some(sys::open_at(dir, &f.temp, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o600)?);
+        Ok(())
+    }
+
+    /// A stripe writes its range into the temporary file its sibling stripes share; it starts
+    /// at its range's beginning (stripes do not resume mid-range).
+    fn open_shared_temp(f: &mut Incoming) -> std::io::Result<()> {
+        let dir = f.dir.as_raw_fd();
+        if let Some(st) = sys::lstat_at(dir, &f.temp)? {
+            if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+                remove_tree_at(dir, &f.temp)?;
+            }
+        }
+        f.fd = Some(sys::open_at(dir, &f.temp, libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW, 0o600)?);
+        f.offset = f.start();
+        f.crc = 0;
         Ok(())
     }
 
@@ -287,8 +335,8 @@ impl Receiver {
             return Err(perr(Code::OutOfOrder, format!("CHUNK at {offset} for file id {id}, expected {}", f.offset)));
         }
         f.resending = false;
-        if offset + raw_len as u64 > f.header.size {
-            return Err(perr(Code::Malformed, format!("CHUNK ends at {} past the file's size {}", offset + raw_len as u64, f.header.size)));
+        if offset + raw_len as u64 > f.end() {
+            return Err(perr(Code::Malformed, format!("CHUNK ends at {} past the end of its file or stripe, {}", offset + raw_len as u64, f.end())));
         }
         // Damaged compressed data may not even inflate: that is a bad chunk like any other.
         let raw = if compressed {
@@ -325,7 +373,7 @@ impl Receiver {
         f.offset += n;
         f.since_checkpoint += n;
         self.stats.bytes_written += n;
-        if f.since_checkpoint >= CHECKPOINT_BYTES && f.offset < f.header.size {
+        if f.since_checkpoint >= CHECKPOINT_BYTES && f.offset < f.end() {
             f.since_checkpoint = 0;
             if sys::fdatasync(fd).is_ok() {
                 return Ok(vec![ack(id, f.offset, status::OK)]);
@@ -341,8 +389,8 @@ impl Receiver {
         if f.resending {
             return Ok(Vec::new()); // the reader will resend the bad range and END again
         }
-        if size != f.header.size || f.offset != size {
-            return Err(perr(Code::Malformed, format!("END at {size} for file id {id}, which has {} of {} bytes", f.offset, f.header.size)));
+        if size != f.end() || f.offset != size {
+            return Err(perr(Code::Malformed, format!("END at {size} for file id {id}, which has {} of {} bytes", f.offset, f.end())));
         }
         if f.header.kind == entry_kind::FILE && f.crc != crc32c {
             // The chunks each matched, so the prefix kept from an earlier connection was
@@ -353,18 +401,36 @@ impl Receiver {
                 let f = self.open.remove(&id).expect("present");
                 return Ok(vec![reject(id, Code::CrcMismatch, format!("{} failed its whole-file CRC32C", paths::display(&f.header.path)))]);
             }
-            if let Some(fd) = &f.fd {
+            if let (Some(fd), None) = (&f.fd, f.header.stripe) {
                 let _ = sys::ftruncate(fd.as_raw_fd(), 0);
             }
-            f.offset = 0;
+            f.offset = f.start();
             f.crc = 0;
             f.resending = true;
-            return Ok(vec![ack(id, 0, status::RESEND_FROM)]);
+            return Ok(vec![ack(id, f.offset, status::RESEND_FROM)]);
         }
         let f = self.open.remove(&id).expect("present");
+        let mut whole_crc = crc32c;
+        if let Some(st) = f.header.stripe {
+            // Record this stripe; unless it completes the file, FLUSH only makes it durable.
+            let mut key = f.dir_key();
+            key.extend_from_slice(&f.temp);
+            let mut all = STRIPES.lock().unwrap_or_else(|p| p.into_inner());
+            let set = all.get_or_insert_with(Default::default).entry(key.clone()).or_insert_with(|| vec![None; st.count as usize]);
+            if set.len() != st.count as usize {
+                *set = vec![None; st.count as usize];
+            }
+            set[st.index as usize] = Some((crc32c, st.len));
+            if set.iter().any(Option::is_none) {
+                self.staged.push(Staged { ack_offset: f.end(), header: f.header, dir: f.dir, temp: f.temp, crc: crc32c, rename: false });
+                return Ok(Vec::new());
+            }
+            whole_crc = set.iter().flatten().fold(0u32, |acc, &(c, len)| crc::combine(acc, c, len));
+            all.as_mut().expect("set above").remove(&key);
+        }
         match self.finish_entry(&f) {
             Ok(()) => {
-                self.staged.push(Staged { header: f.header, dir: f.dir, temp: f.temp, crc: crc32c });
+                self.staged.push(Staged { ack_offset: f.end(), header: f.header, dir: f.dir, temp: f.temp, crc: whole_crc, rename: true });
                 Ok(Vec::new())
             }
             Err(e) => {
@@ -436,6 +502,10 @@ impl Receiver {
             let h = &s.header;
             let dir = s.dir.as_raw_fd();
             let (_, name) = paths::split(&h.path);
+            if !s.rename {
+                done.push(ack(h.id, s.ack_offset, status::OK));
+                continue;
+            }
             if verify && h.kind == entry_kind::FILE {
                 let read_back = sys::open_read_noatime(dir, &s.temp).and_then(|fd| crc_range(fd.as_raw_fd(), 0, h.size, &mut self.buf));
                 match read_back {
@@ -460,7 +530,7 @@ impl Receiver {
             match renamed {
                 Ok(()) => {
                     self.stats.files_written += 1;
-                    done.push(ack(h.id, h.size, status::OK));
+                    done.push(ack(h.id, s.ack_offset, if h.stripe.is_some() { status::COMPLETE } else { status::OK }));
                 }
                 Err(e) => replies.push(reject(h.id, Code::Io, dst.error("rename into place", &h.path, &e).to_string())),
             }

@@ -23,7 +23,7 @@ use ferry_common::error::{ErrorKind, FerryError};
 use ferry_common::model::{Entry, EntryKind};
 use ferry_common::paths;
 
-use super::frame::{entry_kind, status, Code, FileHeader, Frame, Hello};
+use super::frame::{entry_kind, status, Code, FileHeader, Frame, Hello, Stripe};
 use super::rate::RateLimiter;
 use super::wire::{refused, LinkError, Wire};
 use crate::exec::transfer::{crc_range, source_changed, Buffers};
@@ -62,13 +62,17 @@ pub struct Batch {
     pub bytes_compressed: u64,
     /// Bytes put on the wire (after compression).
     pub bytes_sent: u64,
+    /// Set when this batch is one stripe of its single (large) file.
+    pub stripe: Option<Stripe>,
+    /// A stripe batch saw its file complete at the writer (COMPLETE, or CURRENT).
+    pub completed_file: bool,
     corrupted_once: bool,
 }
 
 impl Batch {
     pub fn new(entries: Vec<Entry>) -> Self {
         let n = entries.len();
-        Batch { entries, settled: vec![None; n], bytes_resumed: 0, chunks_resent: 0, bytes_compressed: 0, bytes_sent: 0, corrupted_once: false }
+        Batch { entries, settled: vec![None; n], bytes_resumed: 0, chunks_resent: 0, bytes_compressed: 0, bytes_sent: 0, stripe: None, completed_file: false, corrupted_once: false }
     }
 
     pub fn is_settled(&self) -> bool {
@@ -88,6 +92,10 @@ impl Batch {
 struct Announced {
     size: u64,
     mtime: ferry_common::model::Timestamp,
+    /// The byte range this stream sends: the whole file, or its stripe.
+    start: u64,
+    end: u64,
+    /// CRC32C of `[start, end)` once sent.
     crc: u32,
 }
 
@@ -159,13 +167,16 @@ impl Sender<'_, '_> {
             let frame = self.wire.recv(Some(ANSWER_TIMEOUT))?.ok_or_else(|| LinkError::Down(format!("no answer from the writer within {} s", ANSWER_TIMEOUT.as_secs())))?;
             match frame {
                 Frame::Ack { id, offset, status: status::RESUME_AT } if unanswered.remove(&id) => to_send.push((id, offset)),
-                Frame::Ack { id, status: status::CURRENT, .. } if unanswered.remove(&id) => self.batch.settle(id, Settled::Current),
+                Frame::Ack { id, status: status::CURRENT, .. } if unanswered.remove(&id) => {
+                    self.batch.completed_file = true;
+                    self.batch.settle(id, Settled::Current)
+                }
                 Frame::Reject { id, code, message } if unanswered.remove(&id) => self.batch.settle(id, Settled::Failed(rejected(code, message))),
                 other => self.unexpected(other)?,
             }
         }
         for (id, from) in to_send {
-            self.batch.bytes_resumed += from;
+            self.batch.bytes_resumed += from.saturating_sub(self.announced.get(&id).map_or(0, |a| a.start));
             self.send_entry(id, from)?;
         }
         self.wire.send(Frame::Flush)?;
@@ -199,8 +210,9 @@ impl Sender<'_, '_> {
     /// Applies one frame from the writer; `current` is the entry being sent, if any.
     fn event(&mut self, frame: Frame, current: Option<u64>) -> Result<Rewind, LinkError> {
         match frame {
-            Frame::Ack { id, offset, status: status::OK } => {
-                if self.awaiting.contains(&id) && self.announced.get(&id).map(|a| a.size) == Some(offset) {
+            Frame::Ack { id, offset, status: st @ (status::OK | status::COMPLETE) } => {
+                if self.awaiting.contains(&id) && self.announced.get(&id).map(|a| a.end) == Some(offset) {
+                    self.batch.completed_file |= st == status::COMPLETE;
                     self.awaiting.remove(&id);
                     let crc = self.announced[&id].crc;
                     self.batch.settle(id, Settled::Transferred { crc });
@@ -265,8 +277,13 @@ impl Sender<'_, '_> {
             target,
             rdev: st.st_rdev,
             crc32c,
+            stripe: self.batch.stripe,
         };
-        Ok((h, Announced { size, mtime: mt, crc: 0 }))
+        let (start, end) = self.batch.stripe.map_or((0, size), |s| (s.start, s.start + s.len));
+        if end > size {
+            return Err(source_changed(src, &entry.path, "it shrank"));
+        }
+        Ok((h, Announced { size, mtime: mt, start, end, crc: 0 }))
     }
 
     /// Sends entry `id` from byte `from`, then END. A source that changed meanwhile settles the
@@ -298,8 +315,8 @@ impl Sender<'_, '_> {
         let src = ctx.src();
         let rel = &entry.path;
         let (parent, name) = paths::split(rel);
-        let (size, mtime) = match self.announced.get(&id) {
-            Some(a) => (a.size, a.mtime),
+        let (size, mtime, start, end) = match self.announced.get(&id) {
+            Some(a) => (a.size, a.mtime, a.start, a.end),
             None => return Ok(Err(source_changed(src, rel, "not announced"))),
         };
         let opened = self
@@ -316,17 +333,17 @@ impl Sender<'_, '_> {
             return Ok(Err(source_changed(src, rel, "size or mtime changed")));
         }
         let chunk = self.bufs.data.len().min(super::frame::MAX_CHUNK);
-        let mut pos = from.min(size);
-        let mut acc = match self.prefix_crc(fd.as_raw_fd(), pos, rel) {
+        let mut pos = from.clamp(start, end);
+        let mut acc = match self.prefix_crc(fd.as_raw_fd(), start, pos, rel) {
             Ok(c) => c,
             Err(e) => return Ok(Err(e)),
         };
         let mut compress = self.settings.compress;
-        while pos < size {
+        while pos < end {
             while let Some(frame) = self.wire.recv(None)? {
                 if let Rewind::To(x) = self.event(frame, Some(id))? {
-                    pos = x.min(size);
-                    acc = match self.prefix_crc(fd.as_raw_fd(), pos, rel) {
+                    pos = x.clamp(start, end);
+                    acc = match self.prefix_crc(fd.as_raw_fd(), start, pos, rel) {
                         Ok(c) => c,
                         Err(e) => return Ok(Err(e)),
                     };
@@ -335,7 +352,7 @@ impl Sender<'_, '_> {
             if self.batch.settled[id as usize].is_some() {
                 return Ok(Err(FerryError::new(ErrorKind::Other, "rejected by the writer")));
             }
-            let n = ((size - pos) as usize).min(chunk);
+            let n = ((end - pos) as usize).min(chunk);
             // A fresh buffer per chunk: it is handed to the transport, not copied.
             let mut raw = vec![0u8; n];
             match sys::pread(fd.as_raw_fd(), &mut raw, pos) {
@@ -373,14 +390,15 @@ impl Sender<'_, '_> {
         if !unchanged(fd.as_raw_fd()) {
             return Ok(Err(source_changed(src, rel, "size or mtime changed")));
         }
-        self.wire.send(Frame::End { id, size, crc32c: acc })?;
+        self.wire.send(Frame::End { id, size: end, crc32c: acc })?;
         Ok(Ok(acc))
     }
 
-    fn prefix_crc(&mut self, fd: i32, len: u64, rel: &[u8]) -> Result<u32, FerryError> {
-        if len == 0 {
+    /// CRC32C of `[start, pos)` of the source: what the writer already has of this range.
+    fn prefix_crc(&mut self, fd: i32, start: u64, pos: u64, rel: &[u8]) -> Result<u32, FerryError> {
+        if pos <= start {
             return Ok(0);
         }
-        crc_range(fd, 0, len, &mut self.bufs.data).map_err(|e| self.ctx.src().error("read", rel, &e))
+        crc_range(fd, start, pos - start, &mut self.bufs.data).map_err(|e| self.ctx.src().error("read", rel, &e))
     }
 }
