@@ -342,9 +342,11 @@ impl Bench<'_> {
                 "jumbo" => worker_flags.extend(["--link-max-mtu".into(), "9000".into()]),
                 "nogso" => worker_flags.push("--link-no-gso".into()),
                 "2conn" => worker_flags.extend(["--link-connections".into(), "2".into()]),
+                "stripes1" => worker_flags.extend(["--link-stripes".into(), "1".into()]),
+                "stripes4" => worker_flags.extend(["--link-stripes".into(), "4".into()]),
                 "nosync" => copy_flags.extend(["--no-fsync".into(), "--verify".into(), "none".into()]),
                 "compress" => copy_flags.push("--compress".into()),
-                other => return Err(Error::usage(format!("unknown ferry variant {other:?} (cubic, newreno, jumbo, nogso, 2conn, nosync, compress; join with +)"))),
+                other => return Err(Error::usage(format!("unknown ferry variant {other:?} (cubic, newreno, jumbo, nogso, 2conn, stripes1, stripes4, nosync, compress; join with +)"))),
             }
         }
         self.clear_dst()?;

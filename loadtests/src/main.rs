@@ -295,7 +295,7 @@ struct LinkBenchArgs {
     small_files: u64,
     /// Tools in order, comma-separated: ferry[-variant[+variant]], rsync-daemon, rsync-ssh,
     /// tls-tcp; `@cubic`/`@bbr` sets TCP congestion control for that run. Variants: cubic,
-    /// newreno, jumbo, nogso, 2conn, nosync, compress.
+    /// newreno, jumbo, nogso, 2conn, stripes1, stripes4, nosync, compress.
     #[arg(long, value_delimiter = ',', default_value = "tls-tcp,ferry,ferry-jumbo,ferry-nogso,ferry-2conn,ferry-nosync,rsync-daemon,rsync-ssh")]
     tools: Vec<String>,
     /// One-way delay of the emulated WAN (RTT is twice this); without it, loopback.

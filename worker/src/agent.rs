@@ -48,12 +48,17 @@ pub struct LinkSetup {
     /// What other agents dial; defaults to `listen`.
     pub advertise: Option<String>,
     pub tuning: LinkTuning,
+    /// Stripes per large file; `None`: [`crate::link::default_stripes`].
+    pub stripes: Option<u64>,
 }
 
 /// Loads (or first enrolls for) the agent's certificate and starts its link endpoints.
 pub async fn start_link(store: &SharedStore, cfg: &AgentConfig) -> Result<(Arc<LinkAgent>, Option<String>), String> {
     let mut agent = LinkAgent { name: cfg.name.clone(), labels: cfg.labels.clone(), ..Default::default() };
     let Some(setup) = &cfg.link else { return Ok((Arc::new(agent), None)) };
+    if let Some(n) = setup.stripes {
+        agent.max_stripes = n.clamp(1, crate::link::MAX_STRIPES_PER_FILE);
+    }
     if !Identity::exists(&setup.tls_dir) {
         let Some(token) = &setup.enroll_token else {
             return Err(format!("no certificate in {} (enroll this agent once with --enroll-token TOKEN; make a token with 'ferry ca token')", setup.tls_dir.display()));

@@ -451,7 +451,7 @@ async fn execute_linked_transfer(shared: &MoverShared, shard: &Shard, entries: V
     let writers = if local { Vec::new() } else { find_writers(shared.queue.store(), &ctx.spec).await? };
     let start = crc32c::crc32c(shard.id.as_bytes()) as usize;
     blocking(chunk, bufs, move |b| {
-        let settings = SendSettings { agent: &link.name, compress: ctx.spec.link.compress, rate: &link.rate };
+        let settings = SendSettings { agent: &link.name, compress: ctx.spec.link.compress, rate: &link.rate, max_stripes: link.max_stripes };
         if local {
             return run_transfer_linked(&ctx, &InProcess { ctx: ctx.clone() }, &settings, entries, attempt, b);
         }

@@ -85,7 +85,7 @@ fn walk(root: &Path) -> Vec<String> {
 }
 
 fn settings(rate: &RateLimiter, compress: bool) -> SendSettings<'_> {
-    SendSettings { agent: "reader", compress, rate }
+    SendSettings { agent: "reader", compress, rate, max_stripes: 4 }
 }
 
 #[test]

@@ -59,6 +59,9 @@ struct Args {
     /// Turn off generic segmentation offload for links (measuring only).
     #[arg(long)]
     link_no_gso: bool,
+    /// Streams a file of 256 MiB or more is split over, 1-4 [default: half the cores, at most 4].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4))]
+    link_stripes: Option<u64>,
 }
 
 fn fail(msg: &str) -> ! {
@@ -119,7 +122,7 @@ fn main() {
             tuning.gso = !args.link_no_gso;
             tuning.connections = args.link_connections.or(cfg.worker.link_connections).unwrap_or(1).clamp(1, 16) as usize;
             let listen = link_listen.map(|l| l.parse::<std::net::SocketAddr>().unwrap_or_else(|_| fail(&format!("--link-listen {l:?} is not an address like 0.0.0.0:7400"))));
-            Some(LinkSetup { tls_dir, enroll_token: args.enroll_token.clone(), listen, advertise: args.link_advertise.clone().or(cfg.worker.link_advertise.clone()), tuning })
+            Some(LinkSetup { tls_dir, enroll_token: args.enroll_token.clone(), listen, advertise: args.link_advertise.clone().or(cfg.worker.link_advertise.clone()), tuning, stripes: args.link_stripes })
         }
     };
     init_logging(format, "info");

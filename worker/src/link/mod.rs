@@ -42,17 +42,26 @@ pub const RECONNECT_FOR: Duration = Duration::from_secs(120);
 
 /// Files at least this large are split over several streams.
 pub const STRIPE_MIN: u64 = 256 << 20;
-/// Bytes per stripe, at least; a file gets at most [`MAX_STRIPES_PER_FILE`] stripes.
+/// Bytes per stripe, at least.
 const STRIPE_BYTES: u64 = 128 << 20;
-const MAX_STRIPES_PER_FILE: u64 = 4;
+/// The most stripes a file is split into.
+pub const MAX_STRIPES_PER_FILE: u64 = 4;
+
+/// Stripes per large file by default: they spread reading, CRC and writing over cores, so
+/// half the cores, at most 4. Measured on 2 cores (BENCHMARKS.md), 4 stripes cost 13 % of
+/// throughput on loopback: there the default, 1, sends a large file on one stream.
+pub fn default_stripes() -> u64 {
+    let cores = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
+    (cores / 2).clamp(1, MAX_STRIPES_PER_FILE)
+}
 
 /// The stripes a file of `size` bytes is sent as, or none (one stream). Boundaries fall on
 /// chunk multiples so no chunk straddles two stripes.
-pub fn stripes_of(size: u64, chunk: u64) -> Vec<frame::Stripe> {
-    if size < STRIPE_MIN || chunk == 0 {
+pub fn stripes_of(size: u64, chunk: u64, max_stripes: u64) -> Vec<frame::Stripe> {
+    if size < STRIPE_MIN || chunk == 0 || max_stripes < 2 {
         return Vec::new();
     }
-    let count = (size / STRIPE_BYTES).clamp(2, MAX_STRIPES_PER_FILE);
+    let count = (size / STRIPE_BYTES).clamp(2, max_stripes.min(MAX_STRIPES_PER_FILE));
     let per = size.div_ceil(count).div_ceil(chunk) * chunk;
     let n = size.div_ceil(per);
     if n < 2 {
@@ -67,9 +76,11 @@ mod tests {
 
     #[test]
     fn stripes_cover_the_file_on_chunk_boundaries() {
-        assert!(stripes_of(STRIPE_MIN - 1, 1 << 20).is_empty());
+        assert!(stripes_of(STRIPE_MIN - 1, 1 << 20, 4).is_empty());
+        assert!(stripes_of(1 << 30, 1 << 20, 1).is_empty(), "one stripe means one stream");
+        assert_eq!(stripes_of(1 << 30, 1 << 20, 2).len(), 2);
         for size in [STRIPE_MIN, STRIPE_MIN + 1, 1 << 30, (5 << 30) + 12345] {
-            let s = stripes_of(size, 1 << 20);
+            let s = stripes_of(size, 1 << 20, 4);
             assert!((2..=MAX_STRIPES_PER_FILE as usize).contains(&s.len()), "{size}: {s:?}");
             let mut next = 0;
             for (i, st) in s.iter().enumerate() {
@@ -174,7 +185,7 @@ pub fn run_transfer_linked(ctx: &ExecContext, connector: &dyn Connector, setting
         return out;
     }
     let chunk = bufs.data.len().min(frame::MAX_CHUNK);
-    let (striped, single): (Vec<Entry>, Vec<Entry>) = entries.into_iter().partition(|e| e.kind == EntryKind::File && !stripes_of(e.size, chunk as u64).is_empty());
+    let (striped, single): (Vec<Entry>, Vec<Entry>) = entries.into_iter().partition(|e| e.kind == EntryKind::File && !stripes_of(e.size, chunk as u64, settings.max_stripes).is_empty());
     let mut settled: Vec<(Entry, Option<Settled>)> = Vec::new();
     let mut last_error = None;
     if !single.is_empty() {
@@ -193,7 +204,7 @@ pub fn run_transfer_linked(ctx: &ExecContext, connector: &dyn Connector, setting
         settled.extend(batch.entries.into_iter().zip(batch.settled));
     }
     for entry in striped {
-        let stripes = stripes_of(entry.size, chunk as u64);
+        let stripes = stripes_of(entry.size, chunk as u64, settings.max_stripes);
         match send_striped(ctx, connector, settings, &entry, &stripes, chunk) {
             Ok((s, counters)) => {
                 out.counters().add(&counters);
@@ -248,7 +259,6 @@ impl Connector for InProcess {
 
 /// An agent's link equipment, shared by all its movers: the client that dials writers, the
 /// registry the writer endpoint serves from, and the BytesPerSecond bucket.
-#[derive(Default)]
 pub struct LinkAgent {
     pub name: String,
     pub labels: Vec<String>,
@@ -256,6 +266,14 @@ pub struct LinkAgent {
     pub client: Option<quic::LinkClient>,
     pub registry: quic::Registry,
     pub rate: rate::RateLimiter,
+    /// Stripes per large file (1: one stream per file).
+    pub max_stripes: u64,
+}
+
+impl Default for LinkAgent {
+    fn default() -> Self {
+        LinkAgent { name: String::new(), labels: Vec::new(), client: None, registry: Default::default(), rate: Default::default(), max_stripes: default_stripes() }
+    }
 }
 
 impl Default for rate::RateLimiter {

@@ -48,6 +48,8 @@ pub struct SendSettings<'a> {
     pub agent: &'a str,
     pub compress: bool,
     pub rate: &'a RateLimiter,
+    /// Stripes per large file (1: one stream per file).
+    pub max_stripes: u64,
 }
 
 /// One shard's entries and what has become of them, kept across reconnects.
