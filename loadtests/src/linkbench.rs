@@ -495,6 +495,7 @@ pub fn run(o: &LinkBenchOptions) -> Result<Vec<ToolRun>> {
     procs.0.push(coord.stderr(std::fs::File::create(o.work.join("coordinator.log")).map_err(|e| run_err(e.to_string()))?).spawn().map_err(|e| run_err(format!("ferry coordinator: {e}")))?);
     std::thread::sleep(Duration::from_secs(1));
     let bench = Bench { o, sites, etcd: etcd_url, dst: o.work.join("dst"), bytes };
+    let machine_cc = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control").map(|s| s.trim().to_string()).unwrap_or_else(|_| "bbr".into());
     let mut runs = Vec::new();
     for tool in &o.tools {
         let (name, cc) = match tool.rsplit_once('@') {
@@ -512,7 +513,8 @@ pub fn run(o: &LinkBenchOptions) -> Result<Vec<ToolRun>> {
             other => Err(Error::usage(format!("unknown tool {other:?} (ferry[-variant], rsync-daemon, rsync-ssh, tls-tcp; add @cubic or @bbr for TCP congestion control)"))),
         };
         if cc.is_some() {
-            let _ = bench.sites.set_tcp_cc("bbr");
+            // Back to the machine's own default for the next tool.
+            let _ = bench.sites.set_tcp_cc(&machine_cc);
         }
         match r {
             Ok(mut run) => {
