@@ -666,12 +666,13 @@ async fn workers_command(args: &ClusterArgs) -> Result<(), UsageError> {
     let store = connect(&args.etcd).await?;
     let workers = cluster::list_workers(&store).await.map_err(|e| UsageError(e.to_string()))?;
     if args.json {
-        let v: Vec<_> = workers.iter().map(|w| serde_json::json!({"name": w.name, "host": w.host, "movers": w.movers, "pid": w.pid, "locations": w.locations, "state": "ONLINE"})).collect();
+        let v: Vec<_> = workers.iter().map(|w| serde_json::json!({"name": w.name, "host": w.host, "movers": w.movers, "pid": w.pid, "locations": w.locations, "labels": w.labels, "link": w.link_addr, "state": "ONLINE"})).collect();
         println!("{}", serde_json::Value::Array(v));
     } else {
-        println!("{:<24} {:<20} {:>6} {:>8}  {:<8} LOCATIONS", "NAME", "HOST", "MOVERS", "PID", "STATE");
+        println!("{:<24} {:<20} {:>6} {:>8}  {:<8} {:<16} {:<22} LOCATIONS", "NAME", "HOST", "MOVERS", "PID", "STATE", "LABELS", "LINK");
         for w in &workers {
-            println!("{:<24} {:<20} {:>6} {:>8}  {:<8} {}", w.name, w.host, w.movers, w.pid, "ONLINE", w.locations.join(","));
+            let labels = if w.labels.is_empty() { "-".to_string() } else { w.labels.join(",") };
+            println!("{:<24} {:<20} {:>6} {:>8}  {:<8} {:<16} {:<22} {}", w.name, w.host, w.movers, w.pid, "ONLINE", labels, w.link_addr.as_deref().unwrap_or("-"), w.locations.join(","));
         }
     }
     Ok(())

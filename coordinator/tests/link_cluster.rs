@@ -150,6 +150,11 @@ fn agents_in_two_namespaces_copy_over_quic_through_a_cut_link() {
     loop {
         let out = ok(Command::new(&ferry).args(["workers", "--json", "--etcd", &etcd.endpoint]));
         if out.matches("\"ONLINE\"").count() == 2 {
+            // Labels and the writer's link address are what readers route by.
+            let workers: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let cloud = workers.as_array().unwrap().iter().find(|w| w["name"] == "agent-cloud").expect("cloud agent listed");
+            assert_eq!(cloud["labels"], serde_json::json!(["cloud"]));
+            assert_eq!(cloud["link"], serde_json::json!(format!("{}:7400", sites.ns[1].2)));
             break;
         }
         assert!(Instant::now() < deadline, "agents did not register: {out}\n{}", std::fs::read_to_string(logs.join("cloud.log")).unwrap_or_default());

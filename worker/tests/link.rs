@@ -48,12 +48,25 @@ fn make_tree(root: &Path) -> Vec<Entry> {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
         entries.push(Entry { path: p.as_bytes().to_vec(), kind: EntryKind::File, size: *len as u64, mtime: Default::default(), compare_checksum: false, check_dest: false });
     }
+    set_xattr(&root.join("a.txt"), "user.ferry.test", b"kept across the link");
     std::os::unix::fs::symlink("../outside/target", root.join("d/link")).unwrap();
     entries.push(Entry { path: b"d/link".to_vec(), kind: EntryKind::Symlink, size: 0, mtime: Default::default(), compare_checksum: false, check_dest: false });
     let fifo = std::ffi::CString::new(root.join("fifo").to_str().unwrap()).unwrap();
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
     entries.push(Entry { path: b"fifo".to_vec(), kind: EntryKind::Fifo, size: 0, mtime: Default::default(), compare_checksum: false, check_dest: false });
     entries
+}
+
+fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+    let (p, n) = (std::ffi::CString::new(path.to_str().unwrap()).unwrap(), std::ffi::CString::new(name).unwrap());
+    assert_eq!(unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) }, 0, "user xattrs are supported on the test filesystem");
+}
+
+fn get_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let (p, n) = (std::ffi::CString::new(path.to_str().unwrap()).unwrap(), std::ffi::CString::new(name).unwrap());
+    let mut buf = vec![0u8; 256];
+    let got = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (got >= 0).then(|| buf[..got as usize].to_vec())
 }
 
 fn assert_same_tree(src: &Path, dst: &Path, entries: &[Entry]) {
@@ -67,6 +80,9 @@ fn assert_same_tree(src: &Path, dst: &Path, entries: &[Entry]) {
             EntryKind::Symlink => assert_eq!(std::fs::read_link(src.join(rel)).unwrap(), std::fs::read_link(dst.join(rel)).unwrap()),
             _ => {}
         }
+    }
+    if src.join("a.txt").exists() {
+        assert_eq!(get_xattr(&dst.join("a.txt"), "user.ferry.test").as_deref(), Some(&b"kept across the link"[..]), "xattrs cross the link");
     }
     let leftovers: Vec<_> = walk(dst).into_iter().filter(|p| p.contains(".ferry-tmp-")).collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");

@@ -148,7 +148,14 @@ pub struct FileHeader {
     /// `[start, start + len)` of it.
     #[serde(default)]
     pub stripe: Option<Stripe>,
+    /// Extended attributes (name, value), applied before owner, mode and times. Their total
+    /// size is at most [`MAX_XATTR_BYTES`].
+    #[serde(default)]
+    pub xattrs: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
 }
+
+/// Most bytes of extended attributes (names and values) one HEADER carries.
+pub const MAX_XATTR_BYTES: usize = 48 << 10;
 
 /// One of `count` byte ranges of a file sent on separate streams (to the same writer).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -367,6 +374,9 @@ fn check_header(h: &FileHeader) -> Result<(), ProtocolError> {
     }
     if h.kind != entry_kind::FILE && h.size != 0 {
         return Err(err(Code::Malformed, "only a regular file has a size"));
+    }
+    if h.xattrs.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() > MAX_XATTR_BYTES || h.xattrs.iter().any(|(k, _)| k.is_empty() || k.contains(&0)) {
+        return Err(err(Code::TooLarge, format!("extended attributes above {MAX_XATTR_BYTES} bytes, or an empty or NUL-containing name")));
     }
     if let Some(s) = &h.stripe {
         let fits = s.start.checked_add(s.len).is_some_and(|end| end <= h.size);

@@ -321,6 +321,12 @@ pub async fn sign_pending(store: &SharedStore, ca: &Ca, days: i64) -> Result<usi
     let mut signed = 0;
     for kv in page.kvs {
         let Ok(mut t) = codec::decode::<EnrollTicket>(&kv.value) else { continue };
+        // A ticket an agent touched is no longer under the token's lease: sweep it an hour
+        // after it expired (the agent has long given up waiting).
+        if t.expires_unix + 3600 < now_unix() {
+            let _ = store.delete(&kv.key).await;
+            continue;
+        }
         let (Some(csr), Some(name), Some(secret)) = (t.csr.clone(), t.name.clone(), t.secret.clone()) else { continue };
         if t.cert.is_some() || t.refused.is_some() {
             continue;

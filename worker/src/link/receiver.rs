@@ -456,6 +456,9 @@ impl Receiver {
                     sys::pwrite_all(fd, &[b[0] ^ 0xFF], 0)?;
                 }
             }
+            for (k, v) in &h.xattrs {
+                sys::fsetxattr(fd, k, v)?;
+            }
             if owner {
                 sys::fchown(fd, h.uid, h.gid)?;
             }
@@ -466,6 +469,11 @@ impl Receiver {
         match h.kind {
             entry_kind::SYMLINK => sys::symlink_at(&h.target, dir, &f.temp)?,
             _ => sys::mknod_at(dir, &f.temp, h.mode, h.rdev)?,
+        }
+        if h.kind != entry_kind::SYMLINK {
+            for (k, v) in &h.xattrs {
+                sys::lsetxattr_at(dir, &f.temp, k, v)?;
+            }
         }
         if owner {
             sys::lchown_at(dir, &f.temp, h.uid, h.gid)?;

@@ -263,6 +263,12 @@ impl Sender<'_, '_> {
         } else {
             None
         };
+        // Linux refuses user.* xattrs on symlinks, so they carry none (as on the local path).
+        let xattrs = if kind == EntryKind::Symlink { Vec::new() } else { sys::lxattrs_at(dir, name).map_err(|e| src.error("read xattrs of", &entry.path, &e))? };
+        if xattrs.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() > super::frame::MAX_XATTR_BYTES {
+            return Err(FerryError::new(ErrorKind::Unsupported, format!("{}: extended attributes above {} KiB cannot cross an agent link yet (exclude the file, or copy it where one agent reaches both sides)", src.display_path(&entry.path).display(), super::frame::MAX_XATTR_BYTES >> 10)));
+        }
+        let xattrs = xattrs.into_iter().map(|(k, v)| (serde_bytes::ByteBuf::from(k), serde_bytes::ByteBuf::from(v))).collect();
         let (mt, at) = (sys::mtime(&st), sys::atime(&st));
         let h = FileHeader {
             id,
@@ -280,6 +286,7 @@ impl Sender<'_, '_> {
             rdev: st.st_rdev,
             crc32c,
             stripe: self.batch.stripe,
+            xattrs,
         };
         let (start, end) = self.batch.stripe.map_or((0, size), |s| (s.start, s.start + s.len));
         if end > size {
