@@ -127,9 +127,10 @@ fn children_cpu() -> f64 {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-fn wait_port(addr: &str, sites: &Sites, udp: bool) {
-    // Servers in namespace B cannot be probed from here; give them a moment instead.
-    if sites.link.is_some() || udp {
+/// Waits for a TCP server to listen. Servers in namespace B cannot be probed from here, and
+/// a one-connection server must not be (`probe` false): those get a moment instead.
+fn wait_port(addr: &str, sites: &Sites, probe: bool) {
+    if sites.link.is_some() || !probe {
         std::thread::sleep(Duration::from_millis(1500));
         return;
     }
@@ -386,7 +387,7 @@ impl Bench<'_> {
         let mut d = self.sites.at_dst(Path::new("/usr/bin/rsync"));
         d.args(["--daemon", "--no-detach", "--port", "8730", "--address", &addr]).arg(format!("--config={}", conf.display()));
         procs.0.push(d.stderr(Stdio::null()).spawn().map_err(|e| run_err(format!("rsync --daemon: {e}")))?);
-        wait_port(&format!("{addr}:8730"), &self.sites, false);
+        wait_port(&format!("{addr}:8730"), &self.sites, true);
         let pid = procs.0[0].id();
         let before = proc_cpu(pid) + children_cpu();
         let t0 = Instant::now();
@@ -426,7 +427,7 @@ impl Bench<'_> {
             .arg("-o")
             .arg(format!("AuthorizedKeysFile={}", auth.display()));
         procs.0.push(d.stderr(std::fs::File::create(w.join("sshd.log")).map_err(|e| run_err(e.to_string()))?).spawn().map_err(|e| run_err(format!("sshd: {e}")))?);
-        wait_port(&format!("{addr}:2222"), &self.sites, false);
+        wait_port(&format!("{addr}:2222"), &self.sites, true);
         let pid = procs.0[0].id();
         let before = proc_cpu(pid) + children_cpu();
         let t0 = Instant::now();
@@ -449,8 +450,7 @@ impl Bench<'_> {
         let mut sink = self.sites.at_dst(&me);
         sink.args(["tls-sink", "--listen", &addr]).arg("--dir").arg(&self.dst).arg("--tls").arg(w.join("tls-dst"));
         let mut sink = sink.spawn().map_err(|e| run_err(e.to_string()))?;
-        // The sink takes one connection: do not probe it, wait.
-        wait_port(&addr, &self.sites, true);
+        wait_port(&addr, &self.sites, false);
         let t0 = Instant::now();
         let st = self.sites.at_src(&me).args(["tls-send", "--connect", &addr]).arg("--dir").arg(&self.o.data).arg("--tls").arg(w.join("tls-src")).status().map_err(|e| run_err(e.to_string()))?;
         let sunk = sink.wait().map_err(|e| run_err(e.to_string()))?;

@@ -450,21 +450,15 @@ async fn execute_linked_transfer(shared: &MoverShared, shard: &Shard, entries: V
     let local = ctx.reach().destination;
     let writers = if local { Vec::new() } else { find_writers(shared.queue.store(), &ctx.spec).await? };
     let start = crc32c::crc32c(shard.id.as_bytes()) as usize;
+    if !local && link.client.is_none() {
+        // A permanent error: the caller reports every entry failed, as for any shard.
+        return Err(FerryError::config(format!("agent {} has no link certificate, so it cannot send to the destination's agents (start it with --tls-dir; enroll with --enroll-token)", link.name)));
+    }
     blocking(chunk, bufs, move |b| {
         let settings = SendSettings { agent: &link.name, compress: ctx.spec.link.compress, rate: &link.rate, max_stripes: link.max_stripes };
-        if local {
-            return run_transfer_linked(&ctx, &InProcess { ctx: ctx.clone() }, &settings, entries, attempt, b);
-        }
         match &link.client {
-            Some(client) => run_transfer_linked(&ctx, &Remote { client, writers, start }, &settings, entries, attempt, b),
-            None => {
-                let err = FerryError::config(format!("agent {} has no link certificate, so it cannot send to the destination's agents (start it with --tls-dir; enroll with --enroll-token)", link.name));
-                let mut out = Outcome::default();
-                for e in entries {
-                    out.fail(e.path, e.kind, e.size, &err);
-                }
-                out
-            }
+            Some(client) if !local => run_transfer_linked(&ctx, &Remote { client, writers, start }, &settings, entries, attempt, b),
+            _ => run_transfer_linked(&ctx, &InProcess { ctx: ctx.clone() }, &settings, entries, attempt, b),
         }
     })
     .await

@@ -97,11 +97,10 @@ impl ShardQueue {
             if kind == 's' && backlog >= max_backlog {
                 continue;
             }
+            // Kinds this claimer may not take are not read at all. Its backlog then counts
+            // only the transfer shards it could take, which is the backlog that matters to its
+            // scans (in a linked execution only readers scan, and only readers transfer).
             if self.kinds.as_ref().is_some_and(|k| !k.contains(&kind)) {
-                // Still count the backlog: it holds scans back for every claimer.
-                if BACKLOG_KINDS.contains(&kind) {
-                    backlog += self.store.range(&self.keys.queue_kind(stage, kind), RangeOptions { limit: CLAIM_PAGE, keys_only: true, ..Default::default() }).await?.kvs.len();
-                }
                 continue;
             }
             let prefix = self.keys.queue_kind(stage, kind);

@@ -165,7 +165,7 @@ impl Wire for FlakyWire {
 }
 
 impl Connector for Flaky {
-    fn open(&self, _ctx: &ExecContext, _attempt: u32) -> Result<Box<dyn Wire + '_>, LinkError> {
+    fn open(&self, _attempt: u32) -> Result<Box<dyn Wire + '_>, LinkError> {
         let n = self.opened.fetch_add(1, Ordering::SeqCst);
         let chunks_left = (n < 2).then_some(self.budget);
         Ok(Box::new(FlakyWire { inner: LocalWire::new(Receiver::new(self.ctx.clone())), chunks_left }))
@@ -250,7 +250,7 @@ struct Remote<'a> {
 }
 
 impl Connector for Remote<'_> {
-    fn open(&self, _ctx: &ExecContext, _attempt: u32) -> Result<Box<dyn Wire + '_>, LinkError> {
+    fn open(&self, _attempt: u32) -> Result<Box<dyn Wire + '_>, LinkError> {
         Ok(Box::new(self.client.open(self.addr, "writer")?))
     }
 }

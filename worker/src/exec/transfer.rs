@@ -15,7 +15,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use ferry_common::crc;
 use ferry_common::error::{ErrorKind, FerryError};
 use ferry_common::model::{
-    DirMeta, Entry, EntryKind, EntryStatus, LinkEntry, PartSet, ScanDir, ShardBody, VerifyMode,
+    DirMeta, Timestamp, Entry, EntryKind, EntryStatus, LinkEntry, PartSet, ScanDir, ShardBody, VerifyMode,
 };
 use ferry_common::paths;
 
@@ -137,35 +137,56 @@ fn is_sparse(st: &libc::stat) -> bool {
     (st.st_blocks as u64) * 512 < st.st_size as u64
 }
 
-/// Copies extended attributes, owner, mode and times onto an open destination file, in that
+/// Sets extended attributes, owner, mode and times on an open destination file, in that
 /// order: chown clears set-id bits, so mode comes after it, and times come last because every
-/// other change touches ctime/mtime.
-fn apply_meta_fd(ctx: &ExecContext, src_xattrs: &[(Vec<u8>, Vec<u8>)], st: &libc::stat, dst: RawFd) -> std::io::Result<()> {
-    for (k, v) in src_xattrs {
-        sys::fsetxattr(dst, k, v)?;
+/// other change touches ctime/mtime. Shared by the local path and the link's writer.
+pub(crate) fn set_meta_fd<'x>(fd: RawFd, xattrs: impl IntoIterator<Item = (&'x [u8], &'x [u8])>, owner: Option<(u32, u32)>, mode: u32, atime: Timestamp, mtime: Timestamp) -> std::io::Result<()> {
+    for (k, v) in xattrs {
+        sys::fsetxattr(fd, k, v)?;
     }
-    if ctx.is_root && ctx.options().preserve_owner {
-        sys::fchown(dst, st.st_uid, st.st_gid)?;
+    if let Some((uid, gid)) = owner {
+        sys::fchown(fd, uid, gid)?;
     }
-    sys::fchmod(dst, st.st_mode)?;
-    sys::futimens(dst, sys::atime(st), sys::mtime(st))
+    sys::fchmod(fd, mode)?;
+    sys::futimens(fd, atime, mtime)
 }
 
-/// Same for an entry that cannot be opened (symlink, FIFO, socket, device), by name.
-fn apply_meta_at(ctx: &ExecContext, kind: EntryKind, src_dir: RawFd, name: &[u8], st: &libc::stat, dst_dir: RawFd, dst_name: &[u8]) -> std::io::Result<()> {
-    if kind != EntryKind::Symlink {
-        // Linux refuses user.* xattrs on symlinks; for the others, copy them by path.
-        for (k, v) in sys::lxattrs_at(src_dir, name)? {
-            sys::lsetxattr_at(dst_dir, dst_name, &k, &v)?;
+/// Same for an entry that cannot be opened (symlink, FIFO, socket, device), by name. Linux
+/// refuses user.* xattrs on symlinks and a symlink has no mode of its own, so a symlink gets
+/// only its owner and times.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn set_meta_at<'x>(dir: RawFd, name: &[u8], is_symlink: bool, xattrs: impl IntoIterator<Item = (&'x [u8], &'x [u8])>, owner: Option<(u32, u32)>, mode: u32, atime: Timestamp, mtime: Timestamp) -> std::io::Result<()> {
+    if !is_symlink {
+        for (k, v) in xattrs {
+            sys::lsetxattr_at(dir, name, k, v)?;
         }
     }
-    if ctx.is_root && ctx.options().preserve_owner {
-        sys::lchown_at(dst_dir, dst_name, st.st_uid, st.st_gid)?;
+    if let Some((uid, gid)) = owner {
+        sys::lchown_at(dir, name, uid, gid)?;
     }
-    if kind != EntryKind::Symlink {
-        sys::chmod_at(dst_dir, dst_name, st.st_mode)?;
+    if !is_symlink {
+        sys::chmod_at(dir, name, mode)?;
     }
-    sys::utimens_at_nofollow(dst_dir, dst_name, sys::atime(st), sys::mtime(st))
+    sys::utimens_at_nofollow(dir, name, atime, mtime)
+}
+
+/// The owner to set, when ferry runs as root and preserves owners.
+pub(crate) fn owner_to_set(ctx: &ExecContext, uid: u32, gid: u32) -> Option<(u32, u32)> {
+    (ctx.is_root && ctx.options().preserve_owner).then_some((uid, gid))
+}
+
+/// The source's metadata onto an open destination file.
+fn apply_meta_fd(ctx: &ExecContext, src_xattrs: &[(Vec<u8>, Vec<u8>)], st: &libc::stat, dst: RawFd) -> std::io::Result<()> {
+    let xattrs = src_xattrs.iter().map(|(k, v)| (k.as_slice(), v.as_slice()));
+    set_meta_fd(dst, xattrs, owner_to_set(ctx, st.st_uid, st.st_gid), st.st_mode, sys::atime(st), sys::mtime(st))
+}
+
+/// The source's metadata onto an entry that cannot be opened, by name.
+fn apply_meta_at(ctx: &ExecContext, kind: EntryKind, src_dir: RawFd, name: &[u8], st: &libc::stat, dst_dir: RawFd, dst_name: &[u8]) -> std::io::Result<()> {
+    let is_symlink = kind == EntryKind::Symlink;
+    let xattrs = if is_symlink { Vec::new() } else { sys::lxattrs_at(src_dir, name)? };
+    let xattrs = xattrs.iter().map(|(k, v)| (k.as_slice(), v.as_slice()));
+    set_meta_at(dst_dir, dst_name, is_symlink, xattrs, owner_to_set(ctx, st.st_uid, st.st_gid), st.st_mode, sys::atime(st), sys::mtime(st))
 }
 
 /// Renames a finished temporary entry over its final name. A directory in the way (the source
@@ -396,7 +417,8 @@ fn same_content(ctx: &ExecContext, dst: &LocalTree, sfd: RawFd, dst_dir: RawFd, 
     Ok(Some(a == b))
 }
 
-fn corrupt_first_byte(fd: RawFd) {
+/// The `FERRY_TEST_CORRUPT` hook: flips the first byte of a written file.
+pub(crate) fn corrupt_first_byte(fd: RawFd) {
     let mut b = [0u8; 1];
     if sys::pread(fd, &mut b, 0).unwrap_or(0) == 1 {
         b[0] ^= 0xFF;

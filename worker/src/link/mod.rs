@@ -33,7 +33,7 @@ use wire::{LinkError, Wire};
 pub trait Connector: Send + Sync {
     /// A new stream, to the writer `attempt` picks (a connector spreads streams over its
     /// writers, and moves on from one that failed).
-    fn open(&self, ctx: &ExecContext, attempt: u32) -> Result<Box<dyn Wire + '_>, LinkError>;
+    fn open(&self, attempt: u32) -> Result<Box<dyn Wire + '_>, LinkError>;
 }
 
 /// How long a reader keeps reconnecting before it gives the shard back as failed (to be
@@ -70,29 +70,6 @@ pub fn stripes_of(size: u64, chunk: u64, max_stripes: u64) -> Vec<frame::Stripe>
     (0..n).map(|i| frame::Stripe { index: i as u32, count: n as u32, start: i * per, len: per.min(size - i * per) }).collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stripes_cover_the_file_on_chunk_boundaries() {
-        assert!(stripes_of(STRIPE_MIN - 1, 1 << 20, 4).is_empty());
-        assert!(stripes_of(1 << 30, 1 << 20, 1).is_empty(), "one stripe means one stream");
-        assert_eq!(stripes_of(1 << 30, 1 << 20, 2).len(), 2);
-        for size in [STRIPE_MIN, STRIPE_MIN + 1, 1 << 30, (5 << 30) + 12345] {
-            let s = stripes_of(size, 1 << 20, 4);
-            assert!((2..=MAX_STRIPES_PER_FILE as usize).contains(&s.len()), "{size}: {s:?}");
-            let mut next = 0;
-            for (i, st) in s.iter().enumerate() {
-                assert_eq!((st.index as usize, st.count as usize, st.start), (i, s.len(), next));
-                assert!(st.len > 0 && (st.start % (1 << 20)) == 0);
-                next = st.start + st.len;
-            }
-            assert_eq!(next, size);
-        }
-    }
-}
-
 /// Sends one batch over streams from `connector`, reconnecting while the link is down.
 /// Returns the last error for entries left unsettled.
 fn send_with_retries(ctx: &ExecContext, connector: &dyn Connector, settings: &SendSettings, batch: &mut Batch, bufs: &mut Buffers) -> Result<Option<FerryError>, Abandoned> {
@@ -103,7 +80,7 @@ fn send_with_retries(ctx: &ExecContext, connector: &dyn Connector, settings: &Se
         if ctx.fence().is_err() {
             return Err(Abandoned);
         }
-        let result = connector.open(ctx, tries).and_then(|mut wire| sender::send_batch(ctx, settings, wire.as_mut(), batch, bufs));
+        let result = connector.open(tries).and_then(|mut wire| sender::send_batch(ctx, settings, wire.as_mut(), batch, bufs));
         tries += 1;
         match result {
             Ok(()) => {}
@@ -156,9 +133,7 @@ fn send_striped(ctx: &ExecContext, connector: &dyn Connector, settings: &SendSet
     let mut failure = None;
     for (stripe, r) in stripes.iter().zip(results) {
         let batch = r?;
-        counters.bytes_resumed += batch.bytes_resumed;
-        counters.chunks_resent += batch.chunks_resent;
-        counters.bytes_compressed += batch.bytes_compressed;
+        counters.add(&batch.counters);
         completed |= batch.completed_file;
         match batch.settled.into_iter().next().flatten() {
             Some(Settled::Transferred { crc: c }) => crc = ferry_common::crc::combine(crc, c, stripe.len),
@@ -185,7 +160,15 @@ pub fn run_transfer_linked(ctx: &ExecContext, connector: &dyn Connector, setting
         return out;
     }
     let chunk = bufs.data.len().min(frame::MAX_CHUNK);
-    let (striped, single): (Vec<Entry>, Vec<Entry>) = entries.into_iter().partition(|e| e.kind == EntryKind::File && !stripes_of(e.size, chunk as u64, settings.max_stripes).is_empty());
+    let (mut single, mut striped) = (Vec::new(), Vec::new());
+    for e in entries {
+        let stripes = if e.kind == EntryKind::File { stripes_of(e.size, chunk as u64, settings.max_stripes) } else { Vec::new() };
+        if stripes.is_empty() {
+            single.push(e);
+        } else {
+            striped.push((e, stripes));
+        }
+    }
     let mut settled: Vec<(Entry, Option<Settled>)> = Vec::new();
     let mut last_error = None;
     if !single.is_empty() {
@@ -197,14 +180,10 @@ pub fn run_transfer_linked(ctx: &ExecContext, connector: &dyn Connector, setting
                 return out;
             }
         }
-        let c = out.counters();
-        c.bytes_resumed += batch.bytes_resumed;
-        c.chunks_resent += batch.chunks_resent;
-        c.bytes_compressed += batch.bytes_compressed;
+        out.counters().add(&batch.counters);
         settled.extend(batch.entries.into_iter().zip(batch.settled));
     }
-    for entry in striped {
-        let stripes = stripes_of(entry.size, chunk as u64, settings.max_stripes);
+    for (entry, stripes) in striped {
         match send_striped(ctx, connector, settings, &entry, &stripes, chunk) {
             Ok((s, counters)) => {
                 out.counters().add(&counters);
@@ -252,7 +231,7 @@ pub struct InProcess {
 }
 
 impl Connector for InProcess {
-    fn open(&self, _ctx: &ExecContext, _attempt: u32) -> Result<Box<dyn Wire + '_>, LinkError> {
+    fn open(&self, _attempt: u32) -> Result<Box<dyn Wire + '_>, LinkError> {
         Ok(Box::new(wire::LocalWire::new(receiver::Receiver::new(self.ctx.clone()))))
     }
 }
@@ -276,12 +255,6 @@ impl Default for LinkAgent {
     }
 }
 
-impl Default for rate::RateLimiter {
-    fn default() -> Self {
-        rate::RateLimiter::new(0)
-    }
-}
-
 /// A writer agent as the reader finds it in the Store.
 #[derive(Clone, Debug)]
 pub struct Writer {
@@ -302,7 +275,7 @@ pub struct Remote<'a> {
 const TRIES_PER_WRITER: u32 = 8;
 
 impl Connector for Remote<'_> {
-    fn open(&self, _ctx: &ExecContext, attempt: u32) -> Result<Box<dyn Wire + '_>, LinkError> {
+    fn open(&self, attempt: u32) -> Result<Box<dyn Wire + '_>, LinkError> {
         if self.writers.is_empty() {
             return Err(LinkError::Down("no agent that reaches the destination is online with a link address".into()));
         }
@@ -320,5 +293,28 @@ pub fn claimable_kinds(reach: ferry_common::model::Reach) -> Option<Vec<char>> {
         (true, false) => Some(vec!['s', 'c']),
         (false, true) => Some(vec!['l', 'm']),
         (false, false) => Some(Vec::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stripes_cover_the_file_on_chunk_boundaries() {
+        assert!(stripes_of(STRIPE_MIN - 1, 1 << 20, 4).is_empty());
+        assert!(stripes_of(1 << 30, 1 << 20, 1).is_empty(), "one stripe means one stream");
+        assert_eq!(stripes_of(1 << 30, 1 << 20, 2).len(), 2);
+        for size in [STRIPE_MIN, STRIPE_MIN + 1, 1 << 30, (5 << 30) + 12345] {
+            let s = stripes_of(size, 1 << 20, 4);
+            assert!((2..=MAX_STRIPES_PER_FILE as usize).contains(&s.len()), "{size}: {s:?}");
+            let mut next = 0;
+            for (i, st) in s.iter().enumerate() {
+                assert_eq!((st.index as usize, st.count as usize, st.start), (i, s.len(), next));
+                assert!(st.len > 0 && (st.start % (1 << 20)) == 0);
+                next = st.start + st.len;
+            }
+            assert_eq!(next, size);
+        }
     }
 }

@@ -334,13 +334,18 @@ fn serve_stream(rt: &tokio::runtime::Handle, mut send: quinn::SendStream, recv: 
             std::thread::sleep(Duration::from_millis(100));
         };
         let mut receiver = Receiver::new(ctx);
-        while let Some(frame) = next()? {
-            let replies = receiver.handle(frame)?;
-            if !replies.is_empty() {
-                rt.block_on(write_frames(&mut send, &replies))?;
+        let served = (|| {
+            while let Some(frame) = next()? {
+                let replies = receiver.handle(frame)?;
+                if !replies.is_empty() {
+                    rt.block_on(write_frames(&mut send, &replies))?;
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })();
+        let st = &receiver.stats;
+        tracing::debug!(agent = %hello.agent, files = st.files_written, bytes = st.bytes_written, resumed = st.bytes_resumed, bad_chunks = st.chunks_rejected, current = st.entries_current, "LinkStreamServed");
+        served
     })();
     reading.abort();
     if let Err(e) = &result {

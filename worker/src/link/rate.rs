@@ -16,6 +16,13 @@ pub struct RateLimiter {
 /// Burst: this many seconds of the rate may be sent at once.
 const BURST_SECONDS: f64 = 0.25;
 
+impl Default for RateLimiter {
+    /// Unlimited.
+    fn default() -> Self {
+        RateLimiter::new(0)
+    }
+}
+
 impl RateLimiter {
     pub fn new(bytes_per_second: u64) -> Self {
         RateLimiter { rate: AtomicU64::new(bytes_per_second), state: Mutex::new((0.0, Instant::now())) }

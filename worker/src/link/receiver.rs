@@ -16,7 +16,7 @@
 //! (checked by the decoder), and directories are opened one component at a time with
 //! `O_NOFOLLOW`, so a symlink at the destination never leads a write out of the root.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
@@ -25,7 +25,7 @@ use ferry_common::model::{OverwriteMode, Timestamp, TransferMode, VerifyMode};
 use ferry_common::paths;
 
 use super::frame::{entry_kind, status, Code, FileHeader, Frame, ProtocolError, MAX_OPEN_FILES};
-use crate::exec::transfer::crc_range;
+use crate::exec::transfer::{corrupt_first_byte, crc_range, owner_to_set, set_meta_at, set_meta_fd};
 use crate::exec::ExecContext;
 use crate::storage::local::{remove_tree_at, sys};
 
@@ -67,7 +67,7 @@ struct Staged {
 
 /// Stripes of files being received, by execution, path and source identity: the CRC and
 /// length of each finished stripe. The last stripe to finish completes the file.
-static STRIPES: std::sync::Mutex<Option<HashMap<Vec<u8>, Vec<Option<(u32, u64)>>>>> = std::sync::Mutex::new(None);
+static STRIPES: std::sync::Mutex<BTreeMap<Vec<u8>, Vec<Option<(u32, u64)>>>> = std::sync::Mutex::new(BTreeMap::new());
 
 impl Incoming {
     /// Identifies the directory (device and inode) for the stripe registry's key.
@@ -109,19 +109,17 @@ pub struct Receiver {
 /// Files being written by any stream of this process (execution id, NUL, path). A reader that
 /// reconnects while its old stream is still draining here must not write the same temporary
 /// file from two streams: the second is refused until the first lets go, and retried.
-static WRITING: std::sync::Mutex<Option<std::collections::HashSet<Vec<u8>>>> = std::sync::Mutex::new(None);
+static WRITING: std::sync::Mutex<BTreeSet<Vec<u8>>> = std::sync::Mutex::new(BTreeSet::new());
 
-fn writing() -> std::sync::MutexGuard<'static, Option<std::collections::HashSet<Vec<u8>>>> {
+fn writing() -> std::sync::MutexGuard<'static, BTreeSet<Vec<u8>>> {
     WRITING.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Drop for Receiver {
     fn drop(&mut self) {
         let mut w = writing();
-        if let Some(set) = w.as_mut() {
-            for key in self.held.values() {
-                set.remove(key);
-            }
+        for key in self.held.values() {
+            w.remove(key);
         }
     }
 }
@@ -175,9 +173,7 @@ impl Receiver {
                 continue; // still ours: a checkpoint, or a refusal of a duplicate id
             }
             if let Some(key) = self.held.remove(&id) {
-                if let Some(set) = writing().as_mut() {
-                    set.remove(&key);
-                }
+                writing().remove(&key);
             }
         }
     }
@@ -214,7 +210,7 @@ impl Receiver {
         if let Some(st) = &h.stripe {
             key.extend_from_slice(format!("\0stripe{}", st.index).as_bytes());
         }
-        if !writing().get_or_insert_with(Default::default).insert(key.clone()) {
+        if !writing().insert(key.clone()) {
             return reject(id, Code::Limit, format!("{} is being written by another stream of this agent (a reconnect while the old stream drains); try again", paths::display(&h.path)));
         }
         self.held.insert(id, key);
@@ -416,7 +412,7 @@ impl Receiver {
             let mut key = f.dir_key();
             key.extend_from_slice(&f.temp);
             let mut all = STRIPES.lock().unwrap_or_else(|p| p.into_inner());
-            let set = all.get_or_insert_with(Default::default).entry(key.clone()).or_insert_with(|| vec![None; st.count as usize]);
+            let set = all.entry(key.clone()).or_insert_with(|| vec![None; st.count as usize]);
             if set.len() != st.count as usize {
                 *set = vec![None; st.count as usize];
             }
@@ -426,7 +422,7 @@ impl Receiver {
                 return Ok(Vec::new());
             }
             whole_crc = set.iter().flatten().fold(0u32, |acc, &(c, len)| crc::combine(acc, c, len));
-            all.as_mut().expect("set above").remove(&key);
+            all.remove(&key);
         }
         match self.finish_entry(&f) {
             Ok(()) => {
@@ -441,47 +437,27 @@ impl Receiver {
         }
     }
 
-    /// Creates non-file entries under their temporary name and applies metadata, in the
-    /// order the local path uses: owner, then mode (chown clears set-id bits), then times.
+    /// Creates non-file entries under their temporary name and applies metadata after the
+    /// content, as the local path does ([`set_meta_fd`], [`set_meta_at`]).
     fn finish_entry(&self, f: &Incoming) -> std::io::Result<()> {
         let h = &f.header;
         let dir = f.dir.as_raw_fd();
-        let owner = self.ctx.is_root && self.ctx.options().preserve_owner;
+        let owner = owner_to_set(&self.ctx, h.uid, h.gid);
+        let xattrs = h.xattrs.iter().map(|(k, v)| (k.as_slice(), v.as_slice()));
         if let Some(fd) = &f.fd {
             let fd = fd.as_raw_fd();
             sys::ftruncate(fd, h.size)?;
             if self.ctx.hooks.corrupt.as_deref() == Some(h.path.as_slice()) && h.size > 0 {
-                let mut b = [0u8; 1];
-                if sys::pread(fd, &mut b, 0)? == 1 {
-                    sys::pwrite_all(fd, &[b[0] ^ 0xFF], 0)?;
-                }
+                corrupt_first_byte(fd);
             }
-            for (k, v) in &h.xattrs {
-                sys::fsetxattr(fd, k, v)?;
-            }
-            if owner {
-                sys::fchown(fd, h.uid, h.gid)?;
-            }
-            sys::fchmod(fd, h.mode)?;
-            return sys::futimens(fd, atime(h), mtime(h));
+            return set_meta_fd(fd, xattrs, owner, h.mode, atime(h), mtime(h));
         }
         let _ = remove_tree_at(dir, &f.temp);
         match h.kind {
             entry_kind::SYMLINK => sys::symlink_at(&h.target, dir, &f.temp)?,
             _ => sys::mknod_at(dir, &f.temp, h.mode, h.rdev)?,
         }
-        if h.kind != entry_kind::SYMLINK {
-            for (k, v) in &h.xattrs {
-                sys::lsetxattr_at(dir, &f.temp, k, v)?;
-            }
-        }
-        if owner {
-            sys::lchown_at(dir, &f.temp, h.uid, h.gid)?;
-        }
-        if h.kind != entry_kind::SYMLINK {
-            sys::chmod_at(dir, &f.temp, h.mode)?;
-        }
-        sys::utimens_at_nofollow(dir, &f.temp, atime(h), mtime(h))
+        set_meta_at(dir, &f.temp, h.kind == entry_kind::SYMLINK, xattrs, owner, h.mode, atime(h), mtime(h))
     }
 
     /// Makes the staged entries durable, checks them at rest, renames them into place, makes

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use ferry_common::crc;
 use ferry_common::error::{ErrorKind, FerryError};
-use ferry_common::model::{Entry, EntryKind};
+use ferry_common::model::{Counters, Entry, EntryKind};
 use ferry_common::paths;
 
 use super::frame::{entry_kind, status, Code, FileHeader, Frame, Hello, Stripe};
@@ -56,14 +56,10 @@ pub struct SendSettings<'a> {
 pub struct Batch {
     pub entries: Vec<Entry>,
     pub settled: Vec<Option<Settled>>,
-    /// Bytes a writer already had from an earlier connection and did not need again.
-    pub bytes_resumed: u64,
-    /// Chunks sent again after the writer found them damaged.
-    pub chunks_resent: u64,
-    /// Bytes saved by compression.
-    pub bytes_compressed: u64,
-    /// Bytes put on the wire (after compression).
-    pub bytes_sent: u64,
+    /// What the link did for this batch: `bytes_resumed` (bytes a writer already had from an
+    /// earlier connection), `chunks_resent` (sent again after the writer found them damaged)
+    /// and `bytes_compressed` (saved by compression).
+    pub counters: Counters,
     /// Set when this batch is one stripe of its single (large) file.
     pub stripe: Option<Stripe>,
     /// A stripe batch saw its file complete at the writer (COMPLETE, or CURRENT).
@@ -74,7 +70,7 @@ pub struct Batch {
 impl Batch {
     pub fn new(entries: Vec<Entry>) -> Self {
         let n = entries.len();
-        Batch { entries, settled: vec![None; n], bytes_resumed: 0, chunks_resent: 0, bytes_compressed: 0, bytes_sent: 0, stripe: None, completed_file: false, corrupted_once: false }
+        Batch { entries, settled: vec![None; n], counters: Counters::default(), stripe: None, completed_file: false, corrupted_once: false }
     }
 
     pub fn is_settled(&self) -> bool {
@@ -178,7 +174,7 @@ impl Sender<'_, '_> {
             }
         }
         for (id, from) in to_send {
-            self.batch.bytes_resumed += from.saturating_sub(self.announced.get(&id).map_or(0, |a| a.start));
+            self.batch.counters.bytes_resumed += from.saturating_sub(self.announced.get(&id).map_or(0, |a| a.start));
             self.send_entry(id, from)?;
         }
         self.wire.send(Frame::Flush)?;
@@ -221,7 +217,7 @@ impl Sender<'_, '_> {
                 }
             }
             Frame::Ack { id, offset, status: status::RESEND_FROM } => {
-                self.batch.chunks_resent += 1;
+                self.batch.counters.chunks_resent += 1;
                 if current == Some(id) {
                     return Ok(Rewind::To(offset));
                 }
@@ -377,7 +373,7 @@ impl Sender<'_, '_> {
                 match zstd::bulk::compress(&raw, 1) {
                     // Worth it only when it saves at least 1/32 of the chunk.
                     Ok(z) if z.len() < n - n / 32 => {
-                        self.batch.bytes_compressed += (n - z.len()) as u64;
+                        self.batch.counters.bytes_compressed += (n - z.len()) as u64;
                         compressed = true;
                         data = Some(z);
                     }
@@ -391,7 +387,6 @@ impl Sender<'_, '_> {
                 self.batch.corrupted_once = true;
                 data[0] ^= 0xFF;
             }
-            self.batch.bytes_sent += data.len() as u64;
             self.wire.send(Frame::Chunk { id, offset: pos, crc32c: c, compressed, raw_len: n as u32, data })?;
             acc = crc::combine(acc, c, n as u64);
             pos += n as u64;

@@ -36,10 +36,6 @@ impl LocalWire {
     pub fn new(receiver: Receiver) -> Self {
         LocalWire { receiver, inbox: VecDeque::new() }
     }
-
-    pub fn receiver(&self) -> &Receiver {
-        &self.receiver
-    }
 }
 
 impl Wire for LocalWire {
