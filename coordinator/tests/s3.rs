@@ -178,13 +178,16 @@ fn killed_mid_multipart_upload_resumes_and_leaves_no_upload_behind() {
     let stderr = dir.path().join("killed.stderr");
     let mut child = ferry_s3(&server, "copy", &src, server.uri("resume")).arg("--movers").arg("1").spawn_detached(&stderr);
 
-    // Wait until the upload holds some parts, then kill the whole process group.
+    // Wait until the upload holds more than two part shards' worth of parts, then kill the
+    // whole process group. (Killed just after a fifth part, a rerun once kept only the first
+    // four: the last part listed before the kill is not always reused. Resuming is still
+    // correct, a part sent again is harmless; see the session notes.)
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut seen = 0;
     while Instant::now() < deadline {
         if let Some(id) = loc.pending_multiparts(b"huge").unwrap().first() {
             seen = loc.list_parts(b"huge", id).unwrap().len();
-            if seen >= 5 {
+            if seen >= 9 {
                 break;
             }
         }
@@ -193,7 +196,7 @@ fn killed_mid_multipart_upload_resumes_and_leaves_no_upload_behind() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(seen >= 5, "the upload never got going");
+    assert!(seen >= 9, "the upload never got going");
     unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
     let _ = child.wait();
     assert_eq!(loc.stat(b"huge").unwrap(), None, "nothing is visible before the upload completes");
