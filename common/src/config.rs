@@ -13,6 +13,15 @@
 //!
 //! [coordinator]
 //! name = "coord-a"               # default: host-pid
+//! listen = "127.0.0.1:7300"      # the HTTP API
+//! api_token_file = "/etc/ferry/api-tokens"     # mode 0600, one token per line
+//! data_dir = "/var/lib/ferry"    # single host, no etcd: tasks and history in redb
+//! movers = 8                     # single host: embedded workers' movers
+//! min_schedule_interval_secs = 3600
+//! schedule_catch_up_secs = 3600  # a missed slot younger than this runs once
+//! disable_schedule_after_failures = 3
+//! history_days = 30
+//! webhook_url = "http://hooks.example/ferry"   # events are POSTed here
 //!
 //! [worker]
 //! name = "agent-1"               # required for workers (or --name)
@@ -54,6 +63,33 @@ pub struct EtcdConfig {
 pub struct CoordinatorSection {
     #[serde(default)]
     pub name: Option<String>,
+    /// Single host without etcd: keep tasks, schedules and executions here (redb).
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// The HTTP API's address, e.g. `127.0.0.1:7300`.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// Bearer tokens for the API, one per line (mode 0600).
+    #[serde(default)]
+    pub api_token_file: Option<PathBuf>,
+    /// Embedded workers' movers (single host).
+    #[serde(default)]
+    pub movers: Option<u32>,
+    /// The shortest interval a schedule may fire at (default 3600, DataSync's).
+    #[serde(default)]
+    pub min_schedule_interval_secs: Option<u64>,
+    /// A missed schedule slot younger than this still runs once (default 3600).
+    #[serde(default)]
+    pub schedule_catch_up_secs: Option<u64>,
+    /// A schedule disables itself after this many consecutive failures with one error.
+    #[serde(default)]
+    pub disable_schedule_after_failures: Option<u32>,
+    /// Ended executions and events are kept this long (default 30).
+    #[serde(default)]
+    pub history_days: Option<u32>,
+    /// Events are POSTed here as JSON.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]

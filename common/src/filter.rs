@@ -37,6 +37,79 @@ pub struct FilterError {
 pub struct Matcher {
     include: Vec<Vec<u8>>,
     exclude: Vec<Vec<u8>>,
+    manifest: Option<std::sync::Arc<Manifest>>,
+}
+
+/// The paths a manifest lists, and every directory above them (so listing visits only
+/// those). Held in memory on each worker: its size is the manifest's, not the tree's.
+#[derive(Debug, Default)]
+pub struct Manifest {
+    files: std::collections::HashSet<Vec<u8>>,
+    dirs: std::collections::HashSet<Vec<u8>>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("manifest line {line}: {reason}")]
+pub struct ManifestError {
+    pub line: usize,
+    pub reason: String,
+}
+
+impl Manifest {
+    /// Parses a manifest: CSV, one entry per line, the path (relative to the source location)
+    /// in the first column, optionally quoted; blank lines are skipped.
+    pub fn parse(text: &[u8]) -> Result<Manifest, ManifestError> {
+        let mut m = Manifest::default();
+        for (i, raw) in text.split(|&b| b == b'\n').enumerate() {
+            let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let path = first_csv_field(line).map_err(|reason| ManifestError { line: i + 1, reason: reason.into() })?;
+            let path = path.strip_prefix(b"/").unwrap_or(&path).to_vec();
+            if path.is_empty() || path.split(|&b| b == b'/').any(|c| c.is_empty() || c == b".." || c == b".") || path.contains(&0) {
+                return Err(ManifestError { line: i + 1, reason: format!("{:?} is not a relative path below the source (no '..', '.', '//' or NUL)", String::from_utf8_lossy(&path)) });
+            }
+            let mut at = 0;
+            while let Some(p) = path[at..].iter().position(|&b| b == b'/') {
+                m.dirs.insert(path[..at + p].to_vec());
+                at += p + 1;
+            }
+            m.files.insert(path);
+        }
+        Ok(m)
+    }
+
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+}
+
+fn first_csv_field(line: &[u8]) -> Result<Vec<u8>, &'static str> {
+    if line.first() != Some(&b'"') {
+        let end = line.iter().position(|&b| b == b',').unwrap_or(line.len());
+        return Ok(line[..end].trim_ascii().to_vec());
+    }
+    let mut out = Vec::new();
+    let mut i = 1;
+    while i < line.len() {
+        match line[i] {
+            b'"' if line.get(i + 1) == Some(&b'"') => {
+                out.push(b'"');
+                i += 2;
+            }
+            b'"' => return Ok(out),
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Err("unterminated quote")
 }
 
 fn compile(list: &[String]) -> Result<Vec<Vec<u8>>, FilterError> {
@@ -104,11 +177,17 @@ fn may_match_below(pattern: &[u8], dir: &[u8]) -> bool {
 
 impl Matcher {
     pub fn new(filters: &Filters) -> Result<Self, FilterError> {
-        Ok(Matcher { include: compile(&filters.include)?, exclude: compile(&filters.exclude)? })
+        Ok(Matcher { include: compile(&filters.include)?, exclude: compile(&filters.exclude)?, manifest: None })
+    }
+
+    /// Also restricts everything to the paths the manifest lists.
+    pub fn with_manifest(mut self, manifest: Manifest) -> Self {
+        self.manifest = Some(std::sync::Arc::new(manifest));
+        self
     }
 
     pub fn is_empty(&self) -> bool {
-        self.include.is_empty() && self.exclude.is_empty()
+        self.include.is_empty() && self.exclude.is_empty() && self.manifest.is_none()
     }
 
     fn slash(rel: &[u8]) -> Vec<u8> {
@@ -128,6 +207,11 @@ impl Matcher {
     pub fn file_selected(&self, rel: &[u8], parent_included: bool) -> bool {
         if self.is_empty() {
             return true;
+        }
+        if let Some(m) = &self.manifest {
+            if !m.files.contains(rel) {
+                return false;
+            }
         }
         let path = Self::slash(rel);
         !self.excluded(&path)
@@ -156,6 +240,17 @@ impl Matcher {
     }
 
     pub fn dir_decision(&self, rel: &[u8], parent_included: bool) -> DirDecision {
+        if let Some(m) = &self.manifest {
+            // Only directories above listed files are visited, and never taken whole.
+            if !rel.is_empty() && !m.dirs.contains(rel) {
+                return DirDecision::Skip;
+            }
+            let plain = Matcher { manifest: None, ..self.clone() };
+            return match plain.dir_decision(rel, parent_included) {
+                DirDecision::Skip => DirDecision::Skip,
+                _ => DirDecision::Traverse,
+            };
+        }
         if rel.is_empty() || self.is_empty() {
             return DirDecision::Include;
         }
@@ -237,6 +332,29 @@ mod tests {
     fn bad_patterns_name_the_problem() {
         let err = Matcher::new(&Filters { include: vec![], exclude: vec!["a||b".into()] }).unwrap_err();
         assert!(err.to_string().contains("a||b"));
+    }
+
+    #[test]
+    fn a_manifest_selects_only_its_paths_and_visits_only_their_directories() {
+        let manifest = Manifest::parse(b"a/b/one.txt\n\"a/quoted, name.txt\",v1\n/top.txt\r\n\n").unwrap();
+        assert_eq!(manifest.len(), 3);
+        let f = m(&[], &["*.tmp"]).with_manifest(manifest);
+        assert!(f.file_selected(b"a/b/one.txt", true));
+        assert!(f.file_selected(b"a/quoted, name.txt", false));
+        assert!(f.file_selected(b"top.txt", false));
+        assert!(!f.file_selected(b"a/b/two.txt", true), "not listed, even below an included directory");
+        assert_eq!(f.dir_decision(b"a", false), DirDecision::Traverse);
+        assert_eq!(f.dir_decision(b"a/b", true), DirDecision::Traverse);
+        assert_eq!(f.dir_decision(b"c", false), DirDecision::Skip);
+        assert_eq!(f.dir_decision(b"", false), DirDecision::Traverse);
+        assert!(!f.covers(b"a/b", true, false), "a listed file's directory is not covered whole");
+    }
+
+    #[test]
+    fn manifest_errors_name_the_line() {
+        assert_eq!(Manifest::parse(b"ok\n../etc/passwd\n").unwrap_err().line, 2);
+        assert_eq!(Manifest::parse(b"\"open\n").unwrap_err().line, 1);
+        assert_eq!(Manifest::parse(b"a//b\n").unwrap_err().line, 1);
     }
 
     #[test]

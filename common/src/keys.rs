@@ -12,6 +12,14 @@
 //! /ferry/v1/exec/{exec}/done/{shard}       ShardResult           (folded, then deleted)
 //! /ferry/v1/exec/{exec}/links/{dev}:{ino}  first path of a hard-link set
 //! /ferry/v1/exec/{exec}/parts/{group}      PartSet of a large file being written in parts
+//! /ferry/v1/exec/{exec}/settings           ExecSettings          (BytesPerSecond while running)
+//! /ferry/v1/exec/{exec}/agenterr/{agent}   why that agent cannot take part
+//! /ferry/v1/tasks/{task}                   Task
+//! /ferry/v1/sched/{task}                   ScheduleState         (written by the leader)
+//! /ferry/v1/pending/{ms}-{exec}            ""                    QUEUED executions, FIFO
+//! /ferry/v1/finished/{exec}                ""                    ended task executions the
+//!                                                                control plane has not handled
+//! /ferry/v1/events/{ms}-{seq}              Event
 //! ```
 
 use crate::model::Stage;
@@ -39,6 +47,36 @@ pub fn index_prefix() -> Vec<u8> {
 pub fn index(exec: &str) -> Vec<u8> {
     format!("{ROOT}index/{exec}").into_bytes()
 }
+pub fn tasks() -> Vec<u8> {
+    format!("{ROOT}tasks/").into_bytes()
+}
+pub fn task(name: &str) -> Vec<u8> {
+    format!("{ROOT}tasks/{name}").into_bytes()
+}
+pub fn sched(task: &str) -> Vec<u8> {
+    format!("{ROOT}sched/{task}").into_bytes()
+}
+pub fn pending_prefix() -> Vec<u8> {
+    format!("{ROOT}pending/").into_bytes()
+}
+/// Queued executions sort by when they were queued, then by id.
+pub fn pending(queued_ms: u64, exec: &str) -> Vec<u8> {
+    format!("{ROOT}pending/{queued_ms:016}-{exec}").into_bytes()
+}
+pub fn finished_prefix() -> Vec<u8> {
+    format!("{ROOT}finished/").into_bytes()
+}
+pub fn finished(exec: &str) -> Vec<u8> {
+    format!("{ROOT}finished/{exec}").into_bytes()
+}
+pub fn events() -> Vec<u8> {
+    format!("{ROOT}events/").into_bytes()
+}
+/// Events sort by time; `unique` keeps two events of one millisecond apart.
+pub fn event(ms: u64, unique: &str) -> Vec<u8> {
+    format!("{ROOT}events/{ms:016}-{unique}").into_bytes()
+}
+
 /// The execution id at the end of an `active/` or `index/` key.
 pub fn exec_of(key: &[u8]) -> String {
     String::from_utf8_lossy(key).rsplit('/').next().unwrap_or("").to_string()
@@ -99,6 +137,16 @@ impl ExecKeys {
     }
     pub fn parts(&self, group: &str) -> Vec<u8> {
         format!("{}parts/{group}", self.base).into_bytes()
+    }
+    /// Why an agent cannot take part (it cannot open the locations, for instance).
+    pub fn agent_error(&self, agent: &str) -> Vec<u8> {
+        format!("{}agenterr/{agent}", self.base).into_bytes()
+    }
+    pub fn agent_errors_prefix(&self) -> Vec<u8> {
+        format!("{}agenterr/", self.base).into_bytes()
+    }
+    pub fn settings(&self) -> Vec<u8> {
+        format!("{}settings", self.base).into_bytes()
     }
     /// The shard id at the end of a queue, claim or done key.
     pub fn shard_of(key: &[u8]) -> &str {

@@ -13,6 +13,8 @@ pub mod filter;
 pub mod keys;
 pub mod model;
 pub mod paths;
+pub mod schedule;
 pub mod store;
+pub mod task;
 pub mod telemetry;
 pub mod testing;

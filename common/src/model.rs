@@ -135,6 +135,10 @@ pub struct Options {
     pub dry_run: bool,
     pub filters: Filters,
     pub limits: Limits,
+    /// A manifest (local file or `s3://` object): only the paths it lists are transferred
+    /// and verified.
+    #[serde(default)]
+    pub manifest: Option<String>,
 }
 
 impl Default for Options {
@@ -151,6 +155,7 @@ impl Default for Options {
             dry_run: false,
             filters: Filters::default(),
             limits: Limits::default(),
+            manifest: None,
         }
     }
 }
@@ -172,6 +177,9 @@ pub struct ExecutionSpec {
     /// Which agents reach which side, and how data travels between them.
     #[serde(default)]
     pub link: LinkSettings,
+    /// The task this execution runs, when it was started from one.
+    #[serde(default)]
+    pub task: Option<String>,
 }
 
 /// Locations bound to agents. An agent matches a selector when its name or one of its labels
@@ -338,6 +346,31 @@ impl Counters {
     }
 }
 
+/// When an execution entered a phase and how that phase ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseRecord {
+    pub phase: Phase,
+    pub started_unix_ms: u64,
+    #[serde(default)]
+    pub ended_unix_ms: Option<u64>,
+}
+
+/// How a task execution came to be and what the control plane still owes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TaskRun {
+    /// The schedule slot (Unix ms) that started it; None when a user started it.
+    pub scheduled_slot_ms: Option<u64>,
+    /// The report configuration captured at start.
+    pub report: Option<crate::task::TaskReportConfig>,
+    /// Where the report was written, once it was.
+    pub report_path: Option<String>,
+    /// The outcome was folded into the task's schedule state (exactly once).
+    pub outcome_recorded: bool,
+    /// TaskQueueing was enabled when it started.
+    pub queueing: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Execution {
     pub spec: ExecutionSpec,
@@ -355,6 +388,26 @@ pub struct Execution {
     /// The first failures, for the summary; the report has all of them.
     #[serde(default)]
     pub failures: Vec<Failure>,
+    /// Every phase entered, in order, with its start and end.
+    #[serde(default)]
+    pub phases: Vec<PhaseRecord>,
+    #[serde(default)]
+    pub task_run: TaskRun,
+}
+
+impl Execution {
+    /// Moves to `phase`, closing the current phase's record.
+    pub fn set_phase(&mut self, phase: Phase, now_ms: u64) {
+        if self.phase == phase && !self.phases.is_empty() {
+            return;
+        }
+        if let Some(last) = self.phases.last_mut() {
+            last.ended_unix_ms.get_or_insert(now_ms);
+        }
+        self.phase = phase;
+        let ended = phase.is_terminal().then_some(now_ms);
+        self.phases.push(PhaseRecord { phase, started_unix_ms: now_ms, ended_unix_ms: ended });
+    }
 }
 
 /// A directory to list, with where to resume when an earlier run of the shard listed part of

@@ -41,8 +41,18 @@ pub enum Command {
     Coordinator(CoordinatorArgs),
     /// List the worker agents registered in a cluster.
     Workers(ClusterArgs),
-    /// List, describe or cancel executions in a cluster.
+    /// List, describe, cancel or update executions, and read their reports.
     Exec(ExecArgs),
+    /// Define, list, change, delete and start tasks (through the coordinator's API).
+    Task {
+        #[command(subcommand)]
+        command: crate::cli_api::TaskCommand,
+    },
+    /// Agents registered with the coordinator.
+    Agent {
+        #[command(subcommand)]
+        command: crate::cli_api::AgentCommand,
+    },
     /// The cluster CA: create it, issue activation tokens, sign agent certificates.
     Ca(crate::ca::CaArgs),
 }
@@ -71,6 +81,37 @@ pub struct CoordinatorArgs {
     /// Log format on stderr [default: text].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormatArg>,
+    /// Single host without etcd: keep tasks, schedules and executions in DIR (a redb file)
+    /// and run embedded workers.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Serve the HTTP API on this address (e.g. 127.0.0.1:7300).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Bearer tokens for the API, one per line (mode 0600). With --data-dir and no file, a
+    /// token is created in DIR/api-token.
+    #[arg(long)]
+    pub api_token_file: Option<PathBuf>,
+    /// Single host: movers of the embedded workers [default: 4].
+    #[arg(long)]
+    pub movers: Option<u32>,
+    /// Schedules may not fire more often than this many seconds [default: 3600].
+    #[arg(long, value_name = "SECS")]
+    pub min_schedule_interval: Option<u64>,
+    /// A schedule slot missed while no coordinator ran still runs once if it is younger than
+    /// this many seconds; older missed slots are skipped [default: 3600].
+    #[arg(long, value_name = "SECS")]
+    pub schedule_catch_up: Option<u64>,
+    /// A schedule disables itself after this many consecutive failures with the same error
+    /// [default: 3].
+    #[arg(long, value_name = "N")]
+    pub disable_schedule_after_failures: Option<u32>,
+    /// Ended executions and events are deleted after this many days [default: 30].
+    #[arg(long, value_name = "DAYS")]
+    pub history_days: Option<u32>,
+    /// POST every event as JSON to this URL (at least once, in order).
+    #[arg(long, value_name = "URL")]
+    pub webhook_url: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -79,21 +120,51 @@ pub struct ExecArgs {
     pub command: ExecCommand,
 }
 
+/// Where `ferry exec` finds executions: the HTTP API (`--api` or FERRY_API), or etcd directly.
+#[derive(Args, Debug, Clone)]
+pub struct ExecTarget {
+    /// Read executions straight from etcd instead of the API (list, describe, cancel).
+    #[arg(long, value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    #[command(flatten)]
+    pub api: crate::cli_api::ApiArgs,
+}
+
 #[derive(Subcommand, Debug, Clone)]
 pub enum ExecCommand {
     /// List executions.
-    List(ClusterArgs),
-    /// Show one execution's phase, counters and first failures.
+    List {
+        /// Only executions of this task.
+        #[arg(long)]
+        task: Option<String>,
+        #[command(flatten)]
+        target: ExecTarget,
+    },
+    /// Show one execution's phases, counters and first failures.
     Describe {
         id: String,
         #[command(flatten)]
-        cluster: ClusterArgs,
+        target: ExecTarget,
     },
-    /// Cancel a running execution.
+    /// Cancel an execution in any phase.
     Cancel {
         id: String,
         #[command(flatten)]
-        cluster: ClusterArgs,
+        target: ExecTarget,
+    },
+    /// Print an execution's task report (JSON Lines).
+    Report {
+        id: String,
+        #[command(flatten)]
+        target: ExecTarget,
+    },
+    /// Change a running execution's BytesPerSecond (-1: unlimited).
+    Update {
+        id: String,
+        #[arg(long, allow_hyphen_values = true)]
+        bytes_per_second: i64,
+        #[command(flatten)]
+        target: ExecTarget,
     },
 }
 
@@ -468,7 +539,7 @@ fn build_spec(mode: Mode, common: &CommonArgs, t: Option<&TransferArgs>) -> Resu
         // rather than as part shards, which need one agent that reaches both sides.
         options.limits.part_threshold = u64::MAX;
     }
-    Ok(ExecutionSpec { id: new_execution_id(), mode, source, destination, options, report_dir: None, s3, link })
+    Ok(ExecutionSpec { id: new_execution_id(), mode, source, destination, options, report_dir: None, s3, link, task: None })
 }
 
 fn link_settings(mode: Mode, common: &CommonArgs, options: &Options) -> Result<LinkSettings, UsageError> {
@@ -533,7 +604,9 @@ pub fn run(cli: Cli) -> i32 {
         Command::Verify(v) => (Mode::Verify, &v.common, None),
         Command::Coordinator(args) => return run_coordinator_daemon(args),
         Command::Workers(args) => return exit_on_usage(runtime().block_on(workers_command(args))),
-        Command::Exec(args) => return exit_on_usage(runtime().block_on(exec_command(&args.command))),
+        Command::Exec(args) => return exit_code(exec_command(&args.command)),
+        Command::Task { command } => return exit_code(crate::cli_api::task_command(command)),
+        Command::Agent { command } => return exit_code(crate::cli_api::agent_command(command)),
         Command::Ca(args) => return exit_on_usage(crate::ca::run(args)),
     };
     let format = if common.log_format == LogFormatArg::Json { LogFormat::Json } else { LogFormat::Text };
@@ -596,6 +669,16 @@ pub fn run(cli: Cli) -> i32 {
     }
 }
 
+fn exit_code(r: Result<i32, UsageError>) -> i32 {
+    match r {
+        Ok(code) => code,
+        Err(UsageError(msg)) => {
+            eprintln!("ferry: error: {msg}");
+            2
+        }
+    }
+}
+
 fn exit_on_usage(r: Result<(), UsageError>) -> i32 {
     match r {
         Ok(()) => 0,
@@ -636,26 +719,10 @@ fn run_coordinator_daemon(args: &CoordinatorArgs) -> i32 {
         None => cfg.log_format.as_deref() == Some("json"),
     };
     init_logging(if json { LogFormat::Json } else { LogFormat::Text }, "info");
-    let name = args.name.clone().or(cfg.coordinator.name.clone()).unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
-    let endpoints = if args.etcd.is_empty() { cfg.etcd.endpoints.clone() } else { args.etcd.clone() };
-    exit_on_usage(runtime().block_on(async move {
-        let credentials = cfg.etcd_credentials().map_err(UsageError)?;
-        let store = EtcdStore::connect_with(&endpoints, credentials)
-            .await
-            .map(|s| Arc::new(s) as SharedStore)
-            .map_err(|e| UsageError(format!("{e} (start etcd, or fix --etcd)")))?;
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            let _ = tx.send(true);
-        });
-        cluster::run_coordinator(store, name, rx).await;
-        Ok(())
-    }))
+    match crate::daemon::resolve(args, &cfg, format!("{}-{}", hostname(), std::process::id())) {
+        Ok(settings) => crate::daemon::run(settings),
+        Err(e) => exit_on_usage(Err(UsageError(e))),
+    }
 }
 
 fn hostname() -> String {
@@ -678,12 +745,29 @@ async fn workers_command(args: &ClusterArgs) -> Result<(), UsageError> {
     Ok(())
 }
 
-async fn exec_command(cmd: &ExecCommand) -> Result<(), UsageError> {
+fn exec_command(cmd: &ExecCommand) -> Result<i32, UsageError> {
+    use crate::cli_api::{exec_api_command, ExecApiCommand};
+    let (target, api_cmd) = match cmd {
+        ExecCommand::List { task, target } => (target, ExecApiCommand::List { task: task.as_deref() }),
+        ExecCommand::Describe { id, target } => (target, ExecApiCommand::Describe(id)),
+        ExecCommand::Cancel { id, target } => (target, ExecApiCommand::Cancel(id)),
+        ExecCommand::Report { id, target } => (target, ExecApiCommand::Report(id)),
+        ExecCommand::Update { id, bytes_per_second, target } => (target, ExecApiCommand::Update { id, bytes_per_second: *bytes_per_second }),
+    };
+    if target.etcd.is_empty() {
+        return exec_api_command(api_cmd, &target.api);
+    }
+    runtime().block_on(exec_etcd_command(api_cmd, &target.etcd, target.api.json)).map(|()| 0)
+}
+
+/// `ferry exec ... --etcd`: straight from the Store, for clusters run without the API.
+async fn exec_etcd_command(cmd: crate::cli_api::ExecApiCommand<'_>, etcd: &[String], json: bool) -> Result<(), UsageError> {
+    use crate::cli_api::ExecApiCommand;
+    let store = connect(etcd).await?;
     match cmd {
-        ExecCommand::List(args) => {
-            let store = connect(&args.etcd).await?;
-            let execs = cluster::list_executions(&store).await.map_err(|e| UsageError(e.to_string()))?;
-            if args.json {
+        ExecApiCommand::List { task } => {
+            let execs: Vec<_> = cluster::list_executions(&store).await.map_err(|e| UsageError(e.to_string()))?.into_iter().filter(|e| task.is_none() || e.spec.task.as_deref() == task).collect();
+            if json {
                 println!("{}", serde_json::Value::Array(execs.iter().map(summary_json).collect()));
             } else {
                 println!("{:<14} {:<7} {:<13} {:>12} {:>12} {:>8}  SOURCE -> DESTINATION", "ID", "MODE", "PHASE", "FILES", "BYTES", "FAILED");
@@ -703,23 +787,24 @@ async fn exec_command(cmd: &ExecCommand) -> Result<(), UsageError> {
                 }
             }
         }
-        ExecCommand::Describe { id, cluster: args } => {
-            let store = connect(&args.etcd).await?;
+        ExecApiCommand::Describe(id) => {
             let exec = cluster::read_execution(&store, id)
                 .await
                 .map_err(|e| UsageError(e.to_string()))?
                 .ok_or_else(|| UsageError(format!("no execution {id} (list them with `ferry exec list`)")))?;
-            if args.json {
+            if json {
                 println!("{}", summary_json(&exec));
             } else {
                 println!("execution {} ({} -> {}), stage {:?}", exec.spec.id, exec.spec.source, exec.spec.destination, exec.stage);
                 print_summary(&exec);
             }
         }
-        ExecCommand::Cancel { id, cluster: args } => {
-            let store = connect(&args.etcd).await?;
+        ExecApiCommand::Cancel(id) => {
             cluster::cancel(&store, id).await.map_err(UsageError)?;
             println!("cancellation requested for execution {id}");
+        }
+        ExecApiCommand::Report(_) | ExecApiCommand::Update { .. } => {
+            return Err(UsageError("`exec report` and `exec update` go through the coordinator's API: give --api URL (or FERRY_API) instead of --etcd".into()));
         }
     }
     Ok(())

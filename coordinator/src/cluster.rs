@@ -18,6 +18,9 @@ use ferry_common::store::{Compare, LeaseId, RangeOptions, SharedStore, StoreErro
 use ferry_worker::node::WorkerInfo;
 use tokio::sync::watch;
 
+use std::sync::Arc;
+
+use crate::control::{ControlConfig, ControlPlane, LeaderState};
 use crate::driver::{CommitLog, DriverError, ExecutionDriver};
 use crate::progress::Progress;
 use crate::report::summary_json;
@@ -95,11 +98,18 @@ async fn campaign(store: &SharedStore, name: &str, shutdown: &mut watch::Receive
 }
 
 /// The coordinator daemon: campaign, lead, step down when the lease is lost, campaign again.
-pub async fn run_coordinator(store: SharedStore, name: String, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_coordinator(store: SharedStore, name: String, shutdown: watch::Receiver<bool>) {
+    let control = Arc::new(ControlPlane::new(store.clone(), ControlConfig::default()));
+    run_coordinator_with(control, name, shutdown).await
+}
+
+/// Like [`run_coordinator`], with the control plane's policies (and clock) given.
+pub async fn run_coordinator_with(control: Arc<ControlPlane>, name: String, mut shutdown: watch::Receiver<bool>) {
+    let store = control.store().clone();
     loop {
         let Some(lease) = campaign(&store, &name, &mut shutdown).await else { return };
         tracing::info!(coordinator = %name, "LeaderElected");
-        lead(&store, &name, lease, &mut shutdown).await;
+        lead(&store, &control, &name, lease, &mut shutdown).await;
         if *shutdown.borrow() {
             let _ = store.lease_revoke(lease).await;
             return;
@@ -107,6 +117,9 @@ pub async fn run_coordinator(store: SharedStore, name: String, mut shutdown: wat
         tracing::warn!(coordinator = %name, "leadership lost; campaigning again");
     }
 }
+
+/// How often the leader fires schedules, launches queued executions and handles ended ones.
+const CONTROL_TICK: Duration = Duration::from_millis(250);
 
 /// How often the leader compacts the Store's history, and how many revisions it keeps.
 const COMPACT_EVERY: Duration = Duration::from_secs(10);
@@ -123,10 +136,12 @@ async fn compact_history(store: &SharedStore) {
     }
 }
 
-async fn lead(store: &SharedStore, name: &str, lease: LeaseId, shutdown: &mut watch::Receiver<bool>) {
+async fn lead(store: &SharedStore, control: &ControlPlane, name: &str, lease: LeaseId, shutdown: &mut watch::Receiver<bool>) {
     let mut drivers: HashMap<String, ExecutionDriver> = HashMap::new();
     let mut last_keepalive = tokio::time::Instant::now();
     let mut last_compaction = tokio::time::Instant::now();
+    let mut last_control = tokio::time::Instant::now() - CONTROL_TICK;
+    let mut control_state = LeaderState::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
@@ -148,6 +163,10 @@ async fn lead(store: &SharedStore, name: &str, lease: LeaseId, shutdown: &mut wa
                     continue;
                 }
             }
+        }
+        if last_control.elapsed() >= CONTROL_TICK {
+            control.tick(&mut control_state).await;
+            last_control = tokio::time::Instant::now();
         }
         if last_compaction.elapsed() >= COMPACT_EVERY {
             compact_history(store).await;

@@ -12,6 +12,7 @@ use ferry_common::keys::ExecKeys;
 use ferry_common::model::{
     Counters, Execution, ExecutionSpec, Mode, PartSet, Phase, ScanDir, Shard, ShardBody, ShardResult, Stage, VerifyMode,
 };
+use ferry_common::task::Event;
 use ferry_common::store::{Compare, RangeOptions, SharedStore, StoreError, Txn, TxnOp};
 
 pub fn now_ms() -> u64 {
@@ -48,20 +49,40 @@ pub enum Step {
 
 impl Reconciler {
     pub fn new(spec: ExecutionSpec) -> Self {
-        let stage = if spec.mode == Mode::Verify { Stage::Verify } else { Stage::Transfer };
         let phase = if spec.mode == Mode::Verify { Phase::Verifying } else { Phase::Preparing };
-        Reconciler {
-            exec: Execution {
-                spec,
-                phase,
-                stage,
-                listing_done: false,
-                counters: Counters::default(),
-                started_unix_ms: now_ms(),
-                finished_unix_ms: None,
-                error: None,
-                failures: Vec::new(),
-            },
+        Self::in_phase(spec, phase, now_ms())
+    }
+
+    /// A task execution waiting for its turn (TaskQueueing), not yet in the Store's frontier.
+    pub fn queued(spec: ExecutionSpec, now_ms: u64) -> Self {
+        Self::in_phase(spec, Phase::Queued, now_ms)
+    }
+
+    fn in_phase(spec: ExecutionSpec, phase: Phase, now_ms: u64) -> Self {
+        let stage = if spec.mode == Mode::Verify { Stage::Verify } else { Stage::Transfer };
+        let mut exec = Execution {
+            spec,
+            phase,
+            stage,
+            listing_done: false,
+            counters: Counters::default(),
+            started_unix_ms: now_ms,
+            finished_unix_ms: None,
+            error: None,
+            failures: Vec::new(),
+            phases: Vec::new(),
+            task_run: Default::default(),
+        };
+        exec.set_phase(phase, now_ms);
+        Reconciler { exec }
+    }
+
+    /// The phase a launched execution works in: PREPARING while listing, or VERIFYING.
+    pub fn working_phase(&self) -> Phase {
+        if self.exec.spec.mode == Mode::Verify {
+            Phase::Verifying
+        } else {
+            Phase::Preparing
         }
     }
 
@@ -86,7 +107,9 @@ impl Reconciler {
     pub fn next_step(&mut self, queued_in_stage: usize, queued_scans: usize) -> Step {
         if self.exec.stage == Stage::Transfer && queued_scans == 0 && !self.exec.listing_done {
             self.exec.listing_done = true;
-            self.exec.phase = Phase::Transferring;
+            if self.exec.phase != Phase::Verifying {
+                self.exec.set_phase(Phase::Transferring, now_ms());
+            }
         }
         if queued_in_stage > 0 {
             return Step::Wait;
@@ -103,7 +126,7 @@ impl Reconciler {
                 self.exec.stage = stage;
                 let seed = (stage == Stage::Verify).then(|| ShardBody::Verify { dirs: vec![ScanDir { path: Vec::new(), cookie: None, after: None, included: false }] });
                 if stage == Stage::Verify {
-                    self.exec.phase = Phase::Verifying;
+                    self.exec.set_phase(Phase::Verifying, now_ms());
                 }
                 Step::Enter { stage, seed }
             }
@@ -137,6 +160,21 @@ impl Reconciler {
     }
 }
 
+/// The event recording that `exec` entered its current phase.
+pub fn phase_event(exec: &Execution) -> Result<TxnOp, DriverError> {
+    let phase = exec.phase;
+    let kind = if phase.is_terminal() { "ExecutionFinished" } else { "ExecutionPhase" };
+    let mut message = phase.as_str().to_string();
+    if let Some(e) = exec.error.as_deref().filter(|_| phase.is_terminal()) {
+        message = format!("{message}: {e}");
+    }
+    let mut ev = Event::new(now_ms(), kind, message).execution(&exec.spec.id);
+    if let Some(t) = &exec.spec.task {
+        ev = ev.task(t);
+    }
+    Ok(TxnOp::put(ev.key(), codec::encode(&ev)?))
+}
+
 /// Receives the (shard attempt, holder) of every folded result before the fold commits, so
 /// the report merge can keep exactly the lines of committed attempts (cluster mode).
 pub trait CommitLog: Send {
@@ -150,6 +188,8 @@ pub struct ExecutionDriver {
     pub state: Reconciler,
     meta_revision: i64,
     commit_log: Option<Box<dyn CommitLog>>,
+    /// The phase last written, so each phase change is recorded as an event once.
+    written_phase: Phase,
 }
 
 /// Done records folded per transaction; keeps each transaction well within etcd's limits.
@@ -172,7 +212,8 @@ impl ExecutionDriver {
         if !r.succeeded {
             return Err(DriverError::Store(StoreError::Other(format!("execution {id} already exists"))));
         }
-        Ok(ExecutionDriver { store, keys, state, meta_revision: r.revision, commit_log: None })
+        let written_phase = state.exec.phase;
+        Ok(ExecutionDriver { store, keys, state, meta_revision: r.revision, commit_log: None, written_phase })
     }
 
     /// Picks up a running execution where the previous driver (a failed leader) left it.
@@ -180,7 +221,8 @@ impl ExecutionDriver {
         let keys = ExecKeys::new(exec_id);
         let Some(kv) = store.get(&keys.meta()).await? else { return Ok(None) };
         let exec: Execution = codec::decode(&kv.value)?;
-        Ok(Some(ExecutionDriver { store, keys, state: Reconciler { exec }, meta_revision: kv.mod_revision, commit_log: None }))
+        let written_phase = exec.phase;
+        Ok(Some(ExecutionDriver { store, keys, state: Reconciler { exec }, meta_revision: kv.mod_revision, commit_log: None, written_phase }))
     }
 
     pub fn with_commit_log(mut self, log: Box<dyn CommitLog>) -> Self {
@@ -190,12 +232,17 @@ impl ExecutionDriver {
 
     async fn write_meta(&mut self, mut extra: Vec<TxnOp>) -> Result<(), DriverError> {
         extra.push(TxnOp::put(self.keys.meta(), codec::encode(&self.state.exec)?));
+        let phase = self.state.exec.phase;
+        if phase != self.written_phase {
+            extra.push(phase_event(&self.state.exec)?);
+        }
         let txn = Txn::new().when([Compare::mod_revision_is(self.keys.meta(), self.meta_revision)]).and_then(extra);
         let r = self.store.txn(txn).await?;
         if !r.succeeded {
             return Err(DriverError::Store(StoreError::Other("execution record was changed by someone else; is another coordinator running?".into())));
         }
         self.meta_revision = r.revision;
+        self.written_phase = phase;
         Ok(())
     }
 
@@ -244,6 +291,19 @@ impl ExecutionDriver {
             self.cancel().await?;
             return Ok(&self.state.exec);
         }
+        if self.state.exec.phase == Phase::Launching {
+            // Launched when a worker first holds or has finished one of its shards.
+            let claimed = self.store.count(&self.keys.claim_prefix()).await? + self.store.count(&self.keys.done_prefix()).await?;
+            if claimed > 0 {
+                let working = self.state.working_phase();
+                self.state.exec.set_phase(working, now_ms());
+                self.write_meta(Vec::new()).await?;
+            } else if let Some(why) = self.no_agent_can_run().await? {
+                self.state.exec.error = Some(why);
+                self.finish(Phase::Error).await?;
+                return Ok(&self.state.exec);
+            }
+        }
         // Count before folding: a completion writes its result and dequeues its shard in one
         // transaction, so once the queue is seen empty every result is already written and the
         // fold below collects all of them. Counting after the fold would let a shard finishing
@@ -272,21 +332,44 @@ impl ExecutionDriver {
         Ok(&self.state.exec)
     }
 
+    /// Every registered agent said it cannot take part: the execution cannot run. Returns the
+    /// first agent's reason.
+    async fn no_agent_can_run(&self) -> Result<Option<String>, DriverError> {
+        let errors = self.store.range(&self.keys.agent_errors_prefix(), RangeOptions::default()).await?;
+        if errors.kvs.is_empty() {
+            return Ok(None);
+        }
+        let workers = self.store.range(&ferry_common::keys::workers(), RangeOptions { keys_only: true, ..Default::default() }).await?;
+        let refused: std::collections::HashSet<String> = errors.kvs.iter().map(|kv| ExecKeys::shard_of(&kv.key).to_string()).collect();
+        let all_refused = workers.kvs.iter().all(|kv| refused.contains(ExecKeys::shard_of(&kv.key)));
+        if !all_refused {
+            return Ok(None);
+        }
+        Ok(Some(String::from_utf8_lossy(&errors.kvs[0].value).into_owned()))
+    }
+
     async fn finish(&mut self, phase: Phase) -> Result<(), DriverError> {
         if phase != Phase::Success {
             self.abort_uploads().await;
         }
-        self.state.exec.phase = phase;
-        self.state.exec.finished_unix_ms = Some(now_ms());
+        let now = now_ms();
+        self.state.exec.set_phase(phase, now);
+        self.state.exec.finished_unix_ms = Some(now);
         // Only the execution record outlives the run: the frontier keys are gone.
-        let ops = vec![
+        let mut ops = vec![
             TxnOp::delete(ferry_common::keys::active(&self.state.exec.spec.id)),
             TxnOp::delete(self.keys.cancel()),
             TxnOp::DeletePrefix { prefix: self.keys.queue_prefix() },
             TxnOp::DeletePrefix { prefix: self.keys.claim_prefix() },
             TxnOp::DeletePrefix { prefix: self.keys.links_prefix() },
             TxnOp::DeletePrefix { prefix: self.keys.parts_prefix() },
+            TxnOp::delete(self.keys.settings()),
+            TxnOp::DeletePrefix { prefix: self.keys.agent_errors_prefix() },
         ];
+        if self.state.exec.spec.task.is_some() {
+            // The control plane still owes it a report and its schedule's accounting.
+            ops.push(TxnOp::put(ferry_common::keys::finished(&self.state.exec.spec.id), Vec::new()));
+        }
         self.write_meta(ops).await
     }
 
@@ -339,7 +422,7 @@ mod tests {
     use ferry_common::model::Options;
 
     fn spec(mode: Mode, verify: VerifyMode) -> ExecutionSpec {
-        ExecutionSpec { id: "e1".into(), mode, source: "/a".into(), destination: "/b".into(), options: Options { verify, ..Options::default() }, report_dir: None, s3: Default::default(), link: Default::default() }
+        ExecutionSpec { id: "e1".into(), mode, source: "/a".into(), destination: "/b".into(), options: Options { verify, ..Options::default() }, report_dir: None, s3: Default::default(), link: Default::default(), task: None }
     }
 
     fn result(prepared: u64, transferred: u64, failed: u64) -> ShardResult {

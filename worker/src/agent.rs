@@ -215,6 +215,12 @@ pub async fn run_agent(store: SharedStore, cfg: AgentConfig, link: Arc<LinkAgent
                     }
                     Err(JoinError::Unusable(e)) => {
                         tracing::error!(execution = %id, error = %e, "cannot take part in execution");
+                        // Recorded so the coordinator can end an execution no agent can run
+                        // instead of leaving it launching for ever.
+                        let key = keys::ExecKeys::new(&id).agent_error(&cfg.name);
+                        if let Err(err) = store.put(&key, e.into_bytes(), None).await {
+                            tracing::warn!(execution = %id, error = %err, "cannot record why this agent cannot take part");
+                        }
                         unusable.insert(id);
                     }
                 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use ferry_common::codec;
+use ferry_common::task::ExecSettings;
 use ferry_common::error::{ErrorKind, FerryError};
 use ferry_common::model::{Entry, EntryKind, Execution, Shard, ShardBody};
 use ferry_common::store::{LeaseId, SharedStore, StoreError, TxnOp};
@@ -215,9 +216,15 @@ async fn mover_loop(shared: Arc<MoverShared>, index: usize) {
             if exec.phase.is_terminal() {
                 return Ok(None);
             }
-            // BytesPerSecond may change while the execution runs; the agent's bucket follows.
+            // BytesPerSecond may change while the execution runs (`ferry exec update`); the
+            // buckets follow at the next claim of any mover.
+            let rate = match shared.queue.store().get(&shared.queue.keys().settings()).await? {
+                Some(kv) => codec::decode::<ExecSettings>(&kv.value)?.bytes_per_second,
+                None => exec.spec.link.bytes_per_second,
+            };
+            shared.ctx.rate.set_rate(rate);
             if exec.spec.link.is_bound() {
-                shared.link.rate.set_rate(exec.spec.link.bytes_per_second);
+                shared.link.rate.set_rate(rate);
             }
             Ok(Some(shared.queue.claim(exec.stage, limits.max_queued_transfer_shards as usize).await?))
         };

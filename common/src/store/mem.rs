@@ -4,6 +4,10 @@
 //! B-tree. Lease deadlines use `tokio::time::Instant`, so tests that pause tokio time can
 //! expire leases deterministically. Expiry happens lazily on every call and from a reaper task,
 //! so watchers see the deletes even when nobody else calls.
+//!
+//! A persistent store (`RedbStore`) is this same store with a [`Persistence`] hook: every
+//! mutation records the keys it changed, and the mutating call writes them durably before it
+//! returns, so the persistent store cannot drift from these semantics.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ops::Bound;
@@ -37,6 +41,16 @@ struct Watcher {
     tx: mpsc::UnboundedSender<WatchEvent>,
 }
 
+/// One changed key: `Some` is its new unleased value, `None` means it must not be on disk
+/// (deleted, or now held by a lease, since leases do not survive a restart).
+pub(super) type Change = (Vec<u8>, Option<KeyValue>);
+
+/// Where a persistent store makes each mutation durable.
+pub(super) trait Persistence: Send + 'static {
+    /// Applies `changes` in order and records `revision`, all in one atomic, durable step.
+    fn write(&mut self, changes: &[Change], revision: Revision) -> Result<(), StoreError>;
+}
+
 #[derive(Default)]
 struct Inner {
     kvs: BTreeMap<Vec<u8>, KeyValue>,
@@ -48,6 +62,14 @@ struct Inner {
     /// Highest revision with events dropped from `history`; watches must start above it.
     compacted_through: Revision,
     watchers: Vec<Watcher>,
+    /// None for a plain MemStore, which then records no changes at all.
+    persistence: Option<Box<dyn Persistence>>,
+    /// Changes since the last persisted write; filled only when `persistence` is set.
+    pending: Vec<Change>,
+    persisted_revision: Revision,
+    /// Set by the first failed write: memory then holds changes the disk does not, so every
+    /// later mutation is refused until the daemon restarts from what the disk has.
+    poisoned: Option<StoreError>,
 }
 
 impl Default for MemStore {
@@ -58,7 +80,34 @@ impl Default for MemStore {
 
 impl MemStore {
     pub fn new() -> Self {
-        let store = MemStore { inner: Arc::new(Mutex::new(Inner { next_lease: 1, ..Default::default() })) };
+        Self::from_inner(Inner { next_lease: 1, ..Default::default() })
+    }
+
+    /// A store that starts from `kvs` (all unleased) at `revision` and hands every change to
+    /// `persistence`. Watch history from before the restart is gone, so watches from revisions
+    /// up to `revision` answer `Compacted`. Lease ids start at `first_lease`, which the caller
+    /// keeps distinct across restarts so that a holder of a lease from before the restart
+    /// cannot keep alive a new, unrelated lease with the same id.
+    #[cfg_attr(not(feature = "redb"), allow(dead_code))]
+    pub(super) fn with_persistence(
+        kvs: Vec<KeyValue>,
+        revision: Revision,
+        first_lease: LeaseId,
+        persistence: Box<dyn Persistence>,
+    ) -> Self {
+        Self::from_inner(Inner {
+            kvs: kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect(),
+            revision,
+            next_lease: first_lease,
+            compacted_through: revision,
+            persistence: Some(persistence),
+            persisted_revision: revision,
+            ..Default::default()
+        })
+    }
+
+    fn from_inner(inner: Inner) -> Self {
+        let store = MemStore { inner: Arc::new(Mutex::new(inner)) };
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             let weak: Weak<Mutex<Inner>> = Arc::downgrade(&store.inner);
             handle.spawn(async move {
@@ -97,8 +146,52 @@ impl Inner {
         let now = Instant::now();
         let expired: Vec<LeaseId> =
             self.leases.iter().filter(|(_, l)| l.deadline <= now).map(|(id, _)| *id).collect();
+        if expired.is_empty() {
+            return;
+        }
         for id in expired {
             self.revoke(id);
+        }
+        // Expiry has no caller to report to; a failed write poisons the store, and the next
+        // mutating call reports it.
+        let _ = self.persist();
+    }
+
+    /// Refuses a mutation once a write has failed (see `poisoned`).
+    fn check_writable(&self) -> Result<(), StoreError> {
+        match &self.poisoned {
+            Some(err) => Err(err.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn record(&mut self, change: impl FnOnce() -> Change) {
+        if self.persistence.is_some() {
+            self.pending.push(change());
+        }
+    }
+
+    /// Makes the changes of the mutation just applied durable; a no-op without persistence.
+    fn persist(&mut self) -> Result<(), StoreError> {
+        let Some(persistence) = self.persistence.as_mut() else { return Ok(()) };
+        if let Some(err) = &self.poisoned {
+            self.pending.clear();
+            return Err(err.clone());
+        }
+        if self.pending.is_empty() && self.revision == self.persisted_revision {
+            return Ok(());
+        }
+        let changes = std::mem::take(&mut self.pending);
+        match persistence.write(&changes, self.revision) {
+            Ok(()) => {
+                self.persisted_revision = self.revision;
+                Ok(())
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "coordination store write failed; refusing all further writes");
+                self.poisoned = Some(err.clone());
+                Err(err)
+            }
         }
     }
 
@@ -140,6 +233,10 @@ impl Inner {
                 lease.keys.remove(key);
             }
         }
+        if old.lease == 0 {
+            // Leased keys are never on disk, so only unleased ones need a delete.
+            self.record(|| (key.to_vec(), None));
+        }
         let kv = KeyValue { value: Vec::new(), mod_revision: rev, ..old };
         self.publish(WatchEvent { kind: EventKind::Delete, kv });
         true
@@ -147,9 +244,9 @@ impl Inner {
 
     fn put_key(&mut self, key: &[u8], value: Vec<u8>, lease: Option<LeaseId>, rev: Revision) {
         let lease = lease.unwrap_or(0);
-        let (create_revision, version, old_lease) = match self.kvs.get(key) {
-            Some(old) => (old.create_revision, old.version + 1, old.lease),
-            None => (rev, 1, 0),
+        let (create_revision, version, old_lease, existed) = match self.kvs.get(key) {
+            Some(old) => (old.create_revision, old.version + 1, old.lease, true),
+            None => (rev, 1, 0, false),
         };
         if old_lease != 0 && old_lease != lease {
             if let Some(l) = self.leases.get_mut(&old_lease) {
@@ -162,6 +259,12 @@ impl Inner {
             }
         }
         let kv = KeyValue { key: key.to_vec(), value, create_revision, mod_revision: rev, version, lease };
+        if lease == 0 {
+            self.record(|| (key.to_vec(), Some(kv.clone())));
+        } else if existed && old_lease == 0 {
+            // It was on disk unleased; now it must vanish with its lease on a restart.
+            self.record(|| (key.to_vec(), None));
+        }
         self.kvs.insert(key.to_vec(), kv.clone());
         self.publish(WatchEvent { kind: EventKind::Put, kv });
     }
@@ -241,26 +344,31 @@ impl Store for MemStore {
     async fn put(&self, key: &[u8], value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision, StoreError> {
         check_value(key, &value)?;
         let mut inner = self.lock();
+        inner.check_writable()?;
         inner.check_lease(lease)?;
         inner.revision += 1;
         let rev = inner.revision;
         inner.put_key(key, value, lease, rev);
+        inner.persist()?;
         Ok(rev)
     }
 
     async fn delete(&self, key: &[u8]) -> Result<usize, StoreError> {
         let mut inner = self.lock();
+        inner.check_writable()?;
         if !inner.kvs.contains_key(key) {
             return Ok(0);
         }
         inner.revision += 1;
         let rev = inner.revision;
         inner.remove_key(key, rev);
+        inner.persist()?;
         Ok(1)
     }
 
     async fn delete_prefix(&self, prefix: &[u8]) -> Result<usize, StoreError> {
         let mut inner = self.lock();
+        inner.check_writable()?;
         let keys = inner.prefix_keys(prefix);
         if keys.is_empty() {
             return Ok(0);
@@ -270,11 +378,13 @@ impl Store for MemStore {
         for k in &keys {
             inner.remove_key(k, rev);
         }
+        inner.persist()?;
         Ok(keys.len())
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError> {
         let mut inner = self.lock();
+        inner.check_writable()?;
         let succeeded = txn.compares.iter().all(|c| inner.compare(c));
         let ops = if succeeded { txn.success } else { txn.failure };
         // Validate everything first so the transaction is all-or-nothing.
@@ -305,6 +415,7 @@ impl Store for MemStore {
                     }
                 }
             }
+            inner.persist()?;
         }
         Ok(TxnResult { succeeded, revision: inner.revision })
     }
@@ -329,8 +440,10 @@ impl Store for MemStore {
     }
 
     async fn lease_revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
-        self.lock().revoke(lease);
-        Ok(())
+        let mut inner = self.lock();
+        inner.check_writable()?;
+        inner.revoke(lease);
+        inner.persist()
     }
 
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {

@@ -2,7 +2,9 @@
 //!
 //! The trait is shaped like etcd's v3 API on purpose, so that the embedded [`MemStore`] and the
 //! etcd implementation are interchangeable and every piece of planning, claiming and
-//! reconciliation code sees only this trait. The key layout is in `docs/store-layout.md` and in
+//! reconciliation code sees only this trait. [`RedbStore`] (feature `redb`) is a MemStore that
+//! also writes every change durably to a file, for a single-host coordinator that must survive
+//! a restart. The key layout is in `docs/store-layout.md` and in
 //! [`crate::keys`].
 //!
 //! # Contract
@@ -28,11 +30,15 @@ mod conformance;
 #[cfg(feature = "etcd")]
 mod etcd;
 mod mem;
+#[cfg(feature = "redb")]
+mod redb;
 
 pub use conformance::run_conformance_suite;
 #[cfg(feature = "etcd")]
 pub use etcd::EtcdStore;
 pub use mem::MemStore;
+#[cfg(feature = "redb")]
+pub use self::redb::RedbStore;
 
 use std::fmt;
 use std::pin::Pin;

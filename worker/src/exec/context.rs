@@ -64,10 +64,31 @@ pub struct ExecContext {
     pub is_root: bool,
     /// The lease of the worker running this execution's shards; set when movers start.
     pub lease: std::sync::OnceLock<std::sync::Arc<crate::lease::LeaseClock>>,
+    /// BytesPerSecond of this execution on this agent, for local copies; it follows changes
+    /// made while the execution runs (the movers refresh it).
+    pub rate: crate::link::rate::RateLimiter,
 }
 
 /// Every temporary name ferry creates starts with this; source entries with it are ignored.
 pub const TEMP_PREFIX: &[u8] = b".ferry-tmp-";
+
+/// Most bytes a manifest may have: it is held in memory on every worker.
+const MAX_MANIFEST_BYTES: u64 = 1 << 30;
+
+/// Reads and parses a manifest from a local file or an S3 object.
+fn load_manifest(uri: &str, spec: &ExecutionSpec) -> Result<ferry_common::filter::Manifest, FerryError> {
+    let text = if storage::is_object_uri(uri) {
+        let (dir, name) = uri.rsplit_once('/').filter(|(d, n)| !n.is_empty() && d.len() > "s3:/".len()).ok_or_else(|| FerryError::config(format!("manifest {uri}: give the object's full URI, s3://bucket/path/manifest.csv")))?;
+        let loc = storage::open(dir, spec)?;
+        let mut buf = Vec::new();
+        loc.fetch(name.as_bytes(), MAX_MANIFEST_BYTES, &mut buf)?.ok_or_else(|| FerryError::config(format!("manifest {uri} does not exist (upload it, or fix Manifest.Source)")))?;
+        buf
+    } else {
+        let path = uri.strip_prefix("file://").unwrap_or(uri);
+        std::fs::read(path).map_err(|e| FerryError::config(format!("cannot read manifest {path}: {e} (fix Manifest.Source, or make it readable on every agent)")))?
+    };
+    ferry_common::filter::Manifest::parse(&text).map_err(|e| FerryError::config(format!("manifest {uri}: {e}")))
+}
 
 impl ExecContext {
     pub fn open(spec: ExecutionSpec) -> Result<Self, FerryError> {
@@ -103,7 +124,11 @@ impl ExecContext {
                 Err(e) => return Err(e),
             };
         }
-        let matcher = Matcher::new(&spec.options.filters).map_err(|e| FerryError::config(e.to_string()))?;
+        let mut matcher = Matcher::new(&spec.options.filters).map_err(|e| FerryError::config(e.to_string()))?;
+        if let Some(uri) = &spec.options.manifest {
+            matcher = matcher.with_manifest(load_manifest(uri, &spec)?);
+        }
+        let spec_rate = spec.link.bytes_per_second;
         let mut temp_prefix = TEMP_PREFIX.to_vec();
         temp_prefix.extend_from_slice(spec.id.as_bytes());
         temp_prefix.push(b'-');
@@ -119,6 +144,7 @@ impl ExecContext {
             nonce: format!("{:08x}", rand::random::<u32>()),
             is_root: crate::storage::local::sys::is_root(),
             lease: std::sync::OnceLock::new(),
+            rate: crate::link::rate::RateLimiter::new(spec_rate),
         })
     }
 

@@ -22,6 +22,7 @@ use ferry_common::paths;
 use super::context::{ExecContext, TEMP_PREFIX};
 use super::Outcome;
 use crate::storage::local::{kind_of, remove_tree_at, sys, DirCache, LocalTree};
+use crate::link::rate::RateLimiter;
 
 /// A file written under its temporary name, waiting for the shard's flush and verification.
 struct Pending {
@@ -102,7 +103,7 @@ pub fn crc_range(fd: RawFd, start: u64, len: u64, buf: &mut [u8]) -> std::io::Re
 
 /// Copies `[start, start+len)` from `src` to the same offsets of `dst`, computing the CRC32C
 /// as the bytes stream past. Holes in a sparse source are not written, so they stay holes.
-fn copy_range(src: RawFd, dst: RawFd, start: u64, len: u64, sparse: bool, buf: &mut [u8], on_first_chunk: &mut dyn FnMut()) -> std::io::Result<u32> {
+fn copy_range(src: RawFd, dst: RawFd, start: u64, len: u64, sparse: bool, buf: &mut [u8], rate: &RateLimiter, on_first_chunk: &mut dyn FnMut()) -> std::io::Result<u32> {
     let mut acc = 0u32;
     let end = start + len;
     let mut pos = start;
@@ -125,6 +126,7 @@ fn copy_range(src: RawFd, dst: RawFd, start: u64, len: u64, sparse: bool, buf: &
                 return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "source is shorter than when it was opened"));
             }
             acc = crc::extend(acc, &buf[..n]);
+            rate.take(n as u64);
             sys::pwrite_all(dst, &buf[..n], pos)?;
             pos += n as u64;
             on_first_chunk();
@@ -381,7 +383,7 @@ fn copy_file(ctx: &ExecContext, dst: &LocalTree, src_dir: RawFd, dst_dir: RawFd,
                 append_to_source(ctx.src(), rel);
             }
         };
-        let crc = copy_range(sfd.as_raw_fd(), dfd.as_raw_fd(), 0, size, is_sparse(&st0), &mut bufs.data, &mut on_chunk)
+        let crc = copy_range(sfd.as_raw_fd(), dfd.as_raw_fd(), 0, size, is_sparse(&st0), &mut bufs.data, &ctx.rate, &mut on_chunk)
             .map_err(|e| if e.kind() == std::io::ErrorKind::UnexpectedEof { source_changed(ctx.src(), rel, "it shrank") } else { ctx.src().error("copy", rel, &e) })?;
         sys::ftruncate(dfd.as_raw_fd(), size).map_err(|e| dst.error("write", rel, &e))?;
         let st1 = sys::fstat(sfd.as_raw_fd()).map_err(|e| ctx.src().error("stat", rel, &e))?;
@@ -491,7 +493,7 @@ pub fn run_part(ctx: &ExecContext, file: &Entry, offset: u64, len: u64, bufs: &m
     let temp = ctx.part_temp_name(name);
     let dfd = sys::open_at(dst_dir.as_raw_fd(), &temp, libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW, 0o600)
         .map_err(|e| dst.error("create", rel, &e))?;
-    let crc = copy_range(sfd.as_raw_fd(), dfd.as_raw_fd(), offset, len, is_sparse(&st0), &mut bufs.data, &mut || {})
+    let crc = copy_range(sfd.as_raw_fd(), dfd.as_raw_fd(), offset, len, is_sparse(&st0), &mut bufs.data, &ctx.rate, &mut || {})
         .map_err(|e| if e.kind() == std::io::ErrorKind::UnexpectedEof { source_changed(ctx.src(), rel, "it shrank") } else { ctx.src().error("copy", rel, &e) })?;
     check_unchanged(sfd.as_raw_fd())?;
     if ctx.hooks.corrupt.as_deref() == Some(rel.as_slice()) && offset == 0 {
