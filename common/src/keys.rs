@@ -16,7 +16,7 @@
 //! /ferry/v1/exec/{exec}/agenterr/{agent}   why that agent cannot take part
 //! /ferry/v1/tasks/{task}                   Task
 //! /ferry/v1/sched/{task}                   ScheduleState         (written by the leader)
-//! /ferry/v1/pending/{ms}-{exec}            ""                    QUEUED executions, FIFO
+//! /ferry/v1/pending/{pos}-{exec}           ""                    QUEUED executions, FIFO
 //! /ferry/v1/finished/{exec}                ""                    ended task executions the
 //!                                                                control plane has not handled
 //! /ferry/v1/events/{ms}-{seq}              Event
@@ -59,9 +59,9 @@ pub fn sched(task: &str) -> Vec<u8> {
 pub fn pending_prefix() -> Vec<u8> {
     format!("{ROOT}pending/").into_bytes()
 }
-/// Queued executions sort by when they were queued, then by id.
-pub fn pending(queued_ms: u64, exec: &str) -> Vec<u8> {
-    format!("{ROOT}pending/{queued_ms:016}-{exec}").into_bytes()
+/// Queued executions sort by their queue position (see the control plane).
+pub fn pending(position: u64, exec: &str) -> Vec<u8> {
+    format!("{ROOT}pending/{position:016x}-{exec}").into_bytes()
 }
 pub fn finished_prefix() -> Vec<u8> {
     format!("{ROOT}finished/").into_bytes()

@@ -146,7 +146,7 @@ pub fn run(s: DaemonSettings) -> i32 {
             let cfg = AgentConfig { name: format!("{}-local", s.name), movers: s.movers, lease_ttl: Duration::from_secs(10), labels: vec![], link: None };
             let store = store.clone();
             let rx = rx.clone();
-            tokio::spawn(async move { run_agent(store, cfg, Arc::new(Default::default()), None, rx).await })
+            actix_rt::spawn(async move { run_agent(store, cfg, Arc::new(Default::default()), None, rx).await })
         });
         crate::cluster::run_coordinator_with(control, s.name, rx).await;
         if let Some(a) = agent {

@@ -177,7 +177,7 @@ pub fn phase_event(exec: &Execution) -> Result<TxnOp, DriverError> {
 
 /// Receives the (shard attempt, holder) of every folded result before the fold commits, so
 /// the report merge can keep exactly the lines of committed attempts (cluster mode).
-pub trait CommitLog: Send {
+pub trait CommitLog: Send + Sync {
     fn committed(&mut self, entries: &[(String, String)]) -> std::io::Result<()>;
 }
 

@@ -225,7 +225,7 @@ async fn delete_task(ctl: Ctl, name: web::Path<String>) -> ApiResult<HttpRespons
 async fn start_task(ctl: Ctl, name: web::Path<String>, body: Option<web::Json<StartOverrides>>) -> ApiResult<HttpResponse> {
     let overrides = body.map(|b| b.into_inner()).unwrap_or_default();
     let exec = ctl.start_task(&name, overrides).await?;
-    Ok(HttpResponse::Created().json(ExecutionView::of(&exec, ctl.cfg.clock.now_ms())))
+    Ok(HttpResponse::Created().json(ExecutionView::of(&exec, ferry_common::schedule::now_ms())))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -238,7 +238,7 @@ struct ExecQuery {
 #[utoipa::path(get, path = "/v1/executions", params(ExecQuery), responses(
     (status = 200, body = [ExecutionView]), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn list_executions(ctl: Ctl, q: web::Query<ExecQuery>) -> ApiResult<HttpResponse> {
-    let now = ctl.cfg.clock.now_ms();
+    let now = ferry_common::schedule::now_ms();
     let list: Vec<ExecutionView> = ctl.list_executions(q.task.as_deref()).await?.iter().map(|e| ExecutionView::of(e, now)).collect();
     Ok(HttpResponse::Ok().json(list))
 }
@@ -247,7 +247,7 @@ async fn list_executions(ctl: Ctl, q: web::Query<ExecQuery>) -> ApiResult<HttpRe
     (status = 200, body = ExecutionView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn describe_execution(ctl: Ctl, id: web::Path<String>) -> ApiResult<HttpResponse> {
     let e = ctl.get_execution(&id).await?;
-    Ok(HttpResponse::Ok().json(ExecutionView::of(&e, ctl.cfg.clock.now_ms())))
+    Ok(HttpResponse::Ok().json(ExecutionView::of(&e, ferry_common::schedule::now_ms())))
 }
 
 /// Changes BytesPerSecond while the execution runs; agents apply it within seconds.
@@ -256,7 +256,7 @@ async fn describe_execution(ctl: Ctl, id: web::Path<String>) -> ApiResult<HttpRe
     (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn update_execution(ctl: Ctl, id: web::Path<String>, body: web::Json<ExecutionUpdate>) -> ApiResult<HttpResponse> {
     let e = ctl.set_bytes_per_second(&id, body.bytes_per_second).await?;
-    Ok(HttpResponse::Ok().json(ExecutionView::of(&e, ctl.cfg.clock.now_ms())))
+    Ok(HttpResponse::Ok().json(ExecutionView::of(&e, ferry_common::schedule::now_ms())))
 }
 
 /// Cancels an execution in any phase that has not ended.
@@ -264,7 +264,7 @@ async fn update_execution(ctl: Ctl, id: web::Path<String>, body: web::Json<Execu
     (status = 202, body = ExecutionView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn cancel_execution(ctl: Ctl, id: web::Path<String>) -> ApiResult<HttpResponse> {
     let e = ctl.cancel_execution(&id).await?;
-    Ok(HttpResponse::Accepted().json(ExecutionView::of(&e, ctl.cfg.clock.now_ms())))
+    Ok(HttpResponse::Accepted().json(ExecutionView::of(&e, ferry_common::schedule::now_ms())))
 }
 
 /// The execution's task report (JSON Lines), once written.

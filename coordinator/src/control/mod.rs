@@ -130,8 +130,18 @@ fn event_op(ev: &Event) -> Result<TxnOp> {
     Ok(TxnOp::put(ev.key(), codec::encode(ev)?))
 }
 
-fn new_execution_id(now_ms: u64) -> String {
-    format!("exec-{now_ms:011x}{:05x}", rand::random::<u32>() & 0xfffff)
+/// A queue position: milliseconds with 20 bits of sequence below them, strictly increasing
+/// within this process, so executions queued in one millisecond keep their order.
+fn next_queue_position(now_ms: u64) -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let mut prev = LAST.load(Ordering::SeqCst);
+    loop {
+        let next = (now_ms << 20).max(prev + 1);
+        match LAST.compare_exchange(prev, next, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => return next,
+            Err(p) => prev = p,
+        }
+    }
 }
 
 /// The execution id in a `pending/{ms}-{exec}` key.
@@ -149,8 +159,14 @@ impl ControlPlane {
         &self.store
     }
 
+    /// The clock schedules and history retention follow (a test's clock in tests).
     fn now(&self) -> u64 {
         self.cfg.clock.now_ms()
+    }
+
+    /// Wall time, for what records carry (phases, events, queue order).
+    fn wall(&self) -> u64 {
+        schedule::now_ms()
     }
 
     async fn event(&self, ev: Event) {
@@ -165,9 +181,9 @@ impl ControlPlane {
 
     pub async fn create_task(&self, mut task: Task) -> Result<Task> {
         task.validate(&self.cfg.schedule)?;
-        task.created_unix_ms = self.now();
+        task.created_unix_ms = self.wall();
         let key = keys::task(&task.name);
-        let ev = Event::new(self.now(), "TaskCreated", format!("{} -> {}", task.source_location, task.destination_location)).task(&task.name);
+        let ev = Event::new(self.wall(), "TaskCreated", format!("{} -> {}", task.source_location, task.destination_location)).task(&task.name);
         let txn = Txn::new().when([Compare::absent(key.clone())]).and_then([TxnOp::put(key, codec::encode(&task)?), event_op(&ev)?]);
         if !self.store.txn(txn).await?.succeeded {
             return Err(ControlError::Conflict(format!("task {} already exists (update it with PATCH, or choose another name)", task.name)));
@@ -205,7 +221,7 @@ impl ControlPlane {
             }
         }
         task.validate(&self.cfg.schedule)?;
-        let ev = Event::new(self.now(), "TaskUpdated", "task updated").task(name);
+        let ev = Event::new(self.wall(), "TaskUpdated", "task updated").task(name);
         let mut ops = vec![TxnOp::put(keys::task(name), codec::encode(&task)?), event_op(&ev)?];
         if schedule_changed {
             // Failures counted under the old schedule do not count against the new one.
@@ -223,7 +239,7 @@ impl ControlPlane {
         if let Some(e) = self.unfinished_executions().await?.into_iter().find(|e| e.spec.task.as_deref() == Some(name)) {
             return Err(ControlError::Conflict(format!("task {name} has execution {} in {}; cancel it first (`ferry exec cancel {}`)", e.spec.id, e.phase.as_str(), e.spec.id)));
         }
-        let ev = Event::new(self.now(), "TaskDeleted", "task deleted").task(name);
+        let ev = Event::new(self.wall(), "TaskDeleted", "task deleted").task(name);
         let txn = Txn::new()
             .when([Compare::mod_revision_is(keys::task(name), rev)])
             .and_then([TxnOp::delete(keys::task(name)), TxnOp::delete(keys::sched(name)), event_op(&ev)?]);
@@ -282,8 +298,10 @@ impl ControlPlane {
 
     /// The writes that queue a new execution of `task`.
     fn queue_ops(&self, task: &Task, overrides: &StartOverrides, slot: Option<u64>) -> Result<(Execution, Vec<TxnOp>)> {
-        let now = self.now();
-        let id = new_execution_id(now);
+        let now = self.wall();
+        let position = next_queue_position(now);
+        // Ids sort like queue positions; the random tail keeps two coordinators apart.
+        let id = format!("exec-{position:016x}{:04x}", rand::random::<u16>());
         let mut spec = task.execution_spec(&id, overrides)?;
         if let Some(r) = &task.task_report_config {
             spec.report_dir = Some(report::work_dir(&r.destination).to_string_lossy().into_owned());
@@ -301,7 +319,7 @@ impl ControlPlane {
         let ops = vec![
             TxnOp::put(meta, codec::encode(&exec)?),
             TxnOp::put(keys::index(&id), Vec::new()),
-            TxnOp::put(keys::pending(now, &id), Vec::new()),
+            TxnOp::put(keys::pending(position, &id), Vec::new()),
             event_op(&ev)?,
         ];
         Ok((exec, ops))
@@ -348,7 +366,7 @@ impl ControlPlane {
                 self.store.put(&ExecKeys::new(id).cancel(), Vec::new(), None).await?;
                 return Ok(exec);
             }
-            let now = self.now();
+            let now = self.wall();
             exec.error = Some("cancelled while queued".into());
             exec.set_phase(Phase::Cancelled, now);
             exec.finished_unix_ms = Some(now);
@@ -379,7 +397,7 @@ impl ControlPlane {
             return Err(ControlError::Conflict(format!("execution {id} already ended ({})", exec.phase.as_str())));
         }
         let settings = ExecSettings { bytes_per_second: bytes_per_second.max(0) as u64 };
-        let mut ev = Event::new(self.now(), "ExecutionUpdated", format!("BytesPerSecond={bytes_per_second}")).execution(id);
+        let mut ev = Event::new(self.wall(), "ExecutionUpdated", format!("BytesPerSecond={bytes_per_second}")).execution(id);
         if let Some(t) = &exec.spec.task {
             ev = ev.task(t);
         }
@@ -422,7 +440,7 @@ impl ControlPlane {
         if let Err(e) = self.watch_agents(st).await {
             tracing::warn!(error = %e, "agents: retrying next tick");
         }
-        let now = self.now();
+        let now = self.wall();
         if now.saturating_sub(st.last_purge_ms) >= 60_000 {
             match self.purge_history().await {
                 Ok(()) => st.last_purge_ms = now,
@@ -473,7 +491,7 @@ impl ControlPlane {
                 Decision::Skip { slot_ms, missed, next_slot_ms } => {
                     state.last_slot_ms = Some(slot_ms);
                     state.next_slot_ms = next_slot_ms;
-                    let ev = Event::new(now, "ScheduleMissed", format!("{} slot(s) missed while no coordinator led, the latest {}s ago (past the catch-up window); not run", missed + 1, (now - slot_ms) / 1000)).task(&task.name);
+                    let ev = Event::new(self.wall(), "ScheduleMissed", format!("{} slot(s) missed while no coordinator led, the latest {}s ago (past the catch-up window); not run", missed + 1, (now - slot_ms) / 1000)).task(&task.name);
                     let txn = Txn::new().when(guard).and_then([TxnOp::put(keys::sched(&task.name), codec::encode(&state)?), event_op(&ev)?]);
                     self.store.txn(txn).await?;
                 }
@@ -484,11 +502,11 @@ impl ControlPlane {
                     let note = if missed > 0 { format!(" ({missed} earlier missed slot(s) coalesced into this run)") } else { String::new() };
                     let running = if task.queueing() { None } else { self.unfinished_executions().await?.into_iter().find(|e| e.spec.task.as_deref() == Some(task.name.as_str())) };
                     let ev = match running {
-                        Some(r) => Event::new(now, "ScheduleSkipped", format!("slot {slot_ms} not run: execution {} is still running and TaskQueueing is DISABLED", r.spec.id)).task(&task.name),
+                        Some(r) => Event::new(self.wall(), "ScheduleSkipped", format!("slot {slot_ms} not run: execution {} is still running and TaskQueueing is DISABLED", r.spec.id)).task(&task.name),
                         None => {
                             let (exec, queue) = self.queue_ops(&task, &StartOverrides::default(), Some(slot_ms))?;
                             ops.extend(queue);
-                            Event::new(now, "ScheduleFired", format!("slot {slot_ms} started execution {}{note}", exec.spec.id)).task(&task.name).execution(&exec.spec.id)
+                            Event::new(self.wall(), "ScheduleFired", format!("slot {slot_ms} started execution {}{note}", exec.spec.id)).task(&task.name).execution(&exec.spec.id)
                         }
                     };
                     ops.push(event_op(&ev)?);
@@ -547,7 +565,7 @@ impl ControlPlane {
         }
         for id in queue::launchable(&queued, &running) {
             let Some((pending_key, mut exec, rev)) = by_id.remove(&id) else { continue };
-            let now = self.now();
+            let now = self.wall();
             exec.set_phase(Phase::Launching, now);
             exec.started_unix_ms = now;
             let root = Reconciler { exec: exec.clone() }.root_shard();
@@ -594,12 +612,12 @@ impl ControlPlane {
                     let written = tokio::task::spawn_blocking(move || report::write_task_report(&e2, &cfg)).await.map_err(|e| ControlError::Store(e.to_string()))?;
                     match written {
                         Ok(path) => {
-                            let ev = Event::new(self.now(), "ReportWritten", path.display().to_string()).task(&task_name).execution(&id);
+                            let ev = Event::new(self.wall(), "ReportWritten", path.display().to_string()).task(&task_name).execution(&id);
                             ops.push(event_op(&ev)?);
                             exec.task_run.report_path = Some(path.display().to_string());
                         }
                         Err(e) => {
-                            let ev = Event::new(self.now(), "ReportFailed", format!("cannot write the report: {e}")).task(&task_name).execution(&id);
+                            let ev = Event::new(self.wall(), "ReportFailed", format!("cannot write the report: {e}")).task(&task_name).execution(&id);
                             ops.push(event_op(&ev)?);
                         }
                     }
@@ -625,7 +643,7 @@ impl ControlPlane {
                             s.status = ScheduleStatus::Disabled;
                             s.disabled_by = Some("SERVICE".into());
                             s.disabled_reason = Some(reason.clone());
-                            ops.push(event_op(&Event::new(self.now(), "ScheduleDisabled", reason).task(&task_name))?);
+                            ops.push(event_op(&Event::new(self.wall(), "ScheduleDisabled", reason).task(&task_name))?);
                         }
                         guards.push(Compare::mod_revision_is(keys::task(&task_name), task_rev));
                         ops.push(TxnOp::put(keys::task(&task_name), codec::encode(&task)?));
@@ -644,10 +662,10 @@ impl ControlPlane {
         let now: BTreeSet<String> = self.list_agents().await?.into_iter().map(|w| w.name).collect();
         if let Some(before) = &st.known_agents {
             for a in now.difference(before) {
-                self.event(Event::new(self.now(), "AgentOnline", "agent registered").agent(a)).await;
+                self.event(Event::new(self.wall(), "AgentOnline", "agent registered").agent(a)).await;
             }
             for a in before.difference(&now) {
-                self.event(Event::new(self.now(), "AgentOffline", "agent left or its lease expired").agent(a)).await;
+                self.event(Event::new(self.wall(), "AgentOffline", "agent left or its lease expired").agent(a)).await;
             }
         }
         st.known_agents = Some(now);

@@ -90,6 +90,16 @@ fn load_manifest(uri: &str, spec: &ExecutionSpec) -> Result<ferry_common::filter
     ferry_common::filter::Manifest::parse(&text).map_err(|e| FerryError::config(format!("manifest {uri}: {e}")))
 }
 
+/// A task's local destination directory is created when missing, as DataSync does. (`ferry
+/// copy` creates it while validating its arguments, before anything is submitted.)
+fn create_task_destination(spec: &ExecutionSpec) -> Result<(), FerryError> {
+    if spec.task.is_none() || spec.options.dry_run || spec.mode == ferry_common::model::Mode::Verify {
+        return Ok(());
+    }
+    let path = local_path(&spec.destination);
+    std::fs::create_dir_all(&path).map_err(|e| FerryError::config(format!("cannot create destination {}: {e} (create it, or fix DestinationLocation)", path.display())))
+}
+
 impl ExecContext {
     pub fn open(spec: ExecutionSpec) -> Result<Self, FerryError> {
         Self::open_for(spec, Reach::BOTH)
@@ -107,9 +117,13 @@ impl ExecContext {
                 src = Some(LocalTree::open(&local_path(&spec.source))?);
             }
             if reach.destination {
+                create_task_destination(&spec)?;
                 dst = Some(LocalTree::open(&local_path(&spec.destination))?);
             }
         } else if storage::is_object_uri(&spec.source) || storage::is_object_uri(&spec.destination) {
+            if !storage::is_object_uri(&spec.destination) {
+                create_task_destination(&spec)?;
+            }
             let dst = match storage::open(&spec.destination, &spec) {
                 Ok(d) => Some(d),
                 Err(_) if spec.options.dry_run && !storage::is_object_uri(&spec.destination) => None,
@@ -118,6 +132,7 @@ impl ExecContext {
             object = Some(ObjectPair { src: storage::open(&spec.source, &spec)?, dst });
         } else {
             src = Some(LocalTree::open(&local_path(&spec.source))?);
+            create_task_destination(&spec)?;
             dst = match LocalTree::open(&local_path(&spec.destination)) {
                 Ok(t) => Some(t),
                 Err(_) if spec.options.dry_run => None,
