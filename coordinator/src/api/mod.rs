@@ -124,6 +124,24 @@ pub fn openapi_json() -> String {
     ApiDoc::openapi().to_pretty_json().unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
+/// Decodes a JSON body, naming the field a bad value is in (`Options.VerifyMode`).
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request("the request needs a JSON body"));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let field = (path != ".").then_some(path);
+        let message = match &field {
+            Some(f) => format!("{f}: {inner}"),
+            None => format!("malformed request: {inner}"),
+        };
+        ApiError { status: StatusCode::BAD_REQUEST, code: "InvalidRequest", field, message }
+    })
+}
+
 fn json_error(err: impl std::fmt::Display) -> actix_web::Error {
     ApiError::bad_request(format!("malformed request: {err}")).into()
 }
@@ -135,7 +153,7 @@ pub fn serve(control: Arc<ControlPlane>, listen: SocketAddr, tokens: Tokens) -> 
         let tokens = tokens.clone();
         App::new()
             .app_data(data.clone())
-            .app_data(web::JsonConfig::default().limit(1 << 20).error_handler(|e, _| json_error(e)))
+            .app_data(web::PayloadConfig::new(1 << 20))
             .app_data(web::PathConfig::default().error_handler(|e, _| json_error(e)))
             .app_data(web::QueryConfig::default().error_handler(|e, _| json_error(e)))
             .wrap_fn(move |req, srv| {
@@ -185,8 +203,8 @@ async fn health() -> HttpResponse {
 #[utoipa::path(post, path = "/v1/tasks", request_body = Task, responses(
     (status = 201, body = Task), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
     (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn create_task(ctl: Ctl, body: web::Json<Task>) -> ApiResult<HttpResponse> {
-    let task = ctl.create_task(body.into_inner()).await?;
+async fn create_task(ctl: Ctl, bytes: web::Bytes) -> ApiResult<HttpResponse> {
+    let task = ctl.create_task(body::<Task>(&bytes)?).await?;
     Ok(HttpResponse::Created().json(task))
 }
 
@@ -206,8 +224,8 @@ async fn describe_task(ctl: Ctl, name: web::Path<String>) -> ApiResult<HttpRespo
 #[utoipa::path(patch, path = "/v1/tasks/{name}", params(("name" = String, Path, description = "Task name")), request_body = TaskUpdate, responses(
     (status = 200, body = Task), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
     (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn update_task(ctl: Ctl, name: web::Path<String>, body: web::Json<TaskUpdate>) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(ctl.update_task(&name, body.into_inner()).await?))
+async fn update_task(ctl: Ctl, name: web::Path<String>, bytes: web::Bytes) -> ApiResult<HttpResponse> {
+    Ok(HttpResponse::Ok().json(ctl.update_task(&name, body::<TaskUpdate>(&bytes)?).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/tasks/{name}", params(("name" = String, Path, description = "Task name")), responses(
@@ -222,8 +240,8 @@ async fn delete_task(ctl: Ctl, name: web::Path<String>) -> ApiResult<HttpRespons
 #[utoipa::path(post, path = "/v1/tasks/{name}/start", params(("name" = String, Path, description = "Task name")), request_body(content = StartOverrides, description = "Overrides for this execution; may be empty ({})"), responses(
     (status = 201, body = ExecutionView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
     (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn start_task(ctl: Ctl, name: web::Path<String>, body: Option<web::Json<StartOverrides>>) -> ApiResult<HttpResponse> {
-    let overrides = body.map(|b| b.into_inner()).unwrap_or_default();
+async fn start_task(ctl: Ctl, name: web::Path<String>, bytes: web::Bytes) -> ApiResult<HttpResponse> {
+    let overrides = if bytes.iter().all(u8::is_ascii_whitespace) { StartOverrides::default() } else { body::<StartOverrides>(&bytes)? };
     let exec = ctl.start_task(&name, overrides).await?;
     Ok(HttpResponse::Created().json(ExecutionView::of(&exec, ferry_common::schedule::now_ms())))
 }
@@ -254,8 +272,9 @@ async fn describe_execution(ctl: Ctl, id: web::Path<String>) -> ApiResult<HttpRe
 #[utoipa::path(patch, path = "/v1/executions/{id}", params(("id" = String, Path, description = "Execution id")), request_body = ExecutionUpdate, responses(
     (status = 200, body = ExecutionView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
     (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn update_execution(ctl: Ctl, id: web::Path<String>, body: web::Json<ExecutionUpdate>) -> ApiResult<HttpResponse> {
-    let e = ctl.set_bytes_per_second(&id, body.bytes_per_second).await?;
+async fn update_execution(ctl: Ctl, id: web::Path<String>, bytes: web::Bytes) -> ApiResult<HttpResponse> {
+    let update = body::<ExecutionUpdate>(&bytes)?;
+    let e = ctl.set_bytes_per_second(&id, update.bytes_per_second).await?;
     Ok(HttpResponse::Ok().json(ExecutionView::of(&e, ferry_common::schedule::now_ms())))
 }
 

@@ -193,7 +193,7 @@ pub struct EventView {
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct ExecutionUpdate {
     /// -1 for unlimited.
     pub bytes_per_second: i64,
