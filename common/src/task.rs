@@ -44,9 +44,19 @@ impl FieldError {
 macro_rules! datasync_enum {
     ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$doc])*
+        // rename_all, not a per-variant rename: utoipa does not see renames passed in through
+        // a macro, and the OpenAPI document must list the same names serde accepts (a test
+        // checks that every `as_str` is the serde name).
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+        #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
         pub enum $name {
-            $($(#[$vdoc])* #[serde(rename = $text)] $variant),+
+            $($(#[$vdoc])* $variant),+
+        }
+        impl $name {
+            #[cfg(test)]
+            fn all() -> Vec<$name> {
+                vec![$($name::$variant),+]
+            }
         }
         impl $name {
             pub fn as_str(self) -> &'static str {
@@ -626,6 +636,31 @@ mod tests {
         assert_eq!(spec.options.filters.exclude, vec!["*.tmp".to_string()]);
         let bad = StartOverrides { override_options: Some(TaskOptions { transfer_mode: Some(TransferModeOpt::All), preserve_deleted_files: Some(PreserveDeletedFilesOpt::Remove), ..Default::default() }), ..Default::default() };
         assert_eq!(t.execution_spec("e3", &bad).unwrap_err().field(), "OverrideOptions.PreserveDeletedFiles");
+    }
+
+    #[test]
+    fn serde_names_are_datasyncs() {
+        fn check<T: Serialize + Copy>(all: Vec<T>, text: fn(T) -> &'static str) {
+            for v in all {
+                assert_eq!(serde_json::to_value(v).unwrap(), serde_json::json!(text(v)));
+            }
+        }
+        check(VerifyModeOpt::all(), VerifyModeOpt::as_str);
+        check(OverwriteModeOpt::all(), OverwriteModeOpt::as_str);
+        check(TransferModeOpt::all(), TransferModeOpt::as_str);
+        check(PreserveDeletedFilesOpt::all(), PreserveDeletedFilesOpt::as_str);
+        check(PreserveDevicesOpt::all(), PreserveDevicesOpt::as_str);
+        check(AtimeOpt::all(), AtimeOpt::as_str);
+        check(MtimeOpt::all(), MtimeOpt::as_str);
+        check(IdOpt::all(), IdOpt::as_str);
+        check(PosixPermissionsOpt::all(), PosixPermissionsOpt::as_str);
+        check(TaskQueueingOpt::all(), TaskQueueingOpt::as_str);
+        check(LogLevelOpt::all(), LogLevelOpt::as_str);
+        check(ObjectTagsOpt::all(), ObjectTagsOpt::as_str);
+        check(ScheduleStatus::all(), ScheduleStatus::as_str);
+        check(FilterType::all(), FilterType::as_str);
+        check(ReportOutputType::all(), ReportOutputType::as_str);
+        check(ReportLevel::all(), ReportLevel::as_str);
     }
 
     #[test]
