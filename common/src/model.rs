@@ -180,6 +180,10 @@ pub struct ExecutionSpec {
     /// The task this execution runs, when it was started from one.
     #[serde(default)]
     pub task: Option<String>,
+    /// LogLevel: what agents and coordinators log about this execution. None (ad-hoc runs)
+    /// behaves like BASIC.
+    #[serde(default)]
+    pub log_level: Option<crate::task::LogLevelOpt>,
 }
 
 /// Locations bound to agents. An agent matches a selector when its name or one of its labels

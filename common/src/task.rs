@@ -508,6 +508,7 @@ impl Task {
                 bytes_per_second: if bps > 0 { bps as u64 } else { 0 },
             },
             task: Some(self.name.clone()),
+            log_level: opts.log_level,
         })
     }
 }

@@ -539,7 +539,7 @@ fn build_spec(mode: Mode, common: &CommonArgs, t: Option<&TransferArgs>) -> Resu
         // rather than as part shards, which need one agent that reaches both sides.
         options.limits.part_threshold = u64::MAX;
     }
-    Ok(ExecutionSpec { id: new_execution_id(), mode, source, destination, options, report_dir: None, s3, link, task: None })
+    Ok(ExecutionSpec { id: new_execution_id(), mode, source, destination, options, report_dir: None, s3, link, task: None, log_level: None })
 }
 
 fn link_settings(mode: Mode, common: &CommonArgs, options: &Options) -> Result<LinkSettings, UsageError> {

@@ -235,6 +235,9 @@ impl ExecutionDriver {
         let phase = self.state.exec.phase;
         if phase != self.written_phase {
             extra.push(phase_event(&self.state.exec)?);
+            if self.state.exec.spec.log_level != Some(ferry_common::task::LogLevelOpt::Off) {
+                tracing::info!(execution = %self.state.exec.spec.id, task = self.state.exec.spec.task.as_deref().unwrap_or(""), phase = phase.as_str(), error = self.state.exec.error.as_deref().unwrap_or(""), "ExecutionPhase");
+            }
         }
         let txn = Txn::new().when([Compare::mod_revision_is(self.keys.meta(), self.meta_revision)]).and_then(extra);
         let r = self.store.txn(txn).await?;
@@ -422,7 +425,7 @@ mod tests {
     use ferry_common::model::Options;
 
     fn spec(mode: Mode, verify: VerifyMode) -> ExecutionSpec {
-        ExecutionSpec { id: "e1".into(), mode, source: "/a".into(), destination: "/b".into(), options: Options { verify, ..Options::default() }, report_dir: None, s3: Default::default(), link: Default::default(), task: None }
+        ExecutionSpec { id: "e1".into(), mode, source: "/a".into(), destination: "/b".into(), options: Options { verify, ..Options::default() }, report_dir: None, s3: Default::default(), link: Default::default(), task: None, log_level: None }
     }
 
     fn result(prepared: u64, transferred: u64, failed: u64) -> ShardResult {

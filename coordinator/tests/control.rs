@@ -363,7 +363,7 @@ fn cancel_works_in_every_phase() {
         assert!(matches!(ctl.cancel_execution(&first).await.unwrap_err(), ferry_coordinator::control::ControlError::Conflict(_)), "an ended execution cannot be cancelled again");
         // VERIFYING: the driver honours the cancel request in any phase it drives.
         let spec = ferry_common::model::ExecutionSpec { mode: ferry_common::model::Mode::Verify, ..end.spec.clone() };
-        let spec = ferry_common::model::ExecutionSpec { id: "verify-run".into(), task: None, ..spec };
+        let spec = ferry_common::model::ExecutionSpec { id: "verify-run".into(), task: None, log_level: None, ..spec };
         let mut driver = ferry_coordinator::driver::ExecutionDriver::start(store.clone(), spec).await.unwrap();
         assert_eq!(driver.state.exec.phase, Phase::Verifying);
         store.put(&keys::ExecKeys::new("verify-run").cancel(), vec![], None).await.unwrap();

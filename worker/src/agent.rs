@@ -137,6 +137,7 @@ async fn join_execution(store: &SharedStore, node: &Node, exec_id: &str, cfg: &A
         ),
         None => Arc::new(NullSink),
     };
+    let sink = crate::report::with_log_level(sink, &exec.spec);
     tracing::info!(execution = exec_id, source = %exec.spec.source, destination = %exec.spec.destination, reads = reach.source, writes = reach.destination, "ExecutionJoined");
     let ctx = Arc::new(ctx);
     if exec.spec.link.is_bound() && reach.destination {

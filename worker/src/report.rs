@@ -31,6 +31,43 @@ pub trait ReportSink: Send + Sync + 'static {
     fn record(&self, tag: &ShardTag, entries: Vec<ReportEntry>);
 }
 
+/// LogLevel: BASIC logs failed entries, TRANSFER every entry, OFF none; the report itself is
+/// unaffected.
+pub struct LoggingSink {
+    pub inner: std::sync::Arc<dyn ReportSink>,
+    pub execution: String,
+    pub every_entry: bool,
+}
+
+impl ReportSink for LoggingSink {
+    fn before_commit(&self) -> bool {
+        self.inner.before_commit()
+    }
+
+    fn record(&self, tag: &ShardTag, entries: Vec<ReportEntry>) {
+        for e in &entries {
+            let path = ferry_common::paths::display(&e.path);
+            match (&e.reason, e.status) {
+                (Some(reason), ferry_common::model::EntryStatus::Failed) => {
+                    tracing::warn!(execution = %self.execution, path = %path, reason = %reason, "EntryFailed")
+                }
+                _ if self.every_entry => tracing::info!(execution = %self.execution, path = %path, status = e.status.as_str(), size = e.size, "Entry"),
+                _ => {}
+            }
+        }
+        self.inner.record(tag, entries);
+    }
+}
+
+/// Wraps `sink` so the execution's LogLevel is honoured.
+pub fn with_log_level(sink: std::sync::Arc<dyn ReportSink>, spec: &ferry_common::model::ExecutionSpec) -> std::sync::Arc<dyn ReportSink> {
+    use ferry_common::task::LogLevelOpt;
+    match spec.log_level {
+        Some(LogLevelOpt::Off) => sink,
+        level => std::sync::Arc::new(LoggingSink { inner: sink, execution: spec.id.clone(), every_entry: level == Some(LogLevelOpt::Transfer) }),
+    }
+}
+
 /// Discards entries (counters still travel through the Store).
 pub struct NullSink;
 

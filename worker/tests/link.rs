@@ -29,6 +29,8 @@ fn spec(src: &Path, dst: &Path) -> ExecutionSpec {
         report_dir: None,
         s3: Default::default(),
         link: LinkSettings { destination_agents: vec!["cloud".into()], ..Default::default() },
+        task: None,
+        log_level: None,
     }
 }
 

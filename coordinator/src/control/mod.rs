@@ -624,7 +624,7 @@ impl ControlPlane {
                 }
             }
             if exec.task_run.scheduled_slot_ms.is_some() && !exec.task_run.outcome_recorded {
-                if let Some((task, task_rev)) = self.task_kv(&task_name).await.ok() {
+                if let Ok((task, task_rev)) = self.task_kv(&task_name).await {
                     let state_kv = self.store.get(&keys::sched(&task_name)).await?;
                     let mut state: ScheduleState = match &state_kv {
                         Some(kv) => decode_kv(kv)?,

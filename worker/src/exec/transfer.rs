@@ -103,6 +103,7 @@ pub fn crc_range(fd: RawFd, start: u64, len: u64, buf: &mut [u8]) -> std::io::Re
 
 /// Copies `[start, start+len)` from `src` to the same offsets of `dst`, computing the CRC32C
 /// as the bytes stream past. Holes in a sparse source are not written, so they stay holes.
+#[allow(clippy::too_many_arguments)] // the two fds and the range are the call; the rest are its tools
 fn copy_range(src: RawFd, dst: RawFd, start: u64, len: u64, sparse: bool, buf: &mut [u8], rate: &RateLimiter, on_first_chunk: &mut dyn FnMut()) -> std::io::Result<u32> {
     let mut acc = 0u32;
     let end = start + len;
