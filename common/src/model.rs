@@ -369,6 +369,8 @@ pub struct TaskRun {
     pub report: Option<crate::task::TaskReportConfig>,
     /// Where the report was written, once it was.
     pub report_path: Option<String>,
+    /// Why the report could not be written.
+    pub report_error: Option<String>,
     /// The outcome was folded into the task's schedule state (exactly once).
     pub outcome_recorded: bool,
     /// TaskQueueing was enabled when it started.

@@ -112,6 +112,7 @@ pub struct TaskOptions {
     pub gid: Option<IdOpt>,
     pub posix_permissions: Option<PosixPermissionsOpt>,
     /// Bytes per second for each agent; -1 is unlimited.
+    #[schema(minimum = -1)]
     pub bytes_per_second: Option<i64>,
     pub task_queueing: Option<TaskQueueingOpt>,
     pub log_level: Option<LogLevelOpt>,
@@ -302,8 +303,12 @@ pub struct TaskS3 {
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct Task {
     /// Letters, digits, `-`, `_` and `.`; at most 64 characters. Unique.
+    #[schema(pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")]
     pub name: String,
+    /// An absolute path (`/data`, `file:///data`) or `s3://bucket/prefix`.
+    #[schema(pattern = "^(/|file://|s3://)")]
     pub source_location: String,
+    #[schema(pattern = "^(/|file://|s3://)")]
     pub destination_location: String,
     #[serde(default)]
     pub options: TaskOptions,
@@ -547,9 +552,13 @@ impl Event {
         self.agent = Some(a.to_string());
         self
     }
-    /// The Store key: time-ordered, unique per event.
+    /// The Store key: time-ordered, unique per event. Events of one process in one
+    /// millisecond keep their order through a process-wide sequence; the random tail keeps
+    /// two coordinators' keys apart.
     pub fn key(&self) -> Vec<u8> {
-        let unique = format!("{:08x}", rand::random::<u32>());
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let unique = format!("{seq:012x}{:04x}", rand::random::<u16>());
         crate::keys::event(self.time_unix_ms, &unique)
     }
 }

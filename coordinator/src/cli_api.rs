@@ -471,7 +471,8 @@ fn wait_for(client: &ApiClient, id: &str) -> Result<Value, UsageError> {
             eprintln!("ferry: execution {id}: {status}");
             last_status = status.clone();
         }
-        if matches!(status.as_str(), "SUCCESS" | "ERROR" | "CANCELLED") {
+        // Ended, and its report (when the task has one) is written or has failed.
+        if matches!(status.as_str(), "SUCCESS" | "ERROR" | "CANCELLED") && e["ReportStatus"] != "PENDING" {
             return Ok(e);
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -518,6 +519,16 @@ pub fn exec_api_command(cmd: ExecApiCommand<'_>, api: &ApiArgs) -> Result<i32, U
             }
         }
         ExecApiCommand::Report(id) => {
+            // The leader writes the report just after the execution ends: wait a little.
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let e = client.json("GET", &format!("/v1/executions/{}", enc(id)), None)?;
+                let ended = matches!(e["Status"].as_str(), Some("SUCCESS" | "ERROR" | "CANCELLED"));
+                if !(ended && e["ReportStatus"] == "PENDING") || std::time::Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
             let r = client.call("GET", &format!("/v1/executions/{}/report", enc(id)), None)?;
             let body = r.into_string().map_err(|e| UsageError(format!("cannot read the report: {e}")))?;
             print!("{body}");

@@ -200,8 +200,11 @@ fn the_recurring_replication_walkthrough_and_a_restart_mid_execution() {
     assert!(out.stdout.contains("nightly") && out.stdout.contains("0 2 * * *"), "{}", out.stdout);
     let out = cli(&d, &["task", "describe", "nightly"]);
     assert!(out.stdout.contains("PreserveDeletedFiles=REMOVE") && out.stdout.contains("ENABLED"), "{}", out.stdout);
-    let out = cli(&d, &["task", "start", "nightly", "--wait"]);
+    let out = cli(&d, &["task", "start", "nightly", "--wait", "--json"]);
     out.assert_code(0);
+    let ended: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(ended["ReportStatus"], "WRITTEN", "--wait also waits for the report");
+    let out = cli(&d, &["exec", "describe", ended["ExecutionId"].as_str().unwrap()]);
     assert!(out.stdout.contains("SUCCESS") && out.stdout.contains("TRANSFERRING"), "{}", out.stdout);
     let out = cli(&d, &["exec", "list", "--task", "nightly", "--json"]);
     let list: Value = serde_json::from_str(&out.stdout).unwrap();
@@ -221,12 +224,14 @@ fn the_recurring_replication_walkthrough_and_a_restart_mid_execution() {
     assert!(noauth.stderr.contains("401") && noauth.stderr.contains("FERRY_API_TOKEN"), "{}", noauth.stderr);
 
     // A scheduled execution, throttled so it is still running when the daemon is killed.
-    cli(&d, &["task", "create", "--name", "minutely", "--source", &s(&src), "--destination", &s(&dir.path().join("dst2")), "--schedule", "* * * * *", "--option", "BytesPerSecond=1048576"]).assert_code(0);
+    cli(&d, &["task", "create", "--name", "minutely", "--source", &s(&src), "--destination", &s(&dir.path().join("dst2")), "--schedule", "* * * * *", "--option", "BytesPerSecond=524288"]).assert_code(0);
     let deadline = Instant::now() + Duration::from_secs(90);
     let scheduled = loop {
         let (_, list) = api(&d, "GET", "/v1/executions?task=minutely", None);
         if let Some(e) = list.as_array().unwrap().first() {
-            if matches!(e["Status"].as_str(), Some("PREPARING" | "TRANSFERRING")) && e["Counters"]["FilesTransferred"].as_u64().unwrap_or(0) >= 1 {
+            if matches!(e["Status"].as_str(), Some("PREPARING" | "TRANSFERRING")) {
+                // 12 MiB at 512 KiB/s take about 24 s: two seconds in, it is mid-transfer.
+                std::thread::sleep(Duration::from_secs(2));
                 break e["ExecutionId"].as_str().unwrap().to_string();
             }
         }

@@ -490,3 +490,121 @@ fn task_reports_follow_the_report_configuration() {
         coord.stop().await;
     });
 }
+
+/// A one-thread HTTP server that records the bodies POSTed to it and answers 200.
+fn webhook_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = got.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; len];
+            if reader.read_exact(&mut body).is_ok() {
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    sink.lock().unwrap().push(v);
+                }
+            }
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (url, got)
+}
+
+#[test]
+fn events_cover_tasks_executions_and_agents_reach_a_webhook_and_expire_with_history() {
+    run(|| async move {
+        let store: SharedStore = Arc::new(MemStore::new());
+        let clock = Arc::new(ManualClock::new(ferry_common::schedule::now_ms()));
+        let (url, received) = webhook_receiver();
+        let ctl = ControlPlane::new(store.clone(), ControlConfig { webhook: Some(url), ..config(clock.clone()) });
+        let mut st = LeaderState::default();
+        ctl.tick(&mut st).await; // learns the (empty) set of agents
+        ctl.create_task(task(json!({"Name": "ev", "SourceLocation": "/srv/a", "DestinationLocation": "/srv/b"}))).await.unwrap();
+        let id = ctl.start_task("ev", StartOverrides::default()).await.unwrap().spec.id;
+        ctl.cancel_execution(&id).await.unwrap(); // while QUEUED: it ends at once
+        let a = agent(&store, "agent-ev");
+        wait_for("the agent to register", Duration::from_secs(30), || async { !ctl.list_agents().await.unwrap().is_empty() }).await;
+        ctl.tick(&mut st).await;
+        a.stop().await;
+        ctl.tick(&mut st).await;
+
+        let kinds: Vec<String> = ctl.list_events(None, 1000).await.unwrap().into_iter().map(|(_, e)| e.kind).collect();
+        for k in ["TaskCreated", "ExecutionQueued", "AgentOnline", "AgentOffline", "ExecutionFinished"] {
+            assert!(kinds.contains(&k.to_string()), "{k} in {kinds:?}");
+        }
+        wait_for("the webhook to receive every event", Duration::from_secs(30), || {
+            let n = received.lock().unwrap().len();
+            let want = kinds.len();
+            async move { n >= want }
+        })
+        .await;
+        let posted: Vec<String> = received.lock().unwrap().iter().map(|v| v["Kind"].as_str().unwrap_or("").to_string()).collect();
+        assert_eq!(&posted[..kinds.len()], &kinds[..], "POSTed in order");
+
+        // Thirty-one days on, with the default thirty days of history: all of it is gone.
+        clock.advance(31 * 86_400_000);
+        let mut fresh = LeaderState::default();
+        ctl.tick(&mut fresh).await;
+        assert!(matches!(ctl.get_execution(&id).await.unwrap_err(), ferry_coordinator::control::ControlError::NotFound(_)));
+        assert!(ctl.list_executions(None).await.unwrap().is_empty());
+        assert!(ctl.list_events(None, 1000).await.unwrap().is_empty(), "old events are deleted");
+        assert!(ctl.get_task("ev").await.is_ok(), "tasks are not history");
+    });
+}
+
+#[test]
+fn a_manifest_can_be_an_s3_object() {
+    let Some(s3) = ferry_common::testing::S3Server::start(ferry_common::testing::S3Flavor::S3sFs) else { return };
+    let dir = scratch();
+    let (src, dst, mdir) = (dir.path().join("src"), dir.path().join("dst"), dir.path().join("m"));
+    for rel in ["a/listed.txt", "a/other.txt", "b.txt"] {
+        write_file(&src.join(rel), rel.as_bytes());
+    }
+    write_file(&mdir.join("manifest.csv"), b"a/listed.txt\nb.txt\n");
+    // Uploaded with ferry itself (its S3 path is tested elsewhere against the AWS CLI).
+    let mut up = support::Ferry::new("copy", &mdir, s3.uri("manifests/")).arg("--endpoint-url").arg(&s3.endpoint);
+    for (k, v) in s3.env() {
+        up = up.env(k, v);
+    }
+    up.run().assert_code(0);
+    s3.export_env();
+    let endpoint = s3.endpoint.clone();
+    let manifest = s3.uri("manifests/manifest.csv");
+    run(|| async move {
+        let store: SharedStore = Arc::new(MemStore::new());
+        let ctl = Arc::new(ControlPlane::new(store.clone(), config(Arc::new(ManualClock::new(T0)))));
+        let p = |x: &Path| x.to_str().unwrap().to_string();
+        ctl.create_task(task(json!({
+            "Name": "s3-listed", "SourceLocation": p(&src), "DestinationLocation": p(&dst),
+            "Manifest": {"Source": manifest}, "S3": {"EndpointUrl": endpoint},
+        })))
+        .await
+        .unwrap();
+        let coord = coordinator(ctl.clone(), "coord");
+        let agent = agent(&store, "agent-1");
+        let id = ctl.start_task("s3-listed", StartOverrides::default()).await.unwrap().spec.id;
+        let end = wait_end(&ctl, &id, Duration::from_secs(120)).await;
+        assert_eq!(end.phase, Phase::Success, "{:?}", end.error);
+        assert!(dst.join("a/listed.txt").exists() && dst.join("b.txt").exists());
+        assert!(!dst.join("a/other.txt").exists(), "an unlisted file is not transferred");
+        agent.stop().await;
+        coord.stop().await;
+    });
+}

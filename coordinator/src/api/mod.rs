@@ -293,7 +293,12 @@ async fn cancel_execution(ctl: Ctl, id: web::Path<String>) -> ApiResult<HttpResp
 async fn execution_report(ctl: Ctl, id: web::Path<String>) -> ApiResult<HttpResponse> {
     let e = ctl.get_execution(&id).await?;
     let Some(path) = e.task_run.report_path.clone() else {
-        let why = if e.task_run.report.is_none() { "its task has no TaskReportConfig" } else if e.phase.is_terminal() { "the report is still being written" } else { "the execution has not ended" };
+        let why = match (&e.task_run.report, &e.task_run.report_error) {
+            (None, _) => "its task has no TaskReportConfig".to_string(),
+            (Some(_), Some(err)) => format!("writing it failed: {err}"),
+            _ if e.phase.is_terminal() => "the report is still being written; retry in a moment".to_string(),
+            _ => "the execution has not ended".to_string(),
+        };
         return Err(ApiError::new(StatusCode::CONFLICT, "Conflict", format!("execution {id} has no report yet: {why}")));
     };
     let body = tokio::fs::read(&path).await.map_err(|err| ApiError::new(StatusCode::NOT_FOUND, "NotFound", format!("report {path} cannot be read: {err}")))?;

@@ -85,6 +85,10 @@ pub struct ExecutionView {
     pub scheduled_slot_unix_ms: Option<u64>,
     /// Where the task report was written, once it was.
     pub report_path: Option<String>,
+    /// NONE (no TaskReportConfig), PENDING (written once the execution has ended), WRITTEN or
+    /// FAILED (see ReportError).
+    pub report_status: String,
+    pub report_error: Option<String>,
     /// BytesPerSecond the execution started with; -1 is unlimited.
     pub bytes_per_second: i64,
 }
@@ -149,6 +153,14 @@ impl ExecutionView {
             failures: exec.failures.iter().map(|f| FailureView { path: paths::display(&f.path), reason: f.reason.clone() }).collect(),
             scheduled_slot_unix_ms: exec.task_run.scheduled_slot_ms,
             report_path: exec.task_run.report_path.clone(),
+            report_status: match (&exec.task_run.report, &exec.task_run.report_path, &exec.task_run.report_error) {
+                (None, _, _) => "NONE",
+                (_, Some(_), _) => "WRITTEN",
+                (_, None, Some(_)) => "FAILED",
+                (_, None, None) => "PENDING",
+            }
+            .to_string(),
+            report_error: exec.task_run.report_error.clone(),
             bytes_per_second: if exec.spec.link.bytes_per_second == 0 { -1 } else { exec.spec.link.bytes_per_second as i64 },
         }
     }

@@ -607,7 +607,7 @@ impl ControlPlane {
             let mut ops = vec![TxnOp::delete(kv.key.clone())];
             let mut guards = vec![Compare::mod_revision_is(ExecKeys::new(&id).meta(), meta.mod_revision), Compare::present(kv.key.clone())];
             if let Some(cfg) = exec.task_run.report.clone() {
-                if exec.task_run.report_path.is_none() {
+                if exec.task_run.report_path.is_none() && exec.task_run.report_error.is_none() {
                     let e2 = exec.clone();
                     let written = tokio::task::spawn_blocking(move || report::write_task_report(&e2, &cfg)).await.map_err(|e| ControlError::Store(e.to_string()))?;
                     match written {
@@ -619,6 +619,7 @@ impl ControlPlane {
                         Err(e) => {
                             let ev = Event::new(self.wall(), "ReportFailed", format!("cannot write the report: {e}")).task(&task_name).execution(&id);
                             ops.push(event_op(&ev)?);
+                            exec.task_run.report_error = Some(e.to_string());
                         }
                     }
                 }

@@ -404,6 +404,8 @@ fn copy_entry(ctx: &ExecContext, pair: &ObjectPair, entry: &Entry, bufs: &mut Bu
     if !fetched {
         pair.src.read(rel, 0, size, buf)?;
     }
+    // BytesPerSecond: the body is in memory; it waits here before it is sent.
+    ctx.rate.take(size);
     let crc = crc32c::crc32c(buf);
     check_source_unchanged(pair, rel, &src_meta)?;
     check_against_stored(pair.src.as_ref(), rel, &src_meta, crc)?;
@@ -473,6 +475,7 @@ fn upload_whole_multipart(ctx: &ExecContext, pair: &ObjectPair, rel: &[u8], meta
             ctx.fence()?;
             let n = (size - pos).min(sub);
             pair.src.read(rel, pos, n, buf)?;
+            ctx.rate.take(n);
             let part_crc = crc32c::crc32c(buf);
             let number = (pos / sub) as u32 + 1;
             let tag = dst.put_part(rel, &upload, number, pos, buf, part_crc)?;
@@ -568,6 +571,7 @@ pub fn run_part(ctx: &ExecContext, pair: &ObjectPair, file: &Entry, offset: u64,
         ctx.fence()?;
         let n = (offset + len - pos).min(sub);
         pair.src.read(rel, pos, n, buf)?;
+        ctx.rate.take(n);
         let part_crc = crc32c::crc32c(buf);
         let number = (pos / sub) as u32 + 1;
         if ctx.hooks.corrupt.as_deref() == Some(rel.as_slice()) && pos == 0 && !stored.contains_key(&number) {
