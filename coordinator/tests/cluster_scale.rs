@@ -113,10 +113,13 @@ fn a_million_file_execution_keeps_a_bounded_number_of_keys_in_etcd() {
     // Queue backpressure (64 transfer shards), scan frontier, one dir-meta shard per listing
     // page, claims and unfolded results: a few hundred keys, never per file.
     assert!(peak < 2_000, "peak {peak} keys: etcd must hold only the frontier, not per-file state");
-    let left = rt.block_on(async {
-        let s = EtcdStore::connect(&[etcd.endpoint.clone()]).await.unwrap();
-        s.total_keys().await.unwrap()
+    let (left, events) = rt.block_on(async {
+        let s = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint)).await.unwrap();
+        let events = s.count(&ferry_common::keys::events()).await.unwrap();
+        (s.total_keys().await.unwrap() - events, events)
     });
-    // What outlives the run: the execution record, its index entry, the worker registrations.
-    assert!(left <= 5, "{left} keys left after the execution finished");
+    // What outlives the run: the execution record, its index entry, the worker registrations,
+    // and one event per phase change (kept for the history period).
+    assert!(left <= 5, "{left} keys besides events left after the execution finished");
+    assert!(events <= 8, "{events} events: one per phase change, never per file");
 }

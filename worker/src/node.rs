@@ -153,15 +153,26 @@ pub struct MoverShared {
 fn spawn_waker(shared: Arc<MoverShared>) {
     let store = shared.queue.store().clone();
     let prefix = shared.queue.keys().all();
+    let settings_key = shared.queue.keys().settings();
     let wake = shared.wake.clone();
     let weak = Arc::downgrade(&shared);
     drop(shared);
     tokio::spawn(async move {
         let Ok(mut events) = store.watch(&prefix, 0).await else { return };
         while let Some(ev) = events.next().await {
-            if ev.is_err() || weak.strong_count() == 0 {
-                return;
+            let Ok(ev) = ev else { return };
+            let Some(shared) = weak.upgrade() else { return };
+            // A BytesPerSecond change applies at once, even while every mover is busy with
+            // a long shard (the buckets are read before each chunk).
+            if ev.kv.key == settings_key && ev.kind == ferry_common::store::EventKind::Put {
+                if let Ok(settings) = codec::decode::<ExecSettings>(&ev.kv.value) {
+                    shared.ctx.rate.set_rate(settings.bytes_per_second);
+                    if shared.ctx.spec.link.is_bound() {
+                        shared.link.rate.set_rate(settings.bytes_per_second);
+                    }
+                }
             }
+            drop(shared);
             wake.notify_waiters();
         }
     });
