@@ -90,6 +90,9 @@ pub struct CoordinatorSection {
     /// Events are POSTed here as JSON.
     #[serde(default)]
     pub webhook_url: Option<String>,
+    /// Where report lines wait for tasks whose reports go to S3 (shared with the workers).
+    #[serde(default)]
+    pub report_work_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]

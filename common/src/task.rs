@@ -261,8 +261,8 @@ fn schedule_enabled() -> ScheduleStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct TaskReportConfig {
-    /// A directory, or an S3 prefix (`s3://bucket/reports/`). The report is written to
-    /// `{Destination}/{task}/{execution}.jsonl`.
+    /// A directory, or an S3 prefix (`s3://bucket/reports/`, reached with the task's S3
+    /// settings). The report is written to `{Destination}/{task}/{execution}.jsonl`.
     pub destination: String,
     #[serde(default = "standard")]
     pub output_type: ReportOutputType,
@@ -417,9 +417,6 @@ impl Task {
         }
         if let Some(r) = &self.task_report_config {
             check_location("TaskReportConfig.Destination", &r.destination)?;
-            if r.destination.starts_with("s3://") {
-                return Err(FieldError::unprocessable("TaskReportConfig.Destination", "S3 report destinations are not supported yet: give a directory the coordinators and workers share"));
-            }
         }
         if let Some(s) = &self.schedule {
             crate::schedule::CronSchedule::parse(&s.schedule_expression, s.time_zone.as_deref())?.check_interval(policy)?;

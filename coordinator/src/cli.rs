@@ -112,6 +112,10 @@ pub struct CoordinatorArgs {
     /// POST every event as JSON to this URL (at least once, in order).
     #[arg(long, value_name = "URL")]
     pub webhook_url: Option<String>,
+    /// Where report lines wait for tasks whose reports go to S3; in a cluster, a directory
+    /// shared with the workers [default with --data-dir: DIR/report-work].
+    #[arg(long, value_name = "DIR")]
+    pub report_work_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -75,6 +75,8 @@ pub fn resolve(args: &CoordinatorArgs, cfg: &DaemonConfig, default_name: String)
         },
         history_days: args.history_days.or(c.history_days).unwrap_or(30),
         webhook: args.webhook_url.clone().or(c.webhook_url.clone()),
+        // A single host's workers share its disk: its data directory serves.
+        report_work_dir: args.report_work_dir.clone().or(c.report_work_dir.clone()).or_else(|| data_dir.as_ref().map(|d| d.join("report-work"))),
         clock: Arc::new(SystemClock),
     };
     if let Some(url) = &control.webhook {

@@ -40,6 +40,7 @@ fn config(clock: Arc<ManualClock>) -> ControlConfig {
         fire: FirePolicy { catch_up_ms: HOUR, disable_after_failures: 2 },
         history_days: 30,
         webhook: None,
+        report_work_dir: None,
         clock,
     }
 }
@@ -604,6 +605,54 @@ fn a_manifest_can_be_an_s3_object() {
         assert_eq!(end.phase, Phase::Success, "{:?}", end.error);
         assert!(dst.join("a/listed.txt").exists() && dst.join("b.txt").exists());
         assert!(!dst.join("a/other.txt").exists(), "an unlisted file is not transferred");
+        agent.stop().await;
+        coord.stop().await;
+    });
+}
+
+#[test]
+fn a_task_report_can_go_to_an_s3_prefix() {
+    let Some(s3) = ferry_common::testing::S3Server::start(ferry_common::testing::S3Flavor::S3sFs) else { return };
+    s3.export_env();
+    let dir = scratch();
+    let (src, dst, work) = (dir.path().join("src"), dir.path().join("dst"), dir.path().join("work"));
+    tree(&src, 4, 100);
+    let endpoint = s3.endpoint.clone();
+    let reports = s3.uri("reports/");
+    run(|| async move {
+        let store: SharedStore = Arc::new(MemStore::new());
+        let p = |x: &Path| x.to_str().unwrap().to_string();
+        let t = task(json!({
+            "Name": "to-s3", "SourceLocation": p(&src), "DestinationLocation": p(&dst),
+            "TaskReportConfig": {"Destination": reports.clone(), "ReportLevel": "SUCCESSES_AND_ERRORS"}, "S3": {"EndpointUrl": endpoint.clone()},
+        }));
+        // Without a work directory for report lines, an S3 destination is refused up front.
+        let bare = ControlPlane::new(store.clone(), config(Arc::new(ManualClock::new(T0))));
+        let err = bare.create_task(t.clone()).await.unwrap_err();
+        assert!(err.to_string().contains("--report-work-dir"), "{err}");
+
+        let ctl = Arc::new(ControlPlane::new(store.clone(), ControlConfig { report_work_dir: Some(work.clone()), ..config(Arc::new(ManualClock::new(T0))) }));
+        ctl.create_task(t).await.unwrap();
+        let coord = coordinator(ctl.clone(), "coord");
+        let agent = agent(&store, "agent-1");
+        let id = ctl.start_task("to-s3", StartOverrides::default()).await.unwrap().spec.id;
+        assert_eq!(wait_end(&ctl, &id, Duration::from_secs(60)).await.phase, Phase::Success);
+        wait_for("the report upload", Duration::from_secs(30), || async { ctl.get_execution(&id).await.unwrap().task_run.report_path.is_some() }).await;
+        let e = ctl.get_execution(&id).await.unwrap();
+        assert_eq!(e.task_run.report_path.as_deref(), Some(format!("{reports}to-s3/{id}.jsonl").as_str()), "{:?}", e.task_run.report_error);
+        // The S3 client blocks on its own runtime: read the object from a blocking thread.
+        let (uri, key) = (reports.clone(), format!("to-s3/{id}.jsonl"));
+        let text = tokio::task::spawn_blocking(move || {
+            use ferry_worker::storage::Location;
+            let loc = ferry_worker::storage::s3::S3Location::open(&uri, &ferry_common::model::S3Settings { endpoint_url: Some(endpoint), path_style: true, ..Default::default() }).unwrap();
+            let mut body = Vec::new();
+            loc.fetch(key.as_bytes(), 1 << 20, &mut body).unwrap().expect("the report object exists");
+            String::from_utf8(body).unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(text.lines().filter(|l| l.contains("\"transferred\"") && l.contains("\"file\"")).count(), 4, "{text}");
+        assert!(text.lines().last().unwrap().contains("\"summary\""));
         agent.stop().await;
         coord.stop().await;
     });

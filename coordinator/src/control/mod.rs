@@ -70,12 +70,15 @@ pub struct ControlConfig {
     pub history_days: u32,
     /// Events are POSTed here as JSON, at least once each, in order.
     pub webhook: Option<String>,
+    /// Where report lines wait before an S3 report destination gets them (shared with the
+    /// workers in a cluster). Without it, S3 report destinations are refused.
+    pub report_work_dir: Option<PathBuf>,
     pub clock: Arc<dyn Clock>,
 }
 
 impl Default for ControlConfig {
     fn default() -> Self {
-        ControlConfig { schedule: SchedulePolicy::default(), fire: FirePolicy::default(), history_days: 30, webhook: None, clock: Arc::new(SystemClock) }
+        ControlConfig { schedule: SchedulePolicy::default(), fire: FirePolicy::default(), history_days: 30, webhook: None, report_work_dir: None, clock: Arc::new(SystemClock) }
     }
 }
 
@@ -177,10 +180,29 @@ impl ControlPlane {
         }
     }
 
+    fn no_report_work_dir(&self) -> ControlError {
+        FieldError::unprocessable(
+            "TaskReportConfig.Destination",
+            "an S3 report destination needs the coordinator's --report-work-dir (a directory the workers and coordinators share, where report lines wait for the upload)",
+        )
+        .into()
+    }
+
+    /// Checks what depends on this coordinator's configuration rather than on the task alone.
+    fn check_task_here(&self, task: &Task) -> Result<()> {
+        if let Some(r) = &task.task_report_config {
+            if report::work_dir(&r.destination, self.cfg.report_work_dir.as_deref()).is_none() {
+                return Err(self.no_report_work_dir());
+            }
+        }
+        Ok(())
+    }
+
     // ----- tasks -----
 
     pub async fn create_task(&self, mut task: Task) -> Result<Task> {
         task.validate(&self.cfg.schedule)?;
+        self.check_task_here(&task)?;
         task.created_unix_ms = self.wall();
         let key = keys::task(&task.name);
         let ev = Event::new(self.wall(), "TaskCreated", format!("{} -> {}", task.source_location, task.destination_location)).task(&task.name);
@@ -221,6 +243,7 @@ impl ControlPlane {
             }
         }
         task.validate(&self.cfg.schedule)?;
+        self.check_task_here(&task)?;
         let ev = Event::new(self.wall(), "TaskUpdated", "task updated").task(name);
         let mut ops = vec![TxnOp::put(keys::task(name), codec::encode(&task)?), event_op(&ev)?];
         if schedule_changed {
@@ -304,7 +327,8 @@ impl ControlPlane {
         let id = format!("exec-{position:016x}{:04x}", rand::random::<u16>());
         let mut spec = task.execution_spec(&id, overrides)?;
         if let Some(r) = &task.task_report_config {
-            spec.report_dir = Some(report::work_dir(&r.destination).to_string_lossy().into_owned());
+            let dir = report::work_dir(&r.destination, self.cfg.report_work_dir.as_deref()).ok_or_else(|| self.no_report_work_dir())?;
+            spec.report_dir = Some(dir.to_string_lossy().into_owned());
         }
         let mut exec = Reconciler::queued(spec, now).exec;
         exec.task_run.scheduled_slot_ms = slot;
