@@ -38,6 +38,8 @@ pub struct LinkBenchOptions {
     pub wan: Option<WanConfig>,
     pub bin_dir: PathBuf,
     pub out: Option<PathBuf>,
+    /// Rounds of every tool, each round in a rotated order.
+    pub repeat: u32,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -48,6 +50,42 @@ pub struct ToolRun {
     pub cpu_seconds: f64,
     pub cpu_s_per_gb: f64,
     pub note: String,
+}
+
+/// One tool's results over the rounds.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ToolMedian {
+    pub tool: String,
+    pub rounds: usize,
+    pub median_seconds: f64,
+    pub min_seconds: f64,
+    pub max_seconds: f64,
+    pub median_mb_per_s: f64,
+    /// This tool's median time over ferry's (the `ferry` tool): above 1, ferry is faster.
+    pub vs_ferry: Option<f64>,
+}
+
+/// Medians per tool, in the order the tools were given, with ratios against `ferry`.
+pub fn summarize(tools: &[String], runs: &[ToolRun]) -> Vec<ToolMedian> {
+    let secs = |t: &str| runs.iter().filter(|r| r.tool == t).map(|r| r.seconds).collect::<Vec<_>>();
+    let ferry = crate::stats::median(&secs("ferry"));
+    tools
+        .iter()
+        .filter_map(|t| {
+            let s = secs(t);
+            let median = crate::stats::median(&s)?;
+            let mbps = crate::stats::median(&runs.iter().filter(|r| &r.tool == t).map(|r| r.mb_per_s).collect::<Vec<_>>())?;
+            Some(ToolMedian {
+                tool: t.clone(),
+                rounds: s.len(),
+                median_seconds: median,
+                min_seconds: s.iter().cloned().fold(f64::INFINITY, f64::min),
+                max_seconds: s.iter().cloned().fold(0.0, f64::max),
+                median_mb_per_s: mbps,
+                vs_ferry: ferry.filter(|f| *f > 0.0).map(|f| median / f),
+            })
+        })
+        .collect()
 }
 
 fn run_err(msg: impl Into<String>) -> Error {
@@ -497,7 +535,10 @@ pub fn run(o: &LinkBenchOptions) -> Result<Vec<ToolRun>> {
     let bench = Bench { o, sites, etcd: etcd_url, dst: o.work.join("dst"), bytes };
     let machine_cc = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control").map(|s| s.trim().to_string()).unwrap_or_else(|_| "bbr".into());
     let mut runs = Vec::new();
-    for tool in &o.tools {
+    let n = o.tools.len();
+    // Round r starts at tool r: every tool takes every position once per `n` rounds.
+    let order: Vec<&String> = (0..o.repeat as usize).flat_map(|r| (0..n).map(move |i| &o.tools[(i + r) % n.max(1)])).collect();
+    for tool in order {
         let (name, cc) = match tool.rsplit_once('@') {
             Some((n, cc)) => (n, Some(cc)),
             None => (tool.as_str(), None),
@@ -525,10 +566,45 @@ pub fn run(o: &LinkBenchOptions) -> Result<Vec<ToolRun>> {
             Err(e) => crate::util::say(format!("  {tool:<24} failed: {e}")),
         }
     }
+    let summary = summarize(&o.tools, &runs);
+    if o.repeat > 1 {
+        crate::util::say(format!("link-bench medians over {} interleaved rounds (time ratio: the tool's median / ferry's; >1 means ferry is faster):", o.repeat));
+        for m in &summary {
+            crate::util::say(format!(
+                "  {:<24} {:>8.2} s (min {:.2}, max {:.2}) {:>9.1} MB/s  ratio {}",
+                m.tool,
+                m.median_seconds,
+                m.min_seconds,
+                m.max_seconds,
+                m.median_mb_per_s,
+                m.vs_ferry.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into())
+            ));
+        }
+    }
     if let Some(out) = &o.out {
-        let doc = serde_json::json!({ "files": files, "bytes": bytes, "wan": o.wan.as_ref().map(|c| c.describe()), "runs": runs });
+        let doc = serde_json::json!({ "files": files, "bytes": bytes, "wan": o.wan.as_ref().map(|c| c.describe()), "rounds": o.repeat, "runs": runs, "medians": summary });
         std::fs::write(out, serde_json::to_string_pretty(&doc).expect("serializable")).map_err(|e| run_err(e.to_string()))?;
     }
     drop(procs);
     Ok(runs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(tool: &str, seconds: f64) -> ToolRun {
+        ToolRun { tool: tool.into(), seconds, mb_per_s: 1000.0 / seconds, cpu_seconds: 0.0, cpu_s_per_gb: 0.0, note: String::new() }
+    }
+
+    #[test]
+    fn medians_and_ratios_against_ferry() {
+        let tools = vec!["ferry".to_string(), "rsync-daemon".to_string(), "absent".to_string()];
+        let runs = [run("ferry", 2.0), run("rsync-daemon", 5.0), run("ferry", 4.0), run("rsync-daemon", 3.0), run("ferry", 3.0), run("rsync-daemon", 9.0)];
+        let s = summarize(&tools, &runs);
+        assert_eq!(s.len(), 2, "a tool with no successful run has no median");
+        assert_eq!((s[0].median_seconds, s[0].rounds, s[0].vs_ferry), (3.0, 3, Some(1.0)));
+        assert_eq!((s[1].median_seconds, s[1].min_seconds, s[1].max_seconds), (5.0, 3.0, 9.0));
+        assert!((s[1].vs_ferry.unwrap() - 5.0 / 3.0).abs() < 1e-9);
+    }
 }

@@ -311,6 +311,10 @@ struct LinkBenchArgs {
     /// Write the results as JSON here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Rounds: every tool runs once per round, in a rotated order (A/B interleaving, so drift
+    /// in the machine's state does not favour one tool); medians are reported.
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
 }
 
 fn cmd_link_bench(a: LinkBenchArgs) -> Result<i32> {
@@ -327,9 +331,10 @@ fn cmd_link_bench(a: LinkBenchArgs) -> Result<i32> {
         wan,
         bin_dir,
         out: a.out,
+        repeat: a.repeat.max(1),
     };
     let runs = ferry_loadtests::linkbench::run(&o)?;
-    Ok(if runs.len() == o.tools.len() { 0 } else { 1 })
+    Ok(if runs.len() == o.tools.len() * o.repeat as usize { 0 } else { 1 })
 }
 
 fn main() {
