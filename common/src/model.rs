@@ -375,6 +375,8 @@ pub struct TaskRun {
     pub outcome_recorded: bool,
     /// TaskQueueing was enabled when it started.
     pub queueing: bool,
+    /// Its place in the queue: the `pending/{pos}-{exec}` key while it is QUEUED.
+    pub queue_position: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -157,20 +157,28 @@ fn spawn_waker(shared: Arc<MoverShared>) {
     let wake = shared.wake.clone();
     let weak = Arc::downgrade(&shared);
     drop(shared);
+    let apply = |shared: &MoverShared, value: &[u8]| {
+        if let Ok(settings) = codec::decode::<ExecSettings>(value) {
+            shared.ctx.rate.set_rate(settings.bytes_per_second);
+            if shared.ctx.spec.link.is_bound() {
+                shared.link.rate.set_rate(settings.bytes_per_second);
+            }
+        }
+    };
     tokio::spawn(async move {
-        let Ok(mut events) = store.watch(&prefix, 0).await else { return };
+        // BytesPerSecond as it stands now, then every change from that revision on: a change
+        // applies at once, even while every mover is busy with a long shard (the buckets are
+        // read before each chunk), and no mover reads the setting on its claim path.
+        let Ok(now) = store.range(&settings_key, Default::default()).await else { return };
+        if let (Some(kv), Some(shared)) = (now.kvs.iter().find(|kv| kv.key == settings_key), weak.upgrade()) {
+            apply(&shared, &kv.value);
+        }
+        let Ok(mut events) = store.watch(&prefix, now.revision + 1).await else { return };
         while let Some(ev) = events.next().await {
             let Ok(ev) = ev else { return };
             let Some(shared) = weak.upgrade() else { return };
-            // A BytesPerSecond change applies at once, even while every mover is busy with
-            // a long shard (the buckets are read before each chunk).
             if ev.kv.key == settings_key && ev.kind == ferry_common::store::EventKind::Put {
-                if let Ok(settings) = codec::decode::<ExecSettings>(&ev.kv.value) {
-                    shared.ctx.rate.set_rate(settings.bytes_per_second);
-                    if shared.ctx.spec.link.is_bound() {
-                        shared.link.rate.set_rate(settings.bytes_per_second);
-                    }
-                }
+                apply(&shared, &ev.kv.value);
             }
             drop(shared);
             wake.notify_waiters();
@@ -227,15 +235,10 @@ async fn mover_loop(shared: Arc<MoverShared>, index: usize) {
             if exec.phase.is_terminal() {
                 return Ok(None);
             }
-            // BytesPerSecond may change while the execution runs (`ferry exec update`); the
-            // buckets follow at the next claim of any mover.
-            let rate = match shared.queue.store().get(&shared.queue.keys().settings()).await? {
-                Some(kv) => codec::decode::<ExecSettings>(&kv.value)?.bytes_per_second,
-                None => exec.spec.link.bytes_per_second,
-            };
-            shared.ctx.rate.set_rate(rate);
+            // The agent's link bucket is shared by every execution it serves: the one claiming
+            // sets it to its own rate (kept current by the waker).
             if exec.spec.link.is_bound() {
-                shared.link.rate.set_rate(rate);
+                shared.link.rate.set_rate(shared.ctx.rate.rate());
             }
             Ok(Some(shared.queue.claim(exec.stage, limits.max_queued_transfer_shards as usize).await?))
         };

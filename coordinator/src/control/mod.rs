@@ -334,6 +334,7 @@ impl ControlPlane {
         exec.task_run.scheduled_slot_ms = slot;
         exec.task_run.report = task.task_report_config.clone();
         exec.task_run.queueing = task.queueing();
+        exec.task_run.queue_position = Some(position);
         let how = match slot {
             Some(s) => format!("queued by its schedule (slot {s})"),
             None => "queued".to_string(),
@@ -394,9 +395,8 @@ impl ControlPlane {
             exec.error = Some("cancelled while queued".into());
             exec.set_phase(Phase::Cancelled, now);
             exec.finished_unix_ms = Some(now);
-            let pending = self.pending_key_of(id).await?;
             let mut ops = vec![TxnOp::put(ExecKeys::new(id).meta(), codec::encode(&exec)?), phase_event(&exec)?, TxnOp::put(keys::finished(id), Vec::new())];
-            ops.extend(pending.map(TxnOp::delete));
+            ops.extend(exec.task_run.queue_position.map(|pos| TxnOp::delete(keys::pending(pos, id))));
             let txn = Txn::new().when([Compare::mod_revision_is(ExecKeys::new(id).meta(), kv.mod_revision)]).and_then(ops);
             if self.store.txn(txn).await?.succeeded {
                 return Ok(exec);
@@ -404,11 +404,6 @@ impl ControlPlane {
             // Launched meanwhile: cancel it the running way.
         }
         Err(ControlError::Conflict(format!("execution {id} kept changing while cancelling it; retry")))
-    }
-
-    async fn pending_key_of(&self, id: &str) -> Result<Option<Vec<u8>>> {
-        let r = self.store.range(&keys::pending_prefix(), RangeOptions { keys_only: true, ..Default::default() }).await?;
-        Ok(r.kvs.into_iter().map(|kv| kv.key).find(|k| pending_exec(k) == id))
     }
 
     /// Changes BytesPerSecond of an unfinished execution; agents apply it within seconds.
@@ -756,9 +751,4 @@ impl ControlPlane {
 /// vary from run to run, so entry failures all read alike.
 fn failure_summary(_exec: &Execution) -> String {
     "some entries failed (see the execution's report)".to_string()
-}
-
-/// Where task reports are kept when a task gives no destination.
-pub fn default_report_root(data_dir: &std::path::Path) -> PathBuf {
-    data_dir.join("reports")
 }
