@@ -111,7 +111,7 @@ pub fn run(s: DaemonSettings) -> i32 {
                     return 2;
                 }
             },
-            None => match EtcdStore::connect_with(&s.endpoints, s.credentials.clone()).await {
+            None => match EtcdStore::connect_patiently(&s.endpoints, s.credentials.clone(), Duration::from_secs(30)).await {
                 Ok(st) => Arc::new(st),
                 Err(e) => {
                     eprintln!("ferry: error: {e} (start etcd, or fix --etcd)");

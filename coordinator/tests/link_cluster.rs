@@ -117,7 +117,8 @@ fn agents_in_two_namespaces_copy_over_quic_through_a_cut_link() {
     let work = tempfile::tempdir().unwrap();
     let (src, dst, ca, logs) = (work.path().join("src"), work.path().join("dst"), work.path().join("ca"), work.path().join("logs"));
     std::fs::create_dir_all(&logs).unwrap();
-    std::fs::create_dir_all(&dst).unwrap();
+    // The destination does not exist yet: the submitter of a bound copy may not see it, so the
+    // writing agent creates it (an agent that could not open it would refuse the execution).
     make_tree(&src);
 
     let ferry = bin("ferry");

@@ -57,6 +57,10 @@ pub enum Scenario {
     /// Local → S3 (s3s-fs on loopback), 4 files of 512 MiB: upload
     /// throughput (multipart).
     S3Large,
+    /// Cluster mode with 1, 2 and 4 workers on this host (etcd, a coordinator and
+    /// `ferry-worker`s) against embedded ferry and fpsync with 2 and 4 rsyncs: the scaling
+    /// curve, 20,000 small files.
+    Cluster,
 }
 
 impl Scenario {
@@ -66,6 +70,7 @@ impl Scenario {
             Scenario::LocalLarge => "local-large",
             Scenario::S3Small => "s3-small",
             Scenario::S3Large => "s3-large",
+            Scenario::Cluster => "cluster",
         }
     }
 
@@ -76,7 +81,7 @@ impl Scenario {
 
     pub fn profile(self) -> Profile {
         match self {
-            Scenario::LocalSmall | Scenario::S3Small => Profile::Small,
+            Scenario::LocalSmall | Scenario::S3Small | Scenario::Cluster => Profile::Small,
             Scenario::LocalLarge | Scenario::S3Large => Profile::Large,
         }
     }
@@ -98,6 +103,7 @@ impl Scenario {
             ],
             // Object-store peers only: rclone's S3 backend.
             Scenario::S3Small | Scenario::S3Large => &["ferry", "rclone"],
+            Scenario::Cluster => &["ferry", "ferry-cluster-1", "ferry-cluster-2", "ferry-cluster-4", "fpsync", "fpsync-4"],
         }
     }
 
@@ -116,6 +122,11 @@ impl Scenario {
             Scenario::S3Large => ShapeOptions {
                 files: Some(4),
                 file_size: Some(512 << 20),
+                ..ShapeOptions::default()
+            },
+            Scenario::Cluster => ShapeOptions {
+                files: Some(20_000),
+                dirs: Some(200),
                 ..ShapeOptions::default()
             },
         }
@@ -146,6 +157,11 @@ impl Scenario {
             Scenario::S3Large => ShapeOptions {
                 files: Some(2),
                 file_size: Some(40 << 20),
+                ..ShapeOptions::default()
+            },
+            Scenario::Cluster => ShapeOptions {
+                files: Some(300),
+                dirs: Some(6),
                 ..ShapeOptions::default()
             },
         }
@@ -333,6 +349,15 @@ fn tool_defs(
             env_remove: &[],
         },
         ToolDef {
+            name: "fpsync-4",
+            // The cluster scenario's widest peer: 4 rsync jobs, like 4 ferry workers.
+            program: installed("fpsync"),
+            args: vec![os("-n"), os("4"), os("-t"), fpsync_tmp.into(), with_suffix(src, "/"), with_suffix(dst, "/")],
+            version_args: &["-V"],
+            env: vec![],
+            env_remove: &[],
+        },
+        ToolDef {
             name: "tar-pipe",
             // The classic `tar c | tar x` pipe, with permissions and owners (GNU tar keeps
             // owners when run as root), symlinks as links and hard links as links.
@@ -360,6 +385,55 @@ fn tool_defs(
             env_remove: &[],
         },
     ]
+}
+
+/// Cluster sizes of the cluster scenario, with their tool names.
+const CLUSTER_TOOLS: [(usize, &str); 3] = [(1, "ferry-cluster-1"), (2, "ferry-cluster-2"), (4, "ferry-cluster-4")];
+
+/// Starts one cluster per selected cluster size, all idle until their tool's turn. Their
+/// etcd, coordinator and workers are not in the CPU and RSS columns (only the submitting
+/// `ferry copy` is); the workers' peak RSS is printed at the end.
+fn start_clusters(ferry: &std::result::Result<PathBuf, String>, selected: &[&str], work: &Path) -> Result<Vec<(usize, crate::cluster::LocalCluster)>> {
+    let Ok(ferry) = ferry else { return Ok(Vec::new()) };
+    let bin_dir = ferry.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let mut out = Vec::new();
+    for (workers, name) in CLUSTER_TOOLS {
+        if !selected.contains(&name) {
+            continue;
+        }
+        say(format!("cluster: starting etcd, a coordinator and {workers} worker(s) for {name}"));
+        let c = crate::cluster::LocalCluster::start(crate::cluster::ClusterOptions {
+            workers,
+            netns: false,
+            movers: 8,
+            links: false,
+            lease_ttl_s: 10,
+            bin_dir: bin_dir.clone(),
+            work: work.join(name),
+        })?;
+        out.push((workers, c));
+    }
+    Ok(out)
+}
+
+fn cluster_tool_defs(ferry: &std::result::Result<PathBuf, String>, src: &Path, dst: &Path, clusters: &[(usize, crate::cluster::LocalCluster)]) -> Vec<ToolDef> {
+    CLUSTER_TOOLS
+        .iter()
+        .map(|&(workers, name)| {
+            let cluster = clusters.iter().find(|(n, _)| *n == workers).map(|(_, c)| c);
+            ToolDef {
+                name,
+                program: match cluster {
+                    Some(_) => ferry.clone(),
+                    None => Err(ferry.clone().err().unwrap_or_else(|| "its cluster did not start".into())),
+                },
+                args: vec![os("copy"), os("--no-progress"), os("--etcd"), os(cluster.map_or("", |c| c.endpoint())), src.into(), dst.into()],
+                version_args: &["--version"],
+                env: vec![],
+                env_remove: &[],
+            }
+        })
+        .collect()
 }
 
 /// `sh -c` script for the rsync-daemon peer: `$1` is the source, `$2` the destination.
@@ -725,7 +799,7 @@ fn read_manifest(path: &Path) -> Option<Manifest> {
 }
 
 /// Reuse the cached dataset when its manifest matches, otherwise (re)generate.
-fn ensure_dataset(
+pub fn ensure_dataset(
     spec: &DatasetSpec,
     seed: u64,
     ds_dir: &Path,
@@ -950,9 +1024,14 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
         }
         _ => None,
     };
+    let clusters = if scenario == Scenario::Cluster { start_clusters(&ferry, &selected, &ds_dir.join("clusters"))? } else { Vec::new() };
     let defs = match &server {
         Some((srv, _)) => s3_tool_defs(&ferry, &src, &srv.endpoint()),
-        None => tool_defs(&ferry, &src, &dst, &fpsync_tmp),
+        None => {
+            let mut defs = tool_defs(&ferry, &src, &dst, &fpsync_tmp);
+            defs.extend(cluster_tool_defs(&ferry, &src, &dst, &clusters));
+            defs
+        }
     };
     let mut server_runs: Vec<ServerRun> = Vec::new();
     let mut tools: Vec<Active> = defs
@@ -1025,7 +1104,9 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
             });
             let args = with_prefix(&t.def.args, &prefix);
             let server_cpu0 = server.as_ref().and_then(|(s, _)| s.cpu_s());
-            let measured = timed_run_env(
+            let cluster = CLUSTER_TOOLS.iter().find(|(_, n)| *n == t.def.name).and_then(|(w, _)| clusters.iter().find(|(n, _)| n == w)).map(|(_, c)| c);
+            let cluster_cpu0 = cluster.map(|c| c.cpu_seconds());
+            let mut measured = timed_run_env(
                 &helper,
                 &program,
                 &args,
@@ -1034,6 +1115,11 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
                 &log,
                 run,
             );
+            // A cluster run's CPU is the submitting client's plus what etcd, the coordinator
+            // and the workers used meanwhile (idle clusters cost a little too, so this errs high).
+            if let (Ok(m), Some(c), Some(before)) = (measured.as_mut(), cluster, cluster_cpu0) {
+                m.result.cpu_s += (c.cpu_seconds() - before).max(0.0);
+            }
             let server_cpu = server
                 .as_ref()
                 .and_then(|(s, _)| s.cpu_s())
@@ -1137,6 +1223,11 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
     }
     util::remove_tree(&dst)?;
     util::remove_tree(&fpsync_tmp)?;
+    for (workers, c) in &clusters {
+        let rss: Vec<String> = c.peak_rss().iter().map(|(name, b)| format!("{name} {}", format_bytes(*b))).collect();
+        say(format!("cluster of {workers}: peak RSS {}", rss.join(", ")));
+    }
+    drop(clusters);
     let server_info = server.take().map(|(srv, program)| {
         let info = server_info(&srv, &program, server_runs);
         drop(srv); // kill it and remove its root now, not after the report

@@ -6,11 +6,14 @@
 //! dataset shape and the statistics used in reports.
 
 pub mod bench;
+pub mod chaos;
+pub mod cluster;
 pub mod error;
 pub mod gen;
 pub mod linkbench;
 pub mod report;
 pub mod rng;
+pub mod scale;
 pub mod size;
 pub mod stats;
 pub mod tree;

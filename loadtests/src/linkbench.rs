@@ -148,16 +148,6 @@ impl Drop for Procs {
     }
 }
 
-/// User+system CPU seconds of a process and its reaped children.
-fn proc_cpu(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // Fields after the command: state is index 0, utime 11, stime 12, cutime 13, cstime 14.
-    let ticks: f64 = [11, 12, 13, 14].iter().filter_map(|&i| f.get(i)?.parse::<f64>().ok()).sum();
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
 fn children_cpu() -> f64 {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
@@ -401,12 +391,12 @@ impl Bench<'_> {
         procs.0.push(reader.stderr(std::fs::File::create(w.join(format!("{tool}-src.log"))).map_err(|e| run_err(e.to_string()))?).spawn().map_err(|e| run_err(format!("ferry-worker: {e}")))?);
         std::thread::sleep(Duration::from_secs(2));
         let pids: Vec<u32> = procs.0.iter().map(|c| c.id()).collect();
-        let before: f64 = pids.iter().map(|&p| proc_cpu(p)).sum::<f64>() + children_cpu();
+        let before: f64 = pids.iter().map(|&p| crate::util::process_cpu_seconds(p, true).unwrap_or(0.0)).sum::<f64>() + children_cpu();
         let t0 = Instant::now();
         let mut copy = self.sites.at_src(&self.o.bin_dir.join("ferry"));
         copy.args(["copy", "--no-progress", "--json", "--etcd", &self.etcd, "--source-agents", "onprem", "--destination-agents", "cloud"]).args(&copy_flags).arg(&self.o.data).arg(&self.dst);
         let out = copy.stderr(Stdio::inherit()).output().map_err(|e| run_err(format!("ferry copy: {e}")))?;
-        let cpu = pids.iter().map(|&p| proc_cpu(p)).sum::<f64>() + children_cpu() - before;
+        let cpu = pids.iter().map(|&p| crate::util::process_cpu_seconds(p, true).unwrap_or(0.0)).sum::<f64>() + children_cpu() - before;
         if !out.status.success() {
             return Err(run_err(format!("{tool}: ferry copy failed: {}", String::from_utf8_lossy(&out.stdout))));
         }
@@ -427,11 +417,11 @@ impl Bench<'_> {
         procs.0.push(d.stderr(Stdio::null()).spawn().map_err(|e| run_err(format!("rsync --daemon: {e}")))?);
         wait_port(&format!("{addr}:8730"), &self.sites, true);
         let pid = procs.0[0].id();
-        let before = proc_cpu(pid) + children_cpu();
+        let before = crate::util::process_cpu_seconds(pid, true).unwrap_or(0.0) + children_cpu();
         let t0 = Instant::now();
         let st = self.sites.at_src(Path::new("/usr/bin/rsync")).args(["-a", "--whole-file"]).arg(format!("{}/", self.o.data.display())).arg(format!("rsync://{addr}:8730/dst/")).status().map_err(|e| run_err(e.to_string()))?;
         std::thread::sleep(Duration::from_millis(200)); // let the daemon reap its child
-        let cpu = proc_cpu(pid) + children_cpu() - before;
+        let cpu = crate::util::process_cpu_seconds(pid, true).unwrap_or(0.0) + children_cpu() - before;
         if !st.success() {
             return Err(run_err(format!("{tool}: rsync failed")));
         }
@@ -467,12 +457,12 @@ impl Bench<'_> {
         procs.0.push(d.stderr(std::fs::File::create(w.join("sshd.log")).map_err(|e| run_err(e.to_string()))?).spawn().map_err(|e| run_err(format!("sshd: {e}")))?);
         wait_port(&format!("{addr}:2222"), &self.sites, true);
         let pid = procs.0[0].id();
-        let before = proc_cpu(pid) + children_cpu();
+        let before = crate::util::process_cpu_seconds(pid, true).unwrap_or(0.0) + children_cpu();
         let t0 = Instant::now();
         let ssh = format!("ssh -p 2222 -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR", user_key.display());
         let st = self.sites.at_src(Path::new("/usr/bin/rsync")).args(["-a", "--whole-file", "-e", &ssh]).arg(format!("{}/", self.o.data.display())).arg(format!("root@{addr}:{}/", self.dst.display())).status().map_err(|e| run_err(e.to_string()))?;
         std::thread::sleep(Duration::from_millis(300));
-        let cpu = proc_cpu(pid) + children_cpu() - before;
+        let cpu = crate::util::process_cpu_seconds(pid, true).unwrap_or(0.0) + children_cpu() - before;
         if !st.success() {
             return Err(run_err(format!("{tool}: rsync over ssh failed (see {})", w.join("sshd.log").display())));
         }

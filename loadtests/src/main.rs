@@ -5,6 +5,8 @@
 //!   ferry-load digest DIR
 //!   ferry-load wan up|selftest|cleanup [--delay 25ms --loss 0.5% --rate 1gbit ...]
 //!   ferry-load store-bench [--shards N] [--claimers N]
+//!   ferry-load chaos [--workers 3 --seed N --faults kill-worker,cut-link,... | --schedule ...] [--tiny]
+//!   ferry-load scale [--entries 10000000 --workers 2 --tools ferry,ferry-embedded,rsync,fpart]
 //!   ferry-load link-bench [--large-files N --large-size SIZE --small-files N] [--wan-delay 25ms --wan-loss 0.5% --wan-rate 500mbit] [--tools ...]
 //!
 //! Exit codes: 0 success, 1 failure (including a benchmarked tool failing or
@@ -55,6 +57,12 @@ enum Cmd {
     /// ferry's QUIC agent link against rsync (daemon, ssh) and one TLS-over-TCP stream, on
     /// loopback or through the WAN emulator (needs root, etcd, and the release binaries).
     LinkBench(LinkBenchArgs),
+    /// Fault injection during a cluster copy (kill workers, cut links, restart the
+    /// coordinator and etcd), then an independent check that nothing was lost.
+    Chaos(ChaosArgs),
+    /// Preparing a very large tree (10,000,000 entries by default): ferry's dry run on a
+    /// cluster and embedded, rsync -n and fpart, with entries/s, peak RSS and peak etcd keys.
+    Scale(ScaleArgs),
     /// (used by link-bench) receive one TLS stream of files into DIR.
     #[command(hide = true)]
     TlsSink {
@@ -337,6 +345,141 @@ fn cmd_link_bench(a: LinkBenchArgs) -> Result<i32> {
     Ok(if runs.len() == o.tools.len() * o.repeat as usize { 0 } else { 1 })
 }
 
+#[derive(Args)]
+struct ScaleArgs {
+    /// Files in the tree (empty files; directories come on top).
+    #[arg(long, default_value_t = 10_000_000)]
+    entries: u64,
+    #[arg(long, default_value_t = 1000)]
+    files_per_dir: u64,
+    /// Workers of ferry's cluster.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Tools, comma-separated: ferry, ferry-embedded, rsync, fpart.
+    #[arg(long, value_delimiter = ',', default_value = "ferry,ferry-embedded,rsync,fpart")]
+    tools: Vec<String>,
+    /// Rounds of every tool (interleaved).
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Directory with the release `ferry` and `ferry-worker` binaries.
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Where the tree is generated (needs one free inode per entry).
+    #[arg(long, default_value = "/var/tmp/ferry-scale")]
+    data: PathBuf,
+    /// Keep the tree for the next run instead of deleting it.
+    #[arg(long)]
+    keep: bool,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn cmd_scale(a: ScaleArgs) -> Result<i32> {
+    if a.runs == 0 || a.entries == 0 || a.files_per_dir == 0 || a.workers == 0 {
+        return Err(Error::usage("--runs, --entries, --files-per-dir and --workers must be at least 1"));
+    }
+    let ws = ferry_loadtests::util::workspace_root();
+    let bin_dir = a.bin_dir.unwrap_or_else(|| ferry_loadtests::util::target_dir(&ws).join("release"));
+    let o = ferry_loadtests::scale::ScaleOptions { entries: a.entries, files_per_dir: a.files_per_dir, workers: a.workers, tools: a.tools, runs: a.runs, bin_dir, data: a.data, keep: a.keep, out: a.out };
+    let runs = ferry_loadtests::scale::run(&o)?;
+    Ok(if runs.iter().all(|r| r.exit_code == Some(0)) { 0 } else { 1 })
+}
+
+#[derive(Args)]
+struct ChaosArgs {
+    /// Workers; each runs in its own network namespace.
+    #[arg(long, default_value_t = 3)]
+    workers: usize,
+    /// Seed of the fault plan and of the dataset: a run is reproduced by its seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Fault kinds to draw from, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "kill-worker,cut-link,restart-coordinator,restart-etcd")]
+    faults: Vec<String>,
+    /// Faults to inject (every kind at least once when this allows) [default: 6, --tiny 4].
+    #[arg(long)]
+    count: Option<usize>,
+    /// The faults fall between 10 % and 90 % of this window from the start of the copy; the
+    /// link rate is set so the copy takes about this long [default: 60s, --tiny 24s].
+    #[arg(long, value_parser = ferry_loadtests::wan::parse_duration)]
+    window: Option<std::time::Duration>,
+    /// Faults by hand instead of from the seed: AT:KIND[:WORKER][:DOWN],... e.g.
+    /// 5s:kill-worker:2:3s,12s:cut-link:1:10s,20s:restart-etcd:3s,25s:restart-coordinator.
+    #[arg(long)]
+    schedule: Option<String>,
+    /// Run the workers on the host's network (no root needed; cut-link is then unavailable).
+    #[arg(long)]
+    no_netns: bool,
+    /// Copy without agent-to-agent links (every worker reads and writes directly).
+    #[arg(long)]
+    no_links: bool,
+    /// Link rate per reading agent, e.g. 20M (bytes/s) [default: sized to the window].
+    #[arg(long, value_parser = ferry_loadtests::wan::parse_rate)]
+    bwlimit: Option<u64>,
+    /// CI-sized: 400 small files and one 24 MiB file, 4 faults in a 24 s window.
+    #[arg(long)]
+    tiny: bool,
+    #[command(flatten)]
+    shape: ShapeArgs,
+    /// Where the generated source tree is kept (reused while its shape and seed match).
+    #[arg(long, default_value = "/var/tmp/ferry-chaos/data")]
+    data: PathBuf,
+    /// Scratch: destination, logs, report, etcd (emptied at the start).
+    #[arg(long, default_value = "/var/tmp/ferry-chaos/work")]
+    work: PathBuf,
+    /// Directory with the release `ferry` and `ferry-worker` binaries.
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// The copy must end within this after the start, or it counts as hung.
+    #[arg(long, default_value = "600s", value_parser = ferry_loadtests::wan::parse_duration)]
+    timeout: std::time::Duration,
+    /// How long a worker's lease lives (seconds): a killed worker's shards return after it.
+    #[arg(long, default_value_t = 10)]
+    lease_ttl: u64,
+    /// Write the outcome as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn cmd_chaos(a: ChaosArgs) -> Result<i32> {
+    use ferry_loadtests::chaos::{self, FaultKind};
+    let ws = ferry_loadtests::util::workspace_root();
+    let bin_dir = a.bin_dir.unwrap_or_else(|| ferry_loadtests::util::target_dir(&ws).join("release"));
+    let dataset = chaos::default_dataset(a.tiny, &a.shape.into())?;
+    let window = a.window.unwrap_or(std::time::Duration::from_secs(if a.tiny { 24 } else { 60 }));
+    let kinds = a.faults.iter().map(|k| FaultKind::parse(k)).collect::<Result<Vec<_>>>()?;
+    let netns = !a.no_netns;
+    let kinds: Vec<FaultKind> = if netns { kinds } else { kinds.into_iter().filter(|k| *k != FaultKind::CutLink).collect() };
+    let faults = match &a.schedule {
+        Some(s) => chaos::parse_schedule(s, a.workers)?,
+        None => chaos::plan(a.seed, &kinds, a.count.unwrap_or(if a.tiny { 4 } else { 6 }), window, a.workers),
+    };
+    let links = !a.no_links;
+    if links && a.workers < 2 {
+        return Err(Error::usage("links need at least 2 workers (one reads, one writes); use --workers 2 or --no-links"));
+    }
+    let readers = a.workers.div_ceil(2) as u64;
+    let bwlimit = a.bwlimit.or_else(|| links.then(|| (dataset.max_bytes() / window.as_secs().max(1) / readers).max(1 << 20)));
+    let o = chaos::ChaosOptions {
+        workers: a.workers,
+        seed: a.seed,
+        faults,
+        netns,
+        links,
+        bwlimit,
+        dataset,
+        data: a.data,
+        work: a.work,
+        bin_dir,
+        timeout: a.timeout,
+        out: a.out,
+        lease_ttl_s: a.lease_ttl,
+    };
+    let outcome = chaos::run(&o)?;
+    Ok(if outcome.passed() { 0 } else { 1 })
+}
+
 fn main() {
     // The bench runner re-executes this binary as a small measuring helper
     // (see `bench::measure_main`); intercept that before clap so the helper
@@ -353,6 +496,8 @@ fn main() {
         Cmd::Wan(a) => ferry_loadtests::wan::cli::run(a),
         Cmd::StoreBench { shards, claimers } => cmd_store_bench(shards, claimers),
         Cmd::LinkBench(a) => cmd_link_bench(a),
+        Cmd::Chaos(a) => cmd_chaos(a),
+        Cmd::Scale(a) => cmd_scale(a),
         Cmd::TlsSink { listen, dir, tls } => ferry_loadtests::linkbench::tls_sink(&listen, &dir, &tls).map(|_| 0),
         Cmd::TlsSend { connect, dir, tls } => ferry_loadtests::linkbench::tls_send(&connect, &dir, &tls).map(|_| 0),
     };

@@ -160,7 +160,7 @@ impl S3Server {
     /// CPU seconds (user+sys) the server has used so far, from
     /// `/proc/PID/stat`; `None` when unavailable.
     pub fn cpu_s(&self) -> Option<f64> {
-        proc_cpu_s(self.pid()?)
+        util::process_cpu_seconds(self.pid()?, false)
     }
 
     /// Peak RSS so far (VmHWM), in KiB.
@@ -193,27 +193,13 @@ impl Drop for S3Server {
     }
 }
 
-/// utime+stime of a process in seconds.
-pub fn proc_cpu_s(pid: u32) -> Option<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name (which may contain spaces).
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state); utime is field 14, stime field 15.
-    let utime: u64 = f.get(11)?.parse().ok()?;
-    let stime: u64 = f.get(12)?.parse().ok()?;
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (hz > 0).then(|| (utime + stime) as f64 / hz as f64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn own_cpu_is_readable() {
-        let c = proc_cpu_s(std::process::id()).expect("/proc/self/stat");
+        let c = util::process_cpu_seconds(std::process::id(), true).expect("/proc/self/stat");
         assert!(c >= 0.0);
     }
 }

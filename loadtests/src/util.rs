@@ -232,3 +232,18 @@ mod tests {
         remove_tree(&t.path().join("missing")).unwrap();
     }
 }
+
+/// utime+stime of a live process in seconds, plus those of its reaped children when asked
+/// (`None` once it is gone).
+pub fn process_cpu_seconds(pid: u32, with_reaped_children: bool) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name (which may contain spaces): state is 0,
+    // utime 11, stime 12, cutime 13, cstime 14.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let fields: &[usize] = if with_reaped_children { &[11, 12, 13, 14] } else { &[11, 12] };
+    let ticks = fields.iter().map(|&i| f.get(i)?.parse::<u64>().ok()).sum::<Option<u64>>()?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| ticks as f64 / hz as f64)
+}

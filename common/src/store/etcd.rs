@@ -159,6 +159,27 @@ impl EtcdStore {
         }
     }
 
+    /// For daemons: like [`EtcdStore::connect_with`], but an unreachable etcd is retried for up
+    /// to `patience`. A daemon started (or restarted by its supervisor) while etcd is itself
+    /// restarting then waits for it instead of exiting; after `patience` it gives up with the
+    /// same one-line error as `connect`.
+    pub async fn connect_patiently(endpoints: &[String], credentials: Option<(String, String)>, patience: Duration) -> Result<Self, StoreError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut warned = false;
+        loop {
+            match Self::connect_with(endpoints, credentials.clone()).await {
+                Err(StoreError::Unreachable(why)) if tokio::time::Instant::now() < deadline => {
+                    if !warned {
+                        tracing::warn!(error = %why, patience_s = patience.as_secs(), "etcd is not answering yet; retrying");
+                        warned = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     pub fn endpoints(&self) -> &[String] {
         &self.endpoints
     }

@@ -134,7 +134,7 @@ fn main() {
             .expect("the tokio runtime starts")
     });
     let code = system.block_on(async move {
-        let store: SharedStore = match EtcdStore::connect_with(&endpoints, credentials).await {
+        let store: SharedStore = match EtcdStore::connect_patiently(&endpoints, credentials, Duration::from_secs(30)).await {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 eprintln!("ferry-worker: error: {e} (start etcd or fix --etcd)");

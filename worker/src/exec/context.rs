@@ -92,8 +92,11 @@ fn load_manifest(uri: &str, spec: &ExecutionSpec) -> Result<ferry_common::filter
 
 /// A task's local destination directory is created when missing, as DataSync does. (`ferry
 /// copy` creates it while validating its arguments, before anything is submitted.)
-fn create_task_destination(spec: &ExecutionSpec) -> Result<(), FerryError> {
-    if spec.task.is_none() || spec.options.dry_run || spec.mode == ferry_common::model::Mode::Verify {
+/// Creates a local destination that is missing. `ferry copy` creates it on the submitting
+/// host, but tasks and locations bound to agents are submitted by hosts that may not see the
+/// destination at all, so the agents that write there create it.
+fn create_destination(spec: &ExecutionSpec) -> Result<(), FerryError> {
+    if !(spec.task.is_some() || spec.link.is_bound()) || spec.options.dry_run || spec.mode == ferry_common::model::Mode::Verify {
         return Ok(());
     }
     let path = local_path(&spec.destination);
@@ -117,12 +120,12 @@ impl ExecContext {
                 src = Some(LocalTree::open(&local_path(&spec.source))?);
             }
             if reach.destination {
-                create_task_destination(&spec)?;
+                create_destination(&spec)?;
                 dst = Some(LocalTree::open(&local_path(&spec.destination))?);
             }
         } else if storage::is_object_uri(&spec.source) || storage::is_object_uri(&spec.destination) {
             if !storage::is_object_uri(&spec.destination) {
-                create_task_destination(&spec)?;
+                create_destination(&spec)?;
             }
             let dst = match storage::open(&spec.destination, &spec) {
                 Ok(d) => Some(d),
@@ -132,7 +135,7 @@ impl ExecContext {
             object = Some(ObjectPair { src: storage::open(&spec.source, &spec)?, dst });
         } else {
             src = Some(LocalTree::open(&local_path(&spec.source))?);
-            create_task_destination(&spec)?;
+            create_destination(&spec)?;
             dst = match LocalTree::open(&local_path(&spec.destination)) {
                 Ok(t) => Some(t),
                 Err(_) if spec.options.dry_run => None,

@@ -82,6 +82,12 @@ fn send_with_retries(ctx: &ExecContext, connector: &dyn Connector, settings: &Se
         }
         let result = connector.open(tries).and_then(|mut wire| sender::send_batch(ctx, settings, wire.as_mut(), batch, bufs));
         tries += 1;
+        // A writer that does not know the execution yet is joining it (it just started, or
+        // came back after a crash): wait for it like for a link that is down.
+        let result = match result {
+            Err(LinkError::Refused(e)) if e.code == frame::Code::UnknownExecution => Err(LinkError::Down(e.to_string())),
+            other => other,
+        };
         match result {
             Ok(()) => {}
             Err(LinkError::Down(why)) => {
