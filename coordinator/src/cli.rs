@@ -312,7 +312,8 @@ pub struct LinkArgs {
     /// Compress link chunks with zstd (skipped automatically for data that does not compress).
     #[arg(long)]
     pub compress: bool,
-    /// BytesPerSecond on links, per agent (e.g. 100M, 1G; 0 = unlimited).
+    /// BytesPerSecond, per agent: what each agent sends over links, copies or uploads (e.g.
+    /// 100M, 1G; 0 = unlimited). Without --etcd the one process is the agent.
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub bwlimit: Option<u64>,
 }
@@ -550,8 +551,10 @@ fn link_settings(mode: Mode, common: &CommonArgs, options: &Options) -> Result<L
     let a = &common.link;
     let link = LinkSettings { source_agents: a.source_agents.clone(), destination_agents: a.destination_agents.clone(), compress: a.compress, bytes_per_second: a.bwlimit.unwrap_or(0) };
     if !link.is_bound() {
-        if a.compress || a.bwlimit.is_some() {
-            return Err(UsageError("--compress and --bwlimit apply to links between agents: bind the locations with --source-agents and --destination-agents".into()));
+        // --bwlimit paces whatever each agent moves (local copies and uploads too); only
+        // compression needs a link to compress on.
+        if a.compress {
+            return Err(UsageError("--compress applies to links between agents: bind the locations with --source-agents and --destination-agents".into()));
         }
         return Ok(link);
     }

@@ -157,7 +157,7 @@ pub struct ChaosOptions {
     pub faults: Vec<Fault>,
     pub netns: bool,
     pub links: bool,
-    /// Link rate per agent, so the copy lasts long enough for the faults to land.
+    /// Rate per agent, so the copy lasts long enough for the faults to land.
     pub bwlimit: Option<u64>,
     pub dataset: DatasetSpec,
     pub data: PathBuf,
@@ -265,9 +265,9 @@ pub fn run(o: &ChaosOptions) -> Result<ChaosOutcome> {
     copy.args(["copy", "--no-progress", "--json", "--etcd", cluster.endpoint()]).arg("--report").arg(&report);
     if o.links {
         copy.args(["--source-agents", "onprem", "--destination-agents", "cloud"]);
-        if let Some(rate) = o.bwlimit {
-            copy.args(["--bwlimit", &rate.to_string()]);
-        }
+    }
+    if let Some(rate) = o.bwlimit {
+        copy.args(["--bwlimit", &rate.to_string()]);
     }
     copy.arg(&src).arg(&dst);
     let stdout = std::fs::File::create(o.work.join("copy.json")).map_err(|e| run_err(e.to_string()))?;
@@ -419,19 +419,10 @@ fn check_report(report: &Path, src: &Path, check: &mut Check) {
         }
     }
     check.report_duplicated = seen.values().filter(|&&n| n > 1).count() as u64;
-    let mut stack = vec![src.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            let Ok(ft) = e.file_type() else { continue };
-            if ft.is_dir() {
-                stack.push(e.path());
-            } else if ft.is_file() {
-                let rel = e.path().strip_prefix(src).expect("under src").to_string_lossy().into_owned();
-                if !seen.contains_key(&rel) {
-                    check.report_missing += 1;
-                }
-            }
+    for (path, _) in crate::tree::regular_files(src) {
+        let rel = path.strip_prefix(src).expect("under src").to_string_lossy().into_owned();
+        if !seen.contains_key(&rel) {
+            check.report_missing += 1;
         }
     }
 }

@@ -79,6 +79,31 @@ fn ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// The pid in a name this harness gives (`fl{pid}-w{i}`, `flbr{pid}`), if it is one.
+fn owner_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("flbr").or_else(|| name.strip_prefix("fl").and_then(|r| r.split_once("-w").map(|(pid, _)| pid)))?;
+    rest.parse().ok()
+}
+
+/// Removes namespaces and bridges of runs whose process is gone (killed before its Drop ran).
+fn sweep_stale() -> Vec<String> {
+    let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
+    let mut removed = Vec::new();
+    let namespaces = std::fs::read_dir("/run/netns").map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>()).unwrap_or_default();
+    for ns in namespaces {
+        if owner_pid(&ns).is_some_and(|p| !alive(p)) && ip(&["netns", "del", &ns]).is_ok() {
+            removed.push(format!("namespace {ns}"));
+        }
+    }
+    let links = std::fs::read_dir("/sys/class/net").map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>()).unwrap_or_default();
+    for link in links {
+        if link.starts_with("flbr") && owner_pid(&link).is_some_and(|p| !alive(p)) && ip(&["link", "del", &link]).is_ok() {
+            removed.push(format!("bridge {link}"));
+        }
+    }
+    removed
+}
+
 /// Kills a child with SIGKILL, as a crash or a pulled plug would.
 fn kill_hard(child: &mut Option<Child>) {
     if let Some(mut c) = child.take() {
@@ -109,11 +134,15 @@ impl LocalCluster {
             return Err(Error::usage("etcd is not installed: apt-get install etcd-server"));
         }
         std::fs::create_dir_all(&o.work).map_err(|e| run_err(format!("{}: {e}", o.work.display())))?;
-        // Names are unique per process so two runs (or a deploy/local-cluster) never collide.
-        let tag = std::process::id() % 10_000;
+        // Names carry the owner's pid, so two runs (or a deploy/local-cluster) never collide
+        // and leftovers of a run that was killed can be told apart and removed.
+        let tag = std::process::id();
         let net = if o.netns {
             if unsafe { libc::geteuid() } != 0 {
                 return Err(Error::usage("network namespaces need root (run as root, or without them)"));
+            }
+            for stale in sweep_stale() {
+                crate::util::say(format!("cluster: removed {stale}, left by a run that was killed"));
             }
             let octet = 1 + std::process::id() % 250;
             let net = Net { bridge: format!("flbr{tag}"), host_ip: format!("10.79.{octet}.1"), subnet: format!("10.79.{octet}"), namespaces: Vec::new() };
@@ -375,6 +404,18 @@ impl KeyCounter {
                 self.store = None;
                 None
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_our_names_carry_an_owner() {
+        assert_eq!(super::owner_pid("fl4242-w3"), Some(4242));
+        assert_eq!(super::owner_pid("flbr77"), Some(77));
+        for other in ["ferry-w1", "ferry-br0", "fl-w1", "flbrx", "ferry-lan1-a", "flannel"] {
+            assert_eq!(super::owner_pid(other), None, "{other}");
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod chaos;
 pub mod cluster;
 pub mod error;
 pub mod gen;
+pub mod lan;
 pub mod linkbench;
 pub mod report;
 pub mod rng;

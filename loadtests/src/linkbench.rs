@@ -36,6 +36,8 @@ pub struct LinkBenchOptions {
     pub small_files: u64,
     pub tools: Vec<String>,
     pub wan: Option<WanConfig>,
+    /// Two namespaces on a veth pair (a LAN), instead of loopback.
+    pub lan: bool,
     pub bin_dir: PathBuf,
     pub out: Option<PathBuf>,
     /// Rounds of every tool, each round in a rotated order.
@@ -92,34 +94,56 @@ fn run_err(msg: impl Into<String>) -> Error {
     Error::run(msg.into())
 }
 
-/// Where commands run: plain processes on loopback, or `ip netns exec` into the WAN link's
-/// namespaces.
+/// Two hosts emulated by network namespaces: a LAN (veth pair) or a WAN (the user-space
+/// emulator).
+enum Pair {
+    Lan(crate::lan::LanPair),
+    Wan(WanLink),
+}
+
+impl Pair {
+    fn ns(&self) -> [&str; 2] {
+        match self {
+            Pair::Lan(l) => [l.ns_a(), l.ns_b()],
+            Pair::Wan(w) => [w.ns_a(), w.ns_b()],
+        }
+    }
+    fn addrs(&self) -> [std::net::Ipv4Addr; 2] {
+        match self {
+            Pair::Lan(_) => [crate::lan::ADDR_A, crate::lan::ADDR_B],
+            Pair::Wan(w) => [w.addr_a(), w.addr_b()],
+        }
+    }
+}
+
+/// Where commands run: plain processes on loopback, or `ip netns exec` into the two
+/// namespaces of a LAN pair or of the WAN link.
 struct Sites {
-    link: Option<WanLink>,
+    link: Option<Pair>,
 }
 
 impl Sites {
     fn src_addr(&self) -> String {
-        self.link.as_ref().map(|l| l.addr_a().to_string()).unwrap_or_else(|| "127.0.0.1".into())
+        self.link.as_ref().map(|l| l.addrs()[0].to_string()).unwrap_or_else(|| "127.0.0.1".into())
     }
     fn dst_addr(&self) -> String {
-        self.link.as_ref().map(|l| l.addr_b().to_string()).unwrap_or_else(|| "127.0.0.1".into())
+        self.link.as_ref().map(|l| l.addrs()[1].to_string()).unwrap_or_else(|| "127.0.0.1".into())
     }
     fn at_src(&self, program: &Path) -> Command {
         match &self.link {
-            Some(l) => l.command_in_a(&program.to_string_lossy()),
+            Some(l) => crate::wan::ns_command(l.ns()[0], &program.to_string_lossy()),
             None => Command::new(program),
         }
     }
     fn at_dst(&self, program: &Path) -> Command {
         match &self.link {
-            Some(l) => l.command_in_b(&program.to_string_lossy()),
+            Some(l) => crate::wan::ns_command(l.ns()[1], &program.to_string_lossy()),
             None => Command::new(program),
         }
     }
     fn set_tcp_cc(&self, algo: &str) -> Result<()> {
         if let Some(l) = &self.link {
-            for ns in [l.ns_a(), l.ns_b()] {
+            for ns in l.ns() {
                 let st = Command::new("ip").args(["netns", "exec", ns, "sysctl", "-qw", &format!("net.ipv4.tcp_congestion_control={algo}")]).status().map_err(|e| run_err(format!("sysctl: {e}")))?;
                 if !st.success() {
                     return Err(run_err(format!("cannot set TCP congestion control {algo} in {ns}")));
@@ -209,7 +233,7 @@ fn make_data(o: &LinkBenchOptions) -> Result<(u64, u64)> {
         }
         std::fs::write(&marker, b"").map_err(|e| run_err(e.to_string()))?;
     }
-    for (path, len) in list_files(&o.data) {
+    for (path, len) in crate::tree::regular_files(&o.data) {
         if !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".linkbench")) {
             bytes += len;
             files += 1;
@@ -218,23 +242,6 @@ fn make_data(o: &LinkBenchOptions) -> Result<(u64, u64)> {
     Ok((files, bytes))
 }
 
-fn list_files(root: &Path) -> Vec<(PathBuf, u64)> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            let Ok(m) = e.metadata() else { continue };
-            if m.is_dir() {
-                stack.push(e.path());
-            } else if m.is_file() {
-                out.push((e.path(), m.len()));
-            }
-        }
-    }
-    out.sort();
-    out
-}
 
 /// Every source file is at the destination with the same size and CRC32C.
 fn check_copy(src: &Path, dst: &Path) -> Result<()> {
@@ -250,7 +257,7 @@ fn check_copy(src: &Path, dst: &Path) -> Result<()> {
             c = crc32c::crc32c_append(c, &buf[..n]);
         }
     };
-    for (path, len) in list_files(src) {
+    for (path, len) in crate::tree::regular_files(src) {
         let rel = path.strip_prefix(src).expect("under src");
         if rel.to_string_lossy().starts_with(".linkbench") {
             continue;
@@ -310,7 +317,7 @@ pub fn tls_send(connect: &str, dir: &Path, tls: &Path) -> Result<()> {
     let conn = rustls::ClientConnection::new(cfg, name).map_err(|e| run_err(e.to_string()))?;
     let mut s = std::io::BufWriter::with_capacity(1 << 20, rustls::StreamOwned::new(conn, sock));
     let mut buf = vec![0u8; 1 << 20];
-    for (path, len) in list_files(dir) {
+    for (path, len) in crate::tree::regular_files(dir) {
         let rel = path.strip_prefix(dir).expect("under dir").to_string_lossy().into_owned();
         if rel.starts_with(".linkbench") {
             continue;
@@ -493,12 +500,19 @@ impl Bench<'_> {
 pub fn run(o: &LinkBenchOptions) -> Result<Vec<ToolRun>> {
     std::fs::create_dir_all(&o.work).map_err(|e| run_err(e.to_string()))?;
     let (files, bytes) = make_data(o)?;
-    crate::util::say(format!("link-bench: {files} files, {:.2} GB; {}", bytes as f64 / 1e9, o.wan.as_ref().map(|c| format!("WAN {}", c.describe())).unwrap_or_else(|| "loopback".into())));
+    crate::util::say(format!("link-bench: {files} files, {:.2} GB; {}", bytes as f64 / 1e9, o.wan.as_ref().map(|c| format!("WAN {}", c.describe())).unwrap_or_else(|| if o.lan { "LAN pair (two namespaces, veth)".into() } else { "loopback".into() })));
     // Warm the source into the page cache once, so every tool reads it from memory.
-    for (p, _) in list_files(&o.data) {
+    for (p, _) in crate::tree::regular_files(&o.data) {
         let _ = std::fs::read(p);
     }
-    let sites = Sites { link: o.wan.clone().map(WanLink::start).transpose()? };
+    let sites = Sites {
+        link: match (&o.wan, o.lan) {
+            (Some(_), true) => return Err(Error::usage("--lan and --wan-delay exclude each other (a LAN pair has no emulated delay)")),
+            (Some(c), false) => Some(Pair::Wan(WanLink::start(c.clone())?)),
+            (None, true) => Some(Pair::Lan(crate::lan::LanPair::start()?)),
+            (None, false) => None,
+        },
+    };
     // Certificates for both agents (and for the TLS reference stream).
     let ca_dir = o.work.join("ca");
     let _ = std::fs::remove_dir_all(&ca_dir);
@@ -572,8 +586,14 @@ pub fn run(o: &LinkBenchOptions) -> Result<Vec<ToolRun>> {
         }
     }
     if let Some(out) = &o.out {
-        let doc = serde_json::json!({ "files": files, "bytes": bytes, "wan": o.wan.as_ref().map(|c| c.describe()), "rounds": o.repeat, "runs": runs, "medians": summary });
+        let doc = serde_json::json!({ "files": files, "bytes": bytes, "wan": o.wan.as_ref().map(|c| c.describe()), "lan": o.lan, "rounds": o.repeat, "runs": runs, "medians": summary });
         std::fs::write(out, serde_json::to_string_pretty(&doc).expect("serializable")).map_err(|e| run_err(e.to_string()))?;
+        let bars: Vec<crate::report::Bar> = summary.iter().map(|m| crate::report::Bar { name: m.tool.clone(), median: m.median_seconds, min: m.min_seconds, max: m.max_seconds, ferry: m.tool.starts_with("ferry"), failed: false }).collect();
+        let place = o.wan.as_ref().map(|c| format!("WAN {}", c.describe())).unwrap_or_else(|| if o.lan { "LAN pair (veth)".into() } else { "loopback".into() });
+        let title = format!("link-bench, {place} — median seconds over {} rounds (lower is better)", o.repeat);
+        let subtitle = format!("{files} files, {:.2} GB; ferry with fsync and read-back verification", bytes as f64 / 1e9);
+        let svg = out.with_extension("svg");
+        std::fs::write(&svg, crate::report::render_bars(&title, &subtitle, &bars)).map_err(|e| run_err(format!("{}: {e}", svg.display())))?;
     }
     drop(procs);
     Ok(runs)

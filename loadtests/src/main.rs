@@ -146,14 +146,37 @@ struct GenArgs {
     quiet: bool,
 }
 
+/// Every scenario of the kit. The first five run through the interleaving runner of
+/// `bench.rs`; the others run the same tools through `link-bench` and `scale` with the
+/// issue's presets, so one command names every scenario.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BenchScenario {
+    LocalSmall,
+    LocalLarge,
+    S3Small,
+    S3Large,
+    /// Embedded ferry and clusters of 1, 2 and 4 workers against fpsync -n 2 and -n 4.
+    Cluster,
+    /// Agent link between two namespaces on a veth pair: ferry, one TLS stream, rsync daemon
+    /// and over ssh; 2 x 512 MiB + 2,000 small files.
+    Lan,
+    /// 50 ms RTT, 0.5 % loss, 1 Gbit/s through the WAN emulator: ferry against rsync on TCP
+    /// bbr and cubic; 64 MiB + 1,000 small files.
+    Wan50,
+    /// 150 ms RTT, 1 % loss, 1 Gbit/s: the same tools; 16 MiB + 300 small files.
+    Wan150,
+    /// Preparing a 10,000,000-entry tree (see `ferry-load scale`).
+    Scale,
+}
+
 #[derive(Args)]
 struct BenchArgs {
     /// Scenario to run.
     #[arg(value_enum)]
-    scenario: Scenario,
-    /// Timed runs per tool.
-    #[arg(long, default_value_t = 5)]
-    runs: usize,
+    scenario: BenchScenario,
+    /// Timed runs per tool [default: 5; lan, wan50, wan150 and scale: 1].
+    #[arg(long)]
+    runs: Option<usize>,
     /// Untimed warm-up rounds of every tool before the timed runs.
     #[arg(long, default_value_t = 1)]
     warmup: usize,
@@ -230,9 +253,17 @@ fn cmd_gen(a: GenArgs) -> Result<i32> {
 }
 
 fn cmd_bench(a: BenchArgs) -> Result<i32> {
+    let scenario = match a.scenario {
+        BenchScenario::LocalSmall => Scenario::LocalSmall,
+        BenchScenario::LocalLarge => Scenario::LocalLarge,
+        BenchScenario::S3Small => Scenario::S3Small,
+        BenchScenario::S3Large => Scenario::S3Large,
+        BenchScenario::Cluster => Scenario::Cluster,
+        other => return bench_preset(other, a),
+    };
     let opts = BenchOptions {
-        scenario: a.scenario,
-        runs: a.runs,
+        scenario,
+        runs: a.runs.unwrap_or(5),
         warmup: a.warmup,
         out: a.out,
         ferry: a.ferry,
@@ -256,6 +287,65 @@ fn cmd_bench(a: BenchArgs) -> Result<i32> {
         return Ok(1);
     }
     Ok(0)
+}
+
+/// The link and scale scenarios under `bench`, with the presets BENCHMARKS.md reports.
+fn bench_preset(scenario: BenchScenario, a: BenchArgs) -> Result<i32> {
+    use std::time::Duration;
+    let ws = ferry_loadtests::util::workspace_root();
+    let bin_dir = match &a.ferry {
+        Some(f) => f.parent().map(PathBuf::from).unwrap_or_default(),
+        None => ferry_loadtests::util::target_dir(&ws).join("release"),
+    };
+    let out_dir = a.out.clone().unwrap_or_else(|| ws.join("loadtests/results"));
+    std::fs::create_dir_all(&out_dir).map_err(|e| Error::run(format!("{}: {e}", out_dir.display())))?;
+    let name = match scenario {
+        BenchScenario::Lan => "lan",
+        BenchScenario::Wan50 => "wan50",
+        BenchScenario::Wan150 => "wan150",
+        _ => "scale",
+    };
+    let out = out_dir.join(format!("{name}{}-{}.json", if a.tiny { "-tiny" } else { "" }, ferry_loadtests::util::utc_timestamp().0));
+    let runs = a.runs.unwrap_or(1).max(1);
+    let data = a.data.clone().unwrap_or_else(|| PathBuf::from("/var/tmp/ferry-load"));
+    if scenario == BenchScenario::Scale {
+        let o = ferry_loadtests::scale::ScaleOptions {
+            entries: a.shape.files.unwrap_or(if a.tiny { 20_000 } else { 10_000_000 }),
+            files_per_dir: a.shape.files_per_dir.unwrap_or(1000),
+            workers: 2,
+            tools: a.tools.unwrap_or_else(|| ferry_loadtests::scale::TOOLS.iter().map(|t| t.to_string()).collect()),
+            runs,
+            bin_dir,
+            data: data.join("scale"),
+            keep: false,
+            out: Some(out),
+        };
+        let results = ferry_loadtests::scale::run(&o)?;
+        return Ok(if results.iter().all(|r| r.exit_code == Some(0)) { 0 } else { 1 });
+    }
+    // (large files, large size, small files, WAN (one-way delay, loss), tools, tiny tools)
+    let (large, size, small, wan, tools, tiny_tools): (u64, u64, u64, Option<(u64, f64)>, &str, &str) = match scenario {
+        BenchScenario::Lan => (2, 512 << 20, 2000, None, "tls-tcp,ferry,rsync-daemon,rsync-ssh", "ferry,tls-tcp,rsync-daemon"),
+        BenchScenario::Wan50 => (1, 64 << 20, 1000, Some((25, 0.005)), "ferry,rsync-daemon@bbr,rsync-daemon@cubic", "ferry,rsync-daemon@bbr"),
+        _ => (1, 16 << 20, 300, Some((75, 0.01)), "ferry,rsync-daemon@bbr,rsync-daemon@cubic", "ferry"),
+    };
+    let (large, size, small) = if a.tiny { (1, 8 << 20, 50) } else { (large, size, small) };
+    let tools = a.tools.unwrap_or_else(|| (if a.tiny { tiny_tools } else { tools }).split(',').map(str::to_string).collect());
+    let o = ferry_loadtests::linkbench::LinkBenchOptions {
+        data: data.join(format!("link-{large}x{size}-{small}")),
+        work: data.join("link-work"),
+        large_files: large,
+        large_size: size,
+        small_files: small,
+        tools,
+        wan: wan.map(|(ms, loss)| ferry_loadtests::wan::WanConfig { delay: Duration::from_millis(ms), loss, rate_bps: 1_000_000_000, ..Default::default() }),
+        lan: scenario == BenchScenario::Lan,
+        bin_dir,
+        out: Some(out),
+        repeat: runs as u32,
+    };
+    let results = ferry_loadtests::linkbench::run(&o)?;
+    Ok(if results.len() == o.tools.len() * o.repeat as usize { 0 } else { 1 })
 }
 
 fn cmd_digest(dir: PathBuf) -> Result<i32> {
@@ -311,6 +401,10 @@ struct LinkBenchArgs {
     wan_delay: Option<std::time::Duration>,
     #[arg(long, value_parser = ferry_loadtests::wan::parse_loss, default_value = "0")]
     wan_loss: f64,
+    /// Run the two sides in two network namespaces on a veth pair (a LAN between two hosts)
+    /// instead of on loopback.
+    #[arg(long)]
+    lan: bool,
     #[arg(long, value_parser = ferry_loadtests::wan::parse_rate, default_value = "500mbit")]
     wan_rate: u64,
     /// Directory with the release `ferry` and `ferry-worker` binaries.
@@ -337,6 +431,7 @@ fn cmd_link_bench(a: LinkBenchArgs) -> Result<i32> {
         small_files: a.small_files,
         tools: a.tools,
         wan,
+        lan: a.lan,
         bin_dir,
         out: a.out,
         repeat: a.repeat.max(1),
@@ -414,7 +509,7 @@ struct ChaosArgs {
     /// Copy without agent-to-agent links (every worker reads and writes directly).
     #[arg(long)]
     no_links: bool,
-    /// Link rate per reading agent, e.g. 20M (bytes/s) [default: sized to the window].
+    /// Rate per agent that moves data, e.g. 20M (bytes/s) [default: sized to the window].
     #[arg(long, value_parser = ferry_loadtests::wan::parse_rate)]
     bwlimit: Option<u64>,
     /// CI-sized: 400 small files and one 24 MiB file, 4 faults in a 24 s window.
@@ -459,8 +554,9 @@ fn cmd_chaos(a: ChaosArgs) -> Result<i32> {
     if links && a.workers < 2 {
         return Err(Error::usage("links need at least 2 workers (one reads, one writes); use --workers 2 or --no-links"));
     }
-    let readers = a.workers.div_ceil(2) as u64;
-    let bwlimit = a.bwlimit.or_else(|| links.then(|| (dataset.max_bytes() / window.as_secs().max(1) / readers).max(1 << 20)));
+    // Every agent that moves data gets this rate: the readers over links, every worker without.
+    let movers = if links { a.workers.div_ceil(2) } else { a.workers } as u64;
+    let bwlimit = a.bwlimit.or_else(|| Some((dataset.max_bytes() / window.as_secs().max(1) / movers).max(1 << 20)));
     let o = chaos::ChaosOptions {
         workers: a.workers,
         seed: a.seed,

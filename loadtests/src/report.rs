@@ -322,37 +322,29 @@ pub fn nice_step(max: f64) -> f64 {
     10.0 * mag
 }
 
+/// One bar of a chart: a tool's median with its min–max whisker.
+pub struct Bar {
+    pub name: String,
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    /// ferry's bars are blue, peers grey.
+    pub ferry: bool,
+    /// Failed or wrong copies are red.
+    pub failed: bool,
+}
+
 /// Horizontal bars of median wall time per tool with min–max whiskers.
 pub fn render_svg(r: &BenchReport) -> String {
-    let rows: Vec<(&ToolResult, Summary)> = r
+    let bars: Vec<Bar> = r
         .tools
         .iter()
-        .filter_map(|t| t.wall_s.map(|w| (t, w)))
+        .filter_map(|t| {
+            let w = t.wall_s?;
+            Some(Bar { name: t.name.clone(), median: w.median, min: w.min, max: w.max, ferry: t.is_ferry(), failed: t.status != Status::Ok || !t.sane() })
+        })
         .collect();
-    let (left, bar_w, right, top, row_h) = (150.0, 520.0, 130.0, 70.0, 34.0);
-    let width = left + bar_w + right;
-    let height = top + row_h * rows.len().max(1) as f64 + 50.0;
-    let max = rows.iter().map(|(_, w)| w.max).fold(0.0, f64::max);
-    let step = nice_step(max);
-    let axis_max = if max > 0.0 {
-        (max / step).ceil() * step
-    } else {
-        1.0
-    };
-    let x = |v: f64| left + v / axis_max * bar_w;
-
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="13">"#
-    );
-    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let title = format!(
-        "{}{} — median wall time incl. sync, {} runs (lower is better)",
-        r.scenario,
-        if r.tiny { " (tiny)" } else { "" },
-        r.runs
-    );
+    let title = format!("{}{} — median wall time incl. sync, {} runs (lower is better)", r.scenario, if r.tiny { " (tiny)" } else { "" }, r.runs);
     let subtitle = format!(
         "{} · {} files · {} · {} cores · {}",
         r.dataset.description,
@@ -361,16 +353,27 @@ pub fn render_svg(r: &BenchReport) -> String {
         r.host.cores,
         r.host.fs_type.as_deref().unwrap_or("?")
     );
+    render_bars(&title, &subtitle, &bars)
+}
+
+/// A bar chart in seconds (lower is better): the chart of every `ferry-load` runner.
+pub fn render_bars(title: &str, subtitle: &str, rows: &[Bar]) -> String {
+    let (left, bar_w, right, top, row_h) = (150.0, 520.0, 130.0, 70.0, 34.0);
+    let width = left + bar_w + right;
+    let height = top + row_h * rows.len().max(1) as f64 + 50.0;
+    let max = rows.iter().map(|b| b.max).fold(0.0, f64::max);
+    let step = nice_step(max);
+    let axis_max = if max > 0.0 { (max / step).ceil() * step } else { 1.0 };
+    let x = |v: f64| left + v / axis_max * bar_w;
+
+    let mut s = String::new();
     let _ = writeln!(
         s,
-        r#"<text x="10" y="22" font-size="15" font-weight="bold">{}</text>"#,
-        xml_escape(&title)
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="13">"#
     );
-    let _ = writeln!(
-        s,
-        r##"<text x="10" y="42" fill="#555">{}</text>"##,
-        xml_escape(&subtitle)
-    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(s, r#"<text x="10" y="22" font-size="15" font-weight="bold">{}</text>"#, xml_escape(title));
+    let _ = writeln!(s, r##"<text x="10" y="42" fill="#555">{}</text>"##, xml_escape(subtitle));
     // Grid and tick labels.
     let axis_y = top + row_h * rows.len().max(1) as f64;
     let mut v = 0.0;
@@ -384,38 +387,21 @@ pub fn render_svg(r: &BenchReport) -> String {
         );
         v += step;
     }
-    let _ = writeln!(
-        s,
-        r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#555">seconds</text>"##,
-        left + bar_w / 2.0,
-        axis_y + 38.0
-    );
-    for (i, (t, w)) in rows.iter().enumerate() {
+    let _ = writeln!(s, r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#555">seconds</text>"##, left + bar_w / 2.0, axis_y + 38.0);
+    for (i, b) in rows.iter().enumerate() {
         let y = top + row_h * i as f64;
-        let colour = if t.status != Status::Ok || !t.sane() {
+        let colour = if b.failed {
             "#d9534f"
-        } else if t.is_ferry() {
+        } else if b.ferry {
             "#2b7bb9"
         } else {
             "#9a9a9a"
         };
         let mid = y + row_h / 2.0;
-        let _ = writeln!(
-            s,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
-            left - 8.0,
-            mid + 4.0,
-            xml_escape(&t.name)
-        );
-        let _ = writeln!(
-            s,
-            r#"<rect x="{left}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{colour}"/>"#,
-            y + 6.0,
-            (x(w.median) - left).max(0.5),
-            row_h - 12.0
-        );
+        let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#, left - 8.0, mid + 4.0, xml_escape(&b.name));
+        let _ = writeln!(s, r#"<rect x="{left}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{colour}"/>"#, y + 6.0, (x(b.median) - left).max(0.5), row_h - 12.0);
         // Whisker: min–max across runs.
-        let (x0, x1) = (x(w.min), x(w.max));
+        let (x0, x1) = (x(b.min), x(b.max));
         let _ = writeln!(
             s,
             r#"<path d="M{x0:.1} {mid:.1} H{x1:.1} M{x0:.1} {:.1} V{:.1} M{x1:.1} {:.1} V{:.1}" stroke="black" fill="none"/>"#,
@@ -424,20 +410,10 @@ pub fn render_svg(r: &BenchReport) -> String {
             mid - 5.0,
             mid + 5.0
         );
-        let _ = writeln!(
-            s,
-            r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
-            x1.max(x(w.median)) + 6.0,
-            mid + 4.0,
-            xml_escape(&format_secs(w.median))
-        );
+        let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}">{}</text>"#, x1.max(x(b.median)) + 6.0, mid + 4.0, xml_escape(&format_secs(b.median)));
     }
     if rows.is_empty() {
-        let _ = writeln!(
-            s,
-            r#"<text x="{left}" y="{:.1}">no successful runs</text>"#,
-            top + row_h / 2.0
-        );
+        let _ = writeln!(s, r#"<text x="{left}" y="{:.1}">no successful runs</text>"#, top + row_h / 2.0);
     }
     s.push_str("</svg>\n");
     s

@@ -127,6 +127,20 @@ pub fn run(o: &ScaleOptions) -> Result<Vec<ScaleRun>> {
     if let Some(out) = &o.out {
         let doc = serde_json::json!({ "entries": entries, "files": stats.files, "dirs": stats.dirs, "files_per_dir": o.files_per_dir, "workers": o.workers, "runs": results });
         std::fs::write(out, serde_json::to_string_pretty(&doc).expect("serializable")).map_err(|e| run_err(format!("{}: {e}", out.display())))?;
+        let bars: Vec<crate::report::Bar> = o
+            .tools
+            .iter()
+            .filter_map(|t| {
+                let secs: Vec<f64> = results.iter().filter(|r| &r.tool == t).map(|r| r.seconds).collect();
+                let median = crate::stats::median(&secs)?;
+                let failed = results.iter().any(|r| &r.tool == t && r.exit_code != Some(0));
+                Some(crate::report::Bar { name: t.clone(), median, min: secs.iter().cloned().fold(f64::INFINITY, f64::min), max: secs.iter().cloned().fold(0.0, f64::max), ferry: t.starts_with("ferry"), failed })
+            })
+            .collect();
+        let title = format!("scale — preparing {entries} entries, median seconds (lower is better)");
+        let subtitle = format!("{} empty files, {} per directory; dry runs; ferry's cluster has {} workers", stats.files, o.files_per_dir, o.workers);
+        let svg = out.with_extension("svg");
+        std::fs::write(&svg, crate::report::render_bars(&title, &subtitle, &bars)).map_err(|e| run_err(format!("{}: {e}", svg.display())))?;
         say(format!("results: {}", out.display()));
     }
     if !o.keep {

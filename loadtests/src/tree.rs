@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Entry counts below (not including) the root.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,4 +199,24 @@ fn read_file(path: &Path, buf: &mut [u8], mut each: impl FnMut(&[u8])) -> Result
             return Ok(());
         }
     }
+}
+
+/// Every regular file below `root` with its size, sorted by path (unreadable directories are
+/// skipped): the list the link bench sends and the chaos check expects in the report.
+pub fn regular_files(root: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if m.is_file() {
+                out.push((e.path(), m.len()));
+            }
+        }
+    }
+    out.sort();
+    out
 }

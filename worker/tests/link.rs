@@ -350,12 +350,20 @@ fn two_streams_never_write_the_same_file_at_once() {
     let (mut old, mut new) = (Receiver::new(ctx.clone()), Receiver::new(ctx.clone()));
     let data = b"hello".to_vec();
     assert!(matches!(old.handle(Frame::Header(header(1, b"f", 5))).unwrap()[..], [Frame::Ack { status: frame::status::RESUME_AT, .. }]));
-    // A reconnected reader's new stream while the old one still holds the file: refused, for
-    // a retry, instead of two writers on one temporary file.
-    assert!(matches!(new.handle(Frame::Header(header(1, b"f", 5))).unwrap()[..], [Frame::Reject { code, .. }] if code == Code::Limit as u16));
+    // A reconnected reader's new stream while the old one still holds the file: it waits for
+    // the old stream to let go, instead of two writers on one temporary file (and instead of
+    // a refusal that would burn the reader's attempts while the old stream drains).
+    let waiting = std::thread::spawn(move || {
+        let replies = new.handle(Frame::Header(header(1, b"f", 5))).unwrap();
+        (new, replies)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(!waiting.is_finished(), "the new stream must wait while the old one writes the file");
     old.handle(Frame::Chunk { id: 1, offset: 0, crc32c: crc32c::crc32c(&data), compressed: false, raw_len: 5, data: data.clone() }).unwrap();
     old.handle(Frame::End { id: 1, size: 5, crc32c: crc32c::crc32c(&data) }).unwrap();
     assert!(matches!(old.handle(Frame::Flush).unwrap()[..], [Frame::Ack { status: frame::status::OK, offset: 5, .. }]));
+    let (mut new, replies) = waiting.join().unwrap();
+    assert!(matches!(replies[..], [Frame::Ack { status: frame::status::CURRENT, .. }]), "once released, the waiting stream finds the file current: {replies:?}");
     // Settled: the file is free again (and now current).
     assert!(matches!(new.handle(Frame::Header(header(2, b"f", 5))).unwrap()[..], [Frame::Ack { status: frame::status::CURRENT, .. }]), "{:?}", std::fs::metadata(dst.path().join("f")));
     // A stream that dies mid-file lets go of it.

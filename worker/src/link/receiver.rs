@@ -108,8 +108,29 @@ pub struct Receiver {
 
 /// Files being written by any stream of this process (execution id, NUL, path). A reader that
 /// reconnects while its old stream is still draining here must not write the same temporary
-/// file from two streams: the second is refused until the first lets go, and retried.
+/// file from two streams: the second waits until the first lets go (see [`RELEASE_WAIT`]).
 static WRITING: std::sync::Mutex<BTreeSet<Vec<u8>>> = std::sync::Mutex::new(BTreeSet::new());
+
+/// How long a HEADER waits for another stream of this agent to let go of the same file before
+/// it is refused. After a link cut the old stream holds its files until this side notices the
+/// connection is gone (the 8 s idle timeout) and drops it, while the reader has already
+/// reconnected; refusing at once made the reader spend its attempts within those seconds
+/// (found by `ferry-load chaos`).
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Claims `key` in [`WRITING`], waiting up to `wait` for another stream to release it.
+fn claim_writing(key: &[u8], wait: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        if writing().insert(key.to_vec()) {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
 
 fn writing() -> std::sync::MutexGuard<'static, BTreeSet<Vec<u8>>> {
     WRITING.lock().unwrap_or_else(|p| p.into_inner())
@@ -210,8 +231,8 @@ impl Receiver {
         if let Some(st) = &h.stripe {
             key.extend_from_slice(format!("\0stripe{}", st.index).as_bytes());
         }
-        if !writing().insert(key.clone()) {
-            return reject(id, Code::Limit, format!("{} is being written by another stream of this agent (a reconnect while the old stream drains); try again", paths::display(&h.path)));
+        if !claim_writing(&key, RELEASE_WAIT) {
+            return reject(id, Code::Limit, format!("{} is still being written by another stream of this agent after {} s (a reconnect while the old stream drains); try again", paths::display(&h.path), RELEASE_WAIT.as_secs()));
         }
         self.held.insert(id, key);
         let ctx = self.ctx.clone();
