@@ -87,42 +87,6 @@ pub async fn start_link(store: &SharedStore, cfg: &AgentConfig) -> Result<(Arc<L
 
 /// How often the agent looks for new executions.
 const POLL: Duration = Duration::from_millis(100);
-/// Failed polls between two log lines about an unreachable store (about 30 s).
-const OUTAGE_LOG_EVERY: u32 = 300;
-
-/// When an agent tries again to join executions it could not open. A cause can pass (a
-/// destination mount that comes up late, a directory another agent has not created yet), so
-/// a refusal is never final: the agent retries with a backoff from 2 s doubling to 60 s.
-#[derive(Default)]
-struct Refusals {
-    by_exec: HashMap<String, (std::time::Instant, Duration)>,
-}
-
-impl Refusals {
-    const FIRST: Duration = Duration::from_secs(2);
-    const MAX: Duration = Duration::from_secs(60);
-
-    fn may_try(&self, id: &str, now: std::time::Instant) -> bool {
-        self.by_exec.get(id).is_none_or(|(at, _)| now >= *at)
-    }
-
-    /// Records a refusal; returns how long until the next try.
-    fn refused(&mut self, id: &str, now: std::time::Instant) -> Duration {
-        let next = self.by_exec.get(id).map_or(Self::FIRST, |(_, last)| (*last * 2).min(Self::MAX));
-        self.by_exec.insert(id.to_string(), (now + next, next));
-        next
-    }
-
-    /// Forgets the execution; true when it had refused before.
-    fn joined(&mut self, id: &str) -> bool {
-        self.by_exec.remove(id).is_some()
-    }
-
-    /// Executions that ended are forgotten, so the map stays as small as the active set.
-    fn retain_active(&mut self, active: &[String]) {
-        self.by_exec.retain(|id, _| active.contains(id));
-    }
-}
 
 async fn stop_all(serving: &mut HashMap<String, Vec<Addr<MoverActor>>>) {
     for movers in serving.values() {
@@ -204,9 +168,7 @@ pub async fn run_agent(store: SharedStore, cfg: AgentConfig, link: Arc<LinkAgent
         backoff = Duration::from_millis(200);
         tracing::info!(worker = %cfg.name, lease = node.lease, "WorkerRegistered");
         let mut serving: HashMap<String, Vec<Addr<MoverActor>>> = HashMap::new();
-        let mut not_ours: HashSet<String> = HashSet::new();
-        let mut refusals = Refusals::default();
-        let mut store_failures = 0u32;
+        let mut unusable: HashSet<String> = HashSet::new();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}
@@ -231,87 +193,39 @@ pub async fn run_agent(store: SharedStore, cfg: AgentConfig, link: Arc<LinkAgent
                 live
             });
             let active = match store.range(&keys::active_prefix(), RangeOptions { keys_only: true, ..Default::default() }).await {
-                Ok(r) => {
-                    if store_failures >= OUTAGE_LOG_EVERY {
-                        tracing::info!(failed_polls = store_failures, "coordination store reachable again");
-                    }
-                    store_failures = 0;
-                    r.kvs
-                }
+                Ok(r) => r.kvs,
                 Err(e) => {
-                    // Polled every 100 ms: one line when an outage starts and one every
-                    // ~30 s while it lasts, not ten a second.
-                    if store_failures % OUTAGE_LOG_EVERY == 0 {
-                        tracing::warn!(error = %e, "cannot list executions; retrying");
-                    }
-                    store_failures += 1;
+                    tracing::warn!(error = %e, "cannot list executions; retrying");
                     continue;
                 }
             };
-            let ids: Vec<String> = active.iter().map(|kv| keys::exec_of(&kv.key)).collect();
-            refusals.retain_active(&ids);
-            not_ours.retain(|id| ids.contains(id));
-            let now = tokio::time::Instant::now().into_std();
-            for id in ids {
-                if serving.contains_key(&id) || not_ours.contains(&id) || !refusals.may_try(&id, now) {
+            for kv in active {
+                let id = keys::exec_of(&kv.key);
+                if serving.contains_key(&id) || unusable.contains(&id) {
                     continue;
                 }
                 match join_execution(&store, &node, &id, &cfg, &link).await {
                     Ok(Some(movers)) => {
-                        if refusals.joined(&id) {
-                            // It refused before: take the refusal back so the coordinator
-                            // does not count this agent as unable to run it.
-                            let key = keys::ExecKeys::new(&id).agent_error(&cfg.name);
-                            if let Err(err) = store.delete(&key).await {
-                                tracing::warn!(execution = %id, error = %err, "cannot withdraw this agent's earlier refusal");
-                            }
-                        }
                         serving.insert(id, movers);
                     }
                     Ok(None) => {}
                     Err(JoinError::Store(e)) => tracing::warn!(execution = %id, error = %e, "cannot read execution; retrying"),
                     Err(JoinError::NotOurs) => {
                         tracing::info!(execution = %id, "locations bound to other agents; not joining");
-                        not_ours.insert(id);
+                        unusable.insert(id);
                     }
                     Err(JoinError::Unusable(e)) => {
-                        let retry_in = refusals.refused(&id, now);
-                        tracing::error!(execution = %id, error = %e, retry_in_s = retry_in.as_secs(), "cannot take part in execution; will try again");
+                        tracing::error!(execution = %id, error = %e, "cannot take part in execution");
                         // Recorded so the coordinator can end an execution no agent can run
                         // instead of leaving it launching for ever.
                         let key = keys::ExecKeys::new(&id).agent_error(&cfg.name);
                         if let Err(err) = store.put(&key, e.into_bytes(), None).await {
                             tracing::warn!(execution = %id, error = %err, "cannot record why this agent cannot take part");
                         }
+                        unusable.insert(id);
                     }
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refusals_back_off_and_are_never_final() {
-        let t0 = std::time::Instant::now();
-        let mut r = Refusals::default();
-        assert!(r.may_try("e1", t0));
-        assert_eq!(r.refused("e1", t0), Duration::from_secs(2));
-        assert!(!r.may_try("e1", t0 + Duration::from_secs(1)));
-        assert!(r.may_try("e1", t0 + Duration::from_secs(2)));
-        let mut wait = Duration::ZERO;
-        for _ in 0..10 {
-            wait = r.refused("e1", t0);
-        }
-        assert_eq!(wait, Duration::from_secs(60), "the backoff is capped");
-        assert!(r.may_try("e2", t0), "other executions are not held back");
-        assert!(r.joined("e1"));
-        assert!(!r.joined("e1"));
-        r.refused("gone", t0);
-        r.retain_active(&["e2".to_string()]);
-        assert!(r.by_exec.is_empty(), "ended executions are forgotten");
     }
 }
