@@ -71,7 +71,8 @@ fn run_err(msg: impl Into<String>) -> Error {
     Error::run(msg.into())
 }
 
-fn ip(args: &[&str]) -> Result<()> {
+/// Runs `ip ARGS`, with its stderr in the error (shared with the LAN pair).
+pub(crate) fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip").args(args).output().map_err(|e| run_err(format!("ip {}: {e} (apt-get install iproute2)", args.join(" "))))?;
     if !out.status.success() {
         return Err(run_err(format!("ip {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())));

@@ -5,6 +5,7 @@
 use std::net::Ipv4Addr;
 use std::process::Command;
 
+use crate::cluster::ip;
 use crate::error::{Error, Result};
 
 pub const ADDR_A: Ipv4Addr = Ipv4Addr::new(10, 202, 0, 1);
@@ -16,13 +17,6 @@ pub struct LanPair {
     ns_b: String,
 }
 
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output().map_err(|e| Error::run(format!("ip: {e} (apt-get install iproute2)")))?;
-    if !out.status.success() {
-        return Err(Error::run(format!("ip {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())));
-    }
-    Ok(())
-}
 
 impl LanPair {
     pub fn start() -> Result<LanPair> {

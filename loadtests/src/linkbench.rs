@@ -74,17 +74,16 @@ pub fn summarize(tools: &[String], runs: &[ToolRun]) -> Vec<ToolMedian> {
     tools
         .iter()
         .filter_map(|t| {
-            let s = secs(t);
-            let median = crate::stats::median(&s)?;
+            let s = crate::stats::summarize(&secs(t))?;
             let mbps = crate::stats::median(&runs.iter().filter(|r| &r.tool == t).map(|r| r.mb_per_s).collect::<Vec<_>>())?;
             Some(ToolMedian {
                 tool: t.clone(),
-                rounds: s.len(),
-                median_seconds: median,
-                min_seconds: s.iter().cloned().fold(f64::INFINITY, f64::min),
-                max_seconds: s.iter().cloned().fold(0.0, f64::max),
+                rounds: s.n,
+                median_seconds: s.median,
+                min_seconds: s.min,
+                max_seconds: s.max,
                 median_mb_per_s: mbps,
-                vs_ferry: ferry.filter(|f| *f > 0.0).map(|f| median / f),
+                vs_ferry: ferry.filter(|f| *f > 0.0).map(|f| s.median / f),
             })
         })
         .collect()

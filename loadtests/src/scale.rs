@@ -132,9 +132,9 @@ pub fn run(o: &ScaleOptions) -> Result<Vec<ScaleRun>> {
             .iter()
             .filter_map(|t| {
                 let secs: Vec<f64> = results.iter().filter(|r| &r.tool == t).map(|r| r.seconds).collect();
-                let median = crate::stats::median(&secs)?;
+                let s = crate::stats::summarize(&secs)?;
                 let failed = results.iter().any(|r| &r.tool == t && r.exit_code != Some(0));
-                Some(crate::report::Bar { name: t.clone(), median, min: secs.iter().cloned().fold(f64::INFINITY, f64::min), max: secs.iter().cloned().fold(0.0, f64::max), ferry: t.starts_with("ferry"), failed })
+                Some(crate::report::Bar { name: t.clone(), median: s.median, min: s.min, max: s.max, ferry: t.starts_with("ferry"), failed })
             })
             .collect();
         let title = format!("scale — preparing {entries} entries, median seconds (lower is better)");
