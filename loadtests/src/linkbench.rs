@@ -374,14 +374,15 @@ impl Bench<'_> {
             match v {
                 "cubic" => worker_flags.extend(["--congestion".into(), "cubic".into()]),
                 "newreno" => worker_flags.extend(["--congestion".into(), "newreno".into()]),
-                "jumbo" => worker_flags.extend(["--link-max-mtu".into(), "9000".into()]),
                 "nogso" => worker_flags.push("--link-no-gso".into()),
+                "nogro" => worker_flags.push("--link-no-gro".into()),
                 "2conn" => worker_flags.extend(["--link-connections".into(), "2".into()]),
                 "stripes1" => worker_flags.extend(["--link-stripes".into(), "1".into()]),
                 "stripes4" => worker_flags.extend(["--link-stripes".into(), "4".into()]),
                 "nosync" => copy_flags.extend(["--no-fsync".into(), "--verify".into(), "none".into()]),
                 "compress" => copy_flags.push("--compress".into()),
-                other => return Err(Error::usage(format!("unknown ferry variant {other:?} (cubic, newreno, jumbo, nogso, 2conn, stripes1, stripes4, nosync, compress; join with +)"))),
+                mtu if mtu.strip_prefix("mtu").is_some_and(|n| n.parse::<u16>().is_ok()) => worker_flags.extend(["--link-max-mtu".into(), mtu[3..].into()]),
+                other => return Err(Error::usage(format!("unknown ferry variant {other:?} (cubic, newreno, mtuN, nogso, nogro, 2conn, stripes1, stripes4, nosync, compress; join with +)"))),
             }
         }
         self.clear_dst()?;

@@ -393,8 +393,9 @@ struct LinkBenchArgs {
     small_files: u64,
     /// Tools in order, comma-separated: ferry[-variant[+variant]], rsync-daemon, rsync-ssh,
     /// tls-tcp; `@cubic`/`@bbr` sets TCP congestion control for that run. Variants: cubic,
-    /// newreno, jumbo, nogso, 2conn, stripes1, stripes4, nosync, compress.
-    #[arg(long, value_delimiter = ',', default_value = "tls-tcp,ferry,ferry-jumbo,ferry-nogso,ferry-2conn,ferry-nosync,rsync-daemon,rsync-ssh")]
+    /// newreno, mtuN (path MTU discovery no higher than N, e.g. mtu1452 for Ethernet, mtu8972
+    /// for jumbo frames), nogso, nogro, 2conn, stripes1, stripes4, nosync, compress.
+    #[arg(long, value_delimiter = ',', default_value = "tls-tcp,ferry,ferry-mtu1452,ferry-mtu8972,ferry-nogso,ferry-nogro,ferry-2conn,ferry-nosync,rsync-daemon,rsync-ssh")]
     tools: Vec<String>,
     /// One-way delay of the emulated WAN (RTT is twice this); without it, loopback.
     #[arg(long, value_parser = ferry_loadtests::wan::parse_duration)]

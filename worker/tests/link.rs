@@ -282,6 +282,49 @@ fn a_batch_crosses_quic_with_mutual_tls() {
     assert_same_tree(src.path(), dst.path(), &entries);
 }
 
+/// Sends one file of `size` bytes to a writer over QUIC with `tuning` on both ends, and
+/// returns the reader's path to the writer afterwards.
+fn path_after_sending(tuning: &LinkTuning, size: usize) -> quinn::PathStats {
+    let (src, dst, cadir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::fs::write(src.path().join("big"), pattern(size, 9)).unwrap();
+    let entries = vec![Entry { path: b"big".to_vec(), kind: EntryKind::File, size: size as u64, mtime: Default::default(), compare_checksum: false, check_dest: false }];
+    let ids = identities(cadir.path(), &["writer", "reader"]);
+    let spec = spec(src.path(), dst.path());
+    let writer_ctx = Arc::new(ExecContext::open_for(spec.clone(), Reach { source: false, destination: true }).unwrap());
+    let reader_ctx = ExecContext::open_for(spec, Reach { source: true, destination: false }).unwrap();
+    let rt = runtime();
+    let _guard = rt.enter();
+    let endpoint = quic::bind("127.0.0.1:0".parse().unwrap(), &ids[0], tuning).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let registry = Registry::default();
+    registry.insert(writer_ctx);
+    rt.spawn(quic::serve(endpoint, registry, Arc::new(ServeStats::default())));
+    let client = LinkClient::new(&ids[1], tuning.clone()).unwrap();
+    let rate = RateLimiter::new(0);
+    let out = std::thread::scope(|s| s.spawn(|| run_transfer_linked(&reader_ctx, &Remote { client: &client, addr }, &settings(&rate, false), entries.clone(), 1, &mut Buffers::new(1 << 20))).join().unwrap());
+    assert!(out.result.failures.is_empty(), "{:?}", out.result.failures);
+    assert_same_tree(src.path(), dst.path(), &entries);
+    client.path_stats(addr).expect("a connection to the writer")
+}
+
+#[test]
+fn datagrams_grow_to_what_the_route_carries() {
+    // Loopback carries 64 KB datagrams; path MTU discovery finds that without being told.
+    let path = path_after_sending(&LinkTuning::default(), 48 << 20);
+    assert!(path.current_mtu > 9_000, "loopback should carry datagrams far above Ethernet's: {path:?}");
+}
+
+#[test]
+fn path_mtu_discovery_climbs_to_the_configured_ceiling_and_no_further() {
+    // A jumbo-frame ceiling. Ten such datagrams are more than one UDP send carries; before GSO
+    // batches were cut to fit, the losses made the connection fall back to 1,200 bytes (the
+    // cut itself is tested against a socket in link::quic).
+    let tuning = LinkTuning { max_mtu: 8_972, ..LinkTuning::default() };
+    let path = path_after_sending(&tuning, 48 << 20);
+    assert!(path.current_mtu > 4_000 && path.current_mtu <= 8_972, "{path:?}");
+    assert_eq!(path.black_holes_detected, 0, "{path:?}");
+}
+
 #[test]
 fn peers_without_a_certificate_from_the_cluster_ca_are_refused() {
     let (ca1, ca2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
