@@ -401,6 +401,33 @@ fn a_bytes_per_second_change_reaches_a_running_execution() {
 }
 
 #[test]
+fn a_bytes_per_second_change_made_after_the_watches_broke_still_arrives() {
+    run(|| async move {
+        let mem = Arc::new(MemStore::new());
+        let store: SharedStore = mem.clone();
+        let ctl = Arc::new(ControlPlane::new(store.clone(), config(Arc::new(ManualClock::new(T0)))));
+        let dir = scratch();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        // 24 MiB at 64 KiB/s would take over six minutes; the test waits at most two.
+        tree(&src, 6, 4 << 20);
+        let p = |x: &Path| x.to_str().unwrap().to_string();
+        ctl.create_task(task(json!({"Name": "throttled", "SourceLocation": p(&src), "DestinationLocation": p(&dst), "Options": {"BytesPerSecond": 65536}}))).await.unwrap();
+        let coord = coordinator(ctl.clone(), "coord");
+        let agent = agent(&store, "agent-1");
+        let id = ctl.start_task("throttled", StartOverrides::default()).await.unwrap().spec.id;
+        wait_phase(&ctl, &id, &[Phase::Transferring]).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Every watch ends, as when etcd restarts; the movers must watch again to hear this.
+        mem.end_watches();
+        ctl.set_bytes_per_second(&id, -1).await.unwrap();
+        let end = wait_end(&ctl, &id, Duration::from_secs(120)).await;
+        assert_eq!(end.phase, Phase::Success, "{:?}", end.error);
+        agent.stop().await;
+        coord.stop().await;
+    });
+}
+
+#[test]
 fn a_manifest_restricts_both_transfer_and_verification() {
     run(|| async move {
         let store: SharedStore = Arc::new(MemStore::new());

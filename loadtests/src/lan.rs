@@ -19,7 +19,8 @@ pub struct LanPair {
 
 
 impl LanPair {
-    pub fn start() -> Result<LanPair> {
+    /// Creates the pair with `mtu` on both ends of the veth.
+    pub fn start(mtu: u32) -> Result<LanPair> {
         if unsafe { libc::geteuid() } != 0 {
             return Err(Error::usage("--lan needs root (network namespaces)"));
         }
@@ -40,6 +41,7 @@ impl LanPair {
         ip(&["link", "add", &va, "netns", &pair.ns_a, "type", "veth", "peer", "name", &vb, "netns", &pair.ns_b])?;
         for (ns, dev, addr) in [(&pair.ns_a, &va, ADDR_A), (&pair.ns_b, &vb, ADDR_B)] {
             ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
+            ip(&["-n", ns, "link", "set", dev, "mtu", &mtu.to_string()])?;
             ip(&["-n", ns, "link", "set", dev, "up"])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }

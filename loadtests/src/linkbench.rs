@@ -38,6 +38,8 @@ pub struct LinkBenchOptions {
     pub wan: Option<WanConfig>,
     /// Two namespaces on a veth pair (a LAN), instead of loopback.
     pub lan: bool,
+    /// The LAN's MTU: 1500 (Ethernet) or 9000 (jumbo frames, common inside data centres).
+    pub lan_mtu: u32,
     pub bin_dir: PathBuf,
     pub out: Option<PathBuf>,
     /// Rounds of every tool, each round in a rotated order.
@@ -500,7 +502,7 @@ impl Bench<'_> {
 pub fn run(o: &LinkBenchOptions) -> Result<Vec<ToolRun>> {
     std::fs::create_dir_all(&o.work).map_err(|e| run_err(e.to_string()))?;
     let (files, bytes) = make_data(o)?;
-    crate::util::say(format!("link-bench: {files} files, {:.2} GB; {}", bytes as f64 / 1e9, o.wan.as_ref().map(|c| format!("WAN {}", c.describe())).unwrap_or_else(|| if o.lan { "LAN pair (two namespaces, veth)".into() } else { "loopback".into() })));
+    crate::util::say(format!("link-bench: {files} files, {:.2} GB; {}", bytes as f64 / 1e9, o.wan.as_ref().map(|c| format!("WAN {}", c.describe())).unwrap_or_else(|| if o.lan { format!("LAN pair (two namespaces, veth, MTU {})", o.lan_mtu) } else { "loopback".into() })));
     // Warm the source into the page cache once, so every tool reads it from memory.
     for (p, _) in crate::tree::regular_files(&o.data) {
         let _ = std::fs::read(p);
@@ -509,7 +511,7 @@ pub fn run(o: &LinkBenchOptions) -> Result<Vec<ToolRun>> {
         link: match (&o.wan, o.lan) {
             (Some(_), true) => return Err(Error::usage("--lan and --wan-delay exclude each other (a LAN pair has no emulated delay)")),
             (Some(c), false) => Some(Pair::Wan(WanLink::start(c.clone())?)),
-            (None, true) => Some(Pair::Lan(crate::lan::LanPair::start()?)),
+            (None, true) => Some(Pair::Lan(crate::lan::LanPair::start(o.lan_mtu)?)),
             (None, false) => None,
         },
     };
@@ -586,10 +588,10 @@ pub fn run(o: &LinkBenchOptions) -> Result<Vec<ToolRun>> {
         }
     }
     if let Some(out) = &o.out {
-        let doc = serde_json::json!({ "files": files, "bytes": bytes, "wan": o.wan.as_ref().map(|c| c.describe()), "lan": o.lan, "rounds": o.repeat, "runs": runs, "medians": summary });
+        let doc = serde_json::json!({ "files": files, "bytes": bytes, "wan": o.wan.as_ref().map(|c| c.describe()), "lan": o.lan, "lan_mtu": o.lan.then_some(o.lan_mtu), "rounds": o.repeat, "runs": runs, "medians": summary });
         std::fs::write(out, serde_json::to_string_pretty(&doc).expect("serializable")).map_err(|e| run_err(e.to_string()))?;
         let bars: Vec<crate::report::Bar> = summary.iter().map(|m| crate::report::Bar { name: m.tool.clone(), median: m.median_seconds, min: m.min_seconds, max: m.max_seconds, ferry: m.tool.starts_with("ferry"), failed: false }).collect();
-        let place = o.wan.as_ref().map(|c| format!("WAN {}", c.describe())).unwrap_or_else(|| if o.lan { "LAN pair (veth)".into() } else { "loopback".into() });
+        let place = o.wan.as_ref().map(|c| format!("WAN {}", c.describe())).unwrap_or_else(|| if o.lan { format!("LAN pair (veth, MTU {})", o.lan_mtu) } else { "loopback".into() });
         let title = format!("link-bench, {place} — median seconds over {} rounds (lower is better)", o.repeat);
         let subtitle = format!("{files} files, {:.2} GB; ferry with fsync and read-back verification", bytes as f64 / 1e9);
         let svg = out.with_extension("svg");

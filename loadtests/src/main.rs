@@ -340,6 +340,7 @@ fn bench_preset(scenario: BenchScenario, a: BenchArgs) -> Result<i32> {
         tools,
         wan: wan.map(|(ms, loss)| ferry_loadtests::wan::WanConfig { delay: Duration::from_millis(ms), loss, rate_bps: 1_000_000_000, ..Default::default() }),
         lan: scenario == BenchScenario::Lan,
+        lan_mtu: 1500,
         bin_dir,
         out: Some(out),
         repeat: runs as u32,
@@ -406,6 +407,9 @@ struct LinkBenchArgs {
     /// instead of on loopback.
     #[arg(long)]
     lan: bool,
+    /// MTU of the LAN pair: 1500 (Ethernet) or 9000 (jumbo frames).
+    #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u32).range(1280..=65535))]
+    lan_mtu: u32,
     #[arg(long, value_parser = ferry_loadtests::wan::parse_rate, default_value = "500mbit")]
     wan_rate: u64,
     /// Directory with the release `ferry` and `ferry-worker` binaries.
@@ -433,6 +437,7 @@ fn cmd_link_bench(a: LinkBenchArgs) -> Result<i32> {
         tools: a.tools,
         wan,
         lan: a.lan,
+        lan_mtu: a.lan_mtu,
         bin_dir,
         out: a.out,
         repeat: a.repeat.max(1),

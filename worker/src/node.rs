@@ -166,25 +166,46 @@ fn spawn_waker(shared: Arc<MoverShared>) {
         }
     };
     tokio::spawn(async move {
-        // BytesPerSecond as it stands now, then every change from that revision on: a change
-        // applies at once, even while every mover is busy with a long shard (the buckets are
-        // read before each chunk), and no mover reads the setting on its claim path.
-        let Ok(now) = store.range(&settings_key, Default::default()).await else { return };
-        if let (Some(kv), Some(shared)) = (now.kvs.iter().find(|kv| kv.key == settings_key), weak.upgrade()) {
-            apply(&shared, &kv.value);
-        }
-        let Ok(mut events) = store.watch(&prefix, now.revision + 1).await else { return };
-        while let Some(ev) = events.next().await {
-            let Ok(ev) = ev else { return };
-            let Some(shared) = weak.upgrade() else { return };
-            if ev.kv.key == settings_key && ev.kind == ferry_common::store::EventKind::Put {
-                apply(&shared, &ev.kv.value);
+        // A watch ends when etcd restarts or the connection breaks; it is set up again for as
+        // long as the movers live, or BytesPerSecond changes would stop reaching them.
+        let mut backoff = WATCH_RETRY_MIN;
+        while weak.strong_count() > 0 {
+            // BytesPerSecond as it stands now, then every change from that revision on: a
+            // change applies at once, even while every mover is busy with a long shard (the
+            // buckets are read before each chunk), and no mover reads the setting on its
+            // claim path.
+            let followed: Result<(), StoreError> = async {
+                let now = store.range(&settings_key, Default::default()).await?;
+                let mut events = store.watch(&prefix, now.revision + 1).await?;
+                if let (Some(kv), Some(shared)) = (now.kvs.iter().find(|kv| kv.key == settings_key), weak.upgrade()) {
+                    apply(&shared, &kv.value);
+                }
+                backoff = WATCH_RETRY_MIN;
+                // Whatever changed while no watch was open (a new stage's shards) is worth a look.
+                wake.notify_waiters();
+                while let Some(ev) = events.next().await {
+                    let ev = ev?;
+                    let Some(shared) = weak.upgrade() else { return Ok(()) };
+                    if ev.kv.key == settings_key && ev.kind == ferry_common::store::EventKind::Put {
+                        apply(&shared, &ev.kv.value);
+                    }
+                    drop(shared);
+                    wake.notify_waiters();
+                }
+                Ok(())
             }
-            drop(shared);
-            wake.notify_waiters();
+            .await;
+            if let Err(e) = followed {
+                tracing::debug!(error = %e, "execution watch lost; watching again");
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(WATCH_RETRY_MAX);
         }
     });
 }
+
+const WATCH_RETRY_MIN: Duration = Duration::from_millis(200);
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(5);
 
 pub struct MoverActor {
     shared: Arc<MoverShared>,

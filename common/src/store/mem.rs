@@ -106,6 +106,12 @@ impl MemStore {
         })
     }
 
+    /// Ends every open watch stream, as an etcd outage or restart does. For tests of
+    /// watchers, which must notice and watch again.
+    pub fn end_watches(&self) {
+        self.lock().watchers.clear();
+    }
+
     fn from_inner(inner: Inner) -> Self {
         let store = MemStore { inner: Arc::new(Mutex::new(inner)) };
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
