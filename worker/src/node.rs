@@ -204,6 +204,12 @@ fn spawn_waker(shared: Arc<MoverShared>) {
     });
 }
 
+/// How long an idle mover waits before looking for work again unprompted. Every change to
+/// the execution's keys (new shards, claims released, a stage ending) wakes it at once through
+/// the watch, so this is only a safety net; each look costs several etcd reads, and a fleet of
+/// idle movers polling five times a second was most of etcd's load during transfers.
+const IDLE_RECHECK: Duration = Duration::from_secs(2);
+
 const WATCH_RETRY_MIN: Duration = Duration::from_millis(200);
 const WATCH_RETRY_MAX: Duration = Duration::from_secs(5);
 
@@ -270,7 +276,7 @@ async fn mover_loop(shared: Arc<MoverShared>, index: usize) {
                 run_shard(&shared, shard, &mut bufs).await;
             }
             Ok(Some(None)) => {
-                let _ = tokio::time::timeout(Duration::from_millis(200), wake).await;
+                let _ = tokio::time::timeout(IDLE_RECHECK, wake).await;
             }
             Err(e) => {
                 tracing::warn!(mover = index, error = %e, "coordination store error; backing off");
