@@ -91,11 +91,16 @@ impl Cluster {
         let stderr = self.logs.join(format!("{name}.stderr"));
         let stdout = self.logs.join(format!("{name}.stdout"));
         let mut cmd = Command::new(program);
+        // FERRY_TEST_LOG sets the daemons' RUST_LOG, for chasing a failure; the test's own
+        // RUST_LOG is not passed on, as it would change what the assertions read.
+        match std::env::var("FERRY_TEST_LOG") {
+            Ok(filter) => cmd.env("RUST_LOG", filter),
+            Err(_) => cmd.env_remove("RUST_LOG"),
+        };
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(File::create(&stdout).unwrap())
             .stderr(File::create(&stderr).unwrap())
-            .env_remove("RUST_LOG")
             .env_remove("FERRY_TEST_CORRUPT")
             .env_remove("FERRY_TEST_SOURCE_CHANGE")
             // Its own process group: a Ctrl-C at the terminal goes to the test only.
