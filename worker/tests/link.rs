@@ -257,39 +257,13 @@ impl Connector for Remote<'_> {
     }
 }
 
-#[test]
-fn a_batch_crosses_quic_with_mutual_tls() {
-    let (src, dst, cadir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let entries = make_tree(src.path());
+/// Sends `entries` of `src` to a writer agent for `dst` over QUIC on loopback, with real
+/// certificates and `tuning` on both ends. Returns the reader's outcome and its path to the
+/// writer afterwards.
+fn send_over_quic(src: &Path, dst: &Path, entries: &[Entry], tuning: &LinkTuning, compress: bool) -> (ferry_worker::exec::Outcome, quinn::PathStats) {
+    let cadir = tempfile::tempdir().unwrap();
     let ids = identities(cadir.path(), &["writer", "reader"]);
-    let spec = spec(src.path(), dst.path());
-    let writer_ctx = Arc::new(ExecContext::open_for(spec.clone(), Reach { source: false, destination: true }).unwrap());
-    let reader_ctx = ExecContext::open_for(spec, Reach { source: true, destination: false }).unwrap();
-    let rt = runtime();
-    let _guard = rt.enter();
-    let endpoint = quic::bind("127.0.0.1:0".parse().unwrap(), &ids[0], &LinkTuning::default()).unwrap();
-    let addr = endpoint.local_addr().unwrap();
-    let registry = Registry::default();
-    registry.insert(writer_ctx);
-    rt.spawn(quic::serve(endpoint, registry, Arc::new(ServeStats::default())));
-    let client = LinkClient::new(&ids[1], LinkTuning::default()).unwrap();
-    let rate = RateLimiter::new(0);
-    let out = std::thread::scope(|s| {
-        s.spawn(|| run_transfer_linked(&reader_ctx, &Remote { client: &client, addr }, &settings(&rate, true), entries.clone(), 1, &mut Buffers::new(1 << 20))).join().unwrap()
-    });
-    assert!(out.result.failures.is_empty(), "{:?}", out.result.failures);
-    assert_eq!(out.result.counters.files_transferred, entries.len() as u64);
-    assert_same_tree(src.path(), dst.path(), &entries);
-}
-
-/// Sends one file of `size` bytes to a writer over QUIC with `tuning` on both ends, and
-/// returns the reader's path to the writer afterwards.
-fn path_after_sending(tuning: &LinkTuning, size: usize) -> quinn::PathStats {
-    let (src, dst, cadir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    std::fs::write(src.path().join("big"), pattern(size, 9)).unwrap();
-    let entries = vec![Entry { path: b"big".to_vec(), kind: EntryKind::File, size: size as u64, mtime: Default::default(), compare_checksum: false, check_dest: false }];
-    let ids = identities(cadir.path(), &["writer", "reader"]);
-    let spec = spec(src.path(), dst.path());
+    let spec = spec(src, dst);
     let writer_ctx = Arc::new(ExecContext::open_for(spec.clone(), Reach { source: false, destination: true }).unwrap());
     let reader_ctx = ExecContext::open_for(spec, Reach { source: true, destination: false }).unwrap();
     let rt = runtime();
@@ -301,10 +275,31 @@ fn path_after_sending(tuning: &LinkTuning, size: usize) -> quinn::PathStats {
     rt.spawn(quic::serve(endpoint, registry, Arc::new(ServeStats::default())));
     let client = LinkClient::new(&ids[1], tuning.clone()).unwrap();
     let rate = RateLimiter::new(0);
-    let out = std::thread::scope(|s| s.spawn(|| run_transfer_linked(&reader_ctx, &Remote { client: &client, addr }, &settings(&rate, false), entries.clone(), 1, &mut Buffers::new(1 << 20))).join().unwrap());
+    let out = std::thread::scope(|s| s.spawn(|| run_transfer_linked(&reader_ctx, &Remote { client: &client, addr }, &settings(&rate, compress), entries.to_vec(), 1, &mut Buffers::new(1 << 20))).join().unwrap());
+    let path = client.path_stats(addr).expect("a connection to the writer");
+    (out, path)
+}
+
+#[test]
+fn a_batch_crosses_quic_with_mutual_tls() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let entries = make_tree(src.path());
+    let (out, _) = send_over_quic(src.path(), dst.path(), &entries, &LinkTuning::default(), true);
+    assert!(out.result.failures.is_empty(), "{:?}", out.result.failures);
+    assert_eq!(out.result.counters.files_transferred, entries.len() as u64);
+    assert_same_tree(src.path(), dst.path(), &entries);
+}
+
+/// Sends one file of `size` bytes over QUIC with `tuning` and returns the reader's path to
+/// the writer afterwards.
+fn path_after_sending(tuning: &LinkTuning, size: usize) -> quinn::PathStats {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::fs::write(src.path().join("big"), pattern(size, 9)).unwrap();
+    let entries = vec![Entry { path: b"big".to_vec(), kind: EntryKind::File, size: size as u64, mtime: Default::default(), compare_checksum: false, check_dest: false }];
+    let (out, path) = send_over_quic(src.path(), dst.path(), &entries, tuning, false);
     assert!(out.result.failures.is_empty(), "{:?}", out.result.failures);
     assert_same_tree(src.path(), dst.path(), &entries);
-    client.path_stats(addr).expect("a connection to the writer")
+    path
 }
 
 #[test]
