@@ -411,13 +411,18 @@ fn two_streams_never_write_the_same_file_at_once() {
     assert!(matches!(new.handle(Frame::Header(header(3, b"g", 5))).unwrap()[..], [Frame::Ack { status: frame::status::RESUME_AT, .. }]));
 }
 
+/// A file just large enough to travel as stripes, `huge` in `src`: its bytes and its entry.
+fn striped_file(src: &Path, seed: u8) -> (Vec<u8>, Vec<Entry>) {
+    let size = ferry_worker::link::STRIPE_MIN as usize + (3 << 20) + 5;
+    let big = pattern(size, seed);
+    std::fs::write(src.join("huge"), &big).unwrap();
+    (big, vec![Entry { path: b"huge".to_vec(), kind: EntryKind::File, size: size as u64, mtime: Default::default(), compare_checksum: false, check_dest: false }])
+}
+
 #[test]
 fn a_large_file_travels_as_stripes_and_is_renamed_once_complete() {
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let size = ferry_worker::link::STRIPE_MIN as usize + (3 << 20) + 5;
-    let big = pattern(size, 3);
-    std::fs::write(src.path().join("huge"), &big).unwrap();
-    let entries = vec![Entry { path: b"huge".to_vec(), kind: EntryKind::File, size: size as u64, mtime: Default::default(), compare_checksum: false, check_dest: false }];
+    let (big, entries) = striped_file(src.path(), 3);
     let ctx = Arc::new(ExecContext::open(spec(src.path(), dst.path())).unwrap());
     let rate = RateLimiter::new(0);
     let out = run_transfer_linked(&ctx, &InProcess { ctx: ctx.clone() }, &settings(&rate, false), entries.clone(), 1, &mut Buffers::new(1 << 20));
@@ -429,4 +434,23 @@ fn a_large_file_travels_as_stripes_and_is_renamed_once_complete() {
     // Unchanged on a second run: every stripe finds it current.
     let again = run_transfer_linked(&ctx, &InProcess { ctx: ctx.clone() }, &settings(&rate, false), entries, 1, &mut Buffers::new(1 << 20));
     assert_eq!(again.result.counters.files_skipped, 1);
+}
+
+#[test]
+fn a_cut_stripe_resumes_where_it_was_cut_not_at_its_range_start() {
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (big, entries) = striped_file(src.path(), 4);
+    let ctx = Arc::new(ExecContext::open(spec(src.path(), dst.path())).unwrap());
+    // The first stream of each of the two stripes goes down after 4 chunks.
+    let flaky = Flaky { ctx: ctx.clone(), budget: 4, opened: AtomicUsize::new(0) };
+    let rate = RateLimiter::new(0);
+    let two_stripes = SendSettings { agent: "reader", compress: false, rate: &rate, max_stripes: 2 };
+    let out = run_transfer_linked(&ctx, &flaky, &two_stripes, entries.clone(), 1, &mut Buffers::new(1 << 20));
+    assert!(out.result.failures.is_empty(), "{:?}", out.result.failures);
+    assert_eq!(flaky.opened.load(Ordering::SeqCst), 4, "two stripes, each cut once and reopened");
+    assert_eq!(out.result.counters.bytes_resumed, 2 * (4 << 20), "each stripe resumed after the 4 MiB it had written");
+    assert_eq!(out.report[0].status, EntryStatus::Transferred);
+    assert_eq!(out.report[0].crc32c, Some(crc32c::crc32c(&big)));
+    assert!(std::fs::read(dst.path().join("huge")).unwrap() == big);
+    assert_same_tree(src.path(), dst.path(), &entries);
 }

@@ -50,6 +50,8 @@ struct Incoming {
     resending: bool,
     bad_chunks: u32,
     since_checkpoint: u64,
+    /// For a stripe: its key in [`STRIPE_WRITTEN`].
+    stripe_key: Option<Vec<u8>>,
 }
 
 /// A finished entry under its temporary name, waiting for FLUSH.
@@ -68,6 +70,31 @@ struct Staged {
 /// Stripes of files being received, by execution, path and source identity: the CRC and
 /// length of each finished stripe. The last stripe to finish completes the file.
 static STRIPES: std::sync::Mutex<BTreeMap<Vec<u8>, Vec<Option<(u32, u64)>>>> = std::sync::Mutex::new(BTreeMap::new());
+
+/// How far each unfinished stripe has been written into its shared temporary file, by
+/// directory, temporary name and stripe index. A stripe cannot resume from the file's length
+/// as a whole file does (its siblings write further on, and holes read as zeros), so a stream
+/// that reconnects after a cut resumes its stripe from here. The bytes are reread for their
+/// CRC before the resume, and the stripe's CRC at END covers them. Kept in memory: after a
+/// writer restart, stripes start again from their range's start. An entry lives until its
+/// stripe ends, so there is at most one per stripe in flight or abandoned mid-way.
+static STRIPE_WRITTEN: std::sync::Mutex<BTreeMap<Vec<u8>, u64>> = std::sync::Mutex::new(BTreeMap::new());
+
+fn stripe_written(key: &[u8]) -> Option<u64> {
+    STRIPE_WRITTEN.lock().unwrap_or_else(|p| p.into_inner()).get(key).copied()
+}
+
+fn set_stripe_written(key: &[u8], offset: Option<u64>) {
+    let mut all = STRIPE_WRITTEN.lock().unwrap_or_else(|p| p.into_inner());
+    match offset {
+        Some(o) => {
+            all.insert(key.to_vec(), o);
+        }
+        None => {
+            all.remove(key);
+        }
+    }
+}
 
 impl Incoming {
     /// Identifies the directory (device and inode) for the stripe registry's key.
@@ -257,9 +284,13 @@ impl Receiver {
         // version is never resumed.
         let identity = format!("link{:08x}", crc32c::crc32c(format!("{}:{}.{}:{}", h.size, h.mtime_sec, h.mtime_nsec, h.mode).as_bytes()));
         let temp = self.ctx.temp_with(&identity, name);
-        let mut incoming = Incoming { header: h, dir, temp, fd: None, offset: 0, crc: 0, resending: false, bad_chunks: 0, since_checkpoint: 0 };
-        if incoming.header.stripe.is_some() {
-            if let Err(e) = Self::open_shared_temp(&mut incoming) {
+        let mut incoming = Incoming { header: h, dir, temp, fd: None, offset: 0, crc: 0, resending: false, bad_chunks: 0, since_checkpoint: 0, stripe_key: None };
+        if let Some(st) = incoming.header.stripe {
+            let mut key = incoming.dir_key();
+            key.extend_from_slice(&incoming.temp);
+            key.extend_from_slice(format!("\0{}", st.index).as_bytes());
+            incoming.stripe_key = Some(key);
+            if let Err(e) = self.open_shared_temp(&mut incoming) {
                 return reject(id, Code::Io, dst.error("create", &incoming.header.path, &e).to_string());
             }
         } else if incoming.header.kind == entry_kind::FILE {
@@ -294,18 +325,27 @@ impl Receiver {
         Ok(())
     }
 
-    /// A stripe writes its range into the temporary file its sibling stripes share; it starts
-    /// at its range's beginning (stripes do not resume mid-range).
-    fn open_shared_temp(f: &mut Incoming) -> std::io::Result<()> {
+    /// A stripe writes its range into the temporary file its sibling stripes share. It
+    /// resumes where an earlier stream of this agent left it ([`STRIPE_WRITTEN`]), and
+    /// otherwise starts at its range's beginning.
+    fn open_shared_temp(&mut self, f: &mut Incoming) -> std::io::Result<()> {
         let dir = f.dir.as_raw_fd();
-        if let Some(st) = sys::lstat_at(dir, &f.temp)? {
-            if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-                remove_tree_at(dir, &f.temp)?;
-            }
+        let existing = sys::lstat_at(dir, &f.temp)?;
+        if existing.is_some_and(|st| st.st_mode & libc::S_IFMT != libc::S_IFREG) {
+            remove_tree_at(dir, &f.temp)?;
         }
-        f.fd = Some(sys::open_at(dir, &f.temp, libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW, 0o600)?);
+        let fd = sys::open_at(dir, &f.temp, libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW, 0o600)?;
         f.offset = f.start();
         f.crc = 0;
+        let key = f.stripe_key.as_deref().unwrap_or_default();
+        let written = stripe_written(key).filter(|&w| existing.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_size as u64 >= w) && w > f.start() && w <= f.end());
+        if let Some(w) = written {
+            f.crc = crc_range(fd.as_raw_fd(), f.start(), w - f.start(), &mut self.buf)?;
+            f.offset = w;
+        } else {
+            set_stripe_written(key, None);
+        }
+        f.fd = Some(fd);
         Ok(())
     }
 
@@ -388,6 +428,9 @@ impl Receiver {
         let n = raw.len() as u64;
         f.crc = crc::combine(f.crc, got, n);
         f.offset += n;
+        if let Some(key) = &f.stripe_key {
+            set_stripe_written(key, Some(f.offset));
+        }
         f.since_checkpoint += n;
         self.stats.bytes_written += n;
         if f.since_checkpoint >= CHECKPOINT_BYTES && f.offset < f.end() {
@@ -424,10 +467,16 @@ impl Receiver {
             f.offset = f.start();
             f.crc = 0;
             f.resending = true;
+            if let Some(key) = &f.stripe_key {
+                set_stripe_written(key, None);
+            }
             return Ok(vec![ack(id, f.offset, status::RESEND_FROM)]);
         }
         let f = self.open.remove(&id).expect("present");
         let mut whole_crc = crc32c;
+        if let Some(key) = &f.stripe_key {
+            set_stripe_written(key, None);
+        }
         if let Some(st) = f.header.stripe {
             // Record this stripe; unless it completes the file, FLUSH only makes it durable.
             let mut key = f.dir_key();
