@@ -86,11 +86,13 @@ fn stripe_written(key: &[u8]) -> Option<u64> {
 
 fn set_stripe_written(key: &[u8], offset: Option<u64>) {
     let mut all = STRIPE_WRITTEN.lock().unwrap_or_else(|p| p.into_inner());
-    match offset {
-        Some(o) => {
+    // Called for every chunk of a stripe: the key is copied only when it is first recorded.
+    match (offset, all.get_mut(key)) {
+        (Some(o), Some(written)) => *written = o,
+        (Some(o), None) => {
             all.insert(key.to_vec(), o);
         }
-        None => {
+        (None, _) => {
             all.remove(key);
         }
     }
