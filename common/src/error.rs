@@ -55,6 +55,23 @@ impl ErrorKind {
         }
     }
 
+    /// A stable code for reports: it names the kind of failure and never changes.
+    pub fn code(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "NOT_FOUND",
+            ErrorKind::PermissionDenied => "PERMISSION_DENIED",
+            ErrorKind::AlreadyExists => "ALREADY_EXISTS",
+            ErrorKind::Corrupt => "CHECKSUM_MISMATCH",
+            ErrorKind::SourceChanged => "SOURCE_CHANGED",
+            ErrorKind::NoSpace => "NO_SPACE",
+            ErrorKind::Unsupported => "UNSUPPORTED",
+            ErrorKind::Unavailable => "UNAVAILABLE",
+            ErrorKind::Config => "CONFIGURATION",
+            ErrorKind::LeaseLost => "LEASE_LOST",
+            ErrorKind::Other => "INTERNAL",
+        }
+    }
+
     /// What the user can do about it, appended to messages.
     pub fn hint(self) -> &'static str {
         match self {

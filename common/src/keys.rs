@@ -10,6 +10,7 @@
 //! /ferry/v1/exec/{exec}/queue/{shard}      Shard; id = {stage digit}{kind letter}-{hash}
 //! /ferry/v1/exec/{exec}/claim/{shard}      worker id             (leased by the worker)
 //! /ferry/v1/exec/{exec}/done/{shard}       ShardResult           (folded, then deleted)
+//! /ferry/v1/exec/{exec}/report/{shard}.{n} ReportChunk           (folded into the report, then deleted)
 //! /ferry/v1/exec/{exec}/links/{dev}:{ino}  first path of a hard-link set
 //! /ferry/v1/exec/{exec}/parts/{group}      PartSet of a large file being written in parts
 //! /ferry/v1/exec/{exec}/settings           ExecSettings          (BytesPerSecond while running)
@@ -22,7 +23,7 @@
 //! /ferry/v1/events/{ms}-{seq}              Event
 //! ```
 
-use crate::model::Stage;
+use crate::model::{ShardKind, Stage};
 
 pub const ROOT: &str = "/ferry/v1/";
 
@@ -107,9 +108,9 @@ impl ExecKeys {
     pub fn queue_stage(&self, stage: Stage) -> Vec<u8> {
         format!("{}queue/{}", self.base, stage.digit()).into_bytes()
     }
-    /// Queued shards of one stage and kind letter.
-    pub fn queue_kind(&self, stage: Stage, kind: char) -> Vec<u8> {
-        format!("{}queue/{}{kind}", self.base, stage.digit()).into_bytes()
+    /// Queued shards of one kind.
+    pub fn queue_kind(&self, kind: ShardKind) -> Vec<u8> {
+        format!("{}queue/{}{}", self.base, kind.stage().digit(), kind.letter()).into_bytes()
     }
     pub fn queue(&self, shard: &str) -> Vec<u8> {
         format!("{}queue/{shard}", self.base).into_bytes()
@@ -125,6 +126,17 @@ impl ExecKeys {
     }
     pub fn done_prefix(&self) -> Vec<u8> {
         format!("{}done/", self.base).into_bytes()
+    }
+    /// Report lines of a completed shard attempt (`{shard}@{attempt}`), chunk `n`.
+    pub fn report(&self, attempt: &str, n: usize) -> Vec<u8> {
+        format!("{}report/{attempt}.{n:03}", self.base).into_bytes()
+    }
+    /// Every report chunk of a shard attempt.
+    pub fn report_of(&self, attempt: &str) -> Vec<u8> {
+        format!("{}report/{attempt}.", self.base).into_bytes()
+    }
+    pub fn report_prefix(&self) -> Vec<u8> {
+        format!("{}report/", self.base).into_bytes()
     }
     pub fn link(&self, dev: u64, ino: u64) -> Vec<u8> {
         format!("{}links/{dev}:{ino}", self.base).into_bytes()

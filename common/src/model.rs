@@ -167,10 +167,14 @@ pub struct ExecutionSpec {
     pub source: String,
     pub destination: String,
     pub options: Options,
-    /// Cluster mode: the directory (reachable by workers, coordinators and the submitter)
-    /// where per-entry report files are written and merged at the end.
+    /// Where the coordinator writes the report (JSON Lines: one line per entry as results
+    /// are folded, then the summary), on the coordinator's host. Agents write nothing: their
+    /// lines travel with the shard results.
     #[serde(default)]
-    pub report_dir: Option<String>,
+    pub report_file: Option<String>,
+    /// Which per-entry lines agents send for the report.
+    #[serde(default)]
+    pub report_lines: ReportLines,
     /// How to reach and write S3 locations; unused when neither side is S3.
     #[serde(default)]
     pub s3: S3Settings,
@@ -401,6 +405,30 @@ pub struct Execution {
     pub phases: Vec<PhaseRecord>,
     #[serde(default)]
     pub task_run: TaskRun,
+    /// Bytes of the report file that hold folded lines: a coordinator that takes over cuts
+    /// the file back to this before it appends, so every line is written exactly once.
+    #[serde(default)]
+    pub report_bytes: u64,
+}
+
+/// An agent's registration (`/ferry/v1/workers/{id}`, under its lease).
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct WorkerInfo {
+    pub name: String,
+    pub host: String,
+    pub movers: usize,
+    pub pid: u32,
+    /// Location prefixes this agent can reach (`file:///` means every local path).
+    #[serde(default)]
+    pub locations: Vec<String>,
+    #[serde(default)]
+    pub started_unix_ms: u64,
+    /// Labels that locations can be bound to.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Where other agents reach this one's link endpoint (`host:port`, UDP), if it has one.
+    #[serde(default)]
+    pub link_addr: Option<String>,
 }
 
 impl Execution {
@@ -446,10 +474,17 @@ pub struct Entry {
     /// before copying.
     #[serde(default)]
     pub compare_checksum: bool,
-    /// The destination has an entry of the same size: compare metadata (object stores list
-    /// sizes but not metadata) before copying.
+    /// The scan could not tell whether the destination holds it unchanged (an object store
+    /// lists sizes but not metadata): the writer compares before writing.
     #[serde(default)]
     pub check_dest: bool,
+}
+
+impl Entry {
+    /// The scan decided this entry must be written: the writer need not compare.
+    pub fn decided(&self) -> bool {
+        !self.check_dest && !self.compare_checksum
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -462,16 +497,74 @@ pub struct LinkEntry {
     pub size: u64,
 }
 
-/// Source directory metadata captured when it was listed (listing changes its atime).
+/// Source directory metadata captured when it was listed (listing changes its atime), so the
+/// agent that sets it needs no access to the source.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirMeta {
     #[serde(with = "serde_bytes")]
     pub path: RelPath,
     pub mode: u32,
+    /// `u32::MAX` when the source keeps no owner.
     pub uid: u32,
     pub gid: u32,
     pub atime: Timestamp,
     pub mtime: Timestamp,
+    /// The directory's extended attributes, when both sides keep them; `None` leaves the
+    /// destination's alone.
+    #[serde(default)]
+    pub xattrs: Option<Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>>,
+}
+
+/// The kinds of shard. Each has one letter in shard ids (`{stage}{letter}-{hash}`), so that
+/// claimers choose by kind from keys alone; letters sort in claim-preference order within a
+/// stage: finish started files first, list last, which keeps the frontier small.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ShardKind {
+    Commit,
+    Part,
+    Transfer,
+    Prune,
+    Scan,
+    Links,
+    DirMeta,
+    Verify,
+}
+
+impl ShardKind {
+    pub const ALL: [ShardKind; 8] =
+        [ShardKind::Commit, ShardKind::Part, ShardKind::Transfer, ShardKind::Prune, ShardKind::Scan, ShardKind::Links, ShardKind::DirMeta, ShardKind::Verify];
+
+    pub fn letter(self) -> char {
+        match self {
+            ShardKind::Commit => 'a',
+            ShardKind::Part => 'b',
+            ShardKind::Transfer => 'c',
+            ShardKind::Prune => 'd',
+            ShardKind::Scan => 's',
+            ShardKind::Links => 'l',
+            ShardKind::DirMeta => 'm',
+            ShardKind::Verify => 'v',
+        }
+    }
+
+    pub fn stage(self) -> Stage {
+        match self {
+            ShardKind::Commit | ShardKind::Part | ShardKind::Transfer | ShardKind::Prune | ShardKind::Scan => Stage::Transfer,
+            ShardKind::Links => Stage::Links,
+            ShardKind::DirMeta => Stage::DirMeta,
+            ShardKind::Verify => Stage::Verify,
+        }
+    }
+
+    /// The kinds of a stage, in claim-preference order.
+    pub fn of_stage(stage: Stage) -> impl Iterator<Item = ShardKind> {
+        Self::ALL.into_iter().filter(move |k| k.stage() == stage)
+    }
+
+    /// Kinds that count as the transfer backlog for scan backpressure.
+    pub fn is_backlog(self) -> bool {
+        matches!(self, ShardKind::Commit | ShardKind::Part | ShardKind::Transfer)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -503,19 +596,16 @@ impl ShardBody {
             ShardBody::Verify { .. } => Stage::Verify,
         }
     }
-    /// One letter per kind, part of the shard id so that claimers can choose by kind from
-    /// keys alone. Letters sort in claim-preference order: finish started files first, list
-    /// last, which keeps the frontier small.
-    pub fn kind_letter(&self) -> char {
+    pub fn kind(&self) -> ShardKind {
         match self {
-            ShardBody::Commit { .. } => 'a',
-            ShardBody::Part { .. } => 'b',
-            ShardBody::Transfer { .. } => 'c',
-            ShardBody::Prune { .. } => 'd',
-            ShardBody::Scan { .. } => 's',
-            ShardBody::Links { .. } => 'l',
-            ShardBody::DirMeta { .. } => 'm',
-            ShardBody::Verify { .. } => 'v',
+            ShardBody::Commit { .. } => ShardKind::Commit,
+            ShardBody::Part { .. } => ShardKind::Part,
+            ShardBody::Transfer { .. } => ShardKind::Transfer,
+            ShardBody::Prune { .. } => ShardKind::Prune,
+            ShardBody::Scan { .. } => ShardKind::Scan,
+            ShardBody::Links { .. } => ShardKind::Links,
+            ShardBody::DirMeta { .. } => ShardKind::DirMeta,
+            ShardBody::Verify { .. } => ShardKind::Verify,
         }
     }
     pub fn is_scan(&self) -> bool {
@@ -538,7 +628,7 @@ impl Shard {
     pub fn child_id(parent: &str, seq: u64, body: &ShardBody) -> String {
         let h = ((crc32c::crc32c(parent.as_bytes()) as u64) << 32)
             | crc32c::crc32c_append(0x5bd1_e995, parent.as_bytes()) as u64;
-        format!("{}{}-{h:016x}.{seq:x}", body.stage().digit(), body.kind_letter())
+        format!("{}{}-{h:016x}.{seq:x}", body.stage().digit(), body.kind().letter())
     }
 
     pub fn new(id: String, body: ShardBody) -> Self {
@@ -565,6 +655,24 @@ pub struct PartSet {
     /// only up to [`MAX_PART_TAGS`] parts, to bound the value's size.
     #[serde(default)]
     pub part_tags: Vec<(u32, String)>,
+    /// The source file's metadata as the parts read it (mode, owner, times, extended
+    /// attributes), for the commit, which may run where the source is out of reach.
+    #[serde(default)]
+    pub source: Option<FileMeta>,
+}
+
+/// A file's metadata as it travels to an agent that cannot see the source.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMeta {
+    pub mode: u32,
+    /// `None` when the owner is not preserved.
+    pub owner: Option<(u32, u32)>,
+    pub atime: Timestamp,
+    pub mtime: Timestamp,
+    #[serde(default)]
+    pub xattrs: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
+    #[serde(default)]
+    pub tags: Option<String>,
 }
 
 /// Most part tags a [`PartSet`] keeps (about 40 bytes each).
@@ -627,15 +735,57 @@ impl EntryStatus {
     }
 }
 
-/// One line of the task report.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One line of the task report, with what DataSync's task reports carry: path, type, size,
+/// mtime, checksum, when it was handled, a status, and for a failure or a skip a stable code
+/// and a message. Lines travel with their shard's result through the Store; only the
+/// coordinator writes them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReportEntry {
+    #[serde(with = "serde_bytes")]
     pub path: RelPath,
     pub kind: EntryKind,
     pub status: EntryStatus,
+    #[serde(default)]
     pub reason: Option<String>,
+    /// A stable code for the reason (`CHECKSUM_MISMATCH`, `PATH_TOO_LONG`, ...).
+    #[serde(default)]
+    pub code: Option<String>,
     pub size: u64,
+    #[serde(default)]
     pub crc32c: Option<u32>,
+    #[serde(default)]
+    pub mtime: Option<Timestamp>,
+    /// When the entry was handled (Unix ms).
+    #[serde(default)]
+    pub at_ms: u64,
+}
+
+/// Report lines of one shard attempt, as stored beside its result (`report/{shard}@{attempt}.{n}`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportChunk {
+    pub entries: Vec<ReportEntry>,
+}
+
+/// Which report lines an execution's agents send to the coordinator.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReportLines {
+    /// No per-entry lines: no report, or a summary-only one.
+    #[default]
+    None,
+    /// Failures (and mismatches) only.
+    Errors,
+    /// Every entry.
+    All,
+}
+
+impl ReportLines {
+    pub fn wants(self, status: EntryStatus) -> bool {
+        match self {
+            ReportLines::None => false,
+            ReportLines::Errors => status == EntryStatus::Failed,
+            ReportLines::All => true,
+        }
+    }
 }
 
 impl ReportEntry {
@@ -648,8 +798,17 @@ impl ReportEntry {
             "size": self.size,
             "crc32c": self.crc32c.map(crate::crc::to_hex),
         });
+        if let Some(m) = &self.mtime {
+            v["mtime"] = serde_json::Value::String(format!("{}.{:09}", m.sec, m.nsec));
+        }
+        if self.at_ms > 0 {
+            v["handled_unix_ms"] = serde_json::Value::from(self.at_ms);
+        }
         if let Some(r) = &self.reason {
             v["reason"] = serde_json::Value::String(r.clone());
+        }
+        if let Some(c) = &self.code {
+            v["code"] = serde_json::Value::String(c.clone());
         }
         if std::str::from_utf8(&self.path).is_err() {
             v["path_encoding"] = serde_json::Value::String("escaped".into());

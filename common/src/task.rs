@@ -493,7 +493,8 @@ impl Task {
             source: self.source_location.clone(),
             destination: self.destination_location.clone(),
             options,
-            report_dir: None,
+            report_file: None,
+            report_lines: Default::default(),
             s3: S3Settings {
                 endpoint_url: self.s3.endpoint_url.clone(),
                 region: self.s3.region.clone(),

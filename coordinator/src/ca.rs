@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use ferry_worker::link::pki::{self, Ca, Identity};
+use ferry_worker::transport::link::pki::{self, Ca, Identity};
 
 use crate::cli::{connect, runtime, UsageError};
 

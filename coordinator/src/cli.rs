@@ -394,7 +394,7 @@ fn absolute(p: &Path) -> PathBuf {
 /// Checks an `s3://` location: the URI, then one request that fails the way the whole run
 /// would (missing bucket, refused credentials, wrong region, unreachable endpoint).
 fn check_s3(role: &str, uri: &str, settings: &S3Settings) -> Result<(), UsageError> {
-    use ferry_worker::storage::s3::S3Location;
+    use ferry_worker::location::s3::S3Location;
     let loc = S3Location::open(uri, settings).map_err(|e| UsageError(format!("{role} {}", e.message)))?;
     loc.probe().map_err(|e| UsageError(format!("{role}: {}", e.message)))
 }
@@ -402,7 +402,7 @@ fn check_s3(role: &str, uri: &str, settings: &S3Settings) -> Result<(), UsageErr
 /// Checks both locations and prepares a local destination; returns the locations as URIs or
 /// canonical paths.
 fn check_any_locations(mode: Mode, src_uri: &str, dst_uri: &str, dry_run: bool, s3: &S3Settings) -> Result<(String, String), UsageError> {
-    use ferry_worker::storage::is_object_uri;
+    use ferry_worker::location::is_object_uri;
     if !is_object_uri(src_uri) && !is_object_uri(dst_uri) {
         let (src, dst) = check_locations(mode, src_uri, dst_uri, dry_run)?;
         return Ok((src.to_string_lossy().into_owned(), dst.to_string_lossy().into_owned()));
@@ -509,7 +509,7 @@ fn new_execution_id() -> String {
 fn build_spec(mode: Mode, common: &CommonArgs, t: Option<&TransferArgs>) -> Result<ExecutionSpec, UsageError> {
     let mut options = Options {
         preserve_devices: !common.no_specials,
-        preserve_owner: ferry_worker::storage::local::sys::is_root(),
+        preserve_owner: ferry_worker::location::local::sys::is_root(),
         filters: Filters { include: common.include.clone(), exclude: common.exclude.clone() },
         limits: Limits::default(),
         remove_deleted: mode == Mode::Sync,
@@ -532,22 +532,17 @@ fn build_spec(mode: Mode, common: &CommonArgs, t: Option<&TransferArgs>) -> Resu
     }
     Matcher::new(&options.filters).map_err(|e| UsageError(e.to_string()))?;
     let s3 = common.s3.settings()?;
-    let link = link_settings(mode, common, &options)?;
+    let link = link_settings(common)?;
     let (source, destination) = if link.is_bound() {
         // The submitter may see neither side: each is checked by the agents that reach it.
         (bound_path("source", &common.source)?, bound_path("destination", &common.destination)?)
     } else {
         check_any_locations(mode, &common.source, &common.destination, options.dry_run, &s3)?
     };
-    if link.is_bound() {
-        // Large files cross a link as one file (resumable from the last chunk written)
-        // rather than as part shards, which need one agent that reaches both sides.
-        options.limits.part_threshold = u64::MAX;
-    }
-    Ok(ExecutionSpec { id: new_execution_id(), mode, source, destination, options, report_dir: None, s3, link, task: None, log_level: None })
+    Ok(ExecutionSpec { id: new_execution_id(), mode, source, destination, options, report_file: None, report_lines: Default::default(), s3, link, task: None, log_level: None })
 }
 
-fn link_settings(mode: Mode, common: &CommonArgs, options: &Options) -> Result<LinkSettings, UsageError> {
+fn link_settings(common: &CommonArgs) -> Result<LinkSettings, UsageError> {
     let a = &common.link;
     let link = LinkSettings { source_agents: a.source_agents.clone(), destination_agents: a.destination_agents.clone(), compress: a.compress, bytes_per_second: a.bwlimit.unwrap_or(0) };
     if !link.is_bound() {
@@ -561,12 +556,6 @@ fn link_settings(mode: Mode, common: &CommonArgs, options: &Options) -> Result<L
     if common.etcd.is_empty() {
         return Err(UsageError("--source-agents and --destination-agents bind locations to cluster agents: give --etcd (this host alone reaches both sides; drop the flags)".into()));
     }
-    if mode != Mode::Copy {
-        return Err(UsageError(format!("'ferry {}' with agent-bound locations is not supported yet: it needs one agent that reaches both sides (use 'ferry copy')", mode.as_str())));
-    }
-    if options.verify == VerifyMode::PointInTimeConsistent {
-        return Err(UsageError("--verify point-in-time-consistent with agent-bound locations is not supported yet (the default, only-files-transferred, checks each file at rest on the writer)".into()));
-    }
     for sel in link.source_agents.iter().chain(&link.destination_agents) {
         if sel.is_empty() {
             return Err(UsageError("an empty agent name in --source-agents or --destination-agents (give names or labels, comma-separated)".into()));
@@ -575,10 +564,12 @@ fn link_settings(mode: Mode, common: &CommonArgs, options: &Options) -> Result<L
     Ok(link)
 }
 
-/// A location bound to agents: an absolute local path on those agents.
+/// A location bound to agents: an absolute local path on those agents, or an object store
+/// only they reach (checked by them).
 fn bound_path(role: &str, uri: &str) -> Result<String, UsageError> {
-    if ferry_worker::storage::is_object_uri(uri) {
-        return Err(UsageError(format!("{role} {uri}: only local paths can be bound to agents (every agent reaches an object store directly; drop --source-agents/--destination-agents)")));
+    if ferry_worker::location::is_object_uri(uri) {
+        ferry_worker::location::s3::S3Url::parse(uri).map_err(|e| UsageError(format!("{role} {e}")))?;
+        return Ok(uri.to_string());
     }
     let path = parse_location(role, uri)?;
     if !path.is_absolute() {
@@ -640,18 +631,22 @@ pub fn run(cli: Cli) -> i32 {
         }
     };
     let progress = !common.no_progress && !common.json && std::io::stderr().is_terminal();
+    if let Some(path) = &common.report {
+        if let Err(msg) = crate::report::check_writable(path) {
+            eprintln!("ferry: error: {msg}");
+            return 2;
+        }
+    }
     let result = match cluster {
         None => {
             let cfg = RunConfig { spec, movers: common.movers as usize, report: common.report.clone(), progress };
             embedded::run(cfg)
         }
         Some((rt, store)) => {
-            spec.report_dir = common.report.as_ref().map(|r| {
-                let mut d = absolute(r).into_os_string();
-                d.push(".d");
-                d.to_string_lossy().into_owned()
-            });
-            rt.block_on(run_in_cluster(store, spec, common.report.clone(), progress)).map_err(|UsageError(msg)| msg)
+            // The leading coordinator writes the report; the lines reach it with the results.
+            spec.report_file = common.report.as_ref().map(|r| absolute(r).to_string_lossy().into_owned());
+            spec.report_lines = if spec.report_file.is_some() { ferry_common::model::ReportLines::All } else { Default::default() };
+            rt.block_on(run_in_cluster(store, spec, progress)).map_err(|UsageError(msg)| msg)
         }
     };
     let result = match result {
@@ -696,20 +691,11 @@ fn exit_on_usage(r: Result<(), UsageError>) -> i32 {
     }
 }
 
-async fn run_in_cluster(store: SharedStore, spec: ExecutionSpec, report: Option<PathBuf>, progress: bool) -> Result<RunResult, UsageError> {
-    if let Some(dir) = &spec.report_dir {
-        std::fs::create_dir_all(dir).map_err(|e| UsageError(format!("cannot create report directory {dir}: {e} (choose a writable path for --report)")))?;
-    }
+async fn run_in_cluster(store: SharedStore, spec: ExecutionSpec, progress: bool) -> Result<RunResult, UsageError> {
     let id = spec.id.clone();
-    let dir = spec.report_dir.clone();
     cluster::submit(&store, spec).await.map_err(|e| UsageError(format!("cannot submit the execution: {e}")))?;
     let exec = cluster::follow(&store, &id, Progress::new(progress)).await.map_err(UsageError)?;
-    let report_error = match (report, dir) {
-        (Some(path), Some(dir)) => cluster::merge_report(std::path::Path::new(&dir), &exec, &path)
-            .err()
-            .map(|e| format!("cannot write report {}: {e}", path.display())),
-        _ => None,
-    };
+    let report_error = exec.task_run.report_error.clone();
     Ok(RunResult { exec, report_error })
 }
 

@@ -6,59 +6,21 @@
 //! and its compare-and-swap on that record's revision keeps a stale leader from overwriting it.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_common::codec;
 use ferry_common::keys::{self, ExecKeys};
-use ferry_common::model::{Execution, ExecutionSpec};
+use ferry_common::model::{Execution, ExecutionSpec, WorkerInfo};
 use ferry_common::store::{Compare, LeaseId, RangeOptions, SharedStore, StoreError, Txn, TxnOp};
-use ferry_worker::node::WorkerInfo;
 use tokio::sync::watch;
 
-use std::sync::Arc;
-
 use crate::control::{ControlConfig, ControlPlane, LeaderState};
-use crate::driver::{CommitLog, DriverError, ExecutionDriver};
+use crate::driver::{DriverError, ExecutionDriver, SystemClock};
 use crate::progress::Progress;
-use crate::report::summary_json;
 
 /// How long a silent leader keeps leadership; a standby takes over within about this long.
 pub const LEADER_TTL: Duration = Duration::from_secs(5);
-/// How often the leader reconciles each execution.
-const TICK: Duration = Duration::from_millis(50);
-
-/// Appends committed (attempt, holder) pairs to this coordinator's file in the report dir.
-struct FileCommitLog {
-    out: BufWriter<std::fs::File>,
-}
-
-pub fn committed_file(dir: &Path, exec: &str, coordinator: &str) -> PathBuf {
-    dir.join(format!("{exec}.committed.{coordinator}.txt"))
-}
-
-impl CommitLog for FileCommitLog {
-    fn committed(&mut self, entries: &[(String, String)]) -> std::io::Result<()> {
-        for (shard, holder) in entries {
-            writeln!(self.out, "{shard}\t{holder}")?;
-        }
-        // Durable before the fold commits: the merge must never miss a committed attempt.
-        self.out.flush()?;
-        self.out.get_ref().sync_data()
-    }
-}
-
-async fn resume_driver(store: &SharedStore, exec_id: &str, name: &str) -> Result<Option<ExecutionDriver>, DriverError> {
-    let Some(driver) = ExecutionDriver::resume(store.clone(), exec_id).await? else { return Ok(None) };
-    let Some(dir) = driver.state.exec.spec.report_dir.clone() else { return Ok(Some(driver)) };
-    let path = committed_file(Path::new(&dir), exec_id, name);
-    let file = std::fs::create_dir_all(&dir)
-        .and_then(|_| OpenOptions::new().create(true).append(true).open(&path))
-        .map_err(|e| DriverError::Store(StoreError::Other(format!("cannot open {}: {e}", path.display()))))?;
-    Ok(Some(driver.with_commit_log(Box::new(FileCommitLog { out: BufWriter::new(file) }))))
-}
 
 /// Campaigns until this coordinator holds the leader key; returns its lease.
 async fn campaign(store: &SharedStore, name: &str, shutdown: &mut watch::Receiver<bool>) -> Option<LeaseId> {
@@ -109,7 +71,7 @@ pub async fn run_coordinator_with(control: Arc<ControlPlane>, name: String, mut 
     loop {
         let Some(lease) = campaign(&store, &name, &mut shutdown).await else { return };
         tracing::info!(coordinator = %name, "LeaderElected");
-        lead(&store, &control, &name, lease, &mut shutdown).await;
+        lead(&store, &control, lease, &mut shutdown).await;
         if *shutdown.borrow() {
             let _ = store.lease_revoke(lease).await;
             return;
@@ -136,15 +98,16 @@ async fn compact_history(store: &SharedStore) {
     }
 }
 
-async fn lead(store: &SharedStore, control: &ControlPlane, name: &str, lease: LeaseId, shutdown: &mut watch::Receiver<bool>) {
+async fn lead(store: &SharedStore, control: &ControlPlane, lease: LeaseId, shutdown: &mut watch::Receiver<bool>) {
     let mut drivers: HashMap<String, ExecutionDriver> = HashMap::new();
     let mut last_keepalive = tokio::time::Instant::now();
     let mut last_compaction = tokio::time::Instant::now();
     let mut last_control = tokio::time::Instant::now() - CONTROL_TICK;
     let mut control_state = LeaderState::default();
+    let tick = control.cfg.reconcile_every();
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(TICK) => {}
+            _ = tokio::time::sleep(tick) => {}
             _ = shutdown.changed() => {}
         }
         if *shutdown.borrow() {
@@ -182,7 +145,7 @@ async fn lead(store: &SharedStore, control: &ControlPlane, name: &str, lease: Le
         drivers.retain(|id, _| active.contains(id));
         for id in active {
             if !drivers.contains_key(&id) {
-                match resume_driver(store, &id, name).await {
+                match ExecutionDriver::resume(store.clone(), &id, Arc::new(SystemClock)).await {
                     Ok(Some(d)) => {
                         tracing::info!(execution = %id, "ExecutionResumed");
                         drivers.insert(id.clone(), d);
@@ -238,19 +201,25 @@ pub async fn follow(store: &SharedStore, exec_id: &str, mut progress: Progress) 
     let mut warned_no_leader = false;
     let mut cancel_sent = false;
     let mut failures_in_a_row = 0;
+    let meta_key = ExecKeys::new(exec_id).meta();
+    // Changes to the execution record wake the follower at once; a poll covers a watch that
+    // broke (an etcd restart).
+    let mut changes: Option<ferry_common::store::WatchStream> = None;
     loop {
-        if *cancel.borrow() && !cancel_sent {
-            if store.put(&ExecKeys::new(exec_id).cancel(), Vec::new(), None).await.is_ok() {
-                cancel_sent = true;
-            }
+        if *cancel.borrow() && !cancel_sent && store.put(&ExecKeys::new(exec_id).cancel(), Vec::new(), None).await.is_ok() {
+            cancel_sent = true;
         }
-        match read_execution(store, exec_id).await {
-            Ok(Some(exec)) => {
+        match store.get(&meta_key).await {
+            Ok(Some(kv)) => {
                 failures_in_a_row = 0;
+                let exec: Execution = codec::decode(&kv.value).map_err(|e| e.to_string())?;
                 progress.update(&exec);
                 if exec.phase.is_terminal() {
                     progress.clear();
                     return Ok(exec);
+                }
+                if changes.is_none() {
+                    changes = store.watch(&meta_key, kv.mod_revision + 1).await.ok();
                 }
             }
             Ok(None) => return Err(format!("execution {exec_id} is gone from the coordination store")),
@@ -268,61 +237,22 @@ pub async fn follow(store: &SharedStore, exec_id: &str, mut progress: Progress) 
                 warned_no_leader = true;
             }
         }
+        let changed = async {
+            match changes.as_mut() {
+                Some(stream) => futures::StreamExt::next(stream).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             _ = cancel.changed() => {}
-        }
-    }
-}
-
-/// Merges the workers' tagged report lines into one report, keeping exactly the lines of
-/// committed shard attempts, then appends the summary. Returns (entries written, dropped).
-pub fn merge_report(dir: &Path, exec: &Execution, out_path: &Path) -> std::io::Result<(u64, u64)> {
-    let id = &exec.spec.id;
-    let mut committed: HashSet<(String, String)> = HashSet::new();
-    let mut entry_files = Vec::new();
-    for ent in std::fs::read_dir(dir)? {
-        let path = ent?.path();
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if name.starts_with(&format!("{id}.committed.")) {
-            for line in BufReader::new(std::fs::File::open(&path)?).lines() {
-                if let Some((shard, holder)) = line?.split_once('\t') {
-                    committed.insert((shard.to_string(), holder.to_string()));
+            ev = changed => {
+                if !matches!(ev, Some(Ok(_))) {
+                    changes = None;
                 }
             }
-        } else if name.starts_with(&format!("{id}.entries.")) {
-            entry_files.push(path);
         }
     }
-    entry_files.sort();
-    let mut out = BufWriter::new(std::fs::File::create(out_path)?);
-    let (mut kept, mut dropped) = (0, 0);
-    for path in entry_files {
-        for line in BufReader::new(std::fs::File::open(&path)?).lines() {
-            let line = line?;
-            // A worker killed mid-write leaves a torn last line; its shard never committed.
-            let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                dropped += 1;
-                continue;
-            };
-            let key = (v["shard"].as_str().unwrap_or("").to_string(), v["holder"].as_str().unwrap_or("").to_string());
-            if committed.contains(&key) {
-                if let Some(o) = v.as_object_mut() {
-                    o.remove("shard");
-                    o.remove("holder");
-                }
-                serde_json::to_writer(&mut out, &v)?;
-                out.write_all(b"\n")?;
-                kept += 1;
-            } else {
-                dropped += 1;
-            }
-        }
-    }
-    serde_json::to_writer(&mut out, &summary_json(exec))?;
-    out.write_all(b"\n")?;
-    out.flush()?;
-    Ok((kept, dropped))
 }
 
 pub async fn list_workers(store: &SharedStore) -> Result<Vec<WorkerInfo>, DriverError> {

@@ -78,6 +78,7 @@ pub fn resolve(args: &CoordinatorArgs, cfg: &DaemonConfig, default_name: String)
         // A single host's workers share its disk: its data directory serves.
         report_work_dir: args.report_work_dir.clone().or(c.report_work_dir.clone()).or_else(|| data_dir.as_ref().map(|d| d.join("report-work"))),
         clock: Arc::new(SystemClock),
+        reconcile_every: ControlConfig::default().reconcile_every,
     };
     if let Some(url) = &control.webhook {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -145,7 +146,7 @@ pub fn run(s: DaemonSettings) -> i32 {
             let _ = tx.send(true);
         });
         let agent = single_host.then(|| {
-            let cfg = AgentConfig { name: format!("{}-local", s.name), movers: s.movers, lease_ttl: Duration::from_secs(10), labels: vec![], link: None };
+            let cfg = AgentConfig { name: format!("{}-local", s.name), movers: s.movers, lease_ttl: Duration::from_secs(10), labels: vec![], link: None, poll: ferry_worker::agent::POLL };
             let store = store.clone();
             let rx = rx.clone();
             actix_rt::spawn(async move { run_agent(store, cfg, Arc::new(Default::default()), None, rx).await })

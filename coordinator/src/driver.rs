@@ -1,22 +1,40 @@
 //! The execution state machine and the reconciler.
 //!
 //! [`Reconciler`] is pure: it folds shard results into counters and decides, from counts the
-//! caller reads, when a stage is over and how the execution ends. [`ExecutionDriver`] feeds
-//! it from the Store and writes its decisions back. Both see only the Store trait, so the same
-//! code drives embedded mode and a cluster.
+//! caller reads and the time it is given, when a stage is over and how the execution ends.
+//! [`ExecutionDriver`] feeds it from the Store and writes its decisions back, and appends the
+//! report lines that travel with the results to the execution's report. Both see only the
+//! Store trait, so the same code drives `ferry copy` on one host and a cluster.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ferry_common::codec;
 use ferry_common::keys::ExecKeys;
 use ferry_common::model::{
-    Counters, Execution, ExecutionSpec, Mode, PartSet, Phase, ScanDir, Shard, ShardBody, ShardResult, Stage, VerifyMode,
+    Counters, Execution, ExecutionSpec, Mode, PartSet, Phase, ReportChunk, ScanDir, Shard, ShardBody, ShardKind, ShardResult, Stage, VerifyMode,
 };
-use ferry_common::task::Event;
 use ferry_common::store::{Compare, RangeOptions, SharedStore, StoreError, Txn, TxnOp};
+use ferry_common::task::Event;
+
+use crate::report::ReportFile;
 
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Where time comes from, so tests can run the reconciler and schedules on a clock they
+/// control.
+pub trait Clock: Send + Sync + 'static {
+    fn now_ms(&self) -> u64;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,9 +66,9 @@ pub enum Step {
 }
 
 impl Reconciler {
-    pub fn new(spec: ExecutionSpec) -> Self {
+    pub fn new(spec: ExecutionSpec, now_ms: u64) -> Self {
         let phase = if spec.mode == Mode::Verify { Phase::Verifying } else { Phase::Preparing };
-        Self::in_phase(spec, phase, now_ms())
+        Self::in_phase(spec, phase, now_ms)
     }
 
     /// A task execution waiting for its turn (TaskQueueing), not yet in the Store's frontier.
@@ -72,6 +90,7 @@ impl Reconciler {
             failures: Vec::new(),
             phases: Vec::new(),
             task_run: Default::default(),
+            report_bytes: 0,
         };
         exec.set_phase(phase, now_ms);
         Reconciler { exec }
@@ -102,13 +121,13 @@ impl Reconciler {
         }
     }
 
-    /// Called with the number of shards still queued in the current stage, and the number
-    /// of scan shards queued (to know when listing is complete).
-    pub fn next_step(&mut self, queued_in_stage: usize, queued_scans: usize) -> Step {
+    /// Called with the number of shards still queued in the current stage, the number of
+    /// scan shards queued (to know when listing is complete), and the time.
+    pub fn next_step(&mut self, queued_in_stage: usize, queued_scans: usize, now_ms: u64) -> Step {
         if self.exec.stage == Stage::Transfer && queued_scans == 0 && !self.exec.listing_done {
             self.exec.listing_done = true;
             if self.exec.phase != Phase::Verifying {
-                self.exec.set_phase(Phase::Transferring, now_ms());
+                self.exec.set_phase(Phase::Transferring, now_ms);
             }
         }
         if queued_in_stage > 0 {
@@ -126,7 +145,7 @@ impl Reconciler {
                 self.exec.stage = stage;
                 let seed = (stage == Stage::Verify).then(|| ShardBody::Verify { dirs: vec![ScanDir { path: Vec::new(), cookie: None, after: None, included: false }] });
                 if stage == Stage::Verify {
-                    self.exec.set_phase(Phase::Verifying, now_ms());
+                    self.exec.set_phase(Phase::Verifying, now_ms);
                 }
                 Step::Enter { stage, seed }
             }
@@ -161,24 +180,18 @@ impl Reconciler {
 }
 
 /// The event recording that `exec` entered its current phase.
-pub fn phase_event(exec: &Execution) -> Result<TxnOp, DriverError> {
+pub fn phase_event(exec: &Execution, now_ms: u64) -> Result<TxnOp, DriverError> {
     let phase = exec.phase;
     let kind = if phase.is_terminal() { "ExecutionFinished" } else { "ExecutionPhase" };
     let mut message = phase.as_str().to_string();
     if let Some(e) = exec.error.as_deref().filter(|_| phase.is_terminal()) {
         message = format!("{message}: {e}");
     }
-    let mut ev = Event::new(now_ms(), kind, message).execution(&exec.spec.id);
+    let mut ev = Event::new(now_ms, kind, message).execution(&exec.spec.id);
     if let Some(t) = &exec.spec.task {
         ev = ev.task(t);
     }
     Ok(TxnOp::put(ev.key(), codec::encode(&ev)?))
-}
-
-/// Receives the (shard attempt, holder) of every folded result before the fold commits, so
-/// the report merge can keep exactly the lines of committed attempts (cluster mode).
-pub trait CommitLog: Send + Sync {
-    fn committed(&mut self, entries: &[(String, String)]) -> std::io::Result<()>;
 }
 
 /// Drives one execution through the Store.
@@ -187,19 +200,28 @@ pub struct ExecutionDriver {
     keys: ExecKeys,
     pub state: Reconciler,
     meta_revision: i64,
-    commit_log: Option<Box<dyn CommitLog>>,
+    clock: Arc<dyn Clock>,
+    /// The execution's report, opened at the first fold (cut back to what the record says
+    /// was folded, so a coordinator that takes over writes each line once).
+    report: Option<ReportFile>,
     /// The phase last written, so each phase change is recorded as an event once.
     written_phase: Phase,
 }
 
-/// Done records folded per transaction; keeps each transaction well within etcd's limits.
-const FOLD_BATCH: usize = 100;
+/// Done records folded per transaction: each takes two operations (its result and its report
+/// lines), which keeps a fold within etcd's 128 operations per transaction.
+const FOLD_BATCH: usize = 60;
 
 impl ExecutionDriver {
     /// Writes the execution and its root shard.
     pub async fn start(store: SharedStore, spec: ExecutionSpec) -> Result<Self, DriverError> {
+        Self::start_with(store, spec, Arc::new(SystemClock)).await
+    }
+
+    /// [`ExecutionDriver::start`] on a given clock.
+    pub async fn start_with(store: SharedStore, spec: ExecutionSpec, clock: Arc<dyn Clock>) -> Result<Self, DriverError> {
         let keys = ExecKeys::new(&spec.id);
-        let state = Reconciler::new(spec);
+        let state = Reconciler::new(spec, clock.now_ms());
         let root = state.root_shard();
         let id = state.exec.spec.id.clone();
         let txn = Txn::new().when([Compare::absent(keys.meta())]).and_then([
@@ -213,28 +235,55 @@ impl ExecutionDriver {
             return Err(DriverError::Store(StoreError::Other(format!("execution {id} already exists"))));
         }
         let written_phase = state.exec.phase;
-        Ok(ExecutionDriver { store, keys, state, meta_revision: r.revision, commit_log: None, written_phase })
+        Ok(ExecutionDriver { store, keys, state, meta_revision: r.revision, clock, report: None, written_phase })
     }
 
     /// Picks up a running execution where the previous driver (a failed leader) left it.
-    pub async fn resume(store: SharedStore, exec_id: &str) -> Result<Option<Self>, DriverError> {
+    pub async fn resume(store: SharedStore, exec_id: &str, clock: Arc<dyn Clock>) -> Result<Option<Self>, DriverError> {
         let keys = ExecKeys::new(exec_id);
         let Some(kv) = store.get(&keys.meta()).await? else { return Ok(None) };
         let exec: Execution = codec::decode(&kv.value)?;
         let written_phase = exec.phase;
-        Ok(Some(ExecutionDriver { store, keys, state: Reconciler { exec }, meta_revision: kv.mod_revision, commit_log: None, written_phase }))
+        Ok(Some(ExecutionDriver { store, keys, state: Reconciler { exec }, meta_revision: kv.mod_revision, clock, report: None, written_phase }))
     }
 
-    pub fn with_commit_log(mut self, log: Box<dyn CommitLog>) -> Self {
-        self.commit_log = Some(log);
-        self
+    fn now(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// The report, opened and cut back to what was folded; `None` without one, or once it
+    /// could not be written (the error is on the execution, and the transfer goes on).
+    fn report(&mut self) -> Option<&mut ReportFile> {
+        let exec = &mut self.state.exec;
+        if self.report.is_none() && exec.task_run.report_error.is_none() {
+            if let Some(path) = &exec.spec.report_file {
+                match ReportFile::open(std::path::Path::new(path), exec.report_bytes) {
+                    Ok(file) => self.report = Some(file),
+                    Err(e) => exec.task_run.report_error = Some(format!("cannot write the report {path}: {e} (choose a writable path)")),
+                }
+            }
+        }
+        self.report.as_mut()
+    }
+
+    /// Appends to the report with `write`; a failure gives the report up and says so.
+    fn write_report(&mut self, write: impl FnOnce(&mut ReportFile) -> std::io::Result<u64>) {
+        let Some(report) = self.report() else { return };
+        let path = report.path().display().to_string();
+        match write(report) {
+            Ok(len) => self.state.exec.report_bytes = len,
+            Err(e) => {
+                self.report = None;
+                self.state.exec.task_run.report_error = Some(format!("cannot write the report {path}: {e}"));
+            }
+        }
     }
 
     async fn write_meta(&mut self, mut extra: Vec<TxnOp>) -> Result<(), DriverError> {
         extra.push(TxnOp::put(self.keys.meta(), codec::encode(&self.state.exec)?));
         let phase = self.state.exec.phase;
         if phase != self.written_phase {
-            extra.push(phase_event(&self.state.exec)?);
+            extra.push(phase_event(&self.state.exec, self.now())?);
             if self.state.exec.spec.log_level != Some(ferry_common::task::LogLevelOpt::Off) {
                 tracing::info!(execution = %self.state.exec.spec.id, task = self.state.exec.spec.task.as_deref().unwrap_or(""), phase = phase.as_str(), error = self.state.exec.error.as_deref().unwrap_or(""), "ExecutionPhase");
             }
@@ -249,30 +298,38 @@ impl ExecutionDriver {
         Ok(())
     }
 
-    /// Folds finished shards' results into the execution's counters, in batches.
+    /// Folds finished shards' results into the execution's counters, and their report lines
+    /// into its report, in batches. The lines are made durable before the fold commits, and
+    /// the fold records how long the report now is: lines of a fold that did not commit are
+    /// cut off again, so each line is written exactly once.
     async fn fold_results(&mut self) -> Result<(), DriverError> {
         loop {
             let done = self.store.range(&self.keys.done_prefix(), RangeOptions { limit: FOLD_BATCH, ..Default::default() }).await?;
             if done.kvs.is_empty() {
                 break;
             }
-            let mut deletes = Vec::with_capacity(done.kvs.len());
-            let mut committed = Vec::with_capacity(done.kvs.len());
+            let mut deletes = Vec::with_capacity(2 * done.kvs.len());
+            let mut lines = Vec::new();
             let before = self.state.exec.clone();
             for kv in &done.kvs {
                 let result: ShardResult = codec::decode(&kv.value)?;
                 self.state.fold(&result);
-                committed.push((ExecKeys::shard_of(&kv.key).to_string(), result.holder.clone()));
-                deletes.push(TxnOp::delete(kv.key.clone()));
-            }
-            if let Some(log) = self.commit_log.as_mut() {
-                if let Err(e) = log.committed(&committed) {
-                    self.state.exec = before;
-                    return Err(DriverError::Store(StoreError::Unavailable(format!("cannot record committed shards in the report directory: {e}"))));
+                let attempt = ExecKeys::shard_of(&kv.key).to_string();
+                let report = self.keys.report_of(&attempt);
+                for chunk in self.store.range(&report, RangeOptions::default()).await?.kvs {
+                    lines.extend(codec::decode::<ReportChunk>(&chunk.value)?.entries);
                 }
+                deletes.push(TxnOp::delete(kv.key.clone()));
+                deletes.push(TxnOp::DeletePrefix { prefix: report });
+            }
+            if !lines.is_empty() {
+                self.write_report(|r| r.append(&lines));
             }
             if let Err(e) = self.write_meta(deletes).await {
                 // Not folded: the results stay in the Store for the next round (or leader).
+                if let Some(report) = self.report.as_mut() {
+                    report.cut(before.report_bytes);
+                }
                 self.state.exec = before;
                 return Err(e);
             }
@@ -299,7 +356,8 @@ impl ExecutionDriver {
             let claimed = self.store.count(&self.keys.claim_prefix()).await? + self.store.count(&self.keys.done_prefix()).await?;
             if claimed > 0 {
                 let working = self.state.working_phase();
-                self.state.exec.set_phase(working, now_ms());
+                let now = self.now();
+                self.state.exec.set_phase(working, now);
                 self.write_meta(Vec::new()).await?;
             } else if let Some(why) = self.no_agent_can_run().await? {
                 self.state.exec.error = Some(why);
@@ -313,10 +371,11 @@ impl ExecutionDriver {
         // in between dequeue itself unseen and its result would never be folded.
         let stage = self.state.exec.stage;
         let queued = self.store.count(&self.keys.queue_stage(stage)).await?;
-        let scans = self.store.count(&self.keys.queue_kind(Stage::Transfer, 's')).await?;
+        let scans = self.store.count(&self.keys.queue_kind(ShardKind::Scan)).await?;
         self.fold_results().await?;
         let before = (self.state.exec.phase, self.state.exec.listing_done);
-        match self.state.next_step(queued, scans) {
+        let now = self.now();
+        match self.state.next_step(queued, scans, now) {
             Step::Wait => {
                 if before != (self.state.exec.phase, self.state.exec.listing_done) {
                     self.write_meta(Vec::new()).await?;
@@ -355,9 +414,13 @@ impl ExecutionDriver {
         if phase != Phase::Success {
             self.abort_uploads().await;
         }
-        let now = now_ms();
+        let now = self.now();
+        let before = self.state.exec.clone();
         self.state.exec.set_phase(phase, now);
         self.state.exec.finished_unix_ms = Some(now);
+        // The report is complete, its summary last, before the execution is seen to end.
+        let summary = crate::report::summary_json(&self.state.exec);
+        self.write_report(|r| r.finish(&summary));
         // Only the execution record outlives the run: the frontier keys are gone.
         let mut ops = vec![
             TxnOp::delete(ferry_common::keys::active(&self.state.exec.spec.id)),
@@ -373,7 +436,15 @@ impl ExecutionDriver {
             // The control plane still owes it a report and its schedule's accounting.
             ops.push(TxnOp::put(ferry_common::keys::finished(&self.state.exec.spec.id), Vec::new()));
         }
-        self.write_meta(ops).await
+        ops.push(TxnOp::DeletePrefix { prefix: self.keys.report_prefix() });
+        if let Err(e) = self.write_meta(ops).await {
+            if let Some(report) = self.report.as_mut() {
+                report.cut(before.report_bytes);
+            }
+            self.state.exec = before;
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Aborts the multipart uploads of large files the execution did not finish (cancelled or
@@ -381,7 +452,7 @@ impl ExecutionDriver {
     /// and the next run would resume or abort them anyway.
     async fn abort_uploads(&self) {
         let spec = self.state.exec.spec.clone();
-        if !ferry_worker::storage::is_object_uri(&spec.destination) {
+        if !ferry_worker::location::is_object_uri(&spec.destination) {
             return;
         }
         let Ok(sets) = self.store.range(&self.keys.parts_prefix(), RangeOptions::default()).await else { return };
@@ -395,7 +466,7 @@ impl ExecutionDriver {
             return;
         }
         let aborted = tokio::task::spawn_blocking(move || {
-            let dst = ferry_worker::storage::open(&spec.destination, &spec)?;
+            let dst = ferry_worker::location::open(&spec.destination, &spec)?;
             for (path, id) in &uploads {
                 dst.abort_multipart(path, id)?;
             }
@@ -425,7 +496,7 @@ mod tests {
     use ferry_common::model::Options;
 
     fn spec(mode: Mode, verify: VerifyMode) -> ExecutionSpec {
-        ExecutionSpec { id: "e1".into(), mode, source: "/a".into(), destination: "/b".into(), options: Options { verify, ..Options::default() }, report_dir: None, s3: Default::default(), link: Default::default(), task: None, log_level: None }
+        ExecutionSpec { id: "e1".into(), mode, source: "/a".into(), destination: "/b".into(), options: Options { verify, ..Options::default() }, report_file: None, report_lines: Default::default(), s3: Default::default(), link: Default::default(), task: None, log_level: None }
     }
 
     fn result(prepared: u64, transferred: u64, failed: u64) -> ShardResult {
@@ -434,22 +505,22 @@ mod tests {
 
     #[test]
     fn stages_advance_only_when_their_queue_is_empty() {
-        let mut r = Reconciler::new(spec(Mode::Copy, VerifyMode::OnlyFilesTransferred));
-        assert_eq!(r.next_step(5, 2), Step::Wait);
+        let mut r = Reconciler::new(spec(Mode::Copy, VerifyMode::OnlyFilesTransferred), 0);
+        assert_eq!(r.next_step(5, 2, 1), Step::Wait);
         assert_eq!(r.exec.phase, Phase::Preparing);
-        assert_eq!(r.next_step(3, 0), Step::Wait);
+        assert_eq!(r.next_step(3, 0, 2), Step::Wait);
         assert_eq!(r.exec.phase, Phase::Transferring, "listing done once no scan shard is queued");
-        assert_eq!(r.next_step(0, 0), Step::Enter { stage: Stage::Links, seed: None });
-        assert_eq!(r.next_step(0, 0), Step::Enter { stage: Stage::DirMeta, seed: None });
-        assert_eq!(r.next_step(0, 0), Step::Finish(Phase::Success), "verify stage skipped without POINT_IN_TIME_CONSISTENT");
+        assert_eq!(r.next_step(0, 0, 3), Step::Enter { stage: Stage::Links, seed: None });
+        assert_eq!(r.next_step(0, 0, 3), Step::Enter { stage: Stage::DirMeta, seed: None });
+        assert_eq!(r.next_step(0, 0, 3), Step::Finish(Phase::Success), "verify stage skipped without POINT_IN_TIME_CONSISTENT");
     }
 
     #[test]
     fn point_in_time_consistent_seeds_a_verify_pass() {
-        let mut r = Reconciler::new(spec(Mode::Copy, VerifyMode::PointInTimeConsistent));
-        r.next_step(0, 0);
-        r.next_step(0, 0);
-        match r.next_step(0, 0) {
+        let mut r = Reconciler::new(spec(Mode::Copy, VerifyMode::PointInTimeConsistent), 0);
+        r.next_step(0, 0, 3);
+        r.next_step(0, 0, 3);
+        match r.next_step(0, 0, 3) {
             Step::Enter { stage: Stage::Verify, seed: Some(ShardBody::Verify { .. }) } => {}
             other => panic!("expected a verify stage, got {other:?}"),
         }
@@ -458,22 +529,22 @@ mod tests {
 
     #[test]
     fn every_prepared_entry_must_be_accounted_for() {
-        let mut r = Reconciler::new(spec(Mode::Copy, VerifyMode::None));
+        let mut r = Reconciler::new(spec(Mode::Copy, VerifyMode::None), 0);
         r.fold(&result(10, 9, 0));
         r.exec.stage = Stage::DirMeta;
-        assert_eq!(r.next_step(0, 0), Step::Finish(Phase::Error));
+        assert_eq!(r.next_step(0, 0, 3), Step::Finish(Phase::Error));
         assert!(r.exec.error.as_deref().unwrap().contains("accounting mismatch"));
     }
 
     #[test]
     fn failures_end_in_error_and_clean_runs_in_success() {
-        let mut r = Reconciler::new(spec(Mode::Copy, VerifyMode::None));
+        let mut r = Reconciler::new(spec(Mode::Copy, VerifyMode::None), 0);
         r.fold(&result(10, 9, 1));
         r.exec.stage = Stage::DirMeta;
-        assert_eq!(r.next_step(0, 0), Step::Finish(Phase::Error));
-        let mut ok = Reconciler::new(spec(Mode::Copy, VerifyMode::None));
+        assert_eq!(r.next_step(0, 0, 3), Step::Finish(Phase::Error));
+        let mut ok = Reconciler::new(spec(Mode::Copy, VerifyMode::None), 0);
         ok.fold(&result(10, 10, 0));
         ok.exec.stage = Stage::DirMeta;
-        assert_eq!(ok.next_step(0, 0), Step::Finish(Phase::Success));
+        assert_eq!(ok.next_step(0, 0, 3), Step::Finish(Phase::Success));
     }
 }

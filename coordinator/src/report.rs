@@ -1,17 +1,14 @@
 //! Task reports and the summary.
 //!
-//! The report is JSON Lines: one `{"type":"entry",...}` line per entry as shards complete, then
-//! one `{"type":"summary",...}` line. Writing happens on a dedicated sync actor thread so the
-//! actors that move data never block on the report file.
+//! The report is JSON Lines: one `{"type":"entry",...}` line per entry as results are folded,
+//! then one `{"type":"summary",...}` line. The lines travel with the shard results through the
+//! Store; the coordinator alone writes them, so agents share no directory.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use actix::prelude::*;
 use ferry_common::model::{Counters, Execution, ReportEntry};
 use ferry_common::paths;
-use ferry_worker::report::{ReportSink, ShardTag};
 
 /// The end-of-run summary, printed with `--json` and written as the report's last line.
 pub fn summary_json(exec: &Execution) -> serde_json::Value {
@@ -50,75 +47,67 @@ pub fn summary_json(exec: &Execution) -> serde_json::Value {
     })
 }
 
-/// Writes the report file. Runs in a SyncArbiter thread: file writes block.
-pub struct ReportWriter {
+/// An execution's report, written only by the coordinator: one JSON line per entry as
+/// results are folded, then the summary. It is cut back to the length the execution record
+/// says was folded whenever it is opened, so a coordinator that takes over (or a fold that did
+/// not commit) never leaves a line twice.
+pub struct ReportFile {
     path: PathBuf,
-    out: Option<BufWriter<File>>,
-    error: Option<String>,
+    file: File,
+    len: u64,
 }
 
-impl ReportWriter {
-    /// Creates (truncates) the report file up front, so a bad path fails before any copying.
-    pub fn create(path: PathBuf) -> Result<Self, String> {
-        let file = File::create(&path).map_err(|e| format!("cannot write report {}: {e} (choose a writable path for --report)", path.display()))?;
-        Ok(ReportWriter { path, out: Some(BufWriter::with_capacity(256 * 1024, file)), error: None })
+impl ReportFile {
+    /// Opens (creating) the report at `path`, cut back to `committed` bytes.
+    pub fn open(path: &Path, committed: u64) -> std::io::Result<ReportFile> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+        let len = file.metadata()?.len().min(committed);
+        file.set_len(len)?;
+        Ok(ReportFile { path: path.to_path_buf(), file, len })
     }
 
-    fn write_line(&mut self, value: &serde_json::Value) {
-        if let Some(out) = self.out.as_mut() {
-            let r = serde_json::to_writer(&mut *out, value).map_err(std::io::Error::from).and_then(|_| out.write_all(b"\n"));
-            if let Err(e) = r {
-                self.error = Some(format!("cannot write report {}: {e}", self.path.display()));
-                self.out = None;
-            }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn write(&mut self, text: &[u8]) -> std::io::Result<u64> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(text, self.len)?;
+        self.file.sync_data()?;
+        self.len += text.len() as u64;
+        Ok(self.len)
+    }
+
+    /// Appends entry lines and makes them durable; returns the report's new length.
+    pub fn append(&mut self, entries: &[ReportEntry]) -> std::io::Result<u64> {
+        let mut text = Vec::with_capacity(entries.len() * 160);
+        for e in entries {
+            serde_json::to_writer(&mut text, &e.to_json())?;
+            text.push(b'\n');
+        }
+        self.write(&text)
+    }
+
+    /// Appends the summary line; returns the report's final length.
+    pub fn finish(&mut self, summary: &serde_json::Value) -> std::io::Result<u64> {
+        let mut text = serde_json::to_vec(summary)?;
+        text.push(b'\n');
+        self.write(&text)
+    }
+
+    /// Cuts off what was appended past `len` (a fold that did not commit).
+    pub fn cut(&mut self, len: u64) {
+        if len < self.len && self.file.set_len(len).is_ok() {
+            self.len = len;
         }
     }
 }
 
-impl Actor for ReportWriter {
-    type Context = SyncContext<Self>;
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Lines(pub Vec<ReportEntry>);
-
-impl Handler<Lines> for ReportWriter {
-    type Result = ();
-    fn handle(&mut self, msg: Lines, _: &mut SyncContext<Self>) {
-        for e in &msg.0 {
-            self.write_line(&e.to_json());
-        }
-    }
-}
-
-/// Writes the summary line, flushes and syncs; answers with an error if any write failed.
-#[derive(Message)]
-#[rtype(result = "Result<(), String>")]
-pub struct Finish(pub serde_json::Value);
-
-impl Handler<Finish> for ReportWriter {
-    type Result = Result<(), String>;
-    fn handle(&mut self, msg: Finish, _: &mut SyncContext<Self>) -> Result<(), String> {
-        self.write_line(&msg.0);
-        if let Some(mut out) = self.out.take() {
-            let r = out.flush().and_then(|_| out.get_ref().sync_all());
-            if let Err(e) = r {
-                self.error = Some(format!("cannot write report {}: {e}", self.path.display()));
-            }
-        }
-        match self.error.take() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-}
-
-/// The movers' view of the report writer.
-pub struct ActorSink(pub Addr<ReportWriter>);
-
-impl ReportSink for ActorSink {
-    fn record(&self, _tag: &ShardTag, entries: Vec<ReportEntry>) {
-        self.0.do_send(Lines(entries));
-    }
+/// Checks up front that a report can be written at `path`, so a bad path fails before any
+/// copying.
+pub fn check_writable(path: &Path) -> Result<(), String> {
+    std::fs::File::create(path).map(|_| ()).map_err(|e| format!("cannot write report {}: {e} (choose a writable path for --report)", path.display()))
 }

@@ -210,7 +210,7 @@ impl LocalCluster {
     }
 
     fn issue_certificates(&self) -> Result<()> {
-        use ferry_worker::link::pki;
+        use ferry_worker::transport::link::pki;
         let ca_dir = self.o.work.join("ca");
         let _ = std::fs::remove_dir_all(&ca_dir);
         pki::init_ca(&ca_dir).map_err(|e| run_err(e.to_string()))?;

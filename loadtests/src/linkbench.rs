@@ -276,7 +276,7 @@ fn check_copy(src: &Path, dst: &Path) -> Result<()> {
 
 /// `ferry-load tls-sink`: accepts one TLS connection and writes the files it carries.
 pub fn tls_sink(listen: &str, dir: &Path, tls: &Path) -> Result<()> {
-    let id = ferry_worker::link::pki::Identity::load(tls).map_err(|e| run_err(e.to_string()))?;
+    let id = ferry_worker::transport::link::pki::Identity::load(tls).map_err(|e| run_err(e.to_string()))?;
     let cfg = Arc::new(id.server_tls().map_err(|e| run_err(e.to_string()))?);
     let l = TcpListener::bind(listen).map_err(|e| run_err(format!("listen {listen}: {e}")))?;
     let (sock, _) = l.accept().map_err(|e| run_err(e.to_string()))?;
@@ -311,7 +311,7 @@ pub fn tls_sink(listen: &str, dir: &Path, tls: &Path) -> Result<()> {
 
 /// `ferry-load tls-send`: sends every file under `dir` over one TLS connection.
 pub fn tls_send(connect: &str, dir: &Path, tls: &Path) -> Result<()> {
-    let id = ferry_worker::link::pki::Identity::load(tls).map_err(|e| run_err(e.to_string()))?;
+    let id = ferry_worker::transport::link::pki::Identity::load(tls).map_err(|e| run_err(e.to_string()))?;
     let cfg = Arc::new(id.client_tls().map_err(|e| run_err(e.to_string()))?);
     let sock = TcpStream::connect(connect).map_err(|e| run_err(format!("connect {connect}: {e}")))?;
     let name = rustls::pki_types::ServerName::try_from("dst1").expect("valid").to_owned();
@@ -518,11 +518,11 @@ pub fn run(o: &LinkBenchOptions) -> Result<Vec<ToolRun>> {
     // Certificates for both agents (and for the TLS reference stream).
     let ca_dir = o.work.join("ca");
     let _ = std::fs::remove_dir_all(&ca_dir);
-    ferry_worker::link::pki::init_ca(&ca_dir).map_err(|e| run_err(e.to_string()))?;
-    let ca = ferry_worker::link::pki::Ca::load(&ca_dir).map_err(|e| run_err(e.to_string()))?;
+    ferry_worker::transport::link::pki::init_ca(&ca_dir).map_err(|e| run_err(e.to_string()))?;
+    let ca = ferry_worker::transport::link::pki::Ca::load(&ca_dir).map_err(|e| run_err(e.to_string()))?;
     for (name, dir) in [("src1", "tls-src"), ("dst1", "tls-dst")] {
         let _ = std::fs::remove_dir_all(o.work.join(dir));
-        ferry_worker::link::pki::Identity::issue(&ca, name, 2).and_then(|id| id.save(&o.work.join(dir))).map_err(|e| run_err(e.to_string()))?;
+        ferry_worker::transport::link::pki::Identity::issue(&ca, name, 2).and_then(|id| id.save(&o.work.join(dir))).map_err(|e| run_err(e.to_string()))?;
     }
     // etcd and a coordinator on the source side.
     let etcd_url = format!("http://{}:23950", sites.src_addr());

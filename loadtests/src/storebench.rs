@@ -13,7 +13,7 @@ use ferry_common::keys::ExecKeys;
 use ferry_common::model::{Shard, ShardBody, Stage};
 use ferry_common::store::{EtcdStore, MemStore, SharedStore};
 use ferry_common::testing::EtcdServer;
-use ferry_worker::exec::Outcome;
+use ferry_worker::engine::Outcome;
 use ferry_worker::queue::ShardQueue;
 
 pub struct StoreBenchResult {
@@ -52,7 +52,7 @@ async fn drain(store: SharedStore, exec: &str, claimers: usize) {
                 match queue.claim(Stage::Transfer, usize::MAX).await.expect("claim") {
                     Some(shard) => {
                         idle = 0;
-                        let ok = queue.complete(&shard, &Outcome::default(), Vec::new()).await.expect("complete");
+                        let ok = queue.complete(&shard, &Outcome::default(), &[], Vec::new()).await.expect("complete");
                         assert!(ok, "the fence refused a live claimer");
                     }
                     None => {

@@ -19,12 +19,11 @@ use ferry_common::model::Execution;
 use ferry_common::store::{RangeOptions, SharedStore};
 use tokio::sync::watch;
 
-use crate::exec::ExecContext;
-use crate::link::pki::{self, Identity};
-use crate::link::quic::{self, LinkClient, LinkTuning};
-use crate::link::LinkAgent;
+use crate::engine::ExecContext;
 use crate::node::{MoverActor, Node, StopClaiming};
-use crate::report::{FileSink, NullSink, ReportSink};
+use crate::transport::link::pki::{self, Identity};
+use crate::transport::link::quic::{self, LinkClient, LinkTuning};
+use crate::transport::LinkAgent;
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -35,7 +34,12 @@ pub struct AgentConfig {
     pub labels: Vec<String>,
     /// Link settings; `None`: this agent neither sends to nor accepts from other agents.
     pub link: Option<LinkSetup>,
+    /// How often the agent looks for new executions.
+    pub poll: Duration,
 }
+
+/// How often an agent looks for new executions by default.
+pub const POLL: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Debug)]
 pub struct LinkSetup {
@@ -48,17 +52,12 @@ pub struct LinkSetup {
     /// What other agents dial; defaults to `listen`.
     pub advertise: Option<String>,
     pub tuning: LinkTuning,
-    /// Stripes per large file; `None`: [`crate::link::default_stripes`].
-    pub stripes: Option<u64>,
 }
 
 /// Loads (or first enrolls for) the agent's certificate and starts its link endpoints.
 pub async fn start_link(store: &SharedStore, cfg: &AgentConfig) -> Result<(Arc<LinkAgent>, Option<String>), String> {
     let mut agent = LinkAgent { name: cfg.name.clone(), labels: cfg.labels.clone(), ..Default::default() };
     let Some(setup) = &cfg.link else { return Ok((Arc::new(agent), None)) };
-    if let Some(n) = setup.stripes {
-        agent.max_stripes = n.clamp(1, crate::link::MAX_STRIPES_PER_FILE);
-    }
     if !Identity::exists(&setup.tls_dir) {
         let Some(token) = &setup.enroll_token else {
             return Err(format!("no certificate in {} (enroll this agent once with --enroll-token TOKEN; make a token with 'ferry ca token')", setup.tls_dir.display()));
@@ -84,9 +83,6 @@ pub async fn start_link(store: &SharedStore, cfg: &AgentConfig) -> Result<(Arc<L
     }
     Ok((Arc::new(agent), advertise))
 }
-
-/// How often the agent looks for new executions.
-const POLL: Duration = Duration::from_millis(100);
 
 async fn stop_all(serving: &mut HashMap<String, Vec<Addr<MoverActor>>>) {
     for movers in serving.values() {
@@ -122,7 +118,7 @@ async fn join_execution(store: &SharedStore, node: &Node, exec_id: &str, cfg: &A
     if !reach.source && !reach.destination {
         return Err(JoinError::NotOurs);
     }
-    if exec.spec.link.is_bound() && reach.source && !reach.destination && link.client.is_none() {
+    if reach.source && !reach.destination && link.client.is_none() {
         return Err(JoinError::Unusable("this agent reads the source but has no link certificate to send to the destination's agents (start it with --tls-dir)".into()));
     }
     let spec = exec.spec.clone();
@@ -130,20 +126,12 @@ async fn join_execution(store: &SharedStore, node: &Node, exec_id: &str, cfg: &A
         .await
         .map_err(|e| JoinError::Unusable(e.to_string()))?
         .map_err(|e| JoinError::Unusable(e.to_string()))?;
-    let sink: Arc<dyn ReportSink> = match &exec.spec.report_dir {
-        Some(dir) => Arc::new(
-            FileSink::open(&PathBuf::from(dir), exec_id, &node.holder())
-                .map_err(|e| JoinError::Unusable(format!("cannot open report directory {dir}: {e}")))?,
-        ),
-        None => Arc::new(NullSink),
-    };
-    let sink = crate::report::with_log_level(sink, &exec.spec);
     tracing::info!(execution = exec_id, source = %exec.spec.source, destination = %exec.spec.destination, reads = reach.source, writes = reach.destination, "ExecutionJoined");
     let ctx = Arc::new(ctx);
-    if exec.spec.link.is_bound() && reach.destination {
+    if reach.destination {
         link.registry.insert(ctx.clone());
     }
-    Ok(Some(node.start_movers(ctx, sink, cfg.movers, link.clone())))
+    Ok(Some(node.start_movers(ctx, cfg.movers, link.clone())))
 }
 
 /// Runs until `shutdown` turns true. Must run inside an actix System.
@@ -171,7 +159,7 @@ pub async fn run_agent(store: SharedStore, cfg: AgentConfig, link: Arc<LinkAgent
         let mut unusable: HashSet<String> = HashSet::new();
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(POLL) => {}
+                _ = tokio::time::sleep(cfg.poll) => {}
                 _ = shutdown.changed() => {}
             }
             if *shutdown.borrow() {

@@ -1,18 +1,21 @@
-//! ferry-worker: the agent side of ferry.
+//! ferry-worker: the agent side of ferry. The data path has two axes:
 //!
-//! - [`storage`]: locations: the local POSIX tree and S3, behind one `Location` trait.
-//! - [`link`]: the agent-to-agent data plane's wire format.
-//! - [`exec`]: what a worker does with each kind of shard: list, plan, copy, verify. Plain
-//!   functions and structs, driven by the actors.
-//! - [`queue`]: claiming and completing shards through the Store, with the fencing
-//!   transaction from the design.
-//! - [`node`]: the actors: a worker node that holds the lease and runs N movers.
+//! - [`location`]: where data lives. One trait with a written contract and declared
+//!   capabilities, one conformance suite, and a backend per kind of storage (`local/`, `s3/`).
+//! - [`transport`]: how entries reach the writer: in-process, or over a QUIC link to an agent
+//!   that reaches the destination. The frames are the same either way.
+//!
+//! [`engine`] holds every shard kind, written once against those two. [`queue`] claims and
+//! completes shards through the Store with the fencing transaction from the design; [`node`]
+//! and [`agent`] are the actors and the agent loop that drive them.
 
 pub mod agent;
-pub mod exec;
+pub mod engine;
 pub mod lease;
-pub mod link;
+pub mod mover;
+pub mod location;
 pub mod node;
 pub mod queue;
+pub mod rate;
 pub mod report;
-pub mod storage;
+pub mod transport;

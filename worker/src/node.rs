@@ -2,7 +2,8 @@
 //! run them and complete them.
 //!
 //! Actors are thin drivers. The decisions live in [`crate::queue`] (claims, fencing, retry
-//! accounting) and [`crate::exec`] (what each shard does). Movers run on the actix system
+//! accounting) and [`crate::engine`] (what each shard does), and [`crate::mover`] runs one
+//! claimed shard between them. Movers run on the actix system
 //! thread, but every blocking step (file I/O, CRC) goes to tokio's blocking pool, so one
 //! thread orchestrates many movers without stalling.
 
@@ -12,21 +13,17 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use ferry_common::codec;
+use ferry_common::model::{Execution, WorkerInfo};
+use ferry_common::store::{LeaseId, SharedStore, StoreError};
 use ferry_common::task::ExecSettings;
-use ferry_common::error::{ErrorKind, FerryError};
-use ferry_common::model::{Entry, EntryKind, Execution, Shard, ShardBody};
-use ferry_common::store::{LeaseId, SharedStore, StoreError, TxnOp};
 use futures::StreamExt;
 use tokio::sync::Notify;
 
-use crate::exec::scan::{list_page, LinkRole};
-use crate::exec::transfer::{self, Buffers};
-use crate::exec::{object, verify, ExecContext, Outcome};
+use crate::engine::ExecContext;
 use crate::lease::LeaseClock;
-use crate::link::sender::SendSettings;
-use crate::link::{run_transfer_linked, InProcess, LinkAgent, Remote, Writer};
+use crate::mover::run_shard;
 use crate::queue::{QueueError, ShardQueue};
-use crate::report::{ReportSink, ShardTag};
+use crate::transport::LinkAgent;
 
 /// A worker's membership in the cluster: its lease, kept alive in the background.
 pub struct Node {
@@ -35,25 +32,6 @@ pub struct Node {
     pub lease: LeaseId,
     clock: Arc<LeaseClock>,
     stopped: Arc<AtomicBool>,
-}
-
-#[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
-pub struct WorkerInfo {
-    pub name: String,
-    pub host: String,
-    pub movers: usize,
-    pub pid: u32,
-    /// Location prefixes this agent can reach (`file:///` means every local path).
-    #[serde(default)]
-    pub locations: Vec<String>,
-    #[serde(default)]
-    pub started_unix_ms: u64,
-    /// Labels that locations can be bound to.
-    #[serde(default)]
-    pub labels: Vec<String>,
-    /// Where other agents reach this one's link endpoint (`host:port`, UDP), if it has one.
-    #[serde(default)]
-    pub link_addr: Option<String>,
 }
 
 impl Node {
@@ -116,14 +94,13 @@ impl Node {
         format!("{}#{:x}", self.worker_id, self.lease)
     }
 
-    pub fn start_movers(&self, ctx: Arc<ExecContext>, reports: Arc<dyn ReportSink>, count: usize, link: Arc<LinkAgent>) -> Vec<Addr<MoverActor>> {
+    pub fn start_movers(&self, ctx: Arc<ExecContext>, count: usize, link: Arc<LinkAgent>) -> Vec<Addr<MoverActor>> {
         let _ = ctx.lease.set(self.clock.clone());
-        let kinds = if ctx.spec.link.is_bound() { crate::link::claimable_kinds(ctx.reach()) } else { None };
+        let kinds = crate::mover::claimable(&ctx);
         let shared = Arc::new(MoverShared {
             queue: ShardQueue::new(self.store.clone(), &ctx.spec.id, &self.worker_id, self.lease).with_kinds(kinds),
             link,
             ctx,
-            reports,
             wake: Arc::new(Notify::new()),
             stopping: AtomicBool::new(false),
         });
@@ -141,10 +118,9 @@ fn hostname() -> String {
 
 /// What the movers of one node share for one execution.
 pub struct MoverShared {
-    ctx: Arc<ExecContext>,
-    link: Arc<LinkAgent>,
-    queue: ShardQueue,
-    reports: Arc<dyn ReportSink>,
+    pub(crate) ctx: Arc<ExecContext>,
+    pub(crate) link: Arc<LinkAgent>,
+    pub(crate) queue: ShardQueue,
     /// Woken by Store changes under the execution, so idle movers do not poll hard.
     wake: Arc<Notify>,
     stopping: AtomicBool,
@@ -247,7 +223,7 @@ impl Handler<StopClaiming> for MoverActor {
 
 async fn mover_loop(shared: Arc<MoverShared>, index: usize) {
     let limits = shared.ctx.options().limits.clone();
-    let mut bufs = Some(Buffers::new(limits.chunk_size as usize));
+    let mut buf = Some(vec![0u8; limits.chunk_size as usize]);
     let mut backoff = Duration::from_millis(50);
     let meta_key = shared.queue.keys().meta();
     loop {
@@ -273,7 +249,7 @@ async fn mover_loop(shared: Arc<MoverShared>, index: usize) {
             Ok(None) => return,
             Ok(Some(Some(shard))) => {
                 backoff = Duration::from_millis(50);
-                run_shard(&shared, shard, &mut bufs).await;
+                run_shard(&shared, shard, &mut buf).await;
             }
             Ok(Some(None)) => {
                 let _ = tokio::time::timeout(IDLE_RECHECK, wake).await;
@@ -287,328 +263,3 @@ async fn mover_loop(shared: Arc<MoverShared>, index: usize) {
     }
 }
 
-/// Runs blocking work on the blocking pool with the mover's buffers; a panic in it becomes an
-/// error for that shard instead of taking the process down.
-async fn blocking<T: Send + 'static>(
-    chunk: usize,
-    slot: &mut Option<Buffers>,
-    f: impl FnOnce(&mut Buffers) -> T + Send + 'static,
-) -> Result<T, FerryError> {
-    let mut bufs = slot.take().unwrap_or_else(|| Buffers::new(chunk));
-    match tokio::task::spawn_blocking(move || {
-        let t = f(&mut bufs);
-        (t, bufs)
-    })
-    .await
-    {
-        Ok((t, b)) => {
-            *slot = Some(b);
-            Ok(t)
-        }
-        Err(e) => Err(FerryError::new(ErrorKind::Other, format!("internal error while running a shard: {e}"))),
-    }
-}
-
-/// Retries a Store operation while the Store is unavailable. Giving up is not an option: a
-/// shard whose completion is never written stays claimed by this live worker forever.
-async fn with_store_retry<T, F, Fut>(what: &str, mut op: F) -> Result<T, QueueError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, QueueError>>,
-{
-    let mut backoff = Duration::from_millis(100);
-    let mut warned = false;
-    loop {
-        match op().await {
-            Err(QueueError::Store(e)) if e.is_transient() => {
-                if !warned {
-                    tracing::warn!(error = %e, "{what}: coordination store unavailable; retrying until it is back");
-                    warned = true;
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-            other => return other,
-        }
-    }
-}
-
-async fn run_shard(shared: &MoverShared, shard: Shard, bufs: &mut Option<Buffers>) {
-    let ctx = shared.ctx.clone();
-    let queue = &shared.queue;
-    let max_attempts = ctx.options().limits.max_attempts;
-    let chunk = ctx.options().limits.chunk_size as usize;
-    tracing::debug!(shard = %shard.id, attempt = shard.attempt, "ShardClaimed");
-
-    let committed: Result<bool, QueueError> = if let ShardBody::Part { file, offset, len, group, .. } = shard.body.clone() {
-        let mut outcome = Outcome::default();
-        let mut tags = Vec::new();
-        let r = if ctx.object.is_some() {
-            run_object_part(shared, file, offset, len, group, bufs).await.map(|done| {
-                outcome.counters().bytes_resumed += done.bytes_resumed;
-                tags = done.tags;
-                done.crc
-            })
-        } else {
-            let c = ctx.clone();
-            blocking(chunk, bufs, move |b| transfer::run_part(&c, &file, offset, len, b)).await.and_then(|r| r)
-        };
-        match r {
-            Err(e) if e.kind == ErrorKind::LeaseLost => return abandon(&shard),
-            Ok(crc) => with_store_retry("complete part", || queue.complete_part(&shard, Ok((crc, len)), &tags, &outcome)).await,
-            Err(e) if e.kind.is_transient() && shard.attempt < max_attempts => {
-                with_store_retry("requeue part", || queue.requeue(&shard, e.to_string())).await
-            }
-            Err(e) => with_store_retry("complete part", || queue.complete_part(&shard, Err(e.to_string()), &[], &outcome)).await,
-        }
-    } else {
-        match execute(shared, &shard, bufs).await {
-            Ok((outcome, _)) if outcome.abandoned => return abandon(&shard),
-            Err(e) if e.kind == ErrorKind::LeaseLost => return abandon(&shard),
-            Ok((outcome, extra)) => commit(shared, &shard, outcome, extra).await,
-            Err(e) if e.kind.is_transient() && shard.attempt < max_attempts => {
-                tracing::info!(shard = %shard.id, error = %e, "shard failed; queued for another attempt");
-                with_store_retry("requeue shard", || queue.requeue(&shard, e.to_string())).await
-            }
-            Err(e) => commit(shared, &shard, all_failed(&shard.body, &e), Vec::new()).await,
-        }
-    };
-    match committed {
-        Ok(true) => {}
-        Ok(false) => tracing::warn!(shard = %shard.id, "completion refused: the claim was lost (lease expired); another worker owns it"),
-        Err(e) => tracing::warn!(shard = %shard.id, error = %e, "could not complete shard; it returns to the queue when the claim expires"),
-    }
-}
-
-/// A part of a large file bound for an object store: finds the file's multipart upload
-/// (recorded in the part set, left by an interrupted run, or new), then uploads the range.
-async fn run_object_part(shared: &MoverShared, file: Entry, offset: u64, len: u64, group: String, bufs: &mut Option<Buffers>) -> Result<object::PartDone, FerryError> {
-    let ctx = shared.ctx.clone();
-    let chunk = ctx.options().limits.chunk_size as usize;
-    let store_err = |e: QueueError| FerryError::new(ErrorKind::Unavailable, format!("coordination store: {e}"));
-    let recorded = with_store_retry("read part set", || shared.queue.part_set(&group)).await.map_err(store_err)?.upload_id;
-    let upload = match recorded {
-        Some(id) => id,
-        None => {
-            let (c, f) = (ctx.clone(), file.clone());
-            let (id, created) = blocking(chunk, bufs, move |_| object::find_or_create_upload(c.object(), &f, c.spec.s3.preserve_tags)).await??;
-            let winner = with_store_retry("record upload", || shared.queue.record_upload(&group, &file.path, &id)).await.map_err(store_err)?;
-            if winner != id && created {
-                // Another part created the upload first: this one is not needed.
-                let (c, f) = (ctx.clone(), file.clone());
-                let _ = blocking(chunk, bufs, move |_| c.object().dst.as_ref().map(|d| d.abort_multipart(&f.path, &id))).await;
-            }
-            winner
-        }
-    };
-    let c = ctx.clone();
-    blocking(chunk, bufs, move |b| object::run_part(&c, c.object(), &file, offset, len, &upload, b)).await?
-}
-
-/// A shard this worker may no longer own: no completion, no cleanup at the destination (a
-/// successor may be working there); its temporary files go at the directory-metadata stage.
-fn abandon(shard: &Shard) {
-    tracing::warn!(shard = %shard.id, "lease expired; abandoning the shard to the worker that claims it next");
-}
-
-async fn commit(shared: &MoverShared, shard: &Shard, mut outcome: Outcome, extra: Vec<TxnOp>) -> Result<bool, QueueError> {
-    let tag = ShardTag { shard: format!("{}@{}", shard.id, shard.attempt), holder: shared.queue.holder().to_string() };
-    let report = std::mem::take(&mut outcome.report);
-    let early = shared.reports.before_commit();
-    if early && !report.is_empty() {
-        let (sink, t) = (shared.reports.clone(), tag.clone());
-        let _ = tokio::task::spawn_blocking(move || sink.record(&t, report)).await;
-        return with_store_retry("complete shard", || shared.queue.complete(shard, &outcome, extra.clone())).await;
-    }
-    let ok = with_store_retry("complete shard", || shared.queue.complete(shard, &outcome, extra.clone())).await?;
-    if ok && !report.is_empty() {
-        shared.reports.record(&tag, report);
-    }
-    Ok(ok)
-}
-
-/// Runs any shard but a part; returns the outcome and extra completion writes.
-async fn execute(shared: &MoverShared, shard: &Shard, bufs: &mut Option<Buffers>) -> Result<(Outcome, Vec<TxnOp>), FerryError> {
-    let ctx = shared.ctx.clone();
-    let chunk = ctx.options().limits.chunk_size as usize;
-    let attempt = shard.attempt;
-    let store_err = |e: QueueError| FerryError::new(ErrorKind::Other, format!("coordination store: {e}"));
-    if ctx.object.is_some() {
-        return execute_object(shared, shard, bufs).await;
-    }
-    if let (true, ShardBody::Transfer { entries }) = (ctx.spec.link.is_bound(), &shard.body) {
-        return Ok((execute_linked_transfer(shared, shard, entries.clone(), bufs).await?, Vec::new()));
-    }
-    let outcome = match shard.body.clone() {
-        ShardBody::Scan { dirs } => {
-            let c = ctx.clone();
-            let page = blocking(chunk, bufs, move |_| list_page(&c, &dirs)).await??;
-            let mut roles = Vec::with_capacity(page.link_candidates.len());
-            for cand in &page.link_candidates {
-                let role = with_store_retry("resolve hard link", || shared.queue.resolve_link(cand.dev, cand.ino, &cand.entry.path)).await;
-                roles.push(match role.map_err(store_err)? {
-                    None => LinkRole::First,
-                    Some(first) => LinkRole::LinkTo(first),
-                });
-            }
-            page.into_bodies(&ctx, &shard.id, roles)
-        }
-        ShardBody::Transfer { entries } => {
-            let c = ctx.clone();
-            blocking(chunk, bufs, move |b| transfer::run_transfer(&c, entries, attempt, b)).await?
-        }
-        ShardBody::Commit { file, group, .. } => {
-            let set = with_store_retry("read part set", || shared.queue.part_set(&group)).await.map_err(store_err)?;
-            let c = ctx.clone();
-            let out = blocking(chunk, bufs, move |_| {
-                let failure = set.failed.first().map(|(_, r)| r.clone());
-                transfer::run_commit(&c, &file, &set, failure.as_deref())
-            })
-            .await?;
-            return Ok((out, vec![TxnOp::delete(shared.queue.keys().parts(&group))]));
-        }
-        ShardBody::Prune { dir } => {
-            let c = ctx.clone();
-            blocking(chunk, bufs, move |_| transfer::run_prune(&c, &dir)).await??
-        }
-        ShardBody::Links { links } => {
-            let c = ctx.clone();
-            blocking(chunk, bufs, move |_| transfer::run_links(&c, links)).await?
-        }
-        ShardBody::DirMeta { dirs } => {
-            let c = ctx.clone();
-            blocking(chunk, bufs, move |_| transfer::run_dirmeta(&c, dirs)).await?
-        }
-        ShardBody::Verify { dirs } => {
-            let c = ctx.clone();
-            blocking(chunk, bufs, move |b| verify::run_verify(&c, &dirs, b)).await??
-        }
-        ShardBody::Part { .. } => unreachable!("parts complete through complete_part"),
-    };
-    Ok((outcome, Vec::new()))
-}
-
-/// A Transfer shard of an execution whose locations are bound to agents: sent in-process when
-/// this agent reaches the destination too, else over QUIC to an agent that does.
-async fn execute_linked_transfer(shared: &MoverShared, shard: &Shard, entries: Vec<Entry>, bufs: &mut Option<Buffers>) -> Result<Outcome, FerryError> {
-    let ctx = shared.ctx.clone();
-    let link = shared.link.clone();
-    let chunk = ctx.options().limits.chunk_size as usize;
-    let attempt = shard.attempt;
-    let local = ctx.reach().destination;
-    let writers = if local { Vec::new() } else { find_writers(shared.queue.store(), &ctx.spec).await? };
-    let start = crc32c::crc32c(shard.id.as_bytes()) as usize;
-    if !local && link.client.is_none() {
-        // A permanent error: the caller reports every entry failed, as for any shard.
-        return Err(FerryError::config(format!("agent {} has no link certificate, so it cannot send to the destination's agents (start it with --tls-dir; enroll with --enroll-token)", link.name)));
-    }
-    blocking(chunk, bufs, move |b| {
-        let settings = SendSettings { agent: &link.name, compress: ctx.spec.link.compress, rate: &link.rate, max_stripes: link.max_stripes };
-        match &link.client {
-            Some(client) if !local => run_transfer_linked(&ctx, &Remote { client, writers, start }, &settings, entries, attempt, b),
-            _ => run_transfer_linked(&ctx, &InProcess { ctx: ctx.clone() }, &settings, entries, attempt, b),
-        }
-    })
-    .await
-}
-
-/// The agents that reach an execution's destination and accept links.
-async fn find_writers(store: &SharedStore, spec: &ferry_common::model::ExecutionSpec) -> Result<Vec<Writer>, FerryError> {
-    let page = store
-        .range(&ferry_common::keys::workers(), Default::default())
-        .await
-        .map_err(|e| FerryError::new(ErrorKind::Unavailable, format!("coordination store: {e}")))?;
-    let mut writers = Vec::new();
-    for kv in page.kvs {
-        let Ok(info) = codec::decode::<WorkerInfo>(&kv.value) else { continue };
-        let Some(addr) = info.link_addr.as_deref().and_then(|a| a.parse().ok()) else { continue };
-        if spec.link.reach(&info.name, &info.labels).destination {
-            writers.push(Writer { name: info.name, addr });
-        }
-    }
-    writers.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(writers)
-}
-
-/// [`execute`] for executions with an object store on either side.
-async fn execute_object(shared: &MoverShared, shard: &Shard, bufs: &mut Option<Buffers>) -> Result<(Outcome, Vec<TxnOp>), FerryError> {
-    let ctx = shared.ctx.clone();
-    let chunk = ctx.options().limits.chunk_size as usize;
-    let attempt = shard.attempt;
-    let store_err = |e: QueueError| FerryError::new(ErrorKind::Other, format!("coordination store: {e}"));
-    let c = ctx.clone();
-    let outcome = match shard.body.clone() {
-        ShardBody::Scan { dirs } => {
-            let page = blocking(chunk, bufs, move |_| object::list_page(&c, c.object(), &dirs)).await??;
-            page.into_bodies(&ctx, &shard.id, Vec::new())
-        }
-        ShardBody::Transfer { entries } => {
-            blocking(chunk, bufs, move |b| object::run_transfer(&c, c.object(), entries, attempt, b)).await?
-        }
-        ShardBody::Commit { file, group, .. } => {
-            let set = with_store_retry("read part set", || shared.queue.part_set(&group)).await.map_err(store_err)?;
-            let out = blocking(chunk, bufs, move |b| {
-                let failure = set.failed.first().map(|(_, r)| r.clone());
-                object::run_commit(&c, c.object(), &file, &set, failure.as_deref(), b)
-            })
-            .await?;
-            return Ok((out, vec![TxnOp::delete(shared.queue.keys().parts(&group))]));
-        }
-        ShardBody::Prune { dir } => blocking(chunk, bufs, move |_| object::run_prune(&c, c.object(), &dir)).await??,
-        // Object stores hold no hard links: the scan never plans link shards for them.
-        ShardBody::Links { .. } => Outcome::default(),
-        ShardBody::DirMeta { dirs } => blocking(chunk, bufs, move |_| object::run_dirmeta(&c, c.object(), dirs)).await?,
-        ShardBody::Verify { dirs } => blocking(chunk, bufs, move |b| object::run_verify(&c, c.object(), &dirs, b)).await??,
-        ShardBody::Part { .. } => unreachable!("parts complete through complete_part"),
-    };
-    Ok((outcome, Vec::new()))
-}
-
-/// A shard that failed for good: every entry it carried is reported failed with the error,
-/// so the reconciliation still accounts for each of them.
-pub fn all_failed(body: &ShardBody, err: &FerryError) -> Outcome {
-    let mut out = Outcome::default();
-    let reason = format!("{err} (shard gave up)");
-    let fail_unprepared = |out: &mut Outcome, path: &[u8], kind: EntryKind| {
-        // Not an entry the scan counted (a whole directory's listing or pruning): count it
-        // as prepared too, so prepared == transferred + skipped + failed still holds.
-        out.counters().files_prepared += 1;
-        out.record(path.to_vec(), kind, ferry_common::model::EntryStatus::Failed, 0, None, Some(reason.clone()));
-    };
-    match body {
-        ShardBody::Scan { dirs } => {
-            for d in dirs {
-                if d.path.is_empty() || d.cookie.is_some() {
-                    fail_unprepared(&mut out, &d.path, EntryKind::Dir);
-                } else {
-                    out.record(d.path.clone(), EntryKind::Dir, ferry_common::model::EntryStatus::Failed, 0, None, Some(reason.clone()));
-                }
-            }
-        }
-        ShardBody::Verify { dirs } => {
-            for d in dirs {
-                out.mismatch(d.path.clone(), EntryKind::Dir, 0, reason.clone());
-            }
-        }
-        ShardBody::Prune { dir } => fail_unprepared(&mut out, &dir.path, EntryKind::Dir),
-        ShardBody::Transfer { entries } => {
-            for e in entries {
-                out.fail(e.path.clone(), e.kind, e.size, err);
-            }
-        }
-        ShardBody::Part { file, .. } | ShardBody::Commit { file, .. } => out.fail(file.path.clone(), EntryKind::File, file.size, err),
-        ShardBody::Links { links } => {
-            for l in links {
-                out.fail(l.path.clone(), EntryKind::HardLink, l.size, err);
-            }
-        }
-        ShardBody::DirMeta { dirs } => {
-            for d in dirs {
-                if !d.path.is_empty() {
-                    out.fail(d.path.clone(), EntryKind::Dir, 0, err);
-                }
-            }
-        }
-    }
-    out
-}

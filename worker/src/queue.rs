@@ -9,11 +9,11 @@
 
 use ferry_common::codec;
 use ferry_common::keys::ExecKeys;
-use ferry_common::model::{PartSet, Shard, ShardBody, ShardResult, Stage};
+use ferry_common::model::{FileMeta, PartSet, ReportChunk, Shard, ShardBody, ShardKind, ShardResult, Stage};
 use ferry_common::store::{Compare, LeaseId, RangeOptions, SharedStore, StoreError, Txn, TxnOp};
 use rand::seq::SliceRandom;
 
-use crate::exec::Outcome;
+use crate::engine::Outcome;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -30,24 +30,10 @@ pub struct ShardQueue {
     /// same name does not mistake an old claim for its own.
     holder: Vec<u8>,
     lease: LeaseId,
-    /// Shard kinds this claimer may take (by letter); `None` takes every kind. An agent that
-    /// reaches only one side of a linked execution takes only the shards that side needs.
-    kinds: Option<Vec<char>>,
+    /// Shard kinds this claimer may take; `None` takes every kind. An agent that reaches
+    /// only one side of an execution takes only the shards that side can run.
+    kinds: Option<Vec<ShardKind>>,
 }
-
-/// Claim preference within a stage: finish files already started (commits, parts) before
-/// new files, and list last, so the frontier stays small.
-fn kind_preference(stage: Stage) -> &'static [char] {
-    match stage {
-        Stage::Transfer => &['a', 'b', 'c', 'd', 's'],
-        Stage::Links => &['l'],
-        Stage::DirMeta => &['m'],
-        Stage::Verify => &['v'],
-    }
-}
-
-/// Queued kinds that count as the transfer backlog for scan backpressure.
-const BACKLOG_KINDS: [char; 3] = ['a', 'b', 'c'];
 
 /// Keys read per queue page while looking for an unclaimed shard.
 const CLAIM_PAGE: usize = 256;
@@ -57,8 +43,8 @@ impl ShardQueue {
         ShardQueue { store, keys: ExecKeys::new(exec), holder: format!("{worker_id}#{lease:x}").into_bytes(), lease, kinds: None }
     }
 
-    /// Restricts claims to shard kinds with these letters (see `ShardBody::kind_letter`).
-    pub fn with_kinds(mut self, kinds: Option<Vec<char>>) -> Self {
+    /// Restricts claims to these shard kinds.
+    pub fn with_kinds(mut self, kinds: Option<Vec<ShardKind>>) -> Self {
         self.kinds = kinds;
         self
     }
@@ -93,8 +79,10 @@ impl ShardQueue {
             .map(|kv| ExecKeys::shard_of(&kv.key).as_bytes().to_vec())
             .collect();
         let mut backlog = 0;
-        for &kind in kind_preference(stage) {
-            if kind == 's' && backlog >= max_backlog {
+        // Within a stage, finish files already started (commits, parts) before new files, and
+        // list last, so the frontier stays small.
+        for kind in ShardKind::of_stage(stage) {
+            if kind == ShardKind::Scan && backlog >= max_backlog {
                 continue;
             }
             // Kinds this claimer may not take are not read at all. Its backlog then counts
@@ -103,14 +91,14 @@ impl ShardQueue {
             if self.kinds.as_ref().is_some_and(|k| !k.contains(&kind)) {
                 continue;
             }
-            let prefix = self.keys.queue_kind(stage, kind);
+            let prefix = self.keys.queue_kind(kind);
             let mut start_after = None;
             loop {
                 let page = self
                     .store
                     .range(&prefix, RangeOptions { limit: CLAIM_PAGE, start_after: start_after.clone(), keys_only: true })
                     .await?;
-                if BACKLOG_KINDS.contains(&kind) {
+                if kind.is_backlog() {
                     backlog += page.kvs.len();
                 }
                 start_after = page.kvs.last().map(|kv| kv.key.clone());
@@ -158,8 +146,9 @@ impl ShardQueue {
         Compare::value_is(self.keys.claim(&shard.id), self.holder.clone())
     }
 
-    /// The writes of a completion: the result, the queue update and the emitted shards.
-    fn completion_ops(&self, shard: &Shard, outcome: &Outcome) -> Result<Vec<TxnOp>, QueueError> {
+    /// The writes of a completion: the result, its report lines, the queue update and the
+    /// emitted shards.
+    fn completion_ops(&self, shard: &Shard, outcome: &Outcome, report: &[ReportChunk]) -> Result<Vec<TxnOp>, QueueError> {
         let mut result: ShardResult = outcome.result.clone();
         result.holder = String::from_utf8_lossy(&self.holder).into_owned();
         result.counters.shards_done += 1;
@@ -172,7 +161,11 @@ impl ShardQueue {
             }
             None => ops.push(TxnOp::delete(self.keys.queue(&shard.id))),
         }
-        ops.push(TxnOp::put(self.keys.done(&format!("{}@{}", shard.id, shard.attempt)), codec::encode(&result)?));
+        let attempt = format!("{}@{}", shard.id, shard.attempt);
+        ops.push(TxnOp::put(self.keys.done(&attempt), codec::encode(&result)?));
+        for (n, chunk) in report.iter().enumerate() {
+            ops.push(TxnOp::put(self.keys.report(&attempt, n), codec::encode(chunk)?));
+        }
         for (seq, body) in outcome.emit.iter().enumerate() {
             let child = Shard::new(Shard::child_id(&shard.id, seq as u64, body), body.clone());
             ops.push(TxnOp::put(self.keys.queue(&child.id), codec::encode(&child)?));
@@ -180,10 +173,10 @@ impl ShardQueue {
         Ok(ops)
     }
 
-    /// Commits a shard's outcome. Returns false when the fence rejected it (the claim was
-    /// lost): the caller must then discard the outcome, including its report lines.
-    pub async fn complete(&self, shard: &Shard, outcome: &Outcome, extra: Vec<TxnOp>) -> Result<bool, QueueError> {
-        let mut ops = self.completion_ops(shard, outcome)?;
+    /// Commits a shard's outcome with its report lines. Returns false when the fence rejected
+    /// it (the claim was lost): the outcome and its lines are then discarded.
+    pub async fn complete(&self, shard: &Shard, outcome: &Outcome, report: &[ReportChunk], extra: Vec<TxnOp>) -> Result<bool, QueueError> {
+        let mut ops = self.completion_ops(shard, outcome, report)?;
         ops.extend(extra);
         let txn = Txn::new().when([self.fence(shard)]).and_then(ops);
         Ok(self.store.txn(txn).await?.succeeded)
@@ -192,7 +185,7 @@ impl ShardQueue {
     /// Puts the shard back for another attempt (a transient whole-shard failure).
     pub async fn requeue(&self, shard: &Shard, error: String) -> Result<bool, QueueError> {
         let outcome = Outcome { retry: Some(shard.body.clone()), retry_error: Some(error), ..Default::default() };
-        self.complete(shard, &outcome, Vec::new()).await
+        self.complete(shard, &outcome, &[], Vec::new()).await
     }
 
     /// Gives a claim back untouched (graceful shutdown).
@@ -204,10 +197,10 @@ impl ShardQueue {
 
     /// Records one finished (or failed) part in the file's PartSet and completes the part
     /// shard, in one transaction guarded by both the fence and the PartSet's revision. The
-    /// part that completes the set also queues the Commit shard.
-    /// Records one part's result in its part set; `tags` are the object-store part tags it
-    /// stored (empty for local destinations).
-    pub async fn complete_part(&self, shard: &Shard, result: Result<(u32, u64), String>, tags: &[(u32, String)], outcome: &Outcome) -> Result<bool, QueueError> {
+    /// part that completes the set also queues the Commit shard. `tags` are the object-store
+    /// part tags it stored (none for a POSIX destination), `source` the file's metadata as the
+    /// part read it.
+    pub async fn complete_part(&self, shard: &Shard, result: Result<(u32, u64), String>, tags: &[(u32, String)], source: Option<&FileMeta>, outcome: &Outcome) -> Result<bool, QueueError> {
         let ShardBody::Part { file, index, count, group, .. } = &shard.body else {
             unreachable!("complete_part is only called for part shards")
         };
@@ -228,11 +221,14 @@ impl ShardQueue {
                 Ok((crc, len)) => set.done.push((*index, *crc, *len)),
                 Err(reason) => set.failed.push((*index, reason.clone())),
             }
+            if set.source.is_none() {
+                set.source = source.cloned();
+            }
             let mut out = Outcome { result: outcome.result.clone(), ..Default::default() };
             if set.is_complete(*count) {
                 out.emit.push(ShardBody::Commit { file: file.clone(), count: *count, group: group.clone() });
             }
-            let mut ops = self.completion_ops(shard, &out)?;
+            let mut ops = self.completion_ops(shard, &out, &[])?;
             ops.push(TxnOp::put(parts_key.clone(), codec::encode(&set)?));
             let guard = Compare::mod_revision_is(parts_key.clone(), rev);
             let txn = Txn::new().when([self.fence(shard), guard]).and_then(ops);

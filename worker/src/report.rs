@@ -1,123 +1,84 @@
-//! Where per-entry report lines go.
-//!
-//! Two delivery rules, chosen by the sink:
-//! - after commit (embedded mode): lines are handed over only once the shard's completion
-//!   committed, so a shard that runs twice is reported once;
-//! - before commit (cluster mode): a worker may die between its commit and its write, so lines
-//!   are written first, tagged with the shard attempt and the holder, and the final merge keeps
-//!   only the lines whose (attempt, holder) the coordinator saw committed.
+//! What an agent does with a shard's report lines: it logs them as the execution's LogLevel
+//! asks, and sends the ones its report wants to the coordinator with the shard's result, in
+//! the completion transaction. No agent writes a report file: only the coordinator does, so
+//! agents at different sites share no directory.
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use ferry_common::model::{EntryStatus, ExecutionSpec, ReportChunk, ReportEntry};
+use ferry_common::task::LogLevelOpt;
 
-use ferry_common::model::ReportEntry;
+/// Most bytes of report lines in one Store value (the Store refuses values above 256 KiB).
+const CHUNK_BYTES: usize = 192 << 10;
 
-/// Identifies one attempt of one shard by one holder.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ShardTag {
-    /// `{shard id}@{attempt}`, the same as the shard's done key.
-    pub shard: String,
-    /// `{worker}#{lease}`.
-    pub holder: String,
-}
-
-pub trait ReportSink: Send + Sync + 'static {
-    /// True when lines must be recorded before the completion commits.
-    fn before_commit(&self) -> bool {
-        false
-    }
-    fn record(&self, tag: &ShardTag, entries: Vec<ReportEntry>);
-}
-
-/// LogLevel: BASIC logs failed entries, TRANSFER every entry, OFF none; the report itself is
-/// unaffected.
-pub struct LoggingSink {
-    pub inner: std::sync::Arc<dyn ReportSink>,
-    pub execution: String,
-    pub every_entry: bool,
-}
-
-impl ReportSink for LoggingSink {
-    fn before_commit(&self) -> bool {
-        self.inner.before_commit()
-    }
-
-    fn record(&self, tag: &ShardTag, entries: Vec<ReportEntry>) {
-        for e in &entries {
-            let path = ferry_common::paths::display(&e.path);
-            match (&e.reason, e.status) {
-                (Some(reason), ferry_common::model::EntryStatus::Failed) => {
-                    tracing::warn!(execution = %self.execution, path = %path, reason = %reason, "EntryFailed")
-                }
-                _ if self.every_entry => tracing::info!(execution = %self.execution, path = %path, status = e.status.as_str(), size = e.size, "Entry"),
-                _ => {}
-            }
+/// Logs entries per LogLevel: OFF logs nothing, BASIC (and ad-hoc runs) failed entries,
+/// TRANSFER every entry. The report itself is unaffected.
+pub fn log_entries(spec: &ExecutionSpec, entries: &[ReportEntry]) {
+    let every = match spec.log_level {
+        Some(LogLevelOpt::Off) => return,
+        level => level == Some(LogLevelOpt::Transfer),
+    };
+    for e in entries {
+        let path = ferry_common::paths::display(&e.path);
+        match (&e.reason, e.status) {
+            (Some(reason), EntryStatus::Failed) => tracing::warn!(execution = %spec.id, path = %path, reason = %reason, "EntryFailed"),
+            _ if every => tracing::info!(execution = %spec.id, path = %path, status = e.status.as_str(), size = e.size, "Entry"),
+            _ => {}
         }
-        self.inner.record(tag, entries);
     }
 }
 
-/// Wraps `sink` so the execution's LogLevel is honoured.
-pub fn with_log_level(sink: std::sync::Arc<dyn ReportSink>, spec: &ferry_common::model::ExecutionSpec) -> std::sync::Arc<dyn ReportSink> {
-    use ferry_common::task::LogLevelOpt;
-    match spec.log_level {
-        Some(LogLevelOpt::Off) => sink,
-        level => std::sync::Arc::new(LoggingSink { inner: sink, execution: spec.id.clone(), every_entry: level == Some(LogLevelOpt::Transfer) }),
+/// The lines the execution's report wants, cut into Store-sized chunks.
+pub fn chunks(spec: &ExecutionSpec, entries: Vec<ReportEntry>) -> Vec<ReportChunk> {
+    let mut out = Vec::new();
+    let mut current = ReportChunk::default();
+    let mut bytes = 0;
+    for e in entries.into_iter().filter(|e| spec.report_lines.wants(e.status)) {
+        let size = e.path.len() + e.reason.as_ref().map_or(0, String::len) + 64;
+        if bytes + size > CHUNK_BYTES && !current.entries.is_empty() {
+            out.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.entries.push(e);
     }
-}
-
-/// Discards entries (counters still travel through the Store).
-pub struct NullSink;
-
-impl ReportSink for NullSink {
-    fn record(&self, _tag: &ShardTag, _entries: Vec<ReportEntry>) {}
-}
-
-/// Cluster mode: appends tagged JSON lines to this worker's file in the report directory.
-pub struct FileSink {
-    path: PathBuf,
-    out: Mutex<Option<BufWriter<File>>>,
-}
-
-/// File name of one worker's report lines for one execution.
-pub fn worker_report_file(dir: &Path, exec: &str, holder: &str) -> PathBuf {
-    let safe: String = holder.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
-    dir.join(format!("{exec}.entries.{safe}.jsonl"))
-}
-
-impl FileSink {
-    pub fn open(dir: &Path, exec: &str, holder: &str) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let path = worker_report_file(dir, exec, holder);
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        Ok(FileSink { path, out: Mutex::new(Some(BufWriter::with_capacity(256 * 1024, file))) })
+    if !current.entries.is_empty() {
+        out.push(current);
     }
+    out
 }
 
-impl ReportSink for FileSink {
-    fn before_commit(&self) -> bool {
-        true
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_common::model::{EntryKind, ReportLines};
+
+    fn entry(i: usize, status: EntryStatus) -> ReportEntry {
+        ReportEntry { path: format!("dir/{i:06}-{}", "x".repeat(200)).into_bytes(), kind: EntryKind::File, status, reason: None, code: None, size: 1, crc32c: None, mtime: None, at_ms: 0 }
     }
 
-    fn record(&self, tag: &ShardTag, entries: Vec<ReportEntry>) {
-        let mut guard = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(out) = guard.as_mut() else { return };
-        let mut write = || -> std::io::Result<()> {
-            for e in &entries {
-                let mut v = e.to_json();
-                v["shard"] = serde_json::Value::String(tag.shard.clone());
-                v["holder"] = serde_json::Value::String(tag.holder.clone());
-                serde_json::to_writer(&mut *out, &v)?;
-                out.write_all(b"\n")?;
-            }
-            // Reaches the kernel before the commit, so a killed worker loses no committed line.
-            out.flush()
+    #[test]
+    fn chunks_fit_store_values_and_keep_only_what_the_report_wants() {
+        let mut spec = ferry_common::model::ExecutionSpec {
+            id: "e".into(),
+            mode: ferry_common::model::Mode::Copy,
+            source: "/a".into(),
+            destination: "/b".into(),
+            options: Default::default(),
+            report_file: None,
+            report_lines: ReportLines::All,
+            s3: Default::default(),
+            link: Default::default(),
+            task: None,
+            log_level: None,
         };
-        if let Err(e) = write() {
-            tracing::error!(path = %self.path.display(), error = %e, "cannot write report lines; the report will be incomplete");
-            *guard = None;
+        let lines: Vec<ReportEntry> = (0..5000).map(|i| entry(i, if i % 10 == 0 { EntryStatus::Failed } else { EntryStatus::Transferred })).collect();
+        let all = chunks(&spec, lines.clone());
+        assert_eq!(all.iter().map(|c| c.entries.len()).sum::<usize>(), 5000);
+        for c in &all {
+            assert!(ferry_common::codec::encode(c).unwrap().len() < ferry_common::store::MAX_VALUE_BYTES, "a chunk fits one Store value");
         }
+        spec.report_lines = ReportLines::Errors;
+        assert_eq!(chunks(&spec, lines.clone()).iter().map(|c| c.entries.len()).sum::<usize>(), 500);
+        spec.report_lines = ReportLines::None;
+        assert!(chunks(&spec, lines).is_empty());
     }
 }

@@ -4,7 +4,7 @@
 use ferry_common::model::{Execution, Phase};
 use ferry_common::paths;
 use ferry_common::task::Event;
-use ferry_worker::node::WorkerInfo;
+use ferry_common::model::WorkerInfo;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 

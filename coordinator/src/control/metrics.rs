@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use ferry_common::model::{Execution, Phase};
 use ferry_common::task::{ScheduleStatus, Task};
-use ferry_worker::node::WorkerInfo;
+use ferry_common::model::WorkerInfo;
 
 const PHASES: [Phase; 8] = [Phase::Queued, Phase::Launching, Phase::Preparing, Phase::Transferring, Phase::Verifying, Phase::Success, Phase::Error, Phase::Cancelled];
 

@@ -24,22 +24,11 @@ use ferry_common::model::{Execution, Phase};
 use ferry_common::schedule::{self, arm_key, CronSchedule, Decision, FirePolicy, ScheduleState};
 use ferry_common::store::{Compare, KeyValue, RangeOptions, SharedStore, StoreError, Txn, TxnOp};
 use ferry_common::task::{Event, ExecSettings, FieldError, ScheduleStatus, SchedulePolicy, StartOverrides, Task, TaskUpdate};
-use ferry_worker::node::WorkerInfo;
+use ferry_common::model::WorkerInfo;
 
 use crate::driver::{phase_event, DriverError, Reconciler};
 
-/// Where time comes from, so tests can drive schedules with a clock they control.
-pub trait Clock: Send + Sync + 'static {
-    fn now_ms(&self) -> u64;
-}
-
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        schedule::now_ms()
-    }
-}
+pub use crate::driver::{Clock, SystemClock};
 
 /// A clock that moves only when told to.
 #[derive(Default)]
@@ -74,11 +63,28 @@ pub struct ControlConfig {
     /// workers in a cluster). Without it, S3 report destinations are refused.
     pub report_work_dir: Option<PathBuf>,
     pub clock: Arc<dyn Clock>,
+    /// How often the leader reconciles each running execution. Every stage change waits for
+    /// one round, so a single host running small jobs wants it short.
+    pub reconcile_every: std::time::Duration,
 }
 
 impl Default for ControlConfig {
     fn default() -> Self {
-        ControlConfig { schedule: SchedulePolicy::default(), fire: FirePolicy::default(), history_days: 30, webhook: None, report_work_dir: None, clock: Arc::new(SystemClock) }
+        ControlConfig {
+            schedule: SchedulePolicy::default(),
+            fire: FirePolicy::default(),
+            history_days: 30,
+            webhook: None,
+            report_work_dir: None,
+            clock: Arc::new(SystemClock),
+            reconcile_every: std::time::Duration::from_millis(50),
+        }
+    }
+}
+
+impl ControlConfig {
+    pub fn reconcile_every(&self) -> std::time::Duration {
+        self.reconcile_every
     }
 }
 
@@ -328,7 +334,8 @@ impl ControlPlane {
         let mut spec = task.execution_spec(&id, overrides)?;
         if let Some(r) = &task.task_report_config {
             let dir = report::work_dir(&r.destination, self.cfg.report_work_dir.as_deref()).ok_or_else(|| self.no_report_work_dir())?;
-            spec.report_dir = Some(dir.to_string_lossy().into_owned());
+            spec.report_file = Some(dir.join(format!("{id}.jsonl")).to_string_lossy().into_owned());
+            spec.report_lines = report::lines_for(r);
         }
         let mut exec = Reconciler::queued(spec, now).exec;
         exec.task_run.scheduled_slot_ms = slot;
@@ -395,7 +402,7 @@ impl ControlPlane {
             exec.error = Some("cancelled while queued".into());
             exec.set_phase(Phase::Cancelled, now);
             exec.finished_unix_ms = Some(now);
-            let mut ops = vec![TxnOp::put(ExecKeys::new(id).meta(), codec::encode(&exec)?), phase_event(&exec)?, TxnOp::put(keys::finished(id), Vec::new())];
+            let mut ops = vec![TxnOp::put(ExecKeys::new(id).meta(), codec::encode(&exec)?), phase_event(&exec, now)?, TxnOp::put(keys::finished(id), Vec::new())];
             ops.extend(exec.task_run.queue_position.map(|pos| TxnOp::delete(keys::pending(pos, id))));
             let txn = Txn::new().when([Compare::mod_revision_is(ExecKeys::new(id).meta(), kv.mod_revision)]).and_then(ops);
             if self.store.txn(txn).await?.succeeded {
@@ -594,15 +601,10 @@ impl ControlPlane {
                 TxnOp::put(ek.queue(&root.id), codec::encode(&root)?),
                 TxnOp::put(keys::active(&id), Vec::new()),
                 TxnOp::delete(pending_key.clone()),
-                phase_event(&exec)?,
+                phase_event(&exec, now)?,
             ];
             if exec.spec.link.bytes_per_second > 0 {
                 ops.push(TxnOp::put(ek.settings(), codec::encode(&ExecSettings { bytes_per_second: exec.spec.link.bytes_per_second })?));
-            }
-            if let Some(dir) = &exec.spec.report_dir {
-                if let Err(e) = std::fs::create_dir_all(dir) {
-                    tracing::warn!(execution = %id, dir = %dir, error = %e, "cannot create the report work directory; workers will report the failure");
-                }
             }
             let txn = Txn::new().when([Compare::mod_revision_is(ek.meta(), rev), Compare::present(pending_key)]).and_then(ops);
             if self.store.txn(txn).await?.succeeded {
@@ -673,7 +675,12 @@ impl ControlPlane {
                 exec.task_run.outcome_recorded = true;
             }
             ops.push(TxnOp::put(ExecKeys::new(&id).meta(), codec::encode(&exec)?));
-            self.store.txn(Txn::new().when(guards).and_then(ops)).await?;
+            if self.store.txn(Txn::new().when(guards).and_then(ops)).await?.succeeded && exec.task_run.report_path.is_some() {
+                // The report is in place and recorded: its work file is no longer needed.
+                if let Some(work) = &exec.spec.report_file {
+                    let _ = std::fs::remove_file(work);
+                }
+            }
         }
         Ok(())
     }

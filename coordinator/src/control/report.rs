@@ -1,24 +1,32 @@
-//! Task reports: merged from the workers' report lines when a task execution ends, filtered
-//! by the task's report configuration, and written to `{Destination}/{task}/{exec}.jsonl`, a
-//! directory or an S3 prefix.
+//! Task reports: the coordinator's report of a task execution, filtered by the task's report
+//! configuration when it ends and written to `{Destination}/{task}/{exec}.jsonl`, a directory
+//! or an S3 prefix.
 //!
-//! Workers write their lines to a work directory while the execution runs (the cluster report
-//! mechanism: [`crate::cluster::merge_report`] keeps exactly the lines of committed shard
-//! attempts): `{Destination}/.ferry-work/` for a directory destination, the coordinator's
-//! `--report-work-dir` for an S3 one. In a cluster that directory must be shared by the
-//! workers and the coordinators, like `ferry copy --report` in cluster mode.
+//! While the execution runs, the leading coordinator appends the lines that travel with the
+//! shard results to a work file: below `{Destination}/.ferry-work/` for a directory
+//! destination, below the coordinator's `--report-work-dir` for an S3 one. Agents write
+//! nothing there; only coordinators that may take over from each other need to share it.
 
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use ferry_common::model::Execution;
+use ferry_common::model::{Execution, ReportLines};
 use ferry_common::task::{ReportLevel, ReportOutputType, TaskReportConfig};
 
 pub fn is_s3(destination: &str) -> bool {
     destination.starts_with("s3://")
 }
 
-/// Where workers write an execution's report lines before the merge.
+/// Which lines agents send for a report with this configuration.
+pub fn lines_for(cfg: &TaskReportConfig) -> ReportLines {
+    match (cfg.output_type, cfg.report_level) {
+        (ReportOutputType::SummaryOnly, _) => ReportLines::None,
+        (ReportOutputType::Standard, ReportLevel::ErrorsOnly) => ReportLines::Errors,
+        (ReportOutputType::Standard, ReportLevel::SuccessesAndErrors) => ReportLines::All,
+    }
+}
+
+/// Where the coordinator keeps an execution's report lines until the execution ends.
 pub fn work_dir(destination: &str, s3_work_dir: Option<&Path>) -> Option<PathBuf> {
     if is_s3(destination) {
         return s3_work_dir.map(|d| d.join("s3-reports"));
@@ -51,33 +59,41 @@ fn keep(line: &serde_json::Value, cfg: &TaskReportConfig) -> bool {
     }
 }
 
-/// Merges, filters and writes the report (temporary name, then rename), then removes the
-/// execution's work files. Idempotent: a leader that dies halfway lets the next one redo it.
+/// Filters the coordinator's report into its final place (temporary name, then rename; an S3
+/// prefix gets an upload), then removes the work file. Idempotent: a leader that dies halfway
+/// lets the next one redo it.
 pub fn write_task_report(exec: &Execution, cfg: &TaskReportConfig) -> std::io::Result<PathBuf> {
-    let work = PathBuf::from(exec.spec.report_dir.clone().ok_or_else(|| std::io::Error::other("the execution has no report work directory"))?);
-    std::fs::create_dir_all(&work)?;
     let s3 = is_s3(&cfg.destination);
-    let out = if s3 { work.join(format!("{}.final.jsonl", exec.spec.id)) } else { report_path(exec, cfg) };
+    let work = exec.spec.report_file.as_ref().map(PathBuf::from).ok_or_else(|| std::io::Error::other("the execution has no report work file"))?;
+    let work_dir = work.parent().map(Path::to_path_buf).unwrap_or_default();
+    std::fs::create_dir_all(&work_dir)?;
+    let out = if s3 { work_dir.join(format!("{}.final.jsonl", exec.spec.id)) } else { report_path(exec, cfg) };
     let dir = out.parent().expect("a report path has a parent").to_path_buf();
     std::fs::create_dir_all(&dir)?;
-    let merged = dir.join(format!(".{}.merged.tmp", exec.spec.id));
-    crate::cluster::merge_report(&work, exec, &merged)?;
     let tmp = dir.join(format!(".{}.jsonl.tmp", exec.spec.id));
     {
         let mut w = BufWriter::new(std::fs::File::create(&tmp)?);
-        for line in BufReader::new(std::fs::File::open(&merged)?).lines() {
-            let line = line?;
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
-            if keep(&v, cfg) {
-                w.write_all(line.as_bytes())?;
-                w.write_all(b"\n")?;
+        let mut summary = false;
+        // An execution cancelled while queued never had a report written.
+        if let Ok(f) = std::fs::File::open(&work) {
+            for line in BufReader::new(f).lines() {
+                let line = line?;
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+                summary |= v["type"] == "summary";
+                if keep(&v, cfg) {
+                    w.write_all(line.as_bytes())?;
+                    w.write_all(b"\n")?;
+                }
             }
+        }
+        if !summary {
+            serde_json::to_writer(&mut w, &crate::report::summary_json(exec))?;
+            w.write_all(b"\n")?;
         }
         w.flush()?;
         w.get_ref().sync_all()?;
     }
     std::fs::rename(&tmp, &out)?;
-    let _ = std::fs::remove_file(&merged);
     let out = if s3 {
         let uri = report_path(exec, cfg);
         upload(exec, &cfg.destination, &report_rel(exec), &out).map_err(|e| std::io::Error::other(format!("cannot upload the report to {}: {e}", uri.display())))?;
@@ -86,56 +102,32 @@ pub fn write_task_report(exec: &Execution, cfg: &TaskReportConfig) -> std::io::R
     } else {
         out
     };
-    for ent in std::fs::read_dir(&work)?.flatten() {
-        let name = ent.file_name().to_string_lossy().into_owned();
-        if name.starts_with(&format!("{}.", exec.spec.id)) {
-            let _ = std::fs::remove_file(ent.path());
-        }
-    }
     Ok(out)
 }
 
-/// Puts a report file under an S3 prefix: one PUT up to 64 MiB, parts above, each with its
-/// CRC32C and the whole object's CRC at completion.
+/// Puts a report file under an S3 prefix, streamed through the location's sink (one PUT, or
+/// parts), each piece with its CRC32C, then committed like any entry.
 fn upload(exec: &Execution, prefix: &str, rel: &str, path: &Path) -> Result<(), ferry_common::error::FerryError> {
     use std::io::Read;
-    use ferry_worker::storage::{Content, Meta};
-    const PART: u64 = 64 << 20;
-    let loc = ferry_worker::storage::open(prefix, &exec.spec)?;
-    let size = std::fs::metadata(path).map_err(|e| ferry_common::error::FerryError::config(format!("{}: {e}", path.display())))?.len();
-    let now = ferry_common::schedule::now_ms();
-    let meta = Meta {
-        kind: Some(ferry_common::model::EntryKind::File),
-        size,
-        mtime: ferry_common::model::Timestamp { sec: (now / 1000) as i64, nsec: ((now % 1000) * 1_000_000) as u32 },
-        mode: Some(0o100644),
-        ..Default::default()
-    };
-    let mut file = std::fs::File::open(path).map_err(|e| ferry_common::error::FerryError::config(format!("{}: {e}", path.display())))?;
-    let read_err = |e: std::io::Error| ferry_common::error::FerryError::config(format!("{}: {e}", path.display()));
-    if size <= PART {
-        let mut body = Vec::with_capacity(size as usize);
-        file.read_to_end(&mut body).map_err(read_err)?;
-        return loc.put(rel.as_bytes(), Content::File(&body), &meta, Some(crc32c::crc32c(&body)));
-    }
-    let upload = loc.create_multipart(rel.as_bytes(), size, &meta)?;
-    let result = (|| {
-        let (mut crc, mut pos, mut numbers) = (0u32, 0u64, Vec::new());
-        let mut buf = vec![0u8; PART as usize];
-        while pos < size {
-            let n = (size - pos).min(PART) as usize;
-            file.read_exact(&mut buf[..n]).map_err(read_err)?;
-            let part_crc = crc32c::crc32c(&buf[..n]);
-            let number = (pos / PART) as u32 + 1;
-            loc.put_part(rel.as_bytes(), &upload, number, pos, &buf[..n], part_crc)?;
-            crc = if pos == 0 { part_crc } else { ferry_common::crc::combine(crc, part_crc, n as u64) };
-            numbers.push(number);
-            pos += n as u64;
+    use ferry_common::error::FerryError;
+    use ferry_worker::location::{commit, CommitOptions, Meta, Target};
+    let loc = ferry_worker::location::open(prefix, &exec.spec)?;
+    let io = |e: std::io::Error| FerryError::config(format!("{}: {e}", path.display()));
+    let size = std::fs::metadata(path).map_err(io)?.len();
+    let meta = Meta { kind: Some(ferry_common::model::EntryKind::File), size, mtime: ferry_worker::location::local::now(), mode: Some(0o100644), ..Default::default() };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut sink = loc.create(rel.as_bytes(), Target::File { size, resume: None }, &meta, &Vec::new())?;
+    let (mut pos, mut crc) = (0u64, 0u32);
+    let mut buf = vec![0u8; 4 << 20];
+    while pos < size {
+        let n = ((size - pos) as usize).min(buf.len());
+        if let Err(e) = file.read_exact(&mut buf[..n]).map_err(io).and_then(|()| sink.write_at(pos, &buf[..n], crc32c::crc32c(&buf[..n]))) {
+            sink.abort();
+            return Err(e);
         }
-        loc.complete_multipart(rel.as_bytes(), &upload, &numbers, size, &meta, crc).map(|_| ())
-    })();
-    if result.is_err() {
-        let _ = loc.abort_multipart(rel.as_bytes(), &upload);
+        crc = ferry_common::crc::combine(crc, crc32c::crc32c(&buf[..n]), n as u64);
+        pos += n as u64;
     }
-    result
+    let staged = sink.finish(crc)?;
+    commit(loc.as_ref(), vec![staged], CommitOptions { fsync: true, verify: true }, &mut buf).pop().unwrap_or(Ok(None)).map(|_| ())
 }

@@ -62,9 +62,6 @@ struct Args {
     /// Turn off generic receive offload for links (measuring only).
     #[arg(long)]
     link_no_gro: bool,
-    /// Streams a file of 256 MiB or more is split over, 1-4 [default: half the cores, at most 4].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4))]
-    link_stripes: Option<u64>,
 }
 
 fn fail(msg: &str) -> ! {
@@ -112,10 +109,10 @@ fn main() {
         None if link_listen.is_some() || args.enroll_token.is_some() => fail("links need a certificate: give --tls-dir DIR (and --enroll-token the first time)"),
         None => None,
         Some(tls_dir) => {
-            if let Err(e) = ferry_worker::link::pki::check_agent_name(&name) {
+            if let Err(e) = ferry_worker::transport::link::pki::check_agent_name(&name) {
                 fail(&e.to_string());
             }
-            let mut tuning = ferry_worker::link::quic::LinkTuning::default();
+            let mut tuning = ferry_worker::transport::link::quic::LinkTuning::default();
             if let Some(c) = args.congestion.clone().or(cfg.worker.congestion.clone()) {
                 tuning.congestion = c.parse().unwrap_or_else(|e: String| fail(&e));
             }
@@ -126,7 +123,7 @@ fn main() {
             tuning.gro = !args.link_no_gro;
             tuning.connections = args.link_connections.or(cfg.worker.link_connections).unwrap_or(1).clamp(1, 16) as usize;
             let listen = link_listen.map(|l| l.parse::<std::net::SocketAddr>().unwrap_or_else(|_| fail(&format!("--link-listen {l:?} is not an address like 0.0.0.0:7400"))));
-            Some(LinkSetup { tls_dir, enroll_token: args.enroll_token.clone(), listen, advertise: args.link_advertise.clone().or(cfg.worker.link_advertise.clone()), tuning, stripes: args.link_stripes })
+            Some(LinkSetup { tls_dir, enroll_token: args.enroll_token.clone(), listen, advertise: args.link_advertise.clone().or(cfg.worker.link_advertise.clone()), tuning })
         }
     };
     init_logging(format, "info");
@@ -154,7 +151,7 @@ fn main() {
             }
             let _ = tx.send(true);
         });
-        let cfg = AgentConfig { name, movers, lease_ttl: Duration::from_secs(lease_ttl), labels, link };
+        let cfg = AgentConfig { name, movers, lease_ttl: Duration::from_secs(lease_ttl), labels, link, poll: ferry_worker::agent::POLL };
         let (link, link_addr) = match start_link(&store, &cfg).await {
             Ok(l) => l,
             Err(e) => {

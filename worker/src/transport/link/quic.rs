@@ -1,8 +1,8 @@
 //! QUIC endpoints for the link (quinn over UDP, TLS 1.3 with mutual authentication).
 //!
 //! - The writer side ([`serve`]) accepts connections from agents of the same CA. Each
-//!   bidirectional stream carries one reader's batches; it runs on the blocking pool, driving
-//!   a [`Receiver`], because writing files blocks.
+//!   bidirectional stream carries one reader's batches or requests; it runs on the blocking
+//!   pool, driving a [`Writer`], because writing files blocks.
 //! - The reader side ([`LinkClient`]) keeps one connection per writer (or several, see
 //!   [`LinkTuning::connections`]) and opens a stream per batch. A reader thread sends with
 //!   blocking calls; a task drains the writer's answers into a channel, so the two directions
@@ -15,11 +15,11 @@ use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
-use super::frame::{self, decode, decode_preamble, encode, encode_preamble, Code, Frame, ProtocolError, PREAMBLE_LEN};
 use super::pki::{Identity, PkiError};
-use super::receiver::Receiver;
-use super::wire::{refused, LinkError, Wire};
-use crate::exec::ExecContext;
+use crate::engine::write::Writer;
+use crate::engine::ExecContext;
+use crate::transport::frame::{self, decode, decode_preamble, encode, encode_preamble, Code, Frame, ProtocolError, PREAMBLE_LEN};
+use crate::transport::wire::{refused, LinkError, Wire};
 
 /// A link silent this long is declared dead.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(8);
@@ -443,17 +443,17 @@ fn serve_stream(rt: &tokio::runtime::Handle, mut send: quinn::SendStream, recv: 
             }
             std::thread::sleep(Duration::from_millis(100));
         };
-        let mut receiver = Receiver::new(ctx);
+        let mut writer = Writer::new(&ctx, true).map_err(|e| ProtocolError { code: Code::UnknownExecution, detail: e.to_string() })?;
         let served = (|| {
             while let Some(frame) = next()? {
-                let replies = receiver.handle(frame)?;
+                let replies = writer.handle(frame)?;
                 if !replies.is_empty() {
                     rt.block_on(write_frames(&mut send, &replies))?;
                 }
             }
             Ok(())
         })();
-        let st = &receiver.stats;
+        let st = &writer.stats;
         tracing::debug!(agent = %hello.agent, files = st.files_written, bytes = st.bytes_written, resumed = st.bytes_resumed, bad_chunks = st.chunks_rejected, current = st.entries_current, "LinkStreamServed");
         served
     })();

@@ -1,5 +1,6 @@
-//! The agent-to-agent wire format: frames on a QUIC stream. docs/protocol.md is the
-//! specification; this file is its only encoder and decoder, and the two must agree.
+//! The reader-to-writer wire format: frames on a stream, between agents over QUIC or inside
+//! one process. docs/protocol.md is the specification; this file is its only encoder and
+//! decoder, and the two must agree.
 //!
 //! A stream starts with a preamble (`FRYL`, version, flags) from each side. Then frames:
 //!
@@ -18,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use ferry_common::paths;
 
 pub const MAGIC: &[u8; 4] = b"FRYL";
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 pub const PREAMBLE_LEN: usize = 8;
 /// type (1) + length (4).
 pub const FRAME_HEADER_LEN: usize = 5;
@@ -33,6 +34,10 @@ pub const MAX_PATH: usize = 4096;
 pub const MAX_MESSAGE: usize = 1024;
 /// Largest encoded HELLO.
 pub const MAX_HELLO: usize = 1024;
+/// Largest encoded REQUEST.
+pub const MAX_REQUEST: usize = 1 << 20;
+/// Largest encoded RESPONSE, and DONE.
+pub const MAX_RESPONSE: usize = 8 << 20;
 /// Most files a reader may have announced and not yet seen acknowledged on one stream.
 pub const MAX_OPEN_FILES: usize = 4096;
 
@@ -48,6 +53,10 @@ pub mod kind {
     pub const HELLO: u8 = 0x06;
     pub const FLUSH: u8 = 0x07;
     pub const REJECT: u8 = 0x08;
+    pub const HOLE: u8 = 0x09;
+    pub const DONE: u8 = 0x0a;
+    pub const REQUEST: u8 = 0x0b;
+    pub const RESPONSE: u8 = 0x0c;
 }
 
 /// Error codes carried by ERROR frames, and what a receiver reports for bad input.
@@ -144,10 +153,20 @@ pub struct FileHeader {
     /// can tell an unchanged destination file without receiving it.
     #[serde(default)]
     pub crc32c: Option<u32>,
-    /// Set when a large file is split over several streams: this stream carries bytes
-    /// `[start, start + len)` of it.
+    /// Set when this entry is a range of a large file written in parts: the bytes
+    /// `[offset, offset + len)` of multipart write `upload`.
     #[serde(default)]
-    pub stripe: Option<Stripe>,
+    pub part: Option<PartTarget>,
+    /// The reader decided the entry must be written (it compared with the destination
+    /// already): the writer skips its own comparison.
+    #[serde(default)]
+    pub decided: bool,
+    /// Owner and group are to be kept (`uid` and `gid` are the source's).
+    #[serde(default)]
+    pub owner: bool,
+    /// Object tags to write with the entry (ObjectTags PRESERVE).
+    #[serde(default)]
+    pub tags: Option<String>,
     /// Extended attributes (name, value), applied before owner, mode and times. Their total
     /// size is at most [`MAX_XATTR_BYTES`].
     #[serde(default)]
@@ -157,32 +176,104 @@ pub struct FileHeader {
 /// Most bytes of extended attributes (names and values) one HEADER carries.
 pub const MAX_XATTR_BYTES: usize = 48 << 10;
 
-/// One of `count` byte ranges of a file sent on separate streams (to the same writer).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stripe {
-    pub index: u32,
-    pub count: u32,
-    pub start: u64,
+/// A range of a large file, written into a multipart write that other streams (from other
+/// readers, too) write the other ranges of.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartTarget {
+    pub upload: String,
+    pub offset: u64,
     pub len: u64,
 }
 
-/// Most stripes one file may be split into.
-pub const MAX_STRIPES: u32 = 64;
+/// Longest multipart write id.
+pub const MAX_UPLOAD_ID: usize = 1024;
 
 /// ACK status values.
 pub mod status {
-    /// Durable, and the CRC matched, up to `offset`.
-    pub const OK: u8 = 0;
-    /// The answer to a HEADER: resume sending at `offset` (0 = from the start).
+    /// The answer to a HEADER: resume sending at `offset` (the entry's or range's start:
+    /// from the beginning).
     pub const RESUME_AT: u8 = 1;
     /// A chunk failed its CRC: resend from `offset`.
     pub const RESEND_FROM: u8 = 2;
     /// The answer to a HEADER: the destination already holds this entry unchanged; send
     /// nothing more for it.
     pub const CURRENT: u8 = 3;
-    /// Like OK, for a stripe whose arrival completed its file: the whole file is durable,
-    /// checked and in place.
-    pub const COMPLETE: u8 = 4;
+}
+
+/// The writer's final answer for an entry (msgpack map): durable, checked at rest, and in
+/// place (a range: stored in its multipart write).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Done {
+    pub id: u64,
+    /// The end offset of what was written: the file's size, or the range's end.
+    pub end: u64,
+    /// How it was verified, when that was weaker than a CRC32C at rest.
+    #[serde(default)]
+    pub note: Option<String>,
+    /// Bytes an interrupted attempt had stored already and that were kept.
+    #[serde(default)]
+    pub resumed: u64,
+    /// (part number, MD5 hex) of object parts stored for a range.
+    #[serde(default)]
+    pub tags: Vec<(u32, String)>,
+}
+
+/// Questions a reader asks of the destination through a writer agent, one RESPONSE each
+/// (msgpack). Every path is checked to be a safe relative path before it is used.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// One page of directory `dir`.
+    List {
+        #[serde(with = "serde_bytes")]
+        dir: Vec<u8>,
+        #[serde(default, with = "serde_bytes")]
+        resume: Option<Vec<u8>>,
+        max: u32,
+    },
+    /// Metadata of names in a directory (see `engine::dest::Dest::lookup`).
+    Lookup {
+        #[serde(with = "serde_bytes")]
+        dir: Vec<u8>,
+        names: Vec<serde_bytes::ByteBuf>,
+    },
+    Stat { rels: Vec<serde_bytes::ByteBuf> },
+    /// Content CRC32C of files, as stored or read at the destination.
+    Checksums { rels: Vec<serde_bytes::ByteBuf> },
+    Remove { rels: Vec<serde_bytes::ByteBuf> },
+    /// Make sure directories exist (owner-only until their metadata is set).
+    EnsureDirs { rels: Vec<serde_bytes::ByteBuf> },
+    /// Find the unfinished multipart write of a file, or start one.
+    OpenUpload {
+        #[serde(with = "serde_bytes")]
+        rel: Vec<u8>,
+        size: u64,
+        meta: crate::location::Meta,
+    },
+    AbortUpload {
+        #[serde(with = "serde_bytes")]
+        rel: Vec<u8>,
+        upload: String,
+    },
+}
+
+/// Most names, paths or results one REQUEST or RESPONSE carries.
+pub const MAX_BATCH: usize = 1024;
+
+/// An error as it crosses the wire.
+pub type WireResult<T> = Result<T, ferry_common::error::FerryError>;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Page { entries: Vec<(serde_bytes::ByteBuf, crate::location::Meta, bool)>, #[serde(default, with = "serde_bytes")] resume: Option<Vec<u8>> },
+    Found(Vec<Option<(crate::location::Meta, bool)>>),
+    Metas(Vec<WireResult<Option<crate::location::Meta>>>),
+    Checksums(Vec<WireResult<u32>>),
+    Removed(Vec<WireResult<u64>>),
+    Made(Vec<WireResult<()>>),
+    Upload { id: String, created: bool },
+    Aborted,
+    /// The request failed as a whole.
+    Failed(ferry_common::error::FerryError),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -198,6 +289,11 @@ pub enum Frame {
     Flush,
     /// The writer could not take this one entry (the stream goes on).
     Reject { id: u64, code: u16, message: String },
+    /// `[offset, offset + len)` of the entry is a hole at the source: zeros, never sent.
+    Hole { id: u64, offset: u64, len: u64 },
+    Done(Done),
+    Request(Request),
+    Response(Response),
 }
 
 pub fn encode_preamble() -> [u8; PREAMBLE_LEN] {
@@ -231,6 +327,10 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
         Frame::Hello(_) => kind::HELLO,
         Frame::Flush => kind::FLUSH,
         Frame::Reject { .. } => kind::REJECT,
+        Frame::Hole { .. } => kind::HOLE,
+        Frame::Done(_) => kind::DONE,
+        Frame::Request(_) => kind::REQUEST,
+        Frame::Response(_) => kind::RESPONSE,
     };
     out.push(ty);
     out.extend_from_slice(&[0; 4]);
@@ -271,9 +371,29 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
             out.extend_from_slice(&code.to_be_bytes());
             out.extend_from_slice(truncated(message));
         }
+        Frame::Hole { id, offset, len } => {
+            out.extend_from_slice(&id.to_be_bytes());
+            out.extend_from_slice(&offset.to_be_bytes());
+            out.extend_from_slice(&len.to_be_bytes());
+        }
+        Frame::Done(d) => msgpack(out, start, d, MAX_RESPONSE)?,
+        Frame::Request(r) => {
+            check_request(r)?;
+            msgpack(out, start, r, MAX_REQUEST)?
+        }
+        Frame::Response(r) => msgpack(out, start, r, MAX_RESPONSE)?,
     }
     let len = (out.len() - start - FRAME_HEADER_LEN) as u32;
     out[start + 1..start + FRAME_HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
+/// Appends `value` as a msgpack map, refusing it above `max` bytes.
+fn msgpack<T: Serialize>(out: &mut Vec<u8>, start: usize, value: &T, max: usize) -> Result<(), ProtocolError> {
+    rmp_serde::encode::write_named(out, value).map_err(|e| err(Code::Malformed, e.to_string()))?;
+    if out.len() - start - FRAME_HEADER_LEN > max {
+        return Err(err(Code::TooLarge, format!("frame above its limit of {max} bytes")));
+    }
     Ok(())
 }
 
@@ -355,6 +475,9 @@ fn limit(ty: u8) -> Result<usize, ProtocolError> {
         kind::HELLO => MAX_HELLO,
         kind::FLUSH => 0,
         kind::REJECT => 8 + 2 + MAX_MESSAGE,
+        kind::HOLE => 24,
+        kind::DONE | kind::RESPONSE => MAX_RESPONSE,
+        kind::REQUEST => MAX_REQUEST,
         other => return Err(err(Code::UnknownType, format!("unknown frame type {other:#04x}"))),
     })
 }
@@ -378,13 +501,46 @@ fn check_header(h: &FileHeader) -> Result<(), ProtocolError> {
     if h.xattrs.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() > MAX_XATTR_BYTES || h.xattrs.iter().any(|(k, _)| k.is_empty() || k.contains(&0)) {
         return Err(err(Code::TooLarge, format!("extended attributes above {MAX_XATTR_BYTES} bytes, or an empty or NUL-containing name")));
     }
-    if let Some(s) = &h.stripe {
-        let fits = s.start.checked_add(s.len).is_some_and(|end| end <= h.size);
-        if h.kind != entry_kind::FILE || !(2..=MAX_STRIPES).contains(&s.count) || s.index >= s.count || s.len == 0 || !fits {
-            return Err(err(Code::Malformed, format!("stripe {}/{} [{}+{}) does not fit a file of {} bytes", s.index, s.count, s.start, s.len, h.size)));
+    if let Some(p) = &h.part {
+        let fits = p.offset.checked_add(p.len).is_some_and(|end| end <= h.size);
+        if h.kind != entry_kind::FILE || p.len == 0 || !fits || p.upload.is_empty() || p.upload.len() > MAX_UPLOAD_ID {
+            return Err(err(Code::Malformed, format!("range [{}+{}) of upload {:?} does not fit a file of {} bytes", p.offset, p.len, p.upload, h.size)));
         }
     }
     Ok(())
+}
+
+fn safe(rel: &[u8]) -> bool {
+    rel.len() <= MAX_PATH && paths::is_safe_relative(rel)
+}
+
+/// Every path a request names is a safe relative path, and batches are bounded.
+fn check_request(r: &Request) -> Result<(), ProtocolError> {
+    let unsafe_path = |p: &[u8]| err(Code::UnsafePath, format!("path {:?} is not a safe relative path of at most {MAX_PATH} bytes", paths::display(p)));
+    let batch = |rels: &[serde_bytes::ByteBuf]| -> Result<(), ProtocolError> {
+        if rels.len() > MAX_BATCH {
+            return Err(err(Code::Limit, format!("{} paths in one request (limit {MAX_BATCH})", rels.len())));
+        }
+        match rels.iter().find(|r| r.is_empty() || !safe(r)) {
+            Some(bad) => Err(unsafe_path(bad)),
+            None => Ok(()),
+        }
+    };
+    match r {
+        Request::List { dir, .. } if !safe(dir) => Err(unsafe_path(dir)),
+        Request::Lookup { dir, names } => {
+            if !safe(dir) {
+                return Err(unsafe_path(dir));
+            }
+            if names.len() > MAX_BATCH || names.iter().any(|n| n.is_empty() || n.contains(&b'/') || n.as_slice() == b"." || n.as_slice() == b"..") {
+                return Err(err(Code::UnsafePath, "a name in a lookup is empty, '.', '..', contains '/', or there are too many"));
+            }
+            Ok(())
+        }
+        Request::Stat { rels } | Request::Checksums { rels } | Request::Remove { rels } | Request::EnsureDirs { rels } => batch(rels),
+        Request::OpenUpload { rel, .. } | Request::AbortUpload { rel, .. } if rel.is_empty() || !safe(rel) => Err(unsafe_path(rel)),
+        _ => Ok(()),
+    }
 }
 
 fn be_u64(b: &[u8]) -> u64 {
@@ -435,6 +591,17 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, ProtocolError> {
             Frame::Hello(h)
         }
         kind::FLUSH => Frame::Flush,
+        kind::HOLE => {
+            exact(24)?;
+            Frame::Hole { id: be_u64(&p[0..8]), offset: be_u64(&p[8..16]), len: be_u64(&p[16..24]) }
+        }
+        kind::DONE => Frame::Done(rmp_serde::from_slice(p).map_err(|e| err(Code::Malformed, format!("done: {e}")))?),
+        kind::REQUEST => {
+            let r: Request = rmp_serde::from_slice(p).map_err(|e| err(Code::Malformed, format!("request: {e}")))?;
+            check_request(&r)?;
+            Frame::Request(r)
+        }
+        kind::RESPONSE => Frame::Response(rmp_serde::from_slice(p).map_err(|e| err(Code::Malformed, format!("response: {e}")))?),
         kind::REJECT => {
             if len < 10 {
                 return Err(err(Code::Malformed, "reject frame shorter than its fixed fields"));
@@ -476,16 +643,35 @@ mod tests {
         round_trip(&Frame::Error { code: Code::CrcMismatch as u16, message: "chunk at 0 failed its CRC32C".into() });
         round_trip(&Frame::Header(FileHeader { kind: entry_kind::SYMLINK, target: b"../elsewhere".to_vec(), size: 0, crc32c: Some(3), ..header(b"l") }));
         round_trip(&Frame::Hello(Hello { exec: "e1".into(), agent: "w1".into() }));
-        round_trip(&Frame::Header(FileHeader { size: 100, stripe: Some(Stripe { index: 1, count: 2, start: 50, len: 50 }), ..header(b"big") }));
+        let part = |offset, len| Some(PartTarget { upload: "u1".into(), offset, len });
+        round_trip(&Frame::Header(FileHeader { size: 100, part: part(50, 50), decided: true, ..header(b"big") }));
         let mut buf = Vec::new();
-        let bad = FileHeader { size: 100, stripe: Some(Stripe { index: 2, count: 2, start: 90, len: 20 }), ..header(b"big") };
+        let bad = FileHeader { size: 100, part: part(90, 20), ..header(b"big") };
         assert_eq!(encode(&Frame::Header(bad), &mut buf).unwrap_err().code, Code::Malformed);
+        round_trip(&Frame::Hole { id: 3, offset: 4096, len: 1 << 30 });
+        round_trip(&Frame::Done(Done { id: 3, end: 99, note: Some("verified by MD5 ETag".into()), resumed: 4, tags: vec![(1, "ab".into())] }));
+        round_trip(&Frame::Request(Request::Lookup { dir: b"a/b".to_vec(), names: vec![serde_bytes::ByteBuf::from(b"c".to_vec())] }));
+        round_trip(&Frame::Response(Response::Checksums(vec![Ok(7), Err(ferry_common::error::FerryError::config("x"))])));
         round_trip(&Frame::Flush);
         round_trip(&Frame::Reject { id: 9, code: Code::Io as u16, message: "permission denied".into() });
         for code in [Code::BadVersion, Code::Malformed, Code::TooLarge, Code::UnsafePath, Code::CrcMismatch, Code::Io, Code::UnknownType, Code::OutOfOrder, Code::Limit, Code::UnknownExecution] {
             assert_eq!(Code::from_u16(code as u16), Some(code));
         }
         assert_eq!(Code::from_u16(0), None);
+    }
+
+    #[test]
+    fn requests_naming_hostile_paths_are_refused_both_ways() {
+        let bad = serde_bytes::ByteBuf::from(b"../etc".to_vec());
+        for r in [Request::Remove { rels: vec![bad.clone()] }, Request::List { dir: b"/abs".to_vec(), resume: None, max: 1 }, Request::Lookup { dir: Vec::new(), names: vec![serde_bytes::ByteBuf::from(b"a/b".to_vec())] }] {
+            let mut buf = Vec::new();
+            assert_eq!(encode(&Frame::Request(r.clone()), &mut buf).unwrap_err().code, Code::UnsafePath, "{r:?}");
+            let mut raw = vec![kind::REQUEST, 0, 0, 0, 0];
+            rmp_serde::encode::write_named(&mut raw, &r).unwrap();
+            let len = (raw.len() - FRAME_HEADER_LEN) as u32;
+            raw[1..5].copy_from_slice(&len.to_be_bytes());
+            assert_eq!(decode(&raw).unwrap_err().code, Code::UnsafePath, "{r:?}");
+        }
     }
 
     #[test]
@@ -521,7 +707,7 @@ mod tests {
 
         /// Any bytes at all: an error, a request for more, or a frame that fits the input.
         #[test]
-        fn the_decoder_never_panics_or_overreads(bytes in proptest::collection::vec(any::<u8>(), 0..512), ty in 0u8..10) {
+        fn the_decoder_never_panics_or_overreads(bytes in proptest::collection::vec(any::<u8>(), 0..512), ty in 0u8..14) {
             let mut input = bytes;
             if !input.is_empty() {
                 input[0] = ty;

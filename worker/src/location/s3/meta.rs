@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use ferry_common::model::{EntryKind, Timestamp};
 
-use crate::storage::Meta;
+use crate::location::Meta;
 
 pub const MTIME: &str = "file-mtime";
 pub const ATIME: &str = "file-atime";

@@ -10,9 +10,13 @@
 //!
 //! The SDK is async; [`Location`] is blocking. Each location owns a small runtime for the
 //! SDK's I/O and blocks the calling thread (a blocking-pool thread) on it.
+//!
+//! Reading is one GET per object, streamed ([`io::S3Source`]); writing buffers one object
+//! (up to 16 MiB, one PUT) or one part at a time ([`io::S3Sink`]).
 
 pub mod error;
 pub mod etag;
+mod io;
 pub mod meta;
 
 use std::collections::HashMap;
@@ -32,12 +36,51 @@ use ferry_common::error::{ErrorKind, FerryError};
 use ferry_common::model::{EntryKind, S3Settings, Timestamp};
 
 use self::error::classify;
-use crate::storage::{Content, Listed, Location, Meta, Page, Staged, StoredPart};
+use super::{
+    Capabilities, Durable, Limits, Listed, Location, Meta, Page, Profile, Sink, Source, Special, Staged, StoredPart, Target,
+    Token, Xattrs,
+};
 
 /// S3's limits on multipart uploads.
 pub const MAX_PARTS: u64 = 10_000;
 pub const MIN_PART_SIZE: u64 = 5 << 20;
 pub const MAX_OBJECT_SIZE: u64 = 5 << 40;
+/// Longest key, prefix included.
+pub const MAX_KEY_BYTES: usize = 1024;
+/// Objects up to this size are uploaded in one request, and this is the smallest part of a
+/// multipart upload: what one writer buffers at a time.
+pub const OBJECT_PART_MIN: u64 = 16 << 20;
+
+/// What an S3 location holds: files, symlinks (as objects holding their target) and
+/// directory markers, with POSIX metadata in user metadata, each with a stored CRC32C.
+pub fn profile(url: &S3Url) -> Profile {
+    Profile {
+        capabilities: Capabilities {
+            hard_links: false,
+            holes: false,
+            xattrs: false,
+            special_files: false,
+            ownership: true,
+            ns_times: true,
+            dir_markers: true,
+            atomic_rename: false,
+            stored_checksum: true,
+            // CopyObject could copy within a store without the bytes passing by; nothing uses
+            // it yet, so it is not declared.
+            server_side_copy: false,
+            complete_listing: false,
+            cheap_stat: false,
+        },
+        limits: Limits {
+            max_name_bytes: None,
+            max_path_bytes: Some(MAX_KEY_BYTES.saturating_sub(url.prefix.len())),
+            utf8_names: true,
+            max_file_bytes: Some(MAX_OBJECT_SIZE),
+            part_unit_min: Some(OBJECT_PART_MIN),
+            max_parts: Some(MAX_PARTS),
+        },
+    }
+}
 
 /// A parsed `s3://bucket/prefix` URI.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -313,33 +356,188 @@ impl S3Location {
         Ok(Some(out.tag_set().iter().map(|t| format!("{}={}", enc(t.key()), enc(t.value()))).collect::<Vec<_>>().join("&")))
     }
 
-    /// Writes one whole object, with `m.tags` when set (ObjectTags PRESERVE).
-    fn put_object(&self, rel: &[u8], content: Content<'_>, m: &Meta, crc32c: Option<u32>) -> Result<(), FerryError> {
-        let (key, body, kind): (String, Vec<u8>, EntryKind) = match content {
-            Content::File(d) => (self.key(rel)?, d.to_vec(), EntryKind::File),
-            Content::Symlink(t) => (self.key(rel)?, t.to_vec(), EntryKind::Symlink),
-            Content::Dir => (self.marker_key(rel)?, Vec::new(), EntryKind::Dir),
-        };
-        if key.is_empty() {
-            // The bucket root has no marker object: its metadata is not kept.
-            return Ok(());
-        }
-        let crc = crc32c.unwrap_or_else(|| crc32c::crc32c(&body));
+}
+
+impl S3Location {
+    /// Writes one whole object with its metadata and `meta.tags` (ObjectTags PRESERVE).
+    /// `crc32c` is the body's CRC as the source read it: the server refuses a body that does
+    /// not match. Returns the ETag the stored object should carry (the body's MD5).
+    fn put_object(&self, key: &str, body: Vec<u8>, meta: &Meta, kind: EntryKind, crc32c: u32) -> Result<String, FerryError> {
+        let md5 = etag::md5_hex(&body);
         let req = self
             .client
             .put_object()
             .bucket(&self.url.bucket)
-            .key(&key)
-            .set_metadata(Some(meta::to_user_metadata(m, kind)))
-            .checksum_crc32_c(crc_to_base64(crc))
+            .key(key)
+            .set_metadata(Some(meta::to_user_metadata(meta, kind)))
+            .checksum_crc32_c(crc_to_base64(crc32c))
             .body(ByteStream::from(body))
             .set_storage_class(self.storage_class())
             .set_server_side_encryption(self.sse())
             .set_ssekms_key_id(self.settings.sse_kms_key_id.clone())
-            .set_tagging(m.tags.clone());
+            .set_tagging(meta.tags.clone());
         // The body's integrity rides on its CRC32C, which the server checks: signing a SHA-256
         // of every body as well would double the hashing on both ends for nothing.
-        self.block(req.customize().disable_payload_signing().send()).map(|_| ()).map_err(|e| classify("upload", &self.target(&key), &e))
+        self.block(req.customize().disable_payload_signing().send()).map_err(|e| classify("upload", &self.target(key), &e))?;
+        Ok(md5)
+    }
+
+    /// Stores one part; returns its tag, checked against the MD5 of the bytes sent where the
+    /// store's tags are MD5s (the CRC32C sent with it is checked by the store itself).
+    fn put_part(&self, key: &str, upload: &str, number: u32, data: Vec<u8>, crc32c: u32) -> Result<Option<String>, FerryError> {
+        let md5 = etag::md5_hex(&data);
+        let req = self
+            .client
+            .upload_part()
+            .bucket(&self.url.bucket)
+            .key(key)
+            .upload_id(upload)
+            .part_number(number as i32)
+            .checksum_crc32_c(crc_to_base64(crc32c))
+            .body(ByteStream::from(data));
+        let tag = self
+            .block(req.customize().disable_payload_signing().send())
+            .map(|out| out.e_tag().map(|t| t.trim_matches('"').to_ascii_lowercase()))
+            .map_err(|e| classify(&format!("upload part {number} of"), &self.target(key), &e))?;
+        match &tag {
+            Some(t) if etag::is_md5(t) && *t != md5 => Err(FerryError::new(
+                ErrorKind::Corrupt,
+                format!("part {number} of {} was stored with MD5 {t}, not the MD5 of the bytes sent", self.target(key)),
+            )),
+            _ => Ok(tag.filter(|t| etag::is_md5(t)).or(Some(md5))),
+        }
+    }
+
+    /// Completes an upload from the parts the server lists, with the whole object's CRC32C.
+    /// Returns the ETag the object should carry: the MD5 of the part MD5s, from the server's
+    /// tags or else from `recorded` (servers that list parts without tags).
+    fn complete(&self, key: &str, upload: &str, size: u64, crc32c: u32, recorded: &[(u32, String)]) -> Result<Option<String>, FerryError> {
+        let stored = self.list_parts_of(key, upload)?;
+        let mut by_number: HashMap<u32, StoredPart> = stored.into_iter().map(|p| (p.number, p)).collect();
+        let count = by_number.keys().copied().max().unwrap_or(0);
+        let mut completed = Vec::with_capacity(count as usize);
+        let mut tags = Vec::with_capacity(count as usize);
+        let mut total = 0u64;
+        for n in 1..=count {
+            let p = by_number.remove(&n).ok_or_else(|| FerryError::new(ErrorKind::Unavailable, format!("part {n} of {} is missing from its upload", self.target(key))))?;
+            total += p.size;
+            let tag = Some(p.etag.to_ascii_lowercase()).filter(|t| etag::is_md5(t)).or_else(|| recorded.iter().find(|(m, _)| *m == n).map(|(_, t)| t.clone()));
+            tags.push(tag.unwrap_or_default());
+            let mut b = CompletedPart::builder().part_number(n as i32).e_tag(format!("\"{}\"", p.etag));
+            if let Some(c) = p.crc32c {
+                b = b.checksum_crc32_c(crc_to_base64(c));
+            }
+            completed.push(b.build());
+        }
+        if total != size {
+            return Err(FerryError::new(ErrorKind::Unavailable, format!("the parts of {} hold {total} bytes, not {size}; the upload starts over", self.target(key))));
+        }
+        let req = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.url.bucket)
+            .key(key)
+            .upload_id(upload)
+            .checksum_crc32_c(crc_to_base64(crc32c))
+            .checksum_type(ChecksumType::FullObject)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(completed)).build());
+        self.block(req.send()).map_err(|e| classify("complete the upload of", &self.target(key), &e))?;
+        Ok(etag::multipart(&tags))
+    }
+
+    fn start_multipart(&self, key: &str, meta: &Meta) -> Result<String, FerryError> {
+        let req = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.url.bucket)
+            .key(key)
+            .set_metadata(Some(meta::to_user_metadata(meta, EntryKind::File)))
+            .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+            .checksum_type(ChecksumType::FullObject)
+            .set_storage_class(self.storage_class())
+            .set_server_side_encryption(self.sse())
+            .set_ssekms_key_id(self.settings.sse_kms_key_id.clone())
+            .set_tagging(meta.tags.clone());
+        let out = self.block(req.send()).map_err(|e| classify("start the upload of", &self.target(key), &e))?;
+        out.upload_id().map(str::to_string).ok_or_else(|| FerryError::new(ErrorKind::Other, format!("the server gave no upload id for {}", self.target(key))))
+    }
+
+    fn abort_upload(&self, key: &str, upload: &str) -> Result<(), FerryError> {
+        match self.block(self.client.abort_multipart_upload().bucket(&self.url.bucket).key(key).upload_id(upload).send()) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let err = classify("abort the upload of", &self.target(key), &e);
+                if err.kind == ErrorKind::NotFound { Ok(()) } else { Err(err) }
+            }
+        }
+    }
+
+    fn list_parts_of(&self, key: &str, upload: &str) -> Result<Vec<StoredPart>, FerryError> {
+        let mut parts = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let req = self.client.list_parts().bucket(&self.url.bucket).key(key).upload_id(upload).set_part_number_marker(marker.clone());
+            let out = match self.block(req.send()) {
+                Ok(out) => out,
+                Err(e) => {
+                    // moto answers with a `ListPartsResponse` root the SDK refuses; its
+                    // parts are still right there in the body.
+                    if let Some(listed) = e.raw_response().and_then(|r| r.body().bytes()).and_then(parse_list_parts_fallback) {
+                        parts.extend(listed);
+                        break;
+                    }
+                    return Err(classify("list the uploaded parts of", &self.target(key), &e));
+                }
+            };
+            for p in out.parts() {
+                parts.push(StoredPart {
+                    number: p.part_number().unwrap_or(0).max(0) as u32,
+                    size: p.size().unwrap_or(0).max(0) as u64,
+                    crc32c: p.checksum_crc32_c().and_then(crc_from_base64),
+                    etag: p.e_tag().unwrap_or("").trim_matches('"').to_string(),
+                });
+            }
+            if !out.is_truncated().unwrap_or(false) {
+                break;
+            }
+            marker = out.next_part_number_marker().map(str::to_string);
+            if marker.is_none() {
+                break;
+            }
+        }
+        Ok(parts)
+    }
+
+    /// Reads `[0, size)` of an object for its CRC32C.
+    fn read_crc(&self, rel: &[u8], size: u64, buf: &mut Vec<u8>) -> Result<u32, FerryError> {
+        let mut src = self.open(rel, 0)?;
+        super::crc_of(src.as_mut(), 0, size, buf)
+    }
+
+    /// The key of `rel` if it exists, and every key below `rel/`.
+    fn keys_under(&self, rel: &[u8]) -> Result<Vec<String>, FerryError> {
+        let own = self.key(rel)?;
+        let mut keys = Vec::new();
+        // Listed rather than HEADed: the object, if any, sorts first under its own name, and
+        // file-backed servers fail a HEAD of a name that is a directory on disk.
+        let first = self
+            .block(self.client.list_objects_v2().bucket(&self.url.bucket).prefix(&own).max_keys(1).send())
+            .map_err(|e| classify("list", &self.target(&own), &e))?;
+        if first.contents().first().and_then(|o| o.key()) == Some(own.as_str()) {
+            keys.push(own);
+        }
+        let below = self.marker_key(rel)?;
+        let mut token: Option<String> = None;
+        loop {
+            let out = self
+                .block(self.client.list_objects_v2().bucket(&self.url.bucket).prefix(&below).set_continuation_token(token.clone()).send())
+                .map_err(|e| classify("list", &self.target(&below), &e))?;
+            keys.extend(out.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+            token = out.next_continuation_token().map(str::to_string);
+            if token.is_none() {
+                return Ok(keys);
+            }
+        }
     }
 }
 
@@ -348,8 +546,12 @@ impl Location for S3Location {
         format!("s3://{}/{}{}", self.url.bucket, self.url.prefix, ferry_common::paths::display(rel))
     }
 
-    fn is_object_store(&self) -> bool {
-        true
+    fn capabilities(&self) -> Capabilities {
+        profile(&self.url).capabilities
+    }
+
+    fn limits(&self) -> Limits {
+        profile(&self.url).limits
     }
 
     fn list(&self, dir: &[u8], resume: Option<&[u8]>, max: usize) -> Result<Page, FerryError> {
@@ -371,29 +573,22 @@ impl Location for S3Location {
                 if name.is_empty() {
                     continue; // this directory's own marker
                 }
-                let meta = Meta {
-                    kind: Some(EntryKind::File),
-                    size: o.size().unwrap_or(0).max(0) as u64,
-                    mtime: timestamp(o.last_modified()),
-                    ..Meta::default()
-                };
-                keys.push((key.to_string(), Some(Listed { name: name.as_bytes().to_vec(), meta, complete: false })));
+                let meta = Meta { kind: Some(EntryKind::File), size: o.size().unwrap_or(0).max(0) as u64, mtime: timestamp(o.last_modified()), ..Meta::default() };
+                keys.push((key.to_string(), Some(Listed { name: name.as_bytes().to_vec(), meta, complete: false, cursor: key.as_bytes().to_vec() })));
             }
             for p in out.common_prefixes() {
                 let Some(key) = p.prefix() else { continue };
                 let name = key[prefix.len().min(key.len())..].trim_end_matches('/');
-                let listed = (!name.is_empty()).then(|| Listed {
-                    name: name.as_bytes().to_vec(),
-                    meta: Meta { kind: Some(EntryKind::Dir), ..Meta::default() },
-                    complete: false,
-                });
+                // After a common prefix `a/`, resume at `a0` ('/' + 1): everything in between
+                // is under `a/` and was rolled into it.
+                let cursor = format!("{}0", key.trim_end_matches('/')).into_bytes();
+                let listed = (!name.is_empty()).then(|| Listed { name: name.as_bytes().to_vec(), meta: Meta { kind: Some(EntryKind::Dir), ..Meta::default() }, complete: false, cursor });
                 keys.push((key.to_string(), listed));
             }
             keys.sort_by(|a, b| a.0.cmp(&b.0));
             let last = keys.last().map(|(k, _)| k.clone());
             page.entries.extend(keys.into_iter().filter_map(|(_, l)| l));
-            let more = out.is_truncated().unwrap_or(false);
-            match (more, last) {
+            match (out.is_truncated().unwrap_or(false), last) {
                 (true, Some(last)) => {
                     // After a common prefix `a/`, resume at `a0` ('/' + 1): everything in
                     // between is under `a/` and was rolled into it.
@@ -412,19 +607,16 @@ impl Location for S3Location {
         }
     }
 
-    fn tags(&self, rel: &[u8]) -> Result<Option<String>, FerryError> {
-        self.object_tags(rel)
-    }
-
     fn stat(&self, rel: &[u8]) -> Result<Option<Meta>, FerryError> {
         let key = self.key(rel)?;
         if !key.is_empty() {
             match self.head_key(&key) {
                 Ok(Some(mut m)) => {
                     if m.kind() == EntryKind::Symlink {
-                        let mut buf = Vec::new();
-                        self.read(rel, 0, m.size, &mut buf)?;
-                        m.link_target = Some(buf);
+                        let mut src = self.open(rel, 0)?;
+                        let mut target = vec![0u8; m.size as usize];
+                        src.read_at(0, &mut target)?;
+                        m.link_target = Some(target);
                     }
                     return Ok(Some(m));
                 }
@@ -456,224 +648,102 @@ impl Location for S3Location {
         Ok((out.key_count().unwrap_or(0) > 0).then(|| Meta { kind: Some(EntryKind::Dir), ..Meta::default() }))
     }
 
-    /// One GET: the headers carry the metadata, and the body is read only when it is small
-    /// enough (otherwise the connection drops it unread).
-    fn fetch(&self, rel: &[u8], max: u64, buf: &mut Vec<u8>) -> Result<Option<Meta>, FerryError> {
-        buf.clear();
-        let key = self.key(rel)?;
-        if key.is_empty() || key.ends_with('/') {
-            return self.stat(rel);
-        }
-        let target = self.target(&key);
-        self.block(async {
-            let out = match self.client.get_object().bucket(&self.url.bucket).key(&key).checksum_mode(ChecksumMode::Enabled).send().await {
-                Ok(out) => out,
-                Err(e) => {
-                    let err = classify("read", &target, &e);
-                    return if err.kind == ErrorKind::NotFound { Ok(None) } else { Err(err) };
-                }
-            };
-            let mut m = object_meta(&key, out.content_length(), out.metadata(), out.last_modified(), out.checksum_type(), out.checksum_crc32_c(), out.e_tag());
-            let small = m.size <= max || m.kind() == EntryKind::Symlink;
-            if small {
-                let mut body = out.body;
-                while let Some(chunk) = body.try_next().await.map_err(|e| FerryError::new(ErrorKind::Unavailable, format!("cannot read {target}: {e}")))? {
-                    buf.extend_from_slice(&chunk);
-                }
-                if buf.len() as u64 != m.size {
-                    return Err(FerryError::new(ErrorKind::SourceChanged, format!("source changed while it was read: {target} (got {} of {} bytes)", buf.len(), m.size)));
-                }
-                if m.kind() == EntryKind::Symlink {
-                    m.link_target = Some(std::mem::take(buf));
-                }
-            }
-            Ok(Some(m))
-        })
+    fn xattrs(&self, _rel: &[u8]) -> Result<Xattrs, FerryError> {
+        Ok(Vec::new())
     }
 
-    fn read(&self, rel: &[u8], offset: u64, len: u64, buf: &mut Vec<u8>) -> Result<(), FerryError> {
-        buf.clear();
-        if len == 0 {
-            return Ok(());
-        }
+    fn tags(&self, rel: &[u8]) -> Result<Option<String>, FerryError> {
+        self.object_tags(rel)
+    }
+
+    fn open(&self, rel: &[u8], from: u64) -> Result<Box<dyn Source + '_>, FerryError> {
+        Ok(Box::new(io::S3Source::open(self, rel, from)?))
+    }
+
+    fn create(&self, rel: &[u8], target: Target<'_>, meta: &Meta, _xattrs: &Xattrs) -> Result<Box<dyn Sink + '_>, FerryError> {
+        Ok(Box::new(io::S3Sink::create(self, rel, target, meta)?))
+    }
+
+    fn make(&self, rel: &[u8], special: &Special, meta: &Meta, _xattrs: &Xattrs) -> Result<Staged, FerryError> {
+        let Special::Symlink { target } = special else {
+            return Err(FerryError::new(ErrorKind::Unsupported, format!("{}: an object store cannot hold a {}", self.describe(rel), meta.kind().as_str())));
+        };
+        // A symlink is an object holding its target, with the symlink's mode.
+        let m = Meta { mode: Some(libc::S_IFLNK | 0o777), ..meta.clone() };
         let key = self.key(rel)?;
-        let target = self.target(&key);
-        let range = format!("bytes={}-{}", offset, offset + len - 1);
-        self.block(async {
-            let out = self.client.get_object().bucket(&self.url.bucket).key(&key).range(range).send().await.map_err(|e| classify("read", &target, &e))?;
-            let mut body = out.body;
-            while let Some(chunk) = body.try_next().await.map_err(|e| FerryError::new(ErrorKind::Unavailable, format!("cannot read {target}: {e}")))? {
-                buf.extend_from_slice(&chunk);
-            }
-            Ok::<_, FerryError>(())
-        })?;
-        if buf.len() as u64 != len {
-            return Err(FerryError::new(ErrorKind::SourceChanged, format!("source changed while it was read: {target} (got {} of {len} bytes)", buf.len())));
-        }
+        let etag = self.put_object(&key, target.clone(), &m, EntryKind::Symlink, crc32c::crc32c(target))?;
+        Ok(Staged { rel: rel.to_vec(), kind: EntryKind::Symlink, size: 0, crc32c: None, token: Token::Placed { etag: Some(etag) }, part_tags: Vec::new(), resumed: 0 })
+    }
+
+    /// Directories are key prefixes: nothing to create before their contents.
+    fn ensure_dir(&self, _rel: &[u8]) -> Result<(), FerryError> {
         Ok(())
     }
 
-    /// A PUT is atomic and durable when it returns: the entry is in place at once.
-    fn stage(&self, rel: &[u8], content: Content<'_>, meta: &Meta, crc32c: Option<u32>) -> Result<Staged, FerryError> {
-        let size = match &content {
-            Content::File(d) | Content::Symlink(d) => d.len() as u64,
-            Content::Dir => 0,
-        };
-        self.put_object(rel, content, meta, crc32c)?;
-        Ok(Staged { rel: rel.to_vec(), temp: None, size, crc32c })
+    /// A directory's metadata lives on its `dir/` marker object, which also keeps an empty
+    /// directory. An object's metadata cannot change without rewriting it.
+    fn set_meta(&self, rel: &[u8], meta: &Meta, _xattrs: Option<&Xattrs>) -> Result<(), FerryError> {
+        if meta.kind() != EntryKind::Dir {
+            return Err(FerryError::new(ErrorKind::Unsupported, format!("{}: an object's metadata is only written with its content", self.describe(rel))));
+        }
+        let key = self.marker_key(rel)?;
+        if key.is_empty() {
+            return Ok(()); // the bucket root has no marker: its metadata is not kept
+        }
+        self.put_object(&key, Vec::new(), meta, EntryKind::Dir, crc32c::crc32c(b"")).map(|_| ())
     }
 
-    fn commit(&self, staged: Vec<Staged>) -> Vec<Result<(), FerryError>> {
-        staged.iter().map(|_| Ok(())).collect()
+    fn link(&self, target: &[u8], rel: &[u8]) -> Result<bool, FerryError> {
+        Err(FerryError::new(ErrorKind::Unsupported, format!("{}: an object store cannot hold a hard link to {}", self.describe(rel), self.describe(target))))
     }
 
-    fn create_multipart(&self, rel: &[u8], _size: u64, m: &Meta) -> Result<String, FerryError> {
-        let key = self.key(rel)?;
-        let req = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.url.bucket)
-            .key(&key)
-            .set_metadata(Some(meta::to_user_metadata(m, EntryKind::File)))
-            .checksum_algorithm(ChecksumAlgorithm::Crc32C)
-            .checksum_type(ChecksumType::FullObject)
-            .set_storage_class(self.storage_class())
-            .set_server_side_encryption(self.sse())
-            .set_ssekms_key_id(self.settings.sse_kms_key_id.clone())
-            .set_tagging(m.tags.clone());
-        let out = self.block(req.send()).map_err(|e| classify("start the upload of", &self.target(&key), &e))?;
-        out.upload_id().map(str::to_string).ok_or_else(|| FerryError::new(ErrorKind::Other, format!("the server gave no upload id for {}", self.target(&key))))
+    /// A PUT or a completed upload is durable when the server answers.
+    fn sync(&self, _staged: &[Staged], _what: Durable) -> Result<(), FerryError> {
+        Ok(())
     }
 
-    fn pending_multiparts(&self, rel: &[u8]) -> Result<Vec<String>, FerryError> {
-        let key = self.key(rel)?;
-        let mut found: Vec<(Timestamp, String)> = Vec::new();
-        let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
-        loop {
-            let req = self.client.list_multipart_uploads().bucket(&self.url.bucket).prefix(&key).set_key_marker(key_marker.clone()).set_upload_id_marker(id_marker.clone());
-            let out = match self.block(req.send()) {
-                Ok(out) => out,
-                Err(e) => {
-                    let err = classify("list unfinished uploads of", &self.target(&key), &e);
-                    if err.kind == ErrorKind::Unsupported {
-                        // The server cannot list uploads (s3s-fs): none can be resumed or
-                        // cleaned up across runs, and the upload starts over.
-                        tracing::debug!(error = %err, "cannot list unfinished uploads");
-                        return Ok(Vec::new());
-                    }
-                    return Err(err);
-                }
-            };
-            for u in out.uploads() {
-                if u.key() == Some(key.as_str()) {
-                    if let Some(id) = u.upload_id() {
-                        found.push((timestamp(u.initiated()), id.to_string()));
-                    }
-                }
+    /// Checks what was stored against the source without downloading it where possible: the
+    /// store's own CRC32C when it keeps one, else its MD5 ETag, else by reading it back.
+    fn check(&self, staged: &Staged, buf: &mut Vec<u8>) -> Result<Option<String>, FerryError> {
+        let (Some(want), Token::Placed { etag: expected }) = (staged.crc32c, &staged.token) else { return Ok(None) };
+        let rel = &staged.rel;
+        let m = self.stat(rel)?.ok_or_else(|| FerryError::new(ErrorKind::Unavailable, format!("{} is missing right after it was written", self.describe(rel))))?;
+        if m.size != staged.size {
+            return Err(FerryError::new(ErrorKind::Corrupt, format!("{} holds {} bytes after writing {}", self.describe(rel), m.size, staged.size)));
+        }
+        match m.crc32c {
+            Some(c) if c == want => return Ok(None),
+            Some(_) if !m.multipart => {
+                return Err(FerryError::new(ErrorKind::Corrupt, format!("stored CRC32C of {} differs from the source's {want:08x}", self.describe(rel))));
             }
-            if !out.is_truncated().unwrap_or(false) {
-                break;
+            _ => {}
+        }
+        let stored_tag = m.etag.as_deref().map(str::to_ascii_lowercase);
+        if let (Some(stored), Some(expected)) = (&stored_tag, expected) {
+            if stored == expected {
+                return Ok(Some("verified by MD5 ETag: the store keeps no whole-object CRC32C".into()));
             }
-            key_marker = out.next_key_marker().map(str::to_string);
-            id_marker = out.next_upload_id_marker().map(str::to_string);
-            if key_marker.is_none() && id_marker.is_none() {
-                break;
+            if etag::is_md5(stored) || stored.contains('-') && !m.multipart {
+                return Err(FerryError::new(ErrorKind::Corrupt, format!("stored ETag of {} is {stored}, expected {expected} from the source", self.describe(rel))));
             }
         }
-        found.sort();
-        Ok(found.into_iter().map(|(_, id)| id).collect())
-    }
-
-    fn put_part(&self, rel: &[u8], upload: &str, number: u32, _offset: u64, data: &[u8], crc32c: u32) -> Result<Option<String>, FerryError> {
-        let key = self.key(rel)?;
-        let req = self
-            .client
-            .upload_part()
-            .bucket(&self.url.bucket)
-            .key(&key)
-            .upload_id(upload)
-            .part_number(number as i32)
-            .checksum_crc32_c(crc_to_base64(crc32c))
-            .body(ByteStream::from(data.to_vec()));
-        self.block(req.customize().disable_payload_signing().send())
-            .map(|out| out.e_tag().map(|t| t.trim_matches('"').to_string()))
-            .map_err(|e| classify(&format!("upload part {number} of"), &self.target(&key), &e))
-    }
-
-    fn list_parts(&self, rel: &[u8], upload: &str) -> Result<Vec<StoredPart>, FerryError> {
-        let key = self.key(rel)?;
-        let mut parts = Vec::new();
-        let mut marker: Option<String> = None;
-        loop {
-            let req = self.client.list_parts().bucket(&self.url.bucket).key(&key).upload_id(upload).set_part_number_marker(marker.clone());
-            let out = match self.block(req.send()) {
-                Ok(out) => out,
-                Err(e) => {
-                    // moto answers with a `ListPartsResponse` root the SDK refuses; its
-                    // parts are still right there in the body.
-                    if let Some(listed) = e.raw_response().and_then(|r| r.body().bytes()).and_then(parse_list_parts_fallback) {
-                        parts.extend(listed);
-                        break;
-                    }
-                    return Err(classify("list the uploaded parts of", &self.target(&key), &e));
-                }
-            };
-            for p in out.parts() {
-                parts.push(StoredPart {
-                    number: p.part_number().unwrap_or(0).max(0) as u32,
-                    size: p.size().unwrap_or(0).max(0) as u64,
-                    crc32c: p.checksum_crc32_c().and_then(crc_from_base64),
-                    etag: p.e_tag().unwrap_or("").trim_matches('"').to_string(),
-                });
-            }
-            if !out.is_truncated().unwrap_or(false) {
-                break;
-            }
-            marker = out.next_part_number_marker().map(str::to_string);
-            if marker.is_none() {
-                break;
-            }
+        let got = self.read_crc(rel, staged.size, buf)?;
+        if got != want {
+            return Err(FerryError::new(ErrorKind::Corrupt, format!("CRC32C mismatch after writing {}: source {want:08x}, destination {got:08x}", self.describe(rel))));
         }
-        Ok(parts)
+        Ok(Some("verified by reading back: the store keeps neither a CRC32C nor an MD5 ETag".into()))
     }
 
-    fn complete_multipart(&self, rel: &[u8], upload: &str, parts: &[u32], _size: u64, _meta: &Meta, crc32c: u32) -> Result<Option<String>, FerryError> {
-        let key = self.key(rel)?;
-        // The ETags come from the server's own list, so parts written by other workers (or by
-        // an earlier run) need no bookkeeping here.
-        let stored: HashMap<u32, StoredPart> = self.list_parts(rel, upload)?.into_iter().map(|p| (p.number, p)).collect();
-        let mut completed = Vec::with_capacity(parts.len());
-        let mut part_tags = Vec::with_capacity(parts.len());
-        for n in parts {
-            let p = stored.get(n).ok_or_else(|| FerryError::new(ErrorKind::Unavailable, format!("part {n} of {} is missing from its upload", self.target(&key))))?;
-            part_tags.push(p.etag.clone());
-            let mut b = CompletedPart::builder().part_number(*n as i32).e_tag(format!("\"{}\"", p.etag));
-            if let Some(c) = p.crc32c {
-                b = b.checksum_crc32_c(crc_to_base64(c));
-            }
-            completed.push(b.build());
-        }
-        let req = self
-            .client
-            .complete_multipart_upload()
-            .bucket(&self.url.bucket)
-            .key(&key)
-            .upload_id(upload)
-            .checksum_crc32_c(crc_to_base64(crc32c))
-            .checksum_type(ChecksumType::FullObject)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(completed)).build());
-        self.block(req.send()).map_err(|e| classify("complete the upload of", &self.target(&key), &e))?;
-        Ok(etag::multipart(&part_tags))
+    /// Written objects are in place already.
+    fn publish(&self, _staged: &Staged) -> Result<(), FerryError> {
+        Ok(())
     }
 
-    fn abort_multipart(&self, rel: &[u8], upload: &str) -> Result<(), FerryError> {
-        let key = self.key(rel)?;
-        match self.block(self.client.abort_multipart_upload().bucket(&self.url.bucket).key(&key).upload_id(upload).send()) {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let err = classify("abort the upload of", &self.target(&key), &e);
-                if err.kind == ErrorKind::NotFound { Ok(()) } else { Err(err) }
-            }
+    /// An object that failed its check is visible already: it goes, so its name never holds
+    /// bytes known to be wrong.
+    fn discard(&self, staged: &Staged) {
+        if let Token::Placed { .. } = staged.token {
+            let _ = self.remove(std::slice::from_ref(&staged.rel));
         }
     }
 
@@ -722,33 +792,68 @@ impl Location for S3Location {
         }
         results
     }
-}
 
-impl S3Location {
-    /// The key of `rel` if it exists, and every key below `rel/`.
-    fn keys_under(&self, rel: &[u8]) -> Result<Vec<String>, FerryError> {
-        let own = self.key(rel)?;
-        let mut keys = Vec::new();
-        // Listed rather than HEADed: the object, if any, sorts first under its own name, and
-        // file-backed servers fail a HEAD of a name that is a directory on disk.
-        let first = self
-            .block(self.client.list_objects_v2().bucket(&self.url.bucket).prefix(&own).max_keys(1).send())
-            .map_err(|e| classify("list", &self.target(&own), &e))?;
-        if first.contents().first().and_then(|o| o.key()) == Some(own.as_str()) {
-            keys.push(own);
-        }
-        let below = self.marker_key(rel)?;
-        let mut token: Option<String> = None;
+    /// Unfinished uploads are the debris here; each is aborted when its key is next
+    /// completed, or by the execution that started it when it fails.
+    fn sweep(&self, _dir: &[u8]) -> Result<(), FerryError> {
+        Ok(())
+    }
+
+    fn create_multipart(&self, rel: &[u8], _size: u64, meta: &Meta) -> Result<String, FerryError> {
+        self.start_multipart(&self.key(rel)?, meta)
+    }
+
+    fn pending_multiparts(&self, rel: &[u8]) -> Result<Vec<String>, FerryError> {
+        let key = self.key(rel)?;
+        let mut found: Vec<(Timestamp, String)> = Vec::new();
+        let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
         loop {
-            let out = self
-                .block(self.client.list_objects_v2().bucket(&self.url.bucket).prefix(&below).set_continuation_token(token.clone()).send())
-                .map_err(|e| classify("list", &self.target(&below), &e))?;
-            keys.extend(out.contents().iter().filter_map(|o| o.key().map(str::to_string)));
-            token = out.next_continuation_token().map(str::to_string);
-            if token.is_none() {
-                return Ok(keys);
+            let req = self.client.list_multipart_uploads().bucket(&self.url.bucket).prefix(&key).set_key_marker(key_marker.clone()).set_upload_id_marker(id_marker.clone());
+            let out = match self.block(req.send()) {
+                Ok(out) => out,
+                Err(e) => {
+                    let err = classify("list unfinished uploads of", &self.target(&key), &e);
+                    if err.kind == ErrorKind::Unsupported {
+                        // The server cannot list uploads (s3s-fs): none can be resumed or
+                        // cleaned up across runs, and the upload starts over.
+                        tracing::debug!(error = %err, "cannot list unfinished uploads");
+                        return Ok(Vec::new());
+                    }
+                    return Err(err);
+                }
+            };
+            for u in out.uploads() {
+                if u.key() == Some(key.as_str()) {
+                    if let Some(id) = u.upload_id() {
+                        found.push((timestamp(u.initiated()), id.to_string()));
+                    }
+                }
+            }
+            if !out.is_truncated().unwrap_or(false) {
+                break;
+            }
+            key_marker = out.next_key_marker().map(str::to_string);
+            id_marker = out.next_upload_id_marker().map(str::to_string);
+            if key_marker.is_none() && id_marker.is_none() {
+                break;
             }
         }
+        found.sort();
+        Ok(found.into_iter().map(|(_, id)| id).collect())
+    }
+
+    fn list_parts(&self, rel: &[u8], upload: &str) -> Result<Vec<StoredPart>, FerryError> {
+        self.list_parts_of(&self.key(rel)?, upload)
+    }
+
+    fn complete_multipart(&self, rel: &[u8], upload: &str, size: u64, _meta: &Meta, _xattrs: &Xattrs, crc32c: u32, part_tags: &[(u32, String)]) -> Result<Staged, FerryError> {
+        let key = self.key(rel)?;
+        let etag = self.complete(&key, upload, size, crc32c, part_tags)?;
+        Ok(Staged { rel: rel.to_vec(), kind: EntryKind::File, size, crc32c: Some(crc32c), token: Token::Placed { etag }, part_tags: Vec::new(), resumed: 0 })
+    }
+
+    fn abort_multipart(&self, rel: &[u8], upload: &str) -> Result<(), FerryError> {
+        self.abort_upload(&self.key(rel)?, upload)
     }
 }
 
@@ -773,5 +878,26 @@ mod tests {
             assert_eq!(crc_from_base64(&crc_to_base64(c)), Some(c));
         }
         assert_eq!(crc_from_base64("mnG7TA==-3"), None);
+    }
+
+    #[test]
+    fn keys_are_limited_with_their_prefix() {
+        let p = profile(&S3Url::parse("s3://bkt/some/prefix").unwrap());
+        assert_eq!(p.limits.max_path_bytes, Some(MAX_KEY_BYTES - "some/prefix/".len()));
+        let long = vec![b'a'; 1100];
+        assert_eq!(p.limits.refusal(&p.capabilities, &long, EntryKind::File, 1).map(|r| r.code), Some("PATH_TOO_LONG"));
+        assert_eq!(p.limits.refusal(&p.capabilities, b"caf\xe9", EntryKind::File, 1).map(|r| r.code), Some("NAME_NOT_UTF8"));
+        assert_eq!(p.limits.refusal(&p.capabilities, b"fifo", EntryKind::Fifo, 0).map(|r| r.code), Some("SPECIAL_FILE"));
+        assert_eq!(p.limits.refusal(&p.capabilities, b"ok", EntryKind::File, 1), None);
+    }
+
+    #[test]
+    fn object_parts_stay_within_s3_limits() {
+        let limits = profile(&S3Url::parse("s3://bkt").unwrap()).limits;
+        for size in [300u64 << 20, 5 << 30, 100 << 30, MAX_OBJECT_SIZE] {
+            let unit = limits.part_unit(size).unwrap();
+            assert!(size.div_ceil(unit) <= MAX_PARTS, "{size}: {unit}");
+            assert!((MIN_PART_SIZE..=5 << 30).contains(&unit));
+        }
     }
 }

@@ -1,13 +1,13 @@
-//! The reader's side of a link stream: sends one Transfer shard's entries to a writer and
-//! collects the acknowledgements. Synchronous; runs on the blocking pool over any [`Wire`].
+//! The reader: sends a batch of entries (or one range of a large file) from the source to a
+//! writer over any [`Wire`], and collects the answers. Synchronous; runs on the blocking pool.
 //!
 //! Exchange for one batch (docs/protocol.md, "Exchange"):
 //! 1. HELLO, then a HEADER for every entry not yet settled: one round trip per batch, not per
 //!    file, which is where rsync loses on small files over long links.
 //! 2. Each HEADER is answered: RESUME_AT k (send from byte k), CURRENT (already there) or
 //!    REJECT.
-//! 3. CHUNKs and END for each entry to send, then FLUSH; the writer answers ACK OK per entry
-//!    once it is durable, checked and in place.
+//! 3. CHUNKs (and HOLEs, where the source has holes) and END for each entry to send, then
+//!    FLUSH; the writer answers DONE per entry once it is durable, checked and in place.
 //!
 //! A RESEND_FROM (a chunk failed its CRC) rewinds to that offset. When the wire goes down,
 //! [`send_batch`] returns [`LinkError::Down`] with the settled entries recorded in the
@@ -15,20 +15,17 @@
 //! writer reports.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use ferry_common::crc;
 use ferry_common::error::{ErrorKind, FerryError};
-use ferry_common::model::{Counters, Entry, EntryKind};
-use ferry_common::paths;
+use ferry_common::model::{Counters, Entry, EntryKind, Timestamp};
 
-use super::frame::{entry_kind, status, Code, FileHeader, Frame, Hello, Stripe};
-use super::rate::RateLimiter;
-use super::wire::{refused, LinkError, Wire};
-use crate::exec::transfer::{crc_range, source_changed, Buffers};
-use crate::exec::ExecContext;
-use crate::storage::local::{kind_of, sys, DirCache};
+use super::ExecContext;
+use crate::location::{crc_of, source_changed, LocationExt, Source};
+use crate::rate::RateLimiter;
+use crate::transport::frame::{entry_kind, status, Code, FileHeader, Frame, Hello, PartTarget, MAX_XATTR_BYTES};
+use crate::transport::wire::{refused, LinkError, Wire};
 
 /// How long a reader waits for the writer's answers before it declares the link down. A dead
 /// connection is noticed sooner, by QUIC's idle timeout; this covers a live connection whose
@@ -38,7 +35,9 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
 /// How one entry of a batch ended.
 #[derive(Debug, Clone)]
 pub enum Settled {
-    Transferred { crc: u32 },
+    /// In place (a range: stored), with how it was verified when that was weaker than a
+    /// CRC32C at rest, bytes an earlier attempt had stored, and object part tags.
+    Transferred { crc: u32, note: Option<String>, resumed: u64, tags: Vec<(u32, String)> },
     Current,
     Failed(FerryError),
 }
@@ -46,10 +45,9 @@ pub enum Settled {
 /// Per-agent sending settings.
 pub struct SendSettings<'a> {
     pub agent: &'a str,
+    /// zstd per chunk, only across a link.
     pub compress: bool,
     pub rate: &'a RateLimiter,
-    /// Stripes per large file (1: one stream per file).
-    pub max_stripes: u64,
 }
 
 /// One shard's entries and what has become of them, kept across reconnects.
@@ -60,17 +58,23 @@ pub struct Batch {
     /// earlier connection), `chunks_resent` (sent again after the writer found them damaged)
     /// and `bytes_compressed` (saved by compression).
     pub counters: Counters,
-    /// Set when this batch is one stripe of its single (large) file.
-    pub stripe: Option<Stripe>,
-    /// A stripe batch saw its file complete at the writer (COMPLETE, or CURRENT).
-    pub completed_file: bool,
+    /// Set when this batch is one range of its single (large) file.
+    pub part: Option<PartTarget>,
+    /// What the source file looked like when its range was read (for the part set).
+    pub source: Option<crate::location::Meta>,
+    pub source_xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     corrupted_once: bool,
 }
 
 impl Batch {
     pub fn new(entries: Vec<Entry>) -> Self {
         let n = entries.len();
-        Batch { entries, settled: vec![None; n], counters: Counters::default(), stripe: None, completed_file: false, corrupted_once: false }
+        Batch { entries, settled: vec![None; n], counters: Counters::default(), part: None, source: None, source_xattrs: Vec::new(), corrupted_once: false }
+    }
+
+    /// One range of a large file.
+    pub fn range(file: Entry, part: PartTarget) -> Self {
+        Batch { part: Some(part), ..Batch::new(vec![file]) }
     }
 
     pub fn is_settled(&self) -> bool {
@@ -89,20 +93,22 @@ impl Batch {
 /// What the reader knows of an announced entry.
 struct Announced {
     size: u64,
-    mtime: ferry_common::model::Timestamp,
-    /// The byte range this stream sends: the whole file, or its stripe.
+    mtime: Timestamp,
+    /// The byte range this stream sends: the whole file, or its range.
     start: u64,
     end: u64,
     /// CRC32C of `[start, end)` once sent.
     crc: u32,
 }
 
-/// The error for a REJECT from the writer; damaged data is worth another attempt.
+/// The error for a REJECT from the writer; damaged data and a busy writer are worth another
+/// attempt.
 fn rejected(code: u16, message: String) -> FerryError {
     let kind = match Code::from_u16(code) {
         Some(Code::CrcMismatch) => ErrorKind::Corrupt,
         Some(Code::Limit) => ErrorKind::Unavailable,
         Some(Code::UnsafePath) => ErrorKind::Config,
+        _ if message.contains("destination cannot hold") || message.contains("[SPECIAL_FILE]") || message.contains("_TOO_") || message.contains("NOT_UTF8") => ErrorKind::Unsupported,
         _ => ErrorKind::Other,
     };
     FerryError::new(kind, format!("destination agent: {message}"))
@@ -125,10 +131,9 @@ struct Sender<'a, 'w> {
     settings: &'a SendSettings<'a>,
     wire: &'w mut dyn Wire,
     batch: &'a mut Batch,
-    bufs: &'a mut Buffers,
-    src_dirs: DirCache,
+    buf: &'a mut Vec<u8>,
     announced: HashMap<u64, Announced>,
-    /// Ended, waiting for ACK OK.
+    /// Ended, waiting for DONE.
     awaiting: HashSet<u64>,
     /// Ranges to send again: (id, from).
     redo: VecDeque<(u64, u64)>,
@@ -141,8 +146,8 @@ enum Rewind {
 }
 
 /// Sends the unsettled entries of `batch` over `wire`. `Ok` when every entry is settled.
-pub fn send_batch(ctx: &ExecContext, settings: &SendSettings, wire: &mut dyn Wire, batch: &mut Batch, bufs: &mut Buffers) -> Result<(), LinkError> {
-    let mut s = Sender { ctx, settings, wire, batch, bufs, src_dirs: DirCache::default(), announced: HashMap::new(), awaiting: HashSet::new(), redo: VecDeque::new() };
+pub fn send_batch(ctx: &ExecContext, settings: &SendSettings, wire: &mut dyn Wire, batch: &mut Batch, buf: &mut Vec<u8>) -> Result<(), LinkError> {
+    let mut s = Sender { ctx, settings, wire, batch, buf, announced: HashMap::new(), awaiting: HashSet::new(), redo: VecDeque::new() };
     s.run()
 }
 
@@ -165,10 +170,7 @@ impl Sender<'_, '_> {
             let frame = self.wire.recv(Some(ANSWER_TIMEOUT))?.ok_or_else(|| LinkError::Down(format!("no answer from the writer within {} s", ANSWER_TIMEOUT.as_secs())))?;
             match frame {
                 Frame::Ack { id, offset, status: status::RESUME_AT } if unanswered.remove(&id) => to_send.push((id, offset)),
-                Frame::Ack { id, status: status::CURRENT, .. } if unanswered.remove(&id) => {
-                    self.batch.completed_file = true;
-                    self.batch.settle(id, Settled::Current)
-                }
+                Frame::Ack { id, status: status::CURRENT, .. } if unanswered.remove(&id) => self.batch.settle(id, Settled::Current),
                 Frame::Reject { id, code, message } if unanswered.remove(&id) => self.batch.settle(id, Settled::Failed(rejected(code, message))),
                 other => self.unexpected(other)?,
             }
@@ -186,7 +188,7 @@ impl Sender<'_, '_> {
                 }
                 continue;
             }
-            let frame = self.wire.recv(Some(ANSWER_TIMEOUT))?.ok_or_else(|| LinkError::Down(format!("no acknowledgement from the writer within {} s", ANSWER_TIMEOUT.as_secs())))?;
+            let frame = self.wire.recv(Some(ANSWER_TIMEOUT))?.ok_or_else(|| LinkError::Down(format!("no answer from the writer within {} s", ANSWER_TIMEOUT.as_secs())))?;
             self.event(frame, None)?;
         }
         Ok(())
@@ -195,25 +197,21 @@ impl Sender<'_, '_> {
     fn unexpected(&mut self, frame: Frame) -> Result<(), LinkError> {
         match frame {
             Frame::Error { code, message } => Err(refused(code, message)),
-            other => {
-                // Late answers for entries already settled (a progress ACK, say) are harmless.
-                if let Frame::Ack { .. } | Frame::Reject { .. } = other {
-                    return self.event(other, None).map(|_| ());
-                }
-                Err(refused(Code::OutOfOrder as u16, format!("unexpected frame from the writer: {other:?}")))
-            }
+            // Late answers for entries already settled are harmless.
+            other @ (Frame::Ack { .. } | Frame::Reject { .. } | Frame::Done(_)) => self.event(other, None).map(|_| ()),
+            other => Err(refused(Code::OutOfOrder as u16, format!("unexpected frame from the writer: {other:?}"))),
         }
     }
 
     /// Applies one frame from the writer; `current` is the entry being sent, if any.
     fn event(&mut self, frame: Frame, current: Option<u64>) -> Result<Rewind, LinkError> {
         match frame {
-            Frame::Ack { id, offset, status: st @ (status::OK | status::COMPLETE) } => {
-                if self.awaiting.contains(&id) && self.announced.get(&id).map(|a| a.end) == Some(offset) {
-                    self.batch.completed_file |= st == status::COMPLETE;
-                    self.awaiting.remove(&id);
-                    let crc = self.announced[&id].crc;
-                    self.batch.settle(id, Settled::Transferred { crc });
+            Frame::Done(d) => {
+                if self.awaiting.contains(&d.id) && self.announced.get(&d.id).map(|a| a.end) == Some(d.end) {
+                    self.awaiting.remove(&d.id);
+                    let crc = self.announced[&d.id].crc;
+                    self.batch.counters.bytes_resumed += d.resumed;
+                    self.batch.settle(d.id, Settled::Transferred { crc, note: d.note, resumed: d.resumed, tags: d.tags });
                 }
             }
             Frame::Ack { id, offset, status: status::RESEND_FROM } => {
@@ -236,63 +234,67 @@ impl Sender<'_, '_> {
         Ok(Rewind::None)
     }
 
-    /// The HEADER for entry `id`, from a fresh stat of the source.
+    /// The HEADER for entry `id`, from a fresh look at the source.
     fn header(&mut self, id: u64) -> Result<(FileHeader, Announced), FerryError> {
         let ctx = self.ctx;
+        let src = ctx.src()?;
         let entry = &self.batch.entries[id as usize];
-        let src = ctx.src();
-        let (parent, name) = paths::split(&entry.path);
-        let dir = self.src_dirs.get(src, parent).map_err(|e| src.error("open directory", parent, &e))?;
-        let st = sys::lstat_at(dir, name).map_err(|e| src.error("stat", &entry.path, &e))?.ok_or_else(|| source_changed(src, &entry.path, "it was removed"))?;
-        let kind = kind_of(&st);
+        let rel = &entry.path;
+        let meta = src.stat(rel)?.ok_or_else(|| source_changed(src.describe(rel), "it was removed"))?;
+        let kind = meta.kind();
         let Some(hk) = header_kind(kind) else {
-            return Err(source_changed(src, &entry.path, "it became a directory"));
+            return Err(source_changed(src.describe(rel), "it became a directory"));
         };
         if kind != entry.kind {
-            return Err(source_changed(src, &entry.path, "its type changed"));
+            return Err(source_changed(src.describe(rel), "its type changed"));
         }
-        let size = if kind == EntryKind::File { st.st_size as u64 } else { 0 };
-        let target = if kind == EntryKind::Symlink { sys::readlink_at(dir, name).map_err(|e| src.error("read link", &entry.path, &e))? } else { Vec::new() };
-        let crc32c = if kind == EntryKind::File && ctx.options().checksum {
-            let fd = sys::open_read_noatime(dir, name).map_err(|e| src.error("open", &entry.path, &e))?;
-            Some(crc_range(fd.as_raw_fd(), 0, size, &mut self.bufs.data).map_err(|e| src.error("read", &entry.path, &e))?)
-        } else {
-            None
-        };
-        // Linux refuses user.* xattrs on symlinks, so they carry none (as on the local path).
-        let xattrs = if kind == EntryKind::Symlink { Vec::new() } else { sys::lxattrs_at(dir, name).map_err(|e| src.error("read xattrs of", &entry.path, &e))? };
-        if xattrs.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() > super::frame::MAX_XATTR_BYTES {
-            return Err(FerryError::new(ErrorKind::Unsupported, format!("{}: extended attributes above {} KiB cannot cross an agent link yet (exclude the file, or copy it where one agent reaches both sides)", src.display_path(&entry.path).display(), super::frame::MAX_XATTR_BYTES >> 10)));
+        let size = if kind == EntryKind::File { meta.size } else { 0 };
+        let crc32c = if kind == EntryKind::File && entry.compare_checksum && self.batch.part.is_none() { Some(src.checksum(rel, &meta, self.buf)?.0) } else { None };
+        // Linux refuses user.* xattrs on symlinks, so they carry none.
+        let xattrs = if ctx.keeps_xattrs() && kind != EntryKind::Symlink { src.xattrs(rel)? } else { Vec::new() };
+        if xattrs.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() > MAX_XATTR_BYTES {
+            return Err(FerryError::new(ErrorKind::Unsupported, format!("{}: extended attributes above {} KiB cannot be carried yet (exclude the file)", src.describe(rel), MAX_XATTR_BYTES >> 10)));
         }
-        let xattrs = xattrs.into_iter().map(|(k, v)| (serde_bytes::ByteBuf::from(k), serde_bytes::ByteBuf::from(v))).collect();
-        let (mt, at) = (sys::mtime(&st), sys::atime(&st));
+        let tags = if ctx.spec.s3.preserve_tags && kind == EntryKind::File { src.tags(rel)? } else { None };
+        let (mt, at) = (meta.mtime, meta.atime.unwrap_or(meta.mtime));
+        let (start, end) = self.batch.part.as_ref().map_or((0, size), |p| (p.offset, p.offset + p.len));
+        if end > size {
+            return Err(source_changed(src.describe(rel), "it shrank"));
+        }
+        if self.batch.part.is_some() {
+            self.batch.source = Some(crate::location::Meta { tags: tags.clone(), ..meta.clone() });
+            self.batch.source_xattrs = xattrs.clone();
+        }
         let h = FileHeader {
             id,
-            path: entry.path.clone(),
+            path: rel.clone(),
             size,
-            mode: st.st_mode,
-            uid: st.st_uid,
-            gid: st.st_gid,
+            mode: meta.mode.unwrap_or(match kind {
+                EntryKind::Symlink => libc::S_IFLNK | 0o777,
+                _ => libc::S_IFREG | 0o644,
+            }),
+            uid: meta.uid.unwrap_or(0),
+            gid: meta.gid.unwrap_or(0),
+            owner: ctx.keeps_owner() && meta.uid.is_some() && meta.gid.is_some(),
             mtime_sec: mt.sec,
             mtime_nsec: mt.nsec,
             atime_sec: at.sec,
             atime_nsec: at.nsec,
             kind: hk,
-            target,
-            rdev: st.st_rdev,
+            target: meta.link_target.clone().filter(|_| kind == EntryKind::Symlink).unwrap_or_default(),
+            rdev: meta.rdev,
             crc32c,
-            stripe: self.batch.stripe,
-            xattrs,
+            part: self.batch.part.clone(),
+            decided: entry.decided(),
+            tags,
+            xattrs: xattrs.into_iter().map(|(k, v)| (serde_bytes::ByteBuf::from(k), serde_bytes::ByteBuf::from(v))).collect(),
         };
-        let (start, end) = self.batch.stripe.map_or((0, size), |s| (s.start, s.start + s.len));
-        if end > size {
-            return Err(source_changed(src, &entry.path, "it shrank"));
-        }
         Ok((h, Announced { size, mtime: mt, start, end, crc: 0 }))
     }
 
     /// Sends entry `id` from byte `from`, then END. A source that changed meanwhile settles the
-    /// entry as failed (retried by the shard) and sends no END, so the writer never renames it.
+    /// entry as failed (retried by the shard) and sends no END, so the writer never puts it in
+    /// place.
     fn send_entry(&mut self, id: u64, from: u64) -> Result<(), LinkError> {
         if self.batch.settled[id as usize].is_some() {
             return Ok(());
@@ -317,38 +319,33 @@ impl Sender<'_, '_> {
 
     fn send_file(&mut self, id: u64, entry: &Entry, from: u64) -> Result<Result<u32, FerryError>, LinkError> {
         let ctx = self.ctx;
-        let src = ctx.src();
-        let rel = &entry.path;
-        let (parent, name) = paths::split(rel);
-        let (size, mtime, start, end) = match self.announced.get(&id) {
-            Some(a) => (a.size, a.mtime, a.start, a.end),
-            None => return Ok(Err(source_changed(src, rel, "not announced"))),
-        };
-        let opened = self
-            .src_dirs
-            .get(src, parent)
-            .and_then(|dir| sys::open_read_noatime(dir, name))
-            .map_err(|e| src.error("open", rel, &e));
-        let fd = match opened {
-            Ok(fd) => fd,
+        let src = match ctx.src() {
+            Ok(s) => s,
             Err(e) => return Ok(Err(e)),
         };
-        let unchanged = |fd: i32| sys::fstat(fd).map(|st| st.st_size as u64 == size && sys::mtime(&st) == mtime).unwrap_or(false);
-        if !unchanged(fd.as_raw_fd()) {
-            return Ok(Err(source_changed(src, rel, "size or mtime changed")));
+        let rel = &entry.path;
+        let Some(a) = self.announced.get(&id) else { return Ok(Err(source_changed(src.describe(rel), "not announced"))) };
+        let (size, mtime, start, end) = (a.size, a.mtime, a.start, a.end);
+        let mut source = match src.open(rel, from.clamp(start, end)) {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(e)),
+        };
+        if source.meta().size != size || source.meta().mtime != mtime {
+            return Ok(Err(source_changed(src.describe(rel), "size or mtime changed")));
         }
-        let chunk = self.bufs.data.len().min(super::frame::MAX_CHUNK);
         let mut pos = from.clamp(start, end);
-        let mut acc = match self.prefix_crc(fd.as_raw_fd(), start, pos, rel) {
+        let mut acc = match prefix_crc(source.as_mut(), start, pos, self.buf) {
             Ok(c) => c,
             Err(e) => return Ok(Err(e)),
         };
+        let chunk = (ctx.options().limits.chunk_size as usize).clamp(4096, crate::transport::frame::MAX_CHUNK);
         let mut compress = self.settings.compress;
+        let changes_source = ctx.hooks.changes_source(rel);
         while pos < end {
             while let Some(frame) = self.wire.recv(None)? {
                 if let Rewind::To(x) = self.event(frame, Some(id))? {
                     pos = x.clamp(start, end);
-                    acc = match self.prefix_crc(fd.as_raw_fd(), start, pos, rel) {
+                    acc = match prefix_crc(source.as_mut(), start, pos, self.buf) {
                         Ok(c) => c,
                         Err(e) => return Ok(Err(e)),
                     };
@@ -357,52 +354,72 @@ impl Sender<'_, '_> {
             if self.batch.settled[id as usize].is_some() {
                 return Ok(Err(FerryError::new(ErrorKind::Other, "rejected by the writer")));
             }
-            let n = ((end - pos) as usize).min(chunk);
-            // A fresh buffer per chunk: it is handed to the transport, not copied.
-            let mut raw = vec![0u8; n];
-            match sys::pread(fd.as_raw_fd(), &mut raw, pos) {
-                Ok(got) if got == n => {}
-                Ok(_) => return Ok(Err(source_changed(src, rel, "it shrank"))),
-                Err(e) => return Ok(Err(src.error("read", rel, &e))),
+            let (data_start, data_end) = match source.data(pos) {
+                Ok(Some((s, e))) => (s.min(end), e.min(end)),
+                Ok(None) => (end, end),
+                Err(e) => return Ok(Err(e)),
+            };
+            if data_start > pos {
+                let len = data_start - pos;
+                self.wire.send(Frame::Hole { id, offset: pos, len })?;
+                acc = crc::combine(acc, crc::zeros(len), len);
+                pos = data_start;
+                continue;
+            }
+            let n = ((data_end - pos) as usize).min(chunk);
+            let mut raw = self.wire.buffer(n);
+            if let Err(e) = source.read_at(pos, &mut raw) {
+                return Ok(Err(e));
+            }
+            if changes_source {
+                append_to_source(&src.describe(rel));
             }
             let c = crc32c::crc32c(&raw);
             self.settings.rate.take(n as u64);
+            let mut data = raw;
             let mut compressed = false;
-            let mut data = None;
             if compress {
-                match zstd::bulk::compress(&raw, 1) {
+                match zstd::bulk::compress(&data, 1) {
                     // Worth it only when it saves at least 1/32 of the chunk.
                     Ok(z) if z.len() < n - n / 32 => {
                         self.batch.counters.bytes_compressed += (n - z.len()) as u64;
                         compressed = true;
-                        data = Some(z);
+                        data = z;
                     }
                     // Data that does not compress (media, archives, encrypted) is sent raw
                     // for the rest of the file, so no more CPU goes into trying.
                     _ => compress = false,
                 }
             }
-            let mut data = data.unwrap_or(raw);
-            if !self.batch.corrupted_once && ctx.hooks.corrupt_chunk.as_deref() == Some(rel.as_slice()) && !data.is_empty() {
+            if !self.batch.corrupted_once && ctx.hooks.corrupts_chunk(rel) && !data.is_empty() {
                 self.batch.corrupted_once = true;
                 data[0] ^= 0xFF;
             }
             self.wire.send(Frame::Chunk { id, offset: pos, crc32c: c, compressed, raw_len: n as u32, data })?;
-            acc = crc::combine(acc, c, n as u64);
+            // Combining costs more than a small file's whole copy: the first chunk is the CRC.
+            acc = if pos == start { c } else { crc::combine(acc, c, n as u64) };
             pos += n as u64;
         }
-        if !unchanged(fd.as_raw_fd()) {
-            return Ok(Err(source_changed(src, rel, "size or mtime changed")));
+        if !source.unchanged().unwrap_or(false) {
+            return Ok(Err(source_changed(src.describe(rel), "size or mtime changed")));
         }
         self.wire.send(Frame::End { id, size: end, crc32c: acc })?;
         Ok(Ok(acc))
     }
+}
 
-    /// CRC32C of `[start, pos)` of the source: what the writer already has of this range.
-    fn prefix_crc(&mut self, fd: i32, start: u64, pos: u64, rel: &[u8]) -> Result<u32, FerryError> {
-        if pos <= start {
-            return Ok(0);
-        }
-        crc_range(fd, start, pos - start, &mut self.bufs.data).map_err(|e| self.ctx.src().error("read", rel, &e))
+/// CRC32C of `[start, pos)` of the source: what the writer already has of this range.
+fn prefix_crc(source: &mut dyn Source, start: u64, pos: u64, buf: &mut Vec<u8>) -> Result<u32, FerryError> {
+    if pos <= start {
+        return Ok(0);
+    }
+    crc_of(source, start, pos - start, buf)
+}
+
+/// The `FERRY_TEST_SOURCE_CHANGE` hook: the source file grows while it is read.
+fn append_to_source(path: &str) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(path) {
+        let _ = f.write_all(b"changed");
     }
 }

@@ -9,22 +9,14 @@ use ferry_common::model::{Entry, EntryKind, Limits, LinkEntry, ScanDir, ShardBod
 /// within etcd's operation limit; the part size grows instead for enormous files.
 pub const MAX_PARTS_PER_FILE: u64 = 64;
 
-/// Objects up to this size are uploaded in one request, and this is the smallest part of a
-/// multipart upload: what one mover buffers at a time.
-pub const OBJECT_PART_MIN: u64 = 16 << 20;
-
-/// The part size of a multipart upload of `size` bytes: at least [`OBJECT_PART_MIN`], and
-/// large enough (in whole MiB) that the object stays within S3's 10,000 parts, up to 5 TiB.
-pub fn object_part_size(size: u64) -> u64 {
-    let needed = size.div_ceil(crate::storage::s3::MAX_PARTS).div_ceil(1 << 20) << 20;
-    OBJECT_PART_MIN.max(needed)
-}
-
 /// Directories handed to one child scan shard.
 pub const DIRS_PER_SCAN_SHARD: usize = 16;
 
 pub struct Binner<'a> {
     limits: &'a Limits,
+    /// What the destination's multipart writes are made of (see
+    /// [`crate::location::Limits::part_unit`]).
+    dest: crate::location::Limits,
     current: Vec<Entry>,
     current_bytes: u64,
     /// Encoded-size estimate of `current`, so a shard of long paths stays under the Store's
@@ -45,9 +37,10 @@ fn encoded_estimate(path_len: usize) -> usize {
 }
 
 impl<'a> Binner<'a> {
-    pub fn new(limits: &'a Limits, group_prefix: &str) -> Self {
+    pub fn new(limits: &'a Limits, dest: crate::location::Limits, group_prefix: &str) -> Self {
         Binner {
             limits,
+            dest,
             current: Vec::new(),
             current_bytes: 0,
             current_encoded: 0,
@@ -59,16 +52,13 @@ impl<'a> Binner<'a> {
     }
 
     /// Part size for a file: the configured size, grown so the file has at most
-    /// [`MAX_PARTS_PER_FILE`] parts.
-    /// The part size is also a whole multiple of [`object_part_size`], so every part shard
-    /// uploads whole object-store parts and the part numbers follow from offsets alone.
-    pub fn part_size(limits: &Limits, size: u64) -> u64 {
+    /// [`MAX_PARTS_PER_FILE`] parts, and made a whole multiple of the destination's part unit,
+    /// so every part shard writes whole parts of the destination's multipart write.
+    pub fn part_size(limits: &Limits, dest: &crate::location::Limits, size: u64) -> u64 {
         let part = limits.part_size.max(size.div_ceil(MAX_PARTS_PER_FILE));
-        let sub = object_part_size(size);
-        if part >= sub {
-            part.div_ceil(sub) * sub
-        } else {
-            part
+        match dest.part_unit(size) {
+            Some(unit) => part.max(unit).div_ceil(unit) * unit,
+            None => part,
         }
     }
 
@@ -91,7 +81,7 @@ impl<'a> Binner<'a> {
     }
 
     fn push_parts(&mut self, file: Entry) {
-        let part = Self::part_size(self.limits, file.size);
+        let part = Self::part_size(self.limits, &self.dest, file.size);
         let count = file.size.div_ceil(part) as u32;
         let group = format!("{}.{}", self.group_prefix, self.part_groups);
         self.part_groups += 1;
@@ -155,22 +145,24 @@ mod tests {
     }
 
     #[test]
-    fn object_parts_stay_within_s3_limits_and_align_with_part_shards() {
+    fn part_shards_hold_whole_parts_of_the_destination() {
         let limits = Limits::default();
-        for size in [300u64 << 20, 5 << 30, 100 << 30, crate::storage::s3::MAX_OBJECT_SIZE] {
-            let sub = object_part_size(size);
-            assert!(size.div_ceil(sub) <= crate::storage::s3::MAX_PARTS, "{size}: {sub}");
-            assert!(sub >= crate::storage::s3::MIN_PART_SIZE && sub <= 5 << 30);
-            let shard = Binner::part_size(&limits, size);
-            assert_eq!(shard % sub, 0, "part shards hold whole object parts ({size})");
+        let s3 = crate::location::Limits { part_unit_min: Some(16 << 20), max_parts: Some(10_000), ..Default::default() };
+        for size in [300u64 << 20, 5 << 30, 100 << 30, 5 << 40] {
+            let unit = s3.part_unit(size).unwrap();
+            let shard = Binner::part_size(&limits, &s3, size);
+            assert_eq!(shard % unit, 0, "part shards hold whole object parts ({size})");
             assert!(size.div_ceil(shard) <= MAX_PARTS_PER_FILE);
         }
+        let small = Limits { part_size: 1 << 20, ..Limits::default() };
+        assert_eq!(Binner::part_size(&small, &s3, 300 << 20), 16 << 20, "never smaller than a part");
+        assert_eq!(Binner::part_size(&small, &crate::location::Limits::default(), 300 << 20), (300u64 << 20).div_ceil(64), "a POSIX destination takes any range");
     }
 
     #[test]
     fn shards_are_bounded_by_count_and_bytes() {
         let l = limits();
-        let mut b = Binner::new(&l, "g");
+        let mut b = Binner::new(&l, crate::location::Limits::default(), "g");
         for (i, size) in [10, 10, 10, 10, 95, 1].iter().enumerate() {
             b.push(file(&format!("f{i}"), *size));
         }
@@ -188,7 +180,7 @@ mod tests {
     #[test]
     fn large_files_become_parts_that_cover_the_file_exactly() {
         let l = limits();
-        let mut b = Binner::new(&l, "g");
+        let mut b = Binner::new(&l, crate::location::Limits::default(), "g");
         b.push(file("big", 1001));
         let parts: Vec<(u32, u32, u64, u64)> = b
             .finish()
@@ -205,7 +197,7 @@ mod tests {
     fn part_count_is_capped_by_growing_the_part_size() {
         let l = Limits { part_size: 1 << 20, ..Limits::default() };
         let size = 1u64 << 40;
-        let part = Binner::part_size(&l, size);
+        let part = Binner::part_size(&l, &crate::location::Limits::default(), size);
         assert!(size.div_ceil(part) <= MAX_PARTS_PER_FILE);
     }
 

@@ -1,0 +1,736 @@
+//! The local POSIX location: a directory tree on a local disk or on an NFS, SMB or EFS mount.
+//!
+//! The fast path stays inside this backend:
+//! - every access goes through directory handles opened component by component with
+//!   `O_NOFOLLOW` ([`Handles`]), so paths of any depth work, a symlink inside the tree is
+//!   never followed, and consecutive entries of one directory cost no walk;
+//! - reads skip holes with SEEK_DATA/SEEK_HOLE and writes leave them;
+//! - a batch of staged files is made durable by one `syncfs`, not one flush per file.
+//!
+//! Writes go to a temporary name in the entry's directory (`.ferry-tmp-…`), get their metadata,
+//! and are renamed into place by `publish`. Whole files are named after the source version
+//! they hold, so an interrupted attempt's partial file is found again and written on.
+
+pub mod sys;
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferry_common::error::{ErrorKind, FerryError};
+use ferry_common::model::{EntryKind, Timestamp};
+use ferry_common::paths;
+
+use super::{
+    source_changed, Capabilities, Durable, Limits, Listed, Location, Meta, Page, Profile, Sink, Source, Special, Staged,
+    StoredPart, Target, Token, Xattrs, TEMP_PREFIX,
+};
+
+/// What a POSIX tree holds: everything, to the nanosecond.
+pub fn profile() -> Profile {
+    Profile {
+        capabilities: Capabilities {
+            hard_links: true,
+            holes: true,
+            xattrs: true,
+            special_files: true,
+            ownership: true,
+            ns_times: true,
+            dir_markers: true,
+            atomic_rename: true,
+            stored_checksum: false,
+            server_side_copy: false,
+            complete_listing: true,
+            cheap_stat: true,
+        },
+        limits: Limits { max_name_bytes: Some(255), ..Limits::default() },
+    }
+}
+
+/// The kind of entry a stat describes.
+pub fn kind_of(st: &libc::stat) -> EntryKind {
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFDIR => EntryKind::Dir,
+        libc::S_IFLNK => EntryKind::Symlink,
+        libc::S_IFIFO => EntryKind::Fifo,
+        libc::S_IFSOCK => EntryKind::Socket,
+        libc::S_IFCHR => EntryKind::CharDev,
+        libc::S_IFBLK => EntryKind::BlockDev,
+        _ => EntryKind::File,
+    }
+}
+
+fn meta_of(st: &libc::stat) -> Meta {
+    let kind = kind_of(st);
+    Meta {
+        kind: Some(kind),
+        size: if kind == EntryKind::File { st.st_size as u64 } else { 0 },
+        mtime: sys::mtime(st),
+        atime: Some(sys::atime(st)),
+        mode: Some(st.st_mode),
+        uid: Some(st.st_uid),
+        gid: Some(st.st_gid),
+        rdev: if matches!(kind, EntryKind::CharDev | EntryKind::BlockDev) { st.st_rdev } else { 0 },
+        links: Some((st.st_dev, st.st_ino, st.st_nlink)),
+        ..Meta::default()
+    }
+}
+
+/// Removes `name` under `dir`, recursively for directories. Returns how many non-directory
+/// entries were removed (what `sync` reports as deleted).
+pub fn remove_tree_at(dir: RawFd, name: &[u8]) -> io::Result<u64> {
+    let Some(st) = sys::lstat_at(dir, name)? else { return Ok(0) };
+    if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        sys::unlink_at(dir, name, false)?;
+        return Ok(1);
+    }
+    let sub = sys::open_dir_at(dir, name)?;
+    let mut removed = 0;
+    let mut reader = sys::DirReader::new(sub, None)?;
+    let mut names = Vec::new();
+    while let Some(e) = reader.next_entry()? {
+        names.push(e.name);
+        // Delete in batches so huge directories do not need all names in memory.
+        if names.len() == 4096 {
+            for n in names.drain(..) {
+                removed += remove_tree_at(reader.fd(), &n)?;
+            }
+        }
+    }
+    for n in names {
+        removed += remove_tree_at(reader.fd(), &n)?;
+    }
+    drop(reader);
+    sys::unlink_at(dir, name, true)?;
+    Ok(removed)
+}
+
+/// How long a cached directory handle is trusted. Consecutive entries of a shard share their
+/// directory, so even a short life saves nearly every walk; a short one also bounds how long
+/// a directory renamed away by someone else keeps receiving writes.
+const HANDLE_TTL: Duration = Duration::from_secs(1);
+/// Handles kept at most; the cache starts over when full.
+const MAX_HANDLES: usize = 1024;
+
+/// Open directory handles by relative path, shared by every mover of the execution.
+struct Handles {
+    root: Arc<OwnedFd>,
+    cached: Mutex<HashMap<Vec<u8>, (Arc<OwnedFd>, Instant)>>,
+}
+
+impl Handles {
+    fn lookup(&self, rel: &[u8]) -> Option<Arc<OwnedFd>> {
+        let cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        cached.get(rel).filter(|(_, at)| at.elapsed() < HANDLE_TTL).map(|(fd, _)| fd.clone())
+    }
+
+    /// Directory `rel`, opened without following a symlink anywhere on the way. With
+    /// `create`, missing directories are made (owner-only until their metadata is set), and a
+    /// file or symlink in the way of one is removed, as rsync does: the entry itself, never
+    /// what a symlink points to, so nothing outside the tree is touched.
+    fn dir(&self, rel: &[u8], create: bool) -> io::Result<Arc<OwnedFd>> {
+        if rel.is_empty() {
+            return Ok(self.root.clone());
+        }
+        if let Some(fd) = self.lookup(rel) {
+            return Ok(fd);
+        }
+        let (parent, name) = paths::split(rel);
+        let pfd = self.dir(parent, create)?;
+        let fd = match sys::open_dir_at(pfd.as_raw_fd(), name) {
+            Ok(fd) => fd,
+            Err(e) if create && matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP)) => {
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    remove_tree_at(pfd.as_raw_fd(), name)?;
+                }
+                match sys::mkdir_at(pfd.as_raw_fd(), name, 0o700) {
+                    Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                    _ => {}
+                }
+                sys::open_dir_at(pfd.as_raw_fd(), name)?
+            }
+            Err(e) => return Err(e),
+        };
+        let fd = Arc::new(fd);
+        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        if cached.len() >= MAX_HANDLES {
+            cached.clear();
+        }
+        cached.insert(rel.to_vec(), (fd.clone(), Instant::now()));
+        Ok(fd)
+    }
+
+    /// Forgets `rel` and everything below it (removed or replaced by this process).
+    fn forget(&self, rel: &[u8]) {
+        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        cached.retain(|k, _| !(k.as_slice() == rel || (k.starts_with(rel) && k.get(rel.len()) == Some(&b'/')) || rel.is_empty()));
+    }
+}
+
+/// A local tree as a [`Location`].
+pub struct LocalLocation {
+    root: PathBuf,
+    dirs: Handles,
+    /// Distinguishes this process's temporary names of entries made whole (symlinks, nodes,
+    /// links) from another worker's running the same shard.
+    nonce: String,
+    is_root: bool,
+}
+
+/// A short, fixed-length hash of a name, so temporary names fit even beside 255-byte names.
+fn name_hash(name: &[u8]) -> String {
+    let h = ((crc32c::crc32c(name) as u64) << 32) | crc32c::crc32c_append(0x2545_f491, name) as u64;
+    format!("{h:016x}")
+}
+
+fn temp_name(tag: &str, name: &[u8]) -> Vec<u8> {
+    let mut t = TEMP_PREFIX.to_vec();
+    t.extend_from_slice(format!("{tag}-{}", name_hash(name)).as_bytes());
+    t
+}
+
+impl LocalLocation {
+    /// Opens the tree at `root`. `_exec` names the execution (kept for messages).
+    pub fn open(root: &Path, _exec: &str) -> Result<Self, FerryError> {
+        let root_fd = sys::open_root(root).map_err(|e| FerryError::io("open directory", root, &e))?;
+        Ok(LocalLocation {
+            root: root.to_path_buf(),
+            dirs: Handles { root: Arc::new(root_fd), cached: Mutex::new(HashMap::new()) },
+            nonce: format!("{:08x}", rand::random::<u32>()),
+            is_root: sys::is_root(),
+        })
+    }
+
+    fn err(&self, op: &str, rel: &[u8], e: &io::Error) -> FerryError {
+        FerryError::io(op, &paths::join(&self.root, rel), e)
+    }
+
+    fn parent(&self, rel: &[u8], create: bool) -> Result<Option<(Arc<OwnedFd>, Vec<u8>)>, FerryError> {
+        let (parent, name) = paths::split(rel);
+        match self.dirs.dir(parent, create) {
+            Ok(fd) => Ok(Some((fd, name.to_vec()))),
+            Err(e) if !create && matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP)) => Ok(None),
+            Err(e) => Err(self.err(if create { "create directory" } else { "open directory" }, parent, &e)),
+        }
+    }
+
+    fn vanished(&self, rel: &[u8]) -> FerryError {
+        FerryError::new(ErrorKind::Unavailable, format!("the directory of {} vanished while it was written", self.describe(rel)))
+    }
+
+    /// The owner to set: only a privileged process can, and only when the entry has one.
+    fn owner(&self, meta: &Meta) -> Option<(u32, u32)> {
+        match (self.is_root, meta.uid, meta.gid) {
+            (true, Some(u), Some(g)) => Some((u, g)),
+            _ => None,
+        }
+    }
+
+    /// The multipart temporary name of `rel`: deterministic, so every process writing a part
+    /// of the same file writes into the same temporary file.
+    fn part_temp(rel: &[u8]) -> Vec<u8> {
+        temp_name("parts", rel)
+    }
+
+    /// Renames a finished temporary entry over `name`; a directory in the way goes first.
+    fn rename_into_place(&self, dir: RawFd, temp: &[u8], rel: &[u8]) -> Result<(), FerryError> {
+        let (_, name) = paths::split(rel);
+        match sys::rename_at(dir, temp, dir, name) {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EISDIR) | Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => {
+                remove_tree_at(dir, name).map_err(|e| self.err("remove", rel, &e))?;
+                self.dirs.forget(rel);
+                sys::rename_at(dir, temp, dir, name).map_err(|e| self.err("rename into place", rel, &e))
+            }
+            Err(e) => Err(self.err("rename into place", rel, &e)),
+        }
+    }
+
+    fn open_file_sink(&self, rel: &[u8], size: u64, resume: Option<&str>, meta: &Meta, xattrs: &Xattrs) -> Result<LocalSink<'_>, FerryError> {
+        let (dir, name) = self.parent(rel, true)?.ok_or_else(|| self.vanished(rel))?;
+        let d = dir.as_raw_fd();
+        // Named after the source version, so only a partial file of the same version resumes.
+        let temp = match resume {
+            Some(version) => temp_name(&format!("v{:08x}", crc32c::crc32c(version.as_bytes())), &name),
+            None => temp_name(&self.nonce, &name),
+        };
+        let create = |d: RawFd| sys::open_at(d, &temp, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o600);
+        let mut resumed = 0;
+        let fd = match sys::lstat_at(d, &temp).map_err(|e| self.err("stat", rel, &e))? {
+            Some(st) if resume.is_some() && st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_size as u64 <= size => {
+                resumed = st.st_size as u64;
+                sys::open_at(d, &temp, libc::O_RDWR | libc::O_NOFOLLOW, 0)
+            }
+            Some(_) => remove_tree_at(d, &temp).and_then(|_| create(d)),
+            None => create(d),
+        }
+        .map_err(|e| self.err("create", rel, &e))?;
+        Ok(LocalSink { loc: self, rel: rel.to_vec(), dir, fd, temp, start: 0, len: size, resumed, meta: Some((meta.clone(), xattrs.clone())) })
+    }
+
+    /// Sets extended attributes, owner, mode and times on an open entry, in that order:
+    /// chown clears set-id bits, so mode comes after it, and times come last because every
+    /// other change touches them.
+    fn apply_meta_fd(&self, fd: RawFd, meta: &Meta, xattrs: Option<&Xattrs>, default_mode: u32) -> io::Result<()> {
+        if let Some(x) = xattrs {
+            let current = sys::fxattrs(fd)?;
+            for (k, _) in &current {
+                if !x.iter().any(|(n, _)| n == k) {
+                    let _ = sys::fremovexattr(fd, k);
+                }
+            }
+            Self::set_meta_fd(self.owner(meta), fd, meta, x, default_mode)
+        } else {
+            Self::set_meta_fd(self.owner(meta), fd, meta, &Vec::new(), default_mode)
+        }
+    }
+
+    /// [`Self::apply_meta_fd`] on a file that has no extended attributes yet (a new
+    /// temporary file): nothing to remove first.
+    fn set_meta_fd(owner: Option<(u32, u32)>, fd: RawFd, meta: &Meta, xattrs: &Xattrs, default_mode: u32) -> io::Result<()> {
+        for (k, v) in xattrs {
+            sys::fsetxattr(fd, k, v)?;
+        }
+        if let Some((u, g)) = owner {
+            sys::fchown(fd, u, g)?;
+        }
+        sys::fchmod(fd, meta.perm().unwrap_or(default_mode))?;
+        sys::futimens(fd, meta.atime.unwrap_or(meta.mtime), meta.mtime)
+    }
+
+    /// The same for an entry that cannot be opened (symlink, FIFO, socket, device), by name.
+    /// Linux refuses `user.*` xattrs on symlinks and a symlink has no mode of its own, so a
+    /// symlink gets only its owner and times.
+    fn apply_meta_at(&self, dir: RawFd, name: &[u8], meta: &Meta, xattrs: &Xattrs) -> io::Result<()> {
+        let symlink = meta.kind() == EntryKind::Symlink;
+        if !symlink {
+            for (k, v) in xattrs {
+                sys::lsetxattr_at(dir, name, k, v)?;
+            }
+        }
+        if let Some((u, g)) = self.owner(meta) {
+            sys::lchown_at(dir, name, u, g)?;
+        }
+        if !symlink {
+            sys::chmod_at(dir, name, meta.perm().unwrap_or(0o644))?;
+        }
+        sys::utimens_at_nofollow(dir, name, meta.atime.unwrap_or(meta.mtime), meta.mtime)
+    }
+
+    fn temp_of(staged: &Staged) -> Option<(&[u8], u64, u64)> {
+        match &staged.token {
+            Token::Temp(t) => Some((t, 0, staged.size)),
+            Token::Range { temp, offset, len } => Some((temp, *offset, *len)),
+            _ => None,
+        }
+    }
+}
+
+impl Location for LocalLocation {
+    fn describe(&self, rel: &[u8]) -> String {
+        paths::join(&self.root, rel).display().to_string()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        profile().capabilities
+    }
+
+    fn limits(&self) -> Limits {
+        profile().limits
+    }
+
+    fn list(&self, dir: &[u8], resume: Option<&[u8]>, max: usize) -> Result<Page, FerryError> {
+        let fd = match self.dirs.dir(dir, false) {
+            Ok(fd) => fd,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP)) => return Ok(Page::default()),
+            Err(e) => return Err(self.err("open directory", dir, &e)),
+        };
+        let own = sys::open_dir_at(fd.as_raw_fd(), b".").map_err(|e| self.err("list", dir, &e))?;
+        let cookie = resume.and_then(|r| r.try_into().ok()).map(i64::from_le_bytes);
+        let mut reader = sys::DirReader::new(own, cookie).map_err(|e| self.err("list", dir, &e))?;
+        let mut page = Page::default();
+        while let Some(raw) = reader.next_entry().map_err(|e| self.err("list", dir, &e))? {
+            if raw.name.starts_with(TEMP_PREFIX) {
+                continue;
+            }
+            let Some(st) = sys::lstat_at(reader.fd(), &raw.name).map_err(|e| self.err("stat", &paths::child(dir, &raw.name), &e))? else {
+                continue; // removed while listing
+            };
+            page.entries.push(Listed { name: raw.name, meta: meta_of(&st), complete: true, cursor: raw.cookie.to_le_bytes().to_vec() });
+            if page.entries.len() >= max {
+                page.resume = Some(raw.cookie.to_le_bytes().to_vec());
+                break;
+            }
+        }
+        Ok(page)
+    }
+
+    fn stat(&self, rel: &[u8]) -> Result<Option<Meta>, FerryError> {
+        if rel.is_empty() {
+            return sys::fstat(self.dirs.root.as_raw_fd()).map(|st| Some(meta_of(&st))).map_err(|e| self.err("stat", rel, &e));
+        }
+        let Some((dir, name)) = self.parent(rel, false)? else { return Ok(None) };
+        let Some(st) = sys::lstat_at(dir.as_raw_fd(), &name).map_err(|e| self.err("stat", rel, &e))? else { return Ok(None) };
+        let mut m = meta_of(&st);
+        if m.kind() == EntryKind::Symlink {
+            m.link_target = Some(sys::readlink_at(dir.as_raw_fd(), &name).map_err(|e| self.err("read link", rel, &e))?);
+        }
+        Ok(Some(m))
+    }
+
+    fn stat_dir(&self, rel: &[u8]) -> Result<Option<Meta>, FerryError> {
+        self.stat(rel)
+    }
+
+    fn xattrs(&self, rel: &[u8]) -> Result<Xattrs, FerryError> {
+        if rel.is_empty() {
+            return sys::fxattrs(self.dirs.root.as_raw_fd()).map_err(|e| self.err("read xattrs of", rel, &e));
+        }
+        let Some((dir, name)) = self.parent(rel, false)? else { return Ok(Vec::new()) };
+        // Not followed: a symlink's own attributes, and Linux keeps no `user.*` ones there.
+        match sys::lxattrs_at(dir.as_raw_fd(), &name) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Vec::new()),
+            other => other.map_err(|e| self.err("read xattrs of", rel, &e)),
+        }
+    }
+
+    fn tags(&self, _rel: &[u8]) -> Result<Option<String>, FerryError> {
+        Ok(None)
+    }
+
+    fn open(&self, rel: &[u8], _from: u64) -> Result<Box<dyn Source + '_>, FerryError> {
+        let (dir, name) = self.parent(rel, false)?.ok_or_else(|| source_changed(self.describe(rel), "its directory was removed"))?;
+        let fd = match sys::open_read_noatime(dir.as_raw_fd(), &name) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Err(source_changed(self.describe(rel), "it was removed")),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(source_changed(self.describe(rel), "it became a symlink")),
+            Err(e) => return Err(self.err("open", rel, &e)),
+        };
+        let st = sys::fstat(fd.as_raw_fd()).map_err(|e| self.err("stat", rel, &e))?;
+        if kind_of(&st) != EntryKind::File {
+            return Err(source_changed(self.describe(rel), "it is no longer a regular file"));
+        }
+        let sparse = (st.st_blocks as u64) * 512 < st.st_size as u64;
+        Ok(Box::new(LocalSource { loc: self, rel: rel.to_vec(), fd, meta: meta_of(&st), sparse }))
+    }
+
+    fn create(&self, rel: &[u8], target: Target<'_>, meta: &Meta, xattrs: &Xattrs) -> Result<Box<dyn Sink + '_>, FerryError> {
+        match target {
+            Target::File { size, resume } => Ok(Box::new(self.open_file_sink(rel, size, resume, meta, xattrs)?)),
+            Target::Part { upload, offset, len, .. } => {
+                let (dir, _) = self.parent(rel, false)?.ok_or_else(|| self.vanished(rel))?;
+                let temp = upload.as_bytes().to_vec();
+                let fd = sys::open_at(dir.as_raw_fd(), &temp, libc::O_RDWR | libc::O_NOFOLLOW, 0).map_err(|e| match e.raw_os_error() {
+                    Some(libc::ENOENT) => FerryError::new(ErrorKind::Unavailable, format!("the multipart write of {} vanished", self.describe(rel))),
+                    _ => self.err("open", rel, &e),
+                })?;
+                Ok(Box::new(LocalSink { loc: self, rel: rel.to_vec(), dir, fd, temp, start: offset, len, resumed: 0, meta: None }))
+            }
+        }
+    }
+
+    fn make(&self, rel: &[u8], special: &Special, meta: &Meta, xattrs: &Xattrs) -> Result<Staged, FerryError> {
+        let (dir, name) = self.parent(rel, true)?.ok_or_else(|| self.vanished(rel))?;
+        let d = dir.as_raw_fd();
+        let temp = temp_name(&format!("s{}", self.nonce), &name);
+        let _ = remove_tree_at(d, &temp);
+        let made = match special {
+            Special::Symlink { target } => sys::symlink_at(target, d, &temp).map_err(|e| self.err("create symlink", rel, &e)),
+            // Never opened: a FIFO would block, a device would be read.
+            Special::Node => sys::mknod_at(d, &temp, meta.mode.unwrap_or(libc::S_IFIFO | 0o644), meta.rdev).map_err(|e| {
+                let mut err = self.err("create special file", rel, &e);
+                if matches!(err.kind, ErrorKind::PermissionDenied | ErrorKind::Unsupported) {
+                    err.kind = ErrorKind::Unsupported;
+                }
+                err
+            }),
+        };
+        let done = made.and_then(|()| self.apply_meta_at(d, &temp, meta, xattrs).map_err(|e| self.err("set metadata on", rel, &e)));
+        if let Err(e) = done {
+            let _ = sys::unlink_at(d, &temp, false);
+            return Err(e);
+        }
+        Ok(Staged { rel: rel.to_vec(), kind: meta.kind(), size: 0, crc32c: None, token: Token::Temp(temp), part_tags: Vec::new(), resumed: 0 })
+    }
+
+    fn ensure_dir(&self, rel: &[u8]) -> Result<(), FerryError> {
+        self.dirs.dir(rel, true).map(|_| ()).map_err(|e| self.err("create directory", rel, &e))
+    }
+
+    fn set_meta(&self, rel: &[u8], meta: &Meta, xattrs: Option<&Xattrs>) -> Result<(), FerryError> {
+        match meta.kind() {
+            EntryKind::Dir => {
+                let fd = self.dirs.dir(rel, true).map_err(|e| self.err("open directory", rel, &e))?;
+                self.apply_meta_fd(fd.as_raw_fd(), meta, xattrs, 0o755).map_err(|e| self.err("set metadata on", rel, &e))
+            }
+            EntryKind::File => {
+                let (dir, name) = self.parent(rel, false)?.ok_or_else(|| self.vanished(rel))?;
+                let fd = sys::open_at(dir.as_raw_fd(), &name, libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK, 0).map_err(|e| self.err("open", rel, &e))?;
+                self.apply_meta_fd(fd.as_raw_fd(), meta, xattrs, 0o644).map_err(|e| self.err("set metadata on", rel, &e))
+            }
+            _ => {
+                let (dir, name) = self.parent(rel, false)?.ok_or_else(|| self.vanished(rel))?;
+                self.apply_meta_at(dir.as_raw_fd(), &name, meta, xattrs.unwrap_or(&Vec::new())).map_err(|e| self.err("set metadata on", rel, &e))
+            }
+        }
+    }
+
+    fn link(&self, target: &[u8], rel: &[u8]) -> Result<bool, FerryError> {
+        let missing = || FerryError::new(ErrorKind::NotFound, format!("cannot link {}: its first path {} was not copied", self.describe(rel), self.describe(target)));
+        let (tdir, tname) = self.parent(target, false)?.ok_or_else(missing)?;
+        let t = sys::lstat_at(tdir.as_raw_fd(), &tname).map_err(|e| self.err("stat", target, &e))?.ok_or_else(missing)?;
+        // The link's directory may hold nothing else, so nothing created it yet.
+        let (ldir, lname) = self.parent(rel, true)?.ok_or_else(|| self.vanished(rel))?;
+        if let Some(existing) = sys::lstat_at(ldir.as_raw_fd(), &lname).map_err(|e| self.err("stat", rel, &e))? {
+            if (existing.st_dev, existing.st_ino) == (t.st_dev, t.st_ino) {
+                return Ok(false);
+            }
+        }
+        let temp = temp_name(&format!("l{}", self.nonce), &lname);
+        let _ = sys::unlink_at(ldir.as_raw_fd(), &temp, false);
+        sys::link_at(tdir.as_raw_fd(), &tname, ldir.as_raw_fd(), &temp).map_err(|e| self.err("create hard link", rel, &e))?;
+        self.rename_into_place(ldir.as_raw_fd(), &temp, rel).inspect_err(|_| {
+            let _ = sys::unlink_at(ldir.as_raw_fd(), &temp, false);
+        })?;
+        Ok(true)
+    }
+
+    /// A few entries are flushed one by one (a large file, its directory); a batch by one
+    /// `syncfs`, which costs about the same as a single flush.
+    fn sync(&self, staged: &[Staged], what: Durable) -> Result<(), FerryError> {
+        const ONE_BY_ONE: usize = 2;
+        if staged.is_empty() {
+            return Ok(());
+        }
+        // A directory's own metadata lives in its inode: one `syncfs` covers it.
+        if staged.len() > ONE_BY_ONE || staged.iter().any(|s| s.kind == EntryKind::Dir) {
+            let op = if what == Durable::Content { "flush" } else { "flush renames" };
+            return sys::syncfs(self.dirs.root.as_raw_fd()).map_err(|e| self.err(op, b"", &e));
+        }
+        for s in staged {
+            let (dir, name) = self.parent(&s.rel, false)?.ok_or_else(|| self.vanished(&s.rel))?;
+            let flushed = match (what, Self::temp_of(s)) {
+                (Durable::Content, Some((temp, _, _))) => sys::open_at(dir.as_raw_fd(), temp, libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK, 0).and_then(|fd| sys::fdatasync(fd.as_raw_fd())),
+                (Durable::Content, None) => Ok(()),
+                (Durable::Names, _) => sys::fdatasync(dir.as_raw_fd()),
+            };
+            flushed.map_err(|e| self.err(if what == Durable::Content { "flush" } else { "flush the directory of" }, if what == Durable::Content { &s.rel } else { &name }, &e))?;
+        }
+        Ok(())
+    }
+
+    fn check(&self, staged: &Staged, buf: &mut Vec<u8>) -> Result<Option<String>, FerryError> {
+        let (Some(want), Some((temp, offset, len))) = (staged.crc32c, Self::temp_of(staged)) else { return Ok(None) };
+        let (dir, _) = self.parent(&staged.rel, false)?.ok_or_else(|| self.vanished(&staged.rel))?;
+        // O_NOATIME: reading back must not undo the atime just set from the source.
+        let fd = sys::open_read_noatime(dir.as_raw_fd(), temp).map_err(|e| self.err("read back", &staged.rel, &e))?;
+        let meta = Meta { size: offset + len, ..Meta::default() };
+        let mut src = LocalSource { loc: self, rel: staged.rel.clone(), fd, meta, sparse: true };
+        let got = super::crc_of(&mut src, offset, len, buf)?;
+        if got != want {
+            let what = if matches!(staged.token, Token::Range { .. }) { format!("bytes {offset}..{} of ", offset + len) } else { String::new() };
+            return Err(FerryError::new(ErrorKind::Corrupt, format!("CRC32C mismatch after writing {what}{}: source {want:08x}, destination {got:08x}", self.describe(&staged.rel))));
+        }
+        Ok(None)
+    }
+
+    fn publish(&self, staged: &Staged) -> Result<(), FerryError> {
+        let Token::Temp(temp) = &staged.token else { return Ok(()) };
+        let (dir, _) = self.parent(&staged.rel, false)?.ok_or_else(|| self.vanished(&staged.rel))?;
+        self.rename_into_place(dir.as_raw_fd(), temp, &staged.rel)
+    }
+
+    fn discard(&self, staged: &Staged) {
+        if let (Token::Temp(temp), Ok(Some((dir, _)))) = (&staged.token, self.parent(&staged.rel, false)) {
+            let _ = sys::unlink_at(dir.as_raw_fd(), temp, false);
+        }
+    }
+
+    fn remove(&self, rels: &[Vec<u8>]) -> Vec<Result<u64, FerryError>> {
+        rels.iter()
+            .map(|rel| {
+                let Some((dir, name)) = self.parent(rel, false)? else { return Ok(0) };
+                let n = remove_tree_at(dir.as_raw_fd(), &name).map_err(|e| self.err("remove", rel, &e))?;
+                self.dirs.forget(rel);
+                Ok(n)
+            })
+            .collect()
+    }
+
+    fn sweep(&self, dir: &[u8]) -> Result<(), FerryError> {
+        let fd = match self.dirs.dir(dir, false) {
+            Ok(fd) => fd,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => return Ok(()),
+            Err(e) => return Err(self.err("open directory", dir, &e)),
+        };
+        let own = sys::open_dir_at(fd.as_raw_fd(), b".").map_err(|e| self.err("list", dir, &e))?;
+        let mut reader = sys::DirReader::new(own, None).map_err(|e| self.err("list", dir, &e))?;
+        let mut debris = Vec::new();
+        while let Some(raw) = reader.next_entry().map_err(|e| self.err("list", dir, &e))? {
+            if raw.name.starts_with(TEMP_PREFIX) {
+                debris.push(raw.name);
+            }
+        }
+        for name in debris {
+            remove_tree_at(fd.as_raw_fd(), &name).map_err(|e| self.err("remove temporary file in", dir, &e))?;
+        }
+        Ok(())
+    }
+
+    fn create_multipart(&self, rel: &[u8], size: u64, _meta: &Meta) -> Result<String, FerryError> {
+        let (dir, _) = self.parent(rel, true)?.ok_or_else(|| self.vanished(rel))?;
+        let temp = Self::part_temp(rel);
+        let fd = sys::open_at(dir.as_raw_fd(), &temp, libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW, 0o600).map_err(|e| self.err("create", rel, &e))?;
+        sys::ftruncate(fd.as_raw_fd(), size).map_err(|e| self.err("create", rel, &e))?;
+        Ok(String::from_utf8_lossy(&temp).into_owned())
+    }
+
+    /// A local tree cannot tell which ranges of a temporary file were written: none are
+    /// reported, so they are written again.
+    fn pending_multiparts(&self, _rel: &[u8]) -> Result<Vec<String>, FerryError> {
+        Ok(Vec::new())
+    }
+
+    fn list_parts(&self, _rel: &[u8], _upload: &str) -> Result<Vec<StoredPart>, FerryError> {
+        Ok(Vec::new())
+    }
+
+    fn complete_multipart(&self, rel: &[u8], upload: &str, size: u64, meta: &Meta, xattrs: &Xattrs, crc32c: u32, _tags: &[(u32, String)]) -> Result<Staged, FerryError> {
+        let (dir, _) = self.parent(rel, false)?.ok_or_else(|| self.vanished(rel))?;
+        let fd = sys::open_at(dir.as_raw_fd(), upload.as_bytes(), libc::O_RDWR | libc::O_NOFOLLOW, 0).map_err(|e| self.err("open", rel, &e))?;
+        sys::ftruncate(fd.as_raw_fd(), size).map_err(|e| self.err("write", rel, &e))?;
+        self.apply_meta_fd(fd.as_raw_fd(), meta, Some(xattrs), 0o644).map_err(|e| self.err("set metadata on", rel, &e))?;
+        Ok(Staged { rel: rel.to_vec(), kind: EntryKind::File, size, crc32c: Some(crc32c), token: Token::Temp(upload.as_bytes().to_vec()), part_tags: Vec::new(), resumed: 0 })
+    }
+
+    fn abort_multipart(&self, rel: &[u8], upload: &str) -> Result<(), FerryError> {
+        if let Some((dir, _)) = self.parent(rel, false)? {
+            match sys::unlink_at(dir.as_raw_fd(), upload.as_bytes(), false) {
+                Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(self.err("remove temporary file of", rel, &e)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A regular file open for reading.
+struct LocalSource<'a> {
+    loc: &'a LocalLocation,
+    rel: Vec<u8>,
+    fd: OwnedFd,
+    meta: Meta,
+    /// Fewer blocks than bytes: worth asking where the holes are.
+    sparse: bool,
+}
+
+impl Source for LocalSource<'_> {
+    fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    fn xattrs(&mut self) -> Result<Xattrs, FerryError> {
+        sys::fxattrs(self.fd.as_raw_fd()).map_err(|e| self.loc.err("read xattrs of", &self.rel, &e))
+    }
+
+    fn data(&mut self, pos: u64) -> Result<Option<(u64, u64)>, FerryError> {
+        let size = self.meta.size;
+        if pos >= size {
+            return Ok(None);
+        }
+        if !self.sparse {
+            return Ok(Some((pos, size)));
+        }
+        let fd = self.fd.as_raw_fd();
+        let err = |e: io::Error| self.loc.err("read", &self.rel, &e);
+        let Some(start) = sys::seek_data(fd, pos).map_err(err)? else { return Ok(None) };
+        if start >= size {
+            return Ok(None);
+        }
+        let end = sys::seek_hole(fd, start).map_err(err)?.min(size);
+        Ok(Some((start, end)))
+    }
+
+    fn read_at(&mut self, pos: u64, buf: &mut [u8]) -> Result<(), FerryError> {
+        let mut done = 0;
+        while done < buf.len() {
+            let n = sys::pread(self.fd.as_raw_fd(), &mut buf[done..], pos + done as u64).map_err(|e| self.loc.err("read", &self.rel, &e))?;
+            if n == 0 {
+                return Err(source_changed(self.loc.describe(&self.rel), "it shrank"));
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn unchanged(&mut self) -> Result<bool, FerryError> {
+        let st = sys::fstat(self.fd.as_raw_fd()).map_err(|e| self.loc.err("stat", &self.rel, &e))?;
+        Ok(st.st_size as u64 == self.meta.size && sys::mtime(&st) == self.meta.mtime)
+    }
+}
+
+/// A temporary file being written: a whole file, or one range of a multipart write.
+struct LocalSink<'a> {
+    loc: &'a LocalLocation,
+    rel: Vec<u8>,
+    dir: Arc<OwnedFd>,
+    fd: OwnedFd,
+    temp: Vec<u8>,
+    /// The range this sink writes.
+    start: u64,
+    len: u64,
+    resumed: u64,
+    /// A whole file's metadata, applied when it is finished; `None` for a part.
+    meta: Option<(Meta, Xattrs)>,
+}
+
+impl Sink for LocalSink<'_> {
+    fn resumed(&self) -> u64 {
+        self.resumed
+    }
+
+    fn crc_resumed(&mut self, buf: &mut Vec<u8>) -> Result<u32, FerryError> {
+        let st = sys::fstat(self.fd.as_raw_fd()).map_err(|e| self.loc.err("read back", &self.rel, &e))?;
+        let fd = sys::open_read_noatime(self.dir.as_raw_fd(), &self.temp).map_err(|e| self.loc.err("read back", &self.rel, &e))?;
+        let mut src = LocalSource { loc: self.loc, rel: self.rel.clone(), fd, meta: meta_of(&st), sparse: true };
+        super::crc_of(&mut src, self.start, self.resumed, buf)
+    }
+
+    fn write_at(&mut self, pos: u64, data: &[u8], _crc32c: u32) -> Result<(), FerryError> {
+        sys::pwrite_all(self.fd.as_raw_fd(), data, pos).map_err(|e| self.loc.err("write", &self.rel, &e))
+    }
+
+    fn finish(self: Box<Self>, crc32c: u32) -> Result<Staged, FerryError> {
+        let s = *self;
+        let fd = s.fd.as_raw_fd();
+        let done = match &s.meta {
+            Some((meta, xattrs)) => sys::ftruncate(fd, s.len)
+                .map_err(|e| s.loc.err("write", &s.rel, &e))
+                .and_then(|()| LocalLocation::set_meta_fd(s.loc.owner(meta), fd, meta, xattrs, 0o644).map_err(|e| s.loc.err("set metadata on", &s.rel, &e))),
+            None => Ok(()),
+        };
+        let token = if s.meta.is_some() { Token::Temp(s.temp.clone()) } else { Token::Range { temp: s.temp.clone(), offset: s.start, len: s.len } };
+        if let Err(e) = done {
+            if s.meta.is_some() {
+                let _ = sys::unlink_at(s.dir.as_raw_fd(), &s.temp, false);
+            }
+            return Err(e);
+        }
+        Ok(Staged { rel: s.rel, kind: EntryKind::File, size: s.len, crc32c: Some(crc32c), token, part_tags: Vec::new(), resumed: s.resumed })
+    }
+
+    fn abort(self: Box<Self>) {
+        if self.meta.is_some() {
+            let _ = sys::unlink_at(self.dir.as_raw_fd(), &self.temp, false);
+        }
+    }
+}
+
+/// Now, as a timestamp (for entries written without a source, such as reports).
+pub fn now() -> Timestamp {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    Timestamp { sec: d.as_secs() as i64, nsec: d.subsec_nanos() }
+}

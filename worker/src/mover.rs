@@ -1,0 +1,296 @@
+//! One claimed shard, from claim to completion: what the Store must answer first (hard-link
+//! roles, a large file's multipart write), which way its writes travel ([`Route`]), the
+//! engine's work on the blocking pool, and the completion transaction with its report lines.
+
+use ferry_common::codec;
+use ferry_common::error::{ErrorKind, FerryError};
+use ferry_common::model::{Entry, EntryKind, EntryStatus, ExecutionSpec, Shard, ShardBody, ShardKind, WorkerInfo};
+use ferry_common::store::{SharedStore, TxnOp};
+
+use crate::engine::context::Sides;
+use crate::engine::dest::{Dest, Direct};
+use crate::engine::read::SendSettings;
+use crate::engine::scan::{list_page, LinkRole};
+use crate::engine::{dirmeta, links, parts, prune, transfer, verify, ExecContext, Line, Outcome};
+use crate::node::MoverShared;
+use crate::queue::QueueError;
+use crate::transport::remote::RemoteDest;
+use crate::transport::{Connector, InProcess, LinkAgent, Remote, WriterAgent};
+
+/// The shard kinds an agent takes: a reader the ones that read the source (writing through a
+/// link), a writer the ones that need nothing of it.
+pub fn claimable(ctx: &ExecContext) -> Option<Vec<ShardKind>> {
+    match ctx.sides {
+        Sides::Both { .. } => None,
+        Sides::Reader { .. } => Some(vec![ShardKind::Scan, ShardKind::Transfer, ShardKind::Part, ShardKind::Prune, ShardKind::Verify]),
+        Sides::Writer { .. } => Some(vec![ShardKind::Commit, ShardKind::Links, ShardKind::DirMeta]),
+    }
+}
+
+/// Which way a shard's writes and questions about the destination travel.
+#[derive(Clone)]
+enum Route {
+    /// This agent reaches the destination itself.
+    InProcess,
+    /// Over QUIC, to the agents that reach it.
+    Remote { writers: Vec<WriterAgent>, start: usize },
+}
+
+/// Runs `f` with the connector, the destination and the send settings of `route`.
+fn with_route<T>(ctx: &ExecContext, link: &LinkAgent, route: &Route, f: impl FnOnce(&dyn Connector, &dyn Dest, &SendSettings) -> T) -> Result<T, FerryError> {
+    match route {
+        Route::InProcess => {
+            let settings = SendSettings { agent: &link.name, compress: false, rate: &ctx.rate };
+            Ok(f(&InProcess { ctx }, &Direct(ctx.dst()?.as_ref()), &settings))
+        }
+        Route::Remote { writers, start } => {
+            let client = link.client.as_ref().ok_or_else(|| no_certificate(link))?;
+            let connector = Remote { client, writers: writers.clone(), start: *start };
+            let dest = RemoteDest { connector: &connector, exec: ctx.spec.id.clone(), agent: link.name.clone(), uri: ctx.spec.destination.clone() };
+            let settings = SendSettings { agent: &link.name, compress: ctx.spec.link.compress, rate: &link.rate };
+            Ok(f(&connector, &dest, &settings))
+        }
+    }
+}
+
+fn no_certificate(link: &LinkAgent) -> FerryError {
+    FerryError::config(format!("agent {} has no link certificate, so it cannot send to the destination's agents (start it with --tls-dir; enroll with --enroll-token)", link.name))
+}
+
+async fn route(shared: &MoverShared, shard: &Shard) -> Result<Route, FerryError> {
+    match shared.ctx.sides {
+        Sides::Both { .. } | Sides::Writer { .. } => Ok(Route::InProcess),
+        Sides::Reader { .. } => {
+            if shared.link.client.is_none() {
+                // A permanent error: the caller reports every entry failed, as for any shard.
+                return Err(no_certificate(&shared.link));
+            }
+            let writers = find_writers(shared.queue.store(), &shared.ctx.spec).await?;
+            Ok(Route::Remote { writers, start: crc32c::crc32c(shard.id.as_bytes()) as usize })
+        }
+    }
+}
+
+/// The agents that reach an execution's destination and accept links.
+async fn find_writers(store: &SharedStore, spec: &ExecutionSpec) -> Result<Vec<WriterAgent>, FerryError> {
+    let page = store.range(&ferry_common::keys::workers(), Default::default()).await.map_err(|e| FerryError::new(ErrorKind::Unavailable, format!("coordination store: {e}")))?;
+    let mut writers = Vec::new();
+    for kv in page.kvs {
+        let Ok(info) = codec::decode::<WorkerInfo>(&kv.value) else { continue };
+        let Some(addr) = info.link_addr.as_deref().and_then(|a| a.parse().ok()) else { continue };
+        if spec.link.reach(&info.name, &info.labels).destination {
+            writers.push(WriterAgent { name: info.name, addr });
+        }
+    }
+    writers.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(writers)
+}
+
+/// Runs blocking work on the blocking pool with the mover's buffer; a panic in it becomes an
+/// error for that shard instead of taking the process down.
+async fn blocking<T: Send + 'static>(slot: &mut Option<Vec<u8>>, f: impl FnOnce(&mut Vec<u8>) -> T + Send + 'static) -> Result<T, FerryError> {
+    let mut buf = slot.take().unwrap_or_default();
+    match tokio::task::spawn_blocking(move || {
+        let t = f(&mut buf);
+        (t, buf)
+    })
+    .await
+    {
+        Ok((t, b)) => {
+            *slot = Some(b);
+            Ok(t)
+        }
+        Err(e) => Err(FerryError::new(ErrorKind::Other, format!("internal error while running a shard: {e}"))),
+    }
+}
+
+/// Retries a Store operation while the Store is unavailable. Giving up is not an option: a
+/// shard whose completion is never written stays claimed by this live worker forever.
+async fn with_store_retry<T, F, Fut>(what: &str, mut op: F) -> Result<T, QueueError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, QueueError>>,
+{
+    let mut backoff = std::time::Duration::from_millis(100);
+    let mut warned = false;
+    loop {
+        match op().await {
+            Err(QueueError::Store(e)) if e.is_transient() => {
+                if !warned {
+                    tracing::warn!(error = %e, "{what}: coordination store unavailable; retrying until it is back");
+                    warned = true;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn store_err(e: QueueError) -> FerryError {
+    FerryError::new(ErrorKind::Unavailable, format!("coordination store: {e}"))
+}
+
+/// Claims are done: run the shard and complete it.
+pub async fn run_shard(shared: &MoverShared, shard: Shard, buf: &mut Option<Vec<u8>>) {
+    let max_attempts = shared.ctx.options().limits.max_attempts;
+    let queue = &shared.queue;
+    tracing::debug!(shard = %shard.id, attempt = shard.attempt, "ShardClaimed");
+    let committed: Result<bool, QueueError> = if let ShardBody::Part { file, offset, len, group, .. } = shard.body.clone() {
+        let mut outcome = Outcome::default();
+        let r = run_part(shared, &shard, file, offset, len, &group, buf).await;
+        match r {
+            Err(e) if e.kind == ErrorKind::LeaseLost => return abandon(&shard),
+            Ok(done) => {
+                outcome.counters().add(&done.counters);
+                with_store_retry("complete part", || queue.complete_part(&shard, Ok((done.crc, len)), &done.tags, done.source.as_ref(), &outcome)).await
+            }
+            Err(e) if e.kind.is_transient() && shard.attempt < max_attempts => with_store_retry("requeue part", || queue.requeue(&shard, e.to_string())).await,
+            Err(e) => with_store_retry("complete part", || queue.complete_part(&shard, Err(e.to_string()), &[], None, &outcome)).await,
+        }
+    } else {
+        match execute(shared, &shard, buf).await {
+            Ok((outcome, _)) if outcome.abandoned => return abandon(&shard),
+            Err(e) if e.kind == ErrorKind::LeaseLost => return abandon(&shard),
+            Ok((outcome, extra)) => commit(shared, &shard, outcome, extra).await,
+            Err(e) if e.kind.is_transient() && shard.attempt < max_attempts => {
+                tracing::info!(shard = %shard.id, error = %e, "shard failed; queued for another attempt");
+                with_store_retry("requeue shard", || queue.requeue(&shard, e.to_string())).await
+            }
+            Err(e) => commit(shared, &shard, all_failed(&shard.body, &e), Vec::new()).await,
+        }
+    };
+    match committed {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(shard = %shard.id, "completion refused: the claim was lost (lease expired); another worker owns it"),
+        Err(e) => tracing::warn!(shard = %shard.id, error = %e, "could not complete shard; it returns to the queue when the claim expires"),
+    }
+}
+
+/// A part of a large file: finds the file's multipart write (recorded in the part set, left
+/// by an interrupted run, or new), then sends the range into it.
+async fn run_part(shared: &MoverShared, shard: &Shard, file: Entry, offset: u64, len: u64, group: &str, buf: &mut Option<Vec<u8>>) -> Result<parts::PartDone, FerryError> {
+    let (ctx, link) = (shared.ctx.clone(), shared.link.clone());
+    let route = route(shared, shard).await?;
+    let recorded = with_store_retry("read part set", || shared.queue.part_set(group)).await.map_err(store_err)?.upload_id;
+    let upload = match recorded {
+        Some(id) => id,
+        None => {
+            let (c, l, r, f) = (ctx.clone(), link.clone(), route.clone(), file.clone());
+            let opened = blocking(buf, move |_| with_route(&c, &l, &r, |_, dest, _| parts::upload_meta(&c, &f).and_then(|meta| dest.open_upload(&f.path, f.size, &meta)))).await??;
+            let (id, created) = opened?;
+            let winner = with_store_retry("record upload", || shared.queue.record_upload(group, &file.path, &id)).await.map_err(store_err)?;
+            if winner != id && created {
+                // Another part started the write first: this one is not needed.
+                let (c, l, r, f) = (ctx.clone(), link.clone(), route.clone(), file.clone());
+                let _ = blocking(buf, move |_| with_route(&c, &l, &r, |_, dest, _| dest.abort_upload(&f.path, &id))).await;
+            }
+            winner
+        }
+    };
+    blocking(buf, move |b| with_route(&ctx, &link, &route, |conn, _, settings| parts::run_part(&ctx, conn, settings, &file, offset, len, &upload, b))).await??
+}
+
+/// A shard that no longer belongs to this worker: no completion, no cleanup at the
+/// destination (a successor may be working there); its temporary files go at the
+/// directory-metadata stage.
+fn abandon(shard: &Shard) {
+    tracing::warn!(shard = %shard.id, "lease expired; abandoning the shard to the worker that claims it next");
+}
+
+async fn commit(shared: &MoverShared, shard: &Shard, mut outcome: Outcome, extra: Vec<TxnOp>) -> Result<bool, QueueError> {
+    let lines = std::mem::take(&mut outcome.report);
+    crate::report::log_entries(&shared.ctx.spec, &lines);
+    let chunks = crate::report::chunks(&shared.ctx.spec, lines);
+    with_store_retry("complete shard", || shared.queue.complete(shard, &outcome, &chunks, extra.clone())).await
+}
+
+/// Runs any shard but a part; returns the outcome and extra completion writes.
+async fn execute(shared: &MoverShared, shard: &Shard, buf: &mut Option<Vec<u8>>) -> Result<(Outcome, Vec<TxnOp>), FerryError> {
+    let (ctx, link) = (shared.ctx.clone(), shared.link.clone());
+    let attempt = shard.attempt;
+    let body = shard.body.clone();
+    let route = match body.kind() {
+        ShardKind::Commit | ShardKind::Links | ShardKind::DirMeta => Route::InProcess,
+        _ => route(shared, shard).await?,
+    };
+    let outcome = match body {
+        ShardBody::Scan { dirs } => {
+            let (c, l) = (ctx.clone(), link.clone());
+            let page = blocking(buf, move |_| with_route(&c, &l, &route, |_, dest, _| list_page(&c, dest, &dirs))).await???;
+            let mut roles = Vec::with_capacity(page.link_candidates.len());
+            for cand in &page.link_candidates {
+                let role = with_store_retry("resolve hard link", || shared.queue.resolve_link(cand.dev, cand.ino, &cand.entry.path)).await;
+                roles.push(match role.map_err(store_err)? {
+                    None => LinkRole::First,
+                    Some(first) => LinkRole::LinkTo(first),
+                });
+            }
+            page.into_bodies(&ctx, &shard.id, roles)
+        }
+        ShardBody::Transfer { entries } => blocking(buf, move |b| with_route(&ctx, &link, &route, |conn, _, settings| transfer::run_transfer(&ctx, conn, settings, entries, attempt, b))).await??,
+        ShardBody::Commit { file, group, .. } => {
+            let set = with_store_retry("read part set", || shared.queue.part_set(&group)).await.map_err(store_err)?;
+            let out = blocking(buf, move |b| {
+                let failure = set.failed.first().map(|(_, r)| r.clone());
+                parts::run_commit(&ctx, &file, &set, failure.as_deref(), b)
+            })
+            .await?;
+            return Ok((out, vec![TxnOp::delete(shared.queue.keys().parts(&group))]));
+        }
+        ShardBody::Prune { dir } => blocking(buf, move |_| with_route(&ctx, &link, &route, |_, dest, _| prune::run_prune(&ctx, dest, &dir))).await???,
+        ShardBody::Links { links: l } => blocking(buf, move |_| links::run_links(&ctx, l)).await?,
+        ShardBody::DirMeta { dirs } => blocking(buf, move |_| dirmeta::run_dirmeta(&ctx, dirs)).await?,
+        ShardBody::Verify { dirs } => blocking(buf, move |b| with_route(&ctx, &link, &route, |_, dest, _| verify::run_verify(&ctx, dest, &dirs, b))).await???,
+        ShardBody::Part { .. } => unreachable!("parts complete through complete_part"),
+    };
+    Ok((outcome, Vec::new()))
+}
+
+/// A shard that failed for good: every entry it carried is reported failed with the error,
+/// so the reconciliation still accounts for each of them.
+pub fn all_failed(body: &ShardBody, err: &FerryError) -> Outcome {
+    let mut out = Outcome::default();
+    let err = FerryError::new(err.kind, format!("{} (shard gave up)", err.message));
+    // Not an entry the scan counted (a whole directory's listing or pruning): counted as
+    // prepared too, so prepared == transferred + skipped + failed still holds.
+    let fail_unprepared = |out: &mut Outcome, path: &[u8], kind: EntryKind| {
+        out.counters().files_prepared += 1;
+        out.fail(Line::new(path.to_vec(), kind, EntryStatus::Failed), &err);
+    };
+    match body {
+        ShardBody::Scan { dirs } => {
+            for d in dirs {
+                if d.path.is_empty() || d.after.is_some() || d.cookie.is_some() {
+                    fail_unprepared(&mut out, &d.path, EntryKind::Dir);
+                } else {
+                    out.fail(Line::new(d.path.clone(), EntryKind::Dir, EntryStatus::Failed), &err);
+                }
+            }
+        }
+        ShardBody::Verify { dirs } => {
+            for d in dirs {
+                out.mismatch(d.path.clone(), EntryKind::Dir, 0, err.to_string());
+            }
+        }
+        ShardBody::Prune { dir } => fail_unprepared(&mut out, &dir.path, EntryKind::Dir),
+        ShardBody::Transfer { entries } => {
+            for e in entries {
+                out.fail(Line::of(e, EntryStatus::Failed), &err);
+            }
+        }
+        ShardBody::Part { file, .. } | ShardBody::Commit { file, .. } => out.fail(Line::of(file, EntryStatus::Failed), &err),
+        ShardBody::Links { links } => {
+            for l in links {
+                out.fail(Line::new(l.path.clone(), EntryKind::HardLink, EntryStatus::Failed).size(l.size), &err);
+            }
+        }
+        ShardBody::DirMeta { dirs } => {
+            for d in dirs.iter().filter(|d| !d.path.is_empty()) {
+                out.fail(Line::new(d.path.clone(), EntryKind::Dir, EntryStatus::Failed), &err);
+            }
+        }
+    }
+    out
+}
