@@ -38,10 +38,13 @@ impl ErrorKind {
         use std::io::ErrorKind as K;
         match err.raw_os_error() {
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => return ErrorKind::NoSpace,
-            Some(libc::EIO) | Some(libc::ESTALE) | Some(libc::ETIMEDOUT) | Some(libc::EAGAIN)
-            | Some(libc::EINTR) | Some(libc::ECONNRESET) | Some(libc::EHOSTUNREACH) => {
-                return ErrorKind::Unavailable
-            }
+            Some(libc::EIO)
+            | Some(libc::ESTALE)
+            | Some(libc::ETIMEDOUT)
+            | Some(libc::EAGAIN)
+            | Some(libc::EINTR)
+            | Some(libc::ECONNRESET)
+            | Some(libc::EHOSTUNREACH) => return ErrorKind::Unavailable,
             Some(libc::EPERM) => return ErrorKind::PermissionDenied,
             Some(libc::EOPNOTSUPP) | Some(libc::EXDEV) => return ErrorKind::Unsupported,
             _ => {}

@@ -68,7 +68,10 @@ impl Manifest {
             let path = first_csv_field(line).map_err(|reason| ManifestError { line: i + 1, reason: reason.into() })?;
             let path = path.strip_prefix(b"/").unwrap_or(&path).to_vec();
             if path.is_empty() || path.split(|&b| b == b'/').any(|c| c.is_empty() || c == b".." || c == b".") || path.contains(&0) {
-                return Err(ManifestError { line: i + 1, reason: format!("{:?} is not a relative path below the source (no '..', '.', '//' or NUL)", String::from_utf8_lossy(&path)) });
+                return Err(ManifestError {
+                    line: i + 1,
+                    reason: format!("{:?} is not a relative path below the source (no '..', '.', '//' or NUL)", String::from_utf8_lossy(&path)),
+                });
             }
             let mut at = 0;
             while let Some(p) = path[at..].iter().position(|&b| b == b'/') {
@@ -214,8 +217,7 @@ impl Matcher {
             }
         }
         let path = Self::slash(rel);
-        !self.excluded(&path)
-            && (parent_included || self.include.is_empty() || self.include.iter().any(|p| matches_self_or_ancestor(p, &path)))
+        !self.excluded(&path) && (parent_included || self.include.is_empty() || self.include.iter().any(|p| matches_self_or_ancestor(p, &path)))
     }
 
     /// A listed directory: `None` when it is skipped, else the `included` flag its scan
@@ -274,11 +276,7 @@ mod tests {
     use super::*;
 
     fn m(include: &[&str], exclude: &[&str]) -> Matcher {
-        Matcher::new(&Filters {
-            include: include.iter().map(|s| s.to_string()).collect(),
-            exclude: exclude.iter().map(|s| s.to_string()).collect(),
-        })
-        .unwrap()
+        Matcher::new(&Filters { include: include.iter().map(|s| s.to_string()).collect(), exclude: exclude.iter().map(|s| s.to_string()).collect() }).unwrap()
     }
 
     /// DataSync's documented examples, plus the edge cases around them.

@@ -569,28 +569,49 @@ impl ShardKind {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ShardBody {
-    Scan { dirs: Vec<ScanDir> },
-    Transfer { entries: Vec<Entry> },
+    Scan {
+        dirs: Vec<ScanDir>,
+    },
+    Transfer {
+        entries: Vec<Entry>,
+    },
     /// Bytes `[offset, offset+len)` of one large file; `group` names the file's part set.
-    Part { file: Entry, index: u32, count: u32, offset: u64, len: u64, group: String },
+    Part {
+        file: Entry,
+        index: u32,
+        count: u32,
+        offset: u64,
+        len: u64,
+        group: String,
+    },
     /// All parts are written: check the combined CRC, make durable, rename, set metadata.
-    Commit { file: Entry, count: u32, group: String },
+    Commit {
+        file: Entry,
+        count: u32,
+        group: String,
+    },
     /// Delete what the destination directory has and the source does not (sync).
-    Prune { dir: ScanDir },
-    Links { links: Vec<LinkEntry> },
-    DirMeta { dirs: Vec<DirMeta> },
+    Prune {
+        dir: ScanDir,
+    },
+    Links {
+        links: Vec<LinkEntry>,
+    },
+    DirMeta {
+        dirs: Vec<DirMeta>,
+    },
     /// Compare source and destination directories (verify, POINT_IN_TIME_CONSISTENT).
-    Verify { dirs: Vec<ScanDir> },
+    Verify {
+        dirs: Vec<ScanDir>,
+    },
 }
 
 impl ShardBody {
     pub fn stage(&self) -> Stage {
         match self {
-            ShardBody::Scan { .. }
-            | ShardBody::Transfer { .. }
-            | ShardBody::Part { .. }
-            | ShardBody::Commit { .. }
-            | ShardBody::Prune { .. } => Stage::Transfer,
+            ShardBody::Scan { .. } | ShardBody::Transfer { .. } | ShardBody::Part { .. } | ShardBody::Commit { .. } | ShardBody::Prune { .. } => {
+                Stage::Transfer
+            }
             ShardBody::Links { .. } => Stage::Links,
             ShardBody::DirMeta { .. } => Stage::DirMeta,
             ShardBody::Verify { .. } => Stage::Verify,
@@ -626,8 +647,7 @@ impl Shard {
     /// Ids are `{stage}{kind}-{hash}`: deterministic from the parent and the sequence number,
     /// so a retried scan re-emits the same ids instead of duplicating work.
     pub fn child_id(parent: &str, seq: u64, body: &ShardBody) -> String {
-        let h = ((crc32c::crc32c(parent.as_bytes()) as u64) << 32)
-            | crc32c::crc32c_append(0x5bd1_e995, parent.as_bytes()) as u64;
+        let h = ((crc32c::crc32c(parent.as_bytes()) as u64) << 32) | crc32c::crc32c_append(0x5bd1_e995, parent.as_bytes()) as u64;
         format!("{}{}-{h:016x}.{seq:x}", body.stage().digit(), body.kind().letter())
     }
 
@@ -831,6 +851,39 @@ mod tests {
     }
 
     #[test]
+    fn shard_kinds_have_one_letter_each_in_claim_order() {
+        let letters: Vec<char> = ShardKind::ALL.iter().map(|k| k.letter()).collect();
+        let mut unique = letters.clone();
+        unique.dedup();
+        assert_eq!(letters, unique, "one letter per kind");
+        let transfer: Vec<ShardKind> = ShardKind::of_stage(Stage::Transfer).collect();
+        assert_eq!(transfer, [ShardKind::Commit, ShardKind::Part, ShardKind::Transfer, ShardKind::Prune, ShardKind::Scan], "started files first, listing last");
+        for kind in ShardKind::ALL {
+            assert!(transfer.contains(&kind) == (kind.stage() == Stage::Transfer));
+        }
+    }
+
+    #[test]
+    fn report_lines_round_trip_through_the_codec() {
+        let chunk = ReportChunk {
+            entries: vec![ReportEntry {
+                path: b"caf\xe9".to_vec(),
+                kind: EntryKind::File,
+                status: EntryStatus::Failed,
+                reason: Some("why".into()),
+                code: Some("CHECKSUM_MISMATCH".into()),
+                size: 3,
+                crc32c: Some(7),
+                mtime: Some(Timestamp { sec: 1, nsec: 2 }),
+                at_ms: 9,
+            }],
+        };
+        assert_eq!(crate::codec::decode::<ReportChunk>(&crate::codec::encode(&chunk).unwrap()).unwrap(), chunk);
+        let json = chunk.entries[0].to_json();
+        assert_eq!((json["code"].as_str(), json["mtime"].as_str()), (Some("CHECKSUM_MISMATCH"), Some("1.000000002")));
+    }
+
+    #[test]
     fn part_crcs_combine_into_the_file_crc() {
         let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
         let parts = [(0u32, 0usize, 4000usize), (2, 7000, 3000), (1, 4000, 3000)];
@@ -839,6 +892,7 @@ mod tests {
             upload_id: None,
             path: None,
             part_tags: vec![],
+            source: None,
             done: parts.iter().map(|&(i, o, l)| (i, crc32c::crc32c(&data[o..o + l]), l as u64)).collect(),
         };
         assert_eq!(set.combined_crc(), crc32c::crc32c(&data));

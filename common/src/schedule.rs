@@ -45,7 +45,9 @@ impl CronSchedule {
             .map_err(|e| FieldError::invalid("Schedule.ScheduleExpression", format!("{expr:?} is not a cron expression: {e}")))?;
         let tz = match time_zone {
             None => Tz::UTC,
-            Some(name) => Tz::from_str(name).map_err(|_| FieldError::invalid("Schedule.TimeZone", format!("{name:?} is not an IANA time zone (e.g. UTC, Europe/Paris, America/New_York)")))?,
+            Some(name) => Tz::from_str(name).map_err(|_| {
+                FieldError::invalid("Schedule.TimeZone", format!("{name:?} is not an IANA time zone (e.g. UTC, Europe/Paris, America/New_York)"))
+            })?,
         };
         if schedule.after(&Utc::now().with_timezone(&tz)).next().is_none() {
             return Err(FieldError::invalid("Schedule.ScheduleExpression", format!("{expr:?} never fires again")));
@@ -68,11 +70,17 @@ impl CronSchedule {
             None => return Ok(()),
         };
         for _ in 0..100 {
-            let Some(next) = self.next_after(prev) else { break };
+            let Some(next) = self.next_after(prev) else {
+                break;
+            };
             if next - prev < min_ms {
                 return Err(FieldError::unprocessable(
                     "Schedule.ScheduleExpression",
-                    format!("fires {}s apart, more often than the minimum interval of {}s (the coordinator's --min-schedule-interval)", (next - prev) / 1000, policy.min_interval_secs),
+                    format!(
+                        "fires {}s apart, more often than the minimum interval of {}s (the coordinator's --min-schedule-interval)",
+                        (next - prev) / 1000,
+                        policy.min_interval_secs
+                    ),
                 ));
             }
             prev = next;
@@ -235,16 +243,25 @@ mod tests {
         let st = ScheduleState { armed_for: key.clone(), next_slot_ms: Some(T0 + HOUR), ..Default::default() };
         let policy = FirePolicy { catch_up_ms: 30 * MIN, disable_after_failures: 3 };
         // Down from before 01:00 until 05:10: slots 01..05 missed; 05:00 is 10 minutes old.
-        assert_eq!(decide(&c, &key, &st, T0 + 5 * HOUR + 10 * MIN, &policy), Decision::Fire { slot_ms: T0 + 5 * HOUR, missed: 4, next_slot_ms: Some(T0 + 6 * HOUR) });
+        assert_eq!(
+            decide(&c, &key, &st, T0 + 5 * HOUR + 10 * MIN, &policy),
+            Decision::Fire { slot_ms: T0 + 5 * HOUR, missed: 4, next_slot_ms: Some(T0 + 6 * HOUR) }
+        );
         // Until 05:40: 05:00 is 40 minutes old, past the catch-up window.
-        assert_eq!(decide(&c, &key, &st, T0 + 5 * HOUR + 40 * MIN, &policy), Decision::Skip { slot_ms: T0 + 5 * HOUR, missed: 4, next_slot_ms: Some(T0 + 6 * HOUR) });
+        assert_eq!(
+            decide(&c, &key, &st, T0 + 5 * HOUR + 40 * MIN, &policy),
+            Decision::Skip { slot_ms: T0 + 5 * HOUR, missed: 4, next_slot_ms: Some(T0 + 6 * HOUR) }
+        );
     }
 
     #[test]
     fn a_changed_expression_rearms() {
         let c = CronSchedule::parse("30 * * * *", None).unwrap();
         let st = ScheduleState { armed_for: arm_key("0 * * * *", None), next_slot_ms: Some(T0), ..Default::default() };
-        assert_eq!(decide(&c, &arm_key("30 * * * *", None), &st, T0 + 5 * HOUR, &FirePolicy::default()), Decision::Arm { next_slot_ms: T0 + 5 * HOUR + 30 * MIN });
+        assert_eq!(
+            decide(&c, &arm_key("30 * * * *", None), &st, T0 + 5 * HOUR, &FirePolicy::default()),
+            Decision::Arm { next_slot_ms: T0 + 5 * HOUR + 30 * MIN }
+        );
     }
 
     #[test]

@@ -149,8 +149,22 @@ impl TaskOptions {
     /// `self`'s set fields win; the rest come from `base`.
     pub fn overlay(&self, base: &TaskOptions) -> TaskOptions {
         overlay_fields!(
-            base, self, verify_mode, overwrite_mode, transfer_mode, preserve_deleted_files, preserve_devices, atime, mtime, uid, gid,
-            posix_permissions, bytes_per_second, task_queueing, log_level, object_tags
+            base,
+            self,
+            verify_mode,
+            overwrite_mode,
+            transfer_mode,
+            preserve_deleted_files,
+            preserve_devices,
+            atime,
+            mtime,
+            uid,
+            gid,
+            posix_permissions,
+            bytes_per_second,
+            task_queueing,
+            log_level,
+            object_tags
         )
     }
 
@@ -163,13 +177,19 @@ impl TaskOptions {
         let o = self.with_defaults();
         if let Some(bps) = o.bytes_per_second {
             if bps != -1 && bps < 1 {
-                return Err(FieldError::invalid("Options.BytesPerSecond", format!("{bps} is not a rate: give -1 (unlimited) or a positive number of bytes per second")));
+                return Err(FieldError::invalid(
+                    "Options.BytesPerSecond",
+                    format!("{bps} is not a rate: give -1 (unlimited) or a positive number of bytes per second"),
+                ));
             }
         }
         // DataSync's rules, with its wording.
         match (o.atime, o.mtime) {
             (Some(AtimeOpt::BestEffort), Some(MtimeOpt::None)) => {
-                return Err(FieldError::unprocessable("Options.Atime", "Atime=BEST_EFFORT needs Mtime=PRESERVE (set Atime=NONE with Mtime=NONE, or Mtime=PRESERVE)"))
+                return Err(FieldError::unprocessable(
+                    "Options.Atime",
+                    "Atime=BEST_EFFORT needs Mtime=PRESERVE (set Atime=NONE with Mtime=NONE, or Mtime=PRESERVE)",
+                ))
             }
             (Some(AtimeOpt::None), Some(MtimeOpt::Preserve)) => {
                 return Err(FieldError::unprocessable("Options.Atime", "Atime=NONE needs Mtime=NONE (set Atime=BEST_EFFORT to keep Mtime=PRESERVE)"))
@@ -184,7 +204,10 @@ impl TaskOptions {
         }
         // What ferry cannot honour yet is refused here rather than ignored at run time.
         if o.mtime == Some(MtimeOpt::None) {
-            return Err(FieldError::unprocessable("Options.Mtime", "NONE is not supported: ferry keeps mtime, which CHANGED detection relies on (use PRESERVE)"));
+            return Err(FieldError::unprocessable(
+                "Options.Mtime",
+                "NONE is not supported: ferry keeps mtime, which CHANGED detection relies on (use PRESERVE)",
+            ));
         }
         if o.posix_permissions == Some(PosixPermissionsOpt::None) {
             return Err(FieldError::unprocessable("Options.PosixPermissions", "NONE is not supported: ferry always copies permission bits (use PRESERVE)"));
@@ -216,10 +239,7 @@ fn simple_pattern() -> FilterType {
 
 /// Builds the execution's filters from include and exclude rules, checking every pattern.
 pub fn filters_of(includes: &[FilterRule], excludes: &[FilterRule]) -> Result<Filters, FieldError> {
-    let filters = Filters {
-        include: includes.iter().map(|r| r.value.clone()).collect(),
-        exclude: excludes.iter().map(|r| r.value.clone()).collect(),
-    };
+    let filters = Filters { include: includes.iter().map(|r| r.value.clone()).collect(), exclude: excludes.iter().map(|r| r.value.clone()).collect() };
     for (field, list) in [("Includes", &filters.include), ("Excludes", &filters.exclude)] {
         Matcher::new(&Filters { include: list.clone(), exclude: vec![] }).map_err(|e| FieldError::invalid(field, e.to_string()))?;
     }
@@ -412,7 +432,10 @@ impl Task {
         if let Some(m) = &self.manifest {
             check_location("Manifest.Source", &m.source)?;
             if self.options.preserve_deleted_files == Some(PreserveDeletedFilesOpt::Remove) {
-                return Err(FieldError::unprocessable("Manifest", "a manifest cannot be combined with PreserveDeletedFiles=REMOVE: only listed paths are looked at, so nothing is known to delete"));
+                return Err(FieldError::unprocessable(
+                    "Manifest",
+                    "a manifest cannot be combined with PreserveDeletedFiles=REMOVE: only listed paths are looked at, so nothing is known to delete",
+                ));
             }
         }
         if let Some(r) = &self.task_report_config {
@@ -634,7 +657,11 @@ mod tests {
         let mut t = task();
         t.validate(&SchedulePolicy::default()).unwrap();
         let o = StartOverrides {
-            override_options: Some(TaskOptions { preserve_deleted_files: Some(PreserveDeletedFilesOpt::Remove), bytes_per_second: Some(1 << 20), ..Default::default() }),
+            override_options: Some(TaskOptions {
+                preserve_deleted_files: Some(PreserveDeletedFilesOpt::Remove),
+                bytes_per_second: Some(1 << 20),
+                ..Default::default()
+            }),
             excludes: Some(vec![FilterRule { filter_type: FilterType::SimplePattern, value: "*.tmp".into() }]),
             ..Default::default()
         };
@@ -642,7 +669,14 @@ mod tests {
         assert_eq!(spec.mode, Mode::Sync);
         assert_eq!(spec.link.bytes_per_second, 1 << 20);
         assert_eq!(spec.options.filters.exclude, vec!["*.tmp".to_string()]);
-        let bad = StartOverrides { override_options: Some(TaskOptions { transfer_mode: Some(TransferModeOpt::All), preserve_deleted_files: Some(PreserveDeletedFilesOpt::Remove), ..Default::default() }), ..Default::default() };
+        let bad = StartOverrides {
+            override_options: Some(TaskOptions {
+                transfer_mode: Some(TransferModeOpt::All),
+                preserve_deleted_files: Some(PreserveDeletedFilesOpt::Remove),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
         assert_eq!(t.execution_spec("e3", &bad).unwrap_err().field(), "OverrideOptions.PreserveDeletedFiles");
     }
 
@@ -674,7 +708,13 @@ mod tests {
     #[test]
     fn stored_tasks_round_trip_through_the_codec() {
         let mut t = task();
-        t.schedule = Some(TaskSchedule { schedule_expression: "0 2 * * *".into(), time_zone: Some("Europe/Paris".into()), status: ScheduleStatus::Enabled, disabled_reason: None, disabled_by: None });
+        t.schedule = Some(TaskSchedule {
+            schedule_expression: "0 2 * * *".into(),
+            time_zone: Some("Europe/Paris".into()),
+            status: ScheduleStatus::Enabled,
+            disabled_reason: None,
+            disabled_by: None,
+        });
         t.validate(&SchedulePolicy::default()).unwrap();
         let bytes = crate::codec::encode(&t).unwrap();
         assert_eq!(crate::codec::decode::<Task>(&bytes).unwrap(), t);

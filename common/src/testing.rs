@@ -46,7 +46,8 @@ impl EtcdServer {
     pub fn start_also_on(ip: Option<&str>) -> Option<EtcdServer> {
         let bin = etcd_binary()?;
         let data_dir = std::env::temp_dir().join(format!("ferry-etcd-{}-{}", std::process::id(), free_port()));
-        let mut server = EtcdServer { child: None, endpoint: String::new(), data_dir, client_port: free_port(), peer_port: free_port(), extra: ip.map(str::to_string) };
+        let mut server =
+            EtcdServer { child: None, endpoint: String::new(), data_dir, client_port: free_port(), peer_port: free_port(), extra: ip.map(str::to_string) };
         server.endpoint = format!("http://127.0.0.1:{}", server.client_port);
         server.spawn(&bin);
         Some(server)
@@ -178,6 +179,12 @@ impl S3Server {
     /// Starts the server and creates the bucket. `None` when the server is not installed,
     /// outside CI; under `CI=true` that is a failure.
     pub fn start(flavor: S3Flavor) -> Option<S3Server> {
+        Self::start_at(flavor, "127.0.0.1")
+    }
+
+    /// [`S3Server::start`] listening on `host` (an address of this machine, such as a bridge
+    /// that test hosts in network namespaces reach).
+    pub fn start_at(flavor: S3Flavor, host: &str) -> Option<S3Server> {
         let (prog, hint) = match flavor {
             S3Flavor::S3sFs => ("s3s-fs", "cargo install s3s-fs@0.14.1 --features binary --locked"),
             S3Flavor::Moto => ("moto_server", "pip install 'moto[server]>=5.2.5'"),
@@ -197,7 +204,7 @@ impl S3Server {
                 let root = std::env::temp_dir().join(format!("ferry-s3s-{}-{port}", std::process::id()));
                 std::fs::create_dir_all(root.join(&bucket)).expect("create the s3s-fs root");
                 let child = Command::new(bin)
-                    .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", &access_key, "--secret-key", &secret_key])
+                    .args(["--host", host, "--port", &port.to_string(), "--access-key", &access_key, "--secret-key", &secret_key])
                     .arg(&root)
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
@@ -207,7 +214,7 @@ impl S3Server {
             }
             S3Flavor::Moto => {
                 let child = Command::new(bin)
-                    .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                    .args(["-H", host, "-p", &port.to_string()])
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .spawn()
@@ -215,17 +222,17 @@ impl S3Server {
                 (child, None)
             }
         };
-        let server = S3Server { child, flavor, endpoint: format!("http://127.0.0.1:{port}"), bucket, access_key, secret_key, _root: root };
+        let server = S3Server { child, flavor, endpoint: format!("http://{host}:{port}"), bucket, access_key, secret_key, _root: root };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect((host, port)).is_err() {
             assert!(Instant::now() < deadline, "{prog} did not start listening on port {port}");
             std::thread::sleep(Duration::from_millis(50));
         }
         if flavor == S3Flavor::Moto {
             // moto checks no signatures: a bare PUT creates the bucket.
             use std::io::{Read, Write};
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to moto");
-            write!(s, "PUT /{} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", server.bucket).expect("create bucket");
+            let mut s = std::net::TcpStream::connect((host, port)).expect("connect to moto");
+            write!(s, "PUT /{} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", server.bucket).expect("create bucket");
             let mut resp = String::new();
             let _ = s.read_to_string(&mut resp);
             assert!(resp.starts_with("HTTP/1.1 200"), "moto refused to create the bucket: {resp}");

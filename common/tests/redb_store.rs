@@ -187,12 +187,7 @@ async fn durable_puts_are_all_there_after_a_reopen_and_their_cost_is_reported() 
         store.put(format!("/p/{i:05}").as_bytes(), value.clone(), None).await.unwrap();
     }
     let elapsed = started.elapsed();
-    eprintln!(
-        "{PUTS} durable puts of {} B in {} ms ({:.2} ms each)",
-        value.len(),
-        elapsed.as_millis(),
-        elapsed.as_secs_f64() * 1000.0 / PUTS as f64
-    );
+    eprintln!("{PUTS} durable puts of {} B in {} ms ({:.2} ms each)", value.len(), elapsed.as_millis(), elapsed.as_secs_f64() * 1000.0 / PUTS as f64);
     drop(store);
     let store = reopen(&path);
     assert_eq!(store.count(b"/p/").await.unwrap(), PUTS);

@@ -15,7 +15,7 @@ async fn etcdstore_passes_the_store_conformance_suite() {
         eprintln!("etcd not installed; skipping (CI installs it and never skips)");
         return;
     };
-    let store: SharedStore = Arc::new(EtcdStore::connect(&[server.endpoint.clone()]).await.expect("connect to etcd"));
+    let store: SharedStore = Arc::new(EtcdStore::connect(std::slice::from_ref(&server.endpoint)).await.expect("connect to etcd"));
     run_conformance_suite(store, "etcd").await;
 }
 

@@ -18,8 +18,8 @@ use ferry_common::store::{EtcdStore, SharedStore};
 
 use crate::cluster;
 use crate::embedded::{self, RunConfig, RunResult};
-use crate::progress::Progress;
 use crate::progress::print_summary;
+use crate::progress::Progress;
 use crate::report::summary_json;
 
 #[derive(Parser, Debug)]
@@ -333,7 +333,9 @@ fn parse_rate(s: &str) -> Result<u64, String> {
         ),
         _ => (s, 1),
     };
-    num.parse::<u64>().map(|n| n.saturating_mul(mult)).map_err(|_| format!("{s:?}: use a number of bytes per second with an optional K, M or G suffix (e.g. 100M)"))
+    num.parse::<u64>()
+        .map(|n| n.saturating_mul(mult))
+        .map_err(|_| format!("{s:?}: use a number of bytes per second with an optional K, M or G suffix (e.g. 100M)"))
 }
 
 #[derive(Args, Debug, Clone)]
@@ -375,9 +377,9 @@ fn parse_location(role: &str, uri: &str) -> Result<PathBuf, UsageError> {
     if let Some((scheme, _)) = uri.split_once("://") {
         return match scheme {
             "file" => Ok(PathBuf::from(&uri["file://".len()..])),
-            "nfs" | "efs" | "smb" => Err(UsageError(format!(
-                "{role} {uri}: {scheme}:// locations are not supported by this build yet (use a local or mounted path)"
-            ))),
+            "nfs" | "efs" | "smb" => {
+                Err(UsageError(format!("{role} {uri}: {scheme}:// locations are not supported by this build yet (use a local or mounted path)")))
+            }
             other => Err(UsageError(format!("{role} {uri}: unknown scheme '{other}' (use a local path or file:///path)"))),
         };
     }
@@ -539,12 +541,29 @@ fn build_spec(mode: Mode, common: &CommonArgs, t: Option<&TransferArgs>) -> Resu
     } else {
         check_any_locations(mode, &common.source, &common.destination, options.dry_run, &s3)?
     };
-    Ok(ExecutionSpec { id: new_execution_id(), mode, source, destination, options, report_file: None, report_lines: Default::default(), s3, link, task: None, log_level: None })
+    Ok(ExecutionSpec {
+        id: new_execution_id(),
+        mode,
+        source,
+        destination,
+        options,
+        report_file: None,
+        report_lines: Default::default(),
+        s3,
+        link,
+        task: None,
+        log_level: None,
+    })
 }
 
 fn link_settings(common: &CommonArgs) -> Result<LinkSettings, UsageError> {
     let a = &common.link;
-    let link = LinkSettings { source_agents: a.source_agents.clone(), destination_agents: a.destination_agents.clone(), compress: a.compress, bytes_per_second: a.bwlimit.unwrap_or(0) };
+    let link = LinkSettings {
+        source_agents: a.source_agents.clone(),
+        destination_agents: a.destination_agents.clone(),
+        compress: a.compress,
+        bytes_per_second: a.bwlimit.unwrap_or(0),
+    };
     if !link.is_bound() {
         // --bwlimit paces whatever each agent moves (local copies and uploads too); only
         // compression needs a link to compress on.
@@ -554,7 +573,10 @@ fn link_settings(common: &CommonArgs) -> Result<LinkSettings, UsageError> {
         return Ok(link);
     }
     if common.etcd.is_empty() {
-        return Err(UsageError("--source-agents and --destination-agents bind locations to cluster agents: give --etcd (this host alone reaches both sides; drop the flags)".into()));
+        return Err(UsageError(
+            "--source-agents and --destination-agents bind locations to cluster agents: give --etcd (this host alone reaches both sides; drop the flags)"
+                .into(),
+        ));
     }
     for sel in link.source_agents.iter().chain(&link.destination_agents) {
         if sel.is_empty() {
@@ -579,20 +601,12 @@ fn bound_path(role: &str, uri: &str) -> Result<String, UsageError> {
 }
 
 pub(crate) fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("the tokio runtime starts")
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("the tokio runtime starts")
 }
 
 pub(crate) async fn connect(endpoints: &[String]) -> Result<SharedStore, UsageError> {
-    EtcdStore::connect(endpoints)
-        .await
-        .map(|s| Arc::new(s) as SharedStore)
-        .map_err(|e| UsageError(format!("{e} (start etcd, or fix --etcd)")))
+    EtcdStore::connect(endpoints).await.map(|s| Arc::new(s) as SharedStore).map_err(|e| UsageError(format!("{e} (start etcd, or fix --etcd)")))
 }
-
 
 /// Runs the CLI and returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
@@ -726,13 +740,26 @@ async fn workers_command(args: &ClusterArgs) -> Result<(), UsageError> {
     let store = connect(&args.etcd).await?;
     let workers = cluster::list_workers(&store).await.map_err(|e| UsageError(e.to_string()))?;
     if args.json {
-        let v: Vec<_> = workers.iter().map(|w| serde_json::json!({"name": w.name, "host": w.host, "movers": w.movers, "pid": w.pid, "locations": w.locations, "labels": w.labels, "link": w.link_addr, "state": "ONLINE"})).collect();
+        let v: Vec<_> = workers
+            .iter()
+            .map(|w| serde_json::json!({"name": w.name, "host": w.host, "movers": w.movers, "pid": w.pid, "locations": w.locations, "labels": w.labels, "link": w.link_addr, "state": "ONLINE"}))
+            .collect();
         println!("{}", serde_json::Value::Array(v));
     } else {
         println!("{:<24} {:<20} {:>6} {:>8}  {:<8} {:<16} {:<22} LOCATIONS", "NAME", "HOST", "MOVERS", "PID", "STATE", "LABELS", "LINK");
         for w in &workers {
             let labels = if w.labels.is_empty() { "-".to_string() } else { w.labels.join(",") };
-            println!("{:<24} {:<20} {:>6} {:>8}  {:<8} {:<16} {:<22} {}", w.name, w.host, w.movers, w.pid, "ONLINE", labels, w.link_addr.as_deref().unwrap_or("-"), w.locations.join(","));
+            println!(
+                "{:<24} {:<20} {:>6} {:>8}  {:<8} {:<16} {:<22} {}",
+                w.name,
+                w.host,
+                w.movers,
+                w.pid,
+                "ONLINE",
+                labels,
+                w.link_addr.as_deref().unwrap_or("-"),
+                w.locations.join(",")
+            );
         }
     }
     Ok(())
@@ -759,7 +786,12 @@ async fn exec_etcd_command(cmd: crate::cli_api::ExecApiCommand<'_>, etcd: &[Stri
     let store = connect(etcd).await?;
     match cmd {
         ExecApiCommand::List { task } => {
-            let execs: Vec<_> = cluster::list_executions(&store).await.map_err(|e| UsageError(e.to_string()))?.into_iter().filter(|e| task.is_none() || e.spec.task.as_deref() == task).collect();
+            let execs: Vec<_> = cluster::list_executions(&store)
+                .await
+                .map_err(|e| UsageError(e.to_string()))?
+                .into_iter()
+                .filter(|e| task.is_none() || e.spec.task.as_deref() == task)
+                .collect();
             if json {
                 println!("{}", serde_json::Value::Array(execs.iter().map(summary_json).collect()));
             } else {

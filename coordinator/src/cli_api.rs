@@ -136,18 +136,20 @@ pub struct ApiClient {
 
 impl ApiClient {
     pub fn new(args: &ApiArgs) -> Result<Self, UsageError> {
-        let base = args
-            .api
-            .clone()
-            .or_else(|| std::env::var("FERRY_API").ok().filter(|s| !s.is_empty()))
-            .ok_or_else(|| UsageError("no API to talk to: give --api URL or set FERRY_API (the coordinator's --listen address, e.g. http://127.0.0.1:7300)".into()))?;
+        let base = args.api.clone().or_else(|| std::env::var("FERRY_API").ok().filter(|s| !s.is_empty())).ok_or_else(|| {
+            UsageError("no API to talk to: give --api URL or set FERRY_API (the coordinator's --listen address, e.g. http://127.0.0.1:7300)".into())
+        })?;
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(UsageError(format!("--api {base:?} must start with http:// or https://")));
         }
         let token = match (&args.api_token_file, std::env::var("FERRY_API_TOKEN").ok().filter(|s| !s.is_empty())) {
             (Some(f), _) => {
                 let text = std::fs::read_to_string(f).map_err(|e| UsageError(format!("cannot read --api-token-file {}: {e}", f.display())))?;
-                let t = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#')).ok_or_else(|| UsageError(format!("--api-token-file {} holds no token", f.display())))?;
+                let t = text
+                    .lines()
+                    .map(str::trim)
+                    .find(|l| !l.is_empty() && !l.starts_with('#'))
+                    .ok_or_else(|| UsageError(format!("--api-token-file {} holds no token", f.display())))?;
                 Some(t.to_string())
             }
             (None, env) => env,
@@ -174,7 +176,10 @@ impl ApiClient {
                 let hint = if code == 401 { " (set FERRY_API_TOKEN or --api-token-file)" } else { "" };
                 Err(UsageError(format!("{msg}{hint} [HTTP {code}]")))
             }
-            Err(ureq::Error::Transport(t)) => Err(UsageError(format!("cannot reach the ferry API at {}: {t} (is `ferry coordinator --listen` running there? check --api or FERRY_API)", self.base))),
+            Err(ureq::Error::Transport(t)) => Err(UsageError(format!(
+                "cannot reach the ferry API at {}: {t} (is `ferry coordinator --listen` running there? check --api or FERRY_API)",
+                self.base
+            ))),
         }
     }
 
@@ -281,13 +286,20 @@ fn print_task(t: &Value) {
         let opts: Vec<String> = o.iter().map(|(k, v)| format!("{k}={}", s(v))).collect();
         println!("Options:      {}", opts.join(" "));
     }
-    let filters = |k: &str| t[k].as_array().map(|a| a.iter().map(|r| s(&r["Value"])).collect::<Vec<_>>().join(" | ")).filter(|x| !x.is_empty()).unwrap_or_else(|| "-".into());
+    let filters = |k: &str| {
+        t[k].as_array().map(|a| a.iter().map(|r| s(&r["Value"])).collect::<Vec<_>>().join(" | ")).filter(|x| !x.is_empty()).unwrap_or_else(|| "-".into())
+    };
     println!("Includes:     {}", filters("Includes"));
     println!("Excludes:     {}", filters("Excludes"));
     println!("Manifest:     {}", s(&t["Manifest"]["Source"]));
     match t["Schedule"].as_object() {
         Some(sc) => {
-            println!("Schedule:     {} ({}) {}", s(&sc["ScheduleExpression"]), sc.get("TimeZone").map(s).filter(|z| z != "-").unwrap_or_else(|| "UTC".into()), s(&sc["Status"]));
+            println!(
+                "Schedule:     {} ({}) {}",
+                s(&sc["ScheduleExpression"]),
+                sc.get("TimeZone").map(s).filter(|z| z != "-").unwrap_or_else(|| "UTC".into()),
+                s(&sc["Status"])
+            );
             if let Some(r) = sc.get("DisabledReason").and_then(Value::as_str) {
                 println!("              disabled by {}: {r}", s(&sc["DisabledBy"]));
             }
@@ -313,12 +325,31 @@ fn print_exec(e: &Value) {
     }
     println!("Phases:");
     for p in e["Phases"].as_array().into_iter().flatten() {
-        println!("  {:<13} {:<8} {:>10.1}s  from {}", s(&p["Phase"]), s(&p["Status"]), p["DurationMs"].as_u64().unwrap_or(0) as f64 / 1000.0, time(&p["StartTimeUnixMs"]));
+        println!(
+            "  {:<13} {:<8} {:>10.1}s  from {}",
+            s(&p["Phase"]),
+            s(&p["Status"]),
+            p["DurationMs"].as_u64().unwrap_or(0) as f64 / 1000.0,
+            time(&p["StartTimeUnixMs"])
+        );
     }
     let c = &e["Counters"];
     let n = |k: &str| c[k].as_u64().unwrap_or(0);
-    println!("Files:        {} prepared, {} transferred, {} skipped, {} deleted, {} verified, {} failed", n("FilesPrepared"), n("FilesTransferred"), n("FilesSkipped"), n("FilesDeleted"), n("FilesVerified"), n("FilesFailed"));
-    println!("Bytes:        {} prepared, {} transferred, {} written", human_bytes(n("BytesPrepared")), human_bytes(n("BytesTransferred")), human_bytes(n("BytesWritten")));
+    println!(
+        "Files:        {} prepared, {} transferred, {} skipped, {} deleted, {} verified, {} failed",
+        n("FilesPrepared"),
+        n("FilesTransferred"),
+        n("FilesSkipped"),
+        n("FilesDeleted"),
+        n("FilesVerified"),
+        n("FilesFailed")
+    );
+    println!(
+        "Bytes:        {} prepared, {} transferred, {} written",
+        human_bytes(n("BytesPrepared")),
+        human_bytes(n("BytesTransferred")),
+        human_bytes(n("BytesWritten"))
+    );
     for f in e["Failures"].as_array().into_iter().flatten() {
         println!("  failed: {}: {}", s(&f["Path"]), s(&f["Reason"]));
     }
@@ -413,7 +444,9 @@ pub fn task_command(cmd: &TaskCommand) -> Result<i32, UsageError> {
             let mut patch = Map::new();
             apply_flags(&mut patch, flags, existing.as_ref())?;
             if patch.is_empty() {
-                return Err(UsageError("nothing to update: give --option, --include, --exclude, --schedule, --schedule-status, --manifest or --report-dir".into()));
+                return Err(UsageError(
+                    "nothing to update: give --option, --include, --exclude, --schedule, --schedule-status, --manifest or --report-dir".into(),
+                ));
             }
             let t = client.json("PATCH", &format!("/v1/tasks/{}", enc(name)), Some(Value::Object(patch)))?;
             if api.json {

@@ -50,7 +50,9 @@ async fn campaign(store: &SharedStore, name: &str, shutdown: &mut watch::Receive
                 announced_standby = true;
             }
             Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "election: coordination store unavailable; retrying"),
+            Err(e) => {
+                tracing::warn!(error = %e, "election: coordination store unavailable; retrying")
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -69,7 +71,9 @@ pub async fn run_coordinator(store: SharedStore, name: String, shutdown: watch::
 pub async fn run_coordinator_with(control: Arc<ControlPlane>, name: String, mut shutdown: watch::Receiver<bool>) {
     let store = control.store().clone();
     loop {
-        let Some(lease) = campaign(&store, &name, &mut shutdown).await else { return };
+        let Some(lease) = campaign(&store, &name, &mut shutdown).await else {
+            return;
+        };
         tracing::info!(coordinator = %name, "LeaderElected");
         lead(&store, &control, lease, &mut shutdown).await;
         if *shutdown.borrow() {
@@ -90,7 +94,9 @@ const KEEP_REVISIONS: i64 = 10_000;
 /// etcd keeps every old revision until compacted; without this a long execution would fill
 /// etcd's quota with history even though the live keys stay few.
 async fn compact_history(store: &SharedStore) {
-    let Ok(r) = store.range(&keys::leader(), RangeOptions { limit: 1, keys_only: true, ..Default::default() }).await else { return };
+    let Ok(r) = store.range(&keys::leader(), RangeOptions { limit: 1, keys_only: true, ..Default::default() }).await else {
+        return;
+    };
     if r.revision > KEEP_REVISIONS {
         if let Err(e) = store.compact(r.revision - KEEP_REVISIONS).await {
             tracing::warn!(error = %e, "history compaction failed; will retry");
@@ -157,7 +163,9 @@ async fn lead(store: &SharedStore, control: &ControlPlane, lease: LeaseId, shutd
                     }
                 }
             }
-            let Some(driver) = drivers.get_mut(&id) else { continue };
+            let Some(driver) = drivers.get_mut(&id) else {
+                continue;
+            };
             match driver.step().await {
                 Ok(exec) if exec.phase.is_terminal() => {
                     tracing::info!(execution = %id, phase = exec.phase.as_str(), "ExecutionFinished");
@@ -278,7 +286,8 @@ pub async fn list_executions(store: &SharedStore) -> Result<Vec<Execution>, Driv
 
 /// Asks the leader to cancel a running execution.
 pub async fn cancel(store: &SharedStore, exec_id: &str) -> Result<Execution, String> {
-    let exec = read_execution(store, exec_id).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("no execution {exec_id} (list them with `ferry exec list`)"))?;
+    let exec =
+        read_execution(store, exec_id).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("no execution {exec_id} (list them with `ferry exec list`)"))?;
     if exec.phase.is_terminal() {
         return Err(format!("execution {exec_id} already ended ({})", exec.phase.as_str()));
     }

@@ -36,7 +36,8 @@ fn local_token(data_dir: &Path) -> Result<Tokens, String> {
     let path = data_dir.join("api-token");
     if !path.exists() {
         let token: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        let mut f =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
         f.write_all(format!("{token}\n").as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         tracing::info!(file = %path.display(), "created the API token (use it with FERRY_API_TOKEN or --api-token-file)");
     }
@@ -146,7 +147,14 @@ pub fn run(s: DaemonSettings) -> i32 {
             let _ = tx.send(true);
         });
         let agent = single_host.then(|| {
-            let cfg = AgentConfig { name: format!("{}-local", s.name), movers: s.movers, lease_ttl: Duration::from_secs(10), labels: vec![], link: None, poll: ferry_worker::agent::POLL };
+            let cfg = AgentConfig {
+                name: format!("{}-local", s.name),
+                movers: s.movers,
+                lease_ttl: Duration::from_secs(10),
+                labels: vec![],
+                link: None,
+                poll: ferry_worker::agent::POLL,
+            };
             let store = store.clone();
             let rx = rx.clone();
             actix_rt::spawn(async move { run_agent(store, cfg, Arc::new(Default::default()), None, rx).await })

@@ -143,7 +143,8 @@ impl Reconciler {
         match next {
             Some(stage) => {
                 self.exec.stage = stage;
-                let seed = (stage == Stage::Verify).then(|| ShardBody::Verify { dirs: vec![ScanDir { path: Vec::new(), cookie: None, after: None, included: false }] });
+                let seed = (stage == Stage::Verify)
+                    .then(|| ShardBody::Verify { dirs: vec![ScanDir { path: Vec::new(), cookie: None, after: None, included: false }] });
                 if stage == Stage::Verify {
                     self.exec.set_phase(Phase::Verifying, now_ms);
                 }
@@ -156,11 +157,8 @@ impl Reconciler {
     /// SUCCESS only when every prepared entry is accounted for and none failed.
     fn final_phase(&mut self) -> Phase {
         let c = &self.exec.counters;
-        let accounted = if self.exec.spec.mode == Mode::Verify {
-            c.files_verified + c.files_mismatched
-        } else {
-            c.files_transferred + c.files_skipped + c.files_failed
-        };
+        let accounted =
+            if self.exec.spec.mode == Mode::Verify { c.files_verified + c.files_mismatched } else { c.files_transferred + c.files_skipped + c.files_failed };
         if accounted != c.files_prepared {
             self.exec.error = Some(format!(
                 "accounting mismatch: {} entries prepared but {accounted} accounted for (this is a bug in ferry; please report it)",
@@ -241,7 +239,9 @@ impl ExecutionDriver {
     /// Picks up a running execution where the previous driver (a failed leader) left it.
     pub async fn resume(store: SharedStore, exec_id: &str, clock: Arc<dyn Clock>) -> Result<Option<Self>, DriverError> {
         let keys = ExecKeys::new(exec_id);
-        let Some(kv) = store.get(&keys.meta()).await? else { return Ok(None) };
+        let Some(kv) = store.get(&keys.meta()).await? else {
+            return Ok(None);
+        };
         let exec: Execution = codec::decode(&kv.value)?;
         let written_phase = exec.phase;
         Ok(Some(ExecutionDriver { store, keys, state: Reconciler { exec }, meta_revision: kv.mod_revision, clock, report: None, written_phase }))
@@ -455,13 +455,11 @@ impl ExecutionDriver {
         if !ferry_worker::location::is_object_uri(&spec.destination) {
             return;
         }
-        let Ok(sets) = self.store.range(&self.keys.parts_prefix(), RangeOptions::default()).await else { return };
-        let uploads: Vec<(Vec<u8>, String)> = sets
-            .kvs
-            .iter()
-            .filter_map(|kv| codec::decode::<PartSet>(&kv.value).ok())
-            .filter_map(|set| Some((set.path?, set.upload_id?)))
-            .collect();
+        let Ok(sets) = self.store.range(&self.keys.parts_prefix(), RangeOptions::default()).await else {
+            return;
+        };
+        let uploads: Vec<(Vec<u8>, String)> =
+            sets.kvs.iter().filter_map(|kv| codec::decode::<PartSet>(&kv.value).ok()).filter_map(|set| Some((set.path?, set.upload_id?))).collect();
         if uploads.is_empty() {
             return;
         }
@@ -475,7 +473,9 @@ impl ExecutionDriver {
         .await;
         match aborted {
             Ok(Ok(n)) => tracing::info!(uploads = n, "aborted the unfinished multipart uploads of the execution"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not abort the execution's unfinished multipart uploads; the next run resumes or aborts them"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not abort the execution's unfinished multipart uploads; the next run resumes or aborts them")
+            }
             Err(e) => tracing::warn!(error = %e, "aborting multipart uploads failed"),
         }
     }
@@ -496,11 +496,27 @@ mod tests {
     use ferry_common::model::Options;
 
     fn spec(mode: Mode, verify: VerifyMode) -> ExecutionSpec {
-        ExecutionSpec { id: "e1".into(), mode, source: "/a".into(), destination: "/b".into(), options: Options { verify, ..Options::default() }, report_file: None, report_lines: Default::default(), s3: Default::default(), link: Default::default(), task: None, log_level: None }
+        ExecutionSpec {
+            id: "e1".into(),
+            mode,
+            source: "/a".into(),
+            destination: "/b".into(),
+            options: Options { verify, ..Options::default() },
+            report_file: None,
+            report_lines: Default::default(),
+            s3: Default::default(),
+            link: Default::default(),
+            task: None,
+            log_level: None,
+        }
     }
 
     fn result(prepared: u64, transferred: u64, failed: u64) -> ShardResult {
-        ShardResult { holder: String::new(), counters: Counters { files_prepared: prepared, files_transferred: transferred, files_failed: failed, ..Default::default() }, failures: vec![] }
+        ShardResult {
+            holder: String::new(),
+            counters: Counters { files_prepared: prepared, files_transferred: transferred, files_failed: failed, ..Default::default() },
+            failures: vec![],
+        }
     }
 
     #[test]

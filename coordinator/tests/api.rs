@@ -147,7 +147,16 @@ fn the_api_wants_a_token_and_answers_errors_as_json_naming_the_field() {
 
     let (code, doc) = api(&d, "GET", "/v1/openapi.json", None);
     assert_eq!(code, 200);
-    for path in ["/v1/tasks", "/v1/tasks/{name}", "/v1/tasks/{name}/start", "/v1/executions/{id}", "/v1/executions/{id}/cancel", "/v1/agents", "/v1/events", "/v1/health"] {
+    for path in [
+        "/v1/tasks",
+        "/v1/tasks/{name}",
+        "/v1/tasks/{name}/start",
+        "/v1/executions/{id}",
+        "/v1/executions/{id}/cancel",
+        "/v1/agents",
+        "/v1/events",
+        "/v1/health",
+    ] {
         assert!(doc["paths"][path].is_object(), "the OpenAPI document has {path}");
     }
     assert!(doc["components"]["schemas"]["Task"].is_object());
@@ -194,7 +203,30 @@ fn the_recurring_replication_walkthrough_and_a_restart_mid_execution() {
 
     // The README's walkthrough: a nightly sync, started once by hand, watched, reported.
     let s = |p: &Path| p.to_str().unwrap().to_string();
-    cli(&d, &["task", "create", "--name", "nightly", "--source", &s(&src), "--destination", &s(&dst), "--schedule", "0 2 * * *", "--option", "PreserveDeletedFiles=REMOVE", "--exclude", "*.tmp", "--report-dir", &s(&reports), "--report-level", "SUCCESSES_AND_ERRORS"]).assert_code(0);
+    cli(
+        &d,
+        &[
+            "task",
+            "create",
+            "--name",
+            "nightly",
+            "--source",
+            &s(&src),
+            "--destination",
+            &s(&dst),
+            "--schedule",
+            "0 2 * * *",
+            "--option",
+            "PreserveDeletedFiles=REMOVE",
+            "--exclude",
+            "*.tmp",
+            "--report-dir",
+            &s(&reports),
+            "--report-level",
+            "SUCCESSES_AND_ERRORS",
+        ],
+    )
+    .assert_code(0);
     let out = cli(&d, &["task", "list"]);
     out.assert_code(0);
     assert!(out.stdout.contains("nightly") && out.stdout.contains("0 2 * * *"), "{}", out.stdout);
@@ -216,7 +248,8 @@ fn the_recurring_replication_walkthrough_and_a_restart_mid_execution() {
     assert!(report.stdout.lines().last().unwrap().contains("\"summary\""));
     let agents = cli(&d, &["agent", "list", "--json"]);
     assert_eq!(serde_json::from_str::<Value>(&agents.stdout).unwrap().as_array().unwrap().len(), 1, "the embedded agent");
-    let bad = cli(&d, &["task", "create", "--name", "x", "--source", &s(&src), "--destination", &s(&dst), "--option", "Atime=BEST_EFFORT", "--option", "Mtime=NONE"]);
+    let bad =
+        cli(&d, &["task", "create", "--name", "x", "--source", &s(&src), "--destination", &s(&dst), "--option", "Atime=BEST_EFFORT", "--option", "Mtime=NONE"]);
     bad.assert_code(2);
     assert!(bad.stderr.contains("Options.Atime") && bad.stderr.contains("422"), "{}", bad.stderr);
     let noauth = Ferry::bare().env("FERRY_API", &d.api).args(["task", "list"]).run();
@@ -224,7 +257,24 @@ fn the_recurring_replication_walkthrough_and_a_restart_mid_execution() {
     assert!(noauth.stderr.contains("401") && noauth.stderr.contains("FERRY_API_TOKEN"), "{}", noauth.stderr);
 
     // A scheduled execution, throttled so it is still running when the daemon is killed.
-    cli(&d, &["task", "create", "--name", "minutely", "--source", &s(&src), "--destination", &s(&dir.path().join("dst2")), "--schedule", "* * * * *", "--option", "BytesPerSecond=524288"]).assert_code(0);
+    cli(
+        &d,
+        &[
+            "task",
+            "create",
+            "--name",
+            "minutely",
+            "--source",
+            &s(&src),
+            "--destination",
+            &s(&dir.path().join("dst2")),
+            "--schedule",
+            "* * * * *",
+            "--option",
+            "BytesPerSecond=524288",
+        ],
+    )
+    .assert_code(0);
     let deadline = Instant::now() + Duration::from_secs(90);
     let scheduled = loop {
         let (_, list) = api(&d, "GET", "/v1/executions?task=minutely", None);

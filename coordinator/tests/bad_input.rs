@@ -191,10 +191,7 @@ fn conflicting_checksum_and_all_are_refused() {
 fn dry_run_with_point_in_time_verify_is_allowed() {
     let (t, src) = setup();
     let dst = t.path().join("dst");
-    let out = ferry_in(
-        t.path(),
-        &[&"copy", &src, &dst, &"--dry-run", &"--verify", &"point-in-time-consistent", &"--no-progress"],
-    );
+    let out = ferry_in(t.path(), &[&"copy", &src, &dst, &"--dry-run", &"--verify", &"point-in-time-consistent", &"--no-progress"]);
     out.assert_code(0);
     assert!(!dst.exists(), "a dry run created the destination");
 }

@@ -63,7 +63,7 @@ fn exists(p: &Path) -> bool {
     fs::symlink_metadata(p).is_ok()
 }
 
-fn failure_for<'a>(json: &Value, rel: &str) -> Option<(String, String)> {
+fn failure_for(json: &Value, rel: &str) -> Option<(String, String)> {
     failures(json).into_iter().find(|(p, _)| p == rel)
 }
 
@@ -76,13 +76,7 @@ fn helpers_accept_an_archive_copy_of_the_tricky_tree() {
     let p = pair();
     build_tricky_tree(&p.src);
     let before = time_snapshot(&p.src);
-    let st = std::process::Command::new("cp")
-        .arg("-a")
-        .arg("--sparse=always")
-        .arg(&p.src)
-        .arg(&p.dst)
-        .status()
-        .expect("run cp");
+    let st = std::process::Command::new("cp").arg("-a").arg("--sparse=always").arg(&p.src).arg(&p.dst).status().expect("run cp");
     assert!(st.success(), "cp -a failed: {st}");
     assert_exact_copy(&p.src, &p.dst, &before, true);
     assert!(allocated_bytes(&p.dst.join(SPARSE_FILE)) < 32 * MIB);
@@ -140,11 +134,8 @@ fn second_run_copies_nothing() {
 
     // Nothing was rewritten (same inodes, same everything).
     let second = fingerprint(&p.dst);
-    let changed: Vec<_> = first
-        .iter()
-        .filter(|(k, v)| second.get(*k) != Some(v))
-        .map(|(k, v)| format!("{:?}: {v} -> {:?}", escape_rel(k), second.get(k)))
-        .collect();
+    let changed: Vec<_> =
+        first.iter().filter(|(k, v)| second.get(*k) != Some(v)).map(|(k, v)| format!("{:?}: {v} -> {:?}", escape_rel(k), second.get(k))).collect();
     assert!(changed.is_empty(), "the second run changed the destination:\n{}", changed.join("\n"));
     assert_exact_copy(&p.src, &p.dst, &before, true);
 }
@@ -355,8 +346,7 @@ fn no_specials_skips_and_reports() {
         assert_eq!(e["kind"], kind, "{e}");
     }
     // Everything else is copied exactly.
-    let others: Vec<_> =
-        compare_trees(&p.src, &p.dst).into_iter().filter(|l| !SPECIALS.iter().any(|(rel, _)| l.ends_with(rel))).collect();
+    let others: Vec<_> = compare_trees(&p.src, &p.dst).into_iter().filter(|l| !SPECIALS.iter().any(|(rel, _)| l.ends_with(rel))).collect();
     assert!(others.is_empty(), "differences besides the special files:\n{}", others.join("\n"));
     assert_no_temp_leftovers(&p.dst);
 }
@@ -398,15 +388,7 @@ fn exclude_filters() {
     build_filter_tree(&p.src);
 
     let not_tmp_or_skipdir = (
-        &[
-            "keep.txt",
-            "sub/keep.txt",
-            "skipdirx/keep.txt",
-            "sub/skipdir/keep.txt",
-            ".snapshot/s1",
-            "sub/.snapshot/s2",
-            "inc/a.txt",
-        ][..],
+        &["keep.txt", "sub/keep.txt", "skipdirx/keep.txt", "sub/skipdir/keep.txt", ".snapshot/s1", "sub/.snapshot/s2", "inc/a.txt"][..],
         &["a.tmp", "sub/b.tmp", "skipdir"][..],
     );
     let one = p.path("one");
@@ -485,11 +467,7 @@ fn verify_reports_differences() {
     assert!(failure_for(&json, "sub/b.bin").is_some(), "failures do not name sub/b.bin\n{}", out.describe());
     let plain = Ferry::new("verify", &p.src, &p.dst).run();
     plain.assert_code(1);
-    assert!(
-        plain.stdout.contains("sub/b.bin") || plain.stderr.contains("sub/b.bin"),
-        "verify does not name the differing file\n{}",
-        plain.describe()
-    );
+    assert!(plain.stdout.contains("sub/b.bin") || plain.stderr.contains("sub/b.bin"), "verify does not name the differing file\n{}", plain.describe());
 
     // A destination file that is missing.
     fs::remove_file(p.dst.join("sub/deeper/c.txt")).unwrap();
@@ -523,12 +501,7 @@ fn point_in_time_verify_passes_on_clean_copy() {
 /// Runs a copy with `FERRY_TEST_CORRUPT=victim` and checks that verification catches it.
 fn check_corruption_is_caught(p: &Pair, victim: &str) {
     let report = p.path("report.jsonl");
-    let out = Ferry::new("copy", &p.src, &p.dst)
-        .env("FERRY_TEST_CORRUPT", victim)
-        .arg("--json")
-        .arg("--report")
-        .arg(&report)
-        .run();
+    let out = Ferry::new("copy", &p.src, &p.dst).env("FERRY_TEST_CORRUPT", victim).arg("--json").arg("--report").arg(&report).run();
     out.assert_code(1);
     let json = out.json();
     assert_eq!(json["status"], "ERROR", "{}", out.describe());
@@ -542,11 +515,7 @@ fn check_corruption_is_caught(p: &Pair, victim: &str) {
 
     // Never the corrupt bytes under the final name.
     let dst = p.dst.join(victim);
-    assert!(
-        !exists(&dst) || same_content(&p.src.join(victim), &dst),
-        "corrupt content was left under the final name {}",
-        dst.display()
-    );
+    assert!(!exists(&dst) || same_content(&p.src.join(victim), &dst), "corrupt content was left under the final name {}", dst.display());
     // Everything else arrived intact.
     for rel in walk(&p.src) {
         let s = p.src.join(&rel);
@@ -588,17 +557,8 @@ fn source_changed_is_reported() {
     write_file(&p.src.join("a.txt"), b"alpha\n");
     write_file(&p.src.join("sub/b.txt"), b"beta\n");
     let report = p.path("report.jsonl");
-    let out = Ferry::new("copy", &p.src, &p.dst)
-        .env("FERRY_TEST_SOURCE_CHANGE", victim)
-        .arg("--json")
-        .arg("--report")
-        .arg(&report)
-        .run();
-    assert!(
-        fs::metadata(p.src.join(victim)).unwrap().len() > size,
-        "the FERRY_TEST_SOURCE_CHANGE hook did not append to the source\n{}",
-        out.describe()
-    );
+    let out = Ferry::new("copy", &p.src, &p.dst).env("FERRY_TEST_SOURCE_CHANGE", victim).arg("--json").arg("--report").arg(&report).run();
+    assert!(fs::metadata(p.src.join(victim)).unwrap().len() > size, "the FERRY_TEST_SOURCE_CHANGE hook did not append to the source\n{}", out.describe());
     out.assert_code(1);
     let json = out.json();
     assert_eq!(json["status"], "ERROR", "{}", out.describe());
@@ -719,4 +679,3 @@ fn json_log_format_writes_only_json_lines() {
     let before = time_snapshot(&p.src);
     assert_exact_copy(&p.src, &p.dst, &before, false);
 }
-

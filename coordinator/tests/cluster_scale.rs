@@ -26,7 +26,6 @@ fn worker_bin() -> PathBuf {
     p
 }
 
-
 fn dir_size(p: &Path) -> u64 {
     let mut total = 0;
     if let Ok(rd) = std::fs::read_dir(p) {
@@ -40,7 +39,9 @@ fn dir_size(p: &Path) -> u64 {
 
 #[test]
 fn a_million_file_execution_keeps_a_bounded_number_of_keys_in_etcd() {
-    let Some(etcd) = EtcdServer::start() else { return };
+    let Some(etcd) = EtcdServer::start() else {
+        return;
+    };
     let tmp = tempfile::Builder::new().prefix("ferry-cluster-scale-").tempdir_in("/var/tmp").unwrap();
     let src = tmp.path().join("src");
     make_empty_tree(&src, 1000, 1000);
@@ -58,18 +59,13 @@ fn a_million_file_execution_keeps_a_bounded_number_of_keys_in_etcd() {
     );
     for w in ["w1", "w2"] {
         kids.0.push(
-            Command::new(worker_bin())
-                .args(["--etcd", &etcd.endpoint, "--name", w, "--movers", "6"])
-                .stdout(Stdio::null())
-                .stderr(log(w))
-                .spawn()
-                .unwrap(),
+            Command::new(worker_bin()).args(["--etcd", &etcd.endpoint, "--name", w, "--movers", "6"]).stdout(Stdio::null()).stderr(log(w)).spawn().unwrap(),
         );
     }
 
     // Sample the key count while the execution runs.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let store = rt.block_on(EtcdStore::connect(&[etcd.endpoint.clone()])).unwrap();
+    let store = rt.block_on(EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))).unwrap();
     let peak = Arc::new(AtomicUsize::new(0));
     let running = Arc::new(AtomicBool::new(true));
     let sampler = {
@@ -85,12 +81,8 @@ fn a_million_file_execution_keeps_a_bounded_number_of_keys_in_etcd() {
         })
     };
 
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["copy", "--no-progress", "--json", "--etcd", &etcd.endpoint])
-        .arg(&src)
-        .arg(&dst)
-        .output()
-        .unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_ferry")).args(["copy", "--no-progress", "--json", "--etcd", &etcd.endpoint]).arg(&src).arg(&dst).output().unwrap();
     running.store(false, Ordering::Relaxed);
     sampler.join().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

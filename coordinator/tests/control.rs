@@ -30,7 +30,9 @@ const T0: u64 = 1_767_225_600_000;
 const HOUR: u64 = 3_600_000;
 
 fn run<F: Future<Output = ()>>(f: impl FnOnce() -> F) {
-    let system = actix_rt::System::with_tokio_rt(|| tokio::runtime::Builder::new_multi_thread().worker_threads(2).max_blocking_threads(32).enable_all().build().unwrap());
+    let system = actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).max_blocking_threads(32).enable_all().build().unwrap()
+    });
     system.block_on(f());
 }
 
@@ -42,6 +44,7 @@ fn config(clock: Arc<ManualClock>) -> ControlConfig {
         webhook: None,
         report_work_dir: None,
         clock,
+        reconcile_every: Duration::from_millis(50),
     }
 }
 
@@ -73,7 +76,7 @@ fn coordinator(control: Arc<ControlPlane>, name: &str) -> Daemon {
 
 fn agent(store: &SharedStore, name: &str) -> Daemon {
     let (stop, rx) = watch::channel(false);
-    let cfg = AgentConfig { name: name.into(), movers: 2, lease_ttl: Duration::from_secs(10), labels: vec![], link: None };
+    let cfg = AgentConfig { name: name.into(), movers: 2, lease_ttl: Duration::from_secs(10), labels: vec![], link: None, poll: ferry_worker::agent::POLL };
     // Movers are actix actors: the agent runs on the system's own thread.
     let handle = actix_rt::spawn(run_agent(store.clone(), cfg, Arc::new(Default::default()), None, rx));
     Daemon { stop, handle }
@@ -108,7 +111,10 @@ async fn wait_end(ctl: &ControlPlane, id: &str, limit: Duration) -> Execution {
 }
 
 async fn wait_phase(ctl: &ControlPlane, id: &str, phases: &[Phase]) {
-    wait_for(&format!("execution {id} to reach {phases:?}"), Duration::from_secs(60), || async { phases.contains(&ctl.get_execution(id).await.unwrap().phase) }).await;
+    wait_for(&format!("execution {id} to reach {phases:?}"), Duration::from_secs(60), || async {
+        phases.contains(&ctl.get_execution(id).await.unwrap().phase)
+    })
+    .await;
 }
 
 async fn leader(store: &SharedStore) -> Option<String> {
@@ -130,7 +136,9 @@ fn slots(execs: &[Execution]) -> Vec<u64> {
 
 #[test]
 fn a_schedule_fires_once_per_slot_across_a_leader_failover() {
-    let Some(etcd) = ferry_common::testing::EtcdServer::start() else { return };
+    let Some(etcd) = ferry_common::testing::EtcdServer::start() else {
+        return;
+    };
     run(|| async move {
         let connect = || async { Arc::new(EtcdStore::connect(std::slice::from_ref(&etcd.endpoint)).await.unwrap()) as SharedStore };
         let clock = Arc::new(ManualClock::new(T0 + 10 * 60_000));
@@ -196,7 +204,11 @@ fn missed_slots_are_coalesced_or_skipped_by_the_documented_policy() {
         let clock = Arc::new(ManualClock::new(T0));
         let ctl = ControlPlane::new(store.clone(), config(clock.clone()));
         ctl.create_task(hourly("late", "/srv/a", "/srv/b")).await.unwrap();
-        ctl.create_task(task(json!({"Name": "daily", "SourceLocation": "/srv/c", "DestinationLocation": "/srv/d", "Schedule": {"ScheduleExpression": "0 3 * * *"}}))).await.unwrap();
+        ctl.create_task(task(
+            json!({"Name": "daily", "SourceLocation": "/srv/c", "DestinationLocation": "/srv/d", "Schedule": {"ScheduleExpression": "0 3 * * *"}}),
+        ))
+        .await
+        .unwrap();
         let mut st = LeaderState::default();
         ctl.tick(&mut st).await;
         // No leader from 00:00 to 05:20. Hourly: slots 01..05 missed, 05:00 is 20 minutes old
@@ -348,7 +360,9 @@ fn cancel_works_in_every_phase() {
         let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
         tree(&src, 12, 1 << 20);
         let p = |x: &Path| x.to_str().unwrap().to_string();
-        ctl.create_task(task(json!({"Name": "slow", "SourceLocation": p(&src), "DestinationLocation": p(&dst), "Options": {"BytesPerSecond": 262144}}))).await.unwrap();
+        ctl.create_task(task(json!({"Name": "slow", "SourceLocation": p(&src), "DestinationLocation": p(&dst), "Options": {"BytesPerSecond": 262144}})))
+            .await
+            .unwrap();
         let coord = coordinator(ctl.clone(), "coord");
         let agent = agent(&store, "agent-1");
         let first = ctl.start_task("slow", StartOverrides::default()).await.unwrap().spec.id;
@@ -361,7 +375,10 @@ fn cancel_works_in_every_phase() {
         ctl.cancel_execution(&first).await.unwrap();
         let end = wait_end(&ctl, &first, Duration::from_secs(60)).await;
         assert_eq!(end.phase, Phase::Cancelled, "cancelled while {running:?}");
-        assert!(matches!(ctl.cancel_execution(&first).await.unwrap_err(), ferry_coordinator::control::ControlError::Conflict(_)), "an ended execution cannot be cancelled again");
+        assert!(
+            matches!(ctl.cancel_execution(&first).await.unwrap_err(), ferry_coordinator::control::ControlError::Conflict(_)),
+            "an ended execution cannot be cancelled again"
+        );
         // VERIFYING: the driver honours the cancel request in any phase it drives.
         let spec = ferry_common::model::ExecutionSpec { mode: ferry_common::model::Mode::Verify, ..end.spec.clone() };
         let spec = ferry_common::model::ExecutionSpec { id: "verify-run".into(), task: None, log_level: None, ..spec };
@@ -386,7 +403,9 @@ fn a_bytes_per_second_change_arrives(break_watches: bool) {
         // 24 MiB at 64 KiB/s would take over six minutes; the test waits at most two.
         tree(&src, 6, 4 << 20);
         let p = |x: &Path| x.to_str().unwrap().to_string();
-        ctl.create_task(task(json!({"Name": "throttled", "SourceLocation": p(&src), "DestinationLocation": p(&dst), "Options": {"BytesPerSecond": 65536}}))).await.unwrap();
+        ctl.create_task(task(json!({"Name": "throttled", "SourceLocation": p(&src), "DestinationLocation": p(&dst), "Options": {"BytesPerSecond": 65536}})))
+            .await
+            .unwrap();
         let coord = coordinator(ctl.clone(), "coord");
         let agent = agent(&store, "agent-1");
         let id = ctl.start_task("throttled", StartOverrides::default()).await.unwrap().spec.id;
@@ -493,10 +512,13 @@ fn task_reports_follow_the_report_configuration() {
         assert_eq!(lines.last().unwrap()["type"], "summary");
 
         // ERRORS_ONLY on a clean run: just the summary.
-        ctl.update_task("reported", TaskUpdate {
-            task_report_config: Some(serde_json::from_value(json!({"Destination": p(&reports), "ReportLevel": "ERRORS_ONLY"})).unwrap()),
-            ..Default::default()
-        })
+        ctl.update_task(
+            "reported",
+            TaskUpdate {
+                task_report_config: Some(serde_json::from_value(json!({"Destination": p(&reports), "ReportLevel": "ERRORS_ONLY"})).unwrap()),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
         std::fs::write(src.join("new.txt"), b"x").unwrap();
@@ -591,7 +613,9 @@ fn events_cover_tasks_executions_and_agents_reach_a_webhook_and_expire_with_hist
 
 #[test]
 fn a_manifest_can_be_an_s3_object() {
-    let Some(s3) = ferry_common::testing::S3Server::start(ferry_common::testing::S3Flavor::S3sFs) else { return };
+    let Some(s3) = ferry_common::testing::S3Server::start(ferry_common::testing::S3Flavor::S3sFs) else {
+        return;
+    };
     let dir = scratch();
     let (src, dst, mdir) = (dir.path().join("src"), dir.path().join("dst"), dir.path().join("m"));
     for rel in ["a/listed.txt", "a/other.txt", "b.txt"] {
@@ -631,7 +655,9 @@ fn a_manifest_can_be_an_s3_object() {
 
 #[test]
 fn a_task_report_can_go_to_an_s3_prefix() {
-    let Some(s3) = ferry_common::testing::S3Server::start(ferry_common::testing::S3Flavor::S3sFs) else { return };
+    let Some(s3) = ferry_common::testing::S3Server::start(ferry_common::testing::S3Flavor::S3sFs) else {
+        return;
+    };
     s3.export_env();
     let dir = scratch();
     let (src, dst, work) = (dir.path().join("src"), dir.path().join("dst"), dir.path().join("work"));
@@ -662,10 +688,15 @@ fn a_task_report_can_go_to_an_s3_prefix() {
         // The S3 client blocks on its own runtime: read the object from a blocking thread.
         let (uri, key) = (reports.clone(), format!("to-s3/{id}.jsonl"));
         let text = tokio::task::spawn_blocking(move || {
-            use ferry_worker::storage::Location;
-            let loc = ferry_worker::storage::s3::S3Location::open(&uri, &ferry_common::model::S3Settings { endpoint_url: Some(endpoint), path_style: true, ..Default::default() }).unwrap();
-            let mut body = Vec::new();
-            loc.fetch(key.as_bytes(), 1 << 20, &mut body).unwrap().expect("the report object exists");
+            use ferry_worker::location::Location;
+            let loc = ferry_worker::location::s3::S3Location::open(
+                &uri,
+                &ferry_common::model::S3Settings { endpoint_url: Some(endpoint), path_style: true, ..Default::default() },
+            )
+            .unwrap();
+            let size = loc.stat(key.as_bytes()).unwrap().expect("the report object exists").size;
+            let mut body = vec![0u8; size as usize];
+            loc.open(key.as_bytes(), 0).unwrap().read_at(0, &mut body).unwrap();
             String::from_utf8(body).unwrap()
         })
         .await

@@ -112,7 +112,9 @@ fn agents_in_two_namespaces_copy_over_quic_through_a_cut_link() {
         return;
     }
     let sites = Sites::create();
-    let Some(etcd) = EtcdServer::start_also_on(Some(&sites.host_ip)) else { return };
+    let Some(etcd) = EtcdServer::start_also_on(Some(&sites.host_ip)) else {
+        return;
+    };
     let endpoint = etcd.endpoint_on(&sites.host_ip);
     let work = tempfile::tempdir().unwrap();
     let (src, dst, ca, logs) = (work.path().join("src"), work.path().join("dst"), work.path().join("ca"), work.path().join("logs"));
@@ -163,7 +165,20 @@ fn agents_in_two_namespaces_copy_over_quic_through_a_cut_link() {
     }
 
     let mut copy = Command::new(&ferry)
-        .args(["copy", "--json", "--no-progress", "--etcd", &etcd.endpoint, "--source-agents", "onprem", "--destination-agents", "cloud", "--compress", "--bwlimit", "8M"])
+        .args([
+            "copy",
+            "--json",
+            "--no-progress",
+            "--etcd",
+            &etcd.endpoint,
+            "--source-agents",
+            "onprem",
+            "--destination-agents",
+            "cloud",
+            "--compress",
+            "--bwlimit",
+            "8M",
+        ])
         .arg(&src)
         .arg(&dst)
         .stdout(Stdio::piped())
@@ -206,7 +221,12 @@ fn agents_in_two_namespaces_copy_over_quic_through_a_cut_link() {
     assert!(out.status.success(), "copy failed\n{}", describe());
     let json: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}\n{}", describe()));
     // An independent check: rsync finds nothing to change, content compared by checksum.
-    let diff = Command::new("rsync").args(["-anci", "--delete"]).arg(format!("{}/", src.display())).arg(format!("{}/", dst.display())).output().expect("rsync is installed");
+    let diff = Command::new("rsync")
+        .args(["-anci", "--delete"])
+        .arg(format!("{}/", src.display()))
+        .arg(format!("{}/", dst.display()))
+        .output()
+        .expect("rsync is installed");
     assert!(diff.status.success());
     let changes: Vec<_> = String::from_utf8_lossy(&diff.stdout).lines().filter(|l| !l.starts_with(".d..t")).map(str::to_string).collect();
     assert!(changes.is_empty(), "rsync found differences: {changes:?}\n{}", describe());

@@ -18,7 +18,6 @@ fn run_with_rusage(cmd: &mut Command) -> (i32, i64) {
     (code, usage.ru_maxrss)
 }
 
-
 #[test]
 fn a_million_file_tree_copies_within_300_mib_rss() {
     let tmp = tempfile::Builder::new().prefix("ferry-scale-").tempdir_in("/var/tmp").unwrap();

@@ -19,9 +19,7 @@
 
 use crate::error::{at, Context, Error, Result};
 use crate::gen::{self, DatasetSpec, GenConfig, Profile, ShapeOptions, GENERATOR_VERSION};
-use crate::report::{
-    self, BenchReport, DatasetInfo, GitInfo, HostInfo, RunResult, Sanity, Status, ToolResult,
-};
+use crate::report::{self, BenchReport, DatasetInfo, GitInfo, HostInfo, RunResult, Sanity, Status, ToolResult};
 use crate::size::{format_bytes, format_secs};
 use crate::stats::summarize;
 use crate::tree::{self, TreeStats};
@@ -92,15 +90,7 @@ impl Scenario {
             Scenario::LocalSmall => &["ferry", "cp", "rsync", "rsync-daemon", "rclone", "fpsync", "tar-pipe"],
             // Without verification ferry does what cp does; with it, it reads
             // everything back. Both matter for large files.
-            Scenario::LocalLarge => &[
-                "ferry",
-                "ferry-verify-none",
-                "cp",
-                "rsync",
-                "rclone",
-                "fpsync",
-                "tar-pipe",
-            ],
+            Scenario::LocalLarge => &["ferry", "ferry-verify-none", "cp", "rsync", "rclone", "fpsync", "tar-pipe"],
             // Object-store peers only: rclone's S3 backend.
             Scenario::S3Small | Scenario::S3Large => &["ferry", "rclone"],
             Scenario::Cluster => &["ferry", "ferry-cluster-1", "ferry-cluster-2", "ferry-cluster-4", "fpsync", "fpsync-4"],
@@ -112,58 +102,26 @@ impl Scenario {
     fn full_shape(self) -> ShapeOptions {
         match self {
             Scenario::LocalSmall | Scenario::LocalLarge => ShapeOptions::default(),
-            Scenario::S3Small => ShapeOptions {
-                files: Some(10_000),
-                dirs: Some(100),
-                min_size: Some(4 << 10),
-                max_size: Some(64 << 10),
-                ..ShapeOptions::default()
-            },
-            Scenario::S3Large => ShapeOptions {
-                files: Some(4),
-                file_size: Some(512 << 20),
-                ..ShapeOptions::default()
-            },
-            Scenario::Cluster => ShapeOptions {
-                files: Some(20_000),
-                dirs: Some(200),
-                ..ShapeOptions::default()
-            },
+            Scenario::S3Small => {
+                ShapeOptions { files: Some(10_000), dirs: Some(100), min_size: Some(4 << 10), max_size: Some(64 << 10), ..ShapeOptions::default() }
+            }
+            Scenario::S3Large => ShapeOptions { files: Some(4), file_size: Some(512 << 20), ..ShapeOptions::default() },
+            Scenario::Cluster => ShapeOptions { files: Some(20_000), dirs: Some(200), ..ShapeOptions::default() },
         }
     }
 
     /// `--tiny` shape: small enough for CI (seconds, not minutes).
     fn tiny_shape(self) -> ShapeOptions {
         match self {
-            Scenario::LocalSmall => ShapeOptions {
-                files: Some(500),
-                dirs: Some(10),
-                ..ShapeOptions::default()
-            },
-            Scenario::LocalLarge => ShapeOptions {
-                files: Some(4),
-                file_size: Some(8 << 20),
-                ..ShapeOptions::default()
-            },
-            Scenario::S3Small => ShapeOptions {
-                files: Some(200),
-                dirs: Some(10),
-                min_size: Some(4 << 10),
-                max_size: Some(64 << 10),
-                ..ShapeOptions::default()
-            },
+            Scenario::LocalSmall => ShapeOptions { files: Some(500), dirs: Some(10), ..ShapeOptions::default() },
+            Scenario::LocalLarge => ShapeOptions { files: Some(4), file_size: Some(8 << 20), ..ShapeOptions::default() },
+            Scenario::S3Small => {
+                ShapeOptions { files: Some(200), dirs: Some(10), min_size: Some(4 << 10), max_size: Some(64 << 10), ..ShapeOptions::default() }
+            }
             // Big enough to take the multipart path of both tools (rclone's
             // default cutoff is 200 MiB, so it uploads these in one PUT).
-            Scenario::S3Large => ShapeOptions {
-                files: Some(2),
-                file_size: Some(40 << 20),
-                ..ShapeOptions::default()
-            },
-            Scenario::Cluster => ShapeOptions {
-                files: Some(300),
-                dirs: Some(6),
-                ..ShapeOptions::default()
-            },
+            Scenario::S3Large => ShapeOptions { files: Some(2), file_size: Some(40 << 20), ..ShapeOptions::default() },
+            Scenario::Cluster => ShapeOptions { files: Some(300), dirs: Some(6), ..ShapeOptions::default() },
         }
     }
 }
@@ -191,7 +149,13 @@ pub struct BenchOptions {
     /// A ferry-load binary used as the measuring helper (see
     /// `measure_main`); `None` = this executable (`/proc/self/exe`).
     pub helper: Option<PathBuf>,
+    /// An earlier ferry binary, run interleaved with `ferry` as `ferry-baseline` (and
+    /// `ferry-baseline-verify-none`), so a before/after comparison comes from one run.
+    pub baseline: Option<PathBuf>,
 }
+
+/// The baseline's tools, named after the ferry tools they shadow.
+const BASELINE_TOOLS: [(&str, &str); 2] = [("ferry", "ferry-baseline"), ("ferry-verify-none", "ferry-baseline-verify-none")];
 
 pub struct BenchOutcome {
     pub report: BenchReport,
@@ -214,11 +178,7 @@ struct Manifest {
 /// Resolve the dataset a scenario uses: profile defaults, then `--tiny`,
 /// then explicit options. Invalid combinations are usage errors.
 pub fn scenario_spec(scenario: Scenario, tiny: bool, shape: &ShapeOptions) -> Result<DatasetSpec> {
-    let base = if tiny {
-        scenario.tiny_shape()
-    } else {
-        scenario.full_shape()
-    };
+    let base = if tiny { scenario.tiny_shape() } else { scenario.full_shape() };
     let merged = ShapeOptions {
         files: shape.files.or(base.files),
         dirs: shape.dirs.or(base.dirs),
@@ -259,12 +219,7 @@ fn installed(name: &str) -> std::result::Result<PathBuf, String> {
 
 /// The command line of every tool. `src` and `dst` are absolute (fpsync
 /// insists on it).
-fn tool_defs(
-    ferry: &std::result::Result<PathBuf, String>,
-    src: &Path,
-    dst: &Path,
-    fpsync_tmp: &Path,
-) -> Vec<ToolDef> {
+fn tool_defs(ferry: &std::result::Result<PathBuf, String>, src: &Path, dst: &Path, fpsync_tmp: &Path) -> Vec<ToolDef> {
     vec![
         ToolDef {
             name: "ferry",
@@ -277,13 +232,7 @@ fn tool_defs(
         ToolDef {
             name: "ferry-verify-none",
             program: ferry.clone(),
-            args: vec![
-                os("copy"),
-                os("--verify"),
-                os("none"),
-                src.into(),
-                dst.into(),
-            ],
+            args: vec![os("copy"), os("--verify"), os("none"), src.into(), dst.into()],
             version_args: &["--version"],
             env: vec![],
             env_remove: &[],
@@ -336,14 +285,7 @@ fn tool_defs(
             // -n 2: one rsync per core; -t: keep fpsync's queue/log dir
             // inside our work dir (cleared between runs) instead of the
             // shared /tmp/fpsync.
-            args: vec![
-                os("-n"),
-                os("2"),
-                os("-t"),
-                fpsync_tmp.into(),
-                with_suffix(src, "/"),
-                with_suffix(dst, "/"),
-            ],
+            args: vec![os("-n"), os("2"), os("-t"), fpsync_tmp.into(), with_suffix(src, "/"), with_suffix(dst, "/")],
             version_args: &["-V"],
             env: vec![],
             env_remove: &[],
@@ -362,13 +304,7 @@ fn tool_defs(
             // The classic `tar c | tar x` pipe, with permissions and owners (GNU tar keeps
             // owners when run as root), symlinks as links and hard links as links.
             program: installed("tar").and_then(|_| installed("sh")),
-            args: vec![
-                os("-c"),
-                os("mkdir -p \"$2\" && tar -C \"$1\" -cf - . | tar -C \"$2\" -xpf -"),
-                os("tar-pipe"),
-                src.into(),
-                dst.into(),
-            ],
+            args: vec![os("-c"), os("mkdir -p \"$2\" && tar -C \"$1\" -cf - . | tar -C \"$2\" -xpf -"), os("tar-pipe"), src.into(), dst.into()],
             version_args: &["-c", "tar --version"],
             env: vec![],
             env_remove: &[],
@@ -394,7 +330,9 @@ const CLUSTER_TOOLS: [(usize, &str); 3] = [(1, "ferry-cluster-1"), (2, "ferry-cl
 /// etcd, coordinator and workers are not in the CPU and RSS columns (only the submitting
 /// `ferry copy` is); the workers' peak RSS is printed at the end.
 fn start_clusters(ferry: &std::result::Result<PathBuf, String>, selected: &[&str], work: &Path) -> Result<Vec<(usize, crate::cluster::LocalCluster)>> {
-    let Ok(ferry) = ferry else { return Ok(Vec::new()) };
+    let Ok(ferry) = ferry else {
+        return Ok(Vec::new());
+    };
     let bin_dir = ferry.parent().unwrap_or(Path::new(".")).to_path_buf();
     let mut out = Vec::new();
     for (workers, name) in CLUSTER_TOOLS {
@@ -454,27 +392,14 @@ rsync -a "$1/" "rsync://127.0.0.1:$port/dst/"
 
 /// The S3 scenarios' command lines: local `src` to `s3://bench/@PREFIX@` on
 /// the s3s-fs at `endpoint`, same concurrency for both (8 parallel uploads).
-fn s3_tool_defs(
-    ferry: &std::result::Result<PathBuf, String>,
-    src: &Path,
-    endpoint: &str,
-) -> Vec<ToolDef> {
-    let pairs = |v: &[(&str, &str)]| -> Vec<(OsString, OsString)> {
-        v.iter().map(|(k, val)| (os(k), os(val))).collect()
-    };
+fn s3_tool_defs(ferry: &std::result::Result<PathBuf, String>, src: &Path, endpoint: &str) -> Vec<ToolDef> {
+    let pairs = |v: &[(&str, &str)]| -> Vec<(OsString, OsString)> { v.iter().map(|(k, val)| (os(k), os(val))).collect() };
     // Credentials and endpoint come only from here: no profile, token or CA
     // bundle of the machine may leak in (rclone refuses to start at all when
     // AWS_CA_BUNDLE is set, "LoadCustomCABundleError ... unsupported
     // transport"; the endpoint is plain http anyway).
-    const SCRUB: &[&str] = &[
-        "AWS_CA_BUNDLE",
-        "AWS_PROFILE",
-        "AWS_DEFAULT_PROFILE",
-        "AWS_SESSION_TOKEN",
-        "AWS_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL_S3",
-        "RCLONE_CONFIG",
-    ];
+    const SCRUB: &[&str] =
+        &["AWS_CA_BUNDLE", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "RCLONE_CONFIG"];
     vec![
         ToolDef {
             name: "ferry",
@@ -545,10 +470,7 @@ fn ferry_program(explicit: Option<&Path>, ws: &Path) -> std::result::Result<Path
     let (path, origin) = match (explicit, std::env::var_os("FERRY_BIN")) {
         (Some(p), _) => (p.to_path_buf(), "--ferry"),
         (None, Some(p)) if !p.is_empty() => (PathBuf::from(p), "FERRY_BIN"),
-        _ => (
-            util::target_dir(ws).join("release/ferry"),
-            "default location",
-        ),
+        _ => (util::target_dir(ws).join("release/ferry"), "default location"),
     };
     if util::is_executable(&path) {
         Ok(path)
@@ -562,23 +484,11 @@ fn ferry_program(explicit: Option<&Path>, ws: &Path) -> std::result::Result<Path
 
 /// First line of `program args` output that looks like a version.
 fn tool_version(program: &Path, args: &[&str]) -> Option<String> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .ok()?;
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(program).args(args).stdin(Stdio::null()).output().ok()?;
+    let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     text.lines()
         .map(str::trim)
-        .find(|l| {
-            l.chars().any(|c| c.is_ascii_digit())
-                && !l.to_ascii_lowercase().contains("illegal")
-                && !l.to_ascii_lowercase().contains("usage")
-        })
+        .find(|l| l.chars().any(|c| c.is_ascii_digit()) && !l.to_ascii_lowercase().contains("illegal") && !l.to_ascii_lowercase().contains("usage"))
         .map(str::to_string)
 }
 
@@ -649,15 +559,7 @@ pub fn measure_main(args: &[OsString]) -> i32 {
     };
     let start = Instant::now();
     let m = match Command::new(program).args(rest).spawn() {
-        Err(e) => Measurement {
-            exit_code: None,
-            signal: None,
-            wall_s: 0.0,
-            user_s: 0.0,
-            sys_s: 0.0,
-            max_rss_kib: 0,
-            error: Some(e.to_string()),
-        },
+        Err(e) => Measurement { exit_code: None, signal: None, wall_s: 0.0, user_s: 0.0, sys_s: 0.0, max_rss_kib: 0, error: Some(e.to_string()) },
         Ok(child) => match wait_rusage(child.id() as libc::pid_t) {
             Err(e) => Measurement {
                 exit_code: None,
@@ -695,9 +597,7 @@ pub fn measure_main(args: &[OsString]) -> i32 {
         (None, None, Some(s)) => 128 + s,
         _ => 1,
     };
-    let written = serde_json::to_vec(&m)
-        .map_err(io::Error::other)
-        .and_then(|j| fs::write(report, j));
+    let written = serde_json::to_vec(&m).map_err(io::Error::other).and_then(|j| fs::write(report, j));
     if let Err(e) = written {
         eprintln!("ferry-load {MEASURE_ARG}: write {report:?}: {e}");
         return 125;
@@ -707,13 +607,7 @@ pub fn measure_main(args: &[OsString]) -> i32 {
 
 /// Run one command through the measuring helper (`helper` is a ferry-load
 /// binary; normally `/proc/self/exe`), output to `log`, then time a sync.
-pub fn timed_run(
-    helper: &Path,
-    program: &Path,
-    args: &[OsString],
-    log: &Path,
-    run: usize,
-) -> Result<Measured> {
+pub fn timed_run(helper: &Path, program: &Path, args: &[OsString], log: &Path, run: usize) -> Result<Measured> {
     timed_run_env(helper, program, args, &[], &[], log, run)
 }
 
@@ -753,13 +647,7 @@ pub fn timed_run_env(
     let m: Measurement = fs::read(&report)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| {
-            Error::run(format!(
-                "measuring helper {} exited with {status} without a report (see {})",
-                helper.display(),
-                log.display()
-            ))
-        })?;
+        .ok_or_else(|| Error::run(format!("measuring helper {} exited with {status} without a report (see {})", helper.display(), log.display())))?;
     if let Some(e) = m.error {
         return Err(Error::run(format!("{}: {e}", at("start", program))));
     }
@@ -799,20 +687,11 @@ fn read_manifest(path: &Path) -> Option<Manifest> {
 }
 
 /// Reuse the cached dataset when its manifest matches, otherwise (re)generate.
-pub fn ensure_dataset(
-    spec: &DatasetSpec,
-    seed: u64,
-    ds_dir: &Path,
-    threads: usize,
-) -> Result<TreeStats> {
+pub fn ensure_dataset(spec: &DatasetSpec, seed: u64, ds_dir: &Path, threads: usize) -> Result<TreeStats> {
     let src = ds_dir.join("src");
     let manifest_path = ds_dir.join("manifest.json");
     if let Some(m) = read_manifest(&manifest_path) {
-        if m.generator_version == GENERATOR_VERSION
-            && m.seed == seed
-            && &m.spec == spec
-            && src.is_dir()
-        {
+        if m.generator_version == GENERATOR_VERSION && m.seed == seed && &m.spec == spec && src.is_dir() {
             say(format!("dataset: reusing {}", src.display()));
             return Ok(m.stats);
         }
@@ -821,16 +700,8 @@ pub fn ensure_dataset(
     // complete next time.
     util::remove_tree(&manifest_path)?;
     util::remove_tree(&src)?;
-    say(format!(
-        "dataset: generating {} into {}",
-        spec.describe(),
-        src.display()
-    ));
-    let cfg = GenConfig {
-        threads,
-        progress: true,
-        sync: true,
-    };
+    say(format!("dataset: generating {} into {}", spec.describe(), src.display()));
+    let cfg = GenConfig { threads, progress: true, sync: true };
     let summary = gen::generate(spec, seed, &src, &cfg)?;
     say(format!(
         "dataset: {} files, {} dirs, {} in {}",
@@ -839,51 +710,27 @@ pub fn ensure_dataset(
         format_bytes(summary.stats.bytes),
         format_secs(summary.elapsed_s)
     ));
-    let m = Manifest {
-        generator_version: GENERATOR_VERSION,
-        seed,
-        spec: spec.clone(),
-        stats: summary.stats,
-    };
-    let json =
-        serde_json::to_vec_pretty(&m).map_err(|e| Error::run(format!("encode manifest: {e}")))?;
+    let m = Manifest { generator_version: GENERATOR_VERSION, seed, spec: spec.clone(), stats: summary.stats };
+    let json = serde_json::to_vec_pretty(&m).map_err(|e| Error::run(format!("encode manifest: {e}")))?;
     fs::write(&manifest_path, json).ctx(|| at("write", &manifest_path))?;
     Ok(summary.stats)
 }
 
 fn git_info(ws: &Path) -> Option<GitInfo> {
     let run = |args: &[&str]| -> Option<String> {
-        let o = Command::new("git")
-            .arg("-C")
-            .arg(ws)
-            .args(args)
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .output()
-            .ok()?;
-        o.status
-            .success()
-            .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        let o = Command::new("git").arg("-C").arg(ws).args(args).stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
+        o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
     let commit = run(&["rev-parse", "HEAD"])?;
-    let dirty =
-        run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    let dirty = run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
     Some(GitInfo { commit, dirty })
 }
 
 fn host_info(data_dir: &Path) -> HostInfo {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, v)| v.trim().to_string());
+    let cpu = cpuinfo.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string());
     let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_total_kib = meminfo
-        .lines()
-        .find(|l| l.starts_with("MemTotal:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok());
+    let mem_total_kib = meminfo.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok());
     HostInfo {
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         cpu,
@@ -921,7 +768,14 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
     let scenario = opts.scenario;
     let spec = scenario_spec(scenario, opts.tiny, &opts.shape)?;
     let started = util::utc_timestamp();
-    let available = scenario.tools();
+    let mut available = scenario.tools().to_vec();
+    if opts.baseline.is_some() {
+        for (of, name) in BASELINE_TOOLS {
+            if let Some(i) = available.iter().position(|t| *t == of) {
+                available.insert(i + 1, name);
+            }
+        }
+    }
     let selected: Vec<&'static str> = match &opts.tools {
         None => available.to_vec(),
         Some(list) => {
@@ -930,13 +784,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
                 match available.iter().find(|t| **t == name.as_str()) {
                     Some(t) if !v.contains(t) => v.push(*t),
                     Some(_) => {}
-                    None => {
-                        return Err(Error::usage(format!(
-                            "unknown tool {name:?} for {} (choose from: {})",
-                            scenario.name(),
-                            available.join(", ")
-                        )))
-                    }
+                    None => return Err(Error::usage(format!("unknown tool {name:?} for {} (choose from: {})", scenario.name(), available.join(", ")))),
                 }
             }
             v
@@ -967,18 +815,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
     let s3s_fs = scenario.is_s3().then(s3peer::find_s3s_fs);
     if let Some(Err(why)) = &s3s_fs {
         say(format!("{}: skipped: {why}", scenario.name()));
-        return finish(
-            opts,
-            &ws,
-            &data_root,
-            &spec,
-            key,
-            &src,
-            TreeStats::default(),
-            skipped_tools(&selected, why),
-            None,
-            started,
-        );
+        return finish(opts, &ws, &data_root, &spec, key, &src, TreeStats::default(), skipped_tools(&selected, why), None, started);
     }
 
     let expected = ensure_dataset(&spec, opts.seed, &ds_dir, opts.threads)?;
@@ -1003,23 +840,14 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
     }
 
     let ferry = ferry_program(opts.ferry.as_deref(), &ws);
-    let helper = opts
-        .helper
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
+    let helper = opts.helper.clone().unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
     // Started here, killed when `server` drops (also on every early return).
     let mut server = match &s3s_fs {
         Some(Ok(program)) => {
             let root = ds_dir.join("s3-root");
             let log = logs.join("s3s-fs.log");
             let srv = S3Server::start(program, &root, &log)?;
-            say(format!(
-                "s3: {} serving {} on {} (log {})",
-                program.display(),
-                root.display(),
-                srv.endpoint(),
-                log.display()
-            ));
+            say(format!("s3: {} serving {} on {} (log {})", program.display(), root.display(), srv.endpoint(), log.display()));
             Some((srv, program.clone()))
         }
         _ => None,
@@ -1029,6 +857,14 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
         Some((srv, _)) => s3_tool_defs(&ferry, &src, &srv.endpoint()),
         None => {
             let mut defs = tool_defs(&ferry, &src, &dst, &fpsync_tmp);
+            if let Some(baseline) = &opts.baseline {
+                let program = if util::is_executable(baseline) { Ok(baseline.clone()) } else { Err(format!("baseline binary {} is not executable", baseline.display())) };
+                let shadows: Vec<ToolDef> = tool_defs(&program, &src, &dst, &fpsync_tmp)
+                    .into_iter()
+                    .filter_map(|d| BASELINE_TOOLS.iter().find(|(of, _)| *of == d.name).map(|(_, name)| ToolDef { name, ..d }))
+                    .collect();
+                defs.extend(shadows);
+            }
             defs.extend(cluster_tool_defs(&ferry, &src, &dst, &clusters));
             defs
         }
@@ -1039,12 +875,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
         .filter(|d| selected.contains(&d.name))
         .map(|def| {
             let (status, reason, command, version) = match &def.program {
-                Ok(p) => (
-                    Status::Ok,
-                    None,
-                    display_cmd(p, &def.args),
-                    tool_version(p, def.version_args),
-                ),
+                Ok(p) => (Status::Ok, None, display_cmd(p, &def.args), tool_version(p, def.version_args)),
                 Err(why) => (Status::Skipped, Some(why.clone()), vec![], None),
             };
             if let Some(why) = &reason {
@@ -1088,50 +919,26 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
             util::remove_tree(&fpsync_tmp)?;
             // S3: empty the bucket (the previous run's objects and s3s-fs's
             // sidecars), then upload into a prefix no run used before.
-            let prefix = if warm {
-                format!("{}-w{round}", t.def.name)
-            } else {
-                format!("{}-{run}", t.def.name)
-            };
+            let prefix = if warm { format!("{}-w{round}", t.def.name) } else { format!("{}-{run}", t.def.name) };
             if let Some((srv, _)) = &server {
                 srv.clear()?;
             }
             sync_all();
-            let log = logs.join(if warm {
-                format!("{}-warmup{round}.log", t.def.name)
-            } else {
-                format!("{}-run{run}.log", t.def.name)
-            });
+            let log = logs.join(if warm { format!("{}-warmup{round}.log", t.def.name) } else { format!("{}-run{run}.log", t.def.name) });
             let args = with_prefix(&t.def.args, &prefix);
             let server_cpu0 = server.as_ref().and_then(|(s, _)| s.cpu_s());
             let cluster = CLUSTER_TOOLS.iter().find(|(_, n)| *n == t.def.name).and_then(|(w, _)| clusters.iter().find(|(n, _)| n == w)).map(|(_, c)| c);
             let cluster_cpu0 = cluster.map(|c| c.cpu_seconds());
-            let mut measured = timed_run_env(
-                &helper,
-                &program,
-                &args,
-                &t.def.env,
-                t.def.env_remove,
-                &log,
-                run,
-            );
+            let mut measured = timed_run_env(&helper, &program, &args, &t.def.env, t.def.env_remove, &log, run);
             // A cluster run's CPU is the submitting client's plus what etcd, the coordinator
             // and the workers used meanwhile (idle clusters cost a little too, so this errs high).
             if let (Ok(m), Some(c), Some(before)) = (measured.as_mut(), cluster, cluster_cpu0) {
                 m.result.cpu_s += (c.cpu_seconds() - before).max(0.0);
             }
-            let server_cpu = server
-                .as_ref()
-                .and_then(|(s, _)| s.cpu_s())
-                .zip(server_cpu0)
-                .map(|(b, a)| b - a);
+            let server_cpu = server.as_ref().and_then(|(s, _)| s.cpu_s()).zip(server_cpu0).map(|(b, a)| b - a);
             if let Some((srv, _)) = server.as_mut() {
                 if !srv.alive() {
-                    return Err(Error::run(format!(
-                        "s3s-fs died during {label} of {}; log {}",
-                        t.def.name,
-                        srv.log.display()
-                    )));
+                    return Err(Error::run(format!("s3s-fs died during {label} of {}; log {}", t.def.name, srv.log.display())));
                 }
             }
             let m = match measured {
@@ -1152,10 +959,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
                 format_secs(r.sync_s),
                 format_secs(r.cpu_s),
                 format_bytes(r.max_rss_kib * 1024),
-                server_cpu.map_or(String::new(), |c| format!(
-                    "; s3s-fs cpu {}",
-                    format_secs(c)
-                ))
+                server_cpu.map_or(String::new(), |c| format!("; s3s-fs cpu {}", format_secs(c)))
             ));
             if !m.success {
                 let how = match (r.exit_code, r.signal) {
@@ -1164,11 +968,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
                     _ => "abnormal exit".into(),
                 };
                 let tail = log_tail(&log, 15);
-                say(format!(
-                    "!!! {} failed on {label} ({how}); log {}:\n{tail}",
-                    t.def.name,
-                    log.display()
-                ));
+                say(format!("!!! {} failed on {label} ({how}); log {}:\n{tail}", t.def.name, log.display()));
                 t.result.status = Status::Failed;
                 t.result.reason = Some(format!("{how} on {label}; see {}", log.display()));
             }
@@ -1179,17 +979,9 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
                 let s = s3_sanity(expected, &srv.prefix_dir(&prefix));
                 if !s.ok {
                     let msg = s.message.clone().unwrap_or_default();
-                    say(format!(
-                        "!!! {} on {label}: s3://{}/{prefix}: {msg}",
-                        t.def.name,
-                        s3peer::BUCKET
-                    ));
+                    say(format!("!!! {} on {label}: s3://{}/{prefix}: {msg}", t.def.name, s3peer::BUCKET));
                     t.result.status = Status::Failed;
-                    t.result.reason = Some(format!(
-                        "{label}: exit code 0 but s3://{}/{prefix} {msg}; see {}",
-                        s3peer::BUCKET,
-                        log.display()
-                    ));
+                    t.result.reason = Some(format!("{label}: exit code 0 but s3://{}/{prefix} {msg}; see {}", s3peer::BUCKET, log.display()));
                     t.result.sanity = Some(s);
                     // Not recorded as a time.
                     continue;
@@ -1197,11 +989,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
                 if t.result.sanity.is_none() {
                     t.result.sanity = Some(s);
                 }
-                server_runs.push(ServerRun {
-                    tool: t.def.name.to_string(),
-                    run,
-                    cpu_s: server_cpu,
-                });
+                server_runs.push(ServerRun { tool: t.def.name.to_string(), run, cpu_s: server_cpu });
             }
             if !warm {
                 t.result.runs.push(m.result);
@@ -1235,18 +1023,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
     });
 
     let results: Vec<ToolResult> = tools.into_iter().map(|t| t.result).collect();
-    finish(
-        opts,
-        &ws,
-        &data_root,
-        &spec,
-        key,
-        &src,
-        expected,
-        results,
-        server_info,
-        started,
-    )
+    finish(opts, &ws, &data_root, &spec, key, &src, expected, results, server_info, started)
 }
 
 /// One run's server-side cost (S3 scenarios).
@@ -1282,11 +1059,7 @@ fn server_info(srv: &S3Server, program: &Path, runs: Vec<ServerRun>) -> ServerIn
     let cpu_s_median = names
         .into_iter()
         .filter_map(|n| {
-            let v: Vec<f64> = runs
-                .iter()
-                .filter(|r| r.tool == n && r.run > 0)
-                .filter_map(|r| r.cpu_s)
-                .collect();
+            let v: Vec<f64> = runs.iter().filter(|r| r.tool == n && r.run > 0).filter_map(|r| r.cpu_s).collect();
             summarize(&v).map(|s| (n, s.median))
         })
         .collect();
@@ -1303,11 +1076,7 @@ fn server_info(srv: &S3Server, program: &Path, runs: Vec<ServerRun>) -> ServerIn
 /// Objects under an S3 prefix (files below its directory in the s3s-fs
 /// root) against the source: same count, same total size.
 fn s3_sanity(expected: TreeStats, prefix_dir: &Path) -> Sanity {
-    let want = TreeStats {
-        files: expected.files,
-        bytes: expected.bytes,
-        ..TreeStats::default()
-    };
+    let want = TreeStats { files: expected.files, bytes: expected.bytes, ..TreeStats::default() };
     let got = match tree::scan(prefix_dir) {
         // Directories are s3s-fs's rendering of key prefixes, not objects.
         Ok(st) => TreeStats { dirs: 0, ..st },
@@ -1375,16 +1144,13 @@ fn finish(
     let scenario = opts.scenario;
     for t in &mut results {
         let ok_runs: Vec<&RunResult> = t.runs.iter().filter(|r| r.exit_code == Some(0)).collect();
-        let col =
-            |f: fn(&RunResult) -> f64| summarize(&ok_runs.iter().map(|r| f(r)).collect::<Vec<_>>());
+        let col = |f: fn(&RunResult) -> f64| summarize(&ok_runs.iter().map(|r| f(r)).collect::<Vec<_>>());
         t.wall_s = col(|r| r.wall_s);
         t.cpu_s = col(|r| r.cpu_s);
         t.max_rss_kib = col(|r| r.max_rss_kib as f64);
     }
     let comparisons = report::compare(&results);
-    let ok = results
-        .iter()
-        .all(|t| t.status != Status::Failed && t.sanity.as_ref().is_none_or(|s| s.ok));
+    let ok = results.iter().all(|t| t.status != Status::Failed && t.sanity.as_ref().is_none_or(|s| s.ok));
 
     let report = BenchReport {
         schema: 1,
@@ -1393,14 +1159,7 @@ fn finish(
         started_at,
         runs: opts.runs,
         warmup: opts.warmup,
-        dataset: DatasetInfo {
-            description: spec.describe(),
-            spec: spec.clone(),
-            seed: opts.seed,
-            key,
-            src: src.display().to_string(),
-            stats: expected,
-        },
+        dataset: DatasetInfo { description: spec.describe(), spec: spec.clone(), seed: opts.seed, key, src: src.display().to_string(), stats: expected },
         host: host_info(data_root),
         git: git_info(ws),
         method: if scenario.is_s3() {
@@ -1426,50 +1185,29 @@ fn finish(
         None => ws.join("loadtests/results"),
     };
     fs::create_dir_all(&out_dir).ctx(|| at("create directory", &out_dir))?;
-    let stem = format!(
-        "{}{}-{stamp}",
-        scenario.name(),
-        if opts.tiny { "-tiny" } else { "" }
-    );
+    let stem = format!("{}{}-{stamp}", scenario.name(), if opts.tiny { "-tiny" } else { "" });
     let json = out_dir.join(format!("{stem}.json"));
     let svg = out_dir.join(format!("{stem}.svg"));
     // The S3 server's own cost rides along as an extra top-level object
     // (the shared report types stay as they are).
-    let mut value =
-        serde_json::to_value(&report).map_err(|e| Error::run(format!("encode results: {e}")))?;
+    let mut value = serde_json::to_value(&report).map_err(|e| Error::run(format!("encode results: {e}")))?;
     if let (Some(info), Some(obj)) = (&server, value.as_object_mut()) {
-        let v =
-            serde_json::to_value(info).map_err(|e| Error::run(format!("encode results: {e}")))?;
+        let v = serde_json::to_value(info).map_err(|e| Error::run(format!("encode results: {e}")))?;
         obj.insert("s3_server".into(), v);
     }
     if let Some(info) = &server {
-        let med: Vec<String> = info
-            .cpu_s_median
-            .iter()
-            .map(|(t, c)| format!("{t} {}", format_secs(*c)))
-            .collect();
+        let med: Vec<String> = info.cpu_s_median.iter().map(|(t, c)| format!("{t} {}", format_secs(*c))).collect();
         say(format!(
             "s3s-fs CPU per timed run (median): {}; s3s-fs peak RSS {}",
-            if med.is_empty() {
-                "-".to_string()
-            } else {
-                med.join(", ")
-            },
-            info.peak_rss_kib
-                .map_or("-".to_string(), |k| format_bytes(k * 1024))
+            if med.is_empty() { "-".to_string() } else { med.join(", ") },
+            info.peak_rss_kib.map_or("-".to_string(), |k| format_bytes(k * 1024))
         ));
     }
-    let mut text = serde_json::to_string_pretty(&value)
-        .map_err(|e| Error::run(format!("encode results: {e}")))?;
+    let mut text = serde_json::to_string_pretty(&value).map_err(|e| Error::run(format!("encode results: {e}")))?;
     text.push('\n');
     fs::write(&json, text).ctx(|| at("write", &json))?;
     fs::write(&svg, report::render_svg(&report)).ctx(|| at("write", &svg))?;
-    Ok(BenchOutcome {
-        report,
-        json,
-        svg,
-        ok,
-    })
+    Ok(BenchOutcome { report, json, svg, ok })
 }
 
 #[cfg(test)]
@@ -1483,24 +1221,13 @@ mod tests {
             DatasetSpec::Small(s) => assert_eq!((s.files, s.dirs, s.max_size), (500, 10, 64 << 10)),
             other => panic!("{other:?}"),
         }
-        let o = ShapeOptions {
-            files: Some(7),
-            ..ShapeOptions::default()
-        };
+        let o = ShapeOptions { files: Some(7), ..ShapeOptions::default() };
         match scenario_spec(Scenario::LocalLarge, true, &o).unwrap() {
             DatasetSpec::Large(l) => assert_eq!((l.files, l.file_size), (7, 8 << 20)),
             other => panic!("{other:?}"),
         }
-        let bad = ShapeOptions {
-            dirs: Some(3),
-            ..ShapeOptions::default()
-        };
-        assert_eq!(
-            scenario_spec(Scenario::LocalLarge, false, &bad)
-                .unwrap_err()
-                .exit_code(),
-            2
-        );
+        let bad = ShapeOptions { dirs: Some(3), ..ShapeOptions::default() };
+        assert_eq!(scenario_spec(Scenario::LocalLarge, false, &bad).unwrap_err().exit_code(), 2);
     }
 
     #[test]
@@ -1512,18 +1239,14 @@ mod tests {
         };
         assert_eq!(small(false), (10_000, 100, 4 << 10, 64 << 10));
         assert_eq!(small(true), (200, 10, 4 << 10, 64 << 10));
-        let large =
-            |tiny, o: &ShapeOptions| match scenario_spec(Scenario::S3Large, tiny, o).unwrap() {
-                DatasetSpec::Large(l) => (l.files, l.file_size),
-                other => panic!("{other:?}"),
-            };
+        let large = |tiny, o: &ShapeOptions| match scenario_spec(Scenario::S3Large, tiny, o).unwrap() {
+            DatasetSpec::Large(l) => (l.files, l.file_size),
+            other => panic!("{other:?}"),
+        };
         assert_eq!(large(false, &none), (4, 512 << 20));
         assert_eq!(large(true, &none), (2, 40 << 20));
         // Explicit options still win over the scenario's shape.
-        let o = ShapeOptions {
-            file_size: Some(1 << 20),
-            ..ShapeOptions::default()
-        };
+        let o = ShapeOptions { file_size: Some(1 << 20), ..ShapeOptions::default() };
         assert_eq!(large(true, &o), (2, 1 << 20));
         // Local scenarios keep the profile defaults at full size.
         match scenario_spec(Scenario::LocalSmall, false, &none).unwrap() {
@@ -1545,43 +1268,18 @@ mod tests {
         let defs = s3_tool_defs(&ferry, Path::new("/data/src"), "http://127.0.0.1:9");
         let names: Vec<&str> = defs.iter().map(|d| d.name).collect();
         assert_eq!(names, ["ferry", "rclone"]);
-        let args = |d: &ToolDef, prefix: &str| -> Vec<String> {
-            with_prefix(&d.args, prefix)
-                .iter()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect()
-        };
+        let args = |d: &ToolDef, prefix: &str| -> Vec<String> { with_prefix(&d.args, prefix).iter().map(|a| a.to_string_lossy().into_owned()).collect() };
         assert_eq!(
             args(&defs[0], "ferry-1"),
-            [
-                "copy",
-                "--no-progress",
-                "--movers",
-                "8",
-                "--endpoint-url",
-                "http://127.0.0.1:9",
-                "/data/src",
-                "s3://bench/ferry-1"
-            ]
+            ["copy", "--no-progress", "--movers", "8", "--endpoint-url", "http://127.0.0.1:9", "/data/src", "s3://bench/ferry-1"]
         );
         let r = args(&defs[1], "rclone-w1");
         assert_eq!(r.last().unwrap(), "bench:bench/rclone-w1");
         assert!(r.windows(2).any(|w| w == ["--transfers", "8"]));
         assert!(r.windows(2).any(|w| w == ["--checkers", "8"]));
-        let env = |d: &ToolDef, k: &str| {
-            d.env
-                .iter()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| v.to_string_lossy().into_owned())
-        };
-        assert_eq!(
-            env(&defs[1], "RCLONE_CONFIG_BENCH_ENDPOINT").as_deref(),
-            Some("http://127.0.0.1:9")
-        );
-        assert_eq!(
-            env(&defs[0], "AWS_ACCESS_KEY_ID").as_deref(),
-            Some(s3peer::ACCESS_KEY)
-        );
+        let env = |d: &ToolDef, k: &str| d.env.iter().find(|(n, _)| n == k).map(|(_, v)| v.to_string_lossy().into_owned());
+        assert_eq!(env(&defs[1], "RCLONE_CONFIG_BENCH_ENDPOINT").as_deref(), Some("http://127.0.0.1:9"));
+        assert_eq!(env(&defs[0], "AWS_ACCESS_KEY_ID").as_deref(), Some(s3peer::ACCESS_KEY));
         assert!(defs.iter().all(|d| d.env_remove.contains(&"AWS_CA_BUNDLE")));
     }
 
@@ -1592,12 +1290,7 @@ mod tests {
         fs::create_dir_all(p.join("a/b")).unwrap();
         fs::write(p.join("a/b/x"), b"12345").unwrap();
         fs::write(p.join("y"), b"678").unwrap();
-        let want = TreeStats {
-            files: 2,
-            dirs: 5,
-            bytes: 8,
-            ..TreeStats::default()
-        };
+        let want = TreeStats { files: 2, dirs: 5, bytes: 8, ..TreeStats::default() };
         assert!(s3_sanity(want, &p).ok);
         let s = s3_sanity(TreeStats { files: 3, ..want }, &p);
         assert!(!s.ok);

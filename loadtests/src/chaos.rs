@@ -47,7 +47,10 @@ impl FaultKind {
     }
 
     pub fn parse(s: &str) -> Result<FaultKind> {
-        FaultKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| Error::usage(format!("unknown fault {s:?} (kill-worker, cut-link, restart-coordinator, restart-etcd)")))
+        FaultKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| Error::usage(format!("unknown fault {s:?} (kill-worker, cut-link, restart-coordinator, restart-etcd)")))
     }
 
     fn targets_worker(self) -> bool {
@@ -251,11 +254,26 @@ pub fn run(o: &ChaosOptions) -> Result<ChaosOutcome> {
     let dst = o.work.join("dst");
     let _ = std::fs::remove_dir_all(&o.work);
     std::fs::create_dir_all(&o.work).map_err(|e| run_err(format!("{}: {e}", o.work.display())))?;
-    let mut cluster = LocalCluster::start(ClusterOptions { workers: o.workers, netns: o.netns, movers: 4, links: o.links, lease_ttl_s: o.lease_ttl_s, bin_dir: o.bin_dir.clone(), work: o.work.clone() })?;
+    let mut cluster = LocalCluster::start(ClusterOptions {
+        workers: o.workers,
+        netns: o.netns,
+        movers: 4,
+        links: o.links,
+        lease_ttl_s: o.lease_ttl_s,
+        bin_dir: o.bin_dir.clone(),
+        work: o.work.clone(),
+    })?;
     if !cluster.can_cut_links() && o.faults.iter().any(|f| f.kind == FaultKind::CutLink) {
         return Err(Error::usage("cut-link faults need network namespaces (run as root, without --no-netns)"));
     }
-    say(format!("chaos: {} files ({}), {} workers{}, seed {}; plan:", stats.files, crate::size::format_bytes(stats.bytes), o.workers, if o.links { " over QUIC links (odd workers read, even ones write)" } else { "" }, o.seed));
+    say(format!(
+        "chaos: {} files ({}), {} workers{}, seed {}; plan:",
+        stats.files,
+        crate::size::format_bytes(stats.bytes),
+        o.workers,
+        if o.links { " over QUIC links (odd workers read, even ones write)" } else { "" },
+        o.seed
+    ));
     for f in &o.faults {
         say(format!("  t={:>6.1}s  {}", f.at.as_secs_f64(), f.describe()));
     }
@@ -314,7 +332,18 @@ pub fn run(o: &ChaosOptions) -> Result<ChaosOutcome> {
     let mut check = compare_trees(&src, &dst)?;
     check.source_files = stats.files;
     check_report(&report, &src, &mut check);
-    let outcome = ChaosOutcome { seed: o.seed, workers: o.workers, links: o.links, injected, copy_exit: exit.and_then(|s| s.code()), copy_phase, copy_seconds, hung, crashed_workers, check };
+    let outcome = ChaosOutcome {
+        seed: o.seed,
+        workers: o.workers,
+        links: o.links,
+        injected,
+        copy_exit: exit.and_then(|s| s.code()),
+        copy_phase,
+        copy_seconds,
+        hung,
+        crashed_workers,
+        check,
+    };
     print_outcome(&outcome, &o.work);
     if let Some(out) = &o.out {
         if let Some(dir) = out.parent() {
@@ -359,12 +388,20 @@ pub fn compare_trees(src: &Path, dst: &Path) -> Result<Check> {
     }
     if crate::util::find_in_path("rsync").is_some() {
         check.tool = "rsync -rlpcn --delete".into();
-        let out = Command::new("rsync").args(["-rlpcn", "--delete", "--out-format=%i %n"]).arg(format!("{}/", src.display())).arg(format!("{}/", dst.display())).stderr(Stdio::piped()).output().map_err(|e| run_err(format!("rsync: {e}")))?;
+        let out = Command::new("rsync")
+            .args(["-rlpcn", "--delete", "--out-format=%i %n"])
+            .arg(format!("{}/", src.display()))
+            .arg(format!("{}/", dst.display()))
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| run_err(format!("rsync: {e}")))?;
         if !out.status.success() {
             return Err(run_err(format!("rsync could not compare the trees: {}", String::from_utf8_lossy(&out.stderr).trim())));
         }
         for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let Some((flags, name)) = line.split_once(' ') else { continue };
+            let Some((flags, name)) = line.split_once(' ') else {
+                continue;
+            };
             let name = name.trim_start().to_string();
             if flags == "*deleting" {
                 check.extra.push(name);
@@ -446,7 +483,14 @@ fn print_outcome(o: &ChaosOutcome, work: &Path) {
         say(format!("chaos: worker {name} exited by itself ({st}): see {}/{name}.log", work.display()));
     }
     let c = &o.check;
-    say(format!("chaos: {}: {} source files; {} missing, {} differ, {} extra at the destination", c.tool, c.source_files, c.missing.len(), c.differ.len(), c.extra.len()));
+    say(format!(
+        "chaos: {}: {} source files; {} missing, {} differ, {} extra at the destination",
+        c.tool,
+        c.source_files,
+        c.missing.len(),
+        c.differ.len(),
+        c.extra.len()
+    ));
     for (what, list) in [("missing", &c.missing), ("differs", &c.differ), ("extra", &c.extra)] {
         for p in list.iter().take(10) {
             say(format!("  {what}: {p}"));
@@ -454,7 +498,13 @@ fn print_outcome(o: &ChaosOutcome, work: &Path) {
     }
     match &c.report_error {
         Some(e) => say(format!("chaos: report: {e}")),
-        None => say(format!("chaos: report: {} entries; {} failed, {} source files not reported, {} reported twice", c.report_entries, c.report_failed.len(), c.report_missing, c.report_duplicated)),
+        None => say(format!(
+            "chaos: report: {} entries; {} failed, {} source files not reported, {} reported twice",
+            c.report_entries,
+            c.report_failed.len(),
+            c.report_missing,
+            c.report_duplicated
+        )),
     }
     for f in c.report_failed.iter().take(10) {
         say(format!("  failed: {f}"));

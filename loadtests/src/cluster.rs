@@ -90,13 +90,16 @@ fn owner_pid(name: &str) -> Option<u32> {
 fn sweep_stale() -> Vec<String> {
     let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
     let mut removed = Vec::new();
-    let namespaces = std::fs::read_dir("/run/netns").map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>()).unwrap_or_default();
+    let namespaces =
+        std::fs::read_dir("/run/netns").map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>()).unwrap_or_default();
     for ns in namespaces {
         if owner_pid(&ns).is_some_and(|p| !alive(p)) && ip(&["netns", "del", &ns]).is_ok() {
             removed.push(format!("namespace {ns}"));
         }
     }
-    let links = std::fs::read_dir("/sys/class/net").map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>()).unwrap_or_default();
+    let links = std::fs::read_dir("/sys/class/net")
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>())
+        .unwrap_or_default();
     for link in links {
         if link.starts_with("flbr") && owner_pid(&link).is_some_and(|p| !alive(p)) && ip(&["link", "del", &link]).is_ok() {
             removed.push(format!("bridge {link}"));
@@ -128,7 +131,10 @@ impl LocalCluster {
         }
         for bin in ["ferry", "ferry-worker"] {
             if !o.bin_dir.join(bin).is_file() {
-                return Err(Error::usage(format!("{} is missing: build it (cargo build --release --workspace) or pass --bin-dir", o.bin_dir.join(bin).display())));
+                return Err(Error::usage(format!(
+                    "{} is missing: build it (cargo build --release --workspace) or pass --bin-dir",
+                    o.bin_dir.join(bin).display()
+                )));
             }
         }
         if ferry_common::testing::etcd_binary().is_none() {
@@ -154,7 +160,8 @@ impl LocalCluster {
         } else {
             None
         };
-        let etcd = EtcdServer::start_also_on(net.as_ref().map(|n| n.host_ip.as_str())).ok_or_else(|| Error::usage("etcd is not installed: apt-get install etcd-server"))?;
+        let etcd = EtcdServer::start_also_on(net.as_ref().map(|n| n.host_ip.as_str()))
+            .ok_or_else(|| Error::usage("etcd is not installed: apt-get install etcd-server"))?;
         let mut c = LocalCluster { o: o.clone(), coordinator: None, workers: Vec::new(), etcd, net };
         if o.links {
             c.issue_certificates()?;
@@ -206,7 +213,11 @@ impl LocalCluster {
     }
 
     fn log(&self, name: &str) -> Result<std::fs::File> {
-        std::fs::OpenOptions::new().create(true).append(true).open(self.o.work.join(format!("{name}.log"))).map_err(|e| run_err(format!("{}: {e}", self.o.work.display())))
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.o.work.join(format!("{name}.log")))
+            .map_err(|e| run_err(format!("{}: {e}", self.o.work.display())))
     }
 
     fn issue_certificates(&self) -> Result<()> {
@@ -309,7 +320,11 @@ impl LocalCluster {
                 return Ok(());
             }
             if std::time::Instant::now() > deadline {
-                return Err(run_err(format!("only {online} of {} workers registered within {limit:?}; see the logs in {}", self.workers.len(), self.o.work.display())));
+                return Err(run_err(format!(
+                    "only {online} of {} workers registered within {limit:?}; see the logs in {}",
+                    self.workers.len(),
+                    self.o.work.display()
+                )));
             }
             std::thread::sleep(Duration::from_millis(200));
         }

@@ -104,26 +104,10 @@ pub enum DatasetSpec {
     Meta { files: u64, files_per_dir: u64 },
 }
 
-pub const SMALL_DEFAULT: SmallSpec = SmallSpec {
-    files: 50_000,
-    dirs: 500,
-    min_size: 0,
-    max_size: 64 << 10,
-};
-pub const LARGE_DEFAULT: LargeSpec = LargeSpec {
-    files: 4,
-    file_size: 512 << 20,
-};
-const MIXED_SMALL_DEFAULT: SmallSpec = SmallSpec {
-    files: 10_000,
-    dirs: 100,
-    min_size: 0,
-    max_size: 64 << 10,
-};
-const MIXED_LARGE_DEFAULT: LargeSpec = LargeSpec {
-    files: 2,
-    file_size: 128 << 20,
-};
+pub const SMALL_DEFAULT: SmallSpec = SmallSpec { files: 50_000, dirs: 500, min_size: 0, max_size: 64 << 10 };
+pub const LARGE_DEFAULT: LargeSpec = LargeSpec { files: 4, file_size: 512 << 20 };
+const MIXED_SMALL_DEFAULT: SmallSpec = SmallSpec { files: 10_000, dirs: 100, min_size: 0, max_size: 64 << 10 };
+const MIXED_LARGE_DEFAULT: LargeSpec = LargeSpec { files: 2, file_size: 128 << 20 };
 const META_DEFAULT_FILES: u64 = 100_000;
 const META_DEFAULT_PER_DIR: u64 = 1_000;
 
@@ -144,14 +128,7 @@ impl DatasetSpec {
         let allowed: &[&str] = match profile {
             Profile::Small => &["--files", "--dirs", "--min-size", "--max-size"],
             Profile::Large => &["--files", "--file-size"],
-            Profile::Mixed => &[
-                "--files",
-                "--dirs",
-                "--min-size",
-                "--max-size",
-                "--file-size",
-                "--large-files",
-            ],
+            Profile::Mixed => &["--files", "--dirs", "--min-size", "--max-size", "--file-size", "--large-files"],
             Profile::Tricky => &[],
             Profile::Meta => &["--files", "--files-per-dir"],
         };
@@ -160,11 +137,7 @@ impl DatasetSpec {
                 return Err(Error::usage(format!(
                     "{flag} does not apply to profile {} (it accepts: {})",
                     profile.name(),
-                    if allowed.is_empty() {
-                        "only --seed".to_string()
-                    } else {
-                        allowed.join(", ")
-                    }
+                    if allowed.is_empty() { "only --seed".to_string() } else { allowed.join(", ") }
                 )));
             }
         }
@@ -176,30 +149,21 @@ impl DatasetSpec {
                 max_size: o.max_size.unwrap_or(d.max_size),
             };
             if s.min_size > s.max_size {
-                return Err(Error::usage(format!(
-                    "--min-size ({}) is larger than --max-size ({})",
-                    s.min_size, s.max_size
-                )));
+                return Err(Error::usage(format!("--min-size ({}) is larger than --max-size ({})", s.min_size, s.max_size)));
             }
             if s.files > 0 && s.dirs == 0 {
-                return Err(Error::usage(
-                    "--dirs must be at least 1 when there are files",
-                ));
+                return Err(Error::usage("--dirs must be at least 1 when there are files"));
             }
             Ok(s)
         };
         let spec = match profile {
             Profile::Small => DatasetSpec::Small(small(SMALL_DEFAULT)?),
-            Profile::Large => DatasetSpec::Large(LargeSpec {
-                files: o.files.unwrap_or(LARGE_DEFAULT.files),
-                file_size: o.file_size.unwrap_or(LARGE_DEFAULT.file_size),
-            }),
+            Profile::Large => {
+                DatasetSpec::Large(LargeSpec { files: o.files.unwrap_or(LARGE_DEFAULT.files), file_size: o.file_size.unwrap_or(LARGE_DEFAULT.file_size) })
+            }
             Profile::Mixed => DatasetSpec::Mixed {
                 small: small(MIXED_SMALL_DEFAULT)?,
-                large: LargeSpec {
-                    files: o.large_files.unwrap_or(MIXED_LARGE_DEFAULT.files),
-                    file_size: o.file_size.unwrap_or(MIXED_LARGE_DEFAULT.file_size),
-                },
+                large: LargeSpec { files: o.large_files.unwrap_or(MIXED_LARGE_DEFAULT.files), file_size: o.file_size.unwrap_or(MIXED_LARGE_DEFAULT.file_size) },
             },
             Profile::Tricky => DatasetSpec::Tricky,
             Profile::Meta => {
@@ -207,10 +171,7 @@ impl DatasetSpec {
                 if files_per_dir == 0 {
                     return Err(Error::usage("--files-per-dir must be at least 1"));
                 }
-                DatasetSpec::Meta {
-                    files: o.files.unwrap_or(META_DEFAULT_FILES),
-                    files_per_dir,
-                }
+                DatasetSpec::Meta { files: o.files.unwrap_or(META_DEFAULT_FILES), files_per_dir }
             }
         };
         Ok(spec)
@@ -235,10 +196,7 @@ impl DatasetSpec {
             DatasetSpec::Large(lg) => format!("large-{}", l(lg)),
             DatasetSpec::Mixed { small, large } => format!("mixed-{}-{}", s(small), l(large)),
             DatasetSpec::Tricky => "tricky".to_string(),
-            DatasetSpec::Meta {
-                files,
-                files_per_dir,
-            } => format!("meta-{files}f-{files_per_dir}pd"),
+            DatasetSpec::Meta { files, files_per_dir } => format!("meta-{files}f-{files_per_dir}pd"),
         };
         format!("{body}-seed{seed}-v{GENERATOR_VERSION}")
     }
@@ -259,25 +217,14 @@ impl DatasetSpec {
     }
 
     pub fn describe(&self) -> String {
-        let s = |s: &SmallSpec| {
-            format!(
-                "{} files of {}..={} in {} dirs",
-                s.files,
-                format_bytes(s.min_size),
-                format_bytes(s.max_size),
-                s.dirs
-            )
-        };
+        let s = |s: &SmallSpec| format!("{} files of {}..={} in {} dirs", s.files, format_bytes(s.min_size), format_bytes(s.max_size), s.dirs);
         let l = |l: &LargeSpec| format!("{} x {}", l.files, format_bytes(l.file_size));
         match self {
             DatasetSpec::Small(sm) => format!("small: {}", s(sm)),
             DatasetSpec::Large(lg) => format!("large: {}", l(lg)),
             DatasetSpec::Mixed { small, large } => format!("mixed: {} + {}", s(small), l(large)),
             DatasetSpec::Tricky => "tricky: odd names, links, sparse, special files".into(),
-            DatasetSpec::Meta {
-                files,
-                files_per_dir,
-            } => format!("meta: {files} empty files, {files_per_dir} per dir"),
+            DatasetSpec::Meta { files, files_per_dir } => format!("meta: {files} empty files, {files_per_dir} per dir"),
         }
     }
 }
@@ -295,11 +242,7 @@ pub struct GenConfig {
 
 impl Default for GenConfig {
     fn default() -> Self {
-        GenConfig {
-            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            progress: false,
-            sync: false,
-        }
+        GenConfig { threads: std::thread::available_parallelism().map_or(2, |n| n.get()), progress: false, sync: false }
     }
 }
 
@@ -348,10 +291,7 @@ pub fn generate(spec: &DatasetSpec, seed: u64, dir: &Path, cfg: &GenConfig) -> R
             plan_large(large, seed, Path::new("large"), &mut plan);
             write_plan(dir, &plan, threads, cfg.progress)?
         }
-        DatasetSpec::Meta {
-            files,
-            files_per_dir,
-        } => gen_meta(dir, *files, *files_per_dir, threads, cfg.progress)?,
+        DatasetSpec::Meta { files, files_per_dir } => gen_meta(dir, *files, *files_per_dir, threads, cfg.progress)?,
         DatasetSpec::Tricky => {
             let mut t = Tricky::new(dir, seed);
             t.build()?;
@@ -363,33 +303,21 @@ pub fn generate(spec: &DatasetSpec, seed: u64, dir: &Path, cfg: &GenConfig) -> R
         // SAFETY: sync(2) takes no arguments and cannot fail.
         unsafe { libc::sync() };
     }
-    Ok(GenSummary {
-        stats,
-        elapsed_s: start.elapsed().as_secs_f64(),
-        warnings,
-    })
+    Ok(GenSummary { stats, elapsed_s: start.elapsed().as_secs_f64(), warnings })
 }
 
 fn prepare_target(dir: &Path) -> Result<()> {
     match fs::symlink_metadata(dir) {
-        Ok(m) if !m.is_dir() => Err(Error::usage(format!(
-            "target {} exists and is not a directory",
-            dir.display()
-        ))),
+        Ok(m) if !m.is_dir() => Err(Error::usage(format!("target {} exists and is not a directory", dir.display()))),
         Ok(_) => {
             let mut rd = fs::read_dir(dir).ctx(|| at("read directory", dir))?;
             if rd.next().is_some() {
-                Err(Error::usage(format!(
-                    "refusing to generate into non-empty directory {} (remove it or pick another)",
-                    dir.display()
-                )))
+                Err(Error::usage(format!("refusing to generate into non-empty directory {} (remove it or pick another)", dir.display())))
             } else {
                 Ok(())
             }
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::create_dir_all(dir).ctx(|| at("create directory", dir))
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir_all(dir).ctx(|| at("create directory", dir)),
         Err(e) => Err(Error::run(format!("{}: {e}", at("stat", dir)))),
     }
 }
@@ -425,12 +353,7 @@ impl DirLayout {
     pub fn new(leaves: u64) -> Self {
         let per_parent = ceil_sqrt(leaves).max(1);
         let parents = leaves.div_ceil(per_parent);
-        DirLayout {
-            leaves,
-            per_parent,
-            parent_width: digits(parents.saturating_sub(1)).max(2),
-            leaf_width: digits(per_parent - 1).max(2),
-        }
+        DirLayout { leaves, per_parent, parent_width: digits(parents.saturating_sub(1)).max(2), leaf_width: digits(per_parent - 1).max(2) }
     }
 
     pub fn parents(&self) -> u64 {
@@ -447,18 +370,12 @@ impl DirLayout {
     }
 
     pub fn leaf(&self, i: u64) -> PathBuf {
-        self.parent(i / self.per_parent).join(format!(
-            "d{:0w$}",
-            i % self.per_parent,
-            w = self.leaf_width
-        ))
+        self.parent(i / self.per_parent).join(format!("d{:0w$}", i % self.per_parent, w = self.leaf_width))
     }
 
     /// All directories, parents before their children.
     pub fn all(&self) -> impl Iterator<Item = PathBuf> + '_ {
-        (0..self.parents())
-            .map(|p| self.parent(p))
-            .chain((0..self.leaves).map(|i| self.leaf(i)))
+        (0..self.parents()).map(|p| self.parent(p)).chain((0..self.leaves).map(|i| self.leaf(i)))
     }
 }
 
@@ -485,11 +402,7 @@ fn plan_small(s: &SmallSpec, seed: u64, prefix: &Path, plan: &mut Plan) {
         let fseed = rng.gen::<u64>();
         // Round-robin over leaves: an even spread, so every leaf has files.
         let dir = layout.leaf(i % layout.leaves.max(1));
-        plan.files.push(FileJob {
-            rel: prefix.join(dir).join(format!("f{i:0w$}.dat")),
-            size,
-            seed: fseed,
-        });
+        plan.files.push(FileJob { rel: prefix.join(dir).join(format!("f{i:0w$}.dat")), size, seed: fseed });
     }
 }
 
@@ -497,11 +410,7 @@ fn plan_large(l: &LargeSpec, seed: u64, prefix: &Path, plan: &mut Plan) {
     let mut rng = StdRng::seed_from_u64(mix(seed, SALT_LARGE));
     let w = digits(l.files.saturating_sub(1));
     for i in 0..l.files {
-        plan.files.push(FileJob {
-            rel: prefix.join(format!("big-{i:0w$}.bin")),
-            size: l.file_size,
-            seed: rng.gen::<u64>(),
-        });
+        plan.files.push(FileJob { rel: prefix.join(format!("big-{i:0w$}.bin")), size: l.file_size, seed: rng.gen::<u64>() });
     }
 }
 
@@ -545,20 +454,10 @@ impl Progress {
         let secs = start.elapsed().as_secs_f64().max(1e-9);
         if self.total_bytes == 0 {
             // Metadata-only datasets: bytes say nothing, files/s does.
-            eprintln!(
-                "  .. {f}/{} files ({:.0} files/s)",
-                self.total_files,
-                f as f64 / secs
-            );
+            eprintln!("  .. {f}/{} files ({:.0} files/s)", self.total_files, f as f64 / secs);
             return;
         }
-        eprintln!(
-            "  .. {f}/{} files, {}/{} ({}/s)",
-            self.total_files,
-            format_bytes(b),
-            format_bytes(self.total_bytes),
-            format_bytes((b as f64 / secs) as u64)
-        );
+        eprintln!("  .. {f}/{} files, {}/{} ({}/s)", self.total_files, format_bytes(b), format_bytes(self.total_bytes), format_bytes((b as f64 / secs) as u64));
     }
 }
 
@@ -584,10 +483,7 @@ where
                     }
                     if let Err(e) = work(&mut buf, i) {
                         failed.store(true, Ordering::Relaxed);
-                        first_err
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get_or_insert(e);
+                        first_err.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
                         break;
                     }
                 }
@@ -623,10 +519,7 @@ fn write_plan(root: &Path, plan: &Plan, threads: usize, progress: bool) -> Resul
             let p = root.join(&f.rel);
             let file = File::create(&p).ctx(|| at("create", &p))?;
             for chunk in 0..f.size.div_ceil(CHUNK as u64) {
-                items.push(Item::Chunk {
-                    big: big.len(),
-                    chunk,
-                });
+                items.push(Item::Chunk { big: big.len(), chunk });
             }
             big.push((i, file));
         } else {
@@ -634,13 +527,7 @@ fn write_plan(root: &Path, plan: &Plan, threads: usize, progress: bool) -> Resul
         }
     }
     let total_bytes: u64 = plan.files.iter().map(|f| f.size).sum();
-    let prog = Progress {
-        enabled: progress,
-        total_bytes,
-        total_files: plan.files.len() as u64,
-        bytes: AtomicU64::new(0),
-        files: AtomicU64::new(0),
-    };
+    let prog = Progress { enabled: progress, total_bytes, total_files: plan.files.len() as u64, bytes: AtomicU64::new(0), files: AtomicU64::new(0) };
     run_parallel(items.len(), threads, &prog, |buf, k| {
         match items[k] {
             Item::Whole(i) => {
@@ -656,8 +543,7 @@ fn write_plan(root: &Path, plan: &Plan, threads: usize, progress: bool) -> Resul
                 let off = chunk * CHUNK as u64;
                 let n = (f.size - off).min(CHUNK as u64) as usize;
                 fill(&mut buf[..n], mix(f.seed, chunk));
-                file.write_all_at(&buf[..n], off)
-                    .ctx(|| at("write", &root.join(&f.rel)))?;
+                file.write_all_at(&buf[..n], off).ctx(|| at("write", &root.join(&f.rel)))?;
                 prog.bytes.fetch_add(n as u64, Ordering::Relaxed);
                 if off + n as u64 == f.size {
                     prog.files.fetch_add(1, Ordering::Relaxed);
@@ -666,24 +552,12 @@ fn write_plan(root: &Path, plan: &Plan, threads: usize, progress: bool) -> Resul
         }
         Ok(())
     })?;
-    Ok(TreeStats {
-        files: plan.files.len() as u64,
-        dirs: plan.dirs.len() as u64,
-        symlinks: 0,
-        other: 0,
-        bytes: total_bytes,
-    })
+    Ok(TreeStats { files: plan.files.len() as u64, dirs: plan.dirs.len() as u64, symlinks: 0, other: 0, bytes: total_bytes })
 }
 
 /// Empty files only, `per_dir` to a leaf directory. Nothing is planned up
 /// front (10 million paths would cost gigabytes); names follow from indices.
-fn gen_meta(
-    root: &Path,
-    files: u64,
-    per_dir: u64,
-    threads: usize,
-    progress: bool,
-) -> Result<TreeStats> {
+fn gen_meta(root: &Path, files: u64, per_dir: u64, threads: usize, progress: bool) -> Result<TreeStats> {
     let leaves = files.div_ceil(per_dir);
     let layout = DirLayout::new(leaves);
     let mut dirs = 0;
@@ -695,13 +569,7 @@ fn gen_meta(
         }
     }
     let w = digits(files.saturating_sub(1));
-    let prog = Progress {
-        enabled: progress,
-        total_bytes: 0,
-        total_files: files,
-        bytes: AtomicU64::new(0),
-        files: AtomicU64::new(0),
-    };
+    let prog = Progress { enabled: progress, total_bytes: 0, total_files: files, bytes: AtomicU64::new(0), files: AtomicU64::new(0) };
     let n = usize::try_from(leaves).map_err(|_| Error::usage("--files is too large"))?;
     run_parallel(n, threads, &prog, |_, leaf| {
         let dir = root.join(layout.leaf(leaf as u64));
@@ -710,26 +578,17 @@ fn gen_meta(
         let mut path = dir.clone();
         for i in first..end {
             path.push(format!("e{i:0w$}"));
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .ctx(|| at("create", &path))?;
+            OpenOptions::new().write(true).create_new(true).open(&path).ctx(|| at("create", &path))?;
             path.pop();
         }
         prog.files.fetch_add(end - first, Ordering::Relaxed);
         Ok(())
     })?;
-    Ok(TreeStats {
-        files,
-        dirs,
-        ..TreeStats::default()
-    })
+    Ok(TreeStats { files, dirs, ..TreeStats::default() })
 }
 
 fn cstr(p: &Path) -> Result<CString> {
-    CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| Error::run(format!("path contains a NUL byte: {p:?}")))
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| Error::run(format!("path contains a NUL byte: {p:?}")))
 }
 
 /// Builder for the `tricky` profile: a fixed catalogue of things copy tools
@@ -806,8 +665,7 @@ impl Tricky {
         // Opening read-only is enough for futimens as the owner, and also
         // works on directories.
         let f = File::open(&p).ctx(|| at("open", &p))?;
-        f.set_times(FileTimes::new().set_modified(t).set_accessed(t))
-            .ctx(|| at("set times on", &p))
+        f.set_times(FileTimes::new().set_modified(t).set_accessed(t)).ctx(|| at("set times on", &p))
     }
 
     fn xattr(&mut self, rel: &[u8], name: &str, value: &[u8]) -> Result<()> {
@@ -819,22 +677,12 @@ impl Tricky {
         let cn = CString::new(name).map_err(|_| Error::run("xattr name contains NUL"))?;
         // SAFETY: valid NUL-terminated path and name; value pointer/length
         // describe a live slice.
-        let r = unsafe {
-            libc::setxattr(
-                cp.as_ptr(),
-                cn.as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                0,
-            )
-        };
+        let r = unsafe { libc::setxattr(cp.as_ptr(), cn.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
         if r != 0 {
             let e = io::Error::last_os_error();
             if matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EPERM)) {
                 self.xattrs_ok = false;
-                self.warnings.push(format!(
-                    "xattrs not supported here ({e}); xattrs/ has files without xattrs"
-                ));
+                self.warnings.push(format!("xattrs not supported here ({e}); xattrs/ has files without xattrs"));
                 return Ok(());
             }
             return Err(Error::run(format!("setxattr {name} on {p:?}: {e}")));
@@ -961,16 +809,12 @@ impl Tricky {
         }
         // Nothing but a hole.
         let p = self.p(b"sparse/hole-only-16MiB.bin");
-        File::create(&p)
-            .and_then(|f| f.set_len(16 << 20))
-            .ctx(|| at("create", &p))?;
+        File::create(&p).and_then(|f| f.set_len(16 << 20)).ctx(|| at("create", &p))?;
         // Data then a trailing hole (size set by truncate, not by a write).
         let p = self.p(b"sparse/trailing-hole-8MiB.bin");
         let f = File::create(&p).ctx(|| at("create", &p))?;
         fill(&mut block, mix(self.seed, 1010));
-        f.write_all_at(&block, 0)
-            .and_then(|_| f.set_len(8 << 20))
-            .ctx(|| at("write", &p))?;
+        f.write_all_at(&block, 0).and_then(|_| f.set_len(8 << 20)).ctx(|| at("write", &p))?;
         Ok(())
     }
 
@@ -990,19 +834,14 @@ impl Tricky {
         let c = cstr(&p)?;
         // SAFETY: valid NUL-terminated path.
         if unsafe { libc::mkfifo(c.as_ptr(), 0o644) } != 0 {
-            return Err(Error::run(format!(
-                "mkfifo {p:?}: {}",
-                io::Error::last_os_error()
-            )));
+            return Err(Error::run(format!("mkfifo {p:?}: {}", io::Error::last_os_error())));
         }
         // A socket file left behind by a listener that went away. sun_path is
         // limited to 108 bytes, so a deep root makes this impossible.
         let p = self.p(b"special/socket");
         match std::os::unix::net::UnixListener::bind(&p) {
             Ok(l) => drop(l),
-            Err(e) => self
-                .warnings
-                .push(format!("no socket file created at {p:?}: {e}")),
+            Err(e) => self.warnings.push(format!("no socket file created at {p:?}: {e}")),
         }
         Ok(())
     }
@@ -1039,11 +878,7 @@ impl Tricky {
         fill(&mut small, mix(self.seed, 2000));
         let mut big = vec![0u8; 2000];
         fill(&mut big, mix(self.seed, 2001));
-        self.xattr(
-            b"xattrs/with-xattrs.txt",
-            "user.ferry.text",
-            b"hello, xattr",
-        )?;
+        self.xattr(b"xattrs/with-xattrs.txt", "user.ferry.text", b"hello, xattr")?;
         self.xattr(b"xattrs/with-xattrs.txt", "user.ferry.binary", &small)?;
         self.xattr(b"xattrs/with-xattrs.txt", "user.ferry.empty", b"")?;
         self.xattr(b"xattrs/big-xattr.txt", "user.ferry.big", &big)?;
@@ -1055,23 +890,7 @@ impl Tricky {
         self.dir(b"content")?;
         // Sizes around word, page and chunk boundaries.
         let c = CHUNK as u64;
-        for size in [
-            0,
-            1,
-            7,
-            8,
-            9,
-            4095,
-            4096,
-            4097,
-            65_535,
-            65_536,
-            65_537,
-            c - 1,
-            c,
-            c + 1,
-            3 * c + 17,
-        ] {
+        for size in [0, 1, 7, 8, 9, 4095, 4096, 4097, 65_535, 65_536, 65_537, c - 1, c, c + 1, 3 * c + 17] {
             self.file_sized(format!("content/size-{size}.bin").as_bytes(), size)?;
         }
         // Highly compressible and highly repetitive content.
@@ -1147,85 +966,27 @@ mod tests {
 
     #[test]
     fn ceil_sqrt_exact() {
-        for (n, r) in [
-            (0, 0),
-            (1, 1),
-            (2, 2),
-            (4, 2),
-            (5, 3),
-            (500, 23),
-            (10_000, 100),
-        ] {
+        for (n, r) in [(0, 0), (1, 1), (2, 2), (4, 2), (5, 3), (500, 23), (10_000, 100)] {
             assert_eq!(ceil_sqrt(n), r, "n={n}");
         }
     }
 
     #[test]
     fn resolve_defaults_and_overrides() {
-        assert_eq!(
-            DatasetSpec::resolve(Profile::Small, &opts()).unwrap(),
-            DatasetSpec::Small(SMALL_DEFAULT)
-        );
-        let o = ShapeOptions {
-            files: Some(3),
-            file_size: Some(10),
-            ..opts()
-        };
-        assert_eq!(
-            DatasetSpec::resolve(Profile::Large, &o).unwrap(),
-            DatasetSpec::Large(LargeSpec {
-                files: 3,
-                file_size: 10
-            })
-        );
+        assert_eq!(DatasetSpec::resolve(Profile::Small, &opts()).unwrap(), DatasetSpec::Small(SMALL_DEFAULT));
+        let o = ShapeOptions { files: Some(3), file_size: Some(10), ..opts() };
+        assert_eq!(DatasetSpec::resolve(Profile::Large, &o).unwrap(), DatasetSpec::Large(LargeSpec { files: 3, file_size: 10 }));
     }
 
     #[test]
     fn resolve_rejects_bad_combinations() {
         let bad = [
-            (
-                Profile::Small,
-                ShapeOptions {
-                    file_size: Some(1),
-                    ..opts()
-                },
-            ),
-            (
-                Profile::Large,
-                ShapeOptions {
-                    dirs: Some(1),
-                    ..opts()
-                },
-            ),
-            (
-                Profile::Tricky,
-                ShapeOptions {
-                    files: Some(1),
-                    ..opts()
-                },
-            ),
-            (
-                Profile::Small,
-                ShapeOptions {
-                    min_size: Some(10),
-                    max_size: Some(5),
-                    ..opts()
-                },
-            ),
-            (
-                Profile::Small,
-                ShapeOptions {
-                    dirs: Some(0),
-                    ..opts()
-                },
-            ),
-            (
-                Profile::Meta,
-                ShapeOptions {
-                    files_per_dir: Some(0),
-                    ..opts()
-                },
-            ),
+            (Profile::Small, ShapeOptions { file_size: Some(1), ..opts() }),
+            (Profile::Large, ShapeOptions { dirs: Some(1), ..opts() }),
+            (Profile::Tricky, ShapeOptions { files: Some(1), ..opts() }),
+            (Profile::Small, ShapeOptions { min_size: Some(10), max_size: Some(5), ..opts() }),
+            (Profile::Small, ShapeOptions { dirs: Some(0), ..opts() }),
+            (Profile::Meta, ShapeOptions { files_per_dir: Some(0), ..opts() }),
         ];
         for (p, o) in bad {
             let e = DatasetSpec::resolve(p, &o).unwrap_err();
@@ -1246,14 +1007,8 @@ mod tests {
         for s in [
             DatasetSpec::Small(SMALL_DEFAULT),
             DatasetSpec::Tricky,
-            DatasetSpec::Mixed {
-                small: SMALL_DEFAULT,
-                large: LARGE_DEFAULT,
-            },
-            DatasetSpec::Meta {
-                files: 3,
-                files_per_dir: 2,
-            },
+            DatasetSpec::Mixed { small: SMALL_DEFAULT, large: LARGE_DEFAULT },
+            DatasetSpec::Meta { files: 3, files_per_dir: 2 },
         ] {
             let j = serde_json::to_string(&s).unwrap();
             assert_eq!(serde_json::from_str::<DatasetSpec>(&j).unwrap(), s);

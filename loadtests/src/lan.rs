@@ -17,7 +17,6 @@ pub struct LanPair {
     ns_b: String,
 }
 
-
 impl LanPair {
     /// Creates the pair with `mtu` on both ends of the veth.
     pub fn start(mtu: u32) -> Result<LanPair> {
@@ -25,7 +24,9 @@ impl LanPair {
             return Err(Error::usage("--lan needs root (network namespaces)"));
         }
         // Leftovers of a run that was killed before its Drop ran carry a dead pid: remove them.
-        for ns in std::fs::read_dir("/run/netns").map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>()).unwrap_or_default() {
+        for ns in
+            std::fs::read_dir("/run/netns").map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>()).unwrap_or_default()
+        {
             let pid = ns.strip_prefix("ferry-lan").and_then(|r| r.split_once('-')).and_then(|(p, _)| p.parse::<u32>().ok());
             if pid.is_some_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()) {
                 let _ = ip(&["netns", "del", &ns]);

@@ -17,9 +17,9 @@ pub mod rng;
 pub mod scale;
 pub mod size;
 pub mod stats;
+pub mod storebench;
 pub mod tree;
 pub mod util;
-pub mod storebench;
 pub mod wan;
 
 pub use error::{Error, Result};

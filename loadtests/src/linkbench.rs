@@ -145,7 +145,10 @@ impl Sites {
     fn set_tcp_cc(&self, algo: &str) -> Result<()> {
         if let Some(l) = &self.link {
             for ns in l.ns() {
-                let st = Command::new("ip").args(["netns", "exec", ns, "sysctl", "-qw", &format!("net.ipv4.tcp_congestion_control={algo}")]).status().map_err(|e| run_err(format!("sysctl: {e}")))?;
+                let st = Command::new("ip")
+                    .args(["netns", "exec", ns, "sysctl", "-qw", &format!("net.ipv4.tcp_congestion_control={algo}")])
+                    .status()
+                    .map_err(|e| run_err(format!("sysctl: {e}")))?;
                 if !st.success() {
                     return Err(run_err(format!("cannot set TCP congestion control {algo} in {ns}")));
                 }
@@ -243,7 +246,6 @@ fn make_data(o: &LinkBenchOptions) -> Result<(u64, u64)> {
     Ok((files, bytes))
 }
 
-
 /// Every source file is at the destination with the same size and CRC32C.
 fn check_copy(src: &Path, dst: &Path) -> Result<()> {
     let mut buf = vec![0u8; 4 << 20];
@@ -323,7 +325,10 @@ pub fn tls_send(connect: &str, dir: &Path, tls: &Path) -> Result<()> {
         if rel.starts_with(".linkbench") {
             continue;
         }
-        s.write_all(&(rel.len() as u32).to_be_bytes()).and_then(|_| s.write_all(rel.as_bytes())).and_then(|_| s.write_all(&len.to_be_bytes())).map_err(|e| run_err(e.to_string()))?;
+        s.write_all(&(rel.len() as u32).to_be_bytes())
+            .and_then(|_| s.write_all(rel.as_bytes()))
+            .and_then(|_| s.write_all(&len.to_be_bytes()))
+            .map_err(|e| run_err(e.to_string()))?;
         let mut f = std::fs::File::open(&path).map_err(|e| run_err(e.to_string()))?;
         loop {
             let n = f.read(&mut buf).map_err(|e| run_err(e.to_string()))?;
@@ -379,12 +384,14 @@ impl Bench<'_> {
                 "nogso" => worker_flags.push("--link-no-gso".into()),
                 "nogro" => worker_flags.push("--link-no-gro".into()),
                 "2conn" => worker_flags.extend(["--link-connections".into(), "2".into()]),
-                "stripes1" => worker_flags.extend(["--link-stripes".into(), "1".into()]),
-                "stripes4" => worker_flags.extend(["--link-stripes".into(), "4".into()]),
                 "nosync" => copy_flags.extend(["--no-fsync".into(), "--verify".into(), "none".into()]),
                 "compress" => copy_flags.push("--compress".into()),
                 mtu if mtu.strip_prefix("mtu").is_some_and(|n| n.parse::<u16>().is_ok()) => worker_flags.extend(["--link-max-mtu".into(), mtu[3..].into()]),
-                other => return Err(Error::usage(format!("unknown ferry variant {other:?} (cubic, newreno, mtuN, nogso, nogro, 2conn, stripes1, stripes4, nosync, compress; join with +)"))),
+                other => {
+                    return Err(Error::usage(format!(
+                        "unknown ferry variant {other:?} (cubic, newreno, mtuN, nogso, nogro, 2conn, nosync, compress; join with +)"
+                    )))
+                }
             }
         }
         self.clear_dst()?;
@@ -393,17 +400,38 @@ impl Bench<'_> {
         let mut procs = Procs(Vec::new());
         let dst_addr = format!("{}:7420", self.sites.dst_addr());
         let mut writer = self.sites.at_dst(&worker);
-        writer.args(["--etcd", &self.etcd, "--name", "dst1", "--labels", "cloud", "--link-listen", &dst_addr, "--movers", "8"]).arg("--tls-dir").arg(w.join("tls-dst")).args(&worker_flags);
-        procs.0.push(writer.stderr(std::fs::File::create(w.join(format!("{tool}-dst.log"))).map_err(|e| run_err(e.to_string()))?).spawn().map_err(|e| run_err(format!("ferry-worker: {e}")))?);
+        writer
+            .args(["--etcd", &self.etcd, "--name", "dst1", "--labels", "cloud", "--link-listen", &dst_addr, "--movers", "8"])
+            .arg("--tls-dir")
+            .arg(w.join("tls-dst"))
+            .args(&worker_flags);
+        procs.0.push(
+            writer
+                .stderr(std::fs::File::create(w.join(format!("{tool}-dst.log"))).map_err(|e| run_err(e.to_string()))?)
+                .spawn()
+                .map_err(|e| run_err(format!("ferry-worker: {e}")))?,
+        );
         let mut reader = self.sites.at_src(&worker);
-        reader.args(["--etcd", &self.etcd, "--name", "src1", "--labels", "onprem", "--movers", "8"]).arg("--tls-dir").arg(w.join("tls-src")).args(&worker_flags);
-        procs.0.push(reader.stderr(std::fs::File::create(w.join(format!("{tool}-src.log"))).map_err(|e| run_err(e.to_string()))?).spawn().map_err(|e| run_err(format!("ferry-worker: {e}")))?);
+        reader
+            .args(["--etcd", &self.etcd, "--name", "src1", "--labels", "onprem", "--movers", "8"])
+            .arg("--tls-dir")
+            .arg(w.join("tls-src"))
+            .args(&worker_flags);
+        procs.0.push(
+            reader
+                .stderr(std::fs::File::create(w.join(format!("{tool}-src.log"))).map_err(|e| run_err(e.to_string()))?)
+                .spawn()
+                .map_err(|e| run_err(format!("ferry-worker: {e}")))?,
+        );
         std::thread::sleep(Duration::from_secs(2));
         let pids: Vec<u32> = procs.0.iter().map(|c| c.id()).collect();
         let before: f64 = pids.iter().map(|&p| crate::util::process_cpu_seconds(p, true).unwrap_or(0.0)).sum::<f64>() + children_cpu();
         let t0 = Instant::now();
         let mut copy = self.sites.at_src(&self.o.bin_dir.join("ferry"));
-        copy.args(["copy", "--no-progress", "--json", "--etcd", &self.etcd, "--source-agents", "onprem", "--destination-agents", "cloud"]).args(&copy_flags).arg(&self.o.data).arg(&self.dst);
+        copy.args(["copy", "--no-progress", "--json", "--etcd", &self.etcd, "--source-agents", "onprem", "--destination-agents", "cloud"])
+            .args(&copy_flags)
+            .arg(&self.o.data)
+            .arg(&self.dst);
         let out = copy.stderr(Stdio::inherit()).output().map_err(|e| run_err(format!("ferry copy: {e}")))?;
         let cpu = pids.iter().map(|&p| crate::util::process_cpu_seconds(p, true).unwrap_or(0.0)).sum::<f64>() + children_cpu() - before;
         if !out.status.success() {
@@ -418,7 +446,8 @@ impl Bench<'_> {
         self.clear_dst()?;
         let w = &self.o.work;
         let conf = w.join("rsyncd.conf");
-        std::fs::write(&conf, format!("use chroot = no\nuid = root\ngid = root\n[dst]\npath = {}\nread only = false\n", self.dst.display())).map_err(|e| run_err(e.to_string()))?;
+        std::fs::write(&conf, format!("use chroot = no\nuid = root\ngid = root\n[dst]\npath = {}\nread only = false\n", self.dst.display()))
+            .map_err(|e| run_err(e.to_string()))?;
         let addr = self.sites.dst_addr();
         let mut procs = Procs(Vec::new());
         let mut d = self.sites.at_dst(Path::new("/usr/bin/rsync"));
@@ -428,7 +457,14 @@ impl Bench<'_> {
         let pid = procs.0[0].id();
         let before = crate::util::process_cpu_seconds(pid, true).unwrap_or(0.0) + children_cpu();
         let t0 = Instant::now();
-        let st = self.sites.at_src(Path::new("/usr/bin/rsync")).args(["-a", "--whole-file"]).arg(format!("{}/", self.o.data.display())).arg(format!("rsync://{addr}:8730/dst/")).status().map_err(|e| run_err(e.to_string()))?;
+        let st = self
+            .sites
+            .at_src(Path::new("/usr/bin/rsync"))
+            .args(["-a", "--whole-file"])
+            .arg(format!("{}/", self.o.data.display()))
+            .arg(format!("rsync://{addr}:8730/dst/"))
+            .status()
+            .map_err(|e| run_err(e.to_string()))?;
         std::thread::sleep(Duration::from_millis(200)); // let the daemon reap its child
         let cpu = crate::util::process_cpu_seconds(pid, true).unwrap_or(0.0) + children_cpu() - before;
         if !st.success() {
@@ -447,7 +483,11 @@ impl Bench<'_> {
         let (host_key, user_key, auth) = (w.join("ssh_host_ed25519"), w.join("id_ed25519"), w.join("authorized_keys"));
         for k in [&host_key, &user_key] {
             if !k.exists() {
-                let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(k).status().map_err(|e| run_err(format!("ssh-keygen: {e}")))?;
+                let st = Command::new("ssh-keygen")
+                    .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                    .arg(k)
+                    .status()
+                    .map_err(|e| run_err(format!("ssh-keygen: {e}")))?;
                 if !st.success() {
                     return Err(run_err("ssh-keygen failed"));
                 }
@@ -458,18 +498,43 @@ impl Bench<'_> {
         let addr = self.sites.dst_addr();
         let mut procs = Procs(Vec::new());
         let mut d = self.sites.at_dst(sshd);
-        d.args(["-D", "-e", "-p", "2222", "-o", &format!("ListenAddress={addr}"), "-o", "PermitRootLogin=yes", "-o", "StrictModes=no", "-o", "UsePAM=no", "-o", "PidFile=none"])
-            .arg("-h")
-            .arg(&host_key)
-            .arg("-o")
-            .arg(format!("AuthorizedKeysFile={}", auth.display()));
-        procs.0.push(d.stderr(std::fs::File::create(w.join("sshd.log")).map_err(|e| run_err(e.to_string()))?).spawn().map_err(|e| run_err(format!("sshd: {e}")))?);
+        d.args([
+            "-D",
+            "-e",
+            "-p",
+            "2222",
+            "-o",
+            &format!("ListenAddress={addr}"),
+            "-o",
+            "PermitRootLogin=yes",
+            "-o",
+            "StrictModes=no",
+            "-o",
+            "UsePAM=no",
+            "-o",
+            "PidFile=none",
+        ])
+        .arg("-h")
+        .arg(&host_key)
+        .arg("-o")
+        .arg(format!("AuthorizedKeysFile={}", auth.display()));
+        procs
+            .0
+            .push(d.stderr(std::fs::File::create(w.join("sshd.log")).map_err(|e| run_err(e.to_string()))?).spawn().map_err(|e| run_err(format!("sshd: {e}")))?);
         wait_port(&format!("{addr}:2222"), &self.sites, true);
         let pid = procs.0[0].id();
         let before = crate::util::process_cpu_seconds(pid, true).unwrap_or(0.0) + children_cpu();
         let t0 = Instant::now();
-        let ssh = format!("ssh -p 2222 -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR", user_key.display());
-        let st = self.sites.at_src(Path::new("/usr/bin/rsync")).args(["-a", "--whole-file", "-e", &ssh]).arg(format!("{}/", self.o.data.display())).arg(format!("root@{addr}:{}/", self.dst.display())).status().map_err(|e| run_err(e.to_string()))?;
+        let ssh =
+            format!("ssh -p 2222 -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR", user_key.display());
+        let st = self
+            .sites
+            .at_src(Path::new("/usr/bin/rsync"))
+            .args(["-a", "--whole-file", "-e", &ssh])
+            .arg(format!("{}/", self.o.data.display()))
+            .arg(format!("root@{addr}:{}/", self.dst.display()))
+            .status()
+            .map_err(|e| run_err(e.to_string()))?;
         std::thread::sleep(Duration::from_millis(300));
         let cpu = crate::util::process_cpu_seconds(pid, true).unwrap_or(0.0) + children_cpu() - before;
         if !st.success() {
@@ -489,7 +554,16 @@ impl Bench<'_> {
         let mut sink = sink.spawn().map_err(|e| run_err(e.to_string()))?;
         wait_port(&addr, &self.sites, false);
         let t0 = Instant::now();
-        let st = self.sites.at_src(&me).args(["tls-send", "--connect", &addr]).arg("--dir").arg(&self.o.data).arg("--tls").arg(w.join("tls-src")).status().map_err(|e| run_err(e.to_string()))?;
+        let st = self
+            .sites
+            .at_src(&me)
+            .args(["tls-send", "--connect", &addr])
+            .arg("--dir")
+            .arg(&self.o.data)
+            .arg("--tls")
+            .arg(w.join("tls-src"))
+            .status()
+            .map_err(|e| run_err(e.to_string()))?;
         let sunk = sink.wait().map_err(|e| run_err(e.to_string()))?;
         let cpu = children_cpu() - before;
         if !st.success() || !sunk.success() {
@@ -502,7 +576,15 @@ impl Bench<'_> {
 pub fn run(o: &LinkBenchOptions) -> Result<Vec<ToolRun>> {
     std::fs::create_dir_all(&o.work).map_err(|e| run_err(e.to_string()))?;
     let (files, bytes) = make_data(o)?;
-    crate::util::say(format!("link-bench: {files} files, {:.2} GB; {}", bytes as f64 / 1e9, o.wan.as_ref().map(|c| format!("WAN {}", c.describe())).unwrap_or_else(|| if o.lan { format!("LAN pair (two namespaces, veth, MTU {})", o.lan_mtu) } else { "loopback".into() })));
+    crate::util::say(format!(
+        "link-bench: {files} files, {:.2} GB; {}",
+        bytes as f64 / 1e9,
+        o.wan.as_ref().map(|c| format!("WAN {}", c.describe())).unwrap_or_else(|| if o.lan {
+            format!("LAN pair (two namespaces, veth, MTU {})", o.lan_mtu)
+        } else {
+            "loopback".into()
+        })
+    ));
     // Warm the source into the page cache once, so every tool reads it from memory.
     for (p, _) in crate::tree::regular_files(&o.data) {
         let _ = std::fs::read(p);
@@ -531,12 +613,34 @@ pub fn run(o: &LinkBenchOptions) -> Result<Vec<ToolRun>> {
     let _ = std::fs::remove_dir_all(&etcd_dir);
     let mut etcd = sites.at_src(Path::new("etcd"));
     let peer = format!("http://{}:23951", sites.src_addr());
-    etcd.args(["--name", "lb", "--listen-client-urls", &etcd_url, "--advertise-client-urls", &etcd_url, "--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer, "--initial-cluster", &format!("lb={peer}"), "--log-level", "error"]).arg("--data-dir").arg(&etcd_dir);
+    etcd.args([
+        "--name",
+        "lb",
+        "--listen-client-urls",
+        &etcd_url,
+        "--advertise-client-urls",
+        &etcd_url,
+        "--listen-peer-urls",
+        &peer,
+        "--initial-advertise-peer-urls",
+        &peer,
+        "--initial-cluster",
+        &format!("lb={peer}"),
+        "--log-level",
+        "error",
+    ])
+    .arg("--data-dir")
+    .arg(&etcd_dir);
     procs.0.push(etcd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| run_err(format!("etcd: {e} (apt-get install etcd-server)")))?);
     std::thread::sleep(Duration::from_secs(2));
     let mut coord = sites.at_src(&o.bin_dir.join("ferry"));
     coord.args(["coordinator", "--name", "lb", "--etcd", &etcd_url]);
-    procs.0.push(coord.stderr(std::fs::File::create(o.work.join("coordinator.log")).map_err(|e| run_err(e.to_string()))?).spawn().map_err(|e| run_err(format!("ferry coordinator: {e}")))?);
+    procs.0.push(
+        coord
+            .stderr(std::fs::File::create(o.work.join("coordinator.log")).map_err(|e| run_err(e.to_string()))?)
+            .spawn()
+            .map_err(|e| run_err(format!("ferry coordinator: {e}")))?,
+    );
     std::thread::sleep(Duration::from_secs(1));
     let bench = Bench { o, sites, etcd: etcd_url, dst: o.work.join("dst"), bytes };
     let machine_cc = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control").map(|s| s.trim().to_string()).unwrap_or_else(|_| "bbr".into());
@@ -557,7 +661,9 @@ pub fn run(o: &LinkBenchOptions) -> Result<Vec<ToolRun>> {
             "rsync-daemon" => bench.rsync_daemon(name),
             "rsync-ssh" => bench.rsync_ssh(name),
             "tls-tcp" => bench.tls_tcp(name),
-            other => Err(Error::usage(format!("unknown tool {other:?} (ferry[-variant], rsync-daemon, rsync-ssh, tls-tcp; add @cubic or @bbr for TCP congestion control)"))),
+            other => Err(Error::usage(format!(
+                "unknown tool {other:?} (ferry[-variant], rsync-daemon, rsync-ssh, tls-tcp; add @cubic or @bbr for TCP congestion control)"
+            ))),
         };
         if cc.is_some() {
             // Back to the machine's own default for the next tool.
@@ -566,7 +672,10 @@ pub fn run(o: &LinkBenchOptions) -> Result<Vec<ToolRun>> {
         match r {
             Ok(mut run) => {
                 run.tool = tool.clone();
-                crate::util::say(format!("  {:<24} {:>8.2} s {:>9.1} MB/s {:>7.2} CPU-s/GB  ({})", run.tool, run.seconds, run.mb_per_s, run.cpu_s_per_gb, run.note));
+                crate::util::say(format!(
+                    "  {:<24} {:>8.2} s {:>9.1} MB/s {:>7.2} CPU-s/GB  ({})",
+                    run.tool, run.seconds, run.mb_per_s, run.cpu_s_per_gb, run.note
+                ));
                 runs.push(run);
             }
             Err(e) => crate::util::say(format!("  {tool:<24} failed: {e}")),
@@ -574,7 +683,10 @@ pub fn run(o: &LinkBenchOptions) -> Result<Vec<ToolRun>> {
     }
     let summary = summarize(&o.tools, &runs);
     if o.repeat > 1 {
-        crate::util::say(format!("link-bench medians over {} interleaved rounds (time ratio: the tool's median / ferry's; >1 means ferry is faster):", o.repeat));
+        crate::util::say(format!(
+            "link-bench medians over {} interleaved rounds (time ratio: the tool's median / ferry's; >1 means ferry is faster):",
+            o.repeat
+        ));
         for m in &summary {
             crate::util::say(format!(
                 "  {:<24} {:>8.2} s (min {:.2}, max {:.2}) {:>9.1} MB/s  ratio {}",
@@ -590,8 +702,24 @@ pub fn run(o: &LinkBenchOptions) -> Result<Vec<ToolRun>> {
     if let Some(out) = &o.out {
         let doc = serde_json::json!({ "files": files, "bytes": bytes, "wan": o.wan.as_ref().map(|c| c.describe()), "lan": o.lan, "lan_mtu": o.lan.then_some(o.lan_mtu), "rounds": o.repeat, "runs": runs, "medians": summary });
         std::fs::write(out, serde_json::to_string_pretty(&doc).expect("serializable")).map_err(|e| run_err(e.to_string()))?;
-        let bars: Vec<crate::report::Bar> = summary.iter().map(|m| crate::report::Bar { name: m.tool.clone(), median: m.median_seconds, min: m.min_seconds, max: m.max_seconds, ferry: m.tool.starts_with("ferry"), failed: false }).collect();
-        let place = o.wan.as_ref().map(|c| format!("WAN {}", c.describe())).unwrap_or_else(|| if o.lan { format!("LAN pair (veth, MTU {})", o.lan_mtu) } else { "loopback".into() });
+        let bars: Vec<crate::report::Bar> = summary
+            .iter()
+            .map(|m| crate::report::Bar {
+                name: m.tool.clone(),
+                median: m.median_seconds,
+                min: m.min_seconds,
+                max: m.max_seconds,
+                ferry: m.tool.starts_with("ferry"),
+                failed: false,
+            })
+            .collect();
+        let place = o.wan.as_ref().map(|c| format!("WAN {}", c.describe())).unwrap_or_else(|| {
+            if o.lan {
+                format!("LAN pair (veth, MTU {})", o.lan_mtu)
+            } else {
+                "loopback".into()
+            }
+        });
         let title = format!("link-bench, {place} — median seconds over {} rounds (lower is better)", o.repeat);
         let subtitle = format!("{files} files, {:.2} GB; ferry with fsync and read-back verification", bytes as f64 / 1e9);
         let svg = out.with_extension("svg");

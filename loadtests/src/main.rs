@@ -21,11 +21,7 @@ use ferry_loadtests::{report, tree, Error, Result};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(
-    name = "ferry-load",
-    version,
-    about = "Dataset generator and benchmark runner for ferry"
-)]
+#[command(name = "ferry-load", version, about = "Dataset generator and benchmark runner for ferry")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -186,6 +182,10 @@ struct BenchArgs {
     /// ferry binary [default: $FERRY_BIN, else target/release/ferry].
     #[arg(long)]
     ferry: Option<PathBuf>,
+    /// An earlier ferry binary to run interleaved with --ferry as ferry-baseline (local
+    /// scenarios): a before/after comparison from one run.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
     /// Work directory for the dataset and copies; put it on the filesystem
     /// to measure [default: target/ferry-load].
     #[arg(long)]
@@ -221,18 +221,9 @@ fn threads(t: Option<usize>) -> Result<usize> {
 
 fn cmd_gen(a: GenArgs) -> Result<i32> {
     let spec = DatasetSpec::resolve(a.profile, &a.shape.into())?;
-    let cfg = GenConfig {
-        threads: threads(a.threads)?,
-        progress: !a.quiet,
-        sync: false,
-    };
+    let cfg = GenConfig { threads: threads(a.threads)?, progress: !a.quiet, sync: false };
     if !a.quiet {
-        eprintln!(
-            "generating {} (seed {}) into {}",
-            spec.describe(),
-            a.seed,
-            a.dir.display()
-        );
+        eprintln!("generating {} (seed {}) into {}", spec.describe(), a.seed, a.dir.display());
     }
     let s = gen::generate(&spec, a.seed, &a.dir, &cfg)?;
     for w in &s.warnings {
@@ -274,6 +265,7 @@ fn cmd_bench(a: BenchArgs) -> Result<i32> {
         tools: a.tools,
         threads: threads(a.threads)?,
         helper: None,
+        baseline: a.baseline,
     };
     let o = bench::run_bench(&opts)?;
     say("");
@@ -281,9 +273,7 @@ fn cmd_bench(a: BenchArgs) -> Result<i32> {
     say(format!("results: {}", o.json.display()));
     say(format!("chart:   {}", o.svg.display()));
     if !o.ok {
-        eprintln!(
-            "ferry-load: a tool failed or produced a copy that differs from the source (see above)"
-        );
+        eprintln!("ferry-load: a tool failed or produced a copy that differs from the source (see above)");
         return Ok(1);
     }
     Ok(0)
@@ -351,21 +341,10 @@ fn bench_preset(scenario: BenchScenario, a: BenchArgs) -> Result<i32> {
 
 fn cmd_digest(dir: PathBuf) -> Result<i32> {
     if !dir.is_dir() {
-        return Err(Error::usage(format!(
-            "{} is not a directory",
-            dir.display()
-        )));
+        return Err(Error::usage(format!("{} is not a directory", dir.display())));
     }
     let (st, h) = tree::digest(&dir)?;
-    say(format!(
-        "{:016x}  {} files, {} dirs, {} symlinks, {} special, {}",
-        h,
-        st.files,
-        st.dirs,
-        st.symlinks,
-        st.other,
-        format_bytes(st.bytes)
-    ));
+    say(format!("{:016x}  {} files, {} dirs, {} symlinks, {} special, {}", h, st.files, st.dirs, st.symlinks, st.other, format_bytes(st.bytes)));
     Ok(0)
 }
 
@@ -395,8 +374,12 @@ struct LinkBenchArgs {
     /// Tools in order, comma-separated: ferry[-variant[+variant]], rsync-daemon, rsync-ssh,
     /// tls-tcp; `@cubic`/`@bbr` sets TCP congestion control for that run. Variants: cubic,
     /// newreno, mtuN (path MTU discovery no higher than N, e.g. mtu1452 for Ethernet, mtu8972
-    /// for jumbo frames), nogso, nogro, 2conn, stripes1, stripes4, nosync, compress.
-    #[arg(long, value_delimiter = ',', default_value = "tls-tcp,ferry,ferry-mtu1452,ferry-mtu8972,ferry-nogso,ferry-nogro,ferry-2conn,ferry-nosync,rsync-daemon,rsync-ssh")]
+    /// for jumbo frames), nogso, nogro, 2conn, nosync, compress.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "tls-tcp,ferry,ferry-mtu1452,ferry-mtu8972,ferry-nogso,ferry-nogro,ferry-2conn,ferry-nosync,rsync-daemon,rsync-ssh"
+    )]
     tools: Vec<String>,
     /// One-way delay of the emulated WAN (RTT is twice this); without it, loopback.
     #[arg(long, value_parser = ferry_loadtests::wan::parse_duration)]
@@ -482,7 +465,17 @@ fn cmd_scale(a: ScaleArgs) -> Result<i32> {
     }
     let ws = ferry_loadtests::util::workspace_root();
     let bin_dir = a.bin_dir.unwrap_or_else(|| ferry_loadtests::util::target_dir(&ws).join("release"));
-    let o = ferry_loadtests::scale::ScaleOptions { entries: a.entries, files_per_dir: a.files_per_dir, workers: a.workers, tools: a.tools, runs: a.runs, bin_dir, data: a.data, keep: a.keep, out: a.out };
+    let o = ferry_loadtests::scale::ScaleOptions {
+        entries: a.entries,
+        files_per_dir: a.files_per_dir,
+        workers: a.workers,
+        tools: a.tools,
+        runs: a.runs,
+        bin_dir,
+        data: a.data,
+        keep: a.keep,
+        out: a.out,
+    };
     let runs = ferry_loadtests::scale::run(&o)?;
     Ok(if runs.iter().all(|r| r.exit_code == Some(0)) { 0 } else { 1 })
 }

@@ -126,13 +126,7 @@ impl Sanity {
         cmp("symlinks", expected.symlinks, actual.symlinks);
         cmp("special files", expected.other, actual.other);
         cmp("bytes", expected.bytes, actual.bytes);
-        Sanity {
-            ok: diffs.is_empty(),
-            expected,
-            actual,
-            message: (!diffs.is_empty())
-                .then(|| format!("destination differs: {}", diffs.join(", "))),
-        }
+        Sanity { ok: diffs.is_empty(), expected, actual, message: (!diffs.is_empty()).then(|| format!("destination differs: {}", diffs.join(", "))) }
     }
 }
 
@@ -164,41 +158,22 @@ pub fn compare(tools: &[ToolResult]) -> Vec<Comparison> {
             };
             let speedup = crate::stats::ratio(pw.median, fw.median);
             let med = |s: Option<Summary>| s.map(|s| s.median);
-            let cpu = med(p.cpu_s)
-                .zip(med(f.cpu_s))
-                .and_then(|(p, f)| crate::stats::ratio(p, f));
-            let rss = med(p.max_rss_kib)
-                .zip(med(f.max_rss_kib))
-                .and_then(|(p, f)| crate::stats::ratio(p, f));
+            let cpu = med(p.cpu_s).zip(med(f.cpu_s)).and_then(|(p, f)| crate::stats::ratio(p, f));
+            let rss = med(p.max_rss_kib).zip(med(f.max_rss_kib)).and_then(|(p, f)| crate::stats::ratio(p, f));
             let mut summary = format!(
                 "{} is {}: wall {} vs {}",
                 f.name,
-                speedup.map_or_else(
-                    || format!("not comparable with {}", p.name),
-                    |s| describe_speedup(s, &p.name)
-                ),
+                speedup.map_or_else(|| format!("not comparable with {}", p.name), |s| describe_speedup(s, &p.name)),
                 format_secs(fw.median),
                 format_secs(pw.median)
             );
             if let (Some(fc), Some(pc)) = (f.cpu_s, p.cpu_s) {
-                let _ = write!(
-                    summary,
-                    ", CPU {} vs {}",
-                    format_secs(fc.median),
-                    format_secs(pc.median)
-                );
+                let _ = write!(summary, ", CPU {} vs {}", format_secs(fc.median), format_secs(pc.median));
             }
             if let (Some(fr), Some(pr)) = (f.max_rss_kib, p.max_rss_kib) {
-                let _ = write!(
-                    summary,
-                    ", peak RSS {} vs {}",
-                    format_bytes(fr.median as u64 * 1024),
-                    format_bytes(pr.median as u64 * 1024)
-                );
+                let _ = write!(summary, ", peak RSS {} vs {}", format_bytes(fr.median as u64 * 1024), format_bytes(pr.median as u64 * 1024));
             }
-            let caveat = (!f.sane() || !p.sane()).then(|| {
-                "a destination failed the sanity check; this comparison is not valid".to_string()
-            });
+            let caveat = (!f.sane() || !p.sane()).then(|| "a destination failed the sanity check; this comparison is not valid".to_string());
             out.push(Comparison {
                 ferry: f.name.clone(),
                 peer: p.name.clone(),
@@ -229,25 +204,12 @@ pub fn render_table(r: &BenchReport) -> String {
         r.dataset.stats.dirs,
         format_bytes(r.dataset.stats.bytes)
     );
-    let _ = writeln!(
-        s,
-        "{} runs per tool (after {} warm-up), interleaved; wall time includes a final sync; median [min – max]\n",
-        r.runs, r.warmup
-    );
-    let _ = writeln!(
-        s,
-        "{:<18} {:>10} {:>23} {:>10} {:>11}  check",
-        "tool", "wall", "[min – max]", "CPU", "peak RSS"
-    );
+    let _ = writeln!(s, "{} runs per tool (after {} warm-up), interleaved; wall time includes a final sync; median [min – max]\n", r.runs, r.warmup);
+    let _ = writeln!(s, "{:<18} {:>10} {:>23} {:>10} {:>11}  check", "tool", "wall", "[min – max]", "CPU", "peak RSS");
     for t in &r.tools {
         match (t.status, t.wall_s) {
             (Status::Skipped, _) => {
-                let _ = writeln!(
-                    s,
-                    "{:<18} skipped: {}",
-                    t.name,
-                    t.reason.as_deref().unwrap_or("")
-                );
+                let _ = writeln!(s, "{:<18} skipped: {}", t.name, t.reason.as_deref().unwrap_or(""));
             }
             (_, Some(w)) => {
                 let check = match (&t.sanity, t.status) {
@@ -263,18 +225,12 @@ pub fn render_table(r: &BenchReport) -> String {
                     format_secs(w.median),
                     format!("[{} – {}]", format_secs(w.min), format_secs(w.max)),
                     t.cpu_s.map_or("-".into(), |c| format_secs(c.median)),
-                    t.max_rss_kib
-                        .map_or("-".into(), |m| format_bytes(m.median as u64 * 1024)),
+                    t.max_rss_kib.map_or("-".into(), |m| format_bytes(m.median as u64 * 1024)),
                     check
                 );
             }
             (_, None) => {
-                let _ = writeln!(
-                    s,
-                    "{:<18} FAILED: {}",
-                    t.name,
-                    t.reason.as_deref().unwrap_or("no successful run")
-                );
+                let _ = writeln!(s, "{:<18} FAILED: {}", t.name, t.reason.as_deref().unwrap_or("no successful run"));
             }
         }
     }
@@ -301,10 +257,7 @@ pub fn render_table(r: &BenchReport) -> String {
 }
 
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// A "nice" axis step (1, 2 or 5 x 10^k) giving at most ~6 ticks up to `max`.
@@ -399,7 +352,8 @@ pub fn render_bars(title: &str, subtitle: &str, rows: &[Bar]) -> String {
         };
         let mid = y + row_h / 2.0;
         let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#, left - 8.0, mid + 4.0, xml_escape(&b.name));
-        let _ = writeln!(s, r#"<rect x="{left}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{colour}"/>"#, y + 6.0, (x(b.median) - left).max(0.5), row_h - 12.0);
+        let _ =
+            writeln!(s, r#"<rect x="{left}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{colour}"/>"#, y + 6.0, (x(b.median) - left).max(0.5), row_h - 12.0);
         // Whisker: min–max across runs.
         let (x0, x1) = (x(b.min), x(b.max));
         let _ = writeln!(
@@ -455,10 +409,7 @@ mod tests {
         ];
         let c = compare(&tools);
         assert_eq!(c.len(), 2);
-        assert_eq!(
-            (c[0].ferry.as_str(), c[0].peer.as_str()),
-            ("ferry", "rsync")
-        );
+        assert_eq!((c[0].ferry.as_str(), c[0].peer.as_str()), ("ferry", "rsync"));
         assert_eq!(c[0].wall_speedup, Some(2.0));
         assert_eq!(c[1].wall_speedup, Some(4.0));
         assert!(c[0].summary.starts_with("ferry is 2.00× faster than rsync"));
@@ -466,20 +417,12 @@ mod tests {
 
     #[test]
     fn sanity_reports_differences() {
-        let e = TreeStats {
-            files: 3,
-            dirs: 1,
-            bytes: 10,
-            ..Default::default()
-        };
+        let e = TreeStats { files: 3, dirs: 1, bytes: 10, ..Default::default() };
         assert!(Sanity::compare(e, e).ok);
         let a = TreeStats { files: 2, ..e };
         let s = Sanity::compare(e, a);
         assert!(!s.ok);
-        assert_eq!(
-            s.message.as_deref(),
-            Some("destination differs: files 2 (expected 3)")
-        );
+        assert_eq!(s.message.as_deref(), Some("destination differs: files 2 (expected 3)"));
     }
 
     #[test]

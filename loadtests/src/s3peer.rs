@@ -33,11 +33,7 @@ pub const BIN_ENV: &str = "S3S_FS_BIN";
 pub fn find_s3s_fs() -> std::result::Result<PathBuf, String> {
     if let Some(p) = std::env::var_os(BIN_ENV).filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
-        return if util::is_executable(&p) {
-            Ok(p)
-        } else {
-            Err(format!("{BIN_ENV}={} is not an executable", p.display()))
-        };
+        return if util::is_executable(&p) { Ok(p) } else { Err(format!("{BIN_ENV}={} is not an executable", p.display())) };
     }
     if let Some(p) = util::find_in_path("s3s-fs") {
         return Ok(p);
@@ -48,9 +44,7 @@ pub fn find_s3s_fs() -> std::result::Result<PathBuf, String> {
             return Ok(p);
         }
     }
-    Err(format!(
-        "s3s-fs is not installed (not in ${BIN_ENV}, PATH or ~/.cargo/bin); install it with `cargo install s3s-fs --features binary`"
-    ))
+    Err(format!("s3s-fs is not installed (not in ${BIN_ENV}, PATH or ~/.cargo/bin); install it with `cargo install s3s-fs --features binary`"))
 }
 
 /// A running `s3s-fs`; killed (and its root removed) on drop.
@@ -71,10 +65,8 @@ impl S3Server {
         // Ask the kernel for a free port; s3s-fs binds it right after. The
         // tiny race with another process is caught by the readiness check
         // (s3s-fs exits when the bind fails).
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .ctx(|| "find a free loopback port".to_string())?;
+        let port =
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|l| l.local_addr()).map(|a| a.port()).ctx(|| "find a free loopback port".to_string())?;
         let out = File::create(log).ctx(|| at("create log", log))?;
         let err = out.try_clone().ctx(|| at("open log", log))?;
         let child = Command::new(program)
@@ -92,12 +84,7 @@ impl S3Server {
             .stderr(err)
             .spawn()
             .ctx(|| at("start", program))?;
-        let mut server = S3Server {
-            child: Some(child),
-            port,
-            root: root.to_path_buf(),
-            log: log.to_path_buf(),
-        };
+        let mut server = S3Server { child: Some(child), port, root: root.to_path_buf(), log: log.to_path_buf() };
         server.wait_ready(Duration::from_secs(15))?;
         Ok(server)
     }
@@ -120,10 +107,7 @@ impl S3Server {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(Error::run(format!(
-                    "s3s-fs did not accept connections on {addr} within {timeout:?}; log {}",
-                    self.log.display()
-                )));
+                return Err(Error::run(format!("s3s-fs did not accept connections on {addr} within {timeout:?}; log {}", self.log.display())));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -166,20 +150,12 @@ impl S3Server {
     /// Peak RSS so far (VmHWM), in KiB.
     pub fn peak_rss_kib(&self) -> Option<u64> {
         let status = fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
+        status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
     }
 
     /// Still running?
     pub fn alive(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 }
 

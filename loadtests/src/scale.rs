@@ -93,9 +93,23 @@ pub fn run(o: &ScaleOptions) -> Result<Vec<ScaleRun>> {
             let log = logs.join(format!("{tool}-run{run}.log"));
             let r = match tool.as_str() {
                 "ferry" => run_cluster(o, &helper, &ferry, &src, &dst, &log, &ds_dir, run),
-                "ferry-embedded" => measure(&helper, tool, &ferry, &[os("copy"), os("--dry-run"), os("--no-progress"), os("--json"), src.clone().into(), dst.clone().into()], &log, run),
+                "ferry-embedded" => measure(
+                    &helper,
+                    tool,
+                    &ferry,
+                    &[os("copy"), os("--dry-run"), os("--no-progress"), os("--json"), src.clone().into(), dst.clone().into()],
+                    &log,
+                    run,
+                ),
                 "rsync" => match crate::util::find_in_path("rsync") {
-                    Some(p) => measure(&helper, tool, &p, &[os("-an"), os("--stats"), format!("{}/", src.display()).into(), format!("{}/", dst.display()).into()], &log, run),
+                    Some(p) => measure(
+                        &helper,
+                        tool,
+                        &p,
+                        &[os("-an"), os("--stats"), format!("{}/", src.display()).into(), format!("{}/", dst.display()).into()],
+                        &log,
+                        run,
+                    ),
                     None => Err(run_err("rsync is not installed (apt-get install rsync)")),
                 },
                 "fpart" => match crate::util::find_in_path("fpart") {
@@ -167,7 +181,15 @@ fn measure(helper: &Path, tool: &str, program: &Path, args: &[OsString], log: &P
 /// A fresh cluster per run, so the workers' peak RSS belongs to this run alone.
 #[allow(clippy::too_many_arguments)]
 fn run_cluster(o: &ScaleOptions, helper: &Path, ferry: &Path, src: &Path, dst: &Path, log: &Path, ds_dir: &Path, run: usize) -> Result<ScaleRun> {
-    let cluster = LocalCluster::start(ClusterOptions { workers: o.workers, netns: false, movers: 8, links: false, lease_ttl_s: 10, bin_dir: o.bin_dir.clone(), work: ds_dir.join(format!("cluster-run{run}")) })?;
+    let cluster = LocalCluster::start(ClusterOptions {
+        workers: o.workers,
+        netns: false,
+        movers: 8,
+        links: false,
+        lease_ttl_s: 10,
+        bin_dir: o.bin_dir.clone(),
+        work: ds_dir.join(format!("cluster-run{run}")),
+    })?;
     let peak = Arc::new(AtomicUsize::new(0));
     let running = Arc::new(AtomicBool::new(true));
     let sampler = {

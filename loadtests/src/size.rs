@@ -7,9 +7,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     if t.is_empty() {
         return Err("empty size".into());
     }
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
@@ -17,30 +15,21 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
         "t" | "tb" | "tib" => 1 << 40,
-        other => {
-            return Err(format!(
-                "invalid size {s:?}: unknown unit {other:?} (use B, K, M, G, T; binary units)"
-            ))
-        }
+        other => return Err(format!("invalid size {s:?}: unknown unit {other:?} (use B, K, M, G, T; binary units)")),
     };
     if num.is_empty() {
         return Err(format!("invalid size {s:?}: missing number"));
     }
     if num.contains('.') {
-        let v: f64 = num
-            .parse()
-            .map_err(|_| format!("invalid size {s:?}: bad number {num:?}"))?;
+        let v: f64 = num.parse().map_err(|_| format!("invalid size {s:?}: bad number {num:?}"))?;
         let bytes = v * mult as f64;
         if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
             return Err(format!("invalid size {s:?}: out of range"));
         }
         Ok(bytes.round() as u64)
     } else {
-        let v: u64 = num
-            .parse()
-            .map_err(|_| format!("invalid size {s:?}: bad number {num:?}"))?;
-        v.checked_mul(mult)
-            .ok_or_else(|| format!("invalid size {s:?}: out of range"))
+        let v: u64 = num.parse().map_err(|_| format!("invalid size {s:?}: bad number {num:?}"))?;
+        v.checked_mul(mult).ok_or_else(|| format!("invalid size {s:?}: out of range"))
     }
 }
 

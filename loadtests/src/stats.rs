@@ -22,23 +22,14 @@ pub fn median(xs: &[f64]) -> Option<f64> {
     let mut v = xs.to_vec();
     v.sort_by(f64::total_cmp);
     let mid = v.len() / 2;
-    Some(if v.len() % 2 == 1 {
-        v[mid]
-    } else {
-        (v[mid - 1] + v[mid]) / 2.0
-    })
+    Some(if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2.0 })
 }
 
 pub fn summarize(xs: &[f64]) -> Option<Summary> {
     let median = median(xs)?;
     let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
     let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    Some(Summary {
-        median,
-        min,
-        max,
-        n: xs.len(),
-    })
+    Some(Summary { median, min, max, n: xs.len() })
 }
 
 /// `peer / ferry`: for wall time this reads "ferry is X× faster than peer"
@@ -57,10 +48,7 @@ pub fn describe_speedup(speedup: f64, peer: &str) -> String {
     if speedup >= 1.0 {
         format!("{speedup:.2}× faster than {peer}")
     } else if speedup > 0.0 {
-        format!(
-            "{:.2}× slower than {peer} (speedup {speedup:.2}×)",
-            1.0 / speedup
-        )
+        format!("{:.2}× slower than {peer} (speedup {speedup:.2}×)", 1.0 / speedup)
     } else {
         format!("not comparable with {peer}")
     }
@@ -81,15 +69,7 @@ mod tests {
     #[test]
     fn summary_min_max() {
         let s = summarize(&[2.0, 9.0, 4.0, 1.0, 7.0]).unwrap();
-        assert_eq!(
-            s,
-            Summary {
-                median: 4.0,
-                min: 1.0,
-                max: 9.0,
-                n: 5
-            }
-        );
+        assert_eq!(s, Summary { median: 4.0, min: 1.0, max: 9.0, n: 5 });
         assert!(summarize(&[]).is_none());
     }
 
@@ -100,9 +80,6 @@ mod tests {
         assert_eq!(ratio(1.0, 0.0), None);
         assert_eq!(ratio(1.0, f64::NAN), None);
         assert_eq!(describe_speedup(2.5, "rsync"), "2.50× faster than rsync");
-        assert_eq!(
-            describe_speedup(0.5, "cp"),
-            "2.00× slower than cp (speedup 0.50×)"
-        );
+        assert_eq!(describe_speedup(0.5, "cp"), "2.00× slower than cp (speedup 0.50×)");
     }
 }

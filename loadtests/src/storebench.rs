@@ -75,7 +75,7 @@ pub fn run(shards: usize, claimers: usize) -> Result<Vec<StoreBenchResult>, Stri
     let mem: SharedStore = Arc::new(MemStore::new());
     results.push(rt.block_on(measure("MemStore", mem, shards, claimers)));
     let server = EtcdServer::start().ok_or("etcd is not installed (apt-get install etcd-server)")?;
-    let etcd: SharedStore = Arc::new(rt.block_on(EtcdStore::connect(&[server.endpoint.clone()])).map_err(|e| e.to_string())?);
+    let etcd: SharedStore = Arc::new(rt.block_on(EtcdStore::connect(std::slice::from_ref(&server.endpoint))).map_err(|e| e.to_string())?);
     results.push(rt.block_on(measure("EtcdStore", etcd, shards, claimers)));
     Ok(results)
 }

@@ -74,14 +74,7 @@ enum Mode {
 /// Count entries (cheap: metadata only).
 pub fn scan(root: &Path) -> Result<TreeStats> {
     let mut st = TreeStats::default();
-    walk(
-        root,
-        root,
-        Mode::Count,
-        &mut st,
-        &mut Fnv64::default(),
-        &mut Vec::new(),
-    )?;
+    walk(root, root, Mode::Count, &mut st, &mut Fnv64::default(), &mut Vec::new())?;
     Ok(st)
 }
 
@@ -90,14 +83,7 @@ pub fn scan(root: &Path) -> Result<TreeStats> {
 pub fn warm(root: &Path) -> Result<TreeStats> {
     let mut st = TreeStats::default();
     let mut buf = vec![0u8; 1 << 20];
-    walk(
-        root,
-        root,
-        Mode::Warm,
-        &mut st,
-        &mut Fnv64::default(),
-        &mut buf,
-    )?;
+    walk(root, root, Mode::Warm, &mut st, &mut Fnv64::default(), &mut buf)?;
     Ok(st)
 }
 
@@ -113,18 +99,9 @@ pub fn digest(root: &Path) -> Result<(TreeStats, u64)> {
     Ok((st, h.finish()))
 }
 
-fn walk(
-    root: &Path,
-    dir: &Path,
-    mode: Mode,
-    st: &mut TreeStats,
-    h: &mut Fnv64,
-    buf: &mut Vec<u8>,
-) -> Result<()> {
-    let mut entries: Vec<fs::DirEntry> = fs::read_dir(dir)
-        .ctx(|| at("read directory", dir))?
-        .collect::<std::io::Result<_>>()
-        .ctx(|| at("read directory", dir))?;
+fn walk(root: &Path, dir: &Path, mode: Mode, st: &mut TreeStats, h: &mut Fnv64, buf: &mut Vec<u8>) -> Result<()> {
+    let mut entries: Vec<fs::DirEntry> =
+        fs::read_dir(dir).ctx(|| at("read directory", dir))?.collect::<std::io::Result<_>>().ctx(|| at("read directory", dir))?;
     if mode == Mode::Digest {
         entries.sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()));
     }
@@ -207,7 +184,9 @@ pub fn regular_files(root: &Path) -> Vec<(PathBuf, u64)> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let Ok(m) = e.metadata() else { continue };
             if m.is_dir() {

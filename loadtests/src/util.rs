@@ -17,10 +17,7 @@ pub fn workspace_root() -> PathBuf {
     if let Ok(mut dir) = std::env::current_dir() {
         loop {
             let manifest = dir.join("Cargo.toml");
-            if fs::read_to_string(&manifest)
-                .map(|s| s.lines().any(|l| l.trim() == "[workspace]"))
-                .unwrap_or(false)
-            {
+            if fs::read_to_string(&manifest).map(|s| s.lines().any(|l| l.trim() == "[workspace]")).unwrap_or(false) {
                 return dir;
             }
             if !dir.pop() {
@@ -50,28 +47,18 @@ pub fn target_dir(ws: &Path) -> PathBuf {
 /// Locate an executable in PATH, like `which`.
 pub fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| is_executable(p))
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| is_executable(p))
 }
 
 pub fn is_executable(p: &Path) -> bool {
-    fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 /// Current UTC time as (`20260102T030405Z`, `2026-01-02T03:04:05Z`).
 pub fn utc_timestamp() -> (String, String) {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     let (y, mo, d, h, mi, s) = civil_from_unix(secs);
-    (
-        format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z"),
-        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z"),
-    )
+    (format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z"), format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z"))
 }
 
 /// Unix seconds to a proleptic Gregorian UTC date/time (Howard Hinnant's
@@ -88,14 +75,7 @@ pub fn civil_from_unix(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + i64::from(m <= 2);
-    (
-        y,
-        m,
-        d,
-        (rem / 3600) as u32,
-        ((rem % 3600) / 60) as u32,
-        (rem % 60) as u32,
-    )
+    (y, m, d, (rem / 3600) as u32, ((rem % 3600) / 60) as u32, (rem % 60) as u32)
 }
 
 /// Remove a tree if present. Read-only directories (the tricky profile has
@@ -134,8 +114,7 @@ fn make_dirs_writable(dir: &Path) {
 }
 
 fn cpath(p: &Path) -> Result<CString> {
-    CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| Error::usage(format!("path contains a NUL byte: {p:?}")))
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| Error::usage(format!("path contains a NUL byte: {p:?}")))
 }
 
 /// Bytes available to an unprivileged user on the filesystem holding `p`.
@@ -145,11 +124,7 @@ pub fn free_bytes(p: &Path) -> Result<u64> {
     // that statvfs fully initialises on success.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(Error::run(format!(
-            "{}: {}",
-            at("statvfs", p),
-            io::Error::last_os_error()
-        )));
+        return Err(Error::run(format!("{}: {}", at("statvfs", p), io::Error::last_os_error())));
     }
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
@@ -190,11 +165,7 @@ pub fn kernel() -> Option<String> {
         return None;
     }
     let field = |f: &[libc::c_char]| {
-        let bytes: Vec<u8> = f
-            .iter()
-            .take_while(|&&c| c != 0)
-            .map(|&c| c as u8)
-            .collect();
+        let bytes: Vec<u8> = f.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
         String::from_utf8_lossy(&bytes).into_owned()
     };
     Some(format!("{} {}", field(&u.sysname), field(&u.release)))
@@ -206,6 +177,21 @@ pub fn say(line: impl AsRef<str>) {
     use std::io::Write;
     let mut out = io::stdout().lock();
     let _ = writeln!(out, "{}", line.as_ref());
+}
+
+/// utime+stime of a live process in seconds, plus those of its reaped children when asked
+/// (`None` once it is gone).
+pub fn process_cpu_seconds(pid: u32, with_reaped_children: bool) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name (which may contain spaces): state is 0,
+    // utime 11, stime 12, cutime 13, cstime 14.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let fields: &[usize] = if with_reaped_children { &[11, 12, 13, 14] } else { &[11, 12] };
+    let ticks = fields.iter().map(|&i| f.get(i)?.parse::<u64>().ok()).sum::<Option<u64>>()?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| ticks as f64 / hz as f64)
 }
 
 #[cfg(test)]
@@ -231,19 +217,4 @@ mod tests {
         assert!(!t.path().join("a").exists());
         remove_tree(&t.path().join("missing")).unwrap();
     }
-}
-
-/// utime+stime of a live process in seconds, plus those of its reaped children when asked
-/// (`None` once it is gone).
-pub fn process_cpu_seconds(pid: u32, with_reaped_children: bool) -> Option<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name (which may contain spaces): state is 0,
-    // utime 11, stime 12, cutime 13, cstime 14.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let fields: &[usize] = if with_reaped_children { &[11, 12, 13, 14] } else { &[11, 12] };
-    let ticks = fields.iter().map(|&i| f.get(i)?.parse::<u64>().ok()).sum::<Option<u64>>()?;
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (hz > 0).then(|| ticks as f64 / hz as f64)
 }

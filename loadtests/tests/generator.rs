@@ -1,28 +1,17 @@
 //! Generator determinism and dataset shape. No timing assertions.
 
-use ferry_loadtests::gen::{
-    generate, DatasetSpec, GenConfig, LargeSpec, Profile, ShapeOptions, SmallSpec, CHUNK,
-};
+use ferry_loadtests::gen::{generate, DatasetSpec, GenConfig, LargeSpec, Profile, ShapeOptions, SmallSpec, CHUNK};
 use ferry_loadtests::tree::{digest, scan};
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 fn cfg(threads: usize) -> GenConfig {
-    GenConfig {
-        threads,
-        progress: false,
-        sync: false,
-    }
+    GenConfig { threads, progress: false, sync: false }
 }
 
 fn small(files: u64, dirs: u64, min: u64, max: u64) -> DatasetSpec {
-    DatasetSpec::Small(SmallSpec {
-        files,
-        dirs,
-        min_size: min,
-        max_size: max,
-    })
+    DatasetSpec::Small(SmallSpec { files, dirs, min_size: min, max_size: max })
 }
 
 /// Sorted (relative path, size) listing, to show *what* differs on failure.
@@ -102,10 +91,7 @@ fn contents_are_incompressible_noise() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().join("s");
     generate(&small(3, 1, 65_536, 65_536), 3, &dir, &cfg(1)).unwrap();
-    let f = listing(&dir)
-        .into_iter()
-        .find(|(p, _)| !p.ends_with('/'))
-        .unwrap();
+    let f = listing(&dir).into_iter().find(|(p, _)| !p.ends_with('/')).unwrap();
     let bytes = fs::read(dir.join(&f.0)).unwrap();
     let mut hist = [0u32; 256];
     for b in &bytes {
@@ -120,10 +106,7 @@ fn contents_are_incompressible_noise() {
 fn large_files_are_chunked_deterministically() {
     let t = tempfile::tempdir().unwrap();
     // Sizes that are not a multiple of the chunk, written by several threads.
-    let spec = DatasetSpec::Large(LargeSpec {
-        files: 2,
-        file_size: 2 * CHUNK as u64 + 12_345,
-    });
+    let spec = DatasetSpec::Large(LargeSpec { files: 2, file_size: 2 * CHUNK as u64 + 12_345 });
     let (a, b) = (t.path().join("a"), t.path().join("b"));
     let s = generate(&spec, 5, &a, &cfg(3)).unwrap();
     generate(&spec, 5, &b, &cfg(1)).unwrap();
@@ -134,23 +117,13 @@ fn large_files_are_chunked_deterministically() {
     let f1 = fs::read(a.join("big-1.bin")).unwrap();
     assert_eq!(f0.len(), 2 * CHUNK + 12_345);
     assert_ne!(f0[..4096], f1[..4096], "files must not share content");
-    assert_ne!(
-        f0[..4096],
-        f0[CHUNK..CHUNK + 4096],
-        "chunks must not repeat"
-    );
+    assert_ne!(f0[..4096], f0[CHUNK..CHUNK + 4096], "chunks must not repeat");
 }
 
 #[test]
 fn mixed_has_both_parts() {
     let t = tempfile::tempdir().unwrap();
-    let o = ShapeOptions {
-        files: Some(50),
-        dirs: Some(4),
-        file_size: Some(100_000),
-        large_files: Some(3),
-        ..ShapeOptions::default()
-    };
+    let o = ShapeOptions { files: Some(50), dirs: Some(4), file_size: Some(100_000), large_files: Some(3), ..ShapeOptions::default() };
     let spec = DatasetSpec::resolve(Profile::Mixed, &o).unwrap();
     let dir = t.path().join("m");
     generate(&spec, 1, &dir, &cfg(2)).unwrap();
@@ -165,15 +138,7 @@ fn mixed_has_both_parts() {
 fn meta_creates_empty_files_per_dir() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().join("m");
-    let spec = DatasetSpec::resolve(
-        Profile::Meta,
-        &ShapeOptions {
-            files: Some(1050),
-            files_per_dir: Some(100),
-            ..ShapeOptions::default()
-        },
-    )
-    .unwrap();
+    let spec = DatasetSpec::resolve(Profile::Meta, &ShapeOptions { files: Some(1050), files_per_dir: Some(100), ..ShapeOptions::default() }).unwrap();
     let s = generate(&spec, 1, &dir, &cfg(2)).unwrap();
     let st = scan(&dir).unwrap();
     assert_eq!(st, s.stats);
@@ -190,61 +155,34 @@ fn tricky_is_deterministic_and_has_its_oddities() {
     let sa = generate(&DatasetSpec::Tricky, 1, &a, &cfg(1)).unwrap();
     generate(&DatasetSpec::Tricky, 1, &b, &cfg(1)).unwrap();
     generate(&DatasetSpec::Tricky, 2, &c, &cfg(1)).unwrap();
-    let (da, db, dc) = (
-        digest(&a).unwrap(),
-        digest(&b).unwrap(),
-        digest(&c).unwrap(),
-    );
+    let (da, db, dc) = (digest(&a).unwrap(), digest(&b).unwrap(), digest(&c).unwrap());
     assert_eq!(da, db);
     assert_ne!(da.1, dc.1);
     assert_eq!(da.0, sa.stats);
 
     use std::os::unix::ffi::OsStrExt;
-    let names: Vec<Vec<u8>> = fs::read_dir(a.join("names"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().as_bytes().to_vec())
-        .collect();
-    assert!(
-        names.iter().any(|n| std::str::from_utf8(n).is_err()),
-        "non-UTF-8 name"
-    );
+    let names: Vec<Vec<u8>> = fs::read_dir(a.join("names")).unwrap().map(|e| e.unwrap().file_name().as_bytes().to_vec()).collect();
+    assert!(names.iter().any(|n| std::str::from_utf8(n).is_err()), "non-UTF-8 name");
     assert!(names.iter().any(|n| n.contains(&b'\n')), "newline in name");
     assert!(names.iter().any(|n| n.len() == 255), "255-byte name");
 
     let links = a.join("links");
     assert!(!links.join("dangling").exists() && links.join("dangling").symlink_metadata().is_ok());
-    assert_eq!(
-        fs::read_link(links.join("loop-a")).unwrap(),
-        Path::new("loop-b")
-    );
+    assert_eq!(fs::read_link(links.join("loop-a")).unwrap(), Path::new("loop-b"));
     let hard = fs::metadata(links.join("hard-a.txt")).unwrap();
     assert_eq!(hard.nlink(), 3);
-    assert_eq!(
-        hard.ino(),
-        fs::metadata(links.join("sub/hard-c.txt")).unwrap().ino()
-    );
+    assert_eq!(hard.ino(), fs::metadata(links.join("sub/hard-c.txt")).unwrap().ino());
 
     let sparse = fs::metadata(a.join("sparse/sparse-64MiB.bin")).unwrap();
     assert_eq!(sparse.len(), 64 << 20);
-    assert!(
-        sparse.blocks() * 512 < 1 << 20,
-        "sparse file should allocate little"
-    );
+    assert!(sparse.blocks() * 512 < 1 << 20, "sparse file should allocate little");
 
-    assert!(fs::symlink_metadata(a.join("special/fifo"))
-        .unwrap()
-        .file_type()
-        .is_fifo());
+    assert!(fs::symlink_metadata(a.join("special/fifo")).unwrap().file_type().is_fifo());
     assert_eq!(fs::read_dir(a.join("empty/empty-dir")).unwrap().count(), 0);
     use std::os::unix::fs::PermissionsExt;
     let ro = fs::metadata(a.join("perms/readonly-dir")).unwrap();
     assert_eq!(ro.permissions().mode() & 0o7777, 0o555);
-    assert_eq!(
-        fs::metadata(a.join("times/nanos.txt"))
-            .unwrap()
-            .mtime_nsec(),
-        123_456_789
-    );
+    assert_eq!(fs::metadata(a.join("times/nanos.txt")).unwrap().mtime_nsec(), 123_456_789);
     // Deep nesting: 100 one-letter levels.
     let deepest = (0..100).fold(a.join("deep/narrow"), |p, _| p.join("d"));
     assert!(deepest.join("bottom.txt").is_file());

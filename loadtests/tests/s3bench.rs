@@ -37,17 +37,9 @@ fn server_starts_clears_and_dies_with_its_guard() {
     std::fs::write(obj.join("x"), b"x").unwrap();
     std::fs::write(root.join(".bucket-YmVuY2g.object-eA.metadata.json"), b"{}").unwrap();
     srv.clear().unwrap();
-    let left: Vec<_> = std::fs::read_dir(&root)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let left: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left, [s3peer::BUCKET]);
-    assert_eq!(
-        std::fs::read_dir(root.join(s3peer::BUCKET))
-            .unwrap()
-            .count(),
-        0
-    );
+    assert_eq!(std::fs::read_dir(root.join(s3peer::BUCKET)).unwrap().count(), 0);
 
     drop(srv);
     // Killed and reaped (no zombie left in /proc), root removed.
@@ -59,16 +51,11 @@ fn server_starts_clears_and_dies_with_its_guard() {
 fn tiny_s3_small_uploads_everything() {
     let Some(_) = s3s_fs() else { return };
     let ws = util::workspace_root();
-    let ferry = std::env::var_os("FERRY_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| util::target_dir(&ws).join("release/ferry"));
+    let ferry = std::env::var_os("FERRY_BIN").map(PathBuf::from).unwrap_or_else(|| util::target_dir(&ws).join("release/ferry"));
     let have_ferry = util::is_executable(&ferry);
     let have_rclone = util::find_in_path("rclone").is_some();
     if !have_ferry && !have_rclone {
-        eprintln!(
-            "skipping: neither ferry ({}) nor rclone is available",
-            ferry.display()
-        );
+        eprintln!("skipping: neither ferry ({}) nor rclone is available", ferry.display());
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -80,14 +67,11 @@ fn tiny_s3_small_uploads_everything() {
         ferry: have_ferry.then(|| ferry.clone()),
         data: Some(t.path().join("data")),
         tiny: true,
-        shape: ShapeOptions {
-            files: Some(20),
-            dirs: Some(3),
-            ..ShapeOptions::default()
-        },
+        shape: ShapeOptions { files: Some(20), dirs: Some(3), ..ShapeOptions::default() },
         seed: 7,
         tools: None,
         threads: 2,
+        baseline: None,
         helper: Some(PathBuf::from(env!("CARGO_BIN_EXE_ferry-load"))),
     };
     let o = run_bench(&opts).unwrap();
@@ -104,15 +88,9 @@ fn tiny_s3_small_uploads_everything() {
         assert!(tool.sanity.as_ref().is_some_and(|s| s.ok), "{}", tool.name);
     }
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&o.json).unwrap()).unwrap();
-    assert!(json["s3_server"]["endpoint"]
-        .as_str()
-        .unwrap()
-        .starts_with("http://127.0.0.1:"));
+    assert!(json["s3_server"]["endpoint"].as_str().unwrap().starts_with("http://127.0.0.1:"));
     // The server's root is gone with the server.
-    let leftovers: Vec<_> = walk(&t.path().join("data"))
-        .into_iter()
-        .filter(|p| p.ends_with("s3-root"))
-        .collect();
+    let leftovers: Vec<_> = walk(&t.path().join("data")).into_iter().filter(|p| p.ends_with("s3-root")).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 

@@ -43,28 +43,14 @@ fn rtt_is_twice_the_one_way_delay() {
         return;
     }
     let _g = lock();
-    let link = WanLink::start(WanConfig {
-        delay: Duration::from_millis(25),
-        ..WanConfig::default()
-    })
-    .unwrap();
+    let link = WanLink::start(WanConfig { delay: Duration::from_millis(25), ..WanConfig::default() }).unwrap();
     let r = measure::udp_rtt(&link, 20, Duration::from_millis(50), Duration::from_secs(1)).unwrap();
     eprintln!(
         "RTT over 25 ms one-way: {}/{} answered, median {:.2} ms, min/avg/max {:.2}/{:.2}/{:.2} ms",
         r.received, r.sent, r.median_ms, r.min_ms, r.avg_ms, r.max_ms
     );
-    assert!(
-        r.received >= 18,
-        "too few echoes: {}/{}",
-        r.received,
-        r.sent
-    );
-    assert!(
-        (45.0..=55.0).contains(&r.median_ms),
-        "median RTT {:.2} ms not within 10 % of 50 ms (samples {:?})",
-        r.median_ms,
-        r.samples_ms
-    );
+    assert!(r.received >= 18, "too few echoes: {}/{}", r.received, r.sent);
+    assert!((45.0..=55.0).contains(&r.median_ms), "median RTT {:.2} ms not within 10 % of 50 ms (samples {:?})", r.median_ms, r.samples_ms);
 }
 
 #[test]
@@ -73,12 +59,7 @@ fn random_loss_matches_configuration() {
         return;
     }
     let _g = lock();
-    let link = WanLink::start(WanConfig {
-        loss: 0.05,
-        seed: 7,
-        ..WanConfig::default()
-    })
-    .unwrap();
+    let link = WanLink::start(WanConfig { loss: 0.05, seed: 7, ..WanConfig::default() }).unwrap();
     // 40 000 draws of a Bernoulli(0.05): sigma = 0.11 percentage points, so
     // the ±0.5 point band is > 4.5 sigma even before counting that the seeded
     // generator makes the outcome reproducible.
@@ -105,11 +86,7 @@ fn random_loss_matches_configuration() {
         fwd.lost as f64 * 100.0 / fwd.rx_pkts.max(1) as f64
     );
     assert_eq!(b.sent, n, "sender could not send all datagrams");
-    assert!(
-        (0.045..=0.055).contains(&b.loss),
-        "measured loss {:.3} % not within 4.5..5.5 %",
-        b.loss * 100.0
-    );
+    assert!((0.045..=0.055).contains(&b.loss), "measured loss {:.3} % not within 4.5..5.5 %", b.loss * 100.0);
 }
 
 #[test]
@@ -119,21 +96,10 @@ fn rate_limit_caps_udp_goodput() {
     }
     let _g = lock();
     let rate = 50_000_000u64;
-    let link = WanLink::start(WanConfig {
-        rate_bps: rate,
-        queue_pkts: 1000,
-        ..WanConfig::default()
-    })
-    .unwrap();
+    let link = WanLink::start(WanConfig { rate_bps: rate, queue_pkts: 1000, ..WanConfig::default() }).unwrap();
     let b = measure::udp_blast(
         &link,
-        &BlastSpec {
-            payload: 1472,
-            rate_bps: Some(rate as f64 * 1.2),
-            duration: Duration::from_secs(3),
-            max_packets: None,
-            receive: true,
-        },
+        &BlastSpec { payload: 1472, rate_bps: Some(rate as f64 * 1.2), duration: Duration::from_secs(3), max_packets: None, receive: true },
     )
     .unwrap();
     eprintln!(
@@ -144,11 +110,7 @@ fn rate_limit_caps_udp_goodput() {
         b.recv_secs,
         b.fwd.a_to_b.queue_drops
     );
-    assert!(
-        (45e6..=55e6).contains(&b.goodput_bps),
-        "goodput {:.2} Mbit/s not within 10 % of 50 Mbit/s",
-        b.goodput_bps / 1e6
-    );
+    assert!((45e6..=55e6).contains(&b.goodput_bps), "goodput {:.2} Mbit/s not within 10 % of 50 Mbit/s", b.goodput_bps / 1e6);
 }
 
 fn gone(ns: &str) -> bool {
@@ -173,8 +135,7 @@ fn namespaces_are_removed_on_drop_and_on_panic() {
     let (tx, rx) = std::sync::mpsc::channel();
     let h = std::thread::spawn(move || {
         let link = WanLink::start(WanConfig::default()).unwrap();
-        tx.send((link.ns_a().to_owned(), link.ns_b().to_owned()))
-            .unwrap();
+        tx.send((link.ns_a().to_owned(), link.ns_b().to_owned())).unwrap();
         panic!("deliberate panic while the link is up");
     });
     assert!(h.join().is_err());
@@ -190,27 +151,14 @@ fn congestion_control_helper_restores_root_default() {
     let _g = lock();
     let avail = sys::sysctl_read("net.ipv4.tcp_available_congestion_control").unwrap();
     let root = sys::sysctl_read(sys::CC_KEY).unwrap();
-    let Some(other) = ["cubic", "reno", "bbr"]
-        .into_iter()
-        .find(|c| *c != root && avail.split_whitespace().any(|a| a == *c))
-    else {
+    let Some(other) = ["cubic", "reno", "bbr"].into_iter().find(|c| *c != root && avail.split_whitespace().any(|a| a == *c)) else {
         eprintln!("skipping: no second congestion control available ({avail})");
         return;
     };
     let link = WanLink::start_with_congestion(WanConfig::default(), other).unwrap();
-    assert_eq!(
-        sys::sysctl_read(sys::CC_KEY).unwrap(),
-        root,
-        "root not restored"
-    );
-    assert_eq!(
-        sys::sysctl_read_in(link.ns_a(), sys::CC_KEY).unwrap(),
-        other
-    );
-    assert_eq!(
-        sys::sysctl_read_in(link.ns_b(), sys::CC_KEY).unwrap(),
-        other
-    );
+    assert_eq!(sys::sysctl_read(sys::CC_KEY).unwrap(), root, "root not restored");
+    assert_eq!(sys::sysctl_read_in(link.ns_a(), sys::CC_KEY).unwrap(), other);
+    assert_eq!(sys::sysctl_read_in(link.ns_b(), sys::CC_KEY).unwrap(), other);
     drop(link);
     // A failing start (bad algorithm) restores the root value as well.
     assert!(WanLink::start_with_congestion(WanConfig::default(), "no_such_cc").is_err());
@@ -223,11 +171,7 @@ fn set_config_applies_while_running() {
         return;
     }
     let _g = lock();
-    let link = WanLink::start(WanConfig {
-        loss: 1.0,
-        ..WanConfig::default()
-    })
-    .unwrap();
+    let link = WanLink::start(WanConfig { loss: 1.0, ..WanConfig::default() }).unwrap();
     let spec = BlastSpec {
         payload: 100,
         rate_bps: Some(1000.0 * ((100 + UDP_OVERHEAD) * 8) as f64),
@@ -236,19 +180,10 @@ fn set_config_applies_while_running() {
         receive: true,
     };
     let b = measure::udp_blast(&link, &spec).unwrap();
-    assert_eq!(
-        (b.sent, b.received),
-        (200, 0),
-        "loss 100 % lets packets through"
-    );
+    assert_eq!((b.sent, b.received), (200, 0), "loss 100 % lets packets through");
     link.set_config(WanConfig::default()).unwrap();
     assert_eq!(link.config().loss, 0.0);
     let b = measure::udp_blast(&link, &spec).unwrap();
     assert_eq!((b.sent, b.received), (200, 200), "loss 0 % drops packets");
-    assert!(link
-        .set_config(WanConfig {
-            loss: 2.0,
-            ..WanConfig::default()
-        })
-        .is_err());
+    assert!(link.set_config(WanConfig { loss: 2.0, ..WanConfig::default() }).is_err());
 }

@@ -57,10 +57,15 @@ pub struct LinkSetup {
 /// Loads (or first enrolls for) the agent's certificate and starts its link endpoints.
 pub async fn start_link(store: &SharedStore, cfg: &AgentConfig) -> Result<(Arc<LinkAgent>, Option<String>), String> {
     let mut agent = LinkAgent { name: cfg.name.clone(), labels: cfg.labels.clone(), ..Default::default() };
-    let Some(setup) = &cfg.link else { return Ok((Arc::new(agent), None)) };
+    let Some(setup) = &cfg.link else {
+        return Ok((Arc::new(agent), None));
+    };
     if !Identity::exists(&setup.tls_dir) {
         let Some(token) = &setup.enroll_token else {
-            return Err(format!("no certificate in {} (enroll this agent once with --enroll-token TOKEN; make a token with 'ferry ca token')", setup.tls_dir.display()));
+            return Err(format!(
+                "no certificate in {} (enroll this agent once with --enroll-token TOKEN; make a token with 'ferry ca token')",
+                setup.tls_dir.display()
+            ));
         };
         tracing::info!(agent = %cfg.name, "enrolling with the cluster CA");
         let id = pki::enroll(store, token, &cfg.name, Duration::from_secs(600)).await.map_err(|e| e.to_string())?;
@@ -75,7 +80,9 @@ pub async fn start_link(store: &SharedStore, cfg: &AgentConfig) -> Result<(Arc<L
         let bound = endpoint.local_addr().map_err(|e| format!("link endpoint: {e}"))?;
         advertise = Some(match &setup.advertise {
             Some(a) => a.clone(),
-            None if bound.ip().is_unspecified() => return Err(format!("--link-listen {listen} is a wildcard address: give --link-advertise HOST:PORT, the address other agents dial")),
+            None if bound.ip().is_unspecified() => {
+                return Err(format!("--link-listen {listen} is a wildcard address: give --link-advertise HOST:PORT, the address other agents dial"))
+            }
             None => bound.to_string(),
         });
         tracing::info!(listen = %bound, advertise = advertise.as_deref().unwrap_or(""), "LinkListening");
@@ -107,9 +114,17 @@ enum JoinError {
 }
 
 /// Starts movers for an execution this agent has not joined yet.
-async fn join_execution(store: &SharedStore, node: &Node, exec_id: &str, cfg: &AgentConfig, link: &Arc<LinkAgent>) -> Result<Option<Vec<Addr<MoverActor>>>, JoinError> {
+async fn join_execution(
+    store: &SharedStore,
+    node: &Node,
+    exec_id: &str,
+    cfg: &AgentConfig,
+    link: &Arc<LinkAgent>,
+) -> Result<Option<Vec<Addr<MoverActor>>>, JoinError> {
     let meta_key = keys::ExecKeys::new(exec_id).meta();
-    let Some(kv) = store.get(&meta_key).await.map_err(|e| JoinError::Store(e.to_string()))? else { return Ok(None) };
+    let Some(kv) = store.get(&meta_key).await.map_err(|e| JoinError::Store(e.to_string()))? else {
+        return Ok(None);
+    };
     let exec: Execution = codec::decode(&kv.value).map_err(|e| JoinError::Unusable(e.to_string()))?;
     if exec.phase.is_terminal() {
         return Ok(None);
@@ -119,7 +134,9 @@ async fn join_execution(store: &SharedStore, node: &Node, exec_id: &str, cfg: &A
         return Err(JoinError::NotOurs);
     }
     if reach.source && !reach.destination && link.client.is_none() {
-        return Err(JoinError::Unusable("this agent reads the source but has no link certificate to send to the destination's agents (start it with --tls-dir)".into()));
+        return Err(JoinError::Unusable(
+            "this agent reads the source but has no link certificate to send to the destination's agents (start it with --tls-dir)".into(),
+        ));
     }
     let spec = exec.spec.clone();
     let ctx = tokio::task::spawn_blocking(move || ExecContext::open_for(spec, reach))
@@ -197,7 +214,9 @@ pub async fn run_agent(store: SharedStore, cfg: AgentConfig, link: Arc<LinkAgent
                         serving.insert(id, movers);
                     }
                     Ok(None) => {}
-                    Err(JoinError::Store(e)) => tracing::warn!(execution = %id, error = %e, "cannot read execution; retrying"),
+                    Err(JoinError::Store(e)) => {
+                        tracing::warn!(execution = %id, error = %e, "cannot read execution; retrying")
+                    }
                     Err(JoinError::NotOurs) => {
                         tracing::info!(execution = %id, "locations bound to other agents; not joining");
                         unusable.insert(id);

@@ -12,8 +12,8 @@
 pub mod agent;
 pub mod engine;
 pub mod lease;
-pub mod mover;
 pub mod location;
+pub mod mover;
 pub mod node;
 pub mod queue;
 pub mod rate;

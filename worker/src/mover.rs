@@ -14,6 +14,7 @@ use crate::engine::scan::{list_page, LinkRole};
 use crate::engine::{dirmeta, links, parts, prune, transfer, verify, ExecContext, Line, Outcome};
 use crate::node::MoverShared;
 use crate::queue::QueueError;
+use crate::transport::frame::PartTarget;
 use crate::transport::remote::RemoteDest;
 use crate::transport::{Connector, InProcess, LinkAgent, Remote, WriterAgent};
 
@@ -54,7 +55,10 @@ fn with_route<T>(ctx: &ExecContext, link: &LinkAgent, route: &Route, f: impl FnO
 }
 
 fn no_certificate(link: &LinkAgent) -> FerryError {
-    FerryError::config(format!("agent {} has no link certificate, so it cannot send to the destination's agents (start it with --tls-dir; enroll with --enroll-token)", link.name))
+    FerryError::config(format!(
+        "agent {} has no link certificate, so it cannot send to the destination's agents (start it with --tls-dir; enroll with --enroll-token)",
+        link.name
+    ))
 }
 
 async fn route(shared: &MoverShared, shard: &Shard) -> Result<Route, FerryError> {
@@ -73,11 +77,18 @@ async fn route(shared: &MoverShared, shard: &Shard) -> Result<Route, FerryError>
 
 /// The agents that reach an execution's destination and accept links.
 async fn find_writers(store: &SharedStore, spec: &ExecutionSpec) -> Result<Vec<WriterAgent>, FerryError> {
-    let page = store.range(&ferry_common::keys::workers(), Default::default()).await.map_err(|e| FerryError::new(ErrorKind::Unavailable, format!("coordination store: {e}")))?;
+    let page = store
+        .range(&ferry_common::keys::workers(), Default::default())
+        .await
+        .map_err(|e| FerryError::new(ErrorKind::Unavailable, format!("coordination store: {e}")))?;
     let mut writers = Vec::new();
     for kv in page.kvs {
-        let Ok(info) = codec::decode::<WorkerInfo>(&kv.value) else { continue };
-        let Some(addr) = info.link_addr.as_deref().and_then(|a| a.parse().ok()) else { continue };
+        let Ok(info) = codec::decode::<WorkerInfo>(&kv.value) else {
+            continue;
+        };
+        let Some(addr) = info.link_addr.as_deref().and_then(|a| a.parse().ok()) else {
+            continue;
+        };
         if spec.link.reach(&info.name, &info.labels).destination {
             writers.push(WriterAgent { name: info.name, addr });
         }
@@ -163,14 +174,26 @@ pub async fn run_shard(shared: &MoverShared, shard: Shard, buf: &mut Option<Vec<
     };
     match committed {
         Ok(true) => {}
-        Ok(false) => tracing::warn!(shard = %shard.id, "completion refused: the claim was lost (lease expired); another worker owns it"),
-        Err(e) => tracing::warn!(shard = %shard.id, error = %e, "could not complete shard; it returns to the queue when the claim expires"),
+        Ok(false) => {
+            tracing::warn!(shard = %shard.id, "completion refused: the claim was lost (lease expired); another worker owns it")
+        }
+        Err(e) => {
+            tracing::warn!(shard = %shard.id, error = %e, "could not complete shard; it returns to the queue when the claim expires")
+        }
     }
 }
 
 /// A part of a large file: finds the file's multipart write (recorded in the part set, left
 /// by an interrupted run, or new), then sends the range into it.
-async fn run_part(shared: &MoverShared, shard: &Shard, file: Entry, offset: u64, len: u64, group: &str, buf: &mut Option<Vec<u8>>) -> Result<parts::PartDone, FerryError> {
+async fn run_part(
+    shared: &MoverShared,
+    shard: &Shard,
+    file: Entry,
+    offset: u64,
+    len: u64,
+    group: &str,
+    buf: &mut Option<Vec<u8>>,
+) -> Result<parts::PartDone, FerryError> {
     let (ctx, link) = (shared.ctx.clone(), shared.link.clone());
     let route = route(shared, shard).await?;
     let recorded = with_store_retry("read part set", || shared.queue.part_set(group)).await.map_err(store_err)?.upload_id;
@@ -178,7 +201,10 @@ async fn run_part(shared: &MoverShared, shard: &Shard, file: Entry, offset: u64,
         Some(id) => id,
         None => {
             let (c, l, r, f) = (ctx.clone(), link.clone(), route.clone(), file.clone());
-            let opened = blocking(buf, move |_| with_route(&c, &l, &r, |_, dest, _| parts::upload_meta(&c, &f).and_then(|meta| dest.open_upload(&f.path, f.size, &meta)))).await??;
+            let opened = blocking(buf, move |_| {
+                with_route(&c, &l, &r, |_, dest, _| parts::upload_meta(&c, &f).and_then(|meta| dest.open_upload(&f.path, f.size, &meta)))
+            })
+            .await??;
             let (id, created) = opened?;
             let winner = with_store_retry("record upload", || shared.queue.record_upload(group, &file.path, &id)).await.map_err(store_err)?;
             if winner != id && created {
@@ -189,7 +215,10 @@ async fn run_part(shared: &MoverShared, shard: &Shard, file: Entry, offset: u64,
             winner
         }
     };
-    blocking(buf, move |b| with_route(&ctx, &link, &route, |conn, _, settings| parts::run_part(&ctx, conn, settings, &file, offset, len, &upload, b))).await??
+    blocking(buf, move |b| {
+        with_route(&ctx, &link, &route, |conn, _, settings| parts::run_part(&ctx, conn, settings, &file, PartTarget { upload: upload.clone(), offset, len }, b))
+    })
+    .await??
 }
 
 /// A shard that no longer belongs to this worker: no completion, no cleanup at the
@@ -229,7 +258,10 @@ async fn execute(shared: &MoverShared, shard: &Shard, buf: &mut Option<Vec<u8>>)
             }
             page.into_bodies(&ctx, &shard.id, roles)
         }
-        ShardBody::Transfer { entries } => blocking(buf, move |b| with_route(&ctx, &link, &route, |conn, _, settings| transfer::run_transfer(&ctx, conn, settings, entries, attempt, b))).await??,
+        ShardBody::Transfer { entries } => {
+            blocking(buf, move |b| with_route(&ctx, &link, &route, |conn, _, settings| transfer::run_transfer(&ctx, conn, settings, entries, attempt, b)))
+                .await??
+        }
         ShardBody::Commit { file, group, .. } => {
             let set = with_store_retry("read part set", || shared.queue.part_set(&group)).await.map_err(store_err)?;
             let out = blocking(buf, move |b| {
@@ -242,7 +274,9 @@ async fn execute(shared: &MoverShared, shard: &Shard, buf: &mut Option<Vec<u8>>)
         ShardBody::Prune { dir } => blocking(buf, move |_| with_route(&ctx, &link, &route, |_, dest, _| prune::run_prune(&ctx, dest, &dir))).await???,
         ShardBody::Links { links: l } => blocking(buf, move |_| links::run_links(&ctx, l)).await?,
         ShardBody::DirMeta { dirs } => blocking(buf, move |_| dirmeta::run_dirmeta(&ctx, dirs)).await?,
-        ShardBody::Verify { dirs } => blocking(buf, move |b| with_route(&ctx, &link, &route, |_, dest, _| verify::run_verify(&ctx, dest, &dirs, b))).await???,
+        ShardBody::Verify { dirs } => {
+            blocking(buf, move |b| with_route(&ctx, &link, &route, |_, dest, _| verify::run_verify(&ctx, dest, &dirs, b))).await???
+        }
         ShardBody::Part { .. } => unreachable!("parts complete through complete_part"),
     };
     Ok((outcome, Vec::new()))

@@ -36,7 +36,14 @@ pub struct Node {
 
 impl Node {
     /// Takes a lease, registers under it, and keeps it alive until [`Node::leave`].
-    pub async fn join(store: SharedStore, worker_id: &str, ttl: Duration, movers: usize, labels: &[String], link_addr: Option<String>) -> Result<Node, StoreError> {
+    pub async fn join(
+        store: SharedStore,
+        worker_id: &str,
+        ttl: Duration,
+        movers: usize,
+        labels: &[String],
+        link_addr: Option<String>,
+    ) -> Result<Node, StoreError> {
         let asked = std::time::Instant::now();
         let lease = store.lease_grant(ttl).await?;
         let clock = Arc::new(LeaseClock::new(ttl, asked));
@@ -113,7 +120,11 @@ fn hostname() -> String {
     let mut buf = [0u8; 256];
     let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    if ok { String::from_utf8_lossy(&buf[..end]).into_owned() } else { String::new() }
+    if ok {
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        String::new()
+    }
 }
 
 /// What the movers of one node share for one execution.
@@ -161,7 +172,9 @@ fn spawn_waker(shared: Arc<MoverShared>) {
                 wake.notify_waiters();
                 while let Some(ev) = events.next().await {
                     let ev = ev?;
-                    let Some(shared) = weak.upgrade() else { return Ok(()) };
+                    let Some(shared) = weak.upgrade() else {
+                        return Ok(());
+                    };
                     if ev.kv.key == settings_key && ev.kind == ferry_common::store::EventKind::Put {
                         apply(&shared, &ev.kv.value);
                     }
@@ -200,11 +213,7 @@ impl Actor for MoverActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let shared = self.shared.clone();
         let index = self.index;
-        ctx.spawn(
-            async move { mover_loop(shared, index).await }
-                .into_actor(self)
-                .map(|_, _, ctx| ctx.stop()),
-        );
+        ctx.spawn(async move { mover_loop(shared, index).await }.into_actor(self).map(|_, _, ctx| ctx.stop()));
     }
 }
 
@@ -233,7 +242,9 @@ async fn mover_loop(shared: Arc<MoverShared>, index: usize) {
         let wake = shared.wake.notified();
         let step = async {
             let kv = shared.queue.store().get(&meta_key).await?;
-            let Some(kv) = kv else { return Ok::<_, QueueError>(None) };
+            let Some(kv) = kv else {
+                return Ok::<_, QueueError>(None);
+            };
             let exec: Execution = codec::decode(&kv.value)?;
             if exec.phase.is_terminal() {
                 return Ok(None);
@@ -262,4 +273,3 @@ async fn mover_loop(shared: Arc<MoverShared>, index: usize) {
         }
     }
 }
-

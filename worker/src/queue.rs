@@ -94,20 +94,12 @@ impl ShardQueue {
             let prefix = self.keys.queue_kind(kind);
             let mut start_after = None;
             loop {
-                let page = self
-                    .store
-                    .range(&prefix, RangeOptions { limit: CLAIM_PAGE, start_after: start_after.clone(), keys_only: true })
-                    .await?;
+                let page = self.store.range(&prefix, RangeOptions { limit: CLAIM_PAGE, start_after: start_after.clone(), keys_only: true }).await?;
                 if kind.is_backlog() {
                     backlog += page.kvs.len();
                 }
                 start_after = page.kvs.last().map(|kv| kv.key.clone());
-                let mut keys: Vec<Vec<u8>> = page
-                    .kvs
-                    .into_iter()
-                    .map(|kv| kv.key)
-                    .filter(|k| !claimed.contains(ExecKeys::shard_of(k).as_bytes()))
-                    .collect();
+                let mut keys: Vec<Vec<u8>> = page.kvs.into_iter().map(|kv| kv.key).filter(|k| !claimed.contains(ExecKeys::shard_of(k).as_bytes())).collect();
                 // Claimers start at different places so they rarely collide on one key.
                 keys.shuffle(&mut rand::thread_rng());
                 for key in &keys {
@@ -126,9 +118,11 @@ impl ShardQueue {
     async fn try_claim(&self, key: &[u8]) -> Result<Option<Shard>, QueueError> {
         let id = ExecKeys::shard_of(key);
         let claim = self.keys.claim(id);
-        let txn = Txn::new()
-            .when([Compare::absent(claim.clone()), Compare::present(key.to_vec())])
-            .and_then([TxnOp::put_leased(claim, self.holder.clone(), self.lease)]);
+        let txn = Txn::new().when([Compare::absent(claim.clone()), Compare::present(key.to_vec())]).and_then([TxnOp::put_leased(
+            claim,
+            self.holder.clone(),
+            self.lease,
+        )]);
         if !self.store.txn(txn).await?.succeeded {
             return Ok(None);
         }
@@ -200,10 +194,15 @@ impl ShardQueue {
     /// part that completes the set also queues the Commit shard. `tags` are the object-store
     /// part tags it stored (none for a POSIX destination), `source` the file's metadata as the
     /// part read it.
-    pub async fn complete_part(&self, shard: &Shard, result: Result<(u32, u64), String>, tags: &[(u32, String)], source: Option<&FileMeta>, outcome: &Outcome) -> Result<bool, QueueError> {
-        let ShardBody::Part { file, index, count, group, .. } = &shard.body else {
-            unreachable!("complete_part is only called for part shards")
-        };
+    pub async fn complete_part(
+        &self,
+        shard: &Shard,
+        result: Result<(u32, u64), String>,
+        tags: &[(u32, String)],
+        source: Option<&FileMeta>,
+        outcome: &Outcome,
+    ) -> Result<bool, QueueError> {
+        let ShardBody::Part { file, index, count, group, .. } = &shard.body else { unreachable!("complete_part is only called for part shards") };
         let parts_key = self.keys.parts(group);
         loop {
             let current = self.store.get(&parts_key).await?;

@@ -19,8 +19,12 @@ pub fn log_entries(spec: &ExecutionSpec, entries: &[ReportEntry]) {
     for e in entries {
         let path = ferry_common::paths::display(&e.path);
         match (&e.reason, e.status) {
-            (Some(reason), EntryStatus::Failed) => tracing::warn!(execution = %spec.id, path = %path, reason = %reason, "EntryFailed"),
-            _ if every => tracing::info!(execution = %spec.id, path = %path, status = e.status.as_str(), size = e.size, "Entry"),
+            (Some(reason), EntryStatus::Failed) => {
+                tracing::warn!(execution = %spec.id, path = %path, reason = %reason, "EntryFailed")
+            }
+            _ if every => {
+                tracing::info!(execution = %spec.id, path = %path, status = e.status.as_str(), size = e.size, "Entry")
+            }
             _ => {}
         }
     }
@@ -52,7 +56,17 @@ mod tests {
     use ferry_common::model::{EntryKind, ReportLines};
 
     fn entry(i: usize, status: EntryStatus) -> ReportEntry {
-        ReportEntry { path: format!("dir/{i:06}-{}", "x".repeat(200)).into_bytes(), kind: EntryKind::File, status, reason: None, code: None, size: 1, crc32c: None, mtime: None, at_ms: 0 }
+        ReportEntry {
+            path: format!("dir/{i:06}-{}", "x".repeat(200)).into_bytes(),
+            kind: EntryKind::File,
+            status,
+            reason: None,
+            code: None,
+            size: 1,
+            crc32c: None,
+            mtime: None,
+            at_ms: 0,
+        }
     }
 
     #[test]

@@ -77,10 +77,7 @@ pub async fn range_is_ordered_and_pages(store: &SharedStore, scope: &str) {
     let page = store.range(&p, RangeOptions { limit: 2, ..Default::default() }).await.unwrap();
     assert_eq!(page.kvs.len(), 2);
     assert!(page.more, "limit cut the result, so more must be set");
-    let next = store
-        .range(&p, RangeOptions { limit: 2, start_after: Some(page.kvs[1].key.clone()), ..Default::default() })
-        .await
-        .unwrap();
+    let next = store.range(&p, RangeOptions { limit: 2, start_after: Some(page.kvs[1].key.clone()), ..Default::default() }).await.unwrap();
     assert_eq!(next.kvs[0].value, b"c");
     assert_eq!(next.kvs[1].value, b"d");
     let keys = store.range(&p, RangeOptions { keys_only: true, ..Default::default() }).await.unwrap();
@@ -115,9 +112,11 @@ pub async fn txn_compares_and_applies_atomically(store: &SharedStore, scope: &st
 
     // The completion fence: only the claim holder's value matches.
     let fence = |holder: &str| {
-        Txn::new()
-            .when([Compare::value_is(c.clone(), holder.as_bytes().to_vec())])
-            .and_then([TxnOp::put(key(&p, "done"), b"ok".to_vec()), TxnOp::delete(q.clone()), TxnOp::delete(c.clone())])
+        Txn::new().when([Compare::value_is(c.clone(), holder.as_bytes().to_vec())]).and_then([
+            TxnOp::put(key(&p, "done"), b"ok".to_vec()),
+            TxnOp::delete(q.clone()),
+            TxnOp::delete(c.clone()),
+        ])
     };
     assert!(!store.txn(fence("w2")).await.unwrap().succeeded);
     assert!(store.get(&key(&p, "done")).await.unwrap().is_none(), "a failed txn writes nothing");
@@ -152,9 +151,7 @@ pub async fn claim_race_has_exactly_one_winner(store: &SharedStore, scope: &str)
             let store = Arc::clone(store);
             let (q, c) = (q.clone(), c.clone());
             tasks.push(tokio::spawn(async move {
-                let txn = Txn::new()
-                    .when([Compare::absent(c.clone()), Compare::present(q)])
-                    .and_then([TxnOp::put(c, format!("w{w}").into_bytes())]);
+                let txn = Txn::new().when([Compare::absent(c.clone()), Compare::present(q)]).and_then([TxnOp::put(c, format!("w{w}").into_bytes())]);
                 store.txn(txn).await.unwrap().succeeded
             }));
         }
@@ -178,11 +175,7 @@ pub async fn values_over_the_limit_are_refused(store: &SharedStore, scope: &str)
 }
 
 async fn next_event(stream: &mut WatchStream) -> WatchEvent {
-    tokio::time::timeout(Duration::from_secs(10), stream.next())
-        .await
-        .expect("watch event within 10 s")
-        .expect("watch stream ended")
-        .expect("watch error")
+    tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("watch event within 10 s").expect("watch stream ended").expect("watch error")
 }
 
 pub async fn watch_resumes_from_a_revision(store: &SharedStore, scope: &str) {
@@ -218,19 +211,13 @@ pub async fn lease_keep_alive_and_revoke(store: &SharedStore, scope: &str) {
     store.lease_revoke(lease).await.unwrap();
     assert!(store.get(&key(&p, "held")).await.unwrap().is_none(), "revoking a lease deletes its keys");
     assert!(matches!(store.lease_keep_alive(lease).await, Err(StoreError::LeaseExpired(_))));
-    assert!(
-        store.put(&key(&p, "late"), b"w".to_vec(), Some(lease)).await.is_err(),
-        "a revoked lease cannot hold new keys"
-    );
+    assert!(store.put(&key(&p, "late"), b"w".to_vec(), Some(lease)).await.is_err(), "a revoked lease cannot hold new keys");
 }
 
 pub async fn lease_expiry_removes_claims(store: &SharedStore, scope: &str) {
     let p = ns(scope, "lease-expiry");
     store.delete_prefix(&p).await.unwrap();
-    let (short, kept) = (
-        store.lease_grant(Duration::from_secs(2)).await.unwrap(),
-        store.lease_grant(Duration::from_secs(2)).await.unwrap(),
-    );
+    let (short, kept) = (store.lease_grant(Duration::from_secs(2)).await.unwrap(), store.lease_grant(Duration::from_secs(2)).await.unwrap());
     store.put(&key(&p, "claim/1"), b"dead".to_vec(), Some(short)).await.unwrap();
     store.put(&key(&p, "claim/2"), b"alive".to_vec(), Some(kept)).await.unwrap();
     let start_rev = store.range(&p, RangeOptions::default()).await.unwrap().revision + 1;
@@ -263,6 +250,8 @@ pub async fn compaction_keeps_keys_and_refuses_old_watches(store: &SharedStore, 
     let mut w = store.watch(&p, r1).await.unwrap();
     match tokio::time::timeout(Duration::from_secs(10), w.next()).await.expect("an answer within 10 s") {
         Some(Err(StoreError::Compacted { .. })) => {}
-        other => panic!("a watch from a compacted revision must fail with Compacted, got {other:?}"),
+        other => {
+            panic!("a watch from a compacted revision must fail with Compacted, got {other:?}")
+        }
     }
 }

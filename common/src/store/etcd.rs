@@ -42,9 +42,7 @@ fn classify(err: ec::Error, lease: Option<LeaseId>) -> StoreError {
             }
             use grpc_code::*;
             match i32::from(status.code()) {
-                UNAVAILABLE | DEADLINE_EXCEEDED | ABORTED | CANCELLED | UNKNOWN | INTERNAL | RESOURCE_EXHAUSTED => {
-                    StoreError::Unavailable(msg.to_string())
-                }
+                UNAVAILABLE | DEADLINE_EXCEEDED | ABORTED | CANCELLED | UNKNOWN | INTERNAL | RESOURCE_EXHAUSTED => StoreError::Unavailable(msg.to_string()),
                 _ => StoreError::Other(msg.to_string()),
             }
         }

@@ -89,12 +89,7 @@ impl MemStore {
     /// keeps distinct across restarts so that a holder of a lease from before the restart
     /// cannot keep alive a new, unrelated lease with the same id.
     #[cfg_attr(not(feature = "redb"), allow(dead_code))]
-    pub(super) fn with_persistence(
-        kvs: Vec<KeyValue>,
-        revision: Revision,
-        first_lease: LeaseId,
-        persistence: Box<dyn Persistence>,
-    ) -> Self {
+    pub(super) fn with_persistence(kvs: Vec<KeyValue>, revision: Revision, first_lease: LeaseId, persistence: Box<dyn Persistence>) -> Self {
         Self::from_inner(Inner {
             kvs: kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect(),
             revision,
@@ -138,11 +133,7 @@ impl MemStore {
 
 fn check_value(key: &[u8], value: &[u8]) -> Result<(), StoreError> {
     if value.len() > MAX_VALUE_BYTES {
-        return Err(StoreError::ValueTooLarge {
-            key: String::from_utf8_lossy(key).into_owned(),
-            len: value.len(),
-            max: MAX_VALUE_BYTES,
-        });
+        return Err(StoreError::ValueTooLarge { key: String::from_utf8_lossy(key).into_owned(), len: value.len(), max: MAX_VALUE_BYTES });
     }
     Ok(())
 }
@@ -150,8 +141,7 @@ fn check_value(key: &[u8], value: &[u8]) -> Result<(), StoreError> {
 impl Inner {
     fn expire_leases(&mut self) {
         let now = Instant::now();
-        let expired: Vec<LeaseId> =
-            self.leases.iter().filter(|(_, l)| l.deadline <= now).map(|(id, _)| *id).collect();
+        let expired: Vec<LeaseId> = self.leases.iter().filter(|(_, l)| l.deadline <= now).map(|(id, _)| *id).collect();
         if expired.is_empty() {
             return;
         }
@@ -179,7 +169,9 @@ impl Inner {
 
     /// Makes the changes of the mutation just applied durable; a no-op without persistence.
     fn persist(&mut self) -> Result<(), StoreError> {
-        let Some(persistence) = self.persistence.as_mut() else { return Ok(()) };
+        let Some(persistence) = self.persistence.as_mut() else {
+            return Ok(());
+        };
         if let Some(err) = &self.poisoned {
             self.pending.clear();
             return Err(err.clone());
@@ -202,7 +194,9 @@ impl Inner {
     }
 
     fn revoke(&mut self, id: LeaseId) -> bool {
-        let Some(lease) = self.leases.remove(&id) else { return false };
+        let Some(lease) = self.leases.remove(&id) else {
+            return false;
+        };
         if lease.keys.is_empty() {
             return true;
         }
@@ -226,14 +220,18 @@ impl Inner {
         self.history_bytes += event.kv.key.len() + event.kv.value.len();
         self.history.push_back(event);
         while self.history.len() > EVENT_HISTORY || self.history_bytes > EVENT_HISTORY_BYTES {
-            let Some(old) = self.history.pop_front() else { break };
+            let Some(old) = self.history.pop_front() else {
+                break;
+            };
             self.history_bytes -= old.kv.key.len() + old.kv.value.len();
             self.compacted_through = old.kv.mod_revision;
         }
     }
 
     fn remove_key(&mut self, key: &[u8], rev: Revision) -> bool {
-        let Some(old) = self.kvs.remove(key) else { return false };
+        let Some(old) = self.kvs.remove(key) else {
+            return false;
+        };
         if old.lease != 0 {
             if let Some(lease) = self.leases.get_mut(&old.lease) {
                 lease.keys.remove(key);
@@ -283,10 +281,7 @@ impl Inner {
     }
 
     fn prefix_keys(&self, prefix: &[u8]) -> Vec<Vec<u8>> {
-        self.kvs.range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, _)| k.clone())
-            .collect()
+        self.kvs.range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded)).take_while(|(k, _)| k.starts_with(prefix)).map(|(k, _)| k.clone()).collect()
     }
 
     fn compare(&self, c: &Compare) -> bool {
@@ -342,9 +337,7 @@ impl Store for MemStore {
 
     async fn count(&self, prefix: &[u8]) -> Result<usize, StoreError> {
         let inner = self.lock();
-        Ok(inner.kvs.range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .count())
+        Ok(inner.kvs.range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded)).take_while(|(k, _)| k.starts_with(prefix)).count())
     }
 
     async fn put(&self, key: &[u8], value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision, StoreError> {
@@ -476,9 +469,7 @@ impl Store for MemStore {
             }
         }
         inner.watchers.push(Watcher { prefix: prefix.to_vec(), tx });
-        let stream = futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|ev| (Ok(ev), rx))
-        });
+        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|ev| (Ok(ev), rx)) });
         Ok(Box::pin(stream))
     }
 }

@@ -33,12 +33,12 @@ mod mem;
 #[cfg(feature = "redb")]
 mod redb;
 
+#[cfg(feature = "redb")]
+pub use self::redb::RedbStore;
 pub use conformance::run_conformance_suite;
 #[cfg(feature = "etcd")]
 pub use etcd::EtcdStore;
 pub use mem::MemStore;
-#[cfg(feature = "redb")]
-pub use self::redb::RedbStore;
 
 use std::fmt;
 use std::pin::Pin;

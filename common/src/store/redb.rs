@@ -13,8 +13,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use ::redb::{Database, DatabaseError, Durability, ReadableTable, StorageError, TableDefinition};
+use async_trait::async_trait;
 
 use super::mem::{Change, Persistence};
 use super::*;
@@ -79,16 +79,18 @@ impl RedbStore {
 fn open_error(path: &Path, err: DatabaseError) -> StoreError {
     let path = path.display();
     let why = match err {
-        DatabaseError::DatabaseAlreadyOpen => "it is already in use (is another `ferry coordinator --data-dir` running on it?); stop that process or use another --data-dir".to_string(),
+        DatabaseError::DatabaseAlreadyOpen => {
+            "it is already in use (is another `ferry coordinator --data-dir` running on it?); stop that process or use another --data-dir".to_string()
+        }
         DatabaseError::Storage(StorageError::Io(io)) if io.kind() == std::io::ErrorKind::InvalidData => {
             "it is not a redb database; move it away (the coordinator then starts empty) or point --data-dir elsewhere".to_string()
         }
-        DatabaseError::Storage(StorageError::Corrupted(detail)) => format!(
-            "it is damaged ({detail}); restore it from a backup, or move it away and start empty"
-        ),
-        DatabaseError::UpgradeRequired(version) => format!(
-            "it uses redb file format {version}, which this build cannot read; open it with the ferry that wrote it, or move it away"
-        ),
+        DatabaseError::Storage(StorageError::Corrupted(detail)) => {
+            format!("it is damaged ({detail}); restore it from a backup, or move it away and start empty")
+        }
+        DatabaseError::UpgradeRequired(version) => {
+            format!("it uses redb file format {version}, which this build cannot read; open it with the ferry that wrote it, or move it away")
+        }
         DatabaseError::Storage(StorageError::Io(io)) => format!("{io}; check the path, its permissions and free space"),
         other => format!("{other}; move the file away if it keeps failing"),
     };
@@ -108,14 +110,10 @@ fn load(db: &Database) -> Result<Loaded, String> {
     let loaded = {
         let keys = txn.open_table(KEYS).map_err(|e| e.to_string())?;
         let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
-        let read_meta = |name: &str| -> Result<Option<i64>, String> {
-            Ok(meta.get(name).map_err(|e| e.to_string())?.map(|v| v.value()))
-        };
+        let read_meta = |name: &str| -> Result<Option<i64>, String> { Ok(meta.get(name).map_err(|e| e.to_string())?.map(|v| v.value())) };
         let format = read_meta(META_FORMAT)?.unwrap_or(FORMAT);
         if format != FORMAT {
-            return Err(format!(
-                "it is in store format {format}, and this build reads only format {FORMAT} (run the ferry that wrote it)"
-            ));
+            return Err(format!("it is in store format {format}, and this build reads only format {FORMAT} (run the ferry that wrote it)"));
         }
         let mut revision = read_meta(META_REVISION)?.unwrap_or(0);
         let lease_epoch = read_meta(META_LEASE_EPOCH)?.unwrap_or(0) + 1;
@@ -129,14 +127,7 @@ fn load(db: &Database) -> Result<Loaded, String> {
             // Both are written in the same transaction; this only guards against a file
             // edited by hand, where reusing a revision would break watches.
             revision = revision.max(mod_revision);
-            kvs.push(KeyValue {
-                key: key.value().to_vec(),
-                value: value.to_vec(),
-                create_revision,
-                mod_revision,
-                version,
-                lease: 0,
-            });
+            kvs.push(KeyValue { key: key.value().to_vec(), value: value.to_vec(), create_revision, mod_revision, version, lease: 0 });
         }
         meta.insert(META_FORMAT, FORMAT).map_err(|e| e.to_string())?;
         meta.insert(META_REVISION, revision).map_err(|e| e.to_string())?;
@@ -165,10 +156,7 @@ impl RedbPersistence {
             for (key, kv) in changes {
                 match kv {
                     Some(kv) => {
-                        keys.insert(
-                            key.as_slice(),
-                            (kv.create_revision, kv.mod_revision, kv.version, kv.value.as_slice()),
-                        )?;
+                        keys.insert(key.as_slice(), (kv.create_revision, kv.mod_revision, kv.version, kv.value.as_slice()))?;
                     }
                     None => {
                         keys.remove(key.as_slice())?;
@@ -285,10 +273,7 @@ mod tests {
         store.txn(Txn::new().when([Compare::present(b"absent".to_vec())])).await.unwrap();
 
         let writes = writes.lock().unwrap();
-        let summary: Summary = writes
-            .iter()
-            .map(|(changes, rev)| (changes.iter().map(|(k, kv)| (k.as_slice(), kv.is_some())).collect(), *rev))
-            .collect();
+        let summary: Summary = writes.iter().map(|(changes, rev)| (changes.iter().map(|(k, kv)| (k.as_slice(), kv.is_some())).collect(), *rev)).collect();
         let expected: Summary = vec![
             (vec![(b"a", true)], 1),
             (vec![(b"b", true), (b"a", false)], 2),

@@ -54,7 +54,8 @@ impl ResponseError for ApiError {
         self.status
     }
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(ErrorBody { error: ErrorDetail { code: self.code.into(), field: self.field.clone(), message: self.message.clone() } })
+        HttpResponse::build(self.status)
+            .json(ErrorBody { error: ErrorDetail { code: self.code.into(), field: self.field.clone(), message: self.message.clone() } })
     }
 }
 
@@ -70,7 +71,9 @@ impl From<ControlError> for ApiError {
             }
             ControlError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "NotFound", m),
             ControlError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "Conflict", m),
-            ControlError::Store(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", format!("{m} (the coordination store is unavailable; retry)")),
+            ControlError::Store(m) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", format!("{m} (the coordination store is unavailable; retry)"))
+            }
         }
     }
 }
@@ -158,11 +161,21 @@ pub fn serve(control: Arc<ControlPlane>, listen: SocketAddr, tokens: Tokens) -> 
             .app_data(web::QueryConfig::default().error_handler(|e, _| json_error(e)))
             .wrap_fn(move |req, srv| {
                 let open = req.path() == "/v1/health";
-                let presented = req.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(|t| t.trim().as_bytes().to_vec());
+                let presented = req
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(|t| t.trim().as_bytes().to_vec());
                 if open || presented.is_some_and(|t| tokens.accepts(&t)) {
                     Either::Left(srv.call(req))
                 } else {
-                    let resp = ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "missing or wrong bearer token (send 'Authorization: Bearer TOKEN' with a token from the coordinator's --api-token-file)").error_response();
+                    let resp = ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "Unauthorized",
+                        "missing or wrong bearer token (send 'Authorization: Bearer TOKEN' with a token from the coordinator's --api-token-file)",
+                    )
+                    .error_response();
                     let (req, _) = req.into_parts();
                     Either::Right(ready(Ok(ServiceResponse::new(req, resp))))
                 }
@@ -184,7 +197,8 @@ pub fn serve(control: Arc<ControlPlane>, listen: SocketAddr, tokens: Tokens) -> 
             .route("/v1/agents", web::get().to(list_agents))
             .route("/v1/events", web::get().to(list_events))
             .default_service(web::to(|req: HttpRequest| async move {
-                ApiError::new(StatusCode::NOT_FOUND, "NotFound", format!("no such endpoint: {} {} (see /v1/openapi.json)", req.method(), req.path())).error_response()
+                ApiError::new(StatusCode::NOT_FOUND, "NotFound", format!("no such endpoint: {} {} (see /v1/openapi.json)", req.method(), req.path()))
+                    .error_response()
             }))
     })
     .workers(2)

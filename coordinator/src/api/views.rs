@@ -1,10 +1,10 @@
 //! What the API returns: DataSync-shaped views of executions, agents and events, and the
 //! error body. Requests use the task types of [`ferry_common::task`] directly.
 
+use ferry_common::model::WorkerInfo;
 use ferry_common::model::{Execution, Phase};
 use ferry_common::paths;
 use ferry_common::task::Event;
-use ferry_common::model::WorkerInfo;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 

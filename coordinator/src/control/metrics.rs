@@ -5,11 +5,12 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use ferry_common::model::WorkerInfo;
 use ferry_common::model::{Execution, Phase};
 use ferry_common::task::{ScheduleStatus, Task};
-use ferry_common::model::WorkerInfo;
 
-const PHASES: [Phase; 8] = [Phase::Queued, Phase::Launching, Phase::Preparing, Phase::Transferring, Phase::Verifying, Phase::Success, Phase::Error, Phase::Cancelled];
+const PHASES: [Phase; 8] =
+    [Phase::Queued, Phase::Launching, Phase::Preparing, Phase::Transferring, Phase::Verifying, Phase::Success, Phase::Error, Phase::Cancelled];
 
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
@@ -25,12 +26,19 @@ pub fn render(execs: &[Execution], agents: &[WorkerInfo], tasks: &[Task]) -> Str
     for (phase, n) in &by_phase {
         let _ = writeln!(out, "ferry_executions{{phase=\"{phase}\"}} {n}");
     }
-    let _ = writeln!(out, "# HELP ferry_agents_online Agents registered with a live lease.\n# TYPE ferry_agents_online gauge\nferry_agents_online {}", agents.len());
+    let _ = writeln!(
+        out,
+        "# HELP ferry_agents_online Agents registered with a live lease.\n# TYPE ferry_agents_online gauge\nferry_agents_online {}",
+        agents.len()
+    );
     let movers: usize = agents.iter().map(|a| a.movers).sum();
     let _ = writeln!(out, "# HELP ferry_agent_movers Movers across online agents.\n# TYPE ferry_agent_movers gauge\nferry_agent_movers {movers}");
     let enabled = tasks.iter().filter(|t| t.schedule.as_ref().is_some_and(|s| s.status == ScheduleStatus::Enabled)).count();
     let _ = writeln!(out, "# HELP ferry_tasks Tasks defined.\n# TYPE ferry_tasks gauge\nferry_tasks {}", tasks.len());
-    let _ = writeln!(out, "# HELP ferry_schedules_enabled Tasks with an enabled schedule.\n# TYPE ferry_schedules_enabled gauge\nferry_schedules_enabled {enabled}");
+    let _ = writeln!(
+        out,
+        "# HELP ferry_schedules_enabled Tasks with an enabled schedule.\n# TYPE ferry_schedules_enabled gauge\nferry_schedules_enabled {enabled}"
+    );
     type Pick = fn(&ferry_common::model::Counters) -> u64;
     let counters: [(&str, &str, Pick); 10] = [
         ("files_prepared", "Files prepared (listed and compared).", |c| c.files_prepared),
@@ -48,7 +56,10 @@ pub fn render(execs: &[Execution], agents: &[WorkerInfo], tasks: &[Task]) -> Str
         let total: u64 = execs.iter().map(|e| pick(&e.counters)).sum();
         let _ = writeln!(out, "# HELP ferry_{name}_total {help}\n# TYPE ferry_{name}_total counter\nferry_{name}_total {total}");
     }
-    let _ = writeln!(out, "# HELP ferry_execution_bytes_transferred Bytes transferred by each unfinished execution.\n# TYPE ferry_execution_bytes_transferred gauge");
+    let _ = writeln!(
+        out,
+        "# HELP ferry_execution_bytes_transferred Bytes transferred by each unfinished execution.\n# TYPE ferry_execution_bytes_transferred gauge"
+    );
     for e in execs.iter().filter(|e| !e.phase.is_terminal()) {
         let _ = writeln!(
             out,

@@ -20,11 +20,11 @@ use std::sync::Arc;
 
 use ferry_common::codec;
 use ferry_common::keys::{self, ExecKeys};
+use ferry_common::model::WorkerInfo;
 use ferry_common::model::{Execution, Phase};
 use ferry_common::schedule::{self, arm_key, CronSchedule, Decision, FirePolicy, ScheduleState};
 use ferry_common::store::{Compare, KeyValue, RangeOptions, SharedStore, StoreError, Txn, TxnOp};
-use ferry_common::task::{Event, ExecSettings, FieldError, ScheduleStatus, SchedulePolicy, StartOverrides, Task, TaskUpdate};
-use ferry_common::model::WorkerInfo;
+use ferry_common::task::{Event, ExecSettings, FieldError, SchedulePolicy, ScheduleStatus, StartOverrides, Task, TaskUpdate};
 
 use crate::driver::{phase_event, DriverError, Reconciler};
 
@@ -220,7 +220,8 @@ impl ControlPlane {
     }
 
     async fn task_kv(&self, name: &str) -> Result<(Task, i64)> {
-        let kv = self.store.get(&keys::task(name)).await?.ok_or_else(|| ControlError::NotFound(format!("no task {name} (list tasks with `ferry task list`)")))?;
+        let kv =
+            self.store.get(&keys::task(name)).await?.ok_or_else(|| ControlError::NotFound(format!("no task {name} (list tasks with `ferry task list`)")))?;
         Ok((decode_kv(&kv)?, kv.mod_revision))
     }
 
@@ -266,12 +267,19 @@ impl ControlPlane {
     pub async fn delete_task(&self, name: &str) -> Result<()> {
         let (_, rev) = self.task_kv(name).await?;
         if let Some(e) = self.unfinished_executions().await?.into_iter().find(|e| e.spec.task.as_deref() == Some(name)) {
-            return Err(ControlError::Conflict(format!("task {name} has execution {} in {}; cancel it first (`ferry exec cancel {}`)", e.spec.id, e.phase.as_str(), e.spec.id)));
+            return Err(ControlError::Conflict(format!(
+                "task {name} has execution {} in {}; cancel it first (`ferry exec cancel {}`)",
+                e.spec.id,
+                e.phase.as_str(),
+                e.spec.id
+            )));
         }
         let ev = Event::new(self.wall(), "TaskDeleted", "task deleted").task(name);
-        let txn = Txn::new()
-            .when([Compare::mod_revision_is(keys::task(name), rev)])
-            .and_then([TxnOp::delete(keys::task(name)), TxnOp::delete(keys::sched(name)), event_op(&ev)?]);
+        let txn = Txn::new().when([Compare::mod_revision_is(keys::task(name), rev)]).and_then([
+            TxnOp::delete(keys::task(name)),
+            TxnOp::delete(keys::sched(name)),
+            event_op(&ev)?,
+        ]);
         if !self.store.txn(txn).await?.succeeded {
             return Err(ControlError::Conflict(format!("task {name} changed while it was being deleted; retry")));
         }
@@ -389,7 +397,11 @@ impl ControlPlane {
     /// the leader next reconciles it and its workers stop.
     pub async fn cancel_execution(&self, id: &str) -> Result<Execution> {
         for _ in 0..5 {
-            let kv = self.store.get(&ExecKeys::new(id).meta()).await?.ok_or_else(|| ControlError::NotFound(format!("no execution {id} (list them with `ferry exec list`)")))?;
+            let kv = self
+                .store
+                .get(&ExecKeys::new(id).meta())
+                .await?
+                .ok_or_else(|| ControlError::NotFound(format!("no execution {id} (list them with `ferry exec list`)")))?;
             let mut exec: Execution = decode_kv(&kv)?;
             if exec.phase.is_terminal() {
                 return Err(ControlError::Conflict(format!("execution {id} already ended ({})", exec.phase.as_str())));
@@ -402,7 +414,8 @@ impl ControlPlane {
             exec.error = Some("cancelled while queued".into());
             exec.set_phase(Phase::Cancelled, now);
             exec.finished_unix_ms = Some(now);
-            let mut ops = vec![TxnOp::put(ExecKeys::new(id).meta(), codec::encode(&exec)?), phase_event(&exec, now)?, TxnOp::put(keys::finished(id), Vec::new())];
+            let mut ops =
+                vec![TxnOp::put(ExecKeys::new(id).meta(), codec::encode(&exec)?), phase_event(&exec, now)?, TxnOp::put(keys::finished(id), Vec::new())];
             ops.extend(exec.task_run.queue_position.map(|pos| TxnOp::delete(keys::pending(pos, id))));
             let txn = Txn::new().when([Compare::mod_revision_is(ExecKeys::new(id).meta(), kv.mod_revision)]).and_then(ops);
             if self.store.txn(txn).await?.succeeded {
@@ -487,7 +500,9 @@ impl ControlPlane {
         let tasks = self.store.range(&keys::tasks(), RangeOptions::default()).await?;
         for kv in &tasks.kvs {
             let task: Task = decode_kv(kv)?;
-            let Some(sched) = task.schedule.clone() else { continue };
+            let Some(sched) = task.schedule.clone() else {
+                continue;
+            };
             let state_kv = self.store.get(&keys::sched(&task.name)).await?;
             let state_rev = state_kv.as_ref().map_or(0, |kv| kv.mod_revision);
             let mut state: ScheduleState = match &state_kv {
@@ -517,7 +532,16 @@ impl ControlPlane {
                 Decision::Skip { slot_ms, missed, next_slot_ms } => {
                     state.last_slot_ms = Some(slot_ms);
                     state.next_slot_ms = next_slot_ms;
-                    let ev = Event::new(self.wall(), "ScheduleMissed", format!("{} slot(s) missed while no coordinator led, the latest {}s ago (past the catch-up window); not run", missed + 1, (now - slot_ms) / 1000)).task(&task.name);
+                    let ev = Event::new(
+                        self.wall(),
+                        "ScheduleMissed",
+                        format!(
+                            "{} slot(s) missed while no coordinator led, the latest {}s ago (past the catch-up window); not run",
+                            missed + 1,
+                            (now - slot_ms) / 1000
+                        ),
+                    )
+                    .task(&task.name);
                     let txn = Txn::new().when(guard).and_then([TxnOp::put(keys::sched(&task.name), codec::encode(&state)?), event_op(&ev)?]);
                     self.store.txn(txn).await?;
                 }
@@ -526,13 +550,24 @@ impl ControlPlane {
                     state.next_slot_ms = next_slot_ms;
                     let mut ops = vec![TxnOp::put(keys::sched(&task.name), codec::encode(&state)?)];
                     let note = if missed > 0 { format!(" ({missed} earlier missed slot(s) coalesced into this run)") } else { String::new() };
-                    let running = if task.queueing() { None } else { self.unfinished_executions().await?.into_iter().find(|e| e.spec.task.as_deref() == Some(task.name.as_str())) };
+                    let running = if task.queueing() {
+                        None
+                    } else {
+                        self.unfinished_executions().await?.into_iter().find(|e| e.spec.task.as_deref() == Some(task.name.as_str()))
+                    };
                     let ev = match running {
-                        Some(r) => Event::new(self.wall(), "ScheduleSkipped", format!("slot {slot_ms} not run: execution {} is still running and TaskQueueing is DISABLED", r.spec.id)).task(&task.name),
+                        Some(r) => Event::new(
+                            self.wall(),
+                            "ScheduleSkipped",
+                            format!("slot {slot_ms} not run: execution {} is still running and TaskQueueing is DISABLED", r.spec.id),
+                        )
+                        .task(&task.name),
                         None => {
                             let (exec, queue) = self.queue_ops(&task, &StartOverrides::default(), Some(slot_ms))?;
                             ops.extend(queue);
-                            Event::new(self.wall(), "ScheduleFired", format!("slot {slot_ms} started execution {}{note}", exec.spec.id)).task(&task.name).execution(&exec.spec.id)
+                            Event::new(self.wall(), "ScheduleFired", format!("slot {slot_ms} started execution {}{note}", exec.spec.id))
+                                .task(&task.name)
+                                .execution(&exec.spec.id)
                         }
                     };
                     ops.push(event_op(&ev)?);
@@ -590,7 +625,9 @@ impl ControlPlane {
             by_id.insert(id, (kv.key.clone(), exec, meta.mod_revision));
         }
         for id in queue::launchable(&queued, &running) {
-            let Some((pending_key, mut exec, rev)) = by_id.remove(&id) else { continue };
+            let Some((pending_key, mut exec, rev)) = by_id.remove(&id) else {
+                continue;
+            };
             let now = self.wall();
             exec.set_phase(Phase::Launching, now);
             exec.started_unix_ms = now;
@@ -630,7 +667,8 @@ impl ControlPlane {
             if let Some(cfg) = exec.task_run.report.clone() {
                 if exec.task_run.report_path.is_none() && exec.task_run.report_error.is_none() {
                     let e2 = exec.clone();
-                    let written = tokio::task::spawn_blocking(move || report::write_task_report(&e2, &cfg)).await.map_err(|e| ControlError::Store(e.to_string()))?;
+                    let written =
+                        tokio::task::spawn_blocking(move || report::write_task_report(&e2, &cfg)).await.map_err(|e| ControlError::Store(e.to_string()))?;
                     match written {
                         Ok(path) => {
                             let ev = Event::new(self.wall(), "ReportWritten", path.display().to_string()).task(&task_name).execution(&id);
@@ -661,7 +699,11 @@ impl ControlPlane {
                     if exec.phase != Phase::Cancelled && schedule::record_outcome(&mut state, error.as_deref(), &self.cfg.fire) {
                         let mut task = task;
                         if let Some(s) = task.schedule.as_mut() {
-                            let reason = format!("disabled after {} consecutive failures with the same error: {}", state.consecutive_failures, error.as_deref().unwrap_or(""));
+                            let reason = format!(
+                                "disabled after {} consecutive failures with the same error: {}",
+                                state.consecutive_failures,
+                                error.as_deref().unwrap_or("")
+                            );
                             s.status = ScheduleStatus::Disabled;
                             s.disabled_by = Some("SERVICE".into());
                             s.disabled_reason = Some(reason.clone());

@@ -78,7 +78,9 @@ pub fn write_task_report(exec: &Execution, cfg: &TaskReportConfig) -> std::io::R
         if let Ok(f) = std::fs::File::open(&work) {
             for line in BufReader::new(f).lines() {
                 let line = line?;
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
                 summary |= v["type"] == "summary";
                 if keep(&v, cfg) {
                     w.write_all(line.as_bytes())?;
@@ -96,7 +98,8 @@ pub fn write_task_report(exec: &Execution, cfg: &TaskReportConfig) -> std::io::R
     std::fs::rename(&tmp, &out)?;
     let out = if s3 {
         let uri = report_path(exec, cfg);
-        upload(exec, &cfg.destination, &report_rel(exec), &out).map_err(|e| std::io::Error::other(format!("cannot upload the report to {}: {e}", uri.display())))?;
+        upload(exec, &cfg.destination, &report_rel(exec), &out)
+            .map_err(|e| std::io::Error::other(format!("cannot upload the report to {}: {e}", uri.display())))?;
         let _ = std::fs::remove_file(&out);
         uri
     } else {
@@ -108,13 +111,19 @@ pub fn write_task_report(exec: &Execution, cfg: &TaskReportConfig) -> std::io::R
 /// Puts a report file under an S3 prefix, streamed through the location's sink (one PUT, or
 /// parts), each piece with its CRC32C, then committed like any entry.
 fn upload(exec: &Execution, prefix: &str, rel: &str, path: &Path) -> Result<(), ferry_common::error::FerryError> {
-    use std::io::Read;
     use ferry_common::error::FerryError;
     use ferry_worker::location::{commit, CommitOptions, Meta, Target};
+    use std::io::Read;
     let loc = ferry_worker::location::open(prefix, &exec.spec)?;
     let io = |e: std::io::Error| FerryError::config(format!("{}: {e}", path.display()));
     let size = std::fs::metadata(path).map_err(io)?.len();
-    let meta = Meta { kind: Some(ferry_common::model::EntryKind::File), size, mtime: ferry_worker::location::local::now(), mode: Some(0o100644), ..Default::default() };
+    let meta = Meta {
+        kind: Some(ferry_common::model::EntryKind::File),
+        size,
+        mtime: ferry_worker::location::local::now(),
+        mode: Some(0o100644),
+        ..Default::default()
+    };
     let mut file = std::fs::File::open(path).map_err(io)?;
     let mut sink = loc.create(rel.as_bytes(), Target::File { size, resume: None }, &meta, &Vec::new())?;
     let (mut pos, mut crc) = (0u64, 0u32);

@@ -30,10 +30,7 @@ pub const TEMP_PREFIX: &[u8] = b".ferry-tmp-";
 pub fn scratch() -> tempfile::TempDir {
     let base = std::env::var_os("FERRY_TEST_TMP").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
     fs::create_dir_all(&base).unwrap_or_else(|e| panic!("cannot create {}: {e}", base.display()));
-    tempfile::Builder::new()
-        .prefix("ferry-it-")
-        .tempdir_in(&base)
-        .unwrap_or_else(|e| panic!("cannot create a scratch dir in {}: {e}", base.display()))
+    tempfile::Builder::new().prefix("ferry-it-").tempdir_in(&base).unwrap_or_else(|e| panic!("cannot create a scratch dir in {}: {e}", base.display()))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -81,8 +78,7 @@ impl Outcome {
 
     /// stdout parsed as the single JSON object that `--json` prints.
     pub fn json(&self) -> Value {
-        let v: Value = serde_json::from_str(self.stdout.trim())
-            .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e})\n{}", self.describe()));
+        let v: Value = serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| panic!("stdout is not one JSON object ({e})\n{}", self.describe()));
         assert!(v.is_object(), "--json output is not an object\n{}", self.describe());
         v
     }
@@ -142,7 +138,17 @@ impl Ferry {
 
     /// Removes every AWS credential and profile variable, so only what a test sets is used.
     pub fn env_remove_aws(mut self) -> Self {
-        for k in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI"] {
+        for k in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_PROFILE",
+            "AWS_CONFIG_FILE",
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        ] {
             self.cmd.env_remove(k);
         }
         self
@@ -185,12 +191,7 @@ impl Ferry {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        Outcome {
-            cmdline,
-            code: status.code(),
-            stdout: out.join().unwrap_or_default(),
-            stderr: err.join().unwrap_or_default(),
-        }
+        Outcome { cmdline, code: status.code(), stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() }
     }
 
     /// Starts in its own process group (so that everything it forks can be killed at once)
@@ -233,9 +234,7 @@ pub fn ferry_ok(sub: &str, src: &Path, dst: &Path, extra: &[&str]) -> Value {
 
 /// A counter from `--json` output or a report summary line.
 pub fn counter(json: &Value, name: &str) -> u64 {
-    json["counters"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("counter {name:?} missing or not an unsigned integer in {json}"))
+    json["counters"][name].as_u64().unwrap_or_else(|| panic!("counter {name:?} missing or not an unsigned integer in {json}"))
 }
 
 pub const COUNTERS: [&str; 9] = [
@@ -304,8 +303,7 @@ impl Report {
 /// source entries missing from it (the root itself may appear once). Also returns the entries
 /// by source-relative path, and how many source entries there are.
 pub fn report_problems<'a>(rep: &'a Report, src: &Path, allowed: &[&str]) -> (Vec<String>, BTreeMap<PathBuf, &'a Value>, usize) {
-    let expected: BTreeMap<String, PathBuf> =
-        walk(src).into_iter().map(|p| (normalize_escapes(&escape_rel(&p)), p)).collect();
+    let expected: BTreeMap<String, PathBuf> = walk(src).into_iter().map(|p| (normalize_escapes(&escape_rel(&p)), p)).collect();
     let mut seen: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
     for e in &rep.entries {
         seen.entry(normalize_escapes(e["path"].as_str().unwrap())).or_default().push(e);
@@ -337,11 +335,7 @@ pub fn report_problems<'a>(rep: &'a Report, src: &Path, allowed: &[&str]) -> (Ve
     }
     let missing: Vec<&String> = expected.keys().filter(|p| !seen.contains_key(*p)).collect();
     if !missing.is_empty() {
-        problems.push(format!(
-            "{} source entries are missing from the report, e.g. {:?}",
-            missing.len(),
-            &missing[..missing.len().min(20)]
-        ));
+        problems.push(format!("{} source entries are missing from the report, e.g. {:?}", missing.len(), &missing[..missing.len().min(20)]));
     }
     (problems, by_path, expected.len())
 }
@@ -354,8 +348,7 @@ pub fn read_report(path: &Path) -> Report {
         if line.trim().is_empty() {
             continue;
         }
-        let v: Value = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("report line {} is not JSON ({e}): {line:?}", i + 1));
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("report line {} is not JSON ({e}): {line:?}", i + 1));
         lines.push(v);
     }
     let summary = lines.pop().unwrap_or_else(|| panic!("report {} is empty", path.display()));
@@ -363,23 +356,16 @@ pub fn read_report(path: &Path) -> Report {
     for e in &lines {
         assert_eq!(e["type"], "entry", "every report line before the summary must be an entry, got {e}");
         assert!(e["path"].is_string(), "entry without a path: {e}");
+        assert!(matches!(e["status"].as_str(), Some("transferred" | "skipped" | "verified" | "deleted" | "failed")), "entry with an unknown status: {e}");
         assert!(
-            matches!(e["status"].as_str(), Some("transferred" | "skipped" | "verified" | "deleted" | "failed")),
-            "entry with an unknown status: {e}"
-        );
-        assert!(
-            matches!(
-                e["kind"].as_str(),
-                Some("file" | "dir" | "symlink" | "hardlink" | "fifo" | "socket" | "chardev" | "blockdev")
-            ),
+            matches!(e["kind"].as_str(), Some("file" | "dir" | "symlink" | "hardlink" | "fifo" | "socket" | "chardev" | "blockdev")),
             "entry with an unknown kind: {e}"
         );
         match &e["crc32c"] {
             Value::Null => {}
-            Value::String(s) => assert!(
-                s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
-                "crc32c must be 8 lowercase hex digits: {e}"
-            ),
+            Value::String(s) => {
+                assert!(s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "crc32c must be 8 lowercase hex digits: {e}")
+            }
             _ => panic!("crc32c must be a string or null: {e}"),
         }
     }
@@ -392,8 +378,7 @@ pub fn normalize_escapes(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1] == b'x' && b[i + 2].is_ascii_hexdigit() && b[i + 3].is_ascii_hexdigit()
-        {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1] == b'x' && b[i + 2].is_ascii_hexdigit() && b[i + 3].is_ascii_hexdigit() {
             out.extend_from_slice(&[b'\\', b'x', b[i + 2].to_ascii_lowercase(), b[i + 3].to_ascii_lowercase()]);
             i += 4;
         } else {
@@ -567,7 +552,9 @@ pub fn read_noatime(p: &Path) -> Vec<u8> {
 
 /// Byte-for-byte equality of two files (false if either cannot be opened).
 pub fn same_content(a: &Path, b: &Path) -> bool {
-    let (Ok(mut fa), Ok(mut fb)) = (open_noatime(a), open_noatime(b)) else { return false };
+    let (Ok(mut fa), Ok(mut fb)) = (open_noatime(a), open_noatime(b)) else {
+        return false;
+    };
     let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
     loop {
         let na = read_full(&mut fa, &mut ba);
@@ -750,13 +737,7 @@ pub fn compare_trees(a: &Path, b: &Path) -> Vec<String> {
     sa.push("/");
     let mut sb = b.as_os_str().to_owned();
     sb.push("/");
-    let out = Command::new("rsync")
-        .args(["-n", "-i", "-a", "-H", "-X", "--checksum"])
-        .arg(&sa)
-        .arg(&sb)
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null())
-        .output();
+    let out = Command::new("rsync").args(["-n", "-i", "-a", "-H", "-X", "--checksum"]).arg(&sa).arg(&sb).env("LC_ALL", "C").stdin(Stdio::null()).output();
     let out = match out {
         Ok(o) => o,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -764,12 +745,7 @@ pub fn compare_trees(a: &Path, b: &Path) -> Vec<String> {
         }
         Err(e) => panic!("cannot run rsync: {e}"),
     };
-    assert!(
-        out.status.success(),
-        "rsync failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "rsync failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect()
 }
 
@@ -826,8 +802,7 @@ pub fn fingerprint(root: &Path) -> BTreeMap<PathBuf, String> {
 pub const SPARSE_FILE: &str = "sparse/big.sparse";
 pub const SPARSE_SIZE: u64 = 300 * MIB;
 /// The special files of the tricky tree, with the kind a report gives them.
-pub const SPECIALS: [(&str, &str); 3] =
-    [("specials/fifo", "fifo"), ("specials/sock", "socket"), ("specials/null", "chardev")];
+pub const SPECIALS: [(&str, &str); 3] = [("specials/fifo", "fifo"), ("specials/sock", "socket"), ("specials/null", "chardev")];
 /// A regular file of the tricky tree, 1 MiB + 7 bytes.
 pub const MIB_PLUS_SEVEN: &str = "files/mib_plus_seven";
 

@@ -147,9 +147,7 @@ pub fn run(a: WanArgs) -> Result<i32> {
 
 fn check_env() -> Result<()> {
     if !sys::is_root() {
-        return Err(Error::run(
-            "wan needs root (network namespaces, TUN devices)",
-        ));
+        return Err(Error::run("wan needs root (network namespaces, TUN devices)"));
     }
     if !std::path::Path::new("/dev/net/tun").exists() {
         return Err(Error::run("/dev/net/tun missing (modprobe tun)"));
@@ -162,10 +160,7 @@ fn check_env() -> Result<()> {
 
 fn cmd_up(u: UpArgs) -> Result<i32> {
     check_env()?;
-    let cfg = u.link.config(WanConfig {
-        name: u.name.clone(),
-        ..WanConfig::default()
-    });
+    let cfg = u.link.config(WanConfig { name: u.name.clone(), ..WanConfig::default() });
     let (tx, rx) = mpsc::channel::<i32>();
     sys::spawn_signal_thread(move |sig| {
         let _ = tx.send(sig);
@@ -173,23 +168,9 @@ fn cmd_up(u: UpArgs) -> Result<i32> {
     let link = WanLink::start(cfg)?;
     let c = link.config();
     say(format!("WAN link up: {}", c.describe()));
-    say(format!(
-        "  A: namespace {}  dev {}  {}",
-        link.ns_a(),
-        super::IFNAME,
-        link.addr_a()
-    ));
-    say(format!(
-        "  B: namespace {}  dev {}  {}",
-        link.ns_b(),
-        super::IFNAME,
-        link.addr_b()
-    ));
-    say(format!(
-        "  run programs on either side with `ip netns exec {} CMD ...` (B is {} from A)",
-        link.ns_a(),
-        link.addr_b()
-    ));
+    say(format!("  A: namespace {}  dev {}  {}", link.ns_a(), super::IFNAME, link.addr_a()));
+    say(format!("  B: namespace {}  dev {}  {}", link.ns_b(), super::IFNAME, link.addr_b()));
+    say(format!("  run programs on either side with `ip netns exec {} CMD ...` (B is {} from A)", link.ns_a(), link.addr_b()));
     say("stop with Ctrl-C / SIGTERM");
     let started = Instant::now();
     let tick = Duration::from_secs(u.stats.unwrap_or(1).max(1));
@@ -278,29 +259,18 @@ fn cmd_selftest(s: SelftestArgs) -> Result<i32> {
         sys::cleanup_registered();
         std::process::exit(128 + sig);
     });
-    let cfg = s.link.config(WanConfig {
-        delay: Duration::from_millis(25),
-        loss: 0.005,
-        rate_bps: 100_000_000,
-        ..WanConfig::default()
-    });
+    let cfg = s.link.config(WanConfig { delay: Duration::from_millis(25), loss: 0.005, rate_bps: 100_000_000, ..WanConfig::default() });
     cfg.validate().map_err(Error::usage)?;
     let dur = Duration::from_secs(s.secs.max(1));
     let root_cc = sys::sysctl_read(sys::CC_KEY).unwrap_or_else(|_| "?".into());
     let avail = sys::sysctl_read("net.ipv4.tcp_available_congestion_control").unwrap_or_default();
-    say(format!(
-        "wan selftest on {} (root tcp_congestion_control {root_cc}; available: {avail})",
-        crate::util::kernel().unwrap_or_default()
-    ));
+    say(format!("wan selftest on {} (root tcp_congestion_control {root_cc}; available: {avail})", crate::util::kernel().unwrap_or_default()));
     let mut rows: Vec<Row> = Vec::new();
     let mut failed = false;
 
     if !s.no_ceiling {
         say("measuring forwarder ceiling (no delay, loss or rate limit) ...");
-        let link = WanLink::start(WanConfig {
-            mtu: cfg.mtu,
-            ..WanConfig::default()
-        })?;
+        let link = WanLink::start(WanConfig { mtu: cfg.mtu, ..WanConfig::default() })?;
         let c = measure::ceiling(&link, dur.min(Duration::from_secs(3)))?;
         let st = link.stats();
         drop(link);
@@ -327,17 +297,9 @@ fn cmd_selftest(s: SelftestArgs) -> Result<i32> {
             ),
             verdict: "-".into(),
         });
-        rows.push(Row {
-            what: "ceiling: TCP (default cc)".into(),
-            expected: "-".into(),
-            measured: fmt_mbit(c.tcp_bps),
-            verdict: "-".into(),
-        });
+        rows.push(Row { what: "ceiling: TCP (default cc)".into(), expected: "-".into(), measured: fmt_mbit(c.tcp_bps), verdict: "-".into() });
         if st.a_to_b.write_errors + st.b_to_a.write_errors > 0 {
-            say(format!(
-                "note: {} TUN write errors during the ceiling run",
-                st.a_to_b.write_errors + st.b_to_a.write_errors
-            ));
+            say(format!("note: {} TUN write errors during the ceiling run", st.a_to_b.write_errors + st.b_to_a.write_errors));
         }
     }
 
@@ -352,18 +314,8 @@ fn cmd_selftest(s: SelftestArgs) -> Result<i32> {
     failed |= !ok;
     rows.push(Row {
         what: format!("RTT, UDP echo ({}/{} answered)", rtt.received, rtt.sent),
-        expected: format!(
-            "{exp_rtt:.2} ms{}",
-            if cfg.jitter.is_zero() {
-                String::new()
-            } else {
-                format!(" ±{}", fmt_duration(cfg.jitter * 2))
-            }
-        ),
-        measured: format!(
-            "median {:.2}, min/avg/max {:.2}/{:.2}/{:.2} ms",
-            rtt.median_ms, rtt.min_ms, rtt.avg_ms, rtt.max_ms
-        ),
+        expected: format!("{exp_rtt:.2} ms{}", if cfg.jitter.is_zero() { String::new() } else { format!(" ±{}", fmt_duration(cfg.jitter * 2)) }),
+        measured: format!("median {:.2}, min/avg/max {:.2}/{:.2}/{:.2} ms", rtt.median_ms, rtt.min_ms, rtt.avg_ms, rtt.max_ms),
         verdict: verdict(ok),
     });
 
@@ -381,8 +333,7 @@ fn cmd_selftest(s: SelftestArgs) -> Result<i32> {
             &BlastSpec {
                 payload: 100,
                 rate_bps: Some(pps * pkt_bits),
-                duration: Duration::from_secs_f64(n as f64 / pps + 1.0)
-                    .min(Duration::from_secs(60)),
+                duration: Duration::from_secs_f64(n as f64 / pps + 1.0).min(Duration::from_secs(60)),
                 max_packets: Some(n),
                 receive: true,
             },
@@ -392,11 +343,7 @@ fn cmd_selftest(s: SelftestArgs) -> Result<i32> {
         rows.push(Row {
             what: format!("UDP loss ({} datagrams)", b.sent),
             expected: format!("{:.2} %", cfg.loss * 100.0),
-            measured: format!(
-                "{:.2} % (forwarder dropped {:.2} %)",
-                b.loss * 100.0,
-                b.fwd.a_to_b.lost as f64 * 100.0 / b.fwd.a_to_b.rx_pkts.max(1) as f64
-            ),
+            measured: format!("{:.2} % (forwarder dropped {:.2} %)", b.loss * 100.0, b.fwd.a_to_b.lost as f64 * 100.0 / b.fwd.a_to_b.rx_pkts.max(1) as f64),
             verdict: verdict(ok),
         });
     }
@@ -405,16 +352,7 @@ fn cmd_selftest(s: SelftestArgs) -> Result<i32> {
     // (less the random loss, which happens after the bottleneck).
     if cfg.rate_bps > 0 {
         let payload = cfg.mtu as usize - UDP_OVERHEAD;
-        let b = measure::udp_blast(
-            &link,
-            &BlastSpec {
-                payload,
-                rate_bps: Some(cfg.rate_bps as f64 * 1.2),
-                duration: dur,
-                max_packets: None,
-                receive: true,
-            },
-        )?;
+        let b = measure::udp_blast(&link, &BlastSpec { payload, rate_bps: Some(cfg.rate_bps as f64 * 1.2), duration: dur, max_packets: None, receive: true })?;
         let exp_ip = cfg.rate_bps as f64 * (1.0 - cfg.loss);
         let exp_good = exp_ip * payload as f64 / (payload + UDP_OVERHEAD) as f64;
         let ok = within(b.goodput_bps, exp_good, 0.10);
@@ -422,12 +360,7 @@ fn cmd_selftest(s: SelftestArgs) -> Result<i32> {
         rows.push(Row {
             what: format!("UDP goodput (offered {})", fmt_mbit(b.offered_bps)),
             expected: format!("{} (IP {})", fmt_mbit(exp_good), fmt_mbit(exp_ip)),
-            measured: format!(
-                "{} (IP {}), queue drops {}",
-                fmt_mbit(b.goodput_bps),
-                fmt_mbit(b.ip_bps),
-                b.fwd.a_to_b.queue_drops
-            ),
+            measured: format!("{} (IP {}), queue drops {}", fmt_mbit(b.goodput_bps), fmt_mbit(b.ip_bps), b.fwd.a_to_b.queue_drops),
             verdict: verdict(ok),
         });
     }
@@ -442,39 +375,15 @@ fn cmd_selftest(s: SelftestArgs) -> Result<i32> {
             continue;
         }
         let t = measure::tcp_throughput(&link, Duration::from_secs(s.tcp_secs.max(2)), Some(cc))?;
-        let mss = if t.mss > 0 {
-            t.mss as f64
-        } else {
-            cfg.mtu as f64 - 52.0
-        };
-        let base_rtt = if rtt.min_ms.is_finite() {
-            rtt.min_ms / 1e3
-        } else {
-            2.0 * cfg.delay.as_secs_f64()
-        };
+        let mss = if t.mss > 0 { t.mss as f64 } else { cfg.mtu as f64 - 52.0 };
+        let base_rtt = if rtt.min_ms.is_finite() { rtt.min_ms / 1e3 } else { 2.0 * cfg.delay.as_secs_f64() };
         let bound = measure::mathis_bps(mss, base_rtt, cfg.loss);
-        let cap = if cfg.rate_bps > 0 {
-            cfg.rate_bps as f64
-        } else {
-            f64::INFINITY
-        };
-        let retrans = if t.data_segs > 0 {
-            t.retrans_segs as f64 * 100.0 / t.data_segs as f64
-        } else {
-            f64::NAN
-        };
+        let cap = if cfg.rate_bps > 0 { cfg.rate_bps as f64 } else { f64::INFINITY };
+        let retrans = if t.data_segs > 0 { t.retrans_segs as f64 * 100.0 / t.data_segs as f64 } else { f64::NAN };
         rows.push(Row {
             what: format!("TCP {} (steady, after warm-up)", t.cc),
             expected: if bound.is_finite() {
-                format!(
-                    "Mathis {}{}",
-                    fmt_mbit(bound),
-                    if cap < bound {
-                        format!(" (rate {})", fmt_rate(cfg.rate_bps))
-                    } else {
-                        String::new()
-                    }
-                )
+                format!("Mathis {}{}", fmt_mbit(bound), if cap < bound { format!(" (rate {})", fmt_rate(cfg.rate_bps)) } else { String::new() })
             } else {
                 format!("rate {}", fmt_rate(cfg.rate_bps))
             },
@@ -502,34 +411,11 @@ fn cmd_selftest(s: SelftestArgs) -> Result<i32> {
 }
 
 fn print_table(rows: &[Row]) {
-    let head = Row {
-        what: "measurement".into(),
-        expected: "configured / expected".into(),
-        measured: "measured".into(),
-        verdict: "".into(),
-    };
-    let w1 = rows
-        .iter()
-        .chain([&head])
-        .map(|r| r.what.len())
-        .max()
-        .unwrap_or(0);
-    let w2 = rows
-        .iter()
-        .chain([&head])
-        .map(|r| r.expected.len())
-        .max()
-        .unwrap_or(0);
-    let w3 = rows
-        .iter()
-        .chain([&head])
-        .map(|r| r.measured.len())
-        .max()
-        .unwrap_or(0);
+    let head = Row { what: "measurement".into(), expected: "configured / expected".into(), measured: "measured".into(), verdict: "".into() };
+    let w1 = rows.iter().chain([&head]).map(|r| r.what.len()).max().unwrap_or(0);
+    let w2 = rows.iter().chain([&head]).map(|r| r.expected.len()).max().unwrap_or(0);
+    let w3 = rows.iter().chain([&head]).map(|r| r.measured.len()).max().unwrap_or(0);
     for r in std::iter::once(&head).chain(rows) {
-        say(format!(
-            "{:<w1$}  {:<w2$}  {:<w3$}  {}",
-            r.what, r.expected, r.measured, r.verdict
-        ));
+        say(format!("{:<w1$}  {:<w2$}  {:<w3$}  {}", r.what, r.expected, r.measured, r.verdict));
     }
 }

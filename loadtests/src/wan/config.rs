@@ -70,11 +70,7 @@ impl WanConfig {
             return Err(format!("loss must be within 0..=100 %, got {}", self.loss));
         }
         if self.jitter > self.delay {
-            return Err(format!(
-                "jitter ({}) larger than delay ({}) is not supported",
-                fmt_duration(self.jitter),
-                fmt_duration(self.delay)
-            ));
+            return Err(format!("jitter ({}) larger than delay ({}) is not supported", fmt_duration(self.jitter), fmt_duration(self.delay)));
         }
         if self.delay > Duration::from_secs(10) {
             return Err("delay above 10 s is not supported".into());
@@ -86,15 +82,10 @@ impl WanConfig {
             return Err("queue must be at least 1 packet".into());
         }
         if let Some(n) = &self.name {
-            let ok = !n.is_empty()
-                && n.len() <= 200
-                && n.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-                && !n.starts_with('.');
+            let ok =
+                !n.is_empty() && n.len() <= 200 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') && !n.starts_with('.');
             if !ok {
-                return Err(format!(
-                    "invalid link name {n:?} (use letters, digits, '-', '_', '.')"
-                ));
+                return Err(format!("invalid link name {n:?} (use letters, digits, '-', '_', '.')"));
             }
         }
         if let Some(c) = &self.congestion {
@@ -132,13 +123,9 @@ impl WanConfig {
 /// in netem).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: bad number"))?;
+    let v: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: bad number"))?;
     let secs = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "ms" | "msec" => v / 1e3,
         "s" | "sec" => v,
@@ -159,9 +146,7 @@ pub fn parse_loss(s: &str) -> Result<f64, String> {
         Some(n) => (n.trim(), true),
         None => (t, false),
     };
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid loss {s:?}: bad number"))?;
+    let v: f64 = num.parse().map_err(|_| format!("invalid loss {s:?}: bad number"))?;
     let p = if pct { v / 100.0 } else { v };
     if !(0.0..=1.0).contains(&p) {
         return Err(format!("invalid loss {s:?}: must be within 0..100 %"));
@@ -179,24 +164,16 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
         return Ok(0);
     }
     let t = t.strip_suffix("/s").unwrap_or(&t);
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid rate {s:?}: bad number"))?;
+    let v: f64 = num.parse().map_err(|_| format!("invalid rate {s:?}: bad number"))?;
     let mult = match unit.trim() {
         "" | "bit" => 1e0,
         "k" | "kbit" | "kbps" => 1e3,
         "m" | "mbit" | "mbps" => 1e6,
         "g" | "gbit" | "gbps" => 1e9,
         "t" | "tbit" | "tbps" => 1e12,
-        other => {
-            return Err(format!(
-                "invalid rate {s:?}: unknown unit {other:?} (use bit, kbit, mbit, gbit)"
-            ))
-        }
+        other => return Err(format!("invalid rate {s:?}: unknown unit {other:?} (use bit, kbit, mbit, gbit)")),
     };
     let r = v * mult;
     if !r.is_finite() || !(0.0..=1e13).contains(&r) {
@@ -281,20 +258,11 @@ mod tests {
     #[test]
     fn validation() {
         assert!(WanConfig::default().validate().is_ok());
-        let bad = WanConfig {
-            jitter: Duration::from_millis(5),
-            ..WanConfig::default()
-        };
+        let bad = WanConfig { jitter: Duration::from_millis(5), ..WanConfig::default() };
         assert!(bad.validate().is_err());
-        let bad = WanConfig {
-            name: Some("a/b".into()),
-            ..WanConfig::default()
-        };
+        let bad = WanConfig { name: Some("a/b".into()), ..WanConfig::default() };
         assert!(bad.validate().is_err());
-        let bad = WanConfig {
-            loss: 1.5,
-            ..WanConfig::default()
-        };
+        let bad = WanConfig { loss: 1.5, ..WanConfig::default() };
         assert!(bad.validate().is_err());
     }
 }

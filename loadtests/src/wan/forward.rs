@@ -85,10 +85,7 @@ pub struct LinkStats {
 
 impl LinkStats {
     pub fn since(&self, earlier: &LinkStats) -> LinkStats {
-        LinkStats {
-            a_to_b: self.a_to_b.since(&earlier.a_to_b),
-            b_to_a: self.b_to_a.since(&earlier.b_to_a),
-        }
+        LinkStats { a_to_b: self.a_to_b.since(&earlier.a_to_b), b_to_a: self.b_to_a.since(&earlier.b_to_a) }
     }
 }
 
@@ -99,18 +96,7 @@ pub(crate) struct DirCounters {
 
 impl DirCounters {
     fn publish(&self, s: &DirStats) {
-        let vals = [
-            s.rx_pkts,
-            s.rx_bytes,
-            s.tx_pkts,
-            s.tx_bytes,
-            s.lost,
-            s.queue_drops,
-            s.overflow_drops,
-            s.write_errors,
-            s.queued,
-            s.in_flight,
-        ];
+        let vals = [s.rx_pkts, s.rx_bytes, s.tx_pkts, s.tx_bytes, s.lost, s.queue_drops, s.overflow_drops, s.write_errors, s.queued, s.in_flight];
         for (a, v) in self.v.iter().zip(vals) {
             a.store(v, Ordering::Relaxed);
         }
@@ -247,8 +233,7 @@ impl Dir {
         for _ in 0..BATCH {
             let mut buf = pool.get();
             // SAFETY: buf is a valid writable buffer of buf.len() bytes.
-            let n =
-                unsafe { libc::read(self.src, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+            let n = unsafe { libc::read(self.src, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
             if n <= 0 {
                 pool.put(buf);
                 return false;
@@ -270,9 +255,7 @@ impl Dir {
                 self.backlog.pop_front();
                 self.backlog_bytes -= l as u64;
             }
-            if self.backlog.len() >= p.queue_pkts
-                || (p.queue_bytes > 0 && self.backlog_bytes + len as u64 > p.queue_bytes)
-            {
+            if self.backlog.len() >= p.queue_pkts || (p.queue_bytes > 0 && self.backlog_bytes + len as u64 > p.queue_bytes) {
                 self.st.queue_drops += 1;
                 pool.put(buf);
                 return;
@@ -309,12 +292,7 @@ impl Dir {
             return;
         }
         self.seq += 1;
-        self.line.push(Reverse(Pending {
-            release,
-            seq: self.seq,
-            len,
-            buf,
-        }));
+        self.line.push(Reverse(Pending { release, seq: self.seq, len, buf }));
     }
 
     /// Write every packet due at `now`.
@@ -325,8 +303,7 @@ impl Dir {
             }
             let Reverse(pk) = self.line.pop().expect("peeked");
             // SAFETY: pk.buf holds pk.len initialised bytes.
-            let n =
-                unsafe { libc::write(self.dst, pk.buf.as_ptr() as *const libc::c_void, pk.len) };
+            let n = unsafe { libc::write(self.dst, pk.buf.as_ptr() as *const libc::c_void, pk.len) };
             if n == pk.len as isize {
                 self.st.tx_pkts += 1;
                 self.st.tx_bytes += pk.len as u64;
@@ -361,9 +338,7 @@ struct Pool {
 impl Pool {
     #[inline]
     fn get(&mut self) -> Box<[u8]> {
-        self.free
-            .pop()
-            .unwrap_or_else(|| vec![0u8; self.size].into_boxed_slice())
+        self.free.pop().unwrap_or_else(|| vec![0u8; self.size].into_boxed_slice())
     }
     #[inline]
     fn put(&mut self, b: Box<[u8]>) {
@@ -379,35 +354,15 @@ impl Pool {
 pub(crate) fn run(tun_a: OwnedFd, tun_b: OwnedFd, cfg: WanConfig, shared: Arc<Shared>) {
     set_timer_slack_ns(1_000);
     // SAFETY: gettid cannot fail.
-    shared
-        .tid
-        .store(unsafe { libc::gettid() } as u64, Ordering::Relaxed);
+    shared.tid.store(unsafe { libc::gettid() } as u64, Ordering::Relaxed);
     let mut p = Params::from(&cfg);
-    let mut pool = Pool {
-        free: Vec::new(),
-        size: cfg.mtu as usize + 64,
-    };
-    let mut dirs = [
-        Dir::new(tun_a.as_raw_fd(), tun_b.as_raw_fd(), p.seed, 0),
-        Dir::new(tun_b.as_raw_fd(), tun_a.as_raw_fd(), p.seed, 1),
-    ];
+    let mut pool = Pool { free: Vec::new(), size: cfg.mtu as usize + 64 };
+    let mut dirs = [Dir::new(tun_a.as_raw_fd(), tun_b.as_raw_fd(), p.seed, 0), Dir::new(tun_b.as_raw_fd(), tun_a.as_raw_fd(), p.seed, 1)];
     let wake = shared.wake.as_raw_fd();
     let mut fds = [
-        libc::pollfd {
-            fd: tun_a.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: tun_b.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: wake,
-            events: libc::POLLIN,
-            revents: 0,
-        },
+        libc::pollfd { fd: tun_a.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        libc::pollfd { fd: tun_b.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        libc::pollfd { fd: wake, events: libc::POLLIN, revents: 0 },
     ];
     let mut last_gauge = 0u64;
     loop {
@@ -432,10 +387,7 @@ pub(crate) fn run(tun_a: OwnedFd, tun_b: OwnedFd, cfg: WanConfig, shared: Arc<Sh
             Some(t) => t.saturating_sub(now_ns()).min(1_000_000_000),
             None => 1_000_000_000,
         };
-        let ts = libc::timespec {
-            tv_sec: (wait_ns / 1_000_000_000) as libc::time_t,
-            tv_nsec: (wait_ns % 1_000_000_000) as libc::c_long,
-        };
+        let ts = libc::timespec { tv_sec: (wait_ns / 1_000_000_000) as libc::time_t, tv_nsec: (wait_ns % 1_000_000_000) as libc::c_long };
         for f in fds.iter_mut() {
             f.revents = 0;
         }
@@ -446,11 +398,7 @@ pub(crate) fn run(tun_a: OwnedFd, tun_b: OwnedFd, cfg: WanConfig, shared: Arc<Sh
         }
         if fds[2].revents != 0 {
             eventfd_drain(wake);
-            let new = shared
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
+            let new = shared.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
             if let Some(c) = new {
                 let np = Params::from(&c);
                 if np.seed != p.seed {
@@ -494,10 +442,7 @@ mod tests {
     }
 
     fn pool() -> Pool {
-        Pool {
-            free: Vec::new(),
-            size: 1564,
-        }
+        Pool { free: Vec::new(), size: 1564 }
     }
 
     #[test]
@@ -532,10 +477,7 @@ mod tests {
 
     #[test]
     fn loss_is_seeded_and_close_to_p() {
-        let c = WanConfig {
-            loss: 0.05,
-            ..WanConfig::default()
-        };
+        let c = WanConfig { loss: 0.05, ..WanConfig::default() };
         let run = |c: &WanConfig| {
             let p = params(c.clone());
             let mut d = Dir::new(-1, -1, c.seed, 0);
@@ -554,11 +496,7 @@ mod tests {
 
     #[test]
     fn jitter_without_reorder_is_monotonic() {
-        let p = params(WanConfig {
-            delay: Duration::from_millis(10),
-            jitter: Duration::from_millis(5),
-            ..WanConfig::default()
-        });
+        let p = params(WanConfig { delay: Duration::from_millis(10), jitter: Duration::from_millis(5), ..WanConfig::default() });
         let mut d = Dir::new(-1, -1, 3, 0);
         let mut pl = pool();
         for i in 0..1000u64 {

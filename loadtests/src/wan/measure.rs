@@ -21,15 +21,7 @@ fn io_err(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
 
 fn setsockopt_int(fd: i32, level: i32, opt: i32, v: i32) -> bool {
     // SAFETY: passes a valid c_int of the declared size.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            opt,
-            &v as *const i32 as *const libc::c_void,
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        ) == 0
-    }
+    unsafe { libc::setsockopt(fd, level, opt, &v as *const i32 as *const libc::c_void, std::mem::size_of::<i32>() as libc::socklen_t) == 0 }
 }
 
 /// Large socket buffers (root may exceed rmem_max with the FORCE variants).
@@ -61,27 +53,14 @@ pub struct RttStats {
 
 /// Ping-like UDP echo from A to B: `count` probes, one every `interval`, each
 /// waited for up to `timeout` (late answers count as lost).
-pub fn udp_rtt(
-    link: &WanLink,
-    count: usize,
-    interval: Duration,
-    timeout: Duration,
-) -> Result<RttStats> {
+pub fn udp_rtt(link: &WanLink, count: usize, interval: Duration, timeout: Duration) -> Result<RttStats> {
     let b = link.addr_b();
-    let server = link
-        .in_b(|| UdpSocket::bind(SocketAddrV4::new(b, 0)))?
-        .map_err(io_err("bind echo server"))?;
+    let server = link.in_b(|| UdpSocket::bind(SocketAddrV4::new(b, 0)))?.map_err(io_err("bind echo server"))?;
     let server_addr = server.local_addr().map_err(io_err("echo addr"))?;
     let a = link.addr_a();
-    let client = link
-        .in_a(|| UdpSocket::bind(SocketAddrV4::new(a, 0)))?
-        .map_err(io_err("bind echo client"))?;
-    client
-        .connect(server_addr)
-        .map_err(io_err("connect echo client"))?;
-    server
-        .set_read_timeout(Some(Duration::from_millis(50)))
-        .map_err(io_err("timeout"))?;
+    let client = link.in_a(|| UdpSocket::bind(SocketAddrV4::new(a, 0)))?.map_err(io_err("bind echo client"))?;
+    client.connect(server_addr).map_err(io_err("connect echo client"))?;
+    server.set_read_timeout(Some(Duration::from_millis(50))).map_err(io_err("timeout"))?;
     let stop = AtomicBool::new(false);
     let mut samples = Vec::with_capacity(count);
     std::thread::scope(|s| -> Result<()> {
@@ -111,21 +90,14 @@ pub fn udp_rtt(
                         Some(l) if !l.is_zero() => l,
                         _ => break,
                     };
-                    client
-                        .set_read_timeout(Some(left))
-                        .map_err(io_err("timeout"))?;
+                    client.set_read_timeout(Some(left)).map_err(io_err("timeout"))?;
                     match client.recv(&mut buf) {
                         Ok(n) if n >= 8 && buf[..8] == seq.to_le_bytes() => {
                             samples.push(sent.elapsed().as_secs_f64() * 1e3);
                             break;
                         }
                         Ok(_) => continue, // a late answer to an earlier probe
-                        Err(e)
-                            if e.kind() == ErrorKind::WouldBlock
-                                || e.kind() == ErrorKind::TimedOut =>
-                        {
-                            break
-                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => break,
                         Err(e) => return Err(Error::run(format!("recv probe: {e}"))),
                     }
                 }
@@ -188,13 +160,7 @@ pub struct BlastSpec {
 
 impl Default for BlastSpec {
     fn default() -> Self {
-        BlastSpec {
-            payload: 1472,
-            rate_bps: None,
-            duration: Duration::from_secs(2),
-            max_packets: None,
-            receive: true,
-        }
+        BlastSpec { payload: 1472, rate_bps: None, duration: Duration::from_secs(2), max_packets: None, receive: true }
     }
 }
 
@@ -231,25 +197,17 @@ pub struct BlastResult {
 /// Send UDP datagrams from A to B and measure what arrives.
 pub fn udp_blast(link: &WanLink, spec: &BlastSpec) -> Result<BlastResult> {
     if spec.payload < 8 || spec.payload + UDP_OVERHEAD > link.config().mtu as usize {
-        return Err(Error::usage(format!(
-            "payload {} does not fit the MTU",
-            spec.payload
-        )));
+        return Err(Error::usage(format!("payload {} does not fit the MTU", spec.payload)));
     }
     let b = link.addr_b();
     let a = link.addr_a();
-    let rx = link
-        .in_b(|| UdpSocket::bind(SocketAddrV4::new(b, 0)))?
-        .map_err(io_err("bind blast receiver"))?;
+    let rx = link.in_b(|| UdpSocket::bind(SocketAddrV4::new(b, 0)))?.map_err(io_err("bind blast receiver"))?;
     big_buffers(rx.as_raw_fd(), 32 << 20);
     let rx_addr = rx.local_addr().map_err(io_err("receiver addr"))?;
-    let tx = link
-        .in_a(|| UdpSocket::bind(SocketAddrV4::new(a, 0)))?
-        .map_err(io_err("bind blast sender"))?;
+    let tx = link.in_a(|| UdpSocket::bind(SocketAddrV4::new(a, 0)))?.map_err(io_err("bind blast sender"))?;
     big_buffers(tx.as_raw_fd(), 4 << 20);
     tx.connect(rx_addr).map_err(io_err("connect sender"))?;
-    rx.set_read_timeout(Some(Duration::from_millis(20)))
-        .map_err(io_err("timeout"))?;
+    rx.set_read_timeout(Some(Duration::from_millis(20))).map_err(io_err("timeout"))?;
 
     let cfg = link.config();
     // Longest time a packet can still be on its way after the last send:
@@ -257,10 +215,7 @@ pub fn udp_blast(link: &WanLink, spec: &BlastSpec) -> Result<BlastResult> {
     let drain = cfg.delay
         + cfg.jitter
         + if cfg.rate_bps > 0 {
-            Duration::from_secs_f64(
-                cfg.queue_pkts as f64 * (spec.payload + UDP_OVERHEAD) as f64 * 8.0
-                    / cfg.rate_bps as f64,
-            )
+            Duration::from_secs_f64(cfg.queue_pkts as f64 * (spec.payload + UDP_OVERHEAD) as f64 * 8.0 / cfg.rate_bps as f64)
         } else {
             Duration::ZERO
         }
@@ -291,8 +246,7 @@ pub fn udp_blast(link: &WanLink, spec: &BlastSpec) -> Result<BlastResult> {
                         }
                         Err(_) => {
                             if sender_done.load(Ordering::Acquire) {
-                                let done = t_base
-                                    + Duration::from_nanos(done_at_ns.load(Ordering::Acquire));
+                                let done = t_base + Duration::from_nanos(done_at_ns.load(Ordering::Acquire));
                                 if Instant::now() > done + drain {
                                     break;
                                 }
@@ -387,11 +341,7 @@ pub fn udp_blast(link: &WanLink, spec: &BlastSpec) -> Result<BlastResult> {
         send_errors,
         send_secs,
         received,
-        loss: if spec.receive && sent > 0 {
-            1.0 - received as f64 / sent as f64
-        } else {
-            f64::NAN
-        },
+        loss: if spec.receive && sent > 0 { 1.0 - received as f64 / sent as f64 } else { f64::NAN },
         recv_secs,
         goodput_bps: goodput,
         ip_bps,
@@ -430,14 +380,7 @@ fn tcp_info(fd: i32) -> Option<libc::tcp_info> {
     unsafe {
         let mut ti: libc::tcp_info = std::mem::zeroed();
         let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        (libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            &mut ti as *mut _ as *mut libc::c_void,
-            &mut len,
-        ) == 0)
-            .then_some(ti)
+        (libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, &mut ti as *mut _ as *mut libc::c_void, &mut len) == 0).then_some(ti)
     }
 }
 
@@ -445,15 +388,7 @@ fn congestion_of(fd: i32) -> String {
     let mut buf = [0u8; 32];
     let mut len = buf.len() as libc::socklen_t;
     // SAFETY: buf is writable for len bytes.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_CONGESTION,
-            buf.as_mut_ptr() as *mut libc::c_void,
-            &mut len,
-        )
-    };
+    let rc = unsafe { libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_CONGESTION, buf.as_mut_ptr() as *mut libc::c_void, &mut len) };
     if rc != 0 {
         return "?".into();
     }
@@ -464,20 +399,9 @@ fn congestion_of(fd: i32) -> String {
 
 fn set_congestion(fd: i32, cc: &str) -> Result<()> {
     // SAFETY: passes cc's bytes with their length.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_CONGESTION,
-            cc.as_ptr() as *const libc::c_void,
-            cc.len() as libc::socklen_t,
-        )
-    };
+    let rc = unsafe { libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_CONGESTION, cc.as_ptr() as *const libc::c_void, cc.len() as libc::socklen_t) };
     if rc != 0 {
-        return Err(Error::run(format!(
-            "set TCP congestion control {cc}: {}",
-            std::io::Error::last_os_error()
-        )));
+        return Err(Error::run(format!("set TCP congestion control {cc}: {}", std::io::Error::last_os_error())));
     }
     Ok(())
 }
@@ -487,24 +411,16 @@ fn set_congestion(fd: i32, cc: &str) -> Result<()> {
 /// namespace default applies.
 pub fn tcp_throughput(link: &WanLink, duration: Duration, cc: Option<&str>) -> Result<TcpResult> {
     let b = link.addr_b();
-    let listener = link
-        .in_b(|| TcpListener::bind(SocketAddrV4::new(b, 0)))?
-        .map_err(io_err("bind tcp listener"))?;
+    let listener = link.in_b(|| TcpListener::bind(SocketAddrV4::new(b, 0)))?.map_err(io_err("bind tcp listener"))?;
     let addr: SocketAddr = listener.local_addr().map_err(io_err("listener addr"))?;
     let conn_timeout = Duration::from_secs(3) + link.config().delay * 8;
-    let client = link
-        .in_a(|| TcpStream::connect_timeout(&addr, conn_timeout))?
-        .map_err(io_err("tcp connect A -> B"))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(io_err("nonblocking"))?;
+    let client = link.in_a(|| TcpStream::connect_timeout(&addr, conn_timeout))?.map_err(io_err("tcp connect A -> B"))?;
+    listener.set_nonblocking(true).map_err(io_err("nonblocking"))?;
     let accept_deadline = Instant::now() + conn_timeout;
     let mut server = loop {
         match listener.accept() {
             Ok((s, _)) => break s,
-            Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < accept_deadline => {
-                std::thread::sleep(Duration::from_millis(2))
-            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < accept_deadline => std::thread::sleep(Duration::from_millis(2)),
             Err(e) => return Err(Error::run(format!("tcp accept: {e}"))),
         }
     };
@@ -513,12 +429,8 @@ pub fn tcp_throughput(link: &WanLink, duration: Duration, cc: Option<&str>) -> R
         set_congestion(client.as_raw_fd(), cc)?;
     }
     let used_cc = congestion_of(client.as_raw_fd());
-    server
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .map_err(io_err("timeout"))?;
-    client
-        .set_write_timeout(Some(Duration::from_millis(100)))
-        .map_err(io_err("timeout"))?;
+    server.set_read_timeout(Some(Duration::from_millis(100))).map_err(io_err("timeout"))?;
+    client.set_write_timeout(Some(Duration::from_millis(100))).map_err(io_err("timeout"))?;
     let stop = AtomicBool::new(false);
     let warm = (duration / 4).min(Duration::from_secs(1));
     let t0 = Instant::now();
@@ -532,9 +444,7 @@ pub fn tcp_throughput(link: &WanLink, duration: Duration, cc: Option<&str>) -> R
             while !stop.load(Ordering::Relaxed) {
                 match c.write(&buf) {
                     Ok(_) => {}
-                    Err(e)
-                        if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
-                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {}
                     Err(_) => break,
                 }
             }
@@ -558,19 +468,10 @@ pub fn tcp_throughput(link: &WanLink, duration: Duration, cc: Option<&str>) -> R
         let _ = client.shutdown(std::net::Shutdown::Both);
         (total, at_warm.unwrap_or(0), info)
     });
-    let secs = t0
-        .elapsed()
-        .as_secs_f64()
-        .min(duration.as_secs_f64())
-        .max(1e-9);
+    let secs = t0.elapsed().as_secs_f64().min(duration.as_secs_f64()).max(1e-9);
     let steady_secs = (secs - warm.as_secs_f64()).max(1e-9);
     let (mss, srtt_ms, retrans, segs) = match info {
-        Some(ti) => (
-            ti.tcpi_snd_mss,
-            ti.tcpi_rtt as f64 / 1e3,
-            ti.tcpi_total_retrans as u64,
-            ti.tcpi_data_segs_out as u64,
-        ),
+        Some(ti) => (ti.tcpi_snd_mss, ti.tcpi_rtt as f64 / 1e3, ti.tcpi_total_retrans as u64, ti.tcpi_data_segs_out as u64),
         None => (0, f64::NAN, 0, 0),
     };
     Ok(TcpResult {
@@ -620,26 +521,8 @@ pub struct Ceiling {
 /// on a link with no delay, loss or rate limit, plus one TCP transfer.
 pub fn ceiling(link: &WanLink, duration: Duration) -> Result<Ceiling> {
     let mtu = link.config().mtu as usize;
-    let small = udp_blast(
-        link,
-        &BlastSpec {
-            payload: 64 - UDP_OVERHEAD,
-            rate_bps: None,
-            duration,
-            max_packets: None,
-            receive: false,
-        },
-    )?;
-    let large = udp_blast(
-        link,
-        &BlastSpec {
-            payload: mtu - UDP_OVERHEAD,
-            rate_bps: None,
-            duration,
-            max_packets: None,
-            receive: false,
-        },
-    )?;
+    let small = udp_blast(link, &BlastSpec { payload: 64 - UDP_OVERHEAD, rate_bps: None, duration, max_packets: None, receive: false })?;
+    let large = udp_blast(link, &BlastSpec { payload: mtu - UDP_OVERHEAD, rate_bps: None, duration, max_packets: None, receive: false })?;
     let tcp = tcp_throughput(link, duration, None)?;
     Ok(Ceiling {
         small_pps: small.fwd_pps,

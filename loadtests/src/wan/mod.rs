@@ -109,9 +109,7 @@ impl WanLink {
     fn start_inner(config: WanConfig, root_cc: Option<&str>) -> Result<WanLink> {
         config.validate().map_err(Error::usage)?;
         if !sys::is_root() {
-            return Err(Error::run(
-                "the WAN emulator needs root (network namespaces and TUN devices)",
-            ));
+            return Err(Error::run("the WAN emulator needs root (network namespaces and TUN devices)"));
         }
         for n in sys::sweep_stale() {
             eprintln!("ferry-load wan: removed stale namespace {n}");
@@ -150,10 +148,7 @@ impl WanLink {
         for n in [&ns_a, &ns_b] {
             // No IPv6: keeps router solicitations / MLD reports off the link
             // so only the traffic under test consumes loss-RNG draws.
-            for k in [
-                "net.ipv6.conf.all.disable_ipv6",
-                "net.ipv6.conf.default.disable_ipv6",
-            ] {
+            for k in ["net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"] {
                 let _ = sys::sysctl_write_in(n, k, "1");
             }
             if let Some(cc) = &want_cc {
@@ -168,29 +163,8 @@ impl WanLink {
         let mtu = config.mtu.to_string();
         for (n, local, peer) in [(&ns_a, ADDR_A, ADDR_B), (&ns_b, ADDR_B, ADDR_A)] {
             sys::ip(["-n", n, "link", "set", "lo", "up"])?;
-            sys::ip([
-                "-n",
-                n,
-                "link",
-                "set",
-                IFNAME,
-                "mtu",
-                &mtu,
-                "txqueuelen",
-                "4096",
-                "up",
-            ])?;
-            sys::ip([
-                "-n",
-                n,
-                "addr",
-                "add",
-                &local.to_string(),
-                "peer",
-                &format!("{peer}/32"),
-                "dev",
-                IFNAME,
-            ])?;
+            sys::ip(["-n", n, "link", "set", IFNAME, "mtu", &mtu, "txqueuelen", "4096", "up"])?;
+            sys::ip(["-n", n, "addr", "add", &local.to_string(), "peer", &format!("{peer}/32"), "dev", IFNAME])?;
         }
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
@@ -208,13 +182,7 @@ impl WanLink {
                 .map_err(|e| Error::run(format!("spawn forwarder: {e}")))?
         };
         guard.0.clear(); // the link owns the namespaces from here on
-        Ok(WanLink {
-            ns_a,
-            ns_b,
-            config: Mutex::new(config),
-            shared,
-            thread: Some(thread),
-        })
+        Ok(WanLink { ns_a, ns_b, config: Mutex::new(config), shared, thread: Some(thread) })
     }
 
     /// Namespace of side A (address [`ADDR_A`]).
@@ -237,10 +205,7 @@ impl WanLink {
 
     /// The current configuration.
     pub fn config(&self) -> WanConfig {
-        self.config
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.config.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Change delay, jitter, loss, rate, queue, seed or reorder while
@@ -253,11 +218,7 @@ impl WanLink {
         config.mtu = cur.mtu;
         config.congestion = cur.congestion.clone();
         config.validate().map_err(Error::usage)?;
-        *self
-            .shared
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(config.clone());
+        *self.shared.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(config.clone());
         sys::eventfd_signal(&self.shared.wake);
         *cur = config;
         Ok(())
@@ -265,10 +226,7 @@ impl WanLink {
 
     /// Forwarder counters (published by the forwarder every loop iteration).
     pub fn stats(&self) -> LinkStats {
-        LinkStats {
-            a_to_b: self.shared.stats[0].load(),
-            b_to_a: self.shared.stats[1].load(),
-        }
+        LinkStats { a_to_b: self.shared.stats[0].load(), b_to_a: self.shared.stats[1].load() }
     }
 
     /// CPU time (user + system) the forwarder thread has used so far, in

@@ -17,10 +17,7 @@ pub const NETNS_DIR: &str = "/var/run/netns";
 /// `ppoll` use).
 #[inline]
 pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: ts is a valid out-pointer; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -43,23 +40,12 @@ where
     S: AsRef<OsStr>,
 {
     let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-    let out = Command::new("ip")
-        .args(&args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| Error::run(format!("run ip (iproute2): {e}")))?;
+    let out = Command::new("ip").args(&args).stdin(std::process::Stdio::null()).output().map_err(|e| Error::run(format!("run ip (iproute2): {e}")))?;
     if out.status.success() {
         Ok(())
     } else {
-        let shown: Vec<String> = args
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        Err(Error::run(format!(
-            "ip {}: {}",
-            shown.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
+        let shown: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        Err(Error::run(format!("ip {}: {}", shown.join(" "), String::from_utf8_lossy(&out.stderr).trim())))
     }
 }
 
@@ -73,13 +59,8 @@ pub fn netns_exists(ns: &str) -> bool {
 
 /// Names of all named namespaces (entries of /var/run/netns).
 pub fn list_netns() -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(NETNS_DIR)
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut v: Vec<String> =
+        std::fs::read_dir(NETNS_DIR).map(|rd| rd.flatten().filter_map(|e| e.file_name().to_str().map(str::to_owned)).collect()).unwrap_or_default();
     v.sort();
     v
 }
@@ -125,8 +106,7 @@ where
     F: FnOnce() -> T + Send,
 {
     let path = netns_path(ns);
-    let file =
-        File::open(&path).map_err(|e| Error::run(format!("open {}: {e}", path.display())))?;
+    let file = File::open(&path).map_err(|e| Error::run(format!("open {}: {e}", path.display())))?;
     std::thread::scope(|s| {
         let h = std::thread::Builder::new()
             .name(format!("netns-{ns}"))
@@ -168,22 +148,13 @@ pub fn open_tun_in(ns: &str, ifname: &str) -> Result<OwnedFd> {
     let ifname = ifname.to_owned();
     in_netns(ns, move || -> Result<OwnedFd> {
         // SAFETY: constant NUL-terminated path.
-        let fd = unsafe {
-            libc::open(
-                c"/dev/net/tun".as_ptr(),
-                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
-            )
-        };
+        let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
         if fd < 0 {
             return Err(os_err("open /dev/net/tun"));
         }
         // SAFETY: fd was just opened and is owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let mut req = IfReq {
-            name: [0; libc::IFNAMSIZ],
-            flags: IFF_TUN | IFF_NO_PI,
-            _pad: [0; 22],
-        };
+        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TUN | IFF_NO_PI, _pad: [0; 22] };
         req.name[..ifname.len()].copy_from_slice(ifname.as_bytes());
         // SAFETY: req is a properly laid out struct ifreq for TUNSETIFF.
         if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF as _, &mut req) } < 0 {
@@ -197,15 +168,12 @@ pub fn open_tun_in(ns: &str, ifname: &str) -> Result<OwnedFd> {
 /// `net.*` keys) or the global one. `key` uses dots: `net.ipv4.tcp_congestion_control`.
 pub fn sysctl_read(key: &str) -> Result<String> {
     let p = sysctl_path(key);
-    std::fs::read_to_string(&p)
-        .map(|s| s.trim().to_owned())
-        .map_err(|e| Error::run(format!("read {}: {e}", p.display())))
+    std::fs::read_to_string(&p).map(|s| s.trim().to_owned()).map_err(|e| Error::run(format!("read {}: {e}", p.display())))
 }
 
 pub fn sysctl_write(key: &str, value: &str) -> Result<()> {
     let p = sysctl_path(key);
-    std::fs::write(&p, value)
-        .map_err(|e| Error::run(format!("write {} = {value}: {e}", p.display())))
+    std::fs::write(&p, value).map_err(|e| Error::run(format!("write {} = {value}: {e}", p.display())))
 }
 
 fn sysctl_path(key: &str) -> PathBuf {
@@ -236,11 +204,7 @@ impl RootCongestionGuard {
         let avail = sysctl_read("net.ipv4.tcp_available_congestion_control").unwrap_or_default();
         if !avail.split_whitespace().any(|a| a == algo) {
             // Writing loads the module if it exists; only fail if that fails.
-            sysctl_write(CC_KEY, algo).map_err(|e| {
-                Error::run(format!(
-                    "congestion control {algo:?} not available (have: {avail}): {e}"
-                ))
-            })?;
+            sysctl_write(CC_KEY, algo).map_err(|e| Error::run(format!("congestion control {algo:?} not available (have: {avail}): {e}")))?;
         } else {
             sysctl_write(CC_KEY, algo)?;
         }
@@ -251,10 +215,7 @@ impl RootCongestionGuard {
 impl Drop for RootCongestionGuard {
     fn drop(&mut self) {
         if let Err(e) = sysctl_write(CC_KEY, &self.saved) {
-            eprintln!(
-                "ferry-load wan: failed to restore {CC_KEY} = {}: {e}",
-                self.saved
-            );
+            eprintln!("ferry-load wan: failed to restore {CC_KEY} = {}: {e}", self.saved);
         }
     }
 }
@@ -298,15 +259,11 @@ pub fn eventfd_drain(fd: libc::c_int) {
 static LIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 pub fn register(ns: &str) {
-    LIVE.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(ns.to_owned());
+    LIVE.lock().unwrap_or_else(|e| e.into_inner()).push(ns.to_owned());
 }
 
 pub fn unregister(ns: &str) {
-    LIVE.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retain(|n| n != ns);
+    LIVE.lock().unwrap_or_else(|e| e.into_inner()).retain(|n| n != ns);
 }
 
 /// Delete every namespace a live link of this process created. For signal
@@ -321,9 +278,7 @@ pub fn cleanup_registered() {
 
 /// The pid embedded in a default namespace name `fwan-a-<pid>-<n>`.
 pub fn default_name_pid(ns: &str) -> Option<u32> {
-    let rest = ns
-        .strip_prefix("fwan-a-")
-        .or_else(|| ns.strip_prefix("fwan-b-"))?;
+    let rest = ns.strip_prefix("fwan-a-").or_else(|| ns.strip_prefix("fwan-b-"))?;
     let (pid, n) = rest.split_once('-')?;
     n.parse::<u64>().ok()?;
     pid.parse().ok()

@@ -106,7 +106,9 @@ fn main() {
     let tls_dir = args.tls_dir.clone().or(cfg.worker.tls_dir.clone().map(Into::into));
     let link_listen = args.link_listen.clone().or(cfg.worker.link_listen.clone());
     let link = match tls_dir {
-        None if link_listen.is_some() || args.enroll_token.is_some() => fail("links need a certificate: give --tls-dir DIR (and --enroll-token the first time)"),
+        None if link_listen.is_some() || args.enroll_token.is_some() => {
+            fail("links need a certificate: give --tls-dir DIR (and --enroll-token the first time)")
+        }
         None => None,
         Some(tls_dir) => {
             if let Err(e) = ferry_worker::transport::link::pki::check_agent_name(&name) {
@@ -122,17 +124,20 @@ fn main() {
             tuning.gso = !args.link_no_gso;
             tuning.gro = !args.link_no_gro;
             tuning.connections = args.link_connections.or(cfg.worker.link_connections).unwrap_or(1).clamp(1, 16) as usize;
-            let listen = link_listen.map(|l| l.parse::<std::net::SocketAddr>().unwrap_or_else(|_| fail(&format!("--link-listen {l:?} is not an address like 0.0.0.0:7400"))));
-            Some(LinkSetup { tls_dir, enroll_token: args.enroll_token.clone(), listen, advertise: args.link_advertise.clone().or(cfg.worker.link_advertise.clone()), tuning })
+            let listen = link_listen
+                .map(|l| l.parse::<std::net::SocketAddr>().unwrap_or_else(|_| fail(&format!("--link-listen {l:?} is not an address like 0.0.0.0:7400"))));
+            Some(LinkSetup {
+                tls_dir,
+                enroll_token: args.enroll_token.clone(),
+                listen,
+                advertise: args.link_advertise.clone().or(cfg.worker.link_advertise.clone()),
+                tuning,
+            })
         }
     };
     init_logging(format, "info");
     let system = actix_rt::System::with_tokio_rt(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("the tokio runtime starts")
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("the tokio runtime starts")
     });
     let code = system.block_on(async move {
         let store: SharedStore = match EtcdStore::connect_patiently(&endpoints, credentials, Duration::from_secs(30)).await {

@@ -69,7 +69,8 @@ fn create_destination(spec: &ExecutionSpec) -> Result<(), FerryError> {
         return Ok(());
     }
     let path = location::local_path(&spec.destination);
-    std::fs::create_dir_all(&path).map_err(|e| FerryError::config(format!("cannot create destination {}: {e} (create it, or fix DestinationLocation)", path.display())))
+    std::fs::create_dir_all(&path)
+        .map_err(|e| FerryError::config(format!("cannot create destination {}: {e} (create it, or fix DestinationLocation)", path.display())))
 }
 
 fn open_destination(spec: &ExecutionSpec, profile: Profile) -> Result<SharedLocation, FerryError> {
@@ -103,7 +104,17 @@ impl ExecContext {
             matcher = matcher.with_manifest(load_manifest(uri, &spec)?);
         }
         let rate = RateLimiter::new(spec.link.bytes_per_second);
-        Ok(ExecContext { keys: ExecKeys::new(&spec.id), spec, sides, src_profile, dst_profile, matcher, hooks: TestHooks::from_env(), lease: OnceLock::new(), rate })
+        Ok(ExecContext {
+            keys: ExecKeys::new(&spec.id),
+            spec,
+            sides,
+            src_profile,
+            dst_profile,
+            matcher,
+            hooks: TestHooks::from_env(),
+            lease: OnceLock::new(),
+            rate,
+        })
     }
 
     /// Called before every change to the destination: waits while the lease's state is
@@ -155,7 +166,10 @@ impl ExecContext {
     }
 
     fn unreached(&self, side: &str) -> FerryError {
-        FerryError::new(ErrorKind::Config, format!("this agent does not reach the {side} of execution {} (a shard of the wrong kind was claimed; report a bug)", self.spec.id))
+        FerryError::new(
+            ErrorKind::Config,
+            format!("this agent does not reach the {side} of execution {} (a shard of the wrong kind was claimed; report a bug)", self.spec.id),
+        )
     }
 
     /// Whether owner and group are kept: by the options, and where both sides have them.

@@ -37,10 +37,14 @@ pub enum Verdict {
     NeedMeta,
 }
 
-/// Whether the destination entry `dst` (with `complete` metadata, or only what a listing
-/// carries) holds the source entry `src` already.
-pub fn verdict(src: &Meta, dst: Option<(&Meta, bool)>, rules: Rules) -> Verdict {
-    let Some((d, complete)) = dst else { return Verdict::Copy };
+/// Whether the destination entry `dst` holds the source entry `src` already. Each comes with
+/// whether its metadata is complete, or only what an object listing carries (size and the
+/// store's own time).
+pub fn verdict((src, src_complete): (&Meta, bool), dst: Option<(&Meta, bool)>, rules: Rules) -> Verdict {
+    let Some((d, dst_complete)) = dst else {
+        return Verdict::Copy;
+    };
+    let complete = src_complete && dst_complete;
     if rules.never_overwrite {
         return Verdict::Skip("exists at the destination (OverwriteMode NEVER)");
     }
@@ -48,7 +52,8 @@ pub fn verdict(src: &Meta, dst: Option<(&Meta, bool)>, rules: Rules) -> Verdict 
         return Verdict::Copy;
     }
     if !complete {
-        // A listing knows directories and object sizes; a symlink lists as an object.
+        // A listing knows directories and object sizes; a symlink lists as an object, and
+        // an object's listed time is the store's, not the file's.
         return if src.kind() == EntryKind::File && d.kind() == EntryKind::File && d.size != src.size { Verdict::Copy } else { Verdict::NeedMeta };
     }
     if src.kind() != d.kind() {
@@ -135,7 +140,15 @@ mod tests {
     use ferry_common::model::Timestamp;
 
     fn file(size: u64, mtime: i64, perm: u32) -> Meta {
-        Meta { kind: Some(EntryKind::File), size, mtime: Timestamp { sec: mtime, nsec: 7 }, mode: Some(libc::S_IFREG | perm), uid: Some(1), gid: Some(2), ..Meta::default() }
+        Meta {
+            kind: Some(EntryKind::File),
+            size,
+            mtime: Timestamp { sec: mtime, nsec: 7 },
+            mode: Some(libc::S_IFREG | perm),
+            uid: Some(1),
+            gid: Some(2),
+            ..Meta::default()
+        }
     }
 
     fn rules() -> Rules {
@@ -145,32 +158,39 @@ mod tests {
     #[test]
     fn same_size_mtime_mode_and_owner_is_unchanged_anything_else_is_copied() {
         let s = file(10, 5, 0o644);
-        assert_eq!(verdict(&s, None, rules()), Verdict::Copy);
-        assert_eq!(verdict(&s, Some((&s, true)), rules()), Verdict::Skip("unchanged (size and mtime)"));
+        assert_eq!(verdict((&s, true), None, rules()), Verdict::Copy);
+        assert_eq!(verdict((&s, true), Some((&s, true)), rules()), Verdict::Skip("unchanged (size and mtime)"));
         for d in [file(11, 5, 0o644), file(10, 6, 0o644), file(10, 5, 0o600), Meta { uid: Some(9), ..file(10, 5, 0o644) }] {
-            assert_eq!(verdict(&s, Some((&d, true)), rules()), Verdict::Copy, "{d:?}");
+            assert_eq!(verdict((&s, true), Some((&d, true)), rules()), Verdict::Copy, "{d:?}");
         }
         let other_owner = Meta { uid: Some(9), ..file(10, 5, 0o644) };
-        assert!(matches!(verdict(&s, Some((&other_owner, true)), Rules { owner: false, ..rules() }), Verdict::Skip(_)), "owners matter only when preserved");
+        assert!(
+            matches!(verdict((&s, true), Some((&other_owner, true)), Rules { owner: false, ..rules() }), Verdict::Skip(_)),
+            "owners matter only when preserved"
+        );
     }
 
     #[test]
     fn unknown_metadata_is_not_a_difference_but_an_incomplete_listing_is_looked_at() {
         let s = file(10, 5, 0o644);
         let listed = Meta { kind: Some(EntryKind::File), size: 10, ..Meta::default() };
-        assert_eq!(verdict(&s, Some((&listed, false)), rules()), Verdict::NeedMeta);
-        assert_eq!(verdict(&s, Some((&Meta { size: 3, ..listed.clone() }, false)), rules()), Verdict::Copy, "a listed size that differs decides");
+        assert_eq!(verdict((&s, true), Some((&listed, false)), rules()), Verdict::NeedMeta);
+        assert_eq!(verdict((&s, true), Some((&Meta { size: 3, ..listed.clone() }, false)), rules()), Verdict::Copy, "a listed size that differs decides");
+        assert_eq!(verdict((&listed, false), Some((&s, true)), rules()), Verdict::NeedMeta, "an object listing's time is not the file's");
         let object = Meta { mode: None, uid: None, gid: None, ..file(10, 5, 0) };
-        assert!(matches!(verdict(&s, Some((&object, true)), rules()), Verdict::Skip(_)), "what a side does not keep cannot differ");
+        assert!(matches!(verdict((&s, true), Some((&object, true)), rules()), Verdict::Skip(_)), "what a side does not keep cannot differ");
     }
 
     #[test]
     fn options_override_the_comparison() {
         let s = file(10, 5, 0o644);
         let d = file(10, 6, 0o644);
-        assert_eq!(verdict(&s, Some((&d, true)), Rules { never_overwrite: true, ..rules() }), Verdict::Skip("exists at the destination (OverwriteMode NEVER)"));
-        assert_eq!(verdict(&s, Some((&s, true)), Rules { all: true, ..rules() }), Verdict::Copy);
-        assert_eq!(verdict(&s, Some((&d, true)), Rules { checksum: true, ..rules() }), Verdict::CompareContent);
+        assert_eq!(
+            verdict((&s, true), Some((&d, true)), Rules { never_overwrite: true, ..rules() }),
+            Verdict::Skip("exists at the destination (OverwriteMode NEVER)")
+        );
+        assert_eq!(verdict((&s, true), Some((&s, true)), Rules { all: true, ..rules() }), Verdict::Copy);
+        assert_eq!(verdict((&s, true), Some((&d, true)), Rules { checksum: true, ..rules() }), Verdict::CompareContent);
         assert_eq!(after_content(&s, &d, true, rules()), Verdict::CompareContent, "same bytes, other mtime: refresh the metadata");
         assert_eq!(after_content(&s, &s, true, rules()), Verdict::Skip("unchanged (CRC32C)"));
         assert_eq!(after_content(&s, &s, false, rules()), Verdict::Copy);
@@ -179,11 +199,11 @@ mod tests {
     #[test]
     fn symlinks_compare_targets_and_devices_their_numbers() {
         let link = |t: &[u8]| Meta { kind: Some(EntryKind::Symlink), link_target: Some(t.to_vec()), mode: Some(libc::S_IFLNK | 0o777), ..Meta::default() };
-        assert!(matches!(verdict(&link(b"a"), Some((&link(b"a"), true)), rules()), Verdict::Skip(_)));
-        assert_eq!(verdict(&link(b"a"), Some((&link(b"b"), true)), rules()), Verdict::Copy);
-        assert_eq!(verdict(&link(b"a"), Some((&Meta { link_target: None, ..link(b"a") }, true)), rules()), Verdict::NeedMeta);
+        assert!(matches!(verdict((&link(b"a"), true), Some((&link(b"a"), true)), rules()), Verdict::Skip(_)));
+        assert_eq!(verdict((&link(b"a"), true), Some((&link(b"b"), true)), rules()), Verdict::Copy);
+        assert_eq!(verdict((&link(b"a"), true), Some((&Meta { link_target: None, ..link(b"a") }, true)), rules()), Verdict::NeedMeta);
         let dev = |r: u64| Meta { kind: Some(EntryKind::CharDev), rdev: r, ..Meta::default() };
-        assert_eq!(verdict(&dev(1), Some((&dev(2), true)), rules()), Verdict::Copy);
+        assert_eq!(verdict((&dev(1), true), Some((&dev(2), true)), rules()), Verdict::Copy);
         assert_eq!(difference(&dev(1), &dev(2), true).as_deref(), Some("device number differs"));
         assert_eq!(difference(&file(1, 1, 0o600), &file(1, 1, 0o644), true).as_deref(), Some("permissions differ: 600 vs 644"));
         assert_eq!(difference(&file(1, 1, 0o600), &file(1, 1, 0o600), true), None);

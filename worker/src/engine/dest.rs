@@ -80,7 +80,14 @@ pub fn lookup(loc: &dyn Location, dir: &[u8], names: &[Vec<u8>]) -> Result<Vec<O
     let stat_each = |names: &[Vec<u8>]| -> Result<Vec<Option<(Meta, bool)>>, FerryError> {
         names.iter().map(|n| Ok(loc.stat(&ferry_common::paths::child(dir, n))?.map(|m| (m, true)))).collect()
     };
-    if loc.capabilities().cheap_stat || names.is_empty() {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    if loc.capabilities().cheap_stat {
+        // A directory that is not there yet holds none of them (the first copy of a tree).
+        if !dir.is_empty() && loc.stat_dir(dir)?.is_none_or(|m| m.kind() != ferry_common::model::EntryKind::Dir) {
+            return Ok(vec![None; names.len()]);
+        }
         return stat_each(names);
     }
     match loc.list_all(dir, LISTING_CAP) {

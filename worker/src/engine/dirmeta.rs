@@ -72,6 +72,10 @@ pub fn run_dirmeta(ctx: &ExecContext, dirs: Vec<DirMeta>) -> Outcome {
             }
             continue;
         }
+        if let Some(r) = (!is_root).then(|| dst.limits().refusal(&dst.capabilities(), &d.path, EntryKind::Dir, 0)).flatten() {
+            out.record(line(EntryStatus::Skipped).reason(format!("destination cannot hold it: {}", r.message)).code(r.code));
+            continue;
+        }
         let result = match apply(ctx, dst, &d) {
             Err(err) if err.kind == ErrorKind::Unsupported => Ok(Some(format!("destination cannot hold it: {}", err.message))),
             other => other,
@@ -81,7 +85,15 @@ pub fn run_dirmeta(ctx: &ExecContext, dirs: Vec<DirMeta>) -> Outcome {
             (_, true) => {}
             (Ok(None), false) => {
                 out.record(line(EntryStatus::Transferred));
-                set.push(Staged { rel: d.path.clone(), kind: EntryKind::Dir, size: 0, crc32c: None, token: Token::Placed { etag: None }, part_tags: Vec::new(), resumed: 0 });
+                set.push(Staged {
+                    rel: d.path.clone(),
+                    kind: EntryKind::Dir,
+                    size: 0,
+                    crc32c: None,
+                    token: Token::Placed { etag: None },
+                    part_tags: Vec::new(),
+                    resumed: 0,
+                });
             }
             (Ok(Some(reason)), false) => out.record(line(EntryStatus::Skipped).reason(reason)),
             (Err(err), false) => out.fail(line(EntryStatus::Failed), &err),

@@ -22,7 +22,15 @@ pub fn run_links(ctx: &ExecContext, links: Vec<LinkEntry>) -> Outcome {
         match ctx.dst().and_then(|d| d.link(&link.target, &link.path)) {
             Ok(true) => {
                 out.record(line(EntryStatus::Transferred));
-                made.push(Staged { rel: link.path.clone(), kind: EntryKind::HardLink, size: 0, crc32c: None, token: Token::Placed { etag: None }, part_tags: Vec::new(), resumed: 0 });
+                made.push(Staged {
+                    rel: link.path.clone(),
+                    kind: EntryKind::HardLink,
+                    size: 0,
+                    crc32c: None,
+                    token: Token::Placed { etag: None },
+                    part_tags: Vec::new(),
+                    resumed: 0,
+                });
             }
             Ok(false) => out.record(line(EntryStatus::Skipped).reason("unchanged (already linked)")),
             Err(err) => out.fail(line(EntryStatus::Failed), &err),

@@ -174,7 +174,8 @@ impl Retries {
             self.last_error = Some(err.to_string());
             self.entries.push(entry);
         } else {
-            let err = if err.kind.is_transient() { FerryError::new(err.kind, format!("{} (gave up after {} attempts)", err.message, self.attempt)) } else { err };
+            let err =
+                if err.kind.is_transient() { FerryError::new(err.kind, format!("{} (gave up after {} attempts)", err.message, self.attempt)) } else { err };
             out.fail(Line::of(&entry, EntryStatus::Failed), &err);
         }
     }

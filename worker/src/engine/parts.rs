@@ -10,7 +10,7 @@ use ferry_common::model::{Entry, EntryKind, EntryStatus, FileMeta, PartSet};
 use super::read::{Batch, SendSettings, Settled};
 use super::transfer::{send_with_retries, Abandoned};
 use super::{ExecContext, Line, Outcome};
-use crate::location::{commit, source_changed, Meta};
+use crate::location::{commit, source_changed, Completed, Meta, Xattrs};
 use crate::transport::frame::PartTarget;
 use crate::transport::Connector;
 
@@ -55,10 +55,18 @@ pub fn upload_meta(ctx: &ExecContext, file: &Entry) -> Result<Meta, FerryError> 
     Ok(meta)
 }
 
-/// Runs a part shard: sends `[offset, offset + len)` of `file` into multipart write `upload`.
-pub fn run_part(ctx: &ExecContext, connector: &dyn Connector, settings: &SendSettings, file: &Entry, offset: u64, len: u64, upload: &str, buf: &mut Vec<u8>) -> Result<PartDone, FerryError> {
-    let mut batch = Batch::range(file.clone(), PartTarget { upload: upload.to_string(), offset, len });
-    let last_error = send_with_retries(ctx, connector, settings, &mut batch, buf).map_err(|Abandoned| FerryError::new(ErrorKind::LeaseLost, "this worker's lease expired while it sent a part"))?;
+/// Runs a part shard: sends the range `part` of `file` into its multipart write.
+pub fn run_part(
+    ctx: &ExecContext,
+    connector: &dyn Connector,
+    settings: &SendSettings,
+    file: &Entry,
+    part: PartTarget,
+    buf: &mut Vec<u8>,
+) -> Result<PartDone, FerryError> {
+    let mut batch = Batch::range(file.clone(), part);
+    let last_error = send_with_retries(ctx, connector, settings, &mut batch, buf)
+        .map_err(|Abandoned| FerryError::new(ErrorKind::LeaseLost, "this worker's lease expired while it sent a part"))?;
     let source = batch.source.take().map(|m| file_meta(ctx, &m, std::mem::take(&mut batch.source_xattrs)));
     match batch.settled.pop().flatten() {
         Some(Settled::Transferred { crc, tags, .. }) => Ok(PartDone { crc, counters: batch.counters, tags, source }),
@@ -69,7 +77,7 @@ pub fn run_part(ctx: &ExecContext, connector: &dyn Connector, settings: &SendSet
 }
 
 /// The metadata to complete a file with: what its parts recorded, else the source's.
-fn commit_meta(ctx: &ExecContext, file: &Entry, set: &PartSet) -> Result<(Meta, Vec<(Vec<u8>, Vec<u8>)>), FerryError> {
+fn commit_meta(ctx: &ExecContext, file: &Entry, set: &PartSet) -> Result<(Meta, Xattrs), FerryError> {
     if let Some(m) = &set.source {
         let meta = Meta {
             kind: Some(EntryKind::File),
@@ -97,11 +105,14 @@ pub fn run_commit(ctx: &ExecContext, file: &Entry, set: &PartSet, part_failure: 
     let rel = &file.path;
     let result = (|| -> Result<(u32, Option<String>), FerryError> {
         let dst = ctx.dst()?.as_ref();
-        let upload = set.upload_id.clone().ok_or_else(|| FerryError::new(ErrorKind::Other, format!("no multipart write was recorded for {}", dst.describe(rel))))?;
         if let Some(reason) = part_failure {
-            let _ = dst.abort_multipart(rel, &upload);
+            if let Some(upload) = &set.upload_id {
+                let _ = dst.abort_multipart(rel, upload);
+            }
             return Err(FerryError::new(ErrorKind::Other, reason.to_string()));
         }
+        let upload =
+            set.upload_id.clone().ok_or_else(|| FerryError::new(ErrorKind::Other, format!("no multipart write was recorded for {}", dst.describe(rel))))?;
         let mut finish = || -> Result<(u32, Option<String>), FerryError> {
             if let Ok(src) = ctx.src() {
                 match src.stat(rel)? {
@@ -109,7 +120,10 @@ pub fn run_commit(ctx: &ExecContext, file: &Entry, set: &PartSet, part_failure: 
                         // A store that keeps the source's CRC32C vouches for what was read.
                         if let (Some(stored), false) = (m.crc32c, m.multipart) {
                             if stored != set.combined_crc() {
-                                return Err(FerryError::new(ErrorKind::Corrupt, format!("read {} with CRC32C {:08x}, but the source stores {stored:08x}", src.describe(rel), set.combined_crc())));
+                                return Err(FerryError::new(
+                                    ErrorKind::Corrupt,
+                                    format!("read {} with CRC32C {:08x}, but the source stores {stored:08x}", src.describe(rel), set.combined_crc()),
+                                ));
                             }
                         }
                     }
@@ -119,7 +133,8 @@ pub fn run_commit(ctx: &ExecContext, file: &Entry, set: &PartSet, part_failure: 
             let (meta, xattrs) = commit_meta(ctx, file, set)?;
             let crc = set.combined_crc();
             ctx.fence()?;
-            let staged = dst.complete_multipart(rel, &upload, file.size, &meta, &xattrs, crc, &set.part_tags)?;
+            let done = Completed { size: file.size, meta: &meta, xattrs: &xattrs, crc32c: crc, part_tags: &set.part_tags };
+            let staged = dst.complete_multipart(rel, &upload, &done)?;
             for stale in dst.pending_multiparts(rel)? {
                 dst.abort_multipart(rel, &stale)?;
             }

@@ -156,7 +156,11 @@ mod tests {
         }
         let small = Limits { part_size: 1 << 20, ..Limits::default() };
         assert_eq!(Binner::part_size(&small, &s3, 300 << 20), 16 << 20, "never smaller than a part");
-        assert_eq!(Binner::part_size(&small, &crate::location::Limits::default(), 300 << 20), (300u64 << 20).div_ceil(64), "a POSIX destination takes any range");
+        assert_eq!(
+            Binner::part_size(&small, &crate::location::Limits::default(), 300 << 20),
+            (300u64 << 20).div_ceil(64),
+            "a POSIX destination takes any range"
+        );
     }
 
     #[test]
@@ -203,8 +207,7 @@ mod tests {
 
     #[test]
     fn scan_bodies_batch_directories() {
-        let dirs: Vec<ScanDir> =
-            (0..40).map(|i| ScanDir { path: format!("d{i}").into_bytes(), cookie: None, after: None, included: true }).collect();
+        let dirs: Vec<ScanDir> = (0..40).map(|i| ScanDir { path: format!("d{i}").into_bytes(), cookie: None, after: None, included: true }).collect();
         let counts: Vec<usize> = scan_bodies(dirs)
             .into_iter()
             .map(|b| match b {

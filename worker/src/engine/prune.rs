@@ -35,7 +35,12 @@ pub fn run_prune(ctx: &ExecContext, dest: &dyn Dest, dir: &ScanDir) -> Result<Ou
     } else {
         match src.list_all(&dir.path, SOURCE_NAMES_CAP)? {
             Some(listed) => SourceNames::Set(listed.into_iter().map(|l| l.name).collect()),
-            None => return Err(FerryError::new(ErrorKind::Other, format!("{} has more than {SOURCE_NAMES_CAP} entries: sync cannot compare it in one shard", src.describe(&dir.path)))),
+            None => {
+                return Err(FerryError::new(
+                    ErrorKind::Other,
+                    format!("{} has more than {SOURCE_NAMES_CAP} entries: sync cannot compare it in one shard", src.describe(&dir.path)),
+                ))
+            }
         }
     };
     let mut batch: Vec<(Vec<u8>, EntryKind, u64)> = Vec::new();

@@ -37,7 +37,12 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
 pub enum Settled {
     /// In place (a range: stored), with how it was verified when that was weaker than a
     /// CRC32C at rest, bytes an earlier attempt had stored, and object part tags.
-    Transferred { crc: u32, note: Option<String>, resumed: u64, tags: Vec<(u32, String)> },
+    Transferred {
+        crc: u32,
+        note: Option<String>,
+        resumed: u64,
+        tags: Vec<(u32, String)>,
+    },
     Current,
     Failed(FerryError),
 }
@@ -108,7 +113,9 @@ fn rejected(code: u16, message: String) -> FerryError {
         Some(Code::CrcMismatch) => ErrorKind::Corrupt,
         Some(Code::Limit) => ErrorKind::Unavailable,
         Some(Code::UnsafePath) => ErrorKind::Config,
-        _ if message.contains("destination cannot hold") || message.contains("[SPECIAL_FILE]") || message.contains("_TOO_") || message.contains("NOT_UTF8") => ErrorKind::Unsupported,
+        _ if message.contains("destination cannot hold") || message.contains("[SPECIAL_FILE]") || message.contains("_TOO_") || message.contains("NOT_UTF8") => {
+            ErrorKind::Unsupported
+        }
         _ => ErrorKind::Other,
     };
     FerryError::new(kind, format!("destination agent: {message}"))
@@ -167,7 +174,10 @@ impl Sender<'_, '_> {
         let mut to_send = Vec::new();
         let mut unanswered: HashSet<u64> = self.announced.keys().copied().collect();
         while !unanswered.is_empty() {
-            let frame = self.wire.recv(Some(ANSWER_TIMEOUT))?.ok_or_else(|| LinkError::Down(format!("no answer from the writer within {} s", ANSWER_TIMEOUT.as_secs())))?;
+            let frame = self
+                .wire
+                .recv(Some(ANSWER_TIMEOUT))?
+                .ok_or_else(|| LinkError::Down(format!("no answer from the writer within {} s", ANSWER_TIMEOUT.as_secs())))?;
             match frame {
                 Frame::Ack { id, offset, status: status::RESUME_AT } if unanswered.remove(&id) => to_send.push((id, offset)),
                 Frame::Ack { id, status: status::CURRENT, .. } if unanswered.remove(&id) => self.batch.settle(id, Settled::Current),
@@ -188,7 +198,10 @@ impl Sender<'_, '_> {
                 }
                 continue;
             }
-            let frame = self.wire.recv(Some(ANSWER_TIMEOUT))?.ok_or_else(|| LinkError::Down(format!("no answer from the writer within {} s", ANSWER_TIMEOUT.as_secs())))?;
+            let frame = self
+                .wire
+                .recv(Some(ANSWER_TIMEOUT))?
+                .ok_or_else(|| LinkError::Down(format!("no answer from the writer within {} s", ANSWER_TIMEOUT.as_secs())))?;
             self.event(frame, None)?;
         }
         Ok(())
@@ -238,22 +251,33 @@ impl Sender<'_, '_> {
     fn header(&mut self, id: u64) -> Result<(FileHeader, Announced), FerryError> {
         let ctx = self.ctx;
         let src = ctx.src()?;
-        let entry = &self.batch.entries[id as usize];
-        let rel = &entry.path;
+        let rel = self.batch.entries[id as usize].path.clone();
+        let rel = &rel;
+        let listed = self.batch.entries[id as usize].kind;
         let meta = src.stat(rel)?.ok_or_else(|| source_changed(src.describe(rel), "it was removed"))?;
         let kind = meta.kind();
         let Some(hk) = header_kind(kind) else {
             return Err(source_changed(src.describe(rel), "it became a directory"));
         };
-        if kind != entry.kind {
+        // An object listing shows a symlink as an object: the stat says what it is.
+        let listed_as_object = listed == EntryKind::File && kind == EntryKind::Symlink && !src.capabilities().complete_listing;
+        if kind != listed && !listed_as_object {
             return Err(source_changed(src.describe(rel), "its type changed"));
         }
+        if listed_as_object {
+            self.batch.entries[id as usize].kind = kind;
+        }
+        let entry = &self.batch.entries[id as usize];
         let size = if kind == EntryKind::File { meta.size } else { 0 };
-        let crc32c = if kind == EntryKind::File && entry.compare_checksum && self.batch.part.is_none() { Some(src.checksum(rel, &meta, self.buf)?.0) } else { None };
+        let crc32c =
+            if kind == EntryKind::File && entry.compare_checksum && self.batch.part.is_none() { Some(src.checksum(rel, &meta, self.buf)?.0) } else { None };
         // Linux refuses user.* xattrs on symlinks, so they carry none.
         let xattrs = if ctx.keeps_xattrs() && kind != EntryKind::Symlink { src.xattrs(rel)? } else { Vec::new() };
         if xattrs.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() > MAX_XATTR_BYTES {
-            return Err(FerryError::new(ErrorKind::Unsupported, format!("{}: extended attributes above {} KiB cannot be carried yet (exclude the file)", src.describe(rel), MAX_XATTR_BYTES >> 10)));
+            return Err(FerryError::new(
+                ErrorKind::Unsupported,
+                format!("{}: extended attributes above {} KiB cannot be carried yet (exclude the file)", src.describe(rel), MAX_XATTR_BYTES >> 10),
+            ));
         }
         let tags = if ctx.spec.s3.preserve_tags && kind == EntryKind::File { src.tags(rel)? } else { None };
         let (mt, at) = (meta.mtime, meta.atime.unwrap_or(meta.mtime));
@@ -300,8 +324,10 @@ impl Sender<'_, '_> {
             return Ok(());
         }
         let entry = self.batch.entries[id as usize].clone();
-        if entry.kind != EntryKind::File {
-            self.wire.send(Frame::End { id, size: 0, crc32c: 0 })?;
+        // Nothing to read: the header's fresh look at the source is all there is to check.
+        if entry.kind != EntryKind::File || self.announced.get(&id).is_some_and(|a| a.end == a.start) {
+            let end = self.announced.get(&id).map_or(0, |a| a.end);
+            self.wire.send(Frame::End { id, size: end, crc32c: 0 })?;
             self.awaiting.insert(id);
             return Ok(());
         }
@@ -324,7 +350,9 @@ impl Sender<'_, '_> {
             Err(e) => return Ok(Err(e)),
         };
         let rel = &entry.path;
-        let Some(a) = self.announced.get(&id) else { return Ok(Err(source_changed(src.describe(rel), "not announced"))) };
+        let Some(a) = self.announced.get(&id) else {
+            return Ok(Err(source_changed(src.describe(rel), "not announced")));
+        };
         let (size, mtime, start, end) = (a.size, a.mtime, a.start, a.end);
         let mut source = match src.open(rel, from.clamp(start, end)) {
             Ok(s) => s,

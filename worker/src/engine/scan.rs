@@ -61,7 +61,10 @@ struct Budget {
 
 impl Budget {
     fn spent(&self, page: &ListedPage) -> bool {
-        self.listed >= self.entries || page.subdirs.len() >= MAX_SUBDIRS_PER_PAGE || self.big_files >= MAX_PARTS_PER_PAGE || self.report_bytes >= MAX_REPORT_BYTES_PER_PAGE
+        self.listed >= self.entries
+            || page.subdirs.len() >= MAX_SUBDIRS_PER_PAGE
+            || self.big_files >= MAX_PARTS_PER_PAGE
+            || self.report_bytes >= MAX_REPORT_BYTES_PER_PAGE
     }
 }
 
@@ -102,7 +105,11 @@ fn begin_dir(ctx: &ExecContext, src: &dyn Location, dir: &ScanDir, page: &mut Li
         }
         return Ok(false);
     };
-    let xattrs = if ctx.keeps_xattrs() { Some(src.xattrs(&dir.path)?.into_iter().map(|(k, v)| (serde_bytes::ByteBuf::from(k), serde_bytes::ByteBuf::from(v))).collect()) } else { None };
+    let xattrs = if ctx.keeps_xattrs() {
+        Some(src.xattrs(&dir.path)?.into_iter().map(|(k, v)| (serde_bytes::ByteBuf::from(k), serde_bytes::ByteBuf::from(v))).collect())
+    } else {
+        None
+    };
     page.dirmeta.push(DirMeta {
         path: dir.path.clone(),
         mode: m.mode.unwrap_or(libc::S_IFDIR | 0o755),
@@ -122,7 +129,14 @@ fn begin_dir(ctx: &ExecContext, src: &dyn Location, dir: &ScanDir, page: &mut Li
 }
 
 /// Lists one directory; returns where to resume if the budget ran out inside it.
-fn list_dir(ctx: &ExecContext, dest: &dyn Dest, dir: &ScanDir, page: &mut ListedPage, budget: &mut Budget, made: &mut Vec<Vec<u8>>) -> Result<Option<ScanDir>, FerryError> {
+fn list_dir(
+    ctx: &ExecContext,
+    dest: &dyn Dest,
+    dir: &ScanDir,
+    page: &mut ListedPage,
+    budget: &mut Budget,
+    made: &mut Vec<Vec<u8>>,
+) -> Result<Option<ScanDir>, FerryError> {
     let src = ctx.src()?;
     let resume = dir.after.clone().or_else(|| dir.cookie.map(|c| c.to_le_bytes().to_vec()));
     if resume.is_none() && !begin_dir(ctx, src, dir, page, made)? {
@@ -157,7 +171,17 @@ fn list_dir(ctx: &ExecContext, dest: &dyn Dest, dir: &ScanDir, page: &mut Listed
 /// Plans one listed entry: a subdirectory to scan, a skip, a hard-link candidate, or an entry
 /// to move.
 #[allow(clippy::too_many_arguments)]
-fn plan_entry(ctx: &ExecContext, src: &dyn Location, dest: &dyn Dest, dir: &ScanDir, l: Listed, there: Option<(Meta, bool)>, rules: Rules, page: &mut ListedPage, budget: &mut Budget) -> Result<(), FerryError> {
+fn plan_entry(
+    ctx: &ExecContext,
+    src: &dyn Location,
+    dest: &dyn Dest,
+    dir: &ScanDir,
+    l: Listed,
+    there: Option<(Meta, bool)>,
+    rules: Rules,
+    page: &mut ListedPage,
+    budget: &mut Budget,
+) -> Result<(), FerryError> {
     let opts = ctx.options();
     let rel = paths::child(&dir.path, &l.name);
     let kind = l.meta.kind();
@@ -167,12 +191,16 @@ fn plan_entry(ctx: &ExecContext, src: &dyn Location, dest: &dyn Dest, dir: &Scan
     };
     if !paths::is_safe_relative(&rel) || l.name.contains(&b'/') {
         page.outcome.counters().files_prepared += 1;
-        let line = Line::new(rel.clone(), kind, EntryStatus::Failed).reason("the name is not a safe relative path ('.', '..' or an empty component); rename it").code("UNSAFE_PATH");
+        let line = Line::new(rel.clone(), kind, EntryStatus::Failed)
+            .reason("the name is not a safe relative path ('.', '..' or an empty component); rename it")
+            .code("UNSAFE_PATH");
         out_line(page, budget, line);
         return Ok(());
     }
     if kind == EntryKind::Dir {
-        let Some(included) = ctx.matcher.scan_dir(&rel, dir.included) else { return Ok(()) };
+        let Some(included) = ctx.matcher.scan_dir(&rel, dir.included) else {
+            return Ok(());
+        };
         page.outcome.counters().files_prepared += 1;
         page.subdirs.push(ScanDir { path: rel, cookie: None, after: None, included });
         return Ok(());
@@ -194,12 +222,18 @@ fn plan_entry(ctx: &ExecContext, src: &dyn Location, dest: &dyn Dest, dir: &Scan
         out_line(page, budget, Line::of(&entry, EntryStatus::Skipped).reason(format!("destination cannot hold it: {}", r.message)).code(r.code));
         return Ok(());
     }
-    // A symlink's target decides whether it changed; a local listing leaves it unread.
-    let mut src_meta = l.meta;
-    if kind == EntryKind::Symlink && src_meta.link_target.is_none() && there.is_some() {
-        src_meta = src.stat(&rel)?.unwrap_or(src_meta);
+    // A symlink's target decides whether it changed, and a local listing leaves it unread. A
+    // large file becomes part shards, which check the source's size and mtime as listed: an
+    // object listing's time is the store's, so it is looked up.
+    let (mut src_meta, mut src_complete) = (l.meta, l.complete);
+    let big = kind == EntryKind::File && size >= opts.limits.part_threshold;
+    if (kind == EntryKind::Symlink && src_meta.link_target.is_none() && there.is_some()) || (big && !src_complete) {
+        if let Some(m) = src.stat(&rel)? {
+            (src_meta, src_complete) = (m, true);
+            entry.mtime = src_meta.mtime;
+        }
     }
-    let unchanged = match decide::verdict(&src_meta, there.as_ref().map(|(m, c)| (m, *c)), rules) {
+    let unchanged = match decide::verdict((&src_meta, src_complete), there.as_ref().map(|(m, c)| (m, *c)), rules) {
         Verdict::Copy => None,
         Verdict::Skip(reason) => Some(reason),
         Verdict::CompareContent => {
@@ -209,7 +243,7 @@ fn plan_entry(ctx: &ExecContext, src: &dyn Location, dest: &dyn Dest, dir: &Scan
         Verdict::NeedMeta if kind == EntryKind::File && size >= opts.limits.part_threshold => {
             // Large files become part shards, which copy without comparing: decide here.
             let full = dest.stat_many(std::slice::from_ref(&rel)).pop().unwrap_or(Ok(None))?;
-            match decide::verdict(&src_meta, full.as_ref().map(|m| (m, true)), rules) {
+            match decide::verdict((&src_meta, src_complete), full.as_ref().map(|m| (m, true)), rules) {
                 Verdict::Skip(reason) => Some(reason),
                 _ => None,
             }

@@ -23,7 +23,13 @@ pub struct Abandoned;
 
 /// Sends one batch over streams from `connector`, reconnecting while the link is down.
 /// Returns the last error for entries left unsettled.
-pub fn send_with_retries(ctx: &ExecContext, connector: &dyn Connector, settings: &SendSettings, batch: &mut Batch, buf: &mut Vec<u8>) -> Result<Option<FerryError>, Abandoned> {
+pub fn send_with_retries(
+    ctx: &ExecContext,
+    connector: &dyn Connector,
+    settings: &SendSettings,
+    batch: &mut Batch,
+    buf: &mut Vec<u8>,
+) -> Result<Option<FerryError>, Abandoned> {
     let started = Instant::now();
     let mut backoff = Duration::from_millis(200);
     let mut tries = 0u32;
@@ -43,7 +49,10 @@ pub fn send_with_retries(ctx: &ExecContext, connector: &dyn Connector, settings:
             Ok(()) => {}
             Err(LinkError::Down(why)) => {
                 if started.elapsed() >= RECONNECT_FOR {
-                    return Ok(Some(FerryError::new(ErrorKind::Unavailable, format!("link to the destination agents down for {} s: {why}", RECONNECT_FOR.as_secs()))));
+                    return Ok(Some(FerryError::new(
+                        ErrorKind::Unavailable,
+                        format!("link to the destination agents down for {} s: {why}", RECONNECT_FOR.as_secs()),
+                    )));
                 }
                 tracing::warn!(error = %why, retry_in_ms = backoff.as_millis() as u64, "link down; reconnecting to resume");
                 std::thread::sleep(backoff);
@@ -61,7 +70,12 @@ pub fn send_with_retries(ctx: &ExecContext, connector: &dyn Connector, settings:
 
 /// The stable code in a refusal's message (`[PATH_TOO_LONG] ...`), or the kind's.
 pub fn refusal_code(e: &FerryError) -> String {
-    e.message.split_once('[').and_then(|(_, rest)| rest.split_once(']')).map(|(code, _)| code.to_string()).filter(|c| c.chars().all(|ch| ch.is_ascii_uppercase() || ch == '_')).unwrap_or_else(|| e.kind.code().to_string())
+    e.message
+        .split_once('[')
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .map(|(code, _)| code.to_string())
+        .filter(|c| c.chars().all(|ch| ch.is_ascii_uppercase() || ch == '_'))
+        .unwrap_or_else(|| e.kind.code().to_string())
 }
 
 /// Runs a transfer shard.

@@ -74,7 +74,9 @@ pub fn run_verify(ctx: &ExecContext, dest: &dyn Dest, dirs: &[ScanDir], buf: &mu
             let kind = l.meta.kind();
             let there = at_dest.remove(&name);
             if kind == EntryKind::Dir {
-                let Some(included) = ctx.matcher.scan_dir(&rel, dir.included) else { continue };
+                let Some(included) = ctx.matcher.scan_dir(&rel, dir.included) else {
+                    continue;
+                };
                 if report_all {
                     out.counters().files_prepared += 1;
                 }
@@ -93,7 +95,9 @@ pub fn run_verify(ctx: &ExecContext, dest: &dyn Dest, dirs: &[ScanDir], buf: &mu
                 subdirs.push(ScanDir { path: rel, cookie: None, after: None, included });
                 continue;
             }
-            if !ctx.matcher.file_selected(&rel, dir.included) || kind.is_special() && (!ctx.options().preserve_devices || !ctx.dst_profile.capabilities.special_files) {
+            if !ctx.matcher.file_selected(&rel, dir.included)
+                || kind.is_special() && (!ctx.options().preserve_devices || !ctx.dst_profile.capabilities.special_files)
+            {
                 continue;
             }
             if report_all {
@@ -167,7 +171,9 @@ fn compare(src: &dyn Location, dest: &dyn Dest, pairs: Vec<(Pair, bool)>, owner:
                     out.record(Line::new(p.rel, EntryKind::File, EntryStatus::Verified).size(p.src.size).crc(Some(a)).mtime(p.src.mtime));
                 }
             }
-            (Ok(a), Ok(b)) => out.mismatch(p.rel, EntryKind::File, p.src.size, format!("content differs: CRC32C {a:08x} at the source, {b:08x} at the destination")),
+            (Ok(a), Ok(b)) => {
+                out.mismatch(p.rel, EntryKind::File, p.src.size, format!("content differs: CRC32C {a:08x} at the source, {b:08x} at the destination"))
+            }
             (Err(e), _) | (_, Err(e)) => out.mismatch(p.rel, EntryKind::File, p.src.size, e.to_string()),
         }
     }

@@ -183,7 +183,17 @@ impl<'a> Writer<'a> {
         let dst = ctx.dst()?.as_ref();
         let chunk = ctx.options().limits.chunk_size as usize;
         let rules = Rules::new(ctx.options(), ctx.keeps_owner() && dst.capabilities().ownership);
-        Ok(Writer { ctx, dst, rules, check_chunks, open: HashMap::new(), staged: Vec::new(), buf: vec![0; chunk.max(64 << 10)], held: HashMap::new(), stats: WriterStats::default() })
+        Ok(Writer {
+            ctx,
+            dst,
+            rules,
+            check_chunks,
+            open: HashMap::new(),
+            staged: Vec::new(),
+            buf: vec![0; chunk.max(64 << 10)],
+            held: HashMap::new(),
+            stats: WriterStats::default(),
+        })
     }
 
     /// Lets go of the entries whose answer in `replies` is final (in place, current, refused).
@@ -243,7 +253,15 @@ impl<'a> Writer<'a> {
             key.extend_from_slice(format!("\0{}", p.offset).as_bytes());
         }
         if !claim_writing(&key, RELEASE_WAIT) {
-            return reject(id, Code::Limit, format!("{} is still being written by another stream of this agent after {} s (a reconnect while the old stream drains); try again", paths::display(&h.path), RELEASE_WAIT.as_secs()));
+            return reject(
+                id,
+                Code::Limit,
+                format!(
+                    "{} is still being written by another stream of this agent after {} s (a reconnect while the old stream drains); try again",
+                    paths::display(&h.path),
+                    RELEASE_WAIT.as_secs()
+                ),
+            );
         }
         self.held.insert(id, key);
         let mut meta = meta_of(&h);
@@ -307,11 +325,13 @@ impl<'a> Writer<'a> {
     /// the destination can.
     fn holds_already(&mut self, h: &FileHeader, meta: &Meta, xattrs: &Xattrs) -> Result<bool, FerryError> {
         let current = self.dst.stat(&h.path)?;
-        match decide::verdict(meta, current.as_ref().map(|m| (m, true)), self.rules) {
+        match decide::verdict((meta, true), current.as_ref().map(|m| (m, true)), self.rules) {
             Verdict::Copy | Verdict::NeedMeta => Ok(false),
             Verdict::Skip(_) => Ok(true),
             Verdict::CompareContent => {
-                let (Some(cur), Some(want)) = (current, h.crc32c) else { return Ok(false) };
+                let (Some(cur), Some(want)) = (current, h.crc32c) else {
+                    return Ok(false);
+                };
                 let (got, _) = self.dst.checksum(&h.path, &cur, &mut self.buf)?;
                 match decide::after_content(meta, &cur, got == want, self.rules) {
                     Verdict::Skip(_) => Ok(true),
@@ -464,7 +484,9 @@ impl<'a> Writer<'a> {
     fn flush(&mut self) -> Vec<Frame> {
         let staged = std::mem::take(&mut self.staged);
         let (ids, staged): (Vec<(u64, u64)>, Vec<Staged>) = staged.into_iter().map(|(id, end, s)| ((id, end), s)).unzip();
-        let extras: Vec<(u64, Vec<(u32, String)>, bool)> = staged.iter().map(|s| (s.resumed, s.part_tags.clone(), s.kind == EntryKind::File)).collect();
+        // What each answer carries besides the result: bytes kept, part tags, whether a file.
+        type Extras = (u64, Vec<(u32, String)>, bool);
+        let extras: Vec<Extras> = staged.iter().map(|s| (s.resumed, s.part_tags.clone(), s.kind == EntryKind::File)).collect();
         let results = commit(self.dst, staged, self.ctx.commit_options(), &mut self.buf);
         let mut replies = Vec::with_capacity(ids.len());
         for (((id, end), (resumed, tags, file)), result) in ids.into_iter().zip(extras).zip(results) {
@@ -484,9 +506,8 @@ impl<'a> Writer<'a> {
         let direct = dest::Direct(self.dst);
         let rels = |v: Vec<serde_bytes::ByteBuf>| -> Vec<Vec<u8>> { v.into_iter().map(|b| b.into_vec()).collect() };
         let answered = match r {
-            Request::List { dir, resume, max } => direct.list(&dir, resume.as_deref(), (max as usize).clamp(1, crate::transport::frame::MAX_BATCH)).map(|p| Response::Page {
-                entries: p.entries.into_iter().map(|l| (serde_bytes::ByteBuf::from(l.name), l.meta, l.complete)).collect(),
-                resume: p.resume,
+            Request::List { dir, resume, max } => direct.list(&dir, resume.as_deref(), (max as usize).clamp(1, crate::transport::frame::MAX_BATCH)).map(|p| {
+                Response::Page { entries: p.entries.into_iter().map(|l| (serde_bytes::ByteBuf::from(l.name), l.meta, l.complete)).collect(), resume: p.resume }
             }),
             Request::Lookup { dir, names } => direct.lookup(&dir, &rels(names)).map(Response::Found),
             Request::Stat { rels: r } => Ok(Response::Metas(direct.stat_many(&rels(r)))),

@@ -5,7 +5,7 @@
 
 use ferry_common::model::{EntryKind, Timestamp};
 
-use super::{commit, put_file, CommitOptions, Location, Meta, Special, Target};
+use super::{commit, put_file, CommitOptions, Completed, Location, Meta, Special, Target};
 
 /// What one real server is known not to do, although the protocol allows it. These relax a
 /// check; they never skip one.
@@ -174,7 +174,13 @@ pub fn symlinks_keep_their_target(loc: &dyn Location, _: Quirks) {
 }
 
 pub fn directories_keep_their_metadata(loc: &dyn Location, q: Quirks) {
-    let meta = Meta { kind: Some(EntryKind::Dir), mtime: Timestamp { sec: 1_640_000_000, nsec: 7 }, atime: Some(Timestamp { sec: 1_640_000_001, nsec: 0 }), mode: Some(libc::S_IFDIR | 0o750), ..Meta::default() };
+    let meta = Meta {
+        kind: Some(EntryKind::Dir),
+        mtime: Timestamp { sec: 1_640_000_000, nsec: 7 },
+        atime: Some(Timestamp { sec: 1_640_000_001, nsec: 0 }),
+        mode: Some(libc::S_IFDIR | 0o750),
+        ..Meta::default()
+    };
     loc.ensure_dir(b"empty").expect("ensure_dir");
     loc.set_meta(b"empty", &meta, None).expect("set directory metadata");
     if !loc.capabilities().dir_markers || q.no_empty_dirs {
@@ -220,7 +226,8 @@ pub fn multipart_ranges_in_any_order_are_invisible_until_completed(loc: &dyn Loc
     }
     assert_eq!(loc.stat(b"big/file").expect("stat"), None, "nothing is visible before completion");
     let crc = crc32c::crc32c(&big);
-    let staged = loc.complete_multipart(b"big/file", &id, size, &fm, &Vec::new(), crc, &tags).expect("complete");
+    let done = Completed { size, meta: &fm, xattrs: &Vec::new(), crc32c: crc, part_tags: &tags };
+    let staged = loc.complete_multipart(b"big/file", &id, &done).expect("complete");
     assert!(commit(loc, vec![staged], COMMIT, &mut buf)[0].is_ok(), "the completed write commits");
     let bm = loc.stat(b"big/file").expect("stat").expect("visible after completion");
     assert_eq!((bm.size, bm.mtime), (size, fm.mtime));
@@ -299,9 +306,7 @@ pub fn extended_attributes_round_trip(loc: &dyn Location, _: Quirks) {
     sink.write_at(0, b"z", crc32c::crc32c(b"z")).expect("write");
     let staged = sink.finish(crc32c::crc32c(b"z")).expect("finish");
     let mut buf = Vec::new();
-    if !commit(loc, vec![staged], COMMIT, &mut buf)[0].is_ok() {
-        panic!("commit with xattrs");
-    }
+    assert!(commit(loc, vec![staged], COMMIT, &mut buf)[0].is_ok(), "commit with xattrs");
     let got = loc.xattrs(b"x/file").expect("xattrs");
     if got.is_empty() {
         return; // the file system under the test directory keeps none (tmpfs without xattr support)

@@ -3,7 +3,7 @@
 
 use ferry_common::error::{ErrorKind, FerryError};
 
-use super::{Capabilities, Durable, Limits, Location, Meta, Page, Profile, Sink, Source, Special, Staged, StoredPart, Target, Xattrs};
+use super::{Capabilities, Completed, Durable, Limits, Location, Meta, Page, Profile, Sink, Source, Special, Staged, StoredPart, Target, Xattrs};
 
 pub struct Empty {
     uri: String,
@@ -89,7 +89,7 @@ impl Location for Empty {
     fn list_parts(&self, _rel: &[u8], _upload: &str) -> Result<Vec<StoredPart>, FerryError> {
         Ok(Vec::new())
     }
-    fn complete_multipart(&self, rel: &[u8], _upload: &str, _size: u64, _meta: &Meta, _xattrs: &Xattrs, _crc32c: u32, _tags: &[(u32, String)]) -> Result<Staged, FerryError> {
+    fn complete_multipart(&self, rel: &[u8], _upload: &str, _done: &Completed<'_>) -> Result<Staged, FerryError> {
         Err(self.refused(rel))
     }
     fn abort_multipart(&self, _rel: &[u8], _upload: &str) -> Result<(), FerryError> {

@@ -93,25 +93,43 @@ impl Limits {
     pub fn refusal(&self, caps: &Capabilities, rel: &[u8], kind: EntryKind, size: u64) -> Option<Refusal> {
         let shown = ferry_common::paths::display(rel);
         if self.utf8_names && std::str::from_utf8(rel).is_err() {
-            return Some(Refusal { code: "NAME_NOT_UTF8", message: format!("{shown}: the destination's names must be UTF-8 and this one is not (rename it, or exclude it)") });
+            return Some(Refusal {
+                code: "NAME_NOT_UTF8",
+                message: format!("{shown}: the destination's names must be UTF-8 and this one is not (rename it, or exclude it)"),
+            });
         }
         if let Some(max) = self.max_path_bytes {
             if rel.len() > max {
-                return Some(Refusal { code: "PATH_TOO_LONG", message: format!("{shown}: the path is {} bytes and the destination holds at most {max} (S3 keys are limited to 1,024 bytes with the prefix; shorten the path, or exclude it)", rel.len()) });
+                return Some(Refusal {
+                    code: "PATH_TOO_LONG",
+                    message: format!(
+                        "{shown}: the path is {} bytes and the destination holds at most {max} (S3 keys are limited to 1,024 bytes with the prefix; shorten the path, or exclude it)",
+                        rel.len()
+                    ),
+                });
             }
         }
         if let Some(max) = self.max_name_bytes {
             if rel.split(|&b| b == b'/').any(|c| c.len() > max) {
-                return Some(Refusal { code: "NAME_TOO_LONG", message: format!("{shown}: a name is longer than the destination's {max} bytes (rename it, or exclude it)") });
+                return Some(Refusal {
+                    code: "NAME_TOO_LONG",
+                    message: format!("{shown}: a name is longer than the destination's {max} bytes (rename it, or exclude it)"),
+                });
             }
         }
         if let (Some(max), EntryKind::File) = (self.max_file_bytes, kind) {
             if size > max {
-                return Some(Refusal { code: "FILE_TOO_LARGE", message: format!("{shown}: {size} bytes is more than the destination's largest file, {max} bytes") });
+                return Some(Refusal {
+                    code: "FILE_TOO_LARGE",
+                    message: format!("{shown}: {size} bytes is more than the destination's largest file, {max} bytes"),
+                });
             }
         }
         if kind.is_special() && !caps.special_files {
-            return Some(Refusal { code: "SPECIAL_FILE", message: format!("the destination cannot hold a {} (use --no-specials to skip them without a report line each)", kind.as_str()) });
+            return Some(Refusal {
+                code: "SPECIAL_FILE",
+                message: format!("the destination cannot hold a {} (use --no-specials to skip them without a report line each)", kind.as_str()),
+            });
         }
         None
     }
@@ -183,7 +201,9 @@ pub struct Page {
 /// An entry other than a regular file or directory, created whole by [`Location::make`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Special {
-    Symlink { target: Vec<u8> },
+    Symlink {
+        target: Vec<u8>,
+    },
     /// A FIFO, socket or device node: `mode` carries its type, `rdev` its device number.
     Node,
 }
@@ -226,8 +246,22 @@ pub struct Staged {
     pub token: Token,
     /// (part number, MD5 hex) of object parts stored, for the multipart's expected ETag.
     pub part_tags: Vec<(u32, String)>,
-    /// Bytes an interrupted attempt had already stored and that were kept.
+    /// Bytes the location already held from an interrupted attempt and kept while this
+    /// content was written (an object store's stored parts); bytes a sink reported as
+    /// [`Sink::resumed`] up front are not counted again.
     pub resumed: u64,
+}
+
+/// A finished multipart write, as it is completed: `crc32c` is the whole content's CRC
+/// (S3's FULL_OBJECT checksum), combined from the parts'; `part_tags` the (part number, MD5)
+/// the writers recorded, for stores that list parts without them.
+#[derive(Clone, Copy, Debug)]
+pub struct Completed<'a> {
+    pub size: u64,
+    pub meta: &'a Meta,
+    pub xattrs: &'a Xattrs,
+    pub crc32c: u32,
+    pub part_tags: &'a [(u32, String)],
 }
 
 /// A part already stored in an unfinished multipart write.
@@ -333,9 +367,8 @@ pub trait Location: Send + Sync {
     /// Ids of unfinished multipart writes to `rel`, oldest first.
     fn pending_multiparts(&self, rel: &[u8]) -> Result<Vec<String>, FerryError>;
     fn list_parts(&self, rel: &[u8], upload: &str) -> Result<Vec<StoredPart>, FerryError>;
-    /// Stages the finished multipart write as one entry with `meta` and `xattrs`; `crc32c`
-    /// is the whole content's CRC (S3's FULL_OBJECT checksum).
-    fn complete_multipart(&self, rel: &[u8], upload: &str, size: u64, meta: &Meta, xattrs: &Xattrs, crc32c: u32, part_tags: &[(u32, String)]) -> Result<Staged, FerryError>;
+    /// Stages the finished multipart write as one entry, as `done` describes it.
+    fn complete_multipart(&self, rel: &[u8], upload: &str, done: &Completed<'_>) -> Result<Staged, FerryError>;
     fn abort_multipart(&self, rel: &[u8], upload: &str) -> Result<(), FerryError>;
 }
 

@@ -236,12 +236,20 @@ pub enum Request {
         dir: Vec<u8>,
         names: Vec<serde_bytes::ByteBuf>,
     },
-    Stat { rels: Vec<serde_bytes::ByteBuf> },
+    Stat {
+        rels: Vec<serde_bytes::ByteBuf>,
+    },
     /// Content CRC32C of files, as stored or read at the destination.
-    Checksums { rels: Vec<serde_bytes::ByteBuf> },
-    Remove { rels: Vec<serde_bytes::ByteBuf> },
+    Checksums {
+        rels: Vec<serde_bytes::ByteBuf>,
+    },
+    Remove {
+        rels: Vec<serde_bytes::ByteBuf>,
+    },
     /// Make sure directories exist (owner-only until their metadata is set).
-    EnsureDirs { rels: Vec<serde_bytes::ByteBuf> },
+    EnsureDirs {
+        rels: Vec<serde_bytes::ByteBuf>,
+    },
     /// Find the unfinished multipart write of a file, or start one.
     OpenUpload {
         #[serde(with = "serde_bytes")]
@@ -264,13 +272,20 @@ pub type WireResult<T> = Result<T, ferry_common::error::FerryError>;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    Page { entries: Vec<(serde_bytes::ByteBuf, crate::location::Meta, bool)>, #[serde(default, with = "serde_bytes")] resume: Option<Vec<u8>> },
+    Page {
+        entries: Vec<(serde_bytes::ByteBuf, crate::location::Meta, bool)>,
+        #[serde(default, with = "serde_bytes")]
+        resume: Option<Vec<u8>>,
+    },
     Found(Vec<Option<(crate::location::Meta, bool)>>),
     Metas(Vec<WireResult<Option<crate::location::Meta>>>),
     Checksums(Vec<WireResult<u32>>),
     Removed(Vec<WireResult<u64>>),
     Made(Vec<WireResult<()>>),
-    Upload { id: String, created: bool },
+    Upload {
+        id: String,
+        created: bool,
+    },
     Aborted,
     /// The request failed as a whole.
     Failed(ferry_common::error::FerryError),
@@ -280,17 +295,43 @@ pub enum Response {
 pub enum Frame {
     Header(FileHeader),
     /// `crc32c` covers the raw bytes; `compressed` data is zstd and inflates to `raw_len`.
-    Chunk { id: u64, offset: u64, crc32c: u32, compressed: bool, raw_len: u32, data: Vec<u8> },
-    End { id: u64, size: u64, crc32c: u32 },
-    Ack { id: u64, offset: u64, status: u8 },
-    Error { code: u16, message: String },
+    Chunk {
+        id: u64,
+        offset: u64,
+        crc32c: u32,
+        compressed: bool,
+        raw_len: u32,
+        data: Vec<u8>,
+    },
+    End {
+        id: u64,
+        size: u64,
+        crc32c: u32,
+    },
+    Ack {
+        id: u64,
+        offset: u64,
+        status: u8,
+    },
+    Error {
+        code: u16,
+        message: String,
+    },
     Hello(Hello),
     /// Make every finished file durable, rename it into place and acknowledge it.
     Flush,
     /// The writer could not take this one entry (the stream goes on).
-    Reject { id: u64, code: u16, message: String },
+    Reject {
+        id: u64,
+        code: u16,
+        message: String,
+    },
     /// `[offset, offset + len)` of the entry is a hole at the source: zeros, never sent.
-    Hole { id: u64, offset: u64, len: u64 },
+    Hole {
+        id: u64,
+        offset: u64,
+        len: u64,
+    },
     Done(Done),
     Request(Request),
     Response(Response),
@@ -559,8 +600,16 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, ProtocolError> {
     }
     let ty = buf[0];
     let len = check_frame_header(buf[..FRAME_HEADER_LEN].try_into().expect("5 bytes"))?;
-    let Some(p) = buf.get(FRAME_HEADER_LEN..FRAME_HEADER_LEN + len) else { return Ok(None) };
-    let exact = |n: usize| if len == n { Ok(()) } else { Err(err(Code::Malformed, format!("frame type {ty:#04x} must be {n} bytes, got {len}"))) };
+    let Some(p) = buf.get(FRAME_HEADER_LEN..FRAME_HEADER_LEN + len) else {
+        return Ok(None);
+    };
+    let exact = |n: usize| {
+        if len == n {
+            Ok(())
+        } else {
+            Err(err(Code::Malformed, format!("frame type {ty:#04x} must be {n} bytes, got {len}")))
+        }
+    };
     let frame = match ty {
         kind::HEADER => {
             let h: FileHeader = rmp_serde::from_slice(p).map_err(|e| err(Code::Malformed, format!("file header: {e}")))?;
@@ -620,7 +669,19 @@ mod tests {
     use proptest::prelude::*;
 
     fn header(path: &[u8]) -> FileHeader {
-        FileHeader { id: 7, path: path.to_vec(), size: 10, mode: 0o100644, uid: 1, gid: 2, mtime_sec: -3, mtime_nsec: 4, atime_sec: 5, atime_nsec: 6, ..Default::default() }
+        FileHeader {
+            id: 7,
+            path: path.to_vec(),
+            size: 10,
+            mode: 0o100644,
+            uid: 1,
+            gid: 2,
+            mtime_sec: -3,
+            mtime_nsec: 4,
+            atime_sec: 5,
+            atime_nsec: 6,
+            ..Default::default()
+        }
     }
 
     fn round_trip(f: &Frame) {
@@ -654,7 +715,18 @@ mod tests {
         round_trip(&Frame::Response(Response::Checksums(vec![Ok(7), Err(ferry_common::error::FerryError::config("x"))])));
         round_trip(&Frame::Flush);
         round_trip(&Frame::Reject { id: 9, code: Code::Io as u16, message: "permission denied".into() });
-        for code in [Code::BadVersion, Code::Malformed, Code::TooLarge, Code::UnsafePath, Code::CrcMismatch, Code::Io, Code::UnknownType, Code::OutOfOrder, Code::Limit, Code::UnknownExecution] {
+        for code in [
+            Code::BadVersion,
+            Code::Malformed,
+            Code::TooLarge,
+            Code::UnsafePath,
+            Code::CrcMismatch,
+            Code::Io,
+            Code::UnknownType,
+            Code::OutOfOrder,
+            Code::Limit,
+            Code::UnknownExecution,
+        ] {
             assert_eq!(Code::from_u16(code as u16), Some(code));
         }
         assert_eq!(Code::from_u16(0), None);
@@ -663,7 +735,11 @@ mod tests {
     #[test]
     fn requests_naming_hostile_paths_are_refused_both_ways() {
         let bad = serde_bytes::ByteBuf::from(b"../etc".to_vec());
-        for r in [Request::Remove { rels: vec![bad.clone()] }, Request::List { dir: b"/abs".to_vec(), resume: None, max: 1 }, Request::Lookup { dir: Vec::new(), names: vec![serde_bytes::ByteBuf::from(b"a/b".to_vec())] }] {
+        for r in [
+            Request::Remove { rels: vec![bad.clone()] },
+            Request::List { dir: b"/abs".to_vec(), resume: None, max: 1 },
+            Request::Lookup { dir: Vec::new(), names: vec![serde_bytes::ByteBuf::from(b"a/b".to_vec())] },
+        ] {
             let mut buf = Vec::new();
             assert_eq!(encode(&Frame::Request(r.clone()), &mut buf).unwrap_err().code, Code::UnsafePath, "{r:?}");
             let mut raw = vec![kind::REQUEST, 0, 0, 0, 0];

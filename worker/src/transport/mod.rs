@@ -47,6 +47,7 @@ impl Connector for InProcess<'_> {
 
 /// An agent's link equipment, shared by all its movers: the client that dials writers, the
 /// registry the writer endpoint serves from, and the BytesPerSecond bucket.
+#[derive(Default)]
 pub struct LinkAgent {
     pub name: String,
     pub labels: Vec<String>,
@@ -54,12 +55,6 @@ pub struct LinkAgent {
     pub client: Option<link::quic::LinkClient>,
     pub registry: link::quic::Registry,
     pub rate: crate::rate::RateLimiter,
-}
-
-impl Default for LinkAgent {
-    fn default() -> Self {
-        LinkAgent { name: String::new(), labels: Vec::new(), client: None, registry: Default::default(), rate: Default::default() }
-    }
 }
 
 /// A writer agent as the reader finds it in the Store.

@@ -71,7 +71,9 @@ impl RemoteDest<'_> {
         let mut out = Vec::with_capacity(items.len());
         for part in items.chunks(MAX_BATCH) {
             let answer = self.ask(make(part))?;
-            let got = take(answer).filter(|v| v.len() == part.len()).ok_or_else(|| FerryError::new(ErrorKind::Other, "the destination agent answered a request with the wrong shape"))?;
+            let got = take(answer)
+                .filter(|v| v.len() == part.len())
+                .ok_or_else(|| FerryError::new(ErrorKind::Other, "the destination agent answered a request with the wrong shape"))?;
             out.extend(got);
         }
         Ok(out)
@@ -99,7 +101,10 @@ impl Dest for RemoteDest<'_> {
         let max = max.clamp(1, MAX_BATCH) as u32;
         match self.ask(Request::List { dir: dir.to_vec(), resume: resume.map(<[u8]>::to_vec), max })? {
             Response::Page { entries, resume } => Ok(Page {
-                entries: entries.into_iter().map(|(name, meta, complete)| crate::location::Listed { name: name.into_vec(), meta, complete, cursor: Vec::new() }).collect(),
+                entries: entries
+                    .into_iter()
+                    .map(|(name, meta, complete)| crate::location::Listed { name: name.into_vec(), meta, complete, cursor: Vec::new() })
+                    .collect(),
                 resume,
             }),
             _ => Err(FerryError::new(ErrorKind::Other, "the destination agent answered a listing with something else")),
@@ -107,38 +112,70 @@ impl Dest for RemoteDest<'_> {
     }
 
     fn lookup(&self, dir: &[u8], names: &[Vec<u8>]) -> Result<Vec<Option<(Meta, bool)>>, FerryError> {
-        self.batched(names, |n| Request::Lookup { dir: dir.to_vec(), names: bufs(n) }, |r| match r {
-            Response::Found(v) => Some(v),
-            _ => None,
-        })
+        self.batched(
+            names,
+            |n| Request::Lookup { dir: dir.to_vec(), names: bufs(n) },
+            |r| match r {
+                Response::Found(v) => Some(v),
+                _ => None,
+            },
+        )
     }
 
     fn stat_many(&self, rels: &[Vec<u8>]) -> Vec<Result<Option<Meta>, FerryError>> {
-        each(rels.len(), self.batched(rels, |r| Request::Stat { rels: bufs(r) }, |r| match r {
-            Response::Metas(v) => Some(v),
-            _ => None,
-        }))
+        each(
+            rels.len(),
+            self.batched(
+                rels,
+                |r| Request::Stat { rels: bufs(r) },
+                |r| match r {
+                    Response::Metas(v) => Some(v),
+                    _ => None,
+                },
+            ),
+        )
     }
 
     fn checksums(&self, rels: &[Vec<u8>]) -> Vec<Result<u32, FerryError>> {
-        each(rels.len(), self.batched(rels, |r| Request::Checksums { rels: bufs(r) }, |r| match r {
-            Response::Checksums(v) => Some(v),
-            _ => None,
-        }))
+        each(
+            rels.len(),
+            self.batched(
+                rels,
+                |r| Request::Checksums { rels: bufs(r) },
+                |r| match r {
+                    Response::Checksums(v) => Some(v),
+                    _ => None,
+                },
+            ),
+        )
     }
 
     fn remove(&self, rels: &[Vec<u8>]) -> Vec<Result<u64, FerryError>> {
-        each(rels.len(), self.batched(rels, |r| Request::Remove { rels: bufs(r) }, |r| match r {
-            Response::Removed(v) => Some(v),
-            _ => None,
-        }))
+        each(
+            rels.len(),
+            self.batched(
+                rels,
+                |r| Request::Remove { rels: bufs(r) },
+                |r| match r {
+                    Response::Removed(v) => Some(v),
+                    _ => None,
+                },
+            ),
+        )
     }
 
     fn ensure_dirs(&self, rels: &[Vec<u8>]) -> Vec<Result<(), FerryError>> {
-        each(rels.len(), self.batched(rels, |r| Request::EnsureDirs { rels: bufs(r) }, |r| match r {
-            Response::Made(v) => Some(v),
-            _ => None,
-        }))
+        each(
+            rels.len(),
+            self.batched(
+                rels,
+                |r| Request::EnsureDirs { rels: bufs(r) },
+                |r| match r {
+                    Response::Made(v) => Some(v),
+                    _ => None,
+                },
+            ),
+        )
     }
 
     fn open_upload(&self, rel: &[u8], size: u64, meta: &Meta) -> Result<(String, bool), FerryError> {

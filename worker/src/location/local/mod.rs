@@ -25,8 +25,8 @@ use ferry_common::model::{EntryKind, Timestamp};
 use ferry_common::paths;
 
 use super::{
-    source_changed, Capabilities, Durable, Limits, Listed, Location, Meta, Page, Profile, Sink, Source, Special, Staged,
-    StoredPart, Target, Token, Xattrs, TEMP_PREFIX,
+    source_changed, Capabilities, Completed, Durable, Limits, Listed, Location, Meta, Page, Profile, Sink, Source, Special, Staged, StoredPart, Target, Token,
+    Xattrs, TEMP_PREFIX,
 };
 
 /// What a POSIX tree holds: everything, to the nanosecond.
@@ -82,7 +82,9 @@ fn meta_of(st: &libc::stat) -> Meta {
 /// Removes `name` under `dir`, recursively for directories. Returns how many non-directory
 /// entries were removed (what `sync` reports as deleted).
 pub fn remove_tree_at(dir: RawFd, name: &[u8]) -> io::Result<u64> {
-    let Some(st) = sys::lstat_at(dir, name)? else { return Ok(0) };
+    let Some(st) = sys::lstat_at(dir, name)? else {
+        return Ok(0);
+    };
     if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
         sys::unlink_at(dir, name, false)?;
         return Ok(1);
@@ -115,10 +117,13 @@ const HANDLE_TTL: Duration = Duration::from_secs(1);
 /// Handles kept at most; the cache starts over when full.
 const MAX_HANDLES: usize = 1024;
 
+/// A directory handle and when it was opened.
+type Handle = (Arc<OwnedFd>, Instant);
+
 /// Open directory handles by relative path, shared by every mover of the execution.
 struct Handles {
     root: Arc<OwnedFd>,
-    cached: Mutex<HashMap<Vec<u8>, (Arc<OwnedFd>, Instant)>>,
+    cached: Mutex<HashMap<Vec<u8>, Handle>>,
 }
 
 impl Handles {
@@ -170,6 +175,9 @@ impl Handles {
     }
 }
 
+/// An entry's directory handle and its name in it.
+type Parent = (Arc<OwnedFd>, Vec<u8>);
+
 /// A local tree as a [`Location`].
 pub struct LocalLocation {
     root: PathBuf,
@@ -208,7 +216,9 @@ impl LocalLocation {
         FerryError::io(op, &paths::join(&self.root, rel), e)
     }
 
-    fn parent(&self, rel: &[u8], create: bool) -> Result<Option<(Arc<OwnedFd>, Vec<u8>)>, FerryError> {
+    /// The handle of `rel`'s directory and `rel`'s own name; `None` when the directory is not
+    /// there (and `create` is off).
+    fn parent(&self, rel: &[u8], create: bool) -> Result<Option<Parent>, FerryError> {
         let (parent, name) = paths::split(rel);
         match self.dirs.dir(parent, create) {
             Ok(fd) => Ok(Some((fd, name.to_vec()))),
@@ -257,18 +267,15 @@ impl LocalLocation {
             Some(version) => temp_name(&format!("v{:08x}", crc32c::crc32c(version.as_bytes())), &name),
             None => temp_name(&self.nonce, &name),
         };
-        let create = |d: RawFd| sys::open_at(d, &temp, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o600);
         let mut resumed = 0;
-        let fd = match sys::lstat_at(d, &temp).map_err(|e| self.err("stat", rel, &e))? {
-            Some(st) if resume.is_some() && st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_size as u64 <= size => {
-                resumed = st.st_size as u64;
-                sys::open_at(d, &temp, libc::O_RDWR | libc::O_NOFOLLOW, 0)
+        match sys::lstat_at(d, &temp).map_err(|e| self.err("stat", rel, &e))? {
+            Some(st) if resume.is_some() && st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_size as u64 <= size => resumed = st.st_size as u64,
+            Some(_) => {
+                remove_tree_at(d, &temp).map_err(|e| self.err("remove", rel, &e))?;
             }
-            Some(_) => remove_tree_at(d, &temp).and_then(|_| create(d)),
-            None => create(d),
+            None => {}
         }
-        .map_err(|e| self.err("create", rel, &e))?;
-        Ok(LocalSink { loc: self, rel: rel.to_vec(), dir, fd, temp, start: 0, len: size, resumed, meta: Some((meta.clone(), xattrs.clone())) })
+        Ok(LocalSink { loc: self, rel: rel.to_vec(), dir, fd: None, temp, start: 0, len: size, resumed, meta: Some((meta.clone(), xattrs.clone())) })
     }
 
     /// Sets extended attributes, owner, mode and times on an open entry, in that order:
@@ -372,8 +379,12 @@ impl Location for LocalLocation {
         if rel.is_empty() {
             return sys::fstat(self.dirs.root.as_raw_fd()).map(|st| Some(meta_of(&st))).map_err(|e| self.err("stat", rel, &e));
         }
-        let Some((dir, name)) = self.parent(rel, false)? else { return Ok(None) };
-        let Some(st) = sys::lstat_at(dir.as_raw_fd(), &name).map_err(|e| self.err("stat", rel, &e))? else { return Ok(None) };
+        let Some((dir, name)) = self.parent(rel, false)? else {
+            return Ok(None);
+        };
+        let Some(st) = sys::lstat_at(dir.as_raw_fd(), &name).map_err(|e| self.err("stat", rel, &e))? else {
+            return Ok(None);
+        };
         let mut m = meta_of(&st);
         if m.kind() == EntryKind::Symlink {
             m.link_target = Some(sys::readlink_at(dir.as_raw_fd(), &name).map_err(|e| self.err("read link", rel, &e))?);
@@ -389,7 +400,9 @@ impl Location for LocalLocation {
         if rel.is_empty() {
             return sys::fxattrs(self.dirs.root.as_raw_fd()).map_err(|e| self.err("read xattrs of", rel, &e));
         }
-        let Some((dir, name)) = self.parent(rel, false)? else { return Ok(Vec::new()) };
+        let Some((dir, name)) = self.parent(rel, false)? else {
+            return Ok(Vec::new());
+        };
         // Not followed: a symlink's own attributes, and Linux keeps no `user.*` ones there.
         match sys::lxattrs_at(dir.as_raw_fd(), &name) {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Vec::new()),
@@ -422,12 +435,17 @@ impl Location for LocalLocation {
             Target::File { size, resume } => Ok(Box::new(self.open_file_sink(rel, size, resume, meta, xattrs)?)),
             Target::Part { upload, offset, len, .. } => {
                 let (dir, _) = self.parent(rel, false)?.ok_or_else(|| self.vanished(rel))?;
-                let temp = upload.as_bytes().to_vec();
-                let fd = sys::open_at(dir.as_raw_fd(), &temp, libc::O_RDWR | libc::O_NOFOLLOW, 0).map_err(|e| match e.raw_os_error() {
-                    Some(libc::ENOENT) => FerryError::new(ErrorKind::Unavailable, format!("the multipart write of {} vanished", self.describe(rel))),
-                    _ => self.err("open", rel, &e),
-                })?;
-                Ok(Box::new(LocalSink { loc: self, rel: rel.to_vec(), dir, fd, temp, start: offset, len, resumed: 0, meta: None }))
+                Ok(Box::new(LocalSink {
+                    loc: self,
+                    rel: rel.to_vec(),
+                    dir,
+                    fd: None,
+                    temp: upload.as_bytes().to_vec(),
+                    start: offset,
+                    len,
+                    resumed: 0,
+                    meta: None,
+                }))
             }
         }
     }
@@ -468,7 +486,8 @@ impl Location for LocalLocation {
             }
             EntryKind::File => {
                 let (dir, name) = self.parent(rel, false)?.ok_or_else(|| self.vanished(rel))?;
-                let fd = sys::open_at(dir.as_raw_fd(), &name, libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK, 0).map_err(|e| self.err("open", rel, &e))?;
+                let fd =
+                    sys::open_at(dir.as_raw_fd(), &name, libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK, 0).map_err(|e| self.err("open", rel, &e))?;
                 self.apply_meta_fd(fd.as_raw_fd(), meta, xattrs, 0o644).map_err(|e| self.err("set metadata on", rel, &e))
             }
             _ => {
@@ -479,7 +498,8 @@ impl Location for LocalLocation {
     }
 
     fn link(&self, target: &[u8], rel: &[u8]) -> Result<bool, FerryError> {
-        let missing = || FerryError::new(ErrorKind::NotFound, format!("cannot link {}: its first path {} was not copied", self.describe(rel), self.describe(target)));
+        let missing =
+            || FerryError::new(ErrorKind::NotFound, format!("cannot link {}: its first path {} was not copied", self.describe(rel), self.describe(target)));
         let (tdir, tname) = self.parent(target, false)?.ok_or_else(missing)?;
         let t = sys::lstat_at(tdir.as_raw_fd(), &tname).map_err(|e| self.err("stat", target, &e))?.ok_or_else(missing)?;
         // The link's directory may hold nothing else, so nothing created it yet.
@@ -505,25 +525,36 @@ impl Location for LocalLocation {
         if staged.is_empty() {
             return Ok(());
         }
-        // A directory's own metadata lives in its inode: one `syncfs` covers it.
-        if staged.len() > ONE_BY_ONE || staged.iter().any(|s| s.kind == EntryKind::Dir) {
+        // A directory's own metadata, or a symlink or node made whole, has no content to
+        // flush by itself: one `syncfs` covers them.
+        if staged.len() > ONE_BY_ONE || staged.iter().any(|s| s.kind != EntryKind::File) {
             let op = if what == Durable::Content { "flush" } else { "flush renames" };
             return sys::syncfs(self.dirs.root.as_raw_fd()).map_err(|e| self.err(op, b"", &e));
         }
         for s in staged {
             let (dir, name) = self.parent(&s.rel, false)?.ok_or_else(|| self.vanished(&s.rel))?;
             let flushed = match (what, Self::temp_of(s)) {
-                (Durable::Content, Some((temp, _, _))) => sys::open_at(dir.as_raw_fd(), temp, libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK, 0).and_then(|fd| sys::fdatasync(fd.as_raw_fd())),
+                (Durable::Content, Some((temp, _, _))) => {
+                    sys::open_at(dir.as_raw_fd(), temp, libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK, 0).and_then(|fd| sys::fdatasync(fd.as_raw_fd()))
+                }
                 (Durable::Content, None) => Ok(()),
                 (Durable::Names, _) => sys::fdatasync(dir.as_raw_fd()),
             };
-            flushed.map_err(|e| self.err(if what == Durable::Content { "flush" } else { "flush the directory of" }, if what == Durable::Content { &s.rel } else { &name }, &e))?;
+            flushed.map_err(|e| {
+                self.err(if what == Durable::Content { "flush" } else { "flush the directory of" }, if what == Durable::Content { &s.rel } else { &name }, &e)
+            })?;
         }
         Ok(())
     }
 
     fn check(&self, staged: &Staged, buf: &mut Vec<u8>) -> Result<Option<String>, FerryError> {
-        let (Some(want), Some((temp, offset, len))) = (staged.crc32c, Self::temp_of(staged)) else { return Ok(None) };
+        let (Some(want), Some((temp, offset, len))) = (staged.crc32c, Self::temp_of(staged)) else {
+            return Ok(None);
+        };
+        if len == 0 {
+            // Nothing to read back: the length was set with the metadata.
+            return Ok(None);
+        }
         let (dir, _) = self.parent(&staged.rel, false)?.ok_or_else(|| self.vanished(&staged.rel))?;
         // O_NOATIME: reading back must not undo the atime just set from the source.
         let fd = sys::open_read_noatime(dir.as_raw_fd(), temp).map_err(|e| self.err("read back", &staged.rel, &e))?;
@@ -532,13 +563,18 @@ impl Location for LocalLocation {
         let got = super::crc_of(&mut src, offset, len, buf)?;
         if got != want {
             let what = if matches!(staged.token, Token::Range { .. }) { format!("bytes {offset}..{} of ", offset + len) } else { String::new() };
-            return Err(FerryError::new(ErrorKind::Corrupt, format!("CRC32C mismatch after writing {what}{}: source {want:08x}, destination {got:08x}", self.describe(&staged.rel))));
+            return Err(FerryError::new(
+                ErrorKind::Corrupt,
+                format!("CRC32C mismatch after writing {what}{}: source {want:08x}, destination {got:08x}", self.describe(&staged.rel)),
+            ));
         }
         Ok(None)
     }
 
     fn publish(&self, staged: &Staged) -> Result<(), FerryError> {
-        let Token::Temp(temp) = &staged.token else { return Ok(()) };
+        let Token::Temp(temp) = &staged.token else {
+            return Ok(());
+        };
         let (dir, _) = self.parent(&staged.rel, false)?.ok_or_else(|| self.vanished(&staged.rel))?;
         self.rename_into_place(dir.as_raw_fd(), temp, &staged.rel)
     }
@@ -552,7 +588,9 @@ impl Location for LocalLocation {
     fn remove(&self, rels: &[Vec<u8>]) -> Vec<Result<u64, FerryError>> {
         rels.iter()
             .map(|rel| {
-                let Some((dir, name)) = self.parent(rel, false)? else { return Ok(0) };
+                let Some((dir, name)) = self.parent(rel, false)? else {
+                    return Ok(0);
+                };
                 let n = remove_tree_at(dir.as_raw_fd(), &name).map_err(|e| self.err("remove", rel, &e))?;
                 self.dirs.forget(rel);
                 Ok(n)
@@ -598,12 +636,21 @@ impl Location for LocalLocation {
         Ok(Vec::new())
     }
 
-    fn complete_multipart(&self, rel: &[u8], upload: &str, size: u64, meta: &Meta, xattrs: &Xattrs, crc32c: u32, _tags: &[(u32, String)]) -> Result<Staged, FerryError> {
+    fn complete_multipart(&self, rel: &[u8], upload: &str, done: &Completed<'_>) -> Result<Staged, FerryError> {
+        let Completed { size, meta, xattrs, crc32c, .. } = *done;
         let (dir, _) = self.parent(rel, false)?.ok_or_else(|| self.vanished(rel))?;
         let fd = sys::open_at(dir.as_raw_fd(), upload.as_bytes(), libc::O_RDWR | libc::O_NOFOLLOW, 0).map_err(|e| self.err("open", rel, &e))?;
         sys::ftruncate(fd.as_raw_fd(), size).map_err(|e| self.err("write", rel, &e))?;
         self.apply_meta_fd(fd.as_raw_fd(), meta, Some(xattrs), 0o644).map_err(|e| self.err("set metadata on", rel, &e))?;
-        Ok(Staged { rel: rel.to_vec(), kind: EntryKind::File, size, crc32c: Some(crc32c), token: Token::Temp(upload.as_bytes().to_vec()), part_tags: Vec::new(), resumed: 0 })
+        Ok(Staged {
+            rel: rel.to_vec(),
+            kind: EntryKind::File,
+            size,
+            crc32c: Some(crc32c),
+            token: Token::Temp(upload.as_bytes().to_vec()),
+            part_tags: Vec::new(),
+            resumed: 0,
+        })
     }
 
     fn abort_multipart(&self, rel: &[u8], upload: &str) -> Result<(), FerryError> {
@@ -646,7 +693,9 @@ impl Source for LocalSource<'_> {
         }
         let fd = self.fd.as_raw_fd();
         let err = |e: io::Error| self.loc.err("read", &self.rel, &e);
-        let Some(start) = sys::seek_data(fd, pos).map_err(err)? else { return Ok(None) };
+        let Some(start) = sys::seek_data(fd, pos).map_err(err)? else {
+            return Ok(None);
+        };
         if start >= size {
             return Ok(None);
         }
@@ -677,7 +726,9 @@ struct LocalSink<'a> {
     loc: &'a LocalLocation,
     rel: Vec<u8>,
     dir: Arc<OwnedFd>,
-    fd: OwnedFd,
+    /// Opened at the first write (or when finished): a batch announces all its entries
+    /// before any data, and a descriptor held for each would run into the process's limit.
+    fd: Option<OwnedFd>,
     temp: Vec<u8>,
     /// The range this sink writes.
     start: u64,
@@ -687,25 +738,59 @@ struct LocalSink<'a> {
     meta: Option<(Meta, Xattrs)>,
 }
 
+impl LocalSink<'_> {
+    /// The temporary file: a whole file is created (or written on, when resumed); a part's
+    /// shared file must be there already.
+    fn file(&mut self) -> Result<RawFd, FerryError> {
+        if let Some(fd) = &self.fd {
+            return Ok(fd.as_raw_fd());
+        }
+        let d = self.dir.as_raw_fd();
+        let opened = match (&self.meta, self.resumed) {
+            (Some(_), 0) => sys::open_at(d, &self.temp, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o600).or_else(|e| {
+                // Debris of an attempt of this process that was not resumed: replaced.
+                if e.raw_os_error() != Some(libc::EEXIST) {
+                    return Err(e);
+                }
+                remove_tree_at(d, &self.temp)?;
+                sys::open_at(d, &self.temp, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o600)
+            }),
+            _ => sys::open_at(d, &self.temp, libc::O_RDWR | libc::O_NOFOLLOW, 0),
+        };
+        let fd = opened.map_err(|e| match (e.raw_os_error(), &self.meta) {
+            (Some(libc::ENOENT), None) => FerryError::new(ErrorKind::Unavailable, format!("the multipart write of {} vanished", self.loc.describe(&self.rel))),
+            _ => self.loc.err("create", &self.rel, &e),
+        })?;
+        Ok(self.fd.insert(fd).as_raw_fd())
+    }
+}
+
 impl Sink for LocalSink<'_> {
     fn resumed(&self) -> u64 {
         self.resumed
     }
 
     fn crc_resumed(&mut self, buf: &mut Vec<u8>) -> Result<u32, FerryError> {
-        let st = sys::fstat(self.fd.as_raw_fd()).map_err(|e| self.loc.err("read back", &self.rel, &e))?;
         let fd = sys::open_read_noatime(self.dir.as_raw_fd(), &self.temp).map_err(|e| self.loc.err("read back", &self.rel, &e))?;
-        let mut src = LocalSource { loc: self.loc, rel: self.rel.clone(), fd, meta: meta_of(&st), sparse: true };
+        let meta = Meta { size: self.start + self.resumed, ..Meta::default() };
+        let mut src = LocalSource { loc: self.loc, rel: self.rel.clone(), fd, meta, sparse: true };
         super::crc_of(&mut src, self.start, self.resumed, buf)
     }
 
     fn write_at(&mut self, pos: u64, data: &[u8], _crc32c: u32) -> Result<(), FerryError> {
-        sys::pwrite_all(self.fd.as_raw_fd(), data, pos).map_err(|e| self.loc.err("write", &self.rel, &e))
+        let fd = self.file()?;
+        sys::pwrite_all(fd, data, pos).map_err(|e| self.loc.err("write", &self.rel, &e))
     }
 
-    fn finish(self: Box<Self>, crc32c: u32) -> Result<Staged, FerryError> {
+    fn finish(mut self: Box<Self>, crc32c: u32) -> Result<Staged, FerryError> {
+        let fd = match self.file() {
+            Ok(fd) => fd,
+            Err(e) => {
+                self.abort();
+                return Err(e);
+            }
+        };
         let s = *self;
-        let fd = s.fd.as_raw_fd();
         let done = match &s.meta {
             Some((meta, xattrs)) => sys::ftruncate(fd, s.len)
                 .map_err(|e| s.loc.err("write", &s.rel, &e))
@@ -719,7 +804,7 @@ impl Sink for LocalSink<'_> {
             }
             return Err(e);
         }
-        Ok(Staged { rel: s.rel, kind: EntryKind::File, size: s.len, crc32c: Some(crc32c), token, part_tags: Vec::new(), resumed: s.resumed })
+        Ok(Staged { rel: s.rel, kind: EntryKind::File, size: s.len, crc32c: Some(crc32c), token, part_tags: Vec::new(), resumed: 0 })
     }
 
     fn abort(self: Box<Self>) {

@@ -131,10 +131,7 @@ pub fn fchmod(fd: RawFd, mode: u32) -> io::Result<()> {
 }
 
 fn timespecs(atime: Timestamp, mtime: Timestamp) -> [libc::timespec; 2] {
-    [
-        libc::timespec { tv_sec: atime.sec, tv_nsec: atime.nsec as _ },
-        libc::timespec { tv_sec: mtime.sec, tv_nsec: mtime.nsec as _ },
-    ]
+    [libc::timespec { tv_sec: atime.sec, tv_nsec: atime.nsec as _ }, libc::timespec { tv_sec: mtime.sec, tv_nsec: mtime.nsec as _ }]
 }
 
 pub fn futimens(fd: RawFd, atime: Timestamp, mtime: Timestamp) -> io::Result<()> {
@@ -230,10 +227,7 @@ fn proc_path(dir: RawFd, name: &[u8]) -> io::Result<CString> {
     cstr(&p)
 }
 
-fn xattrs_with(
-    list: impl Fn(&mut [u8]) -> libc::ssize_t,
-    get: impl Fn(&CStr, &mut [u8]) -> libc::ssize_t,
-) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+fn xattrs_with(list: impl Fn(&mut [u8]) -> libc::ssize_t, get: impl Fn(&CStr, &mut [u8]) -> libc::ssize_t) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut names = vec![0u8; 1024];
     let n = loop {
         let r = list(&mut names);

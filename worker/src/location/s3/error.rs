@@ -13,7 +13,10 @@ use ferry_common::error::{ErrorKind, FerryError};
 /// class. Pure, so the table is tested without a server.
 pub fn classify_parts(code: Option<&str>, status: Option<u16>, dispatch_failed: bool, timed_out: bool, no_credentials: bool) -> (ErrorKind, &'static str) {
     if no_credentials {
-        return (ErrorKind::Config, "no AWS credentials were found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with an instance or container role)");
+        return (
+            ErrorKind::Config,
+            "no AWS credentials were found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run with an instance or container role)",
+        );
     }
     if timed_out {
         return (ErrorKind::Unavailable, "the request timed out (ferry retried; check the network and the endpoint)");
@@ -23,9 +26,10 @@ pub fn classify_parts(code: Option<&str>, status: Option<u16>, dispatch_failed: 
     }
     match (code, status) {
         (Some("NoSuchBucket"), _) => (ErrorKind::Config, "the bucket does not exist (check the bucket name in the URI, or create the bucket)"),
-        (Some("InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken" | "InvalidToken" | "TokenRefreshRequired"), _) => {
-            (ErrorKind::Config, "the credentials were refused (check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the instance role; renew expired credentials)")
-        }
+        (Some("InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken" | "InvalidToken" | "TokenRefreshRequired"), _) => (
+            ErrorKind::Config,
+            "the credentials were refused (check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the instance role; renew expired credentials)",
+        ),
         (Some("AccessDenied" | "AllAccessDisabled" | "AccountProblem"), _) | (_, Some(403)) => {
             (ErrorKind::PermissionDenied, "access denied (grant these credentials s3:ListBucket, s3:GetObject, s3:PutObject and s3:DeleteObject on the bucket)")
         }
@@ -46,7 +50,9 @@ pub fn classify_parts(code: Option<&str>, status: Option<u16>, dispatch_failed: 
         (Some("SlowDown" | "ServiceUnavailable" | "InternalError" | "RequestTimeout" | "RequestTimeTooSkewed" | "OperationAborted"), _) => {
             (ErrorKind::Unavailable, "the server is throttling or failing (ferry backed off and retried; lower --movers or rerun later)")
         }
-        (_, Some(s)) if s == 429 || s >= 500 => (ErrorKind::Unavailable, "the server is throttling or failing (ferry backed off and retried; lower --movers or rerun later)"),
+        (_, Some(s)) if s == 429 || s >= 500 => {
+            (ErrorKind::Unavailable, "the server is throttling or failing (ferry backed off and retried; lower --movers or rerun later)")
+        }
         (_, Some(412)) => (ErrorKind::SourceChanged, "the object changed while it was read"),
         _ => (ErrorKind::Other, "the request failed"),
     }
@@ -66,7 +72,8 @@ where
     // The SDK reports a failed credential chain as a dispatch failure; its message says so.
     let no_credentials = matches!(err, SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_))
         && (context.contains("loading credentials") || context.contains("no credentials") || context.contains("credentials provider"));
-    let (kind, what) = classify_parts(code.as_deref(), status, matches!(err, SdkError::DispatchFailure(_)), matches!(err, SdkError::TimeoutError(_)), no_credentials);
+    let (kind, what) =
+        classify_parts(code.as_deref(), status, matches!(err, SdkError::DispatchFailure(_)), matches!(err, SdkError::TimeoutError(_)), no_credentials);
     let mut msg = format!("cannot {op} {target}: {what}");
     if let Some(code) = &code {
         msg.push_str(&format!(" [{code}"));
@@ -89,7 +96,9 @@ mod tests {
     #[test]
     fn permanent_failures_are_not_retried_and_throttling_is() {
         assert_eq!(classify_parts(None, None, true, false, true).0, ErrorKind::Config, "a missing credential chain is not retried");
-        let table: &[(Option<&str>, Option<u16>, bool, bool, ErrorKind)] = &[
+        // (code, HTTP status, dispatch failed, timed out, what it means)
+        type Case<'a> = (Option<&'a str>, Option<u16>, bool, bool, ErrorKind);
+        let table: &[Case] = &[
             (Some("NoSuchBucket"), Some(404), false, false, ErrorKind::Config),
             (Some("InvalidAccessKeyId"), Some(403), false, false, ErrorKind::Config),
             (Some("SignatureDoesNotMatch"), Some(403), false, false, ErrorKind::Config),

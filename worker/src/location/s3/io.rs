@@ -102,7 +102,10 @@ impl Source for S3Source<'_> {
         while done < buf.len() {
             if self.pending.is_empty() {
                 let body = self.body.as_mut().expect("set above");
-                let next = self.loc.block(body.try_next()).map_err(|e| FerryError::new(ErrorKind::Unavailable, format!("cannot read {}: {e}", self.loc.target(&self.key))))?;
+                let next = self
+                    .loc
+                    .block(body.try_next())
+                    .map_err(|e| FerryError::new(ErrorKind::Unavailable, format!("cannot read {}: {e}", self.loc.target(&self.key))))?;
                 match next {
                     Some(chunk) => self.pending = chunk,
                     None => {
@@ -170,7 +173,10 @@ impl<'a> S3Sink<'a> {
             Target::Part { upload, offset, len, size } => {
                 let unit = limits.part_unit(size).unwrap_or(OBJECT_PART_MIN);
                 if offset % unit != 0 {
-                    return Err(FerryError::new(ErrorKind::Other, format!("a part of {} starts at {offset}, not on a {unit}-byte part boundary", loc.target(&key))));
+                    return Err(FerryError::new(
+                        ErrorKind::Other,
+                        format!("a part of {} starts at {offset}, not on a {unit}-byte part boundary", loc.target(&key)),
+                    ));
                 }
                 let stored = match loc.list_parts_of(&key, upload) {
                     Ok(parts) => parts.into_iter().map(|p| (p.number, p)).collect(),
@@ -215,10 +221,32 @@ impl<'a> S3Sink<'a> {
         self.piece.extend_from_slice(data);
     }
 
+    /// The gathered bytes are the ones the source read: their CRC32C is the one the source's
+    /// chunks add up to. Checked here, before a store that does not verify checksums on
+    /// arrival could keep damaged bytes.
+    fn check_piece(&self) -> Result<(), FerryError> {
+        let got = crc32c::crc32c(&self.piece);
+        let want = if self.piece.is_empty() { 0 } else { self.piece_crc };
+        if got != want {
+            return Err(FerryError::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "bytes for {} at {} do not match the CRC32C checksum the source read ({want:08x}, got {got:08x})",
+                    self.loc.target(&self.key),
+                    self.piece_start
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Uploads the gathered piece as one part, unless an interrupted run stored exactly these
     /// bytes under its number already.
     fn upload_piece(&mut self) -> Result<(), FerryError> {
-        let Some(upload) = self.upload_id().map(str::to_string) else { return Ok(()) };
+        let Some(upload) = self.upload_id().map(str::to_string) else {
+            return Ok(());
+        };
+        self.check_piece()?;
         let number = (self.piece_start / self.unit) as u32 + 1;
         let len = self.piece.len() as u64;
         let kept = match &self.upload {
@@ -268,7 +296,10 @@ impl Sink for S3Sink<'_> {
 
     fn write_at(&mut self, pos: u64, data: &[u8], crc32c: u32) -> Result<(), FerryError> {
         if pos < self.written_end() || pos + data.len() as u64 > self.end {
-            return Err(FerryError::new(ErrorKind::Other, format!("write of {} at {pos} out of order for {} (written up to {})", data.len(), self.loc.target(&self.key), self.written_end())));
+            return Err(FerryError::new(
+                ErrorKind::Other,
+                format!("write of {} at {pos} out of order for {} (written up to {})", data.len(), self.loc.target(&self.key), self.written_end()),
+            ));
         }
         // A gap is a hole at the source: zeros here.
         while self.written_end() < pos {
@@ -290,7 +321,10 @@ impl Sink for S3Sink<'_> {
             let (a, b) = data.split_at(room);
             let (ca, cb) = (crc32c::crc32c(a), crc32c::crc32c(b));
             if crc::combine(ca, cb, b.len() as u64) != crc {
-                return Err(FerryError::new(ErrorKind::Corrupt, format!("bytes for {} at {pos} do not match the CRC32C the source read", self.loc.target(&self.key))));
+                return Err(FerryError::new(
+                    ErrorKind::Corrupt,
+                    format!("bytes for {} at {pos} do not match the CRC32C the source read", self.loc.target(&self.key)),
+                ));
             }
             self.gather(a, ca);
             self.upload_piece()?;
@@ -306,6 +340,13 @@ impl Sink for S3Sink<'_> {
         let result = (|| -> Result<Token, FerryError> {
             match &self.upload {
                 Upload::Whole => {
+                    self.check_piece()?;
+                    if self.piece_crc != crc32c && !self.piece.is_empty() {
+                        return Err(FerryError::new(
+                            ErrorKind::Corrupt,
+                            format!("the chunks of {} add up to CRC32C {:08x}, not the file's {crc32c:08x}", self.loc.target(&self.key), self.piece_crc),
+                        ));
+                    }
                     let body = std::mem::take(&mut self.piece);
                     let tag = self.loc.put_object(&self.key, body, &self.meta, EntryKind::File, crc32c)?;
                     Ok(Token::Placed { etag: Some(tag) })
@@ -337,7 +378,15 @@ impl Sink for S3Sink<'_> {
             }
         };
         let size = self.end - self.start;
-        Ok(Staged { rel: std::mem::take(&mut self.rel), kind: EntryKind::File, size, crc32c: Some(crc32c), token, part_tags: std::mem::take(&mut self.tags), resumed: self.resumed })
+        Ok(Staged {
+            rel: std::mem::take(&mut self.rel),
+            kind: EntryKind::File,
+            size,
+            crc32c: Some(crc32c),
+            token,
+            part_tags: std::mem::take(&mut self.tags),
+            resumed: self.resumed,
+        })
     }
 
     fn abort(self: Box<Self>) {

@@ -28,8 +28,7 @@ use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    ChecksumAlgorithm, ChecksumMode, ChecksumType, CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier,
-    ServerSideEncryption, StorageClass,
+    ChecksumAlgorithm, ChecksumMode, ChecksumType, CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier, ServerSideEncryption, StorageClass,
 };
 use aws_sdk_s3::Client;
 use ferry_common::error::{ErrorKind, FerryError};
@@ -37,8 +36,7 @@ use ferry_common::model::{EntryKind, S3Settings, Timestamp};
 
 use self::error::classify;
 use super::{
-    Capabilities, Durable, Limits, Listed, Location, Meta, Page, Profile, Sink, Source, Special, Staged, StoredPart, Target,
-    Token, Xattrs,
+    Capabilities, Completed, Durable, Limits, Listed, Location, Meta, Page, Profile, Sink, Source, Special, Staged, StoredPart, Target, Token, Xattrs,
 };
 
 /// S3's limits on multipart uploads.
@@ -99,9 +97,7 @@ impl S3Url {
             && !bucket.starts_with(['.', '-'])
             && !bucket.ends_with(['.', '-']);
         if !valid_bucket {
-            return Err(format!(
-                "{uri}: '{bucket}' is not a valid bucket name (3-63 lowercase letters, digits, '.' and '-'; write s3://bucket/prefix)"
-            ));
+            return Err(format!("{uri}: '{bucket}' is not a valid bucket name (3-63 lowercase letters, digits, '.' and '-'; write s3://bucket/prefix)"));
         }
         let trimmed = prefix.trim_end_matches('/');
         if trimmed.split('/').any(|c| c == "." || c == "..") || trimmed.contains("//") || trimmed.starts_with('/') {
@@ -270,7 +266,6 @@ impl S3Location {
         self.runtime.as_ref().expect("present until drop").block_on(f)
     }
 
-
     /// One cheap request that fails the way a whole run would: a missing bucket, refused
     /// credentials, a wrong region or an unreachable endpoint.
     pub fn probe(&self) -> Result<(), FerryError> {
@@ -323,18 +318,16 @@ impl S3Location {
     fn head_key(&self, key: &str) -> Result<Option<Meta>, FerryError> {
         let r = self.block(self.client.head_object().bucket(&self.url.bucket).key(key).checksum_mode(ChecksumMode::Enabled).send());
         match r {
-            Ok(out) => Ok(Some(object_meta(
-                key,
-                out.content_length(),
-                out.metadata(),
-                out.last_modified(),
-                out.checksum_type(),
-                out.checksum_crc32_c(),
-                out.e_tag(),
-            ))),
+            Ok(out) => {
+                Ok(Some(object_meta(key, out.content_length(), out.metadata(), out.last_modified(), out.checksum_type(), out.checksum_crc32_c(), out.e_tag())))
+            }
             Err(e) => {
                 let err = classify("stat", &self.target(key), &e);
-                if err.kind == ErrorKind::NotFound { Ok(None) } else { Err(err) }
+                if err.kind == ErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
             }
         }
     }
@@ -349,13 +342,10 @@ impl S3Location {
             return Ok(None);
         }
         let enc = |s: &str| -> String {
-            s.bytes()
-                .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
-                .collect()
+            s.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
         };
         Ok(Some(out.tag_set().iter().map(|t| format!("{}={}", enc(t.key()), enc(t.value()))).collect::<Vec<_>>().join("&")))
     }
-
 }
 
 impl S3Location {
@@ -419,7 +409,9 @@ impl S3Location {
         let mut tags = Vec::with_capacity(count as usize);
         let mut total = 0u64;
         for n in 1..=count {
-            let p = by_number.remove(&n).ok_or_else(|| FerryError::new(ErrorKind::Unavailable, format!("part {n} of {} is missing from its upload", self.target(key))))?;
+            let p = by_number
+                .remove(&n)
+                .ok_or_else(|| FerryError::new(ErrorKind::Unavailable, format!("part {n} of {} is missing from its upload", self.target(key))))?;
             total += p.size;
             let tag = Some(p.etag.to_ascii_lowercase()).filter(|t| etag::is_md5(t)).or_else(|| recorded.iter().find(|(m, _)| *m == n).map(|(_, t)| t.clone()));
             tags.push(tag.unwrap_or_default());
@@ -430,7 +422,10 @@ impl S3Location {
             completed.push(b.build());
         }
         if total != size {
-            return Err(FerryError::new(ErrorKind::Unavailable, format!("the parts of {} hold {total} bytes, not {size}; the upload starts over", self.target(key))));
+            return Err(FerryError::new(
+                ErrorKind::Unavailable,
+                format!("the parts of {} hold {total} bytes, not {size}; the upload starts over", self.target(key)),
+            ));
         }
         let req = self
             .client
@@ -467,7 +462,11 @@ impl S3Location {
             Ok(_) => Ok(()),
             Err(e) => {
                 let err = classify("abort the upload of", &self.target(key), &e);
-                if err.kind == ErrorKind::NotFound { Ok(()) } else { Err(err) }
+                if err.kind == ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(err)
+                }
             }
         }
     }
@@ -573,7 +572,8 @@ impl Location for S3Location {
                 if name.is_empty() {
                     continue; // this directory's own marker
                 }
-                let meta = Meta { kind: Some(EntryKind::File), size: o.size().unwrap_or(0).max(0) as u64, mtime: timestamp(o.last_modified()), ..Meta::default() };
+                let meta =
+                    Meta { kind: Some(EntryKind::File), size: o.size().unwrap_or(0).max(0) as u64, mtime: timestamp(o.last_modified()), ..Meta::default() };
                 keys.push((key.to_string(), Some(Listed { name: name.as_bytes().to_vec(), meta, complete: false, cursor: key.as_bytes().to_vec() })));
             }
             for p in out.common_prefixes() {
@@ -582,7 +582,12 @@ impl Location for S3Location {
                 // After a common prefix `a/`, resume at `a0` ('/' + 1): everything in between
                 // is under `a/` and was rolled into it.
                 let cursor = format!("{}0", key.trim_end_matches('/')).into_bytes();
-                let listed = (!name.is_empty()).then(|| Listed { name: name.as_bytes().to_vec(), meta: Meta { kind: Some(EntryKind::Dir), ..Meta::default() }, complete: false, cursor });
+                let listed = (!name.is_empty()).then(|| Listed {
+                    name: name.as_bytes().to_vec(),
+                    meta: Meta { kind: Some(EntryKind::Dir), ..Meta::default() },
+                    complete: false,
+                    cursor,
+                });
                 keys.push((key.to_string(), listed));
             }
             keys.sort_by(|a, b| a.0.cmp(&b.0));
@@ -672,7 +677,15 @@ impl Location for S3Location {
         let m = Meta { mode: Some(libc::S_IFLNK | 0o777), ..meta.clone() };
         let key = self.key(rel)?;
         let etag = self.put_object(&key, target.clone(), &m, EntryKind::Symlink, crc32c::crc32c(target))?;
-        Ok(Staged { rel: rel.to_vec(), kind: EntryKind::Symlink, size: 0, crc32c: None, token: Token::Placed { etag: Some(etag) }, part_tags: Vec::new(), resumed: 0 })
+        Ok(Staged {
+            rel: rel.to_vec(),
+            kind: EntryKind::Symlink,
+            size: 0,
+            crc32c: None,
+            token: Token::Placed { etag: Some(etag) },
+            part_tags: Vec::new(),
+            resumed: 0,
+        })
     }
 
     /// Directories are key prefixes: nothing to create before their contents.
@@ -705,9 +718,12 @@ impl Location for S3Location {
     /// Checks what was stored against the source without downloading it where possible: the
     /// store's own CRC32C when it keeps one, else its MD5 ETag, else by reading it back.
     fn check(&self, staged: &Staged, buf: &mut Vec<u8>) -> Result<Option<String>, FerryError> {
-        let (Some(want), Token::Placed { etag: expected }) = (staged.crc32c, &staged.token) else { return Ok(None) };
+        let (Some(want), Token::Placed { etag: expected }) = (staged.crc32c, &staged.token) else {
+            return Ok(None);
+        };
         let rel = &staged.rel;
-        let m = self.stat(rel)?.ok_or_else(|| FerryError::new(ErrorKind::Unavailable, format!("{} is missing right after it was written", self.describe(rel))))?;
+        let m =
+            self.stat(rel)?.ok_or_else(|| FerryError::new(ErrorKind::Unavailable, format!("{} is missing right after it was written", self.describe(rel))))?;
         if m.size != staged.size {
             return Err(FerryError::new(ErrorKind::Corrupt, format!("{} holds {} bytes after writing {}", self.describe(rel), m.size, staged.size)));
         }
@@ -724,12 +740,18 @@ impl Location for S3Location {
                 return Ok(Some("verified by MD5 ETag: the store keeps no whole-object CRC32C".into()));
             }
             if etag::is_md5(stored) || stored.contains('-') && !m.multipart {
-                return Err(FerryError::new(ErrorKind::Corrupt, format!("stored ETag of {} is {stored}, expected {expected} from the source", self.describe(rel))));
+                return Err(FerryError::new(
+                    ErrorKind::Corrupt,
+                    format!("stored ETag of {} is {stored}, expected {expected} from the source", self.describe(rel)),
+                ));
             }
         }
         let got = self.read_crc(rel, staged.size, buf)?;
         if got != want {
-            return Err(FerryError::new(ErrorKind::Corrupt, format!("CRC32C mismatch after writing {}: source {want:08x}, destination {got:08x}", self.describe(rel))));
+            return Err(FerryError::new(
+                ErrorKind::Corrupt,
+                format!("CRC32C mismatch after writing {}: source {want:08x}, destination {got:08x}", self.describe(rel)),
+            ));
         }
         Ok(Some("verified by reading back: the store keeps neither a CRC32C nor an MD5 ETag".into()))
     }
@@ -763,15 +785,12 @@ impl Location for S3Location {
         }
         for batch in keys.chunks(1000) {
             let objects: Vec<ObjectIdentifier> = batch.iter().filter_map(|(_, k)| ObjectIdentifier::builder().key(k).build().ok()).collect();
-            let sent = Delete::builder()
-                .set_objects(Some(objects))
-                .quiet(true)
-                .build()
-                .map_err(|e| FerryError::new(ErrorKind::Other, e.to_string()))
-                .and_then(|delete| {
+            let sent = Delete::builder().set_objects(Some(objects)).quiet(true).build().map_err(|e| FerryError::new(ErrorKind::Other, e.to_string())).and_then(
+                |delete| {
                     self.block(self.client.delete_objects().bucket(&self.url.bucket).delete(delete).send())
                         .map_err(|e| classify("delete objects in", &self.target(&self.url.prefix), &e))
-                });
+                },
+            );
             let mut fail = |i: usize, err: FerryError| {
                 if results[i].is_ok() {
                     results[i] = Err(err);
@@ -782,7 +801,10 @@ impl Location for S3Location {
                 Ok(out) => {
                     for e in out.errors() {
                         let key = e.key().unwrap_or("?");
-                        let err = FerryError::new(ErrorKind::PermissionDenied, format!("cannot delete s3://{}/{key}: {}", self.url.bucket, e.message().unwrap_or("refused")));
+                        let err = FerryError::new(
+                            ErrorKind::PermissionDenied,
+                            format!("cannot delete s3://{}/{key}: {}", self.url.bucket, e.message().unwrap_or("refused")),
+                        );
                         if let Some((i, _)) = batch.iter().find(|(_, k)| k == key) {
                             fail(*i, err);
                         }
@@ -808,7 +830,13 @@ impl Location for S3Location {
         let mut found: Vec<(Timestamp, String)> = Vec::new();
         let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
         loop {
-            let req = self.client.list_multipart_uploads().bucket(&self.url.bucket).prefix(&key).set_key_marker(key_marker.clone()).set_upload_id_marker(id_marker.clone());
+            let req = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.url.bucket)
+                .prefix(&key)
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone());
             let out = match self.block(req.send()) {
                 Ok(out) => out,
                 Err(e) => {
@@ -846,7 +874,8 @@ impl Location for S3Location {
         self.list_parts_of(&self.key(rel)?, upload)
     }
 
-    fn complete_multipart(&self, rel: &[u8], upload: &str, size: u64, _meta: &Meta, _xattrs: &Xattrs, crc32c: u32, part_tags: &[(u32, String)]) -> Result<Staged, FerryError> {
+    fn complete_multipart(&self, rel: &[u8], upload: &str, done: &Completed<'_>) -> Result<Staged, FerryError> {
+        let Completed { size, crc32c, part_tags, .. } = *done;
         let key = self.key(rel)?;
         let etag = self.complete(&key, upload, size, crc32c, part_tags)?;
         Ok(Staged { rel: rel.to_vec(), kind: EntryKind::File, size, crc32c: Some(crc32c), token: Token::Placed { etag }, part_tags: Vec::new(), resumed: 0 })

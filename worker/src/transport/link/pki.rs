@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use ferry_common::codec;
 use ferry_common::store::{Compare, SharedStore, Txn, TxnOp};
-use rcgen::{BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::{Deserialize, Serialize};
@@ -73,7 +75,9 @@ fn read_public(path: &Path, what: &str) -> Result<String, PkiError> {
 pub fn check_agent_name(name: &str) -> Result<(), PkiError> {
     let ok = !name.is_empty()
         && name.len() <= 253
-        && name.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') && !l.starts_with('-') && !l.ends_with('-'))
+        && name
+            .split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') && !l.starts_with('-') && !l.ends_with('-'))
         && matches!(ServerName::try_from(name.to_string()), Ok(ServerName::DnsName(_)));
     if ok {
         Ok(())
@@ -111,7 +115,8 @@ pub struct Ca {
 
 impl Ca {
     pub fn load(dir: &Path) -> Result<Ca, PkiError> {
-        let cert_pem = read_public(&dir.join(CA_CERT), "CA certificate").map_err(|e| fail(format!("{e} (create a CA with 'ferry ca init --ca-dir {}')", dir.display())))?;
+        let cert_pem = read_public(&dir.join(CA_CERT), "CA certificate")
+            .map_err(|e| fail(format!("{e} (create a CA with 'ferry ca init --ca-dir {}')", dir.display())))?;
         let key = KeyPair::from_pem(&read_private(&dir.join(CA_KEY))?).map_err(|e| fail(format!("bad CA key in {}: {e}", dir.display())))?;
         let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| fail(format!("bad CA certificate in {}: {e}", dir.display())))?;
         Ok(Ca { cert_pem, issuer })
@@ -186,7 +191,8 @@ impl Identity {
         for c in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
             roots.add(c.map_err(|e| fail(format!("bad CA certificate: {e}")))?).map_err(|e| fail(format!("bad CA certificate: {e}")))?;
         }
-        let chain = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(|e| fail(format!("bad agent certificate: {e}")))?;
+        let chain =
+            CertificateDer::pem_slice_iter(self.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(|e| fail(format!("bad agent certificate: {e}")))?;
         let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| fail(format!("bad agent key: {e}")))?;
         Ok((roots, chain, key))
     }
@@ -320,14 +326,18 @@ pub async fn sign_pending(store: &SharedStore, ca: &Ca, days: i64) -> Result<usi
     let page = store.range(&enroll_prefix(), Default::default()).await.map_err(|e| fail(format!("coordination store: {e}")))?;
     let mut signed = 0;
     for kv in page.kvs {
-        let Ok(mut t) = codec::decode::<EnrollTicket>(&kv.value) else { continue };
+        let Ok(mut t) = codec::decode::<EnrollTicket>(&kv.value) else {
+            continue;
+        };
         // A ticket an agent touched is no longer under the token's lease: sweep it an hour
         // after it expired (the agent has long given up waiting).
         if t.expires_unix + 3600 < now_unix() {
             let _ = store.delete(&kv.key).await;
             continue;
         }
-        let (Some(csr), Some(name), Some(secret)) = (t.csr.clone(), t.name.clone(), t.secret.clone()) else { continue };
+        let (Some(csr), Some(name), Some(secret)) = (t.csr.clone(), t.name.clone(), t.secret.clone()) else {
+            continue;
+        };
         if t.cert.is_some() || t.refused.is_some() {
             continue;
         }

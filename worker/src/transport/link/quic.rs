@@ -140,7 +140,11 @@ fn client_config(crypto: Arc<QuicClientConfig>, tuning: &LinkTuning) -> quinn::C
 
 /// IP and UDP headers around a datagram's payload.
 fn datagram_overhead(peer: SocketAddr) -> u16 {
-    if peer.is_ipv4() { 20 + 8 } else { 40 + 8 }
+    if peer.is_ipv4() {
+        20 + 8
+    } else {
+        40 + 8
+    }
 }
 
 /// The largest datagram payload the kernel's route to `peer` carries: the outgoing
@@ -204,7 +208,8 @@ fn socket_buffer(tuning: &LinkTuning) -> i32 {
 fn big_socket_buffers(socket: &std::net::UdpSocket, bytes: i32) {
     use std::os::fd::AsRawFd;
     let fd = socket.as_raw_fd();
-    let set = |opt: i32| unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, opt, (&bytes as *const i32).cast(), std::mem::size_of::<i32>() as libc::socklen_t) == 0 };
+    let set =
+        |opt: i32| unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, opt, (&bytes as *const i32).cast(), std::mem::size_of::<i32>() as libc::socklen_t) == 0 };
     if !set(libc::SO_RCVBUFFORCE) {
         set(libc::SO_RCVBUF);
     }
@@ -258,7 +263,12 @@ impl quinn::AsyncUdpSocket for WholeSends {
         Ok(())
     }
 
-    fn poll_recv(&self, cx: &mut std::task::Context, bufs: &mut [std::io::IoSliceMut<'_>], meta: &mut [quinn::udp::RecvMeta]) -> std::task::Poll<std::io::Result<usize>> {
+    fn poll_recv(
+        &self,
+        cx: &mut std::task::Context,
+        bufs: &mut [std::io::IoSliceMut<'_>],
+        meta: &mut [quinn::udp::RecvMeta],
+    ) -> std::task::Poll<std::io::Result<usize>> {
         self.inner.poll_recv(cx, bufs, meta)
     }
 
@@ -439,7 +449,10 @@ fn serve_stream(rt: &tokio::runtime::Handle, mut send: quinn::SendStream, recv: 
                 break c;
             }
             if std::time::Instant::now() >= deadline {
-                return Err(ProtocolError { code: Code::UnknownExecution, detail: format!("this agent does not write for execution {:?} (not running, or the destination is not bound to this agent)", hello.exec) });
+                return Err(ProtocolError {
+                    code: Code::UnknownExecution,
+                    detail: format!("this agent does not write for execution {:?} (not running, or the destination is not bound to this agent)", hello.exec),
+                });
             }
             std::thread::sleep(Duration::from_millis(100));
         };
@@ -596,8 +609,12 @@ impl Wire for QuicWire {
                 vec![bytes::Bytes::copy_from_slice(&self.buf)]
             }
         };
-        let down = |failed: &Mutex<Option<String>>| LinkError::Down(failed.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_else(|| "the stream closed".into()));
-        let Some(send) = self.send.as_ref() else { return Err(LinkError::Down("the stream is finished".into())) };
+        let down = |failed: &Mutex<Option<String>>| {
+            LinkError::Down(failed.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_else(|| "the stream closed".into()))
+        };
+        let Some(send) = self.send.as_ref() else {
+            return Err(LinkError::Down("the stream is finished".into()));
+        };
         if let Ok(permit) = send.try_reserve() {
             permit.send(std::mem::take(&mut parts));
             return Ok(());
@@ -637,7 +654,15 @@ impl Drop for QuicWire {
         // Closing the queue lets the writing task send what is queued and finish the stream.
         self.send.take();
         let p = self.conn.stats().path;
-        tracing::debug!(mtu = p.current_mtu, rtt_ms = p.rtt.as_millis() as u64, cwnd = p.cwnd, lost_packets = p.lost_packets, sent_packets = p.sent_packets, congestion_events = p.congestion_events, "LinkStreamDone");
+        tracing::debug!(
+            mtu = p.current_mtu,
+            rtt_ms = p.rtt.as_millis() as u64,
+            cwnd = p.cwnd,
+            lost_packets = p.lost_packets,
+            sent_packets = p.sent_packets,
+            congestion_events = p.congestion_events,
+            "LinkStreamDone"
+        );
     }
 }
 
@@ -678,7 +703,8 @@ mod tests {
         rt.block_on(std::future::poll_fn(|cx| poller.as_mut().poll_writable(cx))).unwrap();
         // Ten 9,000-byte datagrams, each filled with its index: 90,000 bytes in one batch.
         let contents: Vec<u8> = (0..10u8).flat_map(|i| std::iter::repeat_n(i, 9_000)).collect();
-        let transmit = quinn::udp::Transmit { destination: receiver.local_addr().unwrap(), ecn: None, contents: &contents, segment_size: Some(9_000), src_ip: None };
+        let transmit =
+            quinn::udp::Transmit { destination: receiver.local_addr().unwrap(), ecn: None, contents: &contents, segment_size: Some(9_000), src_ip: None };
         quinn::AsyncUdpSocket::try_send(&*socket, &transmit).unwrap();
         let mut buf = vec![0u8; 65_536];
         let arrived: Vec<(usize, u8)> = (0..10).map(|_| receiver.recv(&mut buf).map(|n| (n, buf[0])).unwrap()).collect();

@@ -1,5 +1,5 @@
-//! The link's reader and writer together: in-process (the same state machines, no network)
-//! and over QUIC on loopback with real certificates.
+//! The reader and the writer together, over both transports: in-process (the same state
+//! machines, no network) and over QUIC on loopback with real certificates.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -7,17 +7,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_common::model::{Entry, EntryKind, EntryStatus, ExecutionSpec, LinkSettings, Mode, Options, Reach};
-use ferry_worker::exec::transfer::Buffers;
-use ferry_worker::exec::ExecContext;
-use ferry_worker::link::frame::{self, Code, FileHeader, Frame};
-use ferry_worker::link::pki::{init_ca, Ca, Identity};
-use ferry_worker::link::quic::{self, LinkClient, LinkTuning, Registry, ServeStats};
-use ferry_worker::link::rate::RateLimiter;
-use ferry_worker::link::receiver::Receiver;
-use ferry_worker::link::sender::SendSettings;
-use ferry_worker::link::wire::{LinkError, LocalWire, Wire};
-use ferry_worker::link::{run_transfer_linked, Connector, InProcess};
+use ferry_common::model::{Entry, EntryKind, EntryStatus, ExecutionSpec, LinkSettings, Mode, Options, PartSet, Reach};
+use ferry_worker::engine::dest::{Dest, Direct};
+use ferry_worker::engine::read::SendSettings;
+use ferry_worker::engine::transfer::run_transfer;
+use ferry_worker::engine::write::Writer;
+use ferry_worker::engine::{parts, ExecContext};
+use ferry_worker::rate::RateLimiter;
+use ferry_worker::transport::frame::{self, Code, FileHeader, Frame};
+use ferry_worker::transport::link::pki::{init_ca, Ca, Identity};
+use ferry_worker::transport::link::quic::{self, LinkClient, LinkTuning, Registry, ServeStats};
+use ferry_worker::transport::wire::{LinkError, LocalWire, Wire};
+use ferry_worker::transport::{Connector, InProcess};
 
 fn spec(src: &Path, dst: &Path) -> ExecutionSpec {
     ExecutionSpec {
@@ -26,7 +27,8 @@ fn spec(src: &Path, dst: &Path) -> ExecutionSpec {
         source: src.display().to_string(),
         destination: dst.display().to_string(),
         options: Options::default(),
-        report_dir: None,
+        report_file: None,
+        report_lines: Default::default(),
         s3: Default::default(),
         link: LinkSettings { destination_agents: vec!["cloud".into()], ..Default::default() },
         task: None,
@@ -36,6 +38,12 @@ fn spec(src: &Path, dst: &Path) -> ExecutionSpec {
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 13) as u8).collect()
+}
+
+/// An entry the writer compares with the destination before writing (as a scan that cannot
+/// see the destination plans it).
+fn entry(path: &[u8], kind: EntryKind, size: u64) -> Entry {
+    Entry { path: path.to_vec(), kind, size, mtime: Default::default(), compare_checksum: false, check_dest: true }
 }
 
 /// A small tree: files around the chunk size, an empty file, a symlink, a FIFO, nesting.
@@ -48,20 +56,24 @@ fn make_tree(root: &Path) -> Vec<Entry> {
         let data = if *p == "compressible" { vec![b'z'; *len] } else { pattern(*len, i as u8) };
         std::fs::write(&path, data).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-        entries.push(Entry { path: p.as_bytes().to_vec(), kind: EntryKind::File, size: *len as u64, mtime: Default::default(), compare_checksum: false, check_dest: false });
+        entries.push(entry(p.as_bytes(), EntryKind::File, *len as u64));
     }
     set_xattr(&root.join("a.txt"), "user.ferry.test", b"kept across the link");
     std::os::unix::fs::symlink("../outside/target", root.join("d/link")).unwrap();
-    entries.push(Entry { path: b"d/link".to_vec(), kind: EntryKind::Symlink, size: 0, mtime: Default::default(), compare_checksum: false, check_dest: false });
+    entries.push(entry(b"d/link", EntryKind::Symlink, 0));
     let fifo = std::ffi::CString::new(root.join("fifo").to_str().unwrap()).unwrap();
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
-    entries.push(Entry { path: b"fifo".to_vec(), kind: EntryKind::Fifo, size: 0, mtime: Default::default(), compare_checksum: false, check_dest: false });
+    entries.push(entry(b"fifo", EntryKind::Fifo, 0));
     entries
 }
 
 fn set_xattr(path: &Path, name: &str, value: &[u8]) {
     let (p, n) = (std::ffi::CString::new(path.to_str().unwrap()).unwrap(), std::ffi::CString::new(name).unwrap());
-    assert_eq!(unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) }, 0, "user xattrs are supported on the test filesystem");
+    assert_eq!(
+        unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0,) },
+        0,
+        "user xattrs are supported on the test filesystem"
+    );
 }
 
 fn get_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
@@ -103,24 +115,24 @@ fn walk(root: &Path) -> Vec<String> {
 }
 
 fn settings(rate: &RateLimiter, compress: bool) -> SendSettings<'_> {
-    SendSettings { agent: "reader", compress, rate, max_stripes: 4 }
+    SendSettings { agent: "reader", compress, rate }
 }
 
 #[test]
 fn a_batch_arrives_whole_and_a_second_run_sends_nothing() {
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let entries = make_tree(src.path());
-    let ctx = Arc::new(ExecContext::open(spec(src.path(), dst.path())).unwrap());
+    let ctx = ExecContext::open(spec(src.path(), dst.path())).unwrap();
     let rate = RateLimiter::new(0);
-    let mut bufs = Buffers::new(1 << 20);
-    let out = run_transfer_linked(&ctx, &InProcess { ctx: ctx.clone() }, &settings(&rate, true), entries.clone(), 1, &mut bufs);
+    let mut buf = Vec::new();
+    let out = run_transfer(&ctx, &Compressing(InProcess { ctx: &ctx }), &settings(&rate, true), entries.clone(), 1, &mut buf);
     assert!(out.result.failures.is_empty(), "{:?}", out.result.failures);
     assert_eq!(out.result.counters.files_transferred, entries.len() as u64);
     assert!(out.result.counters.bytes_compressed > (2 << 20) - 4096, "the compressible file was compressed: {:?}", out.result.counters);
     assert!(out.report.iter().filter(|r| r.kind == EntryKind::File).all(|r| r.crc32c.is_some()));
     assert_same_tree(src.path(), dst.path(), &entries);
 
-    let again = run_transfer_linked(&ctx, &InProcess { ctx: ctx.clone() }, &settings(&rate, false), entries.clone(), 1, &mut bufs);
+    let again = run_transfer(&ctx, &InProcess { ctx: &ctx }, &settings(&rate, false), entries.clone(), 1, &mut buf);
     assert_eq!(again.result.counters.files_transferred, 0);
     assert_eq!(again.result.counters.files_skipped, entries.len() as u64, "{:?}", again.report);
 }
@@ -131,27 +143,53 @@ fn a_corrupted_chunk_is_detected_resent_and_counted() {
     let entries = make_tree(src.path());
     let mut ctx = ExecContext::open(spec(src.path(), dst.path())).unwrap();
     ctx.hooks.corrupt_chunk = Some(b"d/big.bin".to_vec());
-    let ctx = Arc::new(ctx);
     let rate = RateLimiter::new(0);
-    let out = run_transfer_linked(&ctx, &InProcess { ctx: ctx.clone() }, &settings(&rate, false), entries.clone(), 1, &mut Buffers::new(1 << 20));
+    // Chunks are checked on arrival where they cross a network.
+    let out = run_transfer(&ctx, &Networked(InProcess { ctx: &ctx }), &settings(&rate, false), entries.clone(), 1, &mut Vec::new());
     assert!(out.result.failures.is_empty(), "{:?}", out.result.failures);
     assert_eq!(out.result.counters.chunks_resent, 1);
     assert_same_tree(src.path(), dst.path(), &entries);
 }
 
+/// An in-process writer that checks chunks as one across a network does.
+struct Networked<'a>(InProcess<'a>);
+
+impl Connector for Networked<'_> {
+    fn open(&self, _attempt: u32) -> Result<Box<dyn Wire + '_>, LinkError> {
+        Ok(Box::new(LocalWire::new(Writer::new(self.0.ctx, true).unwrap())))
+    }
+    fn remote(&self) -> bool {
+        true
+    }
+}
+
+/// An in-process writer whose reader compresses, as across a link.
+struct Compressing<'a>(InProcess<'a>);
+
+impl Connector for Compressing<'_> {
+    fn open(&self, attempt: u32) -> Result<Box<dyn Wire + '_>, LinkError> {
+        self.0.open(attempt)
+    }
+    fn remote(&self) -> bool {
+        true
+    }
+}
+
 /// Goes down after `budget` chunks, once per connection, then reconnects.
-struct Flaky {
-    ctx: Arc<ExecContext>,
+struct Flaky<'a> {
+    ctx: &'a ExecContext,
     budget: usize,
+    /// How many of the first streams are cut.
+    cuts: usize,
     opened: AtomicUsize,
 }
 
-struct FlakyWire {
-    inner: LocalWire,
+struct FlakyWire<'a> {
+    inner: LocalWire<'a>,
     chunks_left: Option<usize>,
 }
 
-impl Wire for FlakyWire {
+impl Wire for FlakyWire<'_> {
     fn send(&mut self, frame: Frame) -> Result<(), LinkError> {
         if let (Frame::Chunk { .. }, Some(left)) = (&frame, self.chunks_left.as_mut()) {
             if *left == 0 {
@@ -166,11 +204,14 @@ impl Wire for FlakyWire {
     }
 }
 
-impl Connector for Flaky {
+impl Connector for Flaky<'_> {
     fn open(&self, _attempt: u32) -> Result<Box<dyn Wire + '_>, LinkError> {
         let n = self.opened.fetch_add(1, Ordering::SeqCst);
-        let chunks_left = (n < 2).then_some(self.budget);
-        Ok(Box::new(FlakyWire { inner: LocalWire::new(Receiver::new(self.ctx.clone())), chunks_left }))
+        let chunks_left = (n < self.cuts).then_some(self.budget);
+        Ok(Box::new(FlakyWire { inner: LocalWire::new(Writer::new(self.ctx, true).unwrap()), chunks_left }))
+    }
+    fn remote(&self) -> bool {
+        true
     }
 }
 
@@ -179,11 +220,11 @@ fn a_dropped_link_resumes_from_the_last_chunk_written() {
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let big = pattern(9 << 20, 7);
     std::fs::write(src.path().join("big"), &big).unwrap();
-    let entries = vec![Entry { path: b"big".to_vec(), kind: EntryKind::File, size: big.len() as u64, mtime: Default::default(), compare_checksum: false, check_dest: false }];
-    let ctx = Arc::new(ExecContext::open(spec(src.path(), dst.path())).unwrap());
-    let flaky = Flaky { ctx: ctx.clone(), budget: 4, opened: AtomicUsize::new(0) };
+    let entries = vec![entry(b"big", EntryKind::File, big.len() as u64)];
+    let ctx = ExecContext::open(spec(src.path(), dst.path())).unwrap();
+    let flaky = Flaky { ctx: &ctx, budget: 4, cuts: 2, opened: AtomicUsize::new(0) };
     let rate = RateLimiter::new(0);
-    let out = run_transfer_linked(&ctx, &flaky, &settings(&rate, false), entries.clone(), 1, &mut Buffers::new(1 << 20));
+    let out = run_transfer(&ctx, &flaky, &settings(&rate, false), entries.clone(), 1, &mut Vec::new());
     assert!(out.result.failures.is_empty(), "{:?}", out.result.failures);
     assert_eq!(flaky.opened.load(Ordering::SeqCst), 3, "two cuts, three streams");
     // The writer kept 4 MiB at the first reconnect and 8 MiB at the second.
@@ -201,10 +242,16 @@ fn the_writer_never_writes_outside_its_root() {
     let (outside, dst, src) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     // A symlink already at the destination, pointing out of the root.
     std::os::unix::fs::symlink(outside.path(), dst.path().join("evil")).unwrap();
-    let ctx = Arc::new(ExecContext::open_for(spec(src.path(), dst.path()), Reach { source: false, destination: true }).unwrap());
-    let mut rx = Receiver::new(ctx.clone());
+    let ctx = ExecContext::open_for(spec(src.path(), dst.path()), Reach { source: false, destination: true }).unwrap();
+    let mut rx = Writer::new(&ctx, true).unwrap();
     // A symlink sent by the reader, then a file "through" it.
-    let link = FileHeader { kind: frame::entry_kind::SYMLINK, target: outside.path().display().to_string().into_bytes(), size: 0, mode: 0o120777, ..header(1, b"sneaky", 0) };
+    let link = FileHeader {
+        kind: frame::entry_kind::SYMLINK,
+        target: outside.path().display().to_string().into_bytes(),
+        size: 0,
+        mode: 0o120777,
+        ..header(1, b"sneaky", 0)
+    };
     assert!(matches!(rx.handle(Frame::Header(link)).unwrap()[..], [Frame::Ack { status: frame::status::RESUME_AT, .. }]));
     rx.handle(Frame::End { id: 1, size: 0, crc32c: 0 }).unwrap();
     rx.handle(Frame::Flush).unwrap();
@@ -231,7 +278,10 @@ fn the_writer_never_writes_outside_its_root() {
     assert_eq!(rx.handle(Frame::Chunk { id: 77, offset: 0, crc32c: 0, compressed: false, raw_len: 1, data: vec![1] }).unwrap_err().code, Code::OutOfOrder);
     rx.handle(Frame::Header(header(4, b"small", 2))).unwrap();
     let data = vec![0u8; 3];
-    assert_eq!(rx.handle(Frame::Chunk { id: 4, offset: 0, crc32c: crc32c::crc32c(&data), compressed: false, raw_len: 3, data }).unwrap_err().code, Code::Malformed);
+    assert_eq!(
+        rx.handle(Frame::Chunk { id: 4, offset: 0, crc32c: crc32c::crc32c(&data), compressed: false, raw_len: 3, data }).unwrap_err().code,
+        Code::Malformed
+    );
 }
 
 // ---- over QUIC ----
@@ -255,12 +305,15 @@ impl Connector for Remote<'_> {
     fn open(&self, _attempt: u32) -> Result<Box<dyn Wire + '_>, LinkError> {
         Ok(Box::new(self.client.open(self.addr, "writer")?))
     }
+    fn remote(&self) -> bool {
+        true
+    }
 }
 
 /// Sends `entries` of `src` to a writer agent for `dst` over QUIC on loopback, with real
 /// certificates and `tuning` on both ends. Returns the reader's outcome and its path to the
 /// writer afterwards.
-fn send_over_quic(src: &Path, dst: &Path, entries: &[Entry], tuning: &LinkTuning, compress: bool) -> (ferry_worker::exec::Outcome, quinn::PathStats) {
+fn send_over_quic(src: &Path, dst: &Path, entries: &[Entry], tuning: &LinkTuning, compress: bool) -> (ferry_worker::engine::Outcome, quinn::PathStats) {
     let cadir = tempfile::tempdir().unwrap();
     let ids = identities(cadir.path(), &["writer", "reader"]);
     let spec = spec(src, dst);
@@ -275,7 +328,11 @@ fn send_over_quic(src: &Path, dst: &Path, entries: &[Entry], tuning: &LinkTuning
     rt.spawn(quic::serve(endpoint, registry, Arc::new(ServeStats::default())));
     let client = LinkClient::new(&ids[1], tuning.clone()).unwrap();
     let rate = RateLimiter::new(0);
-    let out = std::thread::scope(|s| s.spawn(|| run_transfer_linked(&reader_ctx, &Remote { client: &client, addr }, &settings(&rate, compress), entries.to_vec(), 1, &mut Buffers::new(1 << 20))).join().unwrap());
+    let out = std::thread::scope(|s| {
+        s.spawn(|| run_transfer(&reader_ctx, &Remote { client: &client, addr }, &settings(&rate, compress), entries.to_vec(), 1, &mut Vec::new()))
+            .join()
+            .unwrap()
+    });
     let path = client.path_stats(addr).expect("a connection to the writer");
     (out, path)
 }
@@ -295,7 +352,7 @@ fn a_batch_crosses_quic_with_mutual_tls() {
 fn path_after_sending(tuning: &LinkTuning, size: usize) -> quinn::PathStats {
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     std::fs::write(src.path().join("big"), pattern(size, 9)).unwrap();
-    let entries = vec![Entry { path: b"big".to_vec(), kind: EntryKind::File, size: size as u64, mtime: Default::default(), compare_checksum: false, check_dest: false }];
+    let entries = vec![entry(b"big", EntryKind::File, size as u64)];
     let (out, path) = send_over_quic(src.path(), dst.path(), &entries, tuning, false);
     assert!(out.result.failures.is_empty(), "{:?}", out.result.failures);
     assert_same_tree(src.path(), dst.path(), &entries);
@@ -334,10 +391,16 @@ fn peers_without_a_certificate_from_the_cluster_ca_are_refused() {
 
     // A certificate from another CA.
     let client = LinkClient::new(&theirs[0], LinkTuning::default()).unwrap();
-    let err = std::thread::scope(|s| s.spawn(|| client.open(addr, "writer").and_then(|mut w| {
-        w.send(Frame::Flush)?;
-        w.recv(Some(Duration::from_secs(5)))
-    })).join().unwrap());
+    let err = std::thread::scope(|s| {
+        s.spawn(|| {
+            client.open(addr, "writer").and_then(|mut w| {
+                w.send(Frame::Flush)?;
+                w.recv(Some(Duration::from_secs(5)))
+            })
+        })
+        .join()
+        .unwrap()
+    });
     assert!(err.is_err(), "a certificate from another CA must be refused");
 
     // No certificate at all: a client that trusts our CA but presents nothing.
@@ -346,8 +409,12 @@ fn peers_without_a_certificate_from_the_cluster_ca_are_refused() {
         roots.add(c.unwrap()).unwrap();
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider).with_protocol_versions(&[&rustls::version::TLS13]).unwrap().with_root_certificates(roots).with_no_client_auth();
-    tls.alpn_protocols = vec![ferry_worker::link::pki::ALPN.to_vec()];
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ferry_worker::transport::link::pki::ALPN.to_vec()];
     let cfg = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap()));
     let anon = rt.block_on(async {
         let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -378,79 +445,90 @@ fn key_files_are_private_and_world_readable_keys_are_refused() {
     let err = Identity::load(&agent).err().expect("refused").to_string();
     assert!(err.contains("readable by others") && err.contains("chmod 600"), "{err}");
     assert!(init_ca(dir.path()).is_err(), "an existing CA is never replaced");
-    assert!(ferry_worker::link::pki::check_agent_name("bad name!").is_err());
+    assert!(ferry_worker::transport::link::pki::check_agent_name("bad name!").is_err());
 }
 
 #[test]
 fn two_streams_never_write_the_same_file_at_once() {
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let ctx = Arc::new(ExecContext::open_for(spec(src.path(), dst.path()), Reach { source: false, destination: true }).unwrap());
-    let (mut old, mut new) = (Receiver::new(ctx.clone()), Receiver::new(ctx.clone()));
+    let ctx = ExecContext::open_for(spec(src.path(), dst.path()), Reach { source: false, destination: true }).unwrap();
+    let (mut old, mut new) = (Writer::new(&ctx, true).unwrap(), Writer::new(&ctx, true).unwrap());
     let data = b"hello".to_vec();
     assert!(matches!(old.handle(Frame::Header(header(1, b"f", 5))).unwrap()[..], [Frame::Ack { status: frame::status::RESUME_AT, .. }]));
-    // A reconnected reader's new stream while the old one still holds the file: it waits for
-    // the old stream to let go, instead of two writers on one temporary file (and instead of
-    // a refusal that would burn the reader's attempts while the old stream drains).
-    let waiting = std::thread::spawn(move || {
-        let replies = new.handle(Frame::Header(header(1, b"f", 5))).unwrap();
-        (new, replies)
+    std::thread::scope(|s| {
+        // A reconnected reader's new stream while the old one still holds the file: it waits
+        // for the old stream to let go, instead of two writers on one temporary file (and
+        // instead of a refusal that would burn the reader's attempts while the old stream
+        // drains).
+        let waiting = s.spawn(|| new.handle(Frame::Header(header(1, b"f", 5))).unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(!waiting.is_finished(), "the new stream must wait while the old one writes the file");
+        old.handle(Frame::Chunk { id: 1, offset: 0, crc32c: crc32c::crc32c(&data), compressed: false, raw_len: 5, data: data.clone() }).unwrap();
+        old.handle(Frame::End { id: 1, size: 5, crc32c: crc32c::crc32c(&data) }).unwrap();
+        assert!(matches!(old.handle(Frame::Flush).unwrap()[..], [Frame::Done(ref d)] if d.end == 5));
+        let replies = waiting.join().unwrap();
+        assert!(
+            matches!(replies[..], [Frame::Ack { status: frame::status::CURRENT, .. }]),
+            "once released, the waiting stream finds the file current: {replies:?}"
+        );
     });
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    assert!(!waiting.is_finished(), "the new stream must wait while the old one writes the file");
-    old.handle(Frame::Chunk { id: 1, offset: 0, crc32c: crc32c::crc32c(&data), compressed: false, raw_len: 5, data: data.clone() }).unwrap();
-    old.handle(Frame::End { id: 1, size: 5, crc32c: crc32c::crc32c(&data) }).unwrap();
-    assert!(matches!(old.handle(Frame::Flush).unwrap()[..], [Frame::Ack { status: frame::status::OK, offset: 5, .. }]));
-    let (mut new, replies) = waiting.join().unwrap();
-    assert!(matches!(replies[..], [Frame::Ack { status: frame::status::CURRENT, .. }]), "once released, the waiting stream finds the file current: {replies:?}");
     // Settled: the file is free again (and now current).
-    assert!(matches!(new.handle(Frame::Header(header(2, b"f", 5))).unwrap()[..], [Frame::Ack { status: frame::status::CURRENT, .. }]), "{:?}", std::fs::metadata(dst.path().join("f")));
+    assert!(
+        matches!(new.handle(Frame::Header(header(2, b"f", 5))).unwrap()[..], [Frame::Ack { status: frame::status::CURRENT, .. }]),
+        "{:?}",
+        std::fs::metadata(dst.path().join("f"))
+    );
     // A stream that dies mid-file lets go of it.
-    let mut dying = Receiver::new(ctx.clone());
+    let mut dying = Writer::new(&ctx, true).unwrap();
     dying.handle(Frame::Header(header(1, b"g", 5))).unwrap();
     drop(dying);
     assert!(matches!(new.handle(Frame::Header(header(3, b"g", 5))).unwrap()[..], [Frame::Ack { status: frame::status::RESUME_AT, .. }]));
 }
 
-/// A file just large enough to travel as stripes, `huge` in `src`: its bytes and its entry.
-fn striped_file(src: &Path, seed: u8) -> (Vec<u8>, Vec<Entry>) {
-    let size = ferry_worker::link::STRIPE_MIN as usize + (3 << 20) + 5;
+/// A file large enough to be written in parts, `huge` in `src`: its bytes and its entry.
+fn large_file(src: &Path, seed: u8) -> (Vec<u8>, Entry) {
+    let size = (24 << 20) + 5;
     let big = pattern(size, seed);
     std::fs::write(src.join("huge"), &big).unwrap();
-    (big, vec![Entry { path: b"huge".to_vec(), kind: EntryKind::File, size: size as u64, mtime: Default::default(), compare_checksum: false, check_dest: false }])
+    let mtime = std::fs::metadata(src.join("huge")).unwrap();
+    let mtime = ferry_common::model::Timestamp { sec: mtime.mtime(), nsec: mtime.mtime_nsec() as u32 };
+    (big, Entry { path: b"huge".to_vec(), kind: EntryKind::File, size: size as u64, mtime, compare_checksum: false, check_dest: false })
+}
+
+/// Writes `file` as parts of `part` bytes, from `readers` reader contexts taking turns, into
+/// one multipart write at a writer that reaches `dst`; then commits it there.
+fn copy_in_parts(readers: &[ExecContext], writer: &ExecContext, file: &Entry, part: u64) -> ferry_worker::engine::Outcome {
+    let rate = RateLimiter::new(0);
+    let meta = parts::upload_meta(&readers[0], file).unwrap();
+    let (upload, _) = Direct(writer.dst().unwrap().as_ref()).open_upload(&file.path, file.size, &meta).unwrap();
+    let mut set = PartSet { upload_id: Some(upload.clone()), ..PartSet::default() };
+    for (i, offset) in (0..file.size).step_by(part as usize).enumerate() {
+        let reader = &readers[i % readers.len()];
+        let len = part.min(file.size - offset);
+        // The reader is at another site: its ranges cross to the writer's process.
+        let flaky = Flaky { ctx: writer, budget: 2, cuts: usize::from(i == 1), opened: AtomicUsize::new(0) };
+        let done =
+            parts::run_part(reader, &flaky, &settings(&rate, false), file, frame::PartTarget { upload: upload.clone(), offset, len }, &mut Vec::new()).unwrap();
+        set.done.push((i as u32, done.crc, len));
+        set.source = set.source.or(done.source);
+    }
+    parts::run_commit(writer, file, &set, None, &mut Vec::new())
 }
 
 #[test]
-fn a_large_file_travels_as_stripes_and_is_renamed_once_complete() {
+fn a_large_file_is_written_in_parts_by_two_readers_and_put_in_place_once_whole() {
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (big, entries) = striped_file(src.path(), 3);
-    let ctx = Arc::new(ExecContext::open(spec(src.path(), dst.path())).unwrap());
-    let rate = RateLimiter::new(0);
-    let out = run_transfer_linked(&ctx, &InProcess { ctx: ctx.clone() }, &settings(&rate, false), entries.clone(), 1, &mut Buffers::new(1 << 20));
+    let (big, file) = large_file(src.path(), 3);
+    let s = spec(src.path(), dst.path());
+    let readers = [
+        ExecContext::open_for(s.clone(), Reach { source: true, destination: false }).unwrap(),
+        ExecContext::open_for(s.clone(), Reach { source: true, destination: false }).unwrap(),
+    ];
+    let writer = ExecContext::open_for(s, Reach { source: false, destination: true }).unwrap();
+    let out = copy_in_parts(&readers, &writer, &file, 8 << 20);
     assert!(out.result.failures.is_empty(), "{:?}", out.result.failures);
     assert_eq!(out.report[0].status, EntryStatus::Transferred);
-    assert_eq!(out.report[0].crc32c, Some(crc32c::crc32c(&big)), "the stripe CRCs combine into the file's");
+    assert_eq!(out.report[0].crc32c, Some(crc32c::crc32c(&big)), "the part CRCs combine into the file's");
     assert!(std::fs::read(dst.path().join("huge")).unwrap() == big);
-    assert_same_tree(src.path(), dst.path(), &entries);
-    // Unchanged on a second run: every stripe finds it current.
-    let again = run_transfer_linked(&ctx, &InProcess { ctx: ctx.clone() }, &settings(&rate, false), entries, 1, &mut Buffers::new(1 << 20));
-    assert_eq!(again.result.counters.files_skipped, 1);
-}
-
-#[test]
-fn a_cut_stripe_resumes_where_it_was_cut_not_at_its_range_start() {
-    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (big, entries) = striped_file(src.path(), 4);
-    let ctx = Arc::new(ExecContext::open(spec(src.path(), dst.path())).unwrap());
-    // The first stream of each of the two stripes goes down after 4 chunks.
-    let flaky = Flaky { ctx: ctx.clone(), budget: 4, opened: AtomicUsize::new(0) };
-    let rate = RateLimiter::new(0);
-    let two_stripes = SendSettings { agent: "reader", compress: false, rate: &rate, max_stripes: 2 };
-    let out = run_transfer_linked(&ctx, &flaky, &two_stripes, entries.clone(), 1, &mut Buffers::new(1 << 20));
-    assert!(out.result.failures.is_empty(), "{:?}", out.result.failures);
-    assert_eq!(flaky.opened.load(Ordering::SeqCst), 4, "two stripes, each cut once and reopened");
-    assert_eq!(out.result.counters.bytes_resumed, 2 * (4 << 20), "each stripe resumed after the 4 MiB it had written");
-    assert_eq!(out.report[0].status, EntryStatus::Transferred);
-    assert_eq!(out.report[0].crc32c, Some(crc32c::crc32c(&big)));
-    assert!(std::fs::read(dst.path().join("huge")).unwrap() == big);
-    assert_same_tree(src.path(), dst.path(), &entries);
+    assert_same_tree(src.path(), dst.path(), &[file]);
 }
