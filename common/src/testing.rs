@@ -185,6 +185,12 @@ impl S3Server {
     /// [`S3Server::start`] listening on `host` (an address of this machine, such as a bridge
     /// that test hosts in network namespaces reach).
     pub fn start_at(flavor: S3Flavor, host: &str) -> Option<S3Server> {
+        Self::start_at_port(flavor, host, free_port())
+    }
+
+    /// [`S3Server::start_at`] on a chosen port: in a fresh network namespace every port is
+    /// free, so two private servers at two test sites can share one endpoint URL.
+    pub fn start_at_port(flavor: S3Flavor, host: &str, port: u16) -> Option<S3Server> {
         let (prog, hint) = match flavor {
             S3Flavor::S3sFs => ("s3s-fs", "cargo install s3s-fs@0.14.1 --features binary --locked"),
             S3Flavor::Moto => ("moto_server", "pip install 'moto[server]>=5.2.5'"),
@@ -196,12 +202,13 @@ impl S3Server {
             eprintln!("skipping: {prog} is not installed ({hint})");
             return None;
         };
-        let port = free_port();
         let (access_key, secret_key) = ("ferrytestkey".to_string(), "ferrytestsecret0123456789".to_string());
         let bucket = "ferry-test".to_string();
         let (child, root) = match flavor {
             S3Flavor::S3sFs => {
-                let root = std::env::temp_dir().join(format!("ferry-s3s-{}-{port}", std::process::id()));
+                static SERVERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = SERVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let root = std::env::temp_dir().join(format!("ferry-s3s-{}-{port}-{n}", std::process::id()));
                 std::fs::create_dir_all(root.join(&bucket)).expect("create the s3s-fs root");
                 let child = Command::new(bin)
                     .args(["--host", host, "--port", &port.to_string(), "--access-key", &access_key, "--secret-key", &secret_key])

@@ -157,8 +157,12 @@ impl Reconciler {
     /// SUCCESS only when every prepared entry is accounted for and none failed.
     fn final_phase(&mut self) -> Phase {
         let c = &self.exec.counters;
-        let accounted =
-            if self.exec.spec.mode == Mode::Verify { c.files_verified + c.files_mismatched } else { c.files_transferred + c.files_skipped + c.files_failed };
+        // A verify run skips, with a code, what the destination cannot hold.
+        let accounted = if self.exec.spec.mode == Mode::Verify {
+            c.files_verified + c.files_mismatched + c.files_skipped
+        } else {
+            c.files_transferred + c.files_skipped + c.files_failed
+        };
         if accounted != c.files_prepared {
             self.exec.error = Some(format!(
                 "accounting mismatch: {} entries prepared but {accounted} accounted for (this is a bug in ferry; please report it)",

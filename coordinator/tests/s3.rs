@@ -15,6 +15,7 @@ use ferry_common::testing::{S3Flavor, S3Server};
 use ferry_worker::location::s3::S3Location;
 use ferry_worker::location::Location;
 use serde_json::Value;
+use support::objects::*;
 use support::*;
 
 fn ferry_s3(server: &S3Server, sub: &str, src: impl AsRef<std::ffi::OsStr>, dst: impl AsRef<std::ffi::OsStr>) -> Ferry {
@@ -30,73 +31,12 @@ fn location(server: &S3Server, uri: &str) -> S3Location {
     S3Location::open(uri, &S3Settings { endpoint_url: Some(server.endpoint.clone()), path_style: true, ..S3Settings::default() }).unwrap()
 }
 
-/// The AWS CLI (botocore), an S3 client independent of ferry's.
-fn aws(server: &S3Server, args: &[&str]) -> Value {
-    let mut cmd = Command::new("aws");
-    cmd.args(["--endpoint-url", &server.endpoint, "--output", "json", "s3api"]).args(args);
-    for (k, v) in server.env() {
-        cmd.env(k, v);
-    }
-    let out = match cmd.output() {
-        Ok(o) => o,
-        Err(e) => panic!("the AWS CLI is needed (pip install awscli; .ci/run installs it): {e}"),
-    };
-    assert!(out.status.success(), "aws s3api {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout);
-    if text.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("aws output is not JSON ({e}): {text}"))
-    }
-}
-
 fn crc_b64(data: &[u8]) -> String {
     ferry_worker::location::s3::crc_to_base64(crc32c(data))
 }
 
-/// What S3 cannot hold, as README.md lists it: names that are not UTF-8, special files,
-/// extended attributes and hard links (each link becomes its own object, restored as a copy).
-/// Also what moto cannot hold: a key with a newline (AWS takes it; moto answers 404).
-fn unholdable(rel: &str) -> bool {
-    rel.contains("\\x")
-        || rel.contains("\\#3")
-        || rel.contains("\\#2")
-        || rel.contains('\u{fffd}')
-        || rel.starts_with("specials/")
-        || rel == "specials"
-        || is_newline_name(rel)
-        || too_long_for_a_key(rel)
-}
-
-/// A path that, under the round trip's prefix `rt/` (and with a directory marker's `/`), is
-/// longer than S3's 1,024-byte keys.
-fn too_long_for_a_key(rel: &str) -> bool {
-    "rt/".len() + rel.trim_end_matches('/').len() + 1 > 1024
-}
-
-fn is_newline_name(rel: &str) -> bool {
-    rel.contains("new\nline") || rel.contains("new\\nline") || rel.contains("new\\#012line")
-}
-
-/// rsync's itemized differences between two trees, minus what S3 cannot hold.
-fn differences(src: &Path, dst: &Path) -> Vec<String> {
-    let out = Command::new("rsync")
-        .args(["-n", "-i", "-a", "--checksum"])
-        .arg(format!("{}/", src.display()))
-        .arg(format!("{}/", dst.display()))
-        .env("LC_ALL", "C")
-        .output()
-        .expect("rsync is installed");
-    assert!(out.status.success(), "rsync failed: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .filter(|l| {
-            let path = l.split_once(' ').map(|x| x.1).unwrap_or(l);
-            !unholdable(path)
-        })
-        .map(str::to_string)
-        .collect()
+fn aws(server: &S3Server, args: &[&str]) -> Value {
+    Bucket::on(server).aws(args)
 }
 
 #[test]
@@ -135,7 +75,7 @@ fn tricky_tree_round_trips_posix_to_s3_to_posix() {
     let down = ferry_s3(&server, "copy", server.uri("rt"), &back).arg("--json").run();
     down.assert_code(0);
     let _ = fs::remove_file(back.join("names/new\nline"));
-    let diff = differences(&src, &back);
+    let diff = s3_differences(&src, &back);
     assert!(diff.is_empty(), "rsync sees differences after POSIX -> S3 -> POSIX:\n{}", diff.join("\n"));
     let tdiff: Vec<String> = time_differences(&times, &back, false).into_iter().filter(|d| !unholdable(d.trim_start_matches('"'))).collect();
     assert!(tdiff.is_empty(), "mtimes differ after the round trip:\n{}", tdiff.join("\n"));
@@ -312,17 +252,6 @@ fn sync_to_s3_deletes_extraneous_objects_in_batches() {
     assert_eq!(keys.iter().filter(|k| k.starts_with("sync/keep/f")).count(), 29);
 }
 
-/// Kills the cluster's processes when the test ends, however it ends.
-struct Procs(Vec<std::process::Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 #[test]
 fn cluster_mode_moves_a_tree_to_s3_and_back_through_two_workers() {
@@ -339,7 +268,7 @@ fn cluster_mode_moves_a_tree_to_s3_and_back_through_two_workers() {
     let quiet = |c: &mut Command| -> std::process::Child {
         c.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().expect("start a cluster process")
     };
-    let mut procs = Procs(Vec::new());
+    let mut procs = support::sites::Procs::default();
     procs.0.push(quiet(Command::new(bin("ferry")).args(["coordinator", "--etcd", &etcd.endpoint, "--name", "c1"])));
     for w in ["w1", "w2"] {
         procs.0.push(quiet(Command::new(bin("ferry-worker")).args(["--etcd", &etcd.endpoint, "--name", w, "--movers", "3"])));
@@ -358,7 +287,7 @@ fn cluster_mode_moves_a_tree_to_s3_and_back_through_two_workers() {
     assert_eq!(counter(&up, "files_transferred"), 201 + 9, "200 small files, one big one and 9 directories\n{up}");
     let back = dir.path().join("back");
     run(server.uri("cluster").as_ref(), back.as_os_str());
-    let diff = differences(&src, &back);
+    let diff = s3_differences(&src, &back);
     assert!(diff.is_empty(), "rsync sees differences after a cluster round trip:\n{}", diff.join("\n"));
     drop(procs);
 }

@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod objects;
+pub mod sites;
+
 pub const KIB: u64 = 1024;
 pub const MIB: u64 = 1024 * 1024;
 
@@ -105,7 +108,20 @@ pub struct Ferry {
 impl Ferry {
     /// `ferry` with no arguments; the environment is cleared of ferry's test hooks.
     pub fn bare() -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+        Self::bare_in(None)
+    }
+
+    /// [`Ferry::bare`], run inside network namespace `netns` when one is given (a test site
+    /// that alone reaches some server).
+    pub fn bare_in(netns: Option<&str>) -> Self {
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_ferry")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_ferry")),
+        };
         cmd.stdin(Stdio::null());
         cmd.env_remove("FERRY_TEST_CORRUPT");
         cmd.env_remove("FERRY_TEST_SOURCE_CHANGE");

@@ -73,12 +73,22 @@ pub fn run_verify(ctx: &ExecContext, dest: &dyn Dest, dirs: &[ScanDir], buf: &mu
             let rel = paths::child(&dir.path, &name);
             let kind = l.meta.kind();
             let there = at_dest.remove(&name);
+            // What the destination cannot hold was skipped, with its code, by the scan; a
+            // verify run names it the same way, and never counts it as missing.
+            let refused = ctx.dst_profile.limits.refusal(&ctx.dst_profile.capabilities, &rel, kind, l.meta.size);
             if kind == EntryKind::Dir {
                 let Some(included) = ctx.matcher.scan_dir(&rel, dir.included) else {
                     continue;
                 };
                 if report_all {
                     out.counters().files_prepared += 1;
+                }
+                if let Some(r) = refused {
+                    if report_all {
+                        out.record(Line::new(rel.clone(), EntryKind::Dir, EntryStatus::Skipped).reason(format!("destination cannot hold it: {}", r.message)).code(r.code));
+                    }
+                    subdirs.push(ScanDir { path: rel, cookie: None, after: None, included });
+                    continue;
                 }
                 let diff = match &there {
                     Some((d, _)) if d.kind() != EntryKind::Dir => Some(format!("type differs: dir at the source, {} at the destination", d.kind().as_str())),
@@ -95,14 +105,18 @@ pub fn run_verify(ctx: &ExecContext, dest: &dyn Dest, dirs: &[ScanDir], buf: &mu
                 subdirs.push(ScanDir { path: rel, cookie: None, after: None, included });
                 continue;
             }
-            if !ctx.matcher.file_selected(&rel, dir.included)
-                || kind.is_special() && (!ctx.options().preserve_devices || !ctx.dst_profile.capabilities.special_files)
-            {
+            if !ctx.matcher.file_selected(&rel, dir.included) || kind.is_special() && !ctx.options().preserve_devices {
                 continue;
             }
             if report_all {
                 out.counters().files_prepared += 1;
                 out.counters().bytes_prepared += l.meta.size;
+            }
+            if let Some(r) = refused {
+                if report_all {
+                    out.record(Line::new(rel, kind, EntryStatus::Skipped).reason(format!("destination cannot hold it: {}", r.message)).code(r.code));
+                }
+                continue;
             }
             let complete = there.as_ref().is_some_and(|(m, c)| *c && m.kind() != EntryKind::Symlink);
             let dst = there.map(|(m, _)| m);
