@@ -18,7 +18,9 @@ pub fn init_logging(format: LogFormat, default_level: &str) {
         let quiet: Vec<String> = QUIET_TARGETS.iter().map(|t| format!("{t}=error")).collect();
         EnvFilter::new(format!("{default_level},{}", quiet.join(",")))
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: logs sent to a file or a collector stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = match format {
         LogFormat::Text => builder.with_target(false).try_init(),
         LogFormat::Json => builder.json().with_current_span(false).try_init(),

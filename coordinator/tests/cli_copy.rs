@@ -679,3 +679,38 @@ fn json_log_format_writes_only_json_lines() {
     let before = time_snapshot(&p.src);
     assert_exact_copy(&p.src, &p.dst, &before, false);
 }
+
+/// A release build carries no test hooks: `FERRY_TEST_*` variables left in a user's
+/// environment change nothing. `FERRY_RELEASE_BIN` names a `ferry` built without the
+/// `fault-injection` feature (.ci/run builds one); the test binary, built with it, shows that
+/// the same environment does corrupt a copy where the hooks exist.
+#[test]
+fn a_release_build_ignores_the_fault_injection_variables() {
+    let Some(release) = std::env::var_os("FERRY_RELEASE_BIN") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "FERRY_RELEASE_BIN must name a ferry built without the fault-injection feature (.ci/run builds one)"
+        );
+        eprintln!("skipping: FERRY_RELEASE_BIN is not set");
+        return;
+    };
+    let hooks = [("FERRY_TEST_CORRUPT", "sub/b.bin"), ("FERRY_TEST_SOURCE_CHANGE", "a.txt"), ("FERRY_TEST_CORRUPT_CHUNK", "big.bin")];
+    let p = pair();
+    build_small_tree(&p.src);
+    let before = time_snapshot(&p.src);
+    let mut cmd = std::process::Command::new(&release);
+    cmd.arg("copy").arg(&p.src).arg(&p.dst).args(["--no-progress", "--json"]).envs(hooks);
+    let out = cmd.output().expect("run the release binary");
+    assert!(out.status.success(), "the release build failed: {}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(counter(&json, "files_failed"), 0, "{json}");
+    assert_exact_copy(&p.src, &p.dst, &before, false);
+
+    // The hooks are real where they are compiled in: the same environment fails a copy.
+    let hooked = p.path("hooked");
+    let mut f = Ferry::new("copy", &p.src, &hooked).arg("--json");
+    for (k, v) in hooks {
+        f = f.env(k, v);
+    }
+    assert_eq!(f.run().code, Some(1), "the test build's hooks corrupt sub/b.bin, and verification catches it");
+}

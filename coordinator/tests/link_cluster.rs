@@ -126,3 +126,54 @@ fn agents_in_two_namespaces_copy_over_quic_through_a_cut_link() {
     let cloud_log = fleet.agent_log("agent-cloud");
     assert!(cloud_log.contains("chunk failed its CRC32C"), "the writer logged the bad chunk\n{}", describe());
 }
+
+/// The part shards of one 1 GiB file are read by two agents at the source site and streamed to
+/// one writer agent at the destination, which assembles the file. Each reader's debug log
+/// names the shards it claimed: both must have claimed part shards, and the file must be
+/// identical.
+#[test]
+fn part_shards_of_one_large_file_spread_over_two_reader_agents() {
+    if !have_root_and_ip() {
+        return;
+    }
+    let debug = |a: AgentSpec| a.env("RUST_LOG", "info,ferry_worker::mover=debug");
+    let agents = vec![debug(AgentSpec::new("reader-1", "onprem")), debug(AgentSpec::new("reader-2", "onprem")), AgentSpec::new("writer", "cloud")];
+    let Some(fleet) = Fleet::start(agents) else {
+        return;
+    };
+    let (src, dst) = (fleet.work.path().join("src"), fleet.work.path().join("dst"));
+    std::fs::create_dir_all(&src).unwrap();
+    // 1 GiB in 1 MiB blocks that all differ (a misplaced part would not go unnoticed).
+    let mut block: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    let mut f = std::io::BufWriter::new(std::fs::File::create(src.join("one.gib")).unwrap());
+    for i in 0..1024u32 {
+        block[..4].copy_from_slice(&i.to_le_bytes());
+        std::io::Write::write_all(&mut f, &block).unwrap();
+    }
+    std::io::Write::flush(&mut f).unwrap();
+    drop(f);
+
+    let out = fleet.ferry("copy", &src, &dst).args(["--json", "--source-agents", "onprem", "--destination-agents", "cloud"]).run();
+    assert_eq!(out.code, Some(0), "{}\n{}", out.describe(), fleet.agent_logs());
+    let json = out.json();
+    assert_eq!(counter(&json, "files_failed"), 0, "{json}");
+    assert_eq!(counter(&json, "bytes_transferred"), 1 << 30, "{json}");
+    // Every part shard is named in exactly one reader's log (a claim may be retried, so count
+    // distinct shards).
+    let parts = |name: &str| -> std::collections::BTreeSet<String> {
+        fleet
+            .agent_log(name)
+            .lines()
+            .filter(|l| l.contains("ShardClaimed"))
+            .filter_map(|l| l.split("shard=").nth(1))
+            .map(|s| s.split_whitespace().next().unwrap_or_default().to_string())
+            .filter(|id| id.starts_with("1b-"))
+            .collect()
+    };
+    let (one, two) = (parts("reader-1"), parts("reader-2"));
+    eprintln!("part shards claimed: reader-1 {}, reader-2 {}", one.len(), two.len());
+    assert!(!one.is_empty() && !two.is_empty(), "both readers claim part shards: reader-1 {one:?}, reader-2 {two:?}\n{}", fleet.agent_logs());
+    assert!(one.len() + two.len() >= 16, "1 GiB makes 16 parts of 64 MiB: {one:?} {two:?}");
+    let same = Command::new("cmp").arg(src.join("one.gib")).arg(dst.join("one.gib")).status().expect("cmp runs");
+    assert!(same.success(), "the assembled file differs from the source");
+}

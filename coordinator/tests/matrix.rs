@@ -299,7 +299,16 @@ fn every_pair_across_two_sites() {
         return;
     }
     // Two sites; the agents take S3 credentials from their own AWS chain (the environment).
-    let creds = |a: AgentSpec| [("AWS_ACCESS_KEY_ID", "ferrytestkey"), ("AWS_SECRET_ACCESS_KEY", "ferrytestsecret0123456789"), ("AWS_REGION", "us-east-1"), ("AWS_EC2_METADATA_DISABLED", "true")].into_iter().fold(a, |a, (k, v)| a.env(k, v));
+    let creds = |a: AgentSpec| {
+        [
+            ("AWS_ACCESS_KEY_ID", "ferrytestkey"),
+            ("AWS_SECRET_ACCESS_KEY", "ferrytestsecret0123456789"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ]
+        .into_iter()
+        .fold(a, |a, (k, v)| a.env(k, v))
+    };
     let Some(fleet) = Fleet::start(vec![creds(AgentSpec::new("agent-onprem", "onprem")), creds(AgentSpec::new("agent-cloud", "cloud"))]) else {
         return;
     };
@@ -314,4 +323,74 @@ fn every_pair_across_two_sites() {
     let t = Transport { fleet: Some(&fleet), endpoint: cloud_s3.endpoint.clone(), creds: cloud_s3.env() };
     let work = scratch();
     run_matrix(&t, Bucket::in_netns(&onprem_s3, &onprem_ns), Bucket::in_netns(&cloud_s3, &cloud_ns), work.path());
+}
+
+/// Runs `ferry ARGS` under strace and counts the calls that make data durable.
+fn durability_calls(t: &Transport, work: &Path, args: &[OsString]) -> (u64, Value) {
+    let trace = work.join("strace.out");
+    let mut cmd = std::process::Command::new("strace");
+    cmd.args(["-f", "-qq", "-e", "trace=fsync,fdatasync,syncfs,sync_file_range", "-o"]).arg(&trace);
+    cmd.arg(env!("CARGO_BIN_EXE_ferry")).args(args).args(["--no-progress", "--json", "--endpoint-url", &t.endpoint]);
+    cmd.envs(t.creds.iter().map(|(k, v)| (*k, v.as_str()))).stdin(std::process::Stdio::null());
+    let out = match cmd.output() {
+        Ok(o) => o,
+        Err(e) => panic!("strace is needed (apt-get install strace; .ci/run installs it): {e}"),
+    };
+    assert!(out.status.success(), "ferry {args:?} under strace failed: {}", String::from_utf8_lossy(&out.stderr));
+    let calls = fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains("resumed>") && ["fsync(", "fdatasync(", "syncfs(", "sync_file_range("].iter().any(|c| l.contains(c)))
+        .count();
+    (calls as u64, serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))))
+}
+
+/// `--no-fsync` and `--verify none` hold for every destination and every source: with them,
+/// no call that flushes to stable storage is made and nothing is read back; without them,
+/// both happen.
+#[test]
+fn no_fsync_and_verify_none_are_honoured_for_every_destination() {
+    if std::process::Command::new("strace").arg("-V").output().is_err() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "strace is not installed; .ci/run installs it");
+        eprintln!("skipping: strace is not installed");
+        return;
+    }
+    let Some(server) = S3Server::start(S3Flavor::Moto) else {
+        return;
+    };
+    let work = scratch();
+    let t = Transport { fleet: None, endpoint: server.endpoint.clone(), creds: server.env() };
+    let tree = work.path().join("tree");
+    for i in 0..20 {
+        write_file(&tree.join(format!("d{}/f{i}", i % 3)), &random_bytes(1000 + i * 4000));
+    }
+    let s3_source = server.uri("durability-src");
+    seed(&t, &tree, &Place::S3 { bucket: Bucket::on(&server), prefix: "durability-src".into() });
+    let sources: [(&str, OsString); 2] = [("local", tree.clone().into_os_string()), ("s3", s3_source.into())];
+    for (from, src) in &sources {
+        for to in ["local", "s3"] {
+            let run = |name: &str, extra: &[&str]| {
+                let dst: OsString = match to {
+                    "local" => work.path().join(format!("{from}-{name}")).into_os_string(),
+                    _ => server.uri(&format!("{from}-{name}")).into(),
+                };
+                let mut args: Vec<OsString> = vec!["copy".into(), src.clone(), dst];
+                args.extend(extra.iter().map(OsString::from));
+                durability_calls(&t, work.path(), &args)
+            };
+            let cell = format!("{from} -> {to}");
+            let (syncs, json) = run("default", &[]);
+            assert_eq!(counter(&json, "files_verified"), 20, "[{cell}] every file is read back by default: {json}");
+            if to == "local" {
+                assert!(syncs > 0, "[{cell}] a local destination is made durable by default");
+            }
+            let (syncs, json) = run("nofsync", &["--no-fsync"]);
+            assert_eq!(syncs, 0, "[{cell}] --no-fsync made {syncs} flush calls");
+            assert_eq!(counter(&json, "files_transferred"), 23, "[{cell}] 20 files and 3 directories: {json}");
+            let (_, json) = run("noverify", &["--verify", "none"]);
+            assert_eq!(counter(&json, "files_verified"), 0, "[{cell}] --verify none read something back: {json}");
+            assert_eq!(counter(&json, "bytes_verified"), 0, "[{cell}] --verify none read something back: {json}");
+            assert_eq!(counter(&json, "files_transferred"), 23, "[{cell}] {json}");
+        }
+    }
 }

@@ -252,7 +252,6 @@ fn sync_to_s3_deletes_extraneous_objects_in_batches() {
     assert_eq!(keys.iter().filter(|k| k.starts_with("sync/keep/f")).count(), 29);
 }
 
-
 #[test]
 fn cluster_mode_moves_a_tree_to_s3_and_back_through_two_workers() {
     let Some(server) = S3Server::start(S3Flavor::Moto) else {

@@ -858,7 +858,8 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
         None => {
             let mut defs = tool_defs(&ferry, &src, &dst, &fpsync_tmp);
             if let Some(baseline) = &opts.baseline {
-                let program = if util::is_executable(baseline) { Ok(baseline.clone()) } else { Err(format!("baseline binary {} is not executable", baseline.display())) };
+                let program =
+                    if util::is_executable(baseline) { Ok(baseline.clone()) } else { Err(format!("baseline binary {} is not executable", baseline.display())) };
                 let shadows: Vec<ToolDef> = tool_defs(&program, &src, &dst, &fpsync_tmp)
                     .into_iter()
                     .filter_map(|d| BASELINE_TOOLS.iter().find(|(of, _)| *of == d.name).map(|(_, name)| ToolDef { name, ..d }))

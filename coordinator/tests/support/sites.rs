@@ -168,7 +168,10 @@ impl Fleet {
         let ferry = bin("ferry");
         fleet.procs.0.push(Command::new(&ferry).args(["coordinator", "--name", "c1", "--etcd", &fleet.etcd.endpoint]).stderr(coordinator_log).spawn().unwrap());
         // The CA holder signs enrollments as the agents ask.
-        fleet.procs.0.push(Command::new(&ferry).args(["ca", "serve", "--etcd", &fleet.etcd.endpoint, "--ca-dir"]).arg(&ca).stderr(Stdio::null()).spawn().unwrap());
+        fleet
+            .procs
+            .0
+            .push(Command::new(&ferry).args(["ca", "serve", "--etcd", &fleet.etcd.endpoint, "--ca-dir"]).arg(&ca).stderr(Stdio::null()).spawn().unwrap());
         let endpoint = fleet.etcd.endpoint_on(&fleet.sites.host_ip);
         for (i, agent) in agents.iter().enumerate() {
             let token = Ferry::bare().args(["ca", "token", "--ttl", "5m", "--etcd", &fleet.etcd.endpoint]).run();

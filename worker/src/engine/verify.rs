@@ -85,7 +85,11 @@ pub fn run_verify(ctx: &ExecContext, dest: &dyn Dest, dirs: &[ScanDir], buf: &mu
                 }
                 if let Some(r) = refused {
                     if report_all {
-                        out.record(Line::new(rel.clone(), EntryKind::Dir, EntryStatus::Skipped).reason(format!("destination cannot hold it: {}", r.message)).code(r.code));
+                        out.record(
+                            Line::new(rel.clone(), EntryKind::Dir, EntryStatus::Skipped)
+                                .reason(format!("destination cannot hold it: {}", r.message))
+                                .code(r.code),
+                        );
                     }
                     subdirs.push(ScanDir { path: rel, cookie: None, after: None, included });
                     continue;
