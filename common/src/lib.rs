@@ -13,6 +13,7 @@ pub mod filter;
 pub mod keys;
 pub mod model;
 pub mod paths;
+pub mod process;
 pub mod schedule;
 pub mod store;
 pub mod task;

@@ -47,6 +47,10 @@ pub fn run(cfg: RunConfig) -> Result<RunResult, String> {
     system.block_on(run_async(cfg))
 }
 
+/// Watch history of the embedded store: its watchers (the agent, the follower) are in this
+/// process and replay at most a few rounds of changes.
+const EMBEDDED_HISTORY_BYTES: usize = 2 << 20;
+
 async fn run_async(cfg: RunConfig) -> Result<RunResult, String> {
     let mut spec = cfg.spec;
     // A location that cannot be opened is a usage error here, before anything starts.
@@ -56,7 +60,7 @@ async fn run_async(cfg: RunConfig) -> Result<RunResult, String> {
         spec.report_file = Some(std::path::absolute(path).unwrap_or_else(|_| path.clone()).to_string_lossy().into_owned());
         spec.report_lines = ReportLines::All;
     }
-    let store: SharedStore = Arc::new(MemStore::new());
+    let store: SharedStore = Arc::new(MemStore::with_history_bytes(EMBEDDED_HISTORY_BYTES));
     let control = Arc::new(ControlPlane::new(store.clone(), ControlConfig { reconcile_every: ROUND, ..ControlConfig::default() }));
     let (stop, stopped) = watch::channel(false);
     let coordinator = actix_rt::spawn(cluster::run_coordinator_with(control, "embedded".into(), stopped.clone()));

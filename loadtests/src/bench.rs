@@ -912,7 +912,15 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
             let r = round - opts.warmup;
             (r, format!("run {r}/{}", opts.runs))
         };
-        for t in tools.iter_mut().filter(|t| t.result.status == Status::Ok) {
+        // Round r starts at tool r: every tool takes every position, and follows every other
+        // tool, in turn (what the previous run left behind, such as a tree being deleted in
+        // the background, would otherwise always land on the same tool).
+        let n = tools.len();
+        for i in 0..n {
+            let t = &mut tools[(i + round - 1) % n];
+            if t.result.status != Status::Ok {
+                continue;
+            }
             let Ok(program) = t.def.program.clone() else {
                 continue;
             };
@@ -1094,7 +1102,7 @@ fn s3_sanity(expected: TreeStats, prefix_dir: &Path) -> Sanity {
 fn s3_method() -> Vec<String> {
     [
         "local → S3: the scenario starts s3s-fs on 127.0.0.1 (free port, fresh root dir under the work dir) and kills it at the end; both tools and the server share the machine's cores",
-        "runs interleaved across tools (A B A B ...), after `warmup` untimed rounds",
+        "runs interleaved across tools in a rotated order (A B C, B C A, ...), after `warmup` untimed rounds",
         "before each run, untimed: every object and s3s-fs sidecar file of the previous run is deleted, then sync(2); each run uploads into its own fresh prefix s3://bench/<tool>-<run> (warm-ups: <tool>-w<n>)",
         "ferry: copy --no-progress --movers 8 (default verification); rclone: copy --transfers 8 --checkers 8 with an env-var S3 remote (provider Other, path style)",
         "wall_s = tool wall time + a final sync(2) (which flushes what s3s-fs wrote); tool_wall_s and sync_s split it",
@@ -1167,7 +1175,7 @@ fn finish(
             s3_method()
         } else {
             vec![
-            "runs interleaved across tools (A B C A B C ...), after `warmup` untimed rounds".into(),
+            "runs interleaved across tools in a rotated order (A B C, B C A, ...), after `warmup` untimed rounds".into(),
             "destination removed and sync(2) called, untimed, before each run".into(),
             "wall_s = tool wall time + a final sync(2); tool_wall_s and sync_s split it".into(),
             "page cache not dropped; the source is read once before the first run".into(),

@@ -41,6 +41,9 @@ pub struct LinkBenchOptions {
     /// The LAN's MTU: 1500 (Ethernet) or 9000 (jumbo frames, common inside data centres).
     pub lan_mtu: u32,
     pub bin_dir: PathBuf,
+    /// An earlier build's `ferry` and `ferry-worker`, run as the `ferry-baseline[-variant]`
+    /// tools with their own etcd and coordinator, interleaved with the others.
+    pub baseline_bin_dir: Option<PathBuf>,
     pub out: Option<PathBuf>,
     /// Rounds of every tool, each round in a rotated order.
     pub repeat: u32,
@@ -356,6 +359,8 @@ struct Bench<'a> {
     o: &'a LinkBenchOptions,
     sites: Sites,
     etcd: String,
+    /// The baseline build's etcd URL, when there is one.
+    baseline_etcd: Option<String>,
     dst: PathBuf,
     bytes: u64,
 }
@@ -374,7 +379,12 @@ impl Bench<'_> {
     }
 
     fn ferry(&self, tool: &str) -> Result<ToolRun> {
-        let variant = tool.strip_prefix("ferry").unwrap_or("").trim_start_matches('-');
+        let (variant, etcd, bin_dir) = match (tool.strip_prefix("ferry-baseline"), &self.o.baseline_bin_dir, &self.baseline_etcd) {
+            (Some(v), Some(dir), Some(etcd)) => (v, etcd.as_str(), dir.as_path()),
+            (Some(_), _, _) => return Err(Error::usage("the ferry-baseline tools need --baseline-bin-dir")),
+            (None, _, _) => (tool.strip_prefix("ferry").unwrap_or(""), self.etcd.as_str(), self.o.bin_dir.as_path()),
+        };
+        let variant = variant.trim_start_matches('-');
         let mut worker_flags: Vec<String> = Vec::new();
         let mut copy_flags: Vec<String> = Vec::new();
         for v in variant.split('+').filter(|v| !v.is_empty()) {
@@ -396,12 +406,12 @@ impl Bench<'_> {
         }
         self.clear_dst()?;
         let w = &self.o.work;
-        let worker = self.o.bin_dir.join("ferry-worker");
+        let worker = bin_dir.join("ferry-worker");
         let mut procs = Procs(Vec::new());
         let dst_addr = format!("{}:7420", self.sites.dst_addr());
         let mut writer = self.sites.at_dst(&worker);
         writer
-            .args(["--etcd", &self.etcd, "--name", "dst1", "--labels", "cloud", "--link-listen", &dst_addr, "--movers", "8"])
+            .args(["--etcd", etcd, "--name", "dst1", "--labels", "cloud", "--link-listen", &dst_addr, "--movers", "8"])
             .arg("--tls-dir")
             .arg(w.join("tls-dst"))
             .args(&worker_flags);
@@ -412,11 +422,7 @@ impl Bench<'_> {
                 .map_err(|e| run_err(format!("ferry-worker: {e}")))?,
         );
         let mut reader = self.sites.at_src(&worker);
-        reader
-            .args(["--etcd", &self.etcd, "--name", "src1", "--labels", "onprem", "--movers", "8"])
-            .arg("--tls-dir")
-            .arg(w.join("tls-src"))
-            .args(&worker_flags);
+        reader.args(["--etcd", etcd, "--name", "src1", "--labels", "onprem", "--movers", "8"]).arg("--tls-dir").arg(w.join("tls-src")).args(&worker_flags);
         procs.0.push(
             reader
                 .stderr(std::fs::File::create(w.join(format!("{tool}-src.log"))).map_err(|e| run_err(e.to_string()))?)
@@ -427,8 +433,8 @@ impl Bench<'_> {
         let pids: Vec<u32> = procs.0.iter().map(|c| c.id()).collect();
         let before: f64 = pids.iter().map(|&p| crate::util::process_cpu_seconds(p, true).unwrap_or(0.0)).sum::<f64>() + children_cpu();
         let t0 = Instant::now();
-        let mut copy = self.sites.at_src(&self.o.bin_dir.join("ferry"));
-        copy.args(["copy", "--no-progress", "--json", "--etcd", &self.etcd, "--source-agents", "onprem", "--destination-agents", "cloud"])
+        let mut copy = self.sites.at_src(&bin_dir.join("ferry"));
+        copy.args(["copy", "--no-progress", "--json", "--etcd", etcd, "--source-agents", "onprem", "--destination-agents", "cloud"])
             .args(&copy_flags)
             .arg(&self.o.data)
             .arg(&self.dst);
@@ -573,6 +579,29 @@ impl Bench<'_> {
     }
 }
 
+/// Starts etcd (client port `port`, peer port `port + 1`) and a coordinator from `bin_dir` on
+/// the source side; returns etcd's client URL. `tag` keeps the data and log names apart.
+fn start_control(o: &LinkBenchOptions, sites: &Sites, bin_dir: &Path, port: u16, tag: &str, procs: &mut Procs) -> Result<String> {
+    let etcd_url = format!("http://{}:{port}", sites.src_addr());
+    let etcd_dir = o.work.join(format!("etcd{tag}"));
+    let _ = std::fs::remove_dir_all(&etcd_dir);
+    let mut etcd = sites.at_src(Path::new("etcd"));
+    let peer = format!("http://{}:{}", sites.src_addr(), port + 1);
+    let initial = format!("lb={peer}");
+    etcd.args(["--name", "lb", "--listen-client-urls", &etcd_url, "--advertise-client-urls", &etcd_url, "--listen-peer-urls", &peer])
+        .args(["--initial-advertise-peer-urls", &peer, "--initial-cluster", &initial, "--log-level", "error"])
+        .arg("--data-dir")
+        .arg(&etcd_dir);
+    procs.0.push(etcd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| run_err(format!("etcd: {e} (apt-get install etcd-server)")))?);
+    std::thread::sleep(Duration::from_secs(2));
+    let mut coord = sites.at_src(&bin_dir.join("ferry"));
+    coord.args(["coordinator", "--name", "lb", "--etcd", &etcd_url]);
+    let log = std::fs::File::create(o.work.join(format!("coordinator{tag}.log"))).map_err(|e| run_err(e.to_string()))?;
+    procs.0.push(coord.stderr(log).spawn().map_err(|e| run_err(format!("ferry coordinator: {e}")))?);
+    std::thread::sleep(Duration::from_secs(1));
+    Ok(etcd_url)
+}
+
 pub fn run(o: &LinkBenchOptions) -> Result<Vec<ToolRun>> {
     std::fs::create_dir_all(&o.work).map_err(|e| run_err(e.to_string()))?;
     let (files, bytes) = make_data(o)?;
@@ -606,43 +635,14 @@ pub fn run(o: &LinkBenchOptions) -> Result<Vec<ToolRun>> {
         let _ = std::fs::remove_dir_all(o.work.join(dir));
         ferry_worker::transport::link::pki::Identity::issue(&ca, name, 2).and_then(|id| id.save(&o.work.join(dir))).map_err(|e| run_err(e.to_string()))?;
     }
-    // etcd and a coordinator on the source side.
-    let etcd_url = format!("http://{}:23950", sites.src_addr());
+    // etcd and a coordinator on the source side; a second pair for the baseline build.
     let mut procs = Procs(Vec::new());
-    let etcd_dir = o.work.join("etcd");
-    let _ = std::fs::remove_dir_all(&etcd_dir);
-    let mut etcd = sites.at_src(Path::new("etcd"));
-    let peer = format!("http://{}:23951", sites.src_addr());
-    etcd.args([
-        "--name",
-        "lb",
-        "--listen-client-urls",
-        &etcd_url,
-        "--advertise-client-urls",
-        &etcd_url,
-        "--listen-peer-urls",
-        &peer,
-        "--initial-advertise-peer-urls",
-        &peer,
-        "--initial-cluster",
-        &format!("lb={peer}"),
-        "--log-level",
-        "error",
-    ])
-    .arg("--data-dir")
-    .arg(&etcd_dir);
-    procs.0.push(etcd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| run_err(format!("etcd: {e} (apt-get install etcd-server)")))?);
-    std::thread::sleep(Duration::from_secs(2));
-    let mut coord = sites.at_src(&o.bin_dir.join("ferry"));
-    coord.args(["coordinator", "--name", "lb", "--etcd", &etcd_url]);
-    procs.0.push(
-        coord
-            .stderr(std::fs::File::create(o.work.join("coordinator.log")).map_err(|e| run_err(e.to_string()))?)
-            .spawn()
-            .map_err(|e| run_err(format!("ferry coordinator: {e}")))?,
-    );
-    std::thread::sleep(Duration::from_secs(1));
-    let bench = Bench { o, sites, etcd: etcd_url, dst: o.work.join("dst"), bytes };
+    let etcd_url = start_control(o, &sites, &o.bin_dir, 23950, "", &mut procs)?;
+    let baseline_etcd = match &o.baseline_bin_dir {
+        Some(dir) => Some(start_control(o, &sites, dir, 23960, "-baseline", &mut procs)?),
+        None => None,
+    };
+    let bench = Bench { o, sites, etcd: etcd_url, baseline_etcd, dst: o.work.join("dst"), bytes };
     let machine_cc = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control").map(|s| s.trim().to_string()).unwrap_or_else(|_| "bbr".into());
     let mut runs = Vec::new();
     let n = o.tools.len();

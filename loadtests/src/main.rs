@@ -332,6 +332,8 @@ fn bench_preset(scenario: BenchScenario, a: BenchArgs) -> Result<i32> {
         lan: scenario == BenchScenario::Lan,
         lan_mtu: 1500,
         bin_dir,
+        // `--baseline DIR/ferry`: that build's ferry-worker sits next to it.
+        baseline_bin_dir: a.baseline.as_ref().and_then(|b| b.parent()).map(std::path::Path::to_path_buf),
         out: Some(out),
         repeat: runs as u32,
     };
@@ -398,6 +400,11 @@ struct LinkBenchArgs {
     /// Directory with the release `ferry` and `ferry-worker` binaries.
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Directory with an earlier build's `ferry` and `ferry-worker`, run as the
+    /// `ferry-baseline[-variant]` tools (own etcd and coordinator) for a before/after
+    /// comparison in one interleaved run.
+    #[arg(long)]
+    baseline_bin_dir: Option<PathBuf>,
     /// Write the results as JSON here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -422,6 +429,7 @@ fn cmd_link_bench(a: LinkBenchArgs) -> Result<i32> {
         lan: a.lan,
         lan_mtu: a.lan_mtu,
         bin_dir,
+        baseline_bin_dir: a.baseline_bin_dir,
         out: a.out,
         repeat: a.repeat.max(1),
     };

@@ -232,7 +232,8 @@ impl Handler<StopClaiming> for MoverActor {
 
 async fn mover_loop(shared: Arc<MoverShared>, index: usize) {
     let limits = shared.ctx.options().limits.clone();
-    let mut buf = Some(vec![0u8; limits.chunk_size as usize]);
+    // Grown by what uses it, to the size the content needs (see `location::crc_of`).
+    let mut buf = Some(Vec::new());
     let mut backoff = Duration::from_millis(50);
     let meta_key = shared.queue.keys().meta();
     loop {

@@ -59,6 +59,8 @@ struct Inner {
     leases: HashMap<LeaseId, Lease>,
     history: VecDeque<WatchEvent>,
     history_bytes: usize,
+    /// Bound on `history_bytes`; 0 means [`EVENT_HISTORY_BYTES`].
+    history_cap: usize,
     /// Highest revision with events dropped from `history`; watches must start above it.
     compacted_through: Revision,
     watchers: Vec<Watcher>,
@@ -81,6 +83,13 @@ impl Default for MemStore {
 impl MemStore {
     pub fn new() -> Self {
         Self::from_inner(Inner { next_lease: 1, ..Default::default() })
+    }
+
+    /// A store whose watch history holds about `bytes` of keys and values. A process whose
+    /// watchers all run beside the store (embedded `ferry copy`) replays little, and memory
+    /// it does not keep is memory the copy can use.
+    pub fn with_history_bytes(bytes: usize) -> Self {
+        Self::from_inner(Inner { next_lease: 1, history_cap: bytes.max(1), ..Default::default() })
     }
 
     /// A store that starts from `kvs` (all unleased) at `revision` and hands every change to
@@ -219,7 +228,8 @@ impl Inner {
         });
         self.history_bytes += event.kv.key.len() + event.kv.value.len();
         self.history.push_back(event);
-        while self.history.len() > EVENT_HISTORY || self.history_bytes > EVENT_HISTORY_BYTES {
+        let cap = if self.history_cap == 0 { EVENT_HISTORY_BYTES } else { self.history_cap };
+        while self.history.len() > EVENT_HISTORY || self.history_bytes > cap {
             let Some(old) = self.history.pop_front() else {
                 break;
             };

@@ -2,6 +2,7 @@ use clap::Parser;
 use ferry_coordinator::cli::{run, Cli};
 
 fn main() {
+    ferry_common::process::tune();
     // A bug must still end in one readable line, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
         let msg = info.payload().downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| info.payload().downcast_ref::<String>().cloned()).unwrap_or_default();

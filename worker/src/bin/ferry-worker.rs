@@ -70,6 +70,7 @@ fn fail(msg: &str) -> ! {
 }
 
 fn main() {
+    ferry_common::process::tune();
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {

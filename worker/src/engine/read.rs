@@ -15,6 +15,8 @@
 //! writer reports.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use ferry_common::crc;
@@ -96,7 +98,7 @@ impl Batch {
 }
 
 /// What the reader knows of an announced entry.
-struct Announced {
+struct Announced<'a> {
     size: u64,
     mtime: Timestamp,
     /// The byte range this stream sends: the whole file, or its range.
@@ -104,6 +106,45 @@ struct Announced {
     end: u64,
     /// CRC32C of `[start, end)` once sent.
     crc: u32,
+    /// The source, when announcing it opened it (see [`HeldSource`]).
+    source: Option<HeldSource<'a>>,
+}
+
+/// Sources held open between their HEADER and their data, across every reader of the
+/// process. Where opening is cheap (a local tree), the header is read from the open file: one
+/// `fstat` and one `flistxattr` on the descriptor instead of a stat by name, an xattr listing by
+/// path and a later open. The budget keeps batches of thousands of entries from holding a
+/// descriptor each; past it, entries are opened when their data is sent.
+static HELD_SOURCES: AtomicUsize = AtomicUsize::new(0);
+
+fn held_budget() -> usize {
+    static BUDGET: OnceLock<usize> = OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes into the struct it is given.
+        let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 { lim.rlim_cur as usize } else { 1024 };
+        (soft / 4).clamp(64, 8192)
+    })
+}
+
+/// A place in the budget, given back when dropped.
+struct Slot;
+
+impl Slot {
+    fn reserve() -> Option<Slot> {
+        HELD_SOURCES.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < held_budget()).then_some(n + 1)).ok().map(|_| Slot)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        HELD_SOURCES.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+struct HeldSource<'a> {
+    source: Box<dyn Source + 'a>,
+    _slot: Slot,
 }
 
 /// The error for a REJECT from the writer; damaged data and a busy writer are worth another
@@ -139,7 +180,7 @@ struct Sender<'a, 'w> {
     wire: &'w mut dyn Wire,
     batch: &'a mut Batch,
     buf: &'a mut Vec<u8>,
-    announced: HashMap<u64, Announced>,
+    announced: HashMap<u64, Announced<'a>>,
     /// Ended, waiting for DONE.
     awaiting: HashSet<u64>,
     /// Ranges to send again: (id, from).
@@ -158,7 +199,7 @@ pub fn send_batch(ctx: &ExecContext, settings: &SendSettings, wire: &mut dyn Wir
     s.run()
 }
 
-impl Sender<'_, '_> {
+impl<'a> Sender<'a, '_> {
     fn run(&mut self) -> Result<(), LinkError> {
         self.wire.send(Frame::Hello(Hello { exec: self.ctx.spec.id.clone(), agent: self.settings.agent.to_string() }))?;
         let pending: Vec<u64> = (0..self.batch.entries.len() as u64).filter(|&i| self.batch.settled[i as usize].is_none()).collect();
@@ -180,8 +221,8 @@ impl Sender<'_, '_> {
                 .ok_or_else(|| LinkError::Down(format!("no answer from the writer within {} s", ANSWER_TIMEOUT.as_secs())))?;
             match frame {
                 Frame::Ack { id, offset, status: status::RESUME_AT } if unanswered.remove(&id) => to_send.push((id, offset)),
-                Frame::Ack { id, status: status::CURRENT, .. } if unanswered.remove(&id) => self.batch.settle(id, Settled::Current),
-                Frame::Reject { id, code, message } if unanswered.remove(&id) => self.batch.settle(id, Settled::Failed(rejected(code, message))),
+                Frame::Ack { id, status: status::CURRENT, .. } if unanswered.remove(&id) => self.settle_unsent(id, Settled::Current),
+                Frame::Reject { id, code, message } if unanswered.remove(&id) => self.settle_unsent(id, Settled::Failed(rejected(code, message))),
                 other => self.unexpected(other)?,
             }
         }
@@ -248,13 +289,30 @@ impl Sender<'_, '_> {
     }
 
     /// The HEADER for entry `id`, from a fresh look at the source.
-    fn header(&mut self, id: u64) -> Result<(FileHeader, Announced), FerryError> {
+    /// Settles an entry whose data will not be sent, closing its source if it was held.
+    fn settle_unsent(&mut self, id: u64, s: Settled) {
+        if let Some(a) = self.announced.get_mut(&id) {
+            a.source = None;
+        }
+        self.batch.settle(id, s);
+    }
+
+    fn header(&mut self, id: u64) -> Result<(FileHeader, Announced<'a>), FerryError> {
         let ctx = self.ctx;
         let src = ctx.src()?;
         let rel = self.batch.entries[id as usize].path.clone();
         let rel = &rel;
         let listed = self.batch.entries[id as usize].kind;
-        let meta = src.stat(rel)?.ok_or_else(|| source_changed(src.describe(rel), "it was removed"))?;
+        let mut held = None;
+        if listed == EntryKind::File && src.capabilities().cheap_stat {
+            if let Some(slot) = Slot::reserve() {
+                held = Some(HeldSource { source: src.open(rel, 0)?, _slot: slot });
+            }
+        }
+        let meta = match &held {
+            Some(h) => h.source.meta().clone(),
+            None => src.stat(rel)?.ok_or_else(|| source_changed(src.describe(rel), "it was removed"))?,
+        };
         let kind = meta.kind();
         let Some(hk) = header_kind(kind) else {
             return Err(source_changed(src.describe(rel), "it became a directory"));
@@ -272,7 +330,11 @@ impl Sender<'_, '_> {
         let crc32c =
             if kind == EntryKind::File && entry.compare_checksum && self.batch.part.is_none() { Some(src.checksum(rel, &meta, self.buf)?.0) } else { None };
         // Linux refuses user.* xattrs on symlinks, so they carry none.
-        let xattrs = if ctx.keeps_xattrs() && kind != EntryKind::Symlink { src.xattrs(rel)? } else { Vec::new() };
+        let xattrs = match &mut held {
+            _ if !ctx.keeps_xattrs() || kind == EntryKind::Symlink => Vec::new(),
+            Some(h) => h.source.xattrs()?,
+            None => src.xattrs(rel)?,
+        };
         if xattrs.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() > MAX_XATTR_BYTES {
             return Err(FerryError::new(
                 ErrorKind::Unsupported,
@@ -313,7 +375,7 @@ impl Sender<'_, '_> {
             tags,
             xattrs: xattrs.into_iter().map(|(k, v)| (serde_bytes::ByteBuf::from(k), serde_bytes::ByteBuf::from(v))).collect(),
         };
-        Ok((h, Announced { size, mtime: mt, start, end, crc: 0 }))
+        Ok((h, Announced { size, mtime: mt, start, end, crc: 0, source: held }))
     }
 
     /// Sends entry `id` from byte `from`, then END. A source that changed meanwhile settles the
@@ -354,7 +416,8 @@ impl Sender<'_, '_> {
             return Ok(Err(source_changed(src.describe(rel), "not announced")));
         };
         let (size, mtime, start, end) = (a.size, a.mtime, a.start, a.end);
-        let mut source = match src.open(rel, from.clamp(start, end)) {
+        let held = self.announced.get_mut(&id).and_then(|a| a.source.take());
+        let mut source = match held.map(|h| Ok(h.source)).unwrap_or_else(|| src.open(rel, from.clamp(start, end))) {
             Ok(s) => s,
             Err(e) => return Ok(Err(e)),
         };

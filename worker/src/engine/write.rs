@@ -181,7 +181,6 @@ impl<'a> Writer<'a> {
     /// `ctx` must reach the destination. `check_chunks`: the reader is another process.
     pub fn new(ctx: &'a ExecContext, check_chunks: bool) -> Result<Self, FerryError> {
         let dst = ctx.dst()?.as_ref();
-        let chunk = ctx.options().limits.chunk_size as usize;
         let rules = Rules::new(ctx.options(), ctx.keeps_owner() && dst.capabilities().ownership);
         Ok(Writer {
             ctx,
@@ -190,7 +189,8 @@ impl<'a> Writer<'a> {
             check_chunks,
             open: HashMap::new(),
             staged: Vec::new(),
-            buf: vec![0; chunk.max(64 << 10)],
+            // Grown on first use to what the read-backs need.
+            buf: Vec::new(),
             held: HashMap::new(),
             stats: WriterStats::default(),
         })

@@ -442,8 +442,10 @@ impl<T: Location + ?Sized> LocationExt for T {}
 /// CRC32C of `[start, start + len)` of a source, skipping holes without reading them.
 pub fn crc_of(src: &mut dyn Source, start: u64, len: u64, buf: &mut Vec<u8>) -> Result<u32, FerryError> {
     use ferry_common::crc;
-    if buf.len() < 64 << 10 {
-        buf.resize(1 << 20, 0);
+    // As large as the content needs, up to 1 MiB: small files keep small buffers.
+    let want = (len.min(1 << 20) as usize).max(64 << 10);
+    if buf.len() < want {
+        buf.resize(want, 0);
     }
     let end = start + len;
     let mut acc = 0u32;
