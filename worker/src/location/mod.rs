@@ -367,7 +367,9 @@ pub trait Location: Send + Sync {
     /// Ids of unfinished multipart writes to `rel`, oldest first.
     fn pending_multiparts(&self, rel: &[u8]) -> Result<Vec<String>, FerryError>;
     fn list_parts(&self, rel: &[u8], upload: &str) -> Result<Vec<StoredPart>, FerryError>;
-    /// Stages the finished multipart write as one entry, as `done` describes it.
+    /// Stages the finished multipart write as one entry, as `done` describes it. The staged
+    /// entry's `crc32c` is what [`commit`] reads back at rest; a backend whose parts were each
+    /// read back when committed may leave it `None`.
     fn complete_multipart(&self, rel: &[u8], upload: &str, done: &Completed<'_>) -> Result<Staged, FerryError>;
     fn abort_multipart(&self, rel: &[u8], upload: &str) -> Result<(), FerryError>;
 }
