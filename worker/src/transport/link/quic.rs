@@ -380,8 +380,16 @@ impl FrameReader {
             }
             self.recv.read_exact(&mut fixed).await.map_err(lost)?;
             let f = frame::decode_chunk_fields(&fixed, len - fixed.len())?;
-            let mut data = vec![0u8; len - fixed.len()];
-            self.recv.read_exact(&mut data).await.map_err(lost)?;
+            // Appended from the stream's own chunks: one copy, and no zeroing first.
+            let want = len - fixed.len();
+            let mut data = Vec::with_capacity(want);
+            while data.len() < want {
+                match self.recv.read_chunk(want - data.len(), true).await {
+                    Ok(Some(c)) => data.extend_from_slice(&c.bytes),
+                    Ok(None) => return Err(lost(quinn::ReadExactError::FinishedEarly(data.len()))),
+                    Err(e) => return Err(lost(quinn::ReadExactError::ReadError(e))),
+                }
+            }
             return Ok(Some(Frame::Chunk { id: f.id, offset: f.offset, crc32c: f.crc32c, compressed: f.compressed, raw_len: f.raw_len, data }));
         }
         self.buf.clear();
