@@ -2,9 +2,10 @@
 //! times interleaved, measure wall/CPU/RSS, sanity-check the copies, report.
 //!
 //! Method, and why:
-//! * Runs are interleaved (ferry, cp, rsync, ..., ferry, cp, ...) so slow
-//!   drift (thermal, background writeback) spreads over all tools instead of
-//!   penalising whichever ran last.
+//! * Runs are interleaved, one run of every tool per round, with the order
+//!   rotated each round, so slow drift (thermal, background writeback) and the
+//!   cost of following a particular tool spread over all tools instead of
+//!   penalising whichever always ran last or after the heaviest.
 //! * The destination is removed before every run and `sync(2)` is called
 //!   (untimed) so the deletion's and the previous run's dirty pages are not
 //!   flushed on the next tool's clock.
