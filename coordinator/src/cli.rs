@@ -366,6 +366,10 @@ pub struct TransferArgs {
 pub struct VerifyArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    /// The only mode `ferry verify` has, accepted so DataSync's wording works: compare both
+    /// complete trees as they are now.
+    #[arg(long, value_enum, default_value = "point-in-time-consistent")]
+    pub verify: VerifyArg,
 }
 
 /// A usage or configuration problem: exit code 2.
@@ -613,6 +617,12 @@ pub fn run(cli: Cli) -> i32 {
     let (mode, common, transfer) = match &cli.command {
         Command::Copy(t) => (Mode::Copy, &t.common, Some(t)),
         Command::Sync(t) => (Mode::Sync, &t.common, Some(t)),
+        Command::Verify(v) if v.verify != VerifyArg::PointInTimeConsistent => {
+            return exit_on_usage(Err(UsageError(format!(
+                "ferry verify always compares both complete trees (--verify point-in-time-consistent); --verify {} belongs to copy and sync",
+                v.verify.to_possible_value().map(|p| p.get_name().to_owned()).unwrap_or_default()
+            ))));
+        }
         Command::Verify(v) => (Mode::Verify, &v.common, None),
         Command::Coordinator(args) => return run_coordinator_daemon(args),
         Command::Workers(args) => return exit_on_usage(runtime().block_on(workers_command(args))),

@@ -210,6 +210,16 @@ fn bad_verify_mode_is_reported() {
     assert_usage_error(&out, &["sometimes"]);
 }
 
+/// `ferry verify` compares whole trees; a weaker mode there is a mistake, not a request.
+#[test]
+fn verify_with_a_mode_other_than_point_in_time_is_refused() {
+    let (t, src) = setup();
+    let dst = t.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let out = ferry_in(t.path(), &[&"verify", &src, &dst, &"--verify", &"none"]);
+    assert_usage_error(&out, &["ferry verify", "point-in-time-consistent", "--verify none", "copy and sync"]);
+}
+
 #[test]
 fn non_numeric_movers_is_reported() {
     let (t, src) = setup();

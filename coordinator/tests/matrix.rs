@@ -141,7 +141,7 @@ fn fidelity(t: &Transport, cell: &Cell) {
     check_destination(cell, "after the sync");
 
     eprintln!("[{}] verify", cell.name);
-    let clean = run_ok(t, cell, t.ferry("verify", &cell.src, &cell.dst).arg("--json"));
+    let clean = run_ok(t, cell, t.ferry("verify", &cell.src, &cell.dst).args(["--json", "--verify", "point-in-time-consistent"]));
     assert_eq!(counter(&clean, "files_failed"), 0, "[{}] {clean}", cell.name);
     assert!(counter(&clean, "files_verified") > 0, "[{}] {clean}", cell.name);
     inject_difference(cell);
