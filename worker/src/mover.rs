@@ -34,7 +34,7 @@ enum Route {
     /// This agent reaches the destination itself.
     InProcess,
     /// Over QUIC, to the agents that reach it.
-    Remote { writers: Vec<WriterAgent>, start: usize },
+    Remote { writers: Vec<WriterAgent>, start: usize, store: SharedStore },
 }
 
 /// Runs `f` with the connector, the destination and the send settings of `route`.
@@ -44,9 +44,11 @@ fn with_route<T>(ctx: &ExecContext, link: &LinkAgent, route: &Route, f: impl FnO
             let settings = SendSettings { agent: &link.name, compress: false, rate: &ctx.rate };
             Ok(f(&InProcess { ctx }, &Direct(ctx.dst()?.as_ref()), &settings))
         }
-        Route::Remote { writers, start } => {
+        Route::Remote { writers, start, store } => {
             let client = link.client.as_ref().ok_or_else(|| no_certificate(link))?;
-            let connector = Remote { client, writers: writers.clone(), start: *start };
+            // Connectors run on the blocking pool, where the runtime's handle may block.
+            let lookup = || tokio::runtime::Handle::try_current().ok().and_then(|rt| rt.block_on(find_writers(store, &ctx.spec)).ok());
+            let connector = Remote::new(client, writers.clone(), *start, Some(&lookup));
             let dest = RemoteDest { connector: &connector, exec: ctx.spec.id.clone(), agent: link.name.clone(), uri: ctx.spec.destination.clone() };
             let settings = SendSettings { agent: &link.name, compress: ctx.spec.link.compress, rate: &link.rate };
             Ok(f(&connector, &dest, &settings))
@@ -70,7 +72,7 @@ async fn route(shared: &MoverShared, shard: &Shard) -> Result<Route, FerryError>
                 return Err(no_certificate(&shared.link));
             }
             let writers = find_writers(shared.queue.store(), &shared.ctx.spec).await?;
-            Ok(Route::Remote { writers, start: crc32c::crc32c(shard.id.as_bytes()) as usize })
+            Ok(Route::Remote { writers, start: crc32c::crc32c(shard.id.as_bytes()) as usize, store: shared.queue.store().clone() })
         }
     }
 }

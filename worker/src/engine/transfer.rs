@@ -9,7 +9,6 @@ use ferry_common::model::{Entry, EntryKind, EntryStatus};
 
 use super::read::{send_batch, Batch, SendSettings, Settled};
 use super::{dry_run, ExecContext, Line, Outcome, Retries};
-use crate::transport::frame::Code;
 use crate::transport::wire::LinkError;
 use crate::transport::Connector;
 
@@ -40,9 +39,10 @@ pub fn send_with_retries(
         let result = connector.open(tries).and_then(|mut wire| send_batch(ctx, settings, wire.as_mut(), batch, buf));
         tries += 1;
         // A writer that does not know the execution yet is joining it (it just started, or
-        // came back after a crash): wait for it like for a link that is down.
+        // came back after a crash), and one that lost its lease is rejoining: wait for it
+        // like for a link that is down.
         let result = match result {
-            Err(LinkError::Refused(e)) if e.code == Code::UnknownExecution => Err(LinkError::Down(e.to_string())),
+            Err(LinkError::Refused(e)) if e.code.is_transient() => Err(LinkError::Down(e.to_string())),
             other => other,
         };
         match result {

@@ -219,7 +219,7 @@ impl<'a> Writer<'a> {
             return self.chunk(id, offset, crc32c, compressed, raw_len, &data);
         }
         if self.ctx.fence().is_err() {
-            return Err(perr(Code::Io, "this writer lost its cluster lease; reconnect to another writer"));
+            return Err(perr(Code::LeaseLost, "this writer lost its cluster lease; it rejoins, or another writer takes over: reconnect"));
         }
         let replies = match frame {
             Frame::Header(h) => vec![self.header(h)],
@@ -350,7 +350,7 @@ impl<'a> Writer<'a> {
     #[allow(clippy::too_many_arguments)]
     pub fn chunk(&mut self, id: u64, offset: u64, crc32c: u32, compressed: bool, raw_len: u32, data: &[u8]) -> Result<Vec<Frame>, ProtocolError> {
         if self.ctx.fence().is_err() {
-            return Err(perr(Code::Io, "this writer lost its cluster lease; reconnect to another writer"));
+            return Err(perr(Code::LeaseLost, "this writer lost its cluster lease; it rejoins, or another writer takes over: reconnect"));
         }
         let hooks_corrupt = self.ctx.hooks.corrupts(self.open.get(&id).map_or(&[][..], |f| &f.header.path[..]));
         let Some(f) = self.open.get_mut(&id) else {

@@ -73,6 +73,7 @@ pub enum Code {
     OutOfOrder = 8,
     Limit = 9,
     UnknownExecution = 10,
+    LeaseLost = 11,
 }
 
 impl Code {
@@ -88,8 +89,16 @@ impl Code {
             8 => Code::OutOfOrder,
             9 => Code::Limit,
             10 => Code::UnknownExecution,
+            11 => Code::LeaseLost,
             _ => return None,
         })
+    }
+
+    /// The writer is joining the execution, or rejoining the cluster after its lease
+    /// expired: a reader waits and reconnects as for a link that is down, without spending
+    /// an attempt.
+    pub fn is_transient(self) -> bool {
+        matches!(self, Code::UnknownExecution | Code::LeaseLost)
     }
 }
 
@@ -726,6 +735,7 @@ mod tests {
             Code::OutOfOrder,
             Code::Limit,
             Code::UnknownExecution,
+            Code::LeaseLost,
         ] {
             assert_eq!(Code::from_u16(code as u16), Some(code));
         }

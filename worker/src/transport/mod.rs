@@ -64,28 +64,117 @@ pub struct WriterAgent {
     pub addr: std::net::SocketAddr,
 }
 
-/// Dials the writers of an execution over QUIC. It stays with one writer across a few
-/// reconnects (its partial files are there) and then moves on to the next.
+/// Looks up the writers of an execution again (`None` when the Store cannot answer now).
+pub type WriterLookup<'a> = &'a (dyn Fn() -> Option<Vec<WriterAgent>> + Send + Sync);
+
+/// Dials the writers of an execution over QUIC, choosing each time by [`WriterChoice`].
 pub struct Remote<'a> {
-    pub client: &'a link::quic::LinkClient,
-    pub writers: Vec<WriterAgent>,
-    /// Where this shard starts in the writer list, so shards spread over all writers.
-    pub start: usize,
+    client: &'a link::quic::LinkClient,
+    choice: std::sync::Mutex<WriterChoice>,
+    lookup: Option<WriterLookup<'a>>,
+}
+
+impl<'a> Remote<'a> {
+    /// `writers` as the shard found them, `start` where this shard begins in that list (so
+    /// shards spread over all writers), and `lookup` to find them again.
+    pub fn new(client: &'a link::quic::LinkClient, writers: Vec<WriterAgent>, start: usize, lookup: Option<WriterLookup<'a>>) -> Self {
+        Remote { client, choice: std::sync::Mutex::new(WriterChoice { writers, start }), lookup }
+    }
 }
 
 /// Reconnects to the same writer before moving on to another.
 const TRIES_PER_WRITER: u32 = 8;
 
+/// Which writer a reader dials on each attempt. It stays with one writer across a few
+/// reconnects (its partial files are there), then moves on to the next. The list is looked up
+/// again when it is empty (every writer was between leases) and whenever the reader moves on,
+/// so a writer that rejoined, or a new one, is found without giving the shard up.
+#[derive(Debug)]
+pub struct WriterChoice {
+    pub writers: Vec<WriterAgent>,
+    pub start: usize,
+}
+
+impl WriterChoice {
+    pub fn pick(&mut self, attempt: u32, lookup: Option<WriterLookup<'_>>) -> Option<WriterAgent> {
+        if self.writers.is_empty() || (attempt > 0 && attempt.is_multiple_of(TRIES_PER_WRITER)) {
+            if let Some(found) = lookup.and_then(|lookup| lookup()) {
+                self.writers = found;
+            }
+        }
+        let n = self.writers.len();
+        (n > 0).then(|| self.writers[(self.start + (attempt / TRIES_PER_WRITER) as usize) % n].clone())
+    }
+}
+
 impl Connector for Remote<'_> {
     fn open(&self, attempt: u32) -> Result<Box<dyn Wire + '_>, LinkError> {
-        if self.writers.is_empty() {
-            return Err(LinkError::Down("no agent that reaches the destination is online with a link address".into()));
-        }
-        let w = &self.writers[(self.start + (attempt / TRIES_PER_WRITER) as usize) % self.writers.len()];
+        let w = self
+            .choice
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pick(attempt, self.lookup)
+            .ok_or_else(|| LinkError::Down("no agent that reaches the destination is online with a link address".into()))?;
         Ok(Box::new(self.client.open(w.addr, &w.name)?))
     }
 
     fn remote(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn agent(name: &str, port: u16) -> WriterAgent {
+        WriterAgent { name: name.into(), addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)) }
+    }
+
+    #[test]
+    fn an_empty_list_is_looked_up_again_on_every_attempt_until_a_writer_is_back() {
+        let calls = AtomicUsize::new(0);
+        let lookup = || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            // The Store cannot answer once, then the rejoined writer is back.
+            match n {
+                0 => None,
+                1 => Some(Vec::new()),
+                _ => Some(vec![agent("w2", 7000)]),
+            }
+        };
+        let mut choice = WriterChoice { writers: Vec::new(), start: 5 };
+        assert!(choice.pick(0, Some(&lookup)).is_none());
+        assert!(choice.pick(1, Some(&lookup)).is_none());
+        assert_eq!(choice.pick(2, Some(&lookup)).map(|w| w.name), Some("w2".to_string()));
+        // Found: no more lookups while the reader stays with that writer.
+        assert_eq!(choice.pick(3, Some(&lookup)).map(|w| w.name), Some("w2".to_string()));
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn moving_on_to_another_writer_refreshes_the_list() {
+        let calls = AtomicUsize::new(0);
+        let lookup = || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Some(vec![agent("w2", 7000), agent("w4", 7001)])
+        };
+        let mut choice = WriterChoice { writers: vec![agent("w2", 7000)], start: 0 };
+        for attempt in 0..TRIES_PER_WRITER {
+            assert_eq!(choice.pick(attempt, Some(&lookup)).unwrap().name, "w2");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "no lookup while the first writer is retried");
+        assert_eq!(choice.pick(TRIES_PER_WRITER, Some(&lookup)).unwrap().name, "w4", "the writer that joined later is dialled next");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn without_a_lookup_the_first_list_is_kept() {
+        let mut choice = WriterChoice { writers: Vec::new(), start: 0 };
+        assert!(choice.pick(0, None).is_none());
+        let mut choice = WriterChoice { writers: vec![agent("a", 1), agent("b", 2)], start: 1 };
+        assert_eq!(choice.pick(0, None).unwrap().name, "b");
+        assert_eq!(choice.pick(TRIES_PER_WRITER, None).unwrap().name, "a");
     }
 }

@@ -55,7 +55,7 @@ impl RemoteDest<'_> {
                 Ok(Response::Failed(e)) => return Err(e),
                 Ok(r) => return Ok(r),
                 Err(LinkError::Down(why)) => why,
-                Err(LinkError::Refused(e)) if e.code == Code::UnknownExecution => e.to_string(),
+                Err(LinkError::Refused(e)) if e.code.is_transient() => e.to_string(),
                 Err(LinkError::Refused(e)) => return Err(FerryError::new(ErrorKind::Other, format!("destination agent refused a request: {e}"))),
             };
             if started.elapsed() >= RETRY_FOR {
