@@ -12,13 +12,36 @@ use super::{dry_run, ExecContext, Line, Outcome, Retries};
 use crate::transport::wire::LinkError;
 use crate::transport::Connector;
 
-/// How long a reader keeps reconnecting before it gives the shard back as failed (to be
-/// retried as a new attempt). A link cut shorter than this resumes transparently.
+/// How long a reader keeps reconnecting, from the first failure without progress, before it
+/// gives the shard back as failed (to be retried as a new attempt). A link cut shorter than
+/// this resumes transparently.
 pub const RECONNECT_FOR: Duration = Duration::from_secs(120);
 
 /// The worker lost its lease while sending.
 #[derive(Debug)]
 pub struct Abandoned;
+
+/// How long the link has been down for one batch. The window starts at the first failure,
+/// not when the batch started (a long transfer before a cut must not eat into it), and starts
+/// again once a reconnect settles more entries.
+#[derive(Debug, Default)]
+pub struct Outage {
+    since: Option<(Instant, usize)>,
+}
+
+impl Outage {
+    /// Records a failure at `now` with `settled` entries answered so far; returns how long
+    /// the link has been down.
+    pub fn down(&mut self, now: Instant, settled: usize) -> Duration {
+        match self.since {
+            Some((start, before)) if settled == before => now.saturating_duration_since(start),
+            _ => {
+                self.since = Some((now, settled));
+                Duration::ZERO
+            }
+        }
+    }
+}
 
 /// Sends one batch over streams from `connector`, reconnecting while the link is down.
 /// Returns the last error for entries left unsettled.
@@ -29,7 +52,7 @@ pub fn send_with_retries(
     batch: &mut Batch,
     buf: &mut Vec<u8>,
 ) -> Result<Option<FerryError>, Abandoned> {
-    let started = Instant::now();
+    let mut outage = Outage::default();
     let mut backoff = Duration::from_millis(200);
     let mut tries = 0u32;
     while !batch.is_settled() {
@@ -48,7 +71,8 @@ pub fn send_with_retries(
         match result {
             Ok(()) => {}
             Err(LinkError::Down(why)) => {
-                if started.elapsed() >= RECONNECT_FOR {
+                let settled = batch.settled.iter().filter(|s| s.is_some()).count();
+                if outage.down(Instant::now(), settled) >= RECONNECT_FOR {
                     return Ok(Some(FerryError::new(
                         ErrorKind::Unavailable,
                         format!("link to the destination agents down for {} s: {why}", RECONNECT_FOR.as_secs()),
@@ -124,4 +148,23 @@ pub fn run_transfer(ctx: &ExecContext, connector: &dyn Connector, settings: &Sen
     }
     retries.finish(&mut out);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_outage_window_starts_at_the_first_failure_and_again_after_progress() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut outage = Outage::default();
+        // The batch sent for 300 s before the first cut: none of that counts.
+        assert_eq!(outage.down(at(300), 10), Duration::ZERO);
+        assert_eq!(outage.down(at(350), 10), Duration::from_secs(50));
+        // A reconnect settled more entries, then the link fell again: a new window.
+        assert_eq!(outage.down(at(400), 12), Duration::ZERO);
+        assert_eq!(outage.down(at(520), 12), Duration::from_secs(120));
+        assert!(outage.down(at(521), 12) >= RECONNECT_FOR);
+    }
 }
