@@ -236,13 +236,22 @@ impl S3Server {
             std::thread::sleep(Duration::from_millis(50));
         }
         if flavor == S3Flavor::Moto {
-            // moto checks no signatures: a bare PUT creates the bucket.
+            // moto checks no signatures: a bare PUT creates the bucket. Its socket listens a
+            // moment before the app answers (a connection then closes with no reply), so
+            // the PUT is retried for a while.
             use std::io::{Read, Write};
-            let mut s = std::net::TcpStream::connect((host, port)).expect("connect to moto");
-            write!(s, "PUT /{} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", server.bucket).expect("create bucket");
             let mut resp = String::new();
-            let _ = s.read_to_string(&mut resp);
-            assert!(resp.starts_with("HTTP/1.1 200"), "moto refused to create the bucket: {resp}");
+            while !resp.starts_with("HTTP/1.1 200") {
+                assert!(Instant::now() < deadline, "moto refused to create the bucket: {resp:?}");
+                std::thread::sleep(Duration::from_millis(100));
+                resp.clear();
+                if let Ok(mut s) = std::net::TcpStream::connect((host, port)) {
+                    let put = format!("PUT /{} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", server.bucket);
+                    if s.write_all(put.as_bytes()).is_ok() {
+                        let _ = s.read_to_string(&mut resp);
+                    }
+                }
+            }
         }
         Some(server)
     }
