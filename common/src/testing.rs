@@ -285,3 +285,152 @@ impl Drop for S3Server {
         let _ = self.child.wait();
     }
 }
+
+/// A real NFS server for the NFS backend's tests: nfs-ganesha (Debian's `nfs-ganesha` and
+/// `nfs-ganesha-vfs`) exporting a directory of this machine over NFSv3 and NFSv4.1 on
+/// loopback, with explicit ports so no portmapper is consulted (rpcbind still runs: ganesha
+/// will not start without it). Needs root, as ganesha's VFS backend does.
+pub struct NfsServer {
+    /// The exported directory, on this machine's disk: tests check results there with
+    /// independent tools.
+    pub export: PathBuf,
+    pub nfs_port: u16,
+    pub mount_port: u16,
+    root: PathBuf,
+    /// Private servers are stopped on drop; the shared one outlives the test binary so the
+    /// next binary reuses it (.ci/run stops it at the end).
+    private: bool,
+}
+
+/// ganesha.nfsd, or `None` outside CI when it is not installed.
+fn ganesha_binary() -> Option<PathBuf> {
+    if let Some(p) = find_program("ganesha.nfsd").or_else(|| Some(PathBuf::from("/usr/bin/ganesha.nfsd")).filter(|p| p.exists())) {
+        return Some(p);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("nfs-ganesha is not installed; .ci/run installs nfs-ganesha, nfs-ganesha-vfs and rpcbind (under CI=true no test skips for lack of a server)");
+    }
+    eprintln!("skipping: nfs-ganesha is not installed (apt-get install nfs-ganesha nfs-ganesha-vfs rpcbind)");
+    None
+}
+
+impl NfsServer {
+    /// The one server every NFS test of the suite shares (ports 12049/12048, export under
+    /// /var/tmp/ferry-test-nfs), started by the first test that asks. Each test works in its
+    /// own directory of the export ([`NfsServer::fresh`]).
+    pub fn shared() -> Option<&'static NfsServer> {
+        static SHARED: std::sync::OnceLock<Option<NfsServer>> = std::sync::OnceLock::new();
+        SHARED
+            .get_or_init(|| {
+                ganesha_binary()?;
+                let server = NfsServer::at(PathBuf::from("/var/tmp/ferry-test-nfs"), 12049, 12048, false);
+                if std::net::TcpStream::connect(("127.0.0.1", server.nfs_port)).is_err() {
+                    server.start();
+                }
+                Some(server)
+            })
+            .as_ref()
+    }
+
+    /// A server of this test's own (stopped on drop), which it may stop and start.
+    pub fn private(nfs_port: u16, mount_port: u16) -> Option<NfsServer> {
+        ganesha_binary()?;
+        let root = std::env::temp_dir().join(format!("ferry-nfs-{}-{nfs_port}", std::process::id()));
+        let server = NfsServer::at(root, nfs_port, mount_port, true);
+        server.start();
+        Some(server)
+    }
+
+    fn at(root: PathBuf, nfs_port: u16, mount_port: u16, private: bool) -> NfsServer {
+        NfsServer { export: root.join("export"), nfs_port, mount_port, root, private }
+    }
+
+    /// Starts ganesha (and rpcbind if it is not running) and waits until both services
+    /// accept connections.
+    pub fn start(&self) {
+        let bin = ganesha_binary().expect("ganesha is installed");
+        std::fs::create_dir_all(&self.export).expect("create the export directory");
+        std::fs::create_dir_all(self.root.join("v4recov")).expect("create ganesha's recovery directory");
+        if std::net::TcpStream::connect(("127.0.0.1", 111)).is_err() {
+            let _ = Command::new("rpcbind").arg("-w").status();
+        }
+        let conf = format!(
+            "NFS_CORE_PARAM {{ Protocols=3,4; NFS_Port={}; MNT_Port={}; Enable_NLM=false; Enable_RQUOTA=false; Bind_addr=127.0.0.1; }}\n\
+             NFSV4 {{ Graceless=true; RecoveryBackend=fs; RecoveryRoot={}; Only_Numeric_Owners=true; }}\n\
+             EXPORT {{ Export_Id=1; Path={}; Pseudo=/export; Access_Type=RW; Squash=No_Root_Squash; SecType=sys; Protocols=3,4; Transports=TCP; FSAL {{ Name=VFS; }} }}\n",
+            self.nfs_port,
+            self.mount_port,
+            self.root.join("v4recov").display(),
+            self.export.display()
+        );
+        std::fs::write(self.root.join("ganesha.conf"), conf).expect("write ganesha.conf");
+        // Detached from the test: ganesha runs in the foreground (-F) of its own process.
+        Command::new(bin)
+            .arg("-F")
+            .arg("-f")
+            .arg(self.root.join("ganesha.conf"))
+            .arg("-L")
+            .arg(self.root.join("ganesha.log"))
+            .arg("-p")
+            .arg(self.root.join("ganesha.pid"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start ganesha.nfsd");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", self.nfs_port)).is_err() || std::net::TcpStream::connect(("127.0.0.1", self.mount_port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "ganesha did not start listening on ports {}/{}; see {}",
+                self.nfs_port,
+                self.mount_port,
+                self.root.join("ganesha.log").display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops ganesha (SIGKILL: a crash, not a clean shutdown) and waits until it is gone.
+    pub fn stop(&self) {
+        let Ok(pid) = std::fs::read_to_string(self.root.join("ganesha.pid")) else {
+            return;
+        };
+        let Ok(pid) = pid.trim().parse::<i32>() else {
+            return;
+        };
+        // SAFETY: kill(2) on the pid ganesha wrote for itself.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = std::fs::remove_file(self.root.join("ganesha.pid"));
+    }
+
+    /// A fresh, empty directory of the export for one test: its path on disk and its URI.
+    pub fn fresh(&self, name: &str) -> (PathBuf, String) {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let rel = format!("{name}-{}-{n}", std::process::id());
+        let dir = self.export.join(&rel);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create a test directory in the export");
+        let uri = self.uri(&rel);
+        (dir, uri)
+    }
+
+    /// The URI of `rel` in the export.
+    pub fn uri(&self, rel: &str) -> String {
+        format!("nfs://127.0.0.1{}/{rel}?nfsport={}&mountport={}", self.export.display(), self.nfs_port, self.mount_port)
+    }
+}
+
+impl Drop for NfsServer {
+    fn drop(&mut self) {
+        if self.private {
+            self.stop();
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}

@@ -44,3 +44,17 @@ fn s3_on_s3s_fs_passes_the_location_suite() {
 fn s3_on_moto_passes_the_location_suite() {
     s3_suite(S3Flavor::Moto, Quirks { no_full_object_crc: true, ..Quirks::default() });
 }
+
+#[test]
+fn nfs3_on_ganesha_passes_the_location_suite() {
+    use ferry_common::testing::NfsServer;
+    use ferry_worker::location::nfs::NfsLocation;
+    let Some(server) = NfsServer::shared() else {
+        return;
+    };
+    let fresh = |name: &str| -> Box<dyn Location> {
+        let (_, uri) = server.fresh(&format!("conformance-{name}"));
+        Box::new(NfsLocation::open(&uri).unwrap_or_else(|e| panic!("open {uri}: {e}")))
+    };
+    run_all(&fresh, Quirks { symlink_times_ignored: true, ..Quirks::default() });
+}

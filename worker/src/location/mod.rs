@@ -10,6 +10,7 @@
 pub mod conformance;
 pub mod empty;
 pub mod local;
+pub mod nfs;
 pub mod s3;
 
 use std::sync::Arc;
@@ -488,11 +489,18 @@ pub fn is_object_uri(uri: &str) -> bool {
     uri.starts_with("s3://")
 }
 
+/// Whether a location URI names an NFS export, spoken in user space.
+pub fn is_nfs_uri(uri: &str) -> bool {
+    uri.starts_with("nfs://")
+}
+
 /// What the location behind `uri` can hold.
 pub fn profile(uri: &str) -> Result<Profile, FerryError> {
     if is_object_uri(uri) {
         let url = s3::S3Url::parse(uri).map_err(FerryError::config)?;
         Ok(s3::profile(&url))
+    } else if is_nfs_uri(uri) {
+        Ok(nfs::profile())
     } else {
         Ok(local::profile())
     }
@@ -502,6 +510,8 @@ pub fn profile(uri: &str) -> Result<Profile, FerryError> {
 pub fn open(uri: &str, spec: &ExecutionSpec) -> Result<SharedLocation, FerryError> {
     if is_object_uri(uri) {
         Ok(Arc::new(s3::S3Location::open(uri, &spec.s3)?))
+    } else if is_nfs_uri(uri) {
+        Ok(Arc::new(nfs::NfsLocation::open(uri)?))
     } else {
         Ok(Arc::new(local::LocalLocation::open(&local_path(uri), &spec.id)?))
     }
@@ -514,6 +524,21 @@ pub fn local_path(uri: &str) -> std::path::PathBuf {
 
 /// Every temporary name ferry creates starts with this; source entries with it are ignored.
 pub const TEMP_PREFIX: &[u8] = b".ferry-tmp-";
+
+/// A short, fixed-length hash of a name, so temporary names fit even beside 255-byte names.
+fn name_hash(name: &[u8]) -> String {
+    let h = ((crc32c::crc32c(name) as u64) << 32) | crc32c::crc32c_append(0x2545_f491, name) as u64;
+    format!("{h:016x}")
+}
+
+/// The temporary name, in the same directory, under which `name` is written: `tag` says
+/// whose it is (a process's nonce, a source version, a multipart write), so debris of an
+/// interrupted attempt is found again by the attempt that can use it.
+pub(crate) fn temp_name(tag: &str, name: &[u8]) -> Vec<u8> {
+    let mut t = TEMP_PREFIX.to_vec();
+    t.extend_from_slice(format!("{tag}-{}", name_hash(name)).as_bytes());
+    t
+}
 
 /// How [`commit`] treats a batch: `--no-fsync` and `--verify none` reach every destination
 /// through here.

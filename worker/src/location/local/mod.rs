@@ -24,6 +24,7 @@ use ferry_common::error::{ErrorKind, FerryError};
 use ferry_common::model::{EntryKind, Timestamp};
 use ferry_common::paths;
 
+use super::temp_name;
 use super::{
     source_changed, Capabilities, Completed, Durable, Limits, Listed, Location, Meta, Page, Profile, Sink, Source, Special, Staged, StoredPart, Target, Token,
     Xattrs, TEMP_PREFIX,
@@ -186,18 +187,6 @@ pub struct LocalLocation {
     /// links) from another worker's running the same shard.
     nonce: String,
     is_root: bool,
-}
-
-/// A short, fixed-length hash of a name, so temporary names fit even beside 255-byte names.
-fn name_hash(name: &[u8]) -> String {
-    let h = ((crc32c::crc32c(name) as u64) << 32) | crc32c::crc32c_append(0x2545_f491, name) as u64;
-    format!("{h:016x}")
-}
-
-fn temp_name(tag: &str, name: &[u8]) -> Vec<u8> {
-    let mut t = TEMP_PREFIX.to_vec();
-    t.extend_from_slice(format!("{tag}-{}", name_hash(name)).as_bytes());
-    t
 }
 
 impl LocalLocation {

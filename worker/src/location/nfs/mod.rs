@@ -1,0 +1,1267 @@
+//! An NFSv3 export spoken in user space: no kernel mount, no root needed (unless the server
+//! insists on a privileged port), one pool of `nconnect` connections per agent with a request
+//! in flight on each.
+//!
+//! It keeps the local tree's protocol, over the wire: entries are written under a temporary
+//! name in their directory (`.ferry-tmp-…`) with UNSTABLE writes, get their metadata, are
+//! made durable by COMMIT (whose write verifier proves the server did not restart in between),
+//! are read back from the server (there is no client cache to answer instead) and renamed into
+//! place. Metadata operations are synchronous on an NFSv3 server (RFC 1813 §3.3), so published
+//! names need no flush of their own.
+//!
+//! What NFSv3 cannot carry: extended attributes and ACLs (no such calls), holes in what it
+//! reads (no SEEK_DATA: a sparse source is read whole, zeros included), times before 1970 or
+//! after 2106 (32-bit unsigned seconds).
+
+pub mod rpc;
+pub mod url;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ferry_common::error::{ErrorKind, FerryError};
+use ferry_common::model::{EntryKind, Timestamp};
+use ferry_common::paths;
+use futures::future::join_all;
+use nfs3_client::nfs3_types::mount::dirpath;
+use nfs3_client::nfs3_types::nfs3::*;
+use nfs3_client::nfs3_types::xdr_codec::Opaque;
+use nfs3_client::{MountClient, PortmapperClient};
+
+use self::rpc::{rpc, Conn, Fail, Pool};
+use self::url::NfsUrl;
+use super::{
+    source_changed, temp_name, Capabilities, Completed, Durable, Limits, Listed, Location, Meta, Page, Profile, Sink, Source, Special, Staged, StoredPart,
+    Target, Token, Xattrs, TEMP_PREFIX,
+};
+
+/// What an NFSv3 export holds: a POSIX tree without extended attributes.
+pub fn profile() -> Profile {
+    Profile {
+        capabilities: Capabilities {
+            hard_links: true,
+            holes: false,
+            xattrs: false,
+            special_files: true,
+            ownership: true,
+            ns_times: true,
+            dir_markers: true,
+            atomic_rename: true,
+            stored_checksum: false,
+            server_side_copy: false,
+            complete_listing: true,
+            cheap_stat: false,
+        },
+        limits: Limits { max_name_bytes: Some(255), ..Limits::default() },
+    }
+}
+
+/// How long a looked-up directory handle is trusted (see the local tree's `HANDLE_TTL`).
+const HANDLE_TTL: Duration = Duration::from_secs(2);
+const MAX_HANDLES: usize = 4096;
+/// Largest READ and WRITE, whatever the server offers: larger ones only add latency.
+const MAX_TRANSFER: u32 = 1 << 20;
+/// READDIRPLUS sizes: names per reply, and bytes of reply with their attributes.
+const DIRCOUNT: u32 = 32 << 10;
+const MAXCOUNT: u32 = 256 << 10;
+
+/// A file handle and its attributes.
+#[derive(Clone, Debug)]
+struct Found {
+    fh: nfs_fh3,
+    attr: fattr3,
+}
+
+pub fn kind_of(t: ftype3) -> EntryKind {
+    match t {
+        ftype3::NF3REG => EntryKind::File,
+        ftype3::NF3DIR => EntryKind::Dir,
+        ftype3::NF3LNK => EntryKind::Symlink,
+        ftype3::NF3FIFO => EntryKind::Fifo,
+        ftype3::NF3SOCK => EntryKind::Socket,
+        ftype3::NF3CHR => EntryKind::CharDev,
+        ftype3::NF3BLK => EntryKind::BlockDev,
+    }
+}
+
+fn type_bits(kind: EntryKind) -> u32 {
+    match kind {
+        EntryKind::Dir => libc::S_IFDIR,
+        EntryKind::Symlink => libc::S_IFLNK,
+        EntryKind::Fifo => libc::S_IFIFO,
+        EntryKind::Socket => libc::S_IFSOCK,
+        EntryKind::CharDev => libc::S_IFCHR,
+        EntryKind::BlockDev => libc::S_IFBLK,
+        EntryKind::File | EntryKind::HardLink => libc::S_IFREG,
+    }
+}
+
+fn time_of(t: nfstime3) -> Timestamp {
+    Timestamp { sec: t.seconds as i64, nsec: t.nseconds }
+}
+
+fn nfs_time(t: Timestamp) -> nfstime3 {
+    nfstime3 { seconds: t.sec.clamp(0, u32::MAX as i64) as u32, nseconds: t.nsec }
+}
+
+fn meta_of(a: &fattr3) -> Meta {
+    let kind = kind_of(a.type_);
+    Meta {
+        kind: Some(kind),
+        size: if kind == EntryKind::File { a.size } else { 0 },
+        mtime: time_of(a.mtime),
+        atime: Some(time_of(a.atime)),
+        mode: Some(type_bits(kind) | (a.mode & 0o7777)),
+        uid: Some(a.uid),
+        gid: Some(a.gid),
+        rdev: if matches!(kind, EntryKind::CharDev | EntryKind::BlockDev) { libc::makedev(a.rdev.specdata1, a.rdev.specdata2) } else { 0 },
+        links: Some((a.fsid, a.fileid, a.nlink as u64)),
+        ..Meta::default()
+    }
+}
+
+fn name3(name: &[u8]) -> filename3<'static> {
+    filename3::from(name.to_vec())
+}
+
+fn dirop(dir: &nfs_fh3, name: &[u8]) -> diropargs3<'static> {
+    diropargs3 { dir: dir.clone(), name: name3(name) }
+}
+
+fn kind_of_status(s: nfsstat3) -> ErrorKind {
+    use nfsstat3::*;
+    match s {
+        NFS3ERR_NOENT => ErrorKind::NotFound,
+        NFS3ERR_PERM | NFS3ERR_ACCES | NFS3ERR_ROFS => ErrorKind::PermissionDenied,
+        NFS3ERR_EXIST | NFS3ERR_NOTEMPTY => ErrorKind::AlreadyExists,
+        NFS3ERR_NOSPC | NFS3ERR_DQUOT => ErrorKind::NoSpace,
+        NFS3ERR_IO | NFS3ERR_STALE | NFS3ERR_BADHANDLE | NFS3ERR_SERVERFAULT | NFS3ERR_JUKEBOX | NFS3ERR_NXIO | NFS3ERR_BAD_COOKIE => ErrorKind::Unavailable,
+        NFS3ERR_NOTSUPP | NFS3ERR_NAMETOOLONG | NFS3ERR_FBIG | NFS3ERR_BADTYPE | NFS3ERR_XDEV | NFS3ERR_MLINK => ErrorKind::Unsupported,
+        _ => ErrorKind::Other,
+    }
+}
+
+/// An NFSv3 export (or a directory in one) as a [`Location`].
+pub struct NfsLocation {
+    url: NfsUrl,
+    /// Runs the connections' I/O; shut down in the background on drop (see `S3Location`).
+    runtime: Option<tokio::runtime::Runtime>,
+    pool: Pool,
+    /// The mounted export's root.
+    export: nfs_fh3,
+    /// The location's directory below the export (`a/b`, or empty).
+    base: Vec<u8>,
+    dirs: Mutex<HashMap<Vec<u8>, (nfs_fh3, Instant)>>,
+    /// Distinguishes this process's temporary names (see the local tree).
+    nonce: String,
+    rsize: u32,
+    wsize: u32,
+    /// The write verifier each temporary file's UNSTABLE writes were answered with: COMMIT
+    /// must answer the same, or the server restarted and may have lost them.
+    verifiers: Mutex<HashMap<Vec<u8>, writeverf3>>,
+    /// The credentials are root's: owners can be set (unless the export squashes root).
+    owner_settable: bool,
+}
+
+impl Drop for NfsLocation {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Why the export could not be opened, as one line naming the URL and the fix.
+fn open_error(url: &NfsUrl, kind: ErrorKind, what: impl std::fmt::Display) -> FerryError {
+    FerryError::new(kind, format!("{}: {what}", url.display()))
+}
+
+impl NfsLocation {
+    /// Mounts the export named by `uri` (the longest leading part of its path the server
+    /// exports) and opens the connection pool. The directory below the export need not
+    /// exist yet; `stat(b"")` says whether it does.
+    pub fn open(uri: &str) -> Result<NfsLocation, FerryError> {
+        let url = NfsUrl::parse(uri).map_err(FerryError::config)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("ferry-nfs")
+            .enable_all()
+            .build()
+            .map_err(|e| FerryError::new(ErrorKind::Other, format!("cannot start the NFS client's runtime: {e}")))?;
+        let ip = (url.host.as_str(), 0)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| open_error(&url, ErrorKind::Config, format_args!("cannot resolve the host '{}' (check the name)", url.host)))?
+            .ip();
+        // SAFETY: geteuid and getegid cannot fail.
+        let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let (uid, gid) = (url.uid.unwrap_or(euid), url.gid.unwrap_or(egid));
+        let cred = rpc::credential(uid, gid);
+        let privileged = euid == 0;
+        let (export, base, nfs_port) = std::thread::scope(|s| {
+            s.spawn(|| runtime.block_on(mount(&url, ip, privileged, &cred)))
+                .join()
+                .unwrap_or_else(|_| Err(open_error(&url, ErrorKind::Other, "mounting failed")))
+        })?;
+        let pool = Pool::new(SocketAddr::new(ip, nfs_port), privileged, cred, url.connections, url.timeout);
+        let mut loc = NfsLocation {
+            url,
+            runtime: Some(runtime),
+            pool,
+            export,
+            base,
+            dirs: Mutex::new(HashMap::new()),
+            nonce: format!("{:08x}", rand::random::<u32>()),
+            rsize: 64 << 10,
+            wsize: 64 << 10,
+            verifiers: Mutex::new(HashMap::new()),
+            owner_settable: uid == 0,
+        };
+        let fsroot = loc.export.clone();
+        let info = loc.block(async { rpc!(&loc.pool, "FSINFO", |c| c.fsinfo(&FSINFO3args { fsroot: fsroot.clone() })) });
+        let info = info.map_err(|f| loc.fail("reach", b"", f))?;
+        loc.rsize = info.rtpref.max(info.rtmax).clamp(4096, MAX_TRANSFER);
+        loc.wsize = info.wtpref.max(info.wtmax).clamp(4096, MAX_TRANSFER);
+        Ok(loc)
+    }
+
+    fn block<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime.as_ref().expect("present until drop").block_on(f)
+    }
+
+    /// The path below the export of `rel`.
+    fn full(&self, rel: &[u8]) -> Vec<u8> {
+        match (self.base.is_empty(), rel.is_empty()) {
+            (true, _) => rel.to_vec(),
+            (false, true) => self.base.clone(),
+            (false, false) => paths::child(&self.base, rel),
+        }
+    }
+
+    /// One line naming the entry, the operation and what went wrong.
+    fn fail(&self, op: &str, rel: &[u8], f: Fail) -> FerryError {
+        let what = self.describe(rel);
+        match f {
+            Fail::Status { status: nfsstat3::NFS3ERR_ACCES | nfsstat3::NFS3ERR_PERM, .. } if op.starts_with("set owner") => FerryError::new(
+                ErrorKind::PermissionDenied,
+                format!("cannot {op} {what}: the server refused (the export squashes root: export it with no_root_squash, or copy without owners)"),
+            ),
+            Fail::Status { status, .. } => FerryError::new(kind_of_status(status), format!("cannot {op} {what}: {status}")),
+            Fail::Unreachable(why) => FerryError::new(ErrorKind::Unavailable, format!("cannot {op} {what}: {why}")),
+            Fail::Refused(why) => FerryError::new(ErrorKind::PermissionDenied, format!("cannot {op} {what}: {why}")),
+        }
+    }
+
+    fn vanished(&self, rel: &[u8]) -> FerryError {
+        FerryError::new(ErrorKind::Unavailable, format!("the directory of {} vanished while it was written", self.describe(rel)))
+    }
+
+    async fn getattr(&self, fh: &nfs_fh3) -> Result<fattr3, Fail> {
+        rpc!(&self.pool, "GETATTR", |c| c.getattr(&GETATTR3args { object: fh.clone() })).map(|r| r.obj_attributes)
+    }
+
+    async fn lookup(&self, dir: &nfs_fh3, name: &[u8]) -> Result<Option<Found>, Fail> {
+        match rpc!(&self.pool, "LOOKUP", |c| c.lookup(&LOOKUP3args { what: dirop(dir, name) })) {
+            Ok(r) => {
+                let attr = match r.obj_attributes {
+                    Nfs3Option::Some(a) => a,
+                    Nfs3Option::None => self.getattr(&r.object).await?,
+                };
+                Ok(Some(Found { fh: r.object, attr }))
+            }
+            Err(Fail::Status { status: nfsstat3::NFS3ERR_NOENT, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn cached(&self, full: &[u8]) -> Option<nfs_fh3> {
+        let dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+        dirs.get(full).filter(|(_, at)| at.elapsed() < HANDLE_TTL).map(|(fh, _)| fh.clone())
+    }
+
+    fn remember(&self, full: &[u8], fh: &nfs_fh3) {
+        let mut dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+        if dirs.len() >= MAX_HANDLES {
+            dirs.clear();
+        }
+        dirs.insert(full.to_vec(), (fh.clone(), Instant::now()));
+    }
+
+    /// Forgets `full` and everything below it.
+    fn forget(&self, full: &[u8]) {
+        let mut dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+        dirs.retain(|k, _| !(full.is_empty() || k.as_slice() == full || (k.starts_with(full) && k.get(full.len()) == Some(&b'/'))));
+    }
+
+    /// The handle of directory `full` (below the export). With `create`, missing directories
+    /// are made owner-only, and a non-directory in the way is removed, as the local tree does.
+    /// `None` when it is missing and `create` is off.
+    async fn dir(&self, full: &[u8], create: bool) -> Result<Option<nfs_fh3>, Fail> {
+        if full.is_empty() {
+            return Ok(Some(self.export.clone()));
+        }
+        if let Some(fh) = self.cached(full) {
+            return Ok(Some(fh));
+        }
+        // Walk down from the deepest cached ancestor.
+        let comps: Vec<&[u8]> = full.split(|&b| b == b'/').collect();
+        let mut depth = comps.len();
+        let mut fh = self.export.clone();
+        while depth > 0 {
+            let prefix = &full[..comps[..depth].iter().map(|c| c.len()).sum::<usize>() + depth - 1];
+            if let Some(f) = self.cached(prefix) {
+                fh = f;
+                break;
+            }
+            depth -= 1;
+        }
+        for i in depth..comps.len() {
+            let name = comps[i];
+            let prefix = &full[..comps[..=i].iter().map(|c| c.len()).sum::<usize>() + i];
+            fh = match self.lookup(&fh, name).await? {
+                Some(found) if found.attr.type_ == ftype3::NF3DIR => found.fh,
+                Some(_) if create => {
+                    self.remove_tree(&fh, name).await?;
+                    self.mkdir(&fh, name).await?
+                }
+                Some(_) => return Ok(None),
+                None if create => self.mkdir(&fh, name).await?,
+                None => return Ok(None),
+            };
+            self.remember(prefix, &fh);
+        }
+        Ok(Some(fh))
+    }
+
+    async fn mkdir(&self, parent: &nfs_fh3, name: &[u8]) -> Result<nfs_fh3, Fail> {
+        let attributes = sattr3 { mode: Nfs3Option::Some(0o700), ..sattr3::default() };
+        let made = rpc!(&self.pool, "MKDIR", |c| c.mkdir(&MKDIR3args { where_: dirop(parent, name), attributes: attributes.clone() }));
+        match made {
+            Ok(MKDIR3resok { obj: Nfs3Option::Some(fh), .. }) => Ok(fh),
+            // Made by someone else meanwhile, or by our own first send: use it if a directory.
+            Ok(_) | Err(Fail::Status { status: nfsstat3::NFS3ERR_EXIST, .. }) => match self.lookup(parent, name).await? {
+                Some(f) if f.attr.type_ == ftype3::NF3DIR => Ok(f.fh),
+                _ => Err(Fail::Status { status: nfsstat3::NFS3ERR_EXIST, resent: false }),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The handle of `rel`'s directory and `rel`'s own name.
+    async fn parent(&self, rel: &[u8], create: bool) -> Result<Option<(nfs_fh3, Vec<u8>)>, FerryError> {
+        let (parent, name) = paths::split(rel);
+        match self.dir(&self.full(parent), create).await {
+            Ok(Some(fh)) => Ok(Some((fh, name.to_vec()))),
+            Ok(None) => Ok(None),
+            Err(f) => Err(self.fail(if create { "create directory" } else { "open directory" }, parent, f)),
+        }
+    }
+
+    /// The entry `rel`, looked up.
+    async fn find(&self, rel: &[u8]) -> Result<Option<Found>, FerryError> {
+        if rel.is_empty() {
+            let Some(fh) = self.dir(&self.base, false).await.map_err(|f| self.fail("open", rel, f))? else {
+                return Ok(None);
+            };
+            let attr = self.getattr(&fh).await.map_err(|f| self.fail("stat", rel, f))?;
+            return Ok(Some(Found { fh, attr }));
+        }
+        let Some((dir, name)) = self.parent(rel, false).await? else {
+            return Ok(None);
+        };
+        self.lookup(&dir, &name).await.map_err(|f| self.fail("look up", rel, f))
+    }
+
+    /// Every name in a directory (READDIR, without attributes), `.` and `..` left out.
+    async fn names(&self, dir: &nfs_fh3) -> Result<Vec<Vec<u8>>, Fail> {
+        let mut out = Vec::new();
+        let (mut cookie, mut cookieverf) = (0, cookieverf3::default());
+        loop {
+            let r = rpc!(&self.pool, "READDIR", |c| c.readdir(&READDIR3args { dir: dir.clone(), cookie, cookieverf, count: DIRCOUNT }))?;
+            let done = r.reply.eof;
+            let entries = r.reply.entries.into_inner();
+            if entries.is_empty() && !done {
+                return Err(Fail::Status { status: nfsstat3::NFS3ERR_TOOSMALL, resent: false });
+            }
+            for e in entries {
+                cookie = e.cookie;
+                let n = e.name.as_ref();
+                if n != b"." && n != b".." {
+                    out.push(n.to_vec());
+                }
+            }
+            cookieverf = r.cookieverf;
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Removes `name` in `dir`, a directory with everything below it. Returns how many
+    /// non-directory entries went.
+    fn remove_tree<'a>(&'a self, dir: &'a nfs_fh3, name: &'a [u8]) -> futures::future::BoxFuture<'a, Result<u64, Fail>> {
+        Box::pin(async move {
+            let Some(found) = self.lookup(dir, name).await? else {
+                return Ok(0);
+            };
+            if found.attr.type_ != ftype3::NF3DIR {
+                return match rpc!(&self.pool, "REMOVE", |c| c.remove(&REMOVE3args { object: dirop(dir, name) })) {
+                    Ok(_) => Ok(1),
+                    Err(Fail::Status { status: nfsstat3::NFS3ERR_NOENT, .. }) => Ok(0),
+                    Err(e) => Err(e),
+                };
+            }
+            let mut removed = 0;
+            // Batches, so a huge directory never needs all its names at once; a name listed
+            // again after removals is simply gone.
+            loop {
+                let names = self.names(&found.fh).await?;
+                if names.is_empty() {
+                    break;
+                }
+                for n in names.iter().take(4096) {
+                    removed += self.remove_tree(&found.fh, n).await?;
+                }
+            }
+            match rpc!(&self.pool, "RMDIR", |c| c.rmdir(&RMDIR3args { object: dirop(dir, name) })) {
+                Ok(_) | Err(Fail::Status { status: nfsstat3::NFS3ERR_NOENT, .. }) => Ok(removed),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    async fn setattr(&self, fh: &nfs_fh3, attrs: sattr3) -> Result<(), Fail> {
+        rpc!(&self.pool, "SETATTR", |c| c.setattr(&SETATTR3args { object: fh.clone(), new_attributes: attrs.clone(), guard: Nfs3Option::None })).map(|_| ())
+    }
+
+    /// Owner, mode and times of an entry, in as few SETATTRs as correctness allows: a chown
+    /// clears set-id bits, so mode then comes in a second call; times always ride with the
+    /// last, because every other change touches them.
+    async fn apply_meta(&self, fh: &nfs_fh3, meta: &Meta, default_mode: u32, rel: &[u8]) -> Result<(), FerryError> {
+        let owner = match (self.owner_settable, meta.uid, meta.gid) {
+            (true, Some(u), Some(g)) => Some((u, g)),
+            _ => None,
+        };
+        let symlink = meta.kind() == EntryKind::Symlink;
+        let mode = if symlink { None } else { Some(meta.perm().unwrap_or(default_mode)) };
+        let times = sattr3 {
+            atime: set_atime::SET_TO_CLIENT_TIME(nfs_time(meta.atime.unwrap_or(meta.mtime))),
+            mtime: set_mtime::SET_TO_CLIENT_TIME(nfs_time(meta.mtime)),
+            ..sattr3::default()
+        };
+        let mut last = sattr3 { mode: mode.map_or(Nfs3Option::None, Nfs3Option::Some), ..times };
+        if let Some((u, g)) = owner {
+            let set_owner = sattr3 { uid: Nfs3Option::Some(u), gid: Nfs3Option::Some(g), ..sattr3::default() };
+            if mode.is_some_and(|m| m & 0o6000 != 0) {
+                self.setattr(fh, set_owner).await.map_err(|f| self.fail("set owner of", rel, f))?;
+            } else {
+                last.uid = set_owner.uid;
+                last.gid = set_owner.gid;
+            }
+        }
+        let op = if owner.is_some() { "set owner and metadata of" } else { "set metadata on" };
+        self.setattr(fh, last).await.map_err(|f| self.fail(op, rel, f))
+    }
+
+    /// Renames a finished temporary entry over `rel`'s name; a directory in the way goes first.
+    async fn rename_into_place(&self, dir: &nfs_fh3, temp: &[u8], rel: &[u8]) -> Result<(), FerryError> {
+        let (_, name) = paths::split(rel);
+        let rename = || async { rpc!(&self.pool, "RENAME", |c| c.rename(&RENAME3args { from: dirop(dir, temp), to: dirop(dir, name) })) };
+        match rename().await {
+            Ok(_) => Ok(()),
+            Err(Fail::Status { status: nfsstat3::NFS3ERR_EXIST | nfsstat3::NFS3ERR_NOTEMPTY | nfsstat3::NFS3ERR_ISDIR, .. }) => {
+                self.remove_tree(dir, name).await.map_err(|f| self.fail("remove", rel, f))?;
+                self.forget(&self.full(rel));
+                rename().await.map(|_| ()).map_err(|f| self.fail("rename into place", rel, f))
+            }
+            // The first send was carried out and its answer lost: the temporary name is gone.
+            Err(Fail::Status { status: nfsstat3::NFS3ERR_NOENT, resent: true }) if self.lookup(dir, temp).await.ok().flatten().is_none() => Ok(()),
+            Err(f) => Err(self.fail("rename into place", rel, f)),
+        }
+    }
+
+    async fn create_file(&self, dir: &nfs_fh3, temp: &[u8], size: Option<u64>) -> Result<nfs_fh3, Fail> {
+        let attrs = sattr3 { mode: Nfs3Option::Some(0o600), size: size.map_or(Nfs3Option::None, Nfs3Option::Some), ..sattr3::default() };
+        // UNCHECKED: a retried CREATE, or debris of an attempt not resumed, is simply truncated.
+        let r = rpc!(&self.pool, "CREATE", |c| c.create(&CREATE3args { where_: dirop(dir, temp), how: createhow3::UNCHECKED(attrs.clone()) }))?;
+        match r.obj {
+            Nfs3Option::Some(fh) => Ok(fh),
+            Nfs3Option::None => self.lookup(dir, temp).await?.map(|f| f.fh).ok_or(Fail::Status { status: nfsstat3::NFS3ERR_NOENT, resent: false }),
+        }
+    }
+
+    /// Fills `buf` from `pos` of a file, in READs of the server's size sent side by side.
+    async fn read_exact(&self, fh: &nfs_fh3, pos: u64, buf: &mut [u8]) -> Result<Result<(), u64>, Fail> {
+        let rsize = self.rsize as usize;
+        let reads = buf.chunks_mut(rsize).enumerate().map(|(i, piece)| self.read_piece(fh, pos + (i * rsize) as u64, piece));
+        for r in join_all(reads).await {
+            if let Err(short) = r? {
+                return Ok(Err(short));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// One piece: `Err(offset)` at the end of the file before the piece is full.
+    async fn read_piece(&self, fh: &nfs_fh3, pos: u64, piece: &mut [u8]) -> Result<Result<(), u64>, Fail> {
+        let mut done = 0;
+        while done < piece.len() {
+            let offset = pos + done as u64;
+            let count = (piece.len() - done) as u32;
+            let r = rpc!(&self.pool, "READ", |c| c.read(&READ3args { file: fh.clone(), offset, count }))?;
+            let data = r.data.as_ref();
+            let n = data.len().min(piece.len() - done);
+            piece[done..done + n].copy_from_slice(&data[..n]);
+            done += n;
+            if n == 0 {
+                return Ok(Err(offset));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Writes `data` at `pos`, UNSTABLE, in WRITEs of the server's size sent side by side, and
+    /// checks that every answer carries the same write verifier.
+    async fn write_all(&self, fh: &nfs_fh3, pos: u64, data: &[u8]) -> Result<writeverf3, Fail> {
+        let wsize = self.wsize as usize;
+        let writes = data.chunks(wsize).enumerate().map(|(i, piece)| async move {
+            let mut done = 0;
+            let mut verf = None;
+            while done < piece.len() {
+                let offset = pos + (i * wsize + done) as u64;
+                let rest = &piece[done..];
+                let r = rpc!(&self.pool, "WRITE", |c| c.write(&WRITE3args {
+                    file: fh.clone(),
+                    offset,
+                    count: rest.len() as u32,
+                    stable: stable_how::UNSTABLE,
+                    data: Opaque::borrowed(rest),
+                }))?;
+                if r.count == 0 {
+                    return Err(Fail::Status { status: nfsstat3::NFS3ERR_IO, resent: false });
+                }
+                done += (r.count as usize).min(rest.len());
+                verf = Some(r.verf);
+            }
+            Ok(verf)
+        });
+        let mut verf = None;
+        for r in join_all(writes).await {
+            if let Some(v) = r? {
+                if verf.is_some_and(|old| old != v) {
+                    return Err(restarted());
+                }
+                verf = Some(v);
+            }
+        }
+        Ok(verf.unwrap_or_default())
+    }
+
+    /// Records the verifier of UNSTABLE writes to `fh`; a different one than before means the
+    /// server restarted and may have dropped the earlier ones.
+    fn note_verifier(&self, fh: &nfs_fh3, verf: writeverf3) -> Result<(), Fail> {
+        let mut v = self.verifiers.lock().unwrap_or_else(|p| p.into_inner());
+        match v.insert(fh.data.to_vec(), verf) {
+            Some(old) if old != verf => Err(restarted()),
+            _ => Ok(()),
+        }
+    }
+
+    async fn commit_file(&self, fh: &nfs_fh3) -> Result<(), Fail> {
+        let r = rpc!(&self.pool, "COMMIT", |c| c.commit(&COMMIT3args { file: fh.clone(), offset: 0, count: 0 }))?;
+        let expected = self.verifiers.lock().unwrap_or_else(|p| p.into_inner()).remove(fh.data.as_ref());
+        match expected {
+            Some(v) if v != r.verf => Err(restarted()),
+            _ => Ok(()),
+        }
+    }
+
+    fn temp_of(staged: &Staged) -> Option<(&[u8], u64, u64)> {
+        match &staged.token {
+            Token::Temp(t) => Some((t, 0, staged.size)),
+            Token::Range { temp, offset, len } => Some((temp, *offset, *len)),
+            _ => None,
+        }
+    }
+
+    /// The handle of a staged entry's temporary file.
+    async fn staged_fh(&self, staged: &Staged, temp: &[u8]) -> Result<nfs_fh3, FerryError> {
+        let (dir, _) = self.parent(&staged.rel, false).await?.ok_or_else(|| self.vanished(&staged.rel))?;
+        match self.lookup(&dir, temp).await.map_err(|f| self.fail("look up", &staged.rel, f))? {
+            Some(f) => Ok(f.fh),
+            None => {
+                Err(FerryError::new(ErrorKind::Unavailable, format!("the temporary file of {} vanished before it was committed", self.describe(&staged.rel))))
+            }
+        }
+    }
+}
+
+/// A COMMIT or WRITE answered with another verifier: the server restarted in between.
+fn restarted() -> Fail {
+    Fail::Unreachable("the server restarted while the file was written (its write verifier changed), so it is written again".into())
+}
+
+/// Mounts the longest leading part of the URL's path that the server exports. Returns the
+/// export's root handle, the rest of the path, and the NFS port.
+async fn mount(
+    url: &NfsUrl,
+    ip: std::net::IpAddr,
+    privileged: bool,
+    cred: &nfs3_client::nfs3_types::rpc::opaque_auth<'static>,
+) -> Result<(nfs_fh3, Vec<u8>, u16), FerryError> {
+    let limit = Duration::from_secs(10).min(url.timeout);
+    let unreachable = |what: String, e: &dyn std::fmt::Display| {
+        open_error(url, ErrorKind::Unavailable, format_args!("cannot reach the {what} ({e}); check the host and port, and that the NFS server runs"))
+    };
+    let connect = |port: u16, what: String| async move {
+        match tokio::time::timeout(limit, rpc::connect(SocketAddr::new(ip, port), privileged)).await {
+            Ok(Ok(s)) => Ok(Conn(s)),
+            Ok(Err(e)) => Err(unreachable(what, &e)),
+            Err(_) => Err(unreachable(what, &"timed out")),
+        }
+    };
+    let (nfs_port, mount_port) = match (url.nfs_port, url.mount_port) {
+        (Some(n), Some(m)) => (n, m),
+        (n, m) => {
+            let what = format!("portmapper at {ip}:111");
+            let hint = "give the ports as ?nfsport=N&mountport=N";
+            let mut pm = PortmapperClient::new(connect(111, format!("{what}; {hint}")).await?);
+            let mut ports = [n, m];
+            let programs = [
+                (nfs3_client::nfs3_types::nfs3::PROGRAM, nfs3_client::nfs3_types::nfs3::VERSION, "NFSv3"),
+                (nfs3_client::nfs3_types::mount::PROGRAM, nfs3_client::nfs3_types::mount::VERSION, "MOUNT"),
+            ];
+            for (port, (prog, vers, name)) in ports.iter_mut().zip(programs) {
+                if port.is_some() {
+                    continue;
+                }
+                *port = Some(match tokio::time::timeout(limit, pm.getport(prog, vers)).await {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(e)) => {
+                        return Err(open_error(url, ErrorKind::Unavailable, format_args!("the {what} does not know the {name} service ({e}); {hint}")))
+                    }
+                    Err(_) => return Err(open_error(url, ErrorKind::Unavailable, format_args!("the {what} did not answer; {hint}"))),
+                });
+            }
+            let [Some(n), Some(m)] = ports else { unreachable!("both ports were filled in") };
+            (n, m)
+        }
+    };
+    let conn = connect(mount_port, format!("MOUNT service at {ip}:{mount_port}")).await?;
+    let mut mnt = MountClient::new_with_auth(conn, cred.clone(), Default::default());
+    let comps: Vec<&[u8]> = url.path.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect();
+    let mut denied = None;
+    for n in (1..=comps.len()).rev() {
+        let export: Vec<u8> = comps[..n].iter().flat_map(|c| [b"/".as_slice(), c].concat()).collect();
+        let answer = tokio::time::timeout(limit, mnt.mnt(dirpath(Opaque::borrowed(&export)))).await;
+        match answer {
+            Ok(Ok(ok)) => {
+                let base = comps[n..].join(&b'/');
+                return Ok((nfs_fh3 { data: Opaque::owned(ok.fhandle.0.into_owned()) }, base, nfs_port));
+            }
+            Ok(Err(nfs3_client::error::Error::MountError(e))) => {
+                use nfs3_client::nfs3_types::mount::mountstat3::*;
+                if matches!(e, MNT3ERR_ACCES | MNT3ERR_PERM) {
+                    denied.get_or_insert(String::from_utf8_lossy(&export).into_owned());
+                }
+            }
+            Ok(Err(e)) => return Err(unreachable(format!("MOUNT service at {ip}:{mount_port}"), &e)),
+            Err(_) => return Err(unreachable(format!("MOUNT service at {ip}:{mount_port}"), &"timed out")),
+        }
+    }
+    let exports: Option<Vec<Vec<u8>>> = match tokio::time::timeout(limit, mnt.export()).await {
+        Ok(Ok(list)) => Some(list.into_inner().iter().map(|e| e.ex_dir.0.to_vec()).collect()),
+        _ => None,
+    };
+    let listed = match &exports {
+        Some(list) if !list.is_empty() => {
+            format!("; it exports {}", list.iter().map(|e| String::from_utf8_lossy(e).into_owned()).collect::<Vec<_>>().join(", "))
+        }
+        _ => String::new(),
+    };
+    // Servers answer ACCES for a path they do not export as well (ganesha does): the export
+    // list tells the two apart.
+    let exported = |e: &Vec<u8>| url.path.starts_with(e) && matches!(url.path.get(e.len()), None | Some(b'/'));
+    let denied = denied.filter(|_| exports.as_ref().is_none_or(|list| list.iter().any(exported)));
+    Err(match denied {
+        Some(export) => open_error(
+            url,
+            ErrorKind::PermissionDenied,
+            format_args!("the server denies access to the export {export} (check the export's client list and security flavour, or ?uid=/?gid=){listed}"),
+        ),
+        None => open_error(url, ErrorKind::NotFound, format_args!("the server has no such export (check the path){listed}")),
+    })
+}
+
+impl Location for NfsLocation {
+    fn describe(&self, rel: &[u8]) -> String {
+        if rel.is_empty() {
+            self.url.display()
+        } else {
+            format!("{}/{}", self.url.display(), paths::display(rel))
+        }
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        profile().capabilities
+    }
+
+    fn limits(&self) -> Limits {
+        profile().limits
+    }
+
+    fn list(&self, dir: &[u8], resume: Option<&[u8]>, max: usize) -> Result<Page, FerryError> {
+        self.block(async {
+            let Some(fh) = self.dir(&self.full(dir), false).await.map_err(|f| self.fail("open directory", dir, f))? else {
+                return Ok(Page::default());
+            };
+            let (mut cookie, mut cookieverf) = match resume {
+                Some(r) if r.len() == 16 => (u64::from_le_bytes(r[..8].try_into().expect("8 bytes")), cookieverf3(r[8..].try_into().expect("8 bytes"))),
+                _ => (0, cookieverf3::default()),
+            };
+            let mut page = Page::default();
+            loop {
+                let r = rpc!(&self.pool, "READDIRPLUS", |c| c.readdirplus(&READDIRPLUS3args {
+                    dir: fh.clone(),
+                    cookie,
+                    cookieverf,
+                    dircount: DIRCOUNT,
+                    maxcount: MAXCOUNT,
+                }))
+                .map_err(|f| self.fail("list", dir, f))?;
+                cookieverf = r.cookieverf;
+                let eof = r.reply.eof;
+                let entries = r.reply.entries.into_inner();
+                if entries.is_empty() && !eof {
+                    return Err(FerryError::new(ErrorKind::Unavailable, format!("cannot list {}: the server returned an empty page", self.describe(dir))));
+                }
+                let last = entries.len();
+                for (i, e) in entries.into_iter().enumerate() {
+                    cookie = e.cookie;
+                    let name = e.name.as_ref();
+                    if name == b"." || name == b".." || name.starts_with(TEMP_PREFIX) {
+                        continue;
+                    }
+                    let attr = match (e.name_attributes, e.name_handle) {
+                        (Nfs3Option::Some(a), _) => a,
+                        (Nfs3Option::None, Nfs3Option::Some(h)) => self.getattr(&h).await.map_err(|f| self.fail("stat", &paths::child(dir, name), f))?,
+                        (Nfs3Option::None, Nfs3Option::None) => {
+                            match self.lookup(&fh, name).await.map_err(|f| self.fail("stat", &paths::child(dir, name), f))? {
+                                Some(found) => found.attr,
+                                None => continue, // removed while listing
+                            }
+                        }
+                    };
+                    let mut cursor = cookie.to_le_bytes().to_vec();
+                    cursor.extend_from_slice(&cookieverf.0);
+                    page.entries.push(Listed { name: name.to_vec(), meta: meta_of(&attr), complete: true, cursor: cursor.clone() });
+                    if page.entries.len() >= max && !(eof && i + 1 == last) {
+                        page.resume = Some(cursor);
+                        return Ok(page);
+                    }
+                }
+                if eof {
+                    return Ok(page);
+                }
+            }
+        })
+    }
+
+    fn stat(&self, rel: &[u8]) -> Result<Option<Meta>, FerryError> {
+        self.block(async {
+            let Some(found) = self.find(rel).await? else {
+                return Ok(None);
+            };
+            let mut m = meta_of(&found.attr);
+            if m.kind() == EntryKind::Symlink {
+                let r =
+                    rpc!(&self.pool, "READLINK", |c| c.readlink(&READLINK3args { symlink: found.fh.clone() })).map_err(|f| self.fail("read link", rel, f))?;
+                m.link_target = Some(r.data.as_ref().to_vec());
+            }
+            Ok(Some(m))
+        })
+    }
+
+    fn stat_dir(&self, rel: &[u8]) -> Result<Option<Meta>, FerryError> {
+        self.stat(rel)
+    }
+
+    fn xattrs(&self, _rel: &[u8]) -> Result<Xattrs, FerryError> {
+        Ok(Vec::new())
+    }
+
+    fn tags(&self, _rel: &[u8]) -> Result<Option<String>, FerryError> {
+        Ok(None)
+    }
+
+    fn open(&self, rel: &[u8], _from: u64) -> Result<Box<dyn Source + '_>, FerryError> {
+        let found = self.block(self.find(rel))?.ok_or_else(|| source_changed(self.describe(rel), "it was removed"))?;
+        if found.attr.type_ != ftype3::NF3REG {
+            return Err(source_changed(self.describe(rel), "it is no longer a regular file"));
+        }
+        Ok(Box::new(NfsSource { loc: self, rel: rel.to_vec(), fh: found.fh, meta: meta_of(&found.attr) }))
+    }
+
+    fn create(&self, rel: &[u8], target: Target<'_>, meta: &Meta, xattrs: &Xattrs) -> Result<Box<dyn Sink + '_>, FerryError> {
+        let _ = xattrs; // NFSv3 has no extended attributes.
+        self.block(async {
+            match target {
+                Target::File { size, resume } => {
+                    let (dir, name) = self.parent(rel, true).await?.ok_or_else(|| self.vanished(rel))?;
+                    let temp = match resume {
+                        Some(version) => temp_name(&format!("v{:08x}", crc32c::crc32c(version.as_bytes())), &name),
+                        None => temp_name(&self.nonce, &name),
+                    };
+                    let mut sink = NfsSink {
+                        loc: self,
+                        rel: rel.to_vec(),
+                        dir,
+                        fh: None,
+                        temp,
+                        start: 0,
+                        len: size,
+                        resumed: 0,
+                        written_end: 0,
+                        meta: Some(meta.clone()),
+                    };
+                    match self.lookup(&sink.dir, &sink.temp).await.map_err(|f| self.fail("look up", rel, f))? {
+                        Some(f) if resume.is_some() && f.attr.type_ == ftype3::NF3REG && f.attr.size <= size => {
+                            sink.resumed = f.attr.size;
+                            sink.written_end = f.attr.size;
+                            sink.fh = Some(f.fh);
+                        }
+                        Some(_) => {
+                            self.remove_tree(&sink.dir, &sink.temp).await.map_err(|f| self.fail("remove", rel, f))?;
+                        }
+                        None => {}
+                    }
+                    Ok(Box::new(sink) as Box<dyn Sink + '_>)
+                }
+                Target::Part { upload, offset, len, .. } => {
+                    let (dir, _) = self.parent(rel, false).await?.ok_or_else(|| self.vanished(rel))?;
+                    let fh = self
+                        .lookup(&dir, upload.as_bytes())
+                        .await
+                        .map_err(|f| self.fail("look up", rel, f))?
+                        .ok_or_else(|| FerryError::new(ErrorKind::Unavailable, format!("the multipart write of {} vanished", self.describe(rel))))?;
+                    let sink = NfsSink {
+                        loc: self,
+                        rel: rel.to_vec(),
+                        dir,
+                        fh: Some(fh.fh),
+                        temp: upload.as_bytes().to_vec(),
+                        start: offset,
+                        len,
+                        resumed: 0,
+                        written_end: 0,
+                        meta: None,
+                    };
+                    Ok(Box::new(sink) as Box<dyn Sink + '_>)
+                }
+            }
+        })
+    }
+
+    fn make(&self, rel: &[u8], special: &Special, meta: &Meta, _xattrs: &Xattrs) -> Result<Staged, FerryError> {
+        self.block(async {
+            let (dir, name) = self.parent(rel, true).await?.ok_or_else(|| self.vanished(rel))?;
+            let temp = temp_name(&format!("s{}", self.nonce), &name);
+            let _ = self.remove_tree(&dir, &temp).await;
+            let attrs = sattr3::default();
+            let made = match special {
+                // Times ride along at creation too: some servers (ganesha) ignore a SETATTR of
+                // a symlink's times but honour them here.
+                Special::Symlink { target } => rpc!(&self.pool, "SYMLINK", |c| c.symlink(&SYMLINK3args {
+                    where_: dirop(&dir, &temp),
+                    symlink: symlinkdata3 {
+                        symlink_attributes: sattr3 {
+                            atime: set_atime::SET_TO_CLIENT_TIME(nfs_time(meta.atime.unwrap_or(meta.mtime))),
+                            mtime: set_mtime::SET_TO_CLIENT_TIME(nfs_time(meta.mtime)),
+                            ..sattr3::default()
+                        },
+                        symlink_data: nfspath3::from(target.clone()),
+                    },
+                }))
+                .map(|r| r.obj),
+                Special::Node => {
+                    let mode = meta.mode.unwrap_or(libc::S_IFIFO | 0o644);
+                    let dev = || devicedata3 {
+                        dev_attributes: attrs.clone(),
+                        spec: specdata3 { specdata1: libc::major(meta.rdev), specdata2: libc::minor(meta.rdev) },
+                    };
+                    rpc!(&self.pool, "MKNOD", |c| c.mknod(&MKNOD3args {
+                        where_: dirop(&dir, &temp),
+                        what: match mode & libc::S_IFMT {
+                            libc::S_IFCHR => mknoddata3::NF3CHR(dev()),
+                            libc::S_IFBLK => mknoddata3::NF3BLK(dev()),
+                            libc::S_IFSOCK => mknoddata3::NF3SOCK(attrs.clone()),
+                            _ => mknoddata3::NF3FIFO(attrs.clone()),
+                        },
+                    }))
+                    .map(|r| r.obj)
+                }
+            };
+            let fh = match made {
+                Ok(Nfs3Option::Some(fh)) => fh,
+                Ok(Nfs3Option::None) => self.lookup(&dir, &temp).await.ok().flatten().map(|f| f.fh).ok_or_else(|| self.vanished(rel))?,
+                Err(f) => {
+                    let mut err = self.fail(if matches!(special, Special::Symlink { .. }) { "create symlink" } else { "create special file" }, rel, f);
+                    if matches!(err.kind, ErrorKind::PermissionDenied) && matches!(special, Special::Node) {
+                        err.kind = ErrorKind::Unsupported;
+                    }
+                    return Err(err);
+                }
+            };
+            if let Err(e) = self.apply_meta(&fh, meta, 0o644, rel).await {
+                let _ = rpc!(&self.pool, "REMOVE", |c| c.remove(&REMOVE3args { object: dirop(&dir, &temp) }));
+                return Err(e);
+            }
+            Ok(Staged { rel: rel.to_vec(), kind: meta.kind(), size: 0, crc32c: None, token: Token::Temp(temp), part_tags: Vec::new(), resumed: 0 })
+        })
+    }
+
+    fn ensure_dir(&self, rel: &[u8]) -> Result<(), FerryError> {
+        self.block(self.dir(&self.full(rel), true)).map(|_| ()).map_err(|f| self.fail("create directory", rel, f))
+    }
+
+    fn set_meta(&self, rel: &[u8], meta: &Meta, _xattrs: Option<&Xattrs>) -> Result<(), FerryError> {
+        self.block(async {
+            let fh = if meta.kind() == EntryKind::Dir {
+                self.dir(&self.full(rel), true).await.map_err(|f| self.fail("open directory", rel, f))?.ok_or_else(|| self.vanished(rel))?
+            } else {
+                self.find(rel).await?.ok_or_else(|| self.vanished(rel))?.fh
+            };
+            let default = if meta.kind() == EntryKind::Dir { 0o755 } else { 0o644 };
+            self.apply_meta(&fh, meta, default, rel).await
+        })
+    }
+
+    fn link(&self, target: &[u8], rel: &[u8]) -> Result<bool, FerryError> {
+        self.block(async {
+            let missing =
+                || FerryError::new(ErrorKind::NotFound, format!("cannot link {}: its first path {} was not copied", self.describe(rel), self.describe(target)));
+            let t = self.find(target).await?.ok_or_else(missing)?;
+            let (ldir, lname) = self.parent(rel, true).await?.ok_or_else(|| self.vanished(rel))?;
+            if let Some(existing) = self.lookup(&ldir, &lname).await.map_err(|f| self.fail("look up", rel, f))? {
+                if (existing.attr.fsid, existing.attr.fileid) == (t.attr.fsid, t.attr.fileid) {
+                    return Ok(false);
+                }
+            }
+            let temp = temp_name(&format!("l{}", self.nonce), &lname);
+            let _ = self.remove_tree(&ldir, &temp).await;
+            match rpc!(&self.pool, "LINK", |c| c.link(&LINK3args { file: t.fh.clone(), link: dirop(&ldir, &temp) })) {
+                Ok(_) | Err(Fail::Status { status: nfsstat3::NFS3ERR_EXIST, resent: true }) => {}
+                Err(f) => return Err(self.fail("create hard link", rel, f)),
+            }
+            if let Err(e) = self.rename_into_place(&ldir, &temp, rel).await {
+                let _ = rpc!(&self.pool, "REMOVE", |c| c.remove(&REMOVE3args { object: dirop(&ldir, &temp) }));
+                return Err(e);
+            }
+            Ok(true)
+        })
+    }
+
+    /// Content: one COMMIT per staged file, side by side; each answers the write verifier its
+    /// writes got, or the file is written again. Names: NFSv3 makes namespace changes durable
+    /// before it answers them.
+    fn sync(&self, staged: &[Staged], what: Durable) -> Result<(), FerryError> {
+        if what == Durable::Names {
+            return Ok(());
+        }
+        self.block(async {
+            let commits =
+                staged.iter().filter(|s| s.kind == EntryKind::File).filter_map(|s| Self::temp_of(s).map(|(t, _, _)| (s, t))).map(|(s, temp)| async move {
+                    let fh = self.staged_fh(s, temp).await?;
+                    self.commit_file(&fh).await.map_err(|f| self.fail("flush", &s.rel, f))
+                });
+            join_all(commits).await.into_iter().collect::<Result<Vec<()>, FerryError>>().map(|_| ())
+        })
+    }
+
+    fn check(&self, staged: &Staged, buf: &mut Vec<u8>) -> Result<Option<String>, FerryError> {
+        let (Some(want), Some((temp, offset, len))) = (staged.crc32c, Self::temp_of(staged)) else {
+            return Ok(None);
+        };
+        if len == 0 {
+            return Ok(None);
+        }
+        let fh = self.block(self.staged_fh(staged, temp))?;
+        let meta = Meta { size: offset + len, ..Meta::default() };
+        let mut src = NfsSource { loc: self, rel: staged.rel.clone(), fh, meta };
+        let got = super::crc_of(&mut src, offset, len, buf)?;
+        if got != want {
+            let what = if matches!(staged.token, Token::Range { .. }) { format!("bytes {offset}..{} of ", offset + len) } else { String::new() };
+            return Err(FerryError::new(
+                ErrorKind::Corrupt,
+                format!("CRC32C mismatch after writing {what}{}: source {want:08x}, destination {got:08x}", self.describe(&staged.rel)),
+            ));
+        }
+        Ok(None)
+    }
+
+    fn publish(&self, staged: &Staged) -> Result<(), FerryError> {
+        let Token::Temp(temp) = &staged.token else {
+            return Ok(());
+        };
+        self.block(async {
+            let (dir, _) = self.parent(&staged.rel, false).await?.ok_or_else(|| self.vanished(&staged.rel))?;
+            self.rename_into_place(&dir, temp, &staged.rel).await
+        })
+    }
+
+    fn discard(&self, staged: &Staged) {
+        if let Token::Temp(temp) = &staged.token {
+            self.block(async {
+                if let Ok(Some((dir, _))) = self.parent(&staged.rel, false).await {
+                    let _ = rpc!(&self.pool, "REMOVE", |c| c.remove(&REMOVE3args { object: dirop(&dir, temp) }));
+                }
+            });
+        }
+    }
+
+    fn remove(&self, rels: &[Vec<u8>]) -> Vec<Result<u64, FerryError>> {
+        self.block(async {
+            let mut out = Vec::with_capacity(rels.len());
+            for rel in rels {
+                let one = async {
+                    let Some((dir, name)) = self.parent(rel, false).await? else {
+                        return Ok(0);
+                    };
+                    let n = self.remove_tree(&dir, &name).await.map_err(|f| self.fail("remove", rel, f))?;
+                    self.forget(&self.full(rel));
+                    Ok(n)
+                };
+                out.push(one.await);
+            }
+            out
+        })
+    }
+
+    fn sweep(&self, dir: &[u8]) -> Result<(), FerryError> {
+        self.block(async {
+            let Some(fh) = self.dir(&self.full(dir), false).await.map_err(|f| self.fail("open directory", dir, f))? else {
+                return Ok(());
+            };
+            let names = self.names(&fh).await.map_err(|f| self.fail("list", dir, f))?;
+            for name in names.into_iter().filter(|n| n.starts_with(TEMP_PREFIX)) {
+                self.remove_tree(&fh, &name).await.map_err(|f| self.fail("remove temporary file in", dir, f))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn create_multipart(&self, rel: &[u8], size: u64, _meta: &Meta) -> Result<String, FerryError> {
+        self.block(async {
+            let (dir, _) = self.parent(rel, true).await?.ok_or_else(|| self.vanished(rel))?;
+            let temp = temp_name("parts", rel);
+            self.create_file(&dir, &temp, Some(size)).await.map_err(|f| self.fail("create", rel, f))?;
+            Ok(String::from_utf8_lossy(&temp).into_owned())
+        })
+    }
+
+    /// Like a local tree, an export cannot tell which ranges of a temporary file were
+    /// written: none are reported, so they are written again.
+    fn pending_multiparts(&self, _rel: &[u8]) -> Result<Vec<String>, FerryError> {
+        Ok(Vec::new())
+    }
+
+    fn list_parts(&self, _rel: &[u8], _upload: &str) -> Result<Vec<StoredPart>, FerryError> {
+        Ok(Vec::new())
+    }
+
+    fn complete_multipart(&self, rel: &[u8], upload: &str, done: &Completed<'_>) -> Result<Staged, FerryError> {
+        let Completed { size, meta, .. } = *done;
+        self.block(async {
+            let (dir, _) = self.parent(rel, false).await?.ok_or_else(|| self.vanished(rel))?;
+            let fh = self.lookup(&dir, upload.as_bytes()).await.map_err(|f| self.fail("look up", rel, f))?.ok_or_else(|| self.vanished(rel))?.fh;
+            self.setattr(&fh, sattr3 { size: Nfs3Option::Some(size), ..sattr3::default() }).await.map_err(|f| self.fail("write", rel, f))?;
+            self.apply_meta(&fh, meta, 0o644, rel).await?;
+            // Each part's range was read back when it was committed (see the local tree).
+            Ok(Staged {
+                rel: rel.to_vec(),
+                kind: EntryKind::File,
+                size,
+                crc32c: None,
+                token: Token::Temp(upload.as_bytes().to_vec()),
+                part_tags: Vec::new(),
+                resumed: 0,
+            })
+        })
+    }
+
+    fn abort_multipart(&self, rel: &[u8], upload: &str) -> Result<(), FerryError> {
+        self.block(async {
+            if let Some((dir, _)) = self.parent(rel, false).await? {
+                match rpc!(&self.pool, "REMOVE", |c| c.remove(&REMOVE3args { object: dirop(&dir, upload.as_bytes()) })) {
+                    Ok(_) | Err(Fail::Status { status: nfsstat3::NFS3ERR_NOENT, .. }) => {}
+                    Err(f) => return Err(self.fail("remove temporary file of", rel, f)),
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A regular file open for reading: its handle and attributes.
+struct NfsSource<'a> {
+    loc: &'a NfsLocation,
+    rel: Vec<u8>,
+    fh: nfs_fh3,
+    meta: Meta,
+}
+
+impl Source for NfsSource<'_> {
+    fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    fn xattrs(&mut self) -> Result<Xattrs, FerryError> {
+        Ok(Vec::new())
+    }
+
+    fn data(&mut self, pos: u64) -> Result<Option<(u64, u64)>, FerryError> {
+        Ok((pos < self.meta.size).then_some((pos, self.meta.size)))
+    }
+
+    fn read_at(&mut self, pos: u64, buf: &mut [u8]) -> Result<(), FerryError> {
+        match self.loc.block(self.loc.read_exact(&self.fh, pos, buf)) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(source_changed(self.loc.describe(&self.rel), "it shrank")),
+            Err(Fail::Status { status: nfsstat3::NFS3ERR_STALE, .. }) => Err(source_changed(self.loc.describe(&self.rel), "it was removed")),
+            Err(f) => Err(self.loc.fail("read", &self.rel, f)),
+        }
+    }
+
+    fn unchanged(&mut self) -> Result<bool, FerryError> {
+        let a = self.loc.block(self.loc.getattr(&self.fh)).map_err(|f| self.loc.fail("stat", &self.rel, f))?;
+        Ok(a.size == self.meta.size && time_of(a.mtime) == self.meta.mtime)
+    }
+}
+
+/// A temporary file being written: a whole file, or one range of a multipart write.
+struct NfsSink<'a> {
+    loc: &'a NfsLocation,
+    rel: Vec<u8>,
+    dir: nfs_fh3,
+    /// Created at the first write (see the local tree's sink).
+    fh: Option<nfs_fh3>,
+    temp: Vec<u8>,
+    start: u64,
+    len: u64,
+    resumed: u64,
+    /// The end of the furthest byte written: when it is the file's size, no SETATTR of the
+    /// size is needed.
+    written_end: u64,
+    /// A whole file's metadata, applied when it is finished; `None` for a part.
+    meta: Option<Meta>,
+}
+
+impl NfsSink<'_> {
+    async fn file(&mut self) -> Result<nfs_fh3, FerryError> {
+        if let Some(fh) = &self.fh {
+            return Ok(fh.clone());
+        }
+        let fh = self.loc.create_file(&self.dir, &self.temp, None).await.map_err(|f| self.loc.fail("create", &self.rel, f))?;
+        Ok(self.fh.insert(fh).clone())
+    }
+}
+
+impl Sink for NfsSink<'_> {
+    fn resumed(&self) -> u64 {
+        self.resumed
+    }
+
+    fn crc_resumed(&mut self, buf: &mut Vec<u8>) -> Result<u32, FerryError> {
+        let fh = self.fh.clone().ok_or_else(|| self.loc.vanished(&self.rel))?;
+        let meta = Meta { size: self.start + self.resumed, ..Meta::default() };
+        let mut src = NfsSource { loc: self.loc, rel: self.rel.clone(), fh, meta };
+        super::crc_of(&mut src, self.start, self.resumed, buf)
+    }
+
+    fn write_at(&mut self, pos: u64, data: &[u8], _crc32c: u32) -> Result<(), FerryError> {
+        let loc = self.loc;
+        loc.block(async {
+            let fh = self.file().await?;
+            let verf = loc.write_all(&fh, pos, data).await.map_err(|f| loc.fail("write", &self.rel, f))?;
+            loc.note_verifier(&fh, verf).map_err(|f| loc.fail("write", &self.rel, f))?;
+            self.written_end = self.written_end.max(pos + data.len() as u64);
+            Ok(())
+        })
+    }
+
+    fn finish(mut self: Box<Self>, crc32c: u32) -> Result<Staged, FerryError> {
+        let loc = self.loc;
+        let done = loc.block(async {
+            let fh = self.file().await?;
+            if let Some(meta) = &self.meta {
+                if self.written_end != self.len {
+                    loc.setattr(&fh, sattr3 { size: Nfs3Option::Some(self.len), ..sattr3::default() }).await.map_err(|f| loc.fail("write", &self.rel, f))?;
+                }
+                loc.apply_meta(&fh, meta, 0o644, &self.rel).await?;
+            }
+            Ok::<(), FerryError>(())
+        });
+        let token =
+            if self.meta.is_some() { Token::Temp(self.temp.clone()) } else { Token::Range { temp: self.temp.clone(), offset: self.start, len: self.len } };
+        if let Err(e) = done {
+            self.abort();
+            return Err(e);
+        }
+        Ok(Staged { rel: self.rel, kind: EntryKind::File, size: self.len, crc32c: Some(crc32c), token, part_tags: Vec::new(), resumed: 0 })
+    }
+
+    fn abort(self: Box<Self>) {
+        if self.meta.is_some() {
+            self.loc.block(async {
+                let _ = rpc!(&self.loc.pool, "REMOVE", |c| c.remove(&REMOVE3args { object: dirop(&self.dir, &self.temp) }));
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_map_to_meta_with_type_bits_devices_and_link_identity() {
+        let a = fattr3 {
+            type_: ftype3::NF3CHR,
+            mode: 0o620,
+            nlink: 1,
+            uid: 5,
+            gid: 6,
+            size: 0,
+            used: 0,
+            rdev: specdata3 { specdata1: 4, specdata2: 64 },
+            fsid: 9,
+            fileid: 77,
+            atime: nfstime3 { seconds: 1, nseconds: 2 },
+            mtime: nfstime3 { seconds: 3, nseconds: 4 },
+            ctime: nfstime3::default(),
+        };
+        let m = meta_of(&a);
+        assert_eq!(m.kind(), EntryKind::CharDev);
+        assert_eq!(m.mode, Some(libc::S_IFCHR | 0o620));
+        assert_eq!(m.rdev, libc::makedev(4, 64));
+        assert_eq!(m.links, Some((9, 77, 1)));
+        assert_eq!((m.mtime, m.atime), (Timestamp { sec: 3, nsec: 4 }, Some(Timestamp { sec: 1, nsec: 2 })));
+    }
+
+    #[test]
+    fn times_outside_nfsv3_range_are_clamped_not_wrapped() {
+        assert_eq!(nfs_time(Timestamp { sec: -5, nsec: 1 }).seconds, 0);
+        assert_eq!(nfs_time(Timestamp { sec: 1 << 40, nsec: 1 }).seconds, u32::MAX);
+    }
+
+    #[test]
+    fn statuses_map_to_retry_classes() {
+        assert!(kind_of_status(nfsstat3::NFS3ERR_STALE).is_transient());
+        assert!(kind_of_status(nfsstat3::NFS3ERR_IO).is_transient());
+        assert!(!kind_of_status(nfsstat3::NFS3ERR_ACCES).is_transient());
+        assert_eq!(kind_of_status(nfsstat3::NFS3ERR_NOSPC), ErrorKind::NoSpace);
+    }
+}
