@@ -364,20 +364,18 @@ impl NfsServer {
             self.export.display()
         );
         std::fs::write(self.root.join("ganesha.conf"), conf).expect("write ganesha.conf");
-        // Detached from the test: ganesha runs in the foreground (-F) of its own process.
-        Command::new(bin)
-            .arg("-F")
-            .arg("-f")
-            .arg(self.root.join("ganesha.conf"))
-            .arg("-L")
-            .arg(self.root.join("ganesha.log"))
-            .arg("-p")
-            .arg(self.root.join("ganesha.pid"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start ganesha.nfsd");
+        // Started by a shell that exits at once, so ganesha belongs to init, not to this test:
+        // the shared server outlives the binary, and a stopped one leaves no zombie behind.
+        let q = |p: PathBuf| format!("'{}'", p.display());
+        let line = format!(
+            "{} -F -f {} -L {} -p {} </dev/null >/dev/null 2>&1 &",
+            q(bin),
+            q(self.root.join("ganesha.conf")),
+            q(self.root.join("ganesha.log")),
+            q(self.root.join("ganesha.pid"))
+        );
+        let started = Command::new("sh").arg("-c").arg(line).status().expect("run sh");
+        assert!(started.success(), "cannot start ganesha.nfsd");
         let deadline = Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect(("127.0.0.1", self.nfs_port)).is_err() || std::net::TcpStream::connect(("127.0.0.1", self.mount_port)).is_err() {
             assert!(

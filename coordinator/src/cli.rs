@@ -381,9 +381,7 @@ fn parse_location(role: &str, uri: &str) -> Result<PathBuf, UsageError> {
     if let Some((scheme, _)) = uri.split_once("://") {
         return match scheme {
             "file" => Ok(PathBuf::from(&uri["file://".len()..])),
-            "nfs" | "efs" | "smb" => {
-                Err(UsageError(format!("{role} {uri}: {scheme}:// locations are not supported by this build yet (use a local or mounted path)")))
-            }
+            "efs" | "smb" => Err(UsageError(format!("{role} {uri}: {scheme}:// locations are not supported by this build yet (use a local or mounted path)"))),
             other => Err(UsageError(format!("{role} {uri}: unknown scheme '{other}' (use a local path or file:///path)"))),
         };
     }
@@ -405,16 +403,50 @@ fn check_s3(role: &str, uri: &str, settings: &S3Settings) -> Result<(), UsageErr
     loc.probe().map_err(|e| UsageError(format!("{role}: {}", e.message)))
 }
 
+/// Checks an `nfs://` location: mounts the export (unreachable server, unknown export and
+/// refused credentials fail here, in one line), then the directory: a source must be one; a
+/// destination is created and a probe file is written, its owner set where owners are kept,
+/// so a read-only export or root squash fails before any shard runs.
+fn check_nfs(role: &str, uri: &str, mode: Mode, dry_run: bool) -> Result<(), UsageError> {
+    use ferry_common::model::EntryKind;
+    use ferry_worker::location::{nfs::NfsLocation, put_file, CommitOptions, Location, Meta};
+    let loc = NfsLocation::open(uri).map_err(|e| UsageError(format!("{role} {}", e.message)))?;
+    let fail = |e: ferry_common::error::FerryError| UsageError(format!("{role} {}", e.message));
+    let found = loc.stat(b"").map_err(fail)?;
+    let is_dir = found.as_ref().map(|m| m.kind()) == Some(EntryKind::Dir);
+    if role == "source" || mode == Mode::Verify {
+        return match (found, is_dir) {
+            (None, _) => Err(UsageError(format!("{role} {uri} does not exist (check the path)"))),
+            (Some(_), false) => Err(UsageError(format!("{role} {uri} is not a directory (ferry copies directory trees; give its parent and use --include)"))),
+            _ => Ok(()),
+        };
+    }
+    if dry_run {
+        return Ok(());
+    }
+    loc.ensure_dir(b"").map_err(fail)?;
+    let probe = format!(".ferry-tmp-probe-{}", std::process::id());
+    let owner = ferry_worker::location::local::sys::is_root().then_some(1);
+    let meta = Meta { kind: Some(EntryKind::File), mode: Some(libc::S_IFREG | 0o600), uid: owner, gid: owner, ..Meta::default() };
+    let written = put_file(&loc, probe.as_bytes(), b"probe", &meta, CommitOptions { fsync: false, verify: true });
+    let _ = loc.remove(&[probe.into_bytes()]);
+    written.map(|_| ()).map_err(|e| UsageError(format!("destination {} (check the export's permissions and free space)", e.message)))
+}
+
 /// Checks both locations and prepares a local destination; returns the locations as URIs or
 /// canonical paths.
 fn check_any_locations(mode: Mode, src_uri: &str, dst_uri: &str, dry_run: bool, s3: &S3Settings) -> Result<(String, String), UsageError> {
-    use ferry_worker::location::is_object_uri;
-    if !is_object_uri(src_uri) && !is_object_uri(dst_uri) {
+    use ferry_worker::location::{is_nfs_uri, is_object_uri};
+    let remote = |u: &str| is_object_uri(u) || is_nfs_uri(u);
+    if !remote(src_uri) && !remote(dst_uri) {
         let (src, dst) = check_locations(mode, src_uri, dst_uri, dry_run)?;
         return Ok((src.to_string_lossy().into_owned(), dst.to_string_lossy().into_owned()));
     }
     let src = if is_object_uri(src_uri) {
         check_s3("source", src_uri, s3)?;
+        src_uri.to_string()
+    } else if is_nfs_uri(src_uri) {
+        check_nfs("source", src_uri, mode, dry_run)?;
         src_uri.to_string()
     } else {
         let src = parse_location("source", src_uri)?;
@@ -424,8 +456,12 @@ fn check_any_locations(mode: Mode, src_uri: &str, dst_uri: &str, dry_run: bool, 
         }
         src.canonicalize().map_err(|e| UsageError(format!("source {}: {e}", src.display())))?.to_string_lossy().into_owned()
     };
-    let dst = if is_object_uri(dst_uri) {
-        check_s3("destination", dst_uri, s3)?;
+    let dst = if remote(dst_uri) {
+        if is_object_uri(dst_uri) {
+            check_s3("destination", dst_uri, s3)?;
+        } else {
+            check_nfs("destination", dst_uri, mode, dry_run)?;
+        }
         if src == dst_uri || (mode == Mode::Sync && (src.starts_with(dst_uri) || dst_uri.starts_with(&src))) {
             return Err(UsageError(format!("source {src} and destination {dst_uri} overlap (choose prefixes that do not contain each other)")));
         }
@@ -595,6 +631,10 @@ fn link_settings(common: &CommonArgs) -> Result<LinkSettings, UsageError> {
 fn bound_path(role: &str, uri: &str) -> Result<String, UsageError> {
     if ferry_worker::location::is_object_uri(uri) {
         ferry_worker::location::s3::S3Url::parse(uri).map_err(|e| UsageError(format!("{role} {e}")))?;
+        return Ok(uri.to_string());
+    }
+    if ferry_worker::location::is_nfs_uri(uri) {
+        ferry_worker::location::nfs::url::NfsUrl::parse(uri).map_err(|e| UsageError(format!("{role} {e}")))?;
         return Ok(uri.to_string());
     }
     let path = parse_location(role, uri)?;

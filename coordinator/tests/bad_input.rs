@@ -148,8 +148,12 @@ fn ftp_scheme_is_reported() {
 #[test]
 fn unsupported_schemes_and_bad_s3_locations_are_refused() {
     let (t, src) = setup();
-    let out = ferry_in(t.path(), &[&"copy", &src, &"nfs://host/export"]);
-    assert_usage_error(&out, &["nfs://", "not supported"]);
+    let out = ferry_in(t.path(), &[&"copy", &src, &"smb://user@host/share"]);
+    assert_usage_error(&out, &["smb://", "not supported"]);
+    let out = ferry_in(t.path(), &[&"copy", &src, &"nfs://no-such-host.invalid/export"]);
+    assert_usage_error(&out, &["no-such-host.invalid", "cannot resolve"]);
+    let out = ferry_in(t.path(), &[&"copy", &"nfs://host/export/../etc", &t.path().join("dst")]);
+    assert_usage_error(&out, &["'..'"]);
     let out = ferry_in(t.path(), &[&"copy", &"s3://Bad_Bucket/prefix", &t.path().join("dst")]);
     assert_usage_error(&out, &["Bad_Bucket", "bucket name"]);
     let out = ferry_in(t.path(), &[&"copy", &src, &"s3://bucket/a/../b"]);

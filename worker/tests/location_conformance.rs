@@ -56,5 +56,5 @@ fn nfs3_on_ganesha_passes_the_location_suite() {
         let (_, uri) = server.fresh(&format!("conformance-{name}"));
         Box::new(NfsLocation::open(&uri).unwrap_or_else(|e| panic!("open {uri}: {e}")))
     };
-    run_all(&fresh, Quirks { symlink_times_ignored: true, ..Quirks::default() });
+    run_all(&fresh, Quirks::default());
 }

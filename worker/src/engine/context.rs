@@ -65,7 +65,7 @@ fn load_manifest(uri: &str, spec: &ExecutionSpec) -> Result<ferry_common::filter
 /// could not create it: tasks and locations bound to agents are submitted by hosts that may
 /// not see the destination at all, so the agents that write there create it.
 fn create_destination(spec: &ExecutionSpec) -> Result<(), FerryError> {
-    if location::is_object_uri(&spec.destination) || !(spec.task.is_some() || spec.link.is_bound()) || spec.options.dry_run || spec.mode == Mode::Verify {
+    if !location::is_local_uri(&spec.destination) || !(spec.task.is_some() || spec.link.is_bound()) || spec.options.dry_run || spec.mode == Mode::Verify {
         return Ok(());
     }
     let path = location::local_path(&spec.destination);
@@ -76,9 +76,11 @@ fn create_destination(spec: &ExecutionSpec) -> Result<(), FerryError> {
 fn open_destination(spec: &ExecutionSpec, profile: Profile) -> Result<SharedLocation, FerryError> {
     create_destination(spec)?;
     match location::open(&spec.destination, spec) {
+        // A remote tree's directory is made by whoever opens it to write (see above).
+        Ok(d) if location::is_nfs_uri(&spec.destination) && !spec.options.dry_run && spec.mode != Mode::Verify => d.ensure_dir(b"").map(|()| d),
         Ok(d) => Ok(d),
         // A dry run into a destination that does not exist yet: everything would be copied.
-        Err(_) if spec.options.dry_run && !location::is_object_uri(&spec.destination) => Ok(Arc::new(Empty::new(&spec.destination, profile))),
+        Err(_) if spec.options.dry_run && location::is_local_uri(&spec.destination) => Ok(Arc::new(Empty::new(&spec.destination, profile))),
         Err(e) => Err(e),
     }
 }

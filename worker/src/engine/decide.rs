@@ -4,7 +4,7 @@
 
 use ferry_common::model::{EntryKind, Options, OverwriteMode, TransferMode};
 
-use crate::location::Meta;
+use crate::location::{Capabilities, Meta};
 
 /// The options that bear on the decision.
 #[derive(Clone, Copy, Debug)]
@@ -17,11 +17,25 @@ pub struct Rules {
     pub checksum: bool,
     /// Owner and group must match (they are preserved, and the destination can set them).
     pub owner: bool,
+    /// The destination keeps a symlink's own times: without it, a symlink with the right
+    /// target is not made again for its time alone (it would be on every run).
+    pub symlink_times: bool,
 }
 
 impl Rules {
-    pub fn new(opts: &Options, owner: bool) -> Rules {
-        Rules { all: opts.transfer_mode == TransferMode::All, never_overwrite: opts.overwrite == OverwriteMode::Never, checksum: opts.checksum, owner }
+    pub fn new(opts: &Options, owner: bool, dst: &Capabilities) -> Rules {
+        Rules {
+            all: opts.transfer_mode == TransferMode::All,
+            never_overwrite: opts.overwrite == OverwriteMode::Never,
+            checksum: opts.checksum,
+            owner,
+            symlink_times: dst.symlink_times,
+        }
+    }
+
+    /// Whether the two entries' times count as the same.
+    fn same_time(&self, src: &Meta, dst: &Meta) -> bool {
+        src.mtime == dst.mtime || (src.kind() == EntryKind::Symlink && !self.symlink_times)
     }
 }
 
@@ -70,7 +84,7 @@ pub fn verdict((src, src_complete): (&Meta, bool), dst: Option<(&Meta, bool)>, r
         EntryKind::CharDev | EntryKind::BlockDev => src.rdev == d.rdev,
         _ => true,
     };
-    if same_content && src.mtime == d.mtime && same_meta(src, d, rules.owner) {
+    if same_content && rules.same_time(src, d) && same_meta(src, d, rules.owner) {
         Verdict::Skip(if rules.checksum { "unchanged" } else { "unchanged (size and mtime)" })
     } else {
         Verdict::Copy
@@ -104,7 +118,8 @@ pub fn dir_differs(want: &Meta, cur: &Meta, owner: bool) -> bool {
 
 /// What differs between a source entry and its destination copy, apart from content, for
 /// verification; `None` when nothing does.
-pub fn difference(s: &Meta, d: &Meta, owner: bool) -> Option<String> {
+pub fn difference(s: &Meta, d: &Meta, rules: Rules) -> Option<String> {
+    let owner = rules.owner;
     let (ks, kd) = (s.kind(), d.kind());
     if ks != kd {
         return Some(format!("type differs: {} at the source, {} at the destination", ks.as_str(), kd.as_str()));
@@ -123,7 +138,7 @@ pub fn difference(s: &Meta, d: &Meta, owner: bool) -> Option<String> {
             }
         }
     }
-    if ks != EntryKind::Dir && s.mtime != d.mtime {
+    if ks != EntryKind::Dir && !rules.same_time(s, d) {
         return Some("mtime differs".into());
     }
     match ks {
@@ -152,7 +167,7 @@ mod tests {
     }
 
     fn rules() -> Rules {
-        Rules { all: false, never_overwrite: false, checksum: false, owner: true }
+        Rules { all: false, never_overwrite: false, checksum: false, owner: true, symlink_times: true }
     }
 
     #[test]
@@ -204,8 +219,8 @@ mod tests {
         assert_eq!(verdict((&link(b"a"), true), Some((&Meta { link_target: None, ..link(b"a") }, true)), rules()), Verdict::NeedMeta);
         let dev = |r: u64| Meta { kind: Some(EntryKind::CharDev), rdev: r, ..Meta::default() };
         assert_eq!(verdict((&dev(1), true), Some((&dev(2), true)), rules()), Verdict::Copy);
-        assert_eq!(difference(&dev(1), &dev(2), true).as_deref(), Some("device number differs"));
-        assert_eq!(difference(&file(1, 1, 0o600), &file(1, 1, 0o644), true).as_deref(), Some("permissions differ: 600 vs 644"));
-        assert_eq!(difference(&file(1, 1, 0o600), &file(1, 1, 0o600), true), None);
+        assert_eq!(difference(&dev(1), &dev(2), rules()).as_deref(), Some("device number differs"));
+        assert_eq!(difference(&file(1, 1, 0o600), &file(1, 1, 0o644), rules()).as_deref(), Some("permissions differ: 600 vs 644"));
+        assert_eq!(difference(&file(1, 1, 0o600), &file(1, 1, 0o600), rules()), None);
     }
 }

@@ -152,7 +152,7 @@ fn list_dir(
     let compare = ctx.options().transfer_mode == TransferMode::Changed || ctx.options().overwrite == OverwriteMode::Never;
     let names: Vec<Vec<u8>> = listing.entries.iter().filter(|l| l.meta.kind() != EntryKind::Dir).map(|l| l.name.clone()).collect();
     let mut found = if compare { dest.lookup(&dir.path, &names)?.into_iter() } else { vec![None; names.len()].into_iter() };
-    let rules = Rules::new(ctx.options(), ctx.keeps_owner());
+    let rules = Rules::new(ctx.options(), ctx.keeps_owner(), &ctx.dst_profile.capabilities);
     let count = listing.entries.len();
     let mut next = listing.resume;
     for (i, l) in listing.entries.into_iter().enumerate() {

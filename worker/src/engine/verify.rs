@@ -60,6 +60,7 @@ pub fn run_verify(ctx: &ExecContext, dest: &dyn Dest, dirs: &[ScanDir], buf: &mu
     let report_all = ctx.spec.mode == Mode::Verify;
     let check_extras = matches!(ctx.spec.mode, Mode::Verify | Mode::Sync);
     let owner = ctx.keeps_owner();
+    let rules = decide::Rules::new(ctx.options(), owner, &ctx.dst_profile.capabilities);
     let mut subdirs = Vec::new();
     for dir in dirs {
         let Some(mut listed) = src.list_all(&dir.path, VERIFY_CAP)? else {
@@ -97,7 +98,7 @@ pub fn run_verify(ctx: &ExecContext, dest: &dyn Dest, dirs: &[ScanDir], buf: &mu
                 let diff = match &there {
                     Some((d, _)) if d.kind() != EntryKind::Dir => Some(format!("type differs: dir at the source, {} at the destination", d.kind().as_str())),
                     // Where the listing carries a directory's metadata, it is compared too.
-                    Some((d, true)) if l.complete => decide::difference(&l.meta, d, owner),
+                    Some((d, true)) if l.complete => decide::difference(&l.meta, d, rules),
                     Some(_) => None,
                     None => Some("missing at the destination".into()),
                 };
@@ -129,7 +130,7 @@ pub fn run_verify(ctx: &ExecContext, dest: &dyn Dest, dirs: &[ScanDir], buf: &mu
                 Err(e) => out.mismatch(rel, kind, 0, e.to_string()),
             }
         }
-        compare(src, dest, pairs, owner, report_all, &mut out, buf);
+        compare(src, dest, pairs, rules, report_all, &mut out, buf);
         if check_extras {
             let mut extras: Vec<(Vec<u8>, EntryKind)> = at_dest.into_iter().map(|(n, (m, _))| (n, m.kind())).collect();
             extras.sort_by(|a, b| a.0.cmp(&b.0));
@@ -153,7 +154,7 @@ pub fn run_verify(ctx: &ExecContext, dest: &dyn Dest, dirs: &[ScanDir], buf: &mu
 
 /// Compares the entries of one directory: metadata first (the destination's is looked up
 /// where its listing did not carry all of it), then the content of files that agree on it.
-fn compare(src: &dyn Location, dest: &dyn Dest, pairs: Vec<(Pair, bool)>, owner: bool, report_all: bool, out: &mut Outcome, buf: &mut Vec<u8>) {
+fn compare(src: &dyn Location, dest: &dyn Dest, pairs: Vec<(Pair, bool)>, rules: decide::Rules, report_all: bool, out: &mut Outcome, buf: &mut Vec<u8>) {
     let incomplete: Vec<Vec<u8>> = pairs.iter().filter(|(p, complete)| p.dst.is_some() && !complete).map(|(p, _)| p.rel.clone()).collect();
     let mut looked_up: HashMap<Vec<u8>, Result<Option<Meta>, FerryError>> = incomplete.iter().cloned().zip(dest.stat_many(&incomplete)).collect();
     let mut content = Vec::new();
@@ -170,7 +171,7 @@ fn compare(src: &dyn Location, dest: &dyn Dest, pairs: Vec<(Pair, bool)>, owner:
         }
         let diff = match &p.dst {
             None => Some("missing at the destination".to_string()),
-            Some(d) => decide::difference(&p.src, d, owner),
+            Some(d) => decide::difference(&p.src, d, rules),
         };
         match diff {
             Some(reason) => out.mismatch(p.rel, p.src.kind(), p.src.size, reason),

@@ -181,7 +181,7 @@ impl<'a> Writer<'a> {
     /// `ctx` must reach the destination. `check_chunks`: the reader is another process.
     pub fn new(ctx: &'a ExecContext, check_chunks: bool) -> Result<Self, FerryError> {
         let dst = ctx.dst()?.as_ref();
-        let rules = Rules::new(ctx.options(), ctx.keeps_owner() && dst.capabilities().ownership);
+        let rules = Rules::new(ctx.options(), ctx.keeps_owner() && dst.capabilities().ownership, &dst.capabilities());
         Ok(Writer {
             ctx,
             dst,

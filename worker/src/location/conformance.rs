@@ -19,9 +19,6 @@ pub struct Quirks {
     pub no_full_object_crc: bool,
     /// A PUT refused for its checksum still leaves the object (s3s-fs checks after writing).
     pub refused_put_stays: bool,
-    /// A symlink's own times cannot be set: nfs-ganesha's VFS backend answers a SETATTR (or
-    /// a SYMLINK carrying times) with success and keeps the time of creation.
-    pub symlink_times_ignored: bool,
 }
 
 /// A named check.
@@ -166,14 +163,14 @@ pub fn damaged_bytes_are_caught_and_never_published(loc: &dyn Location, q: Quirk
     }
 }
 
-pub fn symlinks_keep_their_target(loc: &dyn Location, q: Quirks) {
+pub fn symlinks_keep_their_target(loc: &dyn Location, _: Quirks) {
     let meta = Meta { kind: Some(EntryKind::Symlink), mtime: Timestamp { sec: 1_650_000_000, nsec: 0 }, ..Meta::default() };
     let staged = loc.make(b"l/link", &Special::Symlink { target: b"../d2/file".to_vec() }, &meta, &Vec::new()).expect("make symlink");
     let mut buf = Vec::new();
     assert!(commit(loc, vec![staged], COMMIT, &mut buf)[0].is_ok());
     let l = loc.stat(b"l/link").expect("stat symlink").expect("the symlink exists");
     assert_eq!((l.kind(), l.link_target.as_deref()), (EntryKind::Symlink, Some(&b"../d2/file"[..])), "symlinks keep their target, never followed");
-    if !q.symlink_times_ignored {
+    if loc.capabilities().symlink_times {
         assert_eq!(l.mtime, meta.mtime, "a symlink keeps its own mtime");
     }
 }

@@ -33,6 +33,8 @@ pub struct Capabilities {
     pub ownership: bool,
     /// Times are kept to the nanosecond.
     pub ns_times: bool,
+    /// A symlink's own times are kept.
+    pub symlink_times: bool,
     /// Directories are entries with metadata of their own, and empty ones survive.
     pub dir_markers: bool,
     /// Writes are staged under a temporary name and renamed into place, so a read-back can
@@ -492,6 +494,11 @@ pub fn is_object_uri(uri: &str) -> bool {
 /// Whether a location URI names an NFS export, spoken in user space.
 pub fn is_nfs_uri(uri: &str) -> bool {
     uri.starts_with("nfs://")
+}
+
+/// Whether a location URI names a tree on this host's own file system (or a kernel mount).
+pub fn is_local_uri(uri: &str) -> bool {
+    !is_object_uri(uri) && !is_nfs_uri(uri)
 }
 
 /// What the location behind `uri` can hold.

@@ -40,6 +40,7 @@ pub fn profile() -> Profile {
             special_files: true,
             ownership: true,
             ns_times: true,
+            symlink_times: true,
             dir_markers: true,
             atomic_rename: true,
             stored_checksum: false,

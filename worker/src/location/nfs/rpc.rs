@@ -216,8 +216,12 @@ pub enum Attempt<T> {
     Refused(String),
 }
 
+/// What one send came back with: within the deadline or not, without a panic in the client
+/// or with one, and the client's own result.
+pub type Outcome<T, E> = Result<std::thread::Result<Result<Nfs3Result<T, E>, nfs3_client::error::Error>>, tokio::time::error::Elapsed>;
+
 /// Sorts one attempt's outcome.
-pub fn settle<T, E>(outcome: Result<std::thread::Result<Result<Nfs3Result<T, E>, nfs3_client::error::Error>>, tokio::time::error::Elapsed>) -> Attempt<T> {
+pub fn settle<T, E>(outcome: Outcome<T, E>) -> Attempt<T> {
     use nfs3_client::error::{Error, RpcError};
     match outcome {
         Err(_) => Attempt::Transport("the request timed out".into()),

@@ -60,6 +60,7 @@ pub fn profile(url: &S3Url) -> Profile {
             special_files: false,
             ownership: true,
             ns_times: true,
+            symlink_times: true,
             dir_markers: true,
             atomic_rename: false,
             stored_checksum: true,
