@@ -334,8 +334,13 @@ impl NfsServer {
 
     /// A server of this test's own (stopped on drop), which it may stop and start.
     pub fn private(nfs_port: u16, mount_port: u16) -> Option<NfsServer> {
+        Self::private_at(std::env::temp_dir().join(format!("ferry-nfs-{}-{nfs_port}", std::process::id())), nfs_port, mount_port)
+    }
+
+    /// [`NfsServer::private`] with its export and state under `root` (a benchmark puts it on
+    /// the disk it measures). `root` is removed on drop.
+    pub fn private_at(root: PathBuf, nfs_port: u16, mount_port: u16) -> Option<NfsServer> {
         ganesha_binary()?;
-        let root = std::env::temp_dir().join(format!("ferry-nfs-{}-{nfs_port}", std::process::id()));
         let server = NfsServer::at(root, nfs_port, mount_port, true);
         server.start();
         Some(server)

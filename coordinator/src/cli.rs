@@ -410,7 +410,7 @@ fn check_s3(role: &str, uri: &str, settings: &S3Settings) -> Result<(), UsageErr
 fn check_nfs(role: &str, uri: &str, mode: Mode, dry_run: bool) -> Result<(), UsageError> {
     use ferry_common::model::EntryKind;
     use ferry_worker::location::{nfs::NfsLocation, put_file, CommitOptions, Location, Meta};
-    let loc = NfsLocation::open(uri).map_err(|e| UsageError(format!("{role} {}", e.message)))?;
+    let loc = NfsLocation::open(uri, true).map_err(|e| UsageError(format!("{role} {}", e.message)))?;
     let fail = |e: ferry_common::error::FerryError| UsageError(format!("{role} {}", e.message));
     let found = loc.stat(b"").map_err(fail)?;
     let is_dir = found.as_ref().map(|m| m.kind()) == Some(EntryKind::Dir);

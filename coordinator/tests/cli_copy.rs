@@ -714,3 +714,44 @@ fn a_release_build_ignores_the_fault_injection_variables() {
     }
     assert_eq!(f.run().code, Some(1), "the test build's hooks corrupt sub/b.bin, and verification catches it");
 }
+
+/// POSIX ACLs (access and default) and, as root, `trusted.*` attributes survive a local copy,
+/// checked with `getfacl` and `getfattr`; an idle rerun leaves them alone.
+#[test]
+fn posix_acls_and_trusted_xattrs_survive_a_local_copy() {
+    use std::process::Command;
+    let run = |cmd: &str, args: &[&str]| {
+        let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd} is installed (acl, attr): {e}"));
+        assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let t = scratch();
+    let src = t.path().join("src");
+    write_file(&src.join("shared/file"), b"acl'd");
+    write_file(&src.join("plain"), b"no acl");
+    let (file, dir) = (src.join("shared/file"), src.join("shared"));
+    run("setfacl", &["-m", "u:1234:rw,g:2345:r", file.to_str().unwrap()]);
+    run("setfacl", &["-d", "-m", "u:1234:rwx,o::-", dir.to_str().unwrap()]);
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        run("setfattr", &["-n", "trusted.ferry", "-v", "0x00ff10", file.to_str().unwrap()]);
+    }
+    let dst = t.path().join("dst");
+    let first = ferry_ok("copy", &src, &dst, &[]);
+    assert_eq!(counter(&first, "files_failed"), 0, "{first}");
+    // Listings are compared with the tree's own root stripped from the names.
+    let acls = |root: &Path| run("getfacl", &["-R", "-p", "-n", root.to_str().unwrap()]).replace(root.to_str().unwrap(), "ROOT");
+    // getfattr drops the leading '/' of the names it prints.
+    let attrs = |root: &Path| {
+        run("getfattr", &["-R", "-h", "-d", "-m", "-", "-e", "hex", root.to_str().unwrap()]).replace(root.to_str().unwrap().trim_start_matches('/'), "ROOT")
+    };
+    assert_eq!(acls(&dst), acls(&src), "getfacl sees other ACLs at the destination");
+    assert!(acls(&dst).contains("user:1234:rw-") && acls(&dst).contains("default:user:1234:rwx"), "{}", acls(&dst));
+    assert_eq!(attrs(&dst), attrs(&src), "getfattr sees other attributes at the destination");
+    if root {
+        assert!(attrs(&dst).contains("trusted.ferry=0x00ff10"), "{}", attrs(&dst));
+    }
+    let idle = ferry_ok("copy", &src, &dst, &[]);
+    assert_eq!(counter(&idle, "files_transferred"), 0, "an idle rerun copied: {idle}");
+    assert_eq!(acls(&dst), acls(&src));
+}

@@ -12,6 +12,7 @@ pub mod error;
 pub mod gen;
 pub mod lan;
 pub mod linkbench;
+pub mod nfsbench;
 pub mod report;
 pub mod rng;
 pub mod scale;

@@ -53,6 +53,9 @@ enum Cmd {
     /// ferry's QUIC agent link against rsync (daemon, ssh) and one TLS-over-TCP stream, on
     /// loopback or through the WAN emulator (needs root, etcd, and the release binaries).
     LinkBench(LinkBenchArgs),
+    /// ferry's user-space NFSv3 client against libnfs's nfs-cp (driven by xargs -P), both
+    /// directions, small files, on a private nfs-ganesha (needs root and nfs-ganesha).
+    NfsBench(NfsBenchArgs),
     /// Fault injection during a cluster copy (kill workers, cut links, restart the
     /// coordinator and etcd), then an independent check that nothing was lost.
     Chaos(ChaosArgs),
@@ -438,6 +441,52 @@ fn cmd_link_bench(a: LinkBenchArgs) -> Result<i32> {
 }
 
 #[derive(Args)]
+struct NfsBenchArgs {
+    /// Source data directory (generated when missing: small files of 0-64 KiB).
+    #[arg(long, default_value = "/var/tmp/ferry-nfsbench/src")]
+    data: PathBuf,
+    #[arg(long, default_value_t = 20_000)]
+    files: u64,
+    #[arg(long, default_value_t = 200)]
+    dirs: u64,
+    /// Scratch directory on the same disk: the server's export and the local destinations.
+    #[arg(long, default_value = "/var/tmp/ferry-nfsbench/work")]
+    work: PathBuf,
+    /// Tools in order, comma-separated: ferry-to-nfs, ferry-from-nfs, nfs-cp-to-nfs-pN,
+    /// nfs-cp-from-nfs-pN (N nfs-cp processes at a time).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ferry-to-nfs,nfs-cp-to-nfs-p8,nfs-cp-to-nfs-p32,ferry-from-nfs,nfs-cp-from-nfs-p8,nfs-cp-from-nfs-p32"
+    )]
+    tools: Vec<String>,
+    /// Directory of the release binaries (default: the workspace's target/release).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 3)]
+    repeat: u32,
+    /// Write the runs and medians as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn cmd_nfs_bench(a: NfsBenchArgs) -> Result<i32> {
+    let ws = ferry_loadtests::util::workspace_root();
+    let o = ferry_loadtests::nfsbench::NfsBenchOptions {
+        data: a.data,
+        files: a.files,
+        dirs: a.dirs,
+        work: a.work,
+        bin_dir: a.bin_dir.unwrap_or_else(|| ferry_loadtests::util::target_dir(&ws).join("release")),
+        tools: a.tools,
+        repeat: a.repeat.max(1),
+        out: a.out,
+    };
+    let runs = ferry_loadtests::nfsbench::run(&o)?;
+    Ok(if runs.len() == o.tools.len() * o.repeat as usize { 0 } else { 1 })
+}
+
+#[derive(Args)]
 struct ScaleArgs {
     /// Files in the tree (empty files; directories come on top).
     #[arg(long, default_value_t = 10_000_000)]
@@ -599,6 +648,7 @@ fn main() {
         Cmd::Wan(a) => ferry_loadtests::wan::cli::run(a),
         Cmd::StoreBench { shards, claimers } => cmd_store_bench(shards, claimers),
         Cmd::LinkBench(a) => cmd_link_bench(a),
+        Cmd::NfsBench(a) => cmd_nfs_bench(a),
         Cmd::Chaos(a) => cmd_chaos(a),
         Cmd::Scale(a) => cmd_scale(a),
         Cmd::TlsSink { listen, dir, tls } => ferry_loadtests::linkbench::tls_sink(&listen, &dir, &tls).map(|_| 0),

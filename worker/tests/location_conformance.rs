@@ -54,7 +54,7 @@ fn nfs3_on_ganesha_passes_the_location_suite() {
     };
     let fresh = |name: &str| -> Box<dyn Location> {
         let (_, uri) = server.fresh(&format!("conformance-{name}"));
-        Box::new(NfsLocation::open(&uri).unwrap_or_else(|e| panic!("open {uri}: {e}")))
+        Box::new(NfsLocation::open(&uri, true).unwrap_or_else(|e| panic!("open {uri}: {e}")))
     };
     run_all(&fresh, Quirks::default());
 }

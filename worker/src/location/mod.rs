@@ -25,7 +25,8 @@ pub struct Capabilities {
     pub hard_links: bool,
     /// Sparse files: reads report holes ([`Source::data`]) and writes may leave them.
     pub holes: bool,
-    /// `user.*` extended attributes are kept.
+    /// Extended attributes are kept: `user.*`, POSIX ACLs, and as root `trusted.*` and
+    /// `security.*` (see `local::sys::copied_xattr`).
     pub xattrs: bool,
     /// FIFOs, sockets and device nodes can be created.
     pub special_files: bool,
@@ -138,7 +139,8 @@ impl Limits {
     }
 }
 
-/// `user.*` extended attributes as (name, value) pairs.
+/// Extended attributes as (name, value) pairs (POSIX ACLs among them, as
+/// `system.posix_acl_access` and `system.posix_acl_default`).
 pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// What a location knows about one entry. Fields a backend cannot know are `None`.
@@ -518,7 +520,7 @@ pub fn open(uri: &str, spec: &ExecutionSpec) -> Result<SharedLocation, FerryErro
     if is_object_uri(uri) {
         Ok(Arc::new(s3::S3Location::open(uri, &spec.s3)?))
     } else if is_nfs_uri(uri) {
-        Ok(Arc::new(nfs::NfsLocation::open(uri)?))
+        Ok(Arc::new(nfs::NfsLocation::open(uri, spec.options.fsync)?))
     } else {
         Ok(Arc::new(local::LocalLocation::open(&local_path(uri), &spec.id)?))
     }

@@ -268,9 +268,10 @@ impl LocalLocation {
         Ok(LocalSink { loc: self, rel: rel.to_vec(), dir, fd: None, temp, start: 0, len: size, resumed, meta: Some((meta.clone(), xattrs.clone())) })
     }
 
-    /// Sets extended attributes, owner, mode and times on an open entry, in that order:
-    /// chown clears set-id bits, so mode comes after it, and times come last because every
-    /// other change touches them.
+    /// Sets owner, extended attributes, mode and times on an open entry, in that order:
+    /// chown clears set-id bits and `security.capability`, so both come after it (an ACL
+    /// set before the mode agrees with it: the mode is the source's, made from the same
+    /// ACL), and times come last because every other change touches them.
     fn apply_meta_fd(&self, fd: RawFd, meta: &Meta, xattrs: Option<&Xattrs>, default_mode: u32) -> io::Result<()> {
         if let Some(x) = xattrs {
             let current = sys::fxattrs(fd)?;
@@ -288,11 +289,11 @@ impl LocalLocation {
     /// [`Self::apply_meta_fd`] on a file that has no extended attributes yet (a new
     /// temporary file): nothing to remove first.
     fn set_meta_fd(owner: Option<(u32, u32)>, fd: RawFd, meta: &Meta, xattrs: &Xattrs, default_mode: u32) -> io::Result<()> {
-        for (k, v) in xattrs {
-            sys::fsetxattr(fd, k, v)?;
-        }
         if let Some((u, g)) = owner {
             sys::fchown(fd, u, g)?;
+        }
+        for (k, v) in xattrs {
+            sys::fsetxattr(fd, k, v)?;
         }
         sys::fchmod(fd, meta.perm().unwrap_or(default_mode))?;
         sys::futimens(fd, meta.atime.unwrap_or(meta.mtime), meta.mtime)
@@ -303,13 +304,13 @@ impl LocalLocation {
     /// symlink gets only its owner and times.
     fn apply_meta_at(&self, dir: RawFd, name: &[u8], meta: &Meta, xattrs: &Xattrs) -> io::Result<()> {
         let symlink = meta.kind() == EntryKind::Symlink;
+        if let Some((u, g)) = self.owner(meta) {
+            sys::lchown_at(dir, name, u, g)?;
+        }
         if !symlink {
             for (k, v) in xattrs {
                 sys::lsetxattr_at(dir, name, k, v)?;
             }
-        }
-        if let Some((u, g)) = self.owner(meta) {
-            sys::lchown_at(dir, name, u, g)?;
         }
         if !symlink {
             sys::chmod_at(dir, name, meta.perm().unwrap_or(0o644))?;

@@ -203,8 +203,18 @@ pub fn fdatasync(fd: RawFd) -> io::Result<()> {
     check(unsafe { libc::fdatasync(fd) }).map(|_| ())
 }
 
-/// User-visible extended attributes of an open file or directory, as (name, value) pairs.
-/// Only the `user.` namespace is copied: `security.` and `trusted.` belong to the host.
+/// Whether an extended attribute is copied: `user.*` and the POSIX ACLs always;
+/// `trusted.*` and `security.*` when running as root, the only one who may set them (and
+/// read `trusted.*`). Other `system.*` names are the file system's own business.
+pub fn copied_xattr(name: &[u8], root: bool) -> bool {
+    name.starts_with(b"user.")
+        || name == b"system.posix_acl_access"
+        || name == b"system.posix_acl_default"
+        || (root && (name.starts_with(b"trusted.") || name.starts_with(b"security.")))
+}
+
+/// The extended attributes of an open file or directory that are copied ([`copied_xattr`]),
+/// as (name, value) pairs.
 pub fn fxattrs(fd: RawFd) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     xattrs_with(
         |buf| unsafe { libc::flistxattr(fd, buf.as_mut_ptr().cast(), buf.len()) },
@@ -242,7 +252,8 @@ fn xattrs_with(list: impl Fn(&mut [u8]) -> libc::ssize_t, get: impl Fn(&CStr, &m
         }
     };
     let mut out = Vec::new();
-    for name in names[..n].split(|&b| b == 0).filter(|s| s.starts_with(b"user.")) {
+    let root = is_root();
+    for name in names[..n].split(|&b| b == 0).filter(|s| copied_xattr(s, root)) {
         let cname = cstr(name)?;
         let mut value = vec![0u8; 256];
         loop {

@@ -164,6 +164,12 @@ pub struct NfsLocation {
     /// The write verifier each temporary file's UNSTABLE writes were answered with: COMMIT
     /// must answer the same, or the server restarted and may have lost them.
     verifiers: Mutex<HashMap<Vec<u8>, writeverf3>>,
+    /// The handle of each staged temporary file, by (entry, temporary name): committing a
+    /// small file then costs no LOOKUP before its COMMIT and its read-back.
+    staged: Mutex<HashMap<StagedKey, StagedFile>>,
+    /// Content is made durable before it is published (`--no-fsync` turns it off): a small
+    /// file then goes in one FILE_SYNC WRITE and needs no COMMIT.
+    fsync: bool,
     /// The credentials are root's: owners can be set (unless the export squashes root).
     owner_settable: bool,
 }
@@ -185,7 +191,7 @@ impl NfsLocation {
     /// Mounts the export named by `uri` (the longest leading part of its path the server
     /// exports) and opens the connection pool. The directory below the export need not
     /// exist yet; `stat(b"")` says whether it does.
-    pub fn open(uri: &str) -> Result<NfsLocation, FerryError> {
+    pub fn open(uri: &str, fsync: bool) -> Result<NfsLocation, FerryError> {
         let url = NfsUrl::parse(uri).map_err(FerryError::config)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -221,6 +227,8 @@ impl NfsLocation {
             rsize: 64 << 10,
             wsize: 64 << 10,
             verifiers: Mutex::new(HashMap::new()),
+            staged: Mutex::new(HashMap::new()),
+            fsync,
             owner_settable: uid == 0,
         };
         let fsroot = loc.export.clone();
@@ -527,7 +535,7 @@ impl NfsLocation {
 
     /// Writes `data` at `pos`, UNSTABLE, in WRITEs of the server's size sent side by side, and
     /// checks that every answer carries the same write verifier.
-    async fn write_all(&self, fh: &nfs_fh3, pos: u64, data: &[u8]) -> Result<writeverf3, Fail> {
+    async fn write_all(&self, fh: &nfs_fh3, pos: u64, data: &[u8], stable: stable_how) -> Result<writeverf3, Fail> {
         let wsize = self.wsize as usize;
         let writes = data.chunks(wsize).enumerate().map(|(i, piece)| async move {
             let mut done = 0;
@@ -539,7 +547,7 @@ impl NfsLocation {
                     file: fh.clone(),
                     offset,
                     count: rest.len() as u32,
-                    stable: stable_how::UNSTABLE,
+                    stable,
                     data: Opaque::borrowed(rest),
                 }))?;
                 if r.count == 0 {
@@ -589,11 +597,30 @@ impl NfsLocation {
         }
     }
 
-    /// The handle of a staged entry's temporary file.
-    async fn staged_fh(&self, staged: &Staged, temp: &[u8]) -> Result<nfs_fh3, FerryError> {
+    /// Remembers the handle of a staged temporary file (see `staged`).
+    fn stage(&self, rel: &[u8], temp: &[u8], file: StagedFile) {
+        let mut staged = self.staged.lock().unwrap_or_else(|p| p.into_inner());
+        // Staged entries are committed or discarded within their batch; a bound keeps
+        // those of failed batches from piling up.
+        if staged.len() >= 1 << 16 {
+            staged.clear();
+        }
+        staged.insert((rel.to_vec(), temp.to_vec()), file);
+    }
+
+    fn unstage(&self, rel: &[u8], temp: &[u8]) {
+        self.staged.lock().unwrap_or_else(|p| p.into_inner()).remove(&(rel.to_vec(), temp.to_vec()));
+    }
+
+    /// The handle of a staged entry's temporary file, and whether its content is durable
+    /// already.
+    async fn staged_fh(&self, staged: &Staged, temp: &[u8]) -> Result<StagedFile, FerryError> {
+        if let Some(file) = self.staged.lock().unwrap_or_else(|p| p.into_inner()).get(&(staged.rel.clone(), temp.to_vec())) {
+            return Ok(file.clone());
+        }
         let (dir, _) = self.parent(&staged.rel, false).await?.ok_or_else(|| self.vanished(&staged.rel))?;
         match self.lookup(&dir, temp).await.map_err(|f| self.fail("look up", &staged.rel, f))? {
-            Some(f) => Ok(f.fh),
+            Some(f) => Ok(StagedFile { fh: f.fh, durable: false }),
             None => {
                 Err(FerryError::new(ErrorKind::Unavailable, format!("the temporary file of {} vanished before it was committed", self.describe(&staged.rel))))
             }
@@ -828,8 +855,13 @@ impl Location for NfsLocation {
                         resumed: 0,
                         written_end: 0,
                         meta: Some(meta.clone()),
+                        durable: false,
                     };
-                    match self.lookup(&sink.dir, &sink.temp).await.map_err(|f| self.fail("look up", rel, f))? {
+                    // A file that fits one WRITE has nothing worth resuming, and its CREATE
+                    // (UNCHECKED) truncates any debris: no LOOKUP for it.
+                    let found =
+                        if size <= self.wsize as u64 { None } else { self.lookup(&sink.dir, &sink.temp).await.map_err(|f| self.fail("look up", rel, f))? };
+                    match found {
                         Some(f) if resume.is_some() && f.attr.type_ == ftype3::NF3REG && f.attr.size <= size => {
                             sink.resumed = f.attr.size;
                             sink.written_end = f.attr.size;
@@ -860,6 +892,7 @@ impl Location for NfsLocation {
                         resumed: 0,
                         written_end: 0,
                         meta: None,
+                        durable: false,
                     };
                     Ok(Box::new(sink) as Box<dyn Sink + '_>)
                 }
@@ -976,8 +1009,11 @@ impl Location for NfsLocation {
         self.block(async {
             let commits =
                 staged.iter().filter(|s| s.kind == EntryKind::File).filter_map(|s| Self::temp_of(s).map(|(t, _, _)| (s, t))).map(|(s, temp)| async move {
-                    let fh = self.staged_fh(s, temp).await?;
-                    self.commit_file(&fh).await.map_err(|f| self.fail("flush", &s.rel, f))
+                    let file = self.staged_fh(s, temp).await?;
+                    if file.durable {
+                        return Ok(());
+                    }
+                    self.commit_file(&file.fh).await.map_err(|f| self.fail("flush", &s.rel, f))
                 });
             join_all(commits).await.into_iter().collect::<Result<Vec<()>, FerryError>>().map(|_| ())
         })
@@ -990,7 +1026,7 @@ impl Location for NfsLocation {
         if len == 0 {
             return Ok(None);
         }
-        let fh = self.block(self.staged_fh(staged, temp))?;
+        let fh = self.block(self.staged_fh(staged, temp))?.fh;
         let meta = Meta { size: offset + len, ..Meta::default() };
         let mut src = NfsSource { loc: self, rel: staged.rel.clone(), fh, meta };
         let got = super::crc_of(&mut src, offset, len, buf)?;
@@ -1008,6 +1044,7 @@ impl Location for NfsLocation {
         let Token::Temp(temp) = &staged.token else {
             return Ok(());
         };
+        self.unstage(&staged.rel, temp);
         self.block(async {
             let (dir, _) = self.parent(&staged.rel, false).await?.ok_or_else(|| self.vanished(&staged.rel))?;
             self.rename_into_place(&dir, temp, &staged.rel).await
@@ -1016,6 +1053,7 @@ impl Location for NfsLocation {
 
     fn discard(&self, staged: &Staged) {
         if let Token::Temp(temp) = &staged.token {
+            self.unstage(&staged.rel, temp);
             self.block(async {
                 if let Ok(Some((dir, _))) = self.parent(&staged.rel, false).await {
                     let _ = rpc!(&self.pool, "REMOVE", |c| c.remove(&REMOVE3args { object: dirop(&dir, temp) }));
@@ -1107,6 +1145,16 @@ impl Location for NfsLocation {
     }
 }
 
+/// A staged temporary file's key: (entry, temporary name).
+type StagedKey = (Vec<u8>, Vec<u8>);
+
+/// A staged temporary file: its handle, and whether its content is durable already.
+#[derive(Clone, Debug)]
+struct StagedFile {
+    fh: nfs_fh3,
+    durable: bool,
+}
+
 /// A regular file open for reading: its handle and attributes.
 struct NfsSource<'a> {
     loc: &'a NfsLocation,
@@ -1159,6 +1207,8 @@ struct NfsSink<'a> {
     written_end: u64,
     /// A whole file's metadata, applied when it is finished; `None` for a part.
     meta: Option<Meta>,
+    /// Its content went in one FILE_SYNC WRITE: nothing to COMMIT.
+    durable: bool,
 }
 
 impl NfsSink<'_> {
@@ -1187,8 +1237,15 @@ impl Sink for NfsSink<'_> {
         let loc = self.loc;
         loc.block(async {
             let fh = self.file().await?;
-            let verf = loc.write_all(&fh, pos, data).await.map_err(|f| loc.fail("write", &self.rel, f))?;
-            loc.note_verifier(&fh, verf).map_err(|f| loc.fail("write", &self.rel, f))?;
+            // A whole small file in one WRITE: FILE_SYNC makes it durable on the way, and
+            // saves the COMMIT (and its verifier bookkeeping) per file.
+            let whole = loc.fsync && self.meta.is_some() && pos == 0 && data.len() as u64 == self.len && data.len() <= loc.wsize as usize;
+            let stable = if whole { stable_how::FILE_SYNC } else { stable_how::UNSTABLE };
+            let verf = loc.write_all(&fh, pos, data, stable).await.map_err(|f| loc.fail("write", &self.rel, f))?;
+            self.durable = whole;
+            if !whole {
+                loc.note_verifier(&fh, verf).map_err(|f| loc.fail("write", &self.rel, f))?;
+            }
             self.written_end = self.written_end.max(pos + data.len() as u64);
             Ok(())
         })
@@ -1211,6 +1268,11 @@ impl Sink for NfsSink<'_> {
         if let Err(e) = done {
             self.abort();
             return Err(e);
+        }
+        if let Some(fh) = &self.fh {
+            // An empty file has no content to flush: CREATE is durable when answered.
+            let durable = self.durable || (self.len == 0 && self.meta.is_some());
+            loc.stage(&self.rel, &self.temp, StagedFile { fh: fh.clone(), durable });
         }
         Ok(Staged { rel: self.rel, kind: EntryKind::File, size: self.len, crc32c: Some(crc32c), token, part_tags: Vec::new(), resumed: 0 })
     }
