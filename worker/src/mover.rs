@@ -125,13 +125,17 @@ where
     Fut: std::future::Future<Output = Result<T, QueueError>>,
 {
     let mut backoff = std::time::Duration::from_millis(100);
-    let mut warned = false;
+    let mut warned: Option<std::time::Instant> = None;
     loop {
         match op().await {
             Err(QueueError::Store(e)) if e.is_transient() => {
-                if !warned {
-                    tracing::warn!(error = %e, "{what}: coordination store unavailable; retrying until it is back");
-                    warned = true;
+                // Once, then every 30 s with the latest error: a loop that never ends must
+                // still say what it waits for (the rare hang after an etcd outage is silent
+                // otherwise).
+                if warned.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(30)) {
+                    let again = if warned.is_some() { "still " } else { "" };
+                    tracing::warn!(error = %e, "{what}: coordination store unavailable; {again}retrying until it is back");
+                    warned = Some(std::time::Instant::now());
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(std::time::Duration::from_secs(5));

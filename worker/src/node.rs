@@ -244,6 +244,8 @@ async fn mover_loop(shared: Arc<MoverShared>, index: usize) {
         let step = async {
             let kv = shared.queue.store().get(&meta_key).await?;
             let Some(kv) = kv else {
+                // Not a normal end (that is a terminal phase): say so, for the record.
+                tracing::info!(mover = index, "the execution's record is gone; this mover stops");
                 return Ok::<_, QueueError>(None);
             };
             let exec: Execution = codec::decode(&kv.value)?;
