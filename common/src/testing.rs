@@ -354,19 +354,35 @@ impl NfsServer {
     /// accept connections.
     pub fn start(&self) {
         let bin = ganesha_binary().expect("ganesha is installed");
+        // One start at a time on this machine: each ganesha re-registers NFS and MOUNT with
+        // rpcbind, and two doing it at once make one fail ("Cannot register NFS V3") and exit.
+        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open("/tmp/ferry-ganesha-start.lock").expect("open the start lock");
+        // SAFETY: flock on a descriptor this function owns; released when `lock` is closed.
+        assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) }, 0, "lock the ganesha start lock");
         std::fs::create_dir_all(&self.export).expect("create the export directory");
         std::fs::create_dir_all(self.root.join("v4recov")).expect("create ganesha's recovery directory");
+        // Two more exports for refusals: one that squashes root (writable by anyone, so only
+        // setting an owner fails) and one that is read-only.
+        for (dir, mode) in [("squashed", 0o777), ("readonly", 0o755)] {
+            let p = self.root.join(dir);
+            std::fs::create_dir_all(&p).expect("create an export directory");
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode)).expect("chmod an export directory");
+        }
         if std::net::TcpStream::connect(("127.0.0.1", 111)).is_err() {
             let _ = Command::new("rpcbind").arg("-w").status();
         }
         let conf = format!(
             "NFS_CORE_PARAM {{ Protocols=3,4; NFS_Port={}; MNT_Port={}; Enable_NLM=false; Enable_RQUOTA=false; Bind_addr=127.0.0.1; }}\n\
              NFSV4 {{ Graceless=true; RecoveryBackend=fs; RecoveryRoot={}; Only_Numeric_Owners=true; }}\n\
-             EXPORT {{ Export_Id=1; Path={}; Pseudo=/export; Access_Type=RW; Squash=No_Root_Squash; SecType=sys; Protocols=3,4; Transports=TCP; FSAL {{ Name=VFS; }} }}\n",
+             EXPORT {{ Export_Id=1; Path={}; Pseudo=/export; Access_Type=RW; Squash=No_Root_Squash; SecType=sys; Protocols=3,4; Transports=TCP; FSAL {{ Name=VFS; }} }}\n\
+             EXPORT {{ Export_Id=2; Path={}; Pseudo=/squashed; Access_Type=RW; Squash=Root_Squash; SecType=sys; Protocols=3,4; Transports=TCP; FSAL {{ Name=VFS; }} }}\n\
+             EXPORT {{ Export_Id=3; Path={}; Pseudo=/readonly; Access_Type=RO; Squash=No_Root_Squash; SecType=sys; Protocols=3,4; Transports=TCP; FSAL {{ Name=VFS; }} }}\n",
             self.nfs_port,
             self.mount_port,
             self.root.join("v4recov").display(),
-            self.export.display()
+            self.export.display(),
+            self.root.join("squashed").display(),
+            self.root.join("readonly").display()
         );
         std::fs::write(self.root.join("ganesha.conf"), conf).expect("write ganesha.conf");
         // Started by a shell that exits at once, so ganesha belongs to init, not to this test:
@@ -421,6 +437,12 @@ impl NfsServer {
         std::fs::create_dir_all(&dir).expect("create a test directory in the export");
         let uri = self.uri(&rel);
         (dir, uri)
+    }
+
+    /// The URI of `rel` in the export that squashes root (`squashed`) or the read-only one
+    /// (`readonly`).
+    pub fn refusing_uri(&self, export: &str, rel: &str) -> String {
+        format!("nfs://127.0.0.1{}/{rel}?nfsport={}&mountport={}", self.root.join(export).display(), self.nfs_port, self.mount_port)
     }
 
     /// The URI of `rel` in the export.

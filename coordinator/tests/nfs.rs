@@ -169,6 +169,17 @@ fn unreachable_servers_and_unknown_exports_get_one_line_and_exit_2() {
             assert!(line.contains(says) && line.lines().count() == 1, "one line naming the problem ({says})\n{}", out.describe());
         }
     }
+    // Exports that refuse: root squash (when run as root, owners are kept, and the probe
+    // file's owner cannot be set) and read-only.
+    if unsafe { libc::geteuid() } == 0 {
+        let out = Ferry::new("copy", &src, server.refusing_uri("squashed", "dst")).run();
+        out.assert_code(2);
+        assert!(out.stderr.contains("squashes root") && out.stderr.trim().lines().count() == 1, "{}", out.describe());
+    }
+    let out = Ferry::new("copy", &src, server.refusing_uri("readonly", "dst")).run();
+    out.assert_code(2);
+    assert!(out.stderr.contains("read-only") && out.stderr.trim().lines().count() == 1, "{}", out.describe());
+
     // A file where the source directory should be.
     let (on_disk, uri) = server.fresh("notadir");
     fs::remove_dir(&on_disk).unwrap();

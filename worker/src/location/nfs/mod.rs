@@ -260,6 +260,10 @@ impl NfsLocation {
                 ErrorKind::PermissionDenied,
                 format!("cannot {op} {what}: the server refused (the export squashes root: export it with no_root_squash, or copy without owners)"),
             ),
+            Fail::Status { status: nfsstat3::NFS3ERR_ROFS, .. } => FerryError::new(
+                ErrorKind::PermissionDenied,
+                format!("cannot {op} {what}: the export is read-only (export it read-write, or choose another destination)"),
+            ),
             Fail::Status { status, .. } => FerryError::new(kind_of_status(status), format!("cannot {op} {what}: {status}")),
             Fail::Unreachable(why) => FerryError::new(ErrorKind::Unavailable, format!("cannot {op} {what}: {why}")),
             Fail::Refused(why) => FerryError::new(ErrorKind::PermissionDenied, format!("cannot {op} {what}: {why}")),
