@@ -549,6 +549,22 @@ pub(crate) fn temp_name(tag: &str, name: &[u8]) -> Vec<u8> {
     t
 }
 
+/// The temporary name of a whole file named after the source `version` it holds, so only a
+/// partial file of that same version is resumed.
+pub(crate) fn version_temp_name(version: &str, name: &[u8]) -> Vec<u8> {
+    temp_name(&format!("v{:08x}", crc32c::crc32c(version.as_bytes())), name)
+}
+
+/// The temporary file a staged entry was written to, and the range of it that holds the
+/// entry's content: what `sync` flushes and `check` reads back, for tree backends.
+pub(crate) fn temp_of(staged: &Staged) -> Option<(&[u8], u64, u64)> {
+    match &staged.token {
+        Token::Temp(t) => Some((t, 0, staged.size)),
+        Token::Range { temp, offset, len } => Some((temp, *offset, *len)),
+        _ => None,
+    }
+}
+
 /// How [`commit`] treats a batch: `--no-fsync` and `--verify none` reach every destination
 /// through here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -24,11 +24,11 @@ use ferry_common::error::{ErrorKind, FerryError};
 use ferry_common::model::{EntryKind, Timestamp};
 use ferry_common::paths;
 
-use super::temp_name;
 use super::{
     source_changed, Capabilities, Completed, Durable, Limits, Listed, Location, Meta, Page, Profile, Sink, Source, Special, Staged, StoredPart, Target, Token,
     Xattrs, TEMP_PREFIX,
 };
+use super::{temp_name, version_temp_name};
 
 /// What a POSIX tree holds: everything, to the nanosecond.
 pub fn profile() -> Profile {
@@ -254,7 +254,7 @@ impl LocalLocation {
         let d = dir.as_raw_fd();
         // Named after the source version, so only a partial file of the same version resumes.
         let temp = match resume {
-            Some(version) => temp_name(&format!("v{:08x}", crc32c::crc32c(version.as_bytes())), &name),
+            Some(version) => version_temp_name(version, &name),
             None => temp_name(&self.nonce, &name),
         };
         let mut resumed = 0;
@@ -316,14 +316,6 @@ impl LocalLocation {
             sys::chmod_at(dir, name, meta.perm().unwrap_or(0o644))?;
         }
         sys::utimens_at_nofollow(dir, name, meta.atime.unwrap_or(meta.mtime), meta.mtime)
-    }
-
-    fn temp_of(staged: &Staged) -> Option<(&[u8], u64, u64)> {
-        match &staged.token {
-            Token::Temp(t) => Some((t, 0, staged.size)),
-            Token::Range { temp, offset, len } => Some((temp, *offset, *len)),
-            _ => None,
-        }
     }
 }
 
@@ -524,7 +516,7 @@ impl Location for LocalLocation {
         }
         for s in staged {
             let (dir, name) = self.parent(&s.rel, false)?.ok_or_else(|| self.vanished(&s.rel))?;
-            let flushed = match (what, Self::temp_of(s)) {
+            let flushed = match (what, super::temp_of(s)) {
                 (Durable::Content, Some((temp, _, _))) => {
                     sys::open_at(dir.as_raw_fd(), temp, libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK, 0).and_then(|fd| sys::fdatasync(fd.as_raw_fd()))
                 }
@@ -539,7 +531,7 @@ impl Location for LocalLocation {
     }
 
     fn check(&self, staged: &Staged, buf: &mut Vec<u8>) -> Result<Option<String>, FerryError> {
-        let (Some(want), Some((temp, offset, len))) = (staged.crc32c, Self::temp_of(staged)) else {
+        let (Some(want), Some((temp, offset, len))) = (staged.crc32c, super::temp_of(staged)) else {
             return Ok(None);
         };
         if len == 0 {

@@ -33,8 +33,8 @@ use nfs3_client::{MountClient, PortmapperClient};
 use self::rpc::{rpc, Conn, Fail, Pool};
 use self::url::NfsUrl;
 use super::{
-    source_changed, temp_name, Capabilities, Completed, Durable, Limits, Listed, Location, Meta, Page, Profile, Sink, Source, Special, Staged, StoredPart,
-    Target, Token, Xattrs, TEMP_PREFIX,
+    source_changed, temp_name, version_temp_name, Capabilities, Completed, Durable, Limits, Listed, Location, Meta, Page, Profile, Sink, Source, Special,
+    Staged, StoredPart, Target, Token, Xattrs, TEMP_PREFIX,
 };
 
 /// What an NFSv3 export holds: a POSIX tree without extended attributes.
@@ -256,10 +256,6 @@ impl NfsLocation {
     fn fail(&self, op: &str, rel: &[u8], f: Fail) -> FerryError {
         let what = self.describe(rel);
         match f {
-            Fail::Status { status: nfsstat3::NFS3ERR_ACCES | nfsstat3::NFS3ERR_PERM, .. } if op.starts_with("set owner") => FerryError::new(
-                ErrorKind::PermissionDenied,
-                format!("cannot {op} {what}: the server refused (the export squashes root: export it with no_root_squash, or copy without owners)"),
-            ),
             Fail::Status { status: nfsstat3::NFS3ERR_ROFS, .. } => FerryError::new(
                 ErrorKind::PermissionDenied,
                 format!("cannot {op} {what}: the export is read-only (export it read-write, or choose another destination)"),
@@ -467,17 +463,31 @@ impl NfsLocation {
             ..sattr3::default()
         };
         let mut last = sattr3 { mode: mode.map_or(Nfs3Option::None, Nfs3Option::Some), ..times };
+        // Only root may give a file away: a refusal of a SETATTR carrying an owner, sent with
+        // root's credentials, is root squash.
+        let owner_refused = |op: &str, f: Fail| match f {
+            Fail::Status { status: nfsstat3::NFS3ERR_ACCES | nfsstat3::NFS3ERR_PERM, .. } => FerryError::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "cannot {op} {}: the server refused (the export squashes root: export it with no_root_squash, or copy without owners)",
+                    self.describe(rel)
+                ),
+            ),
+            other => self.fail(op, rel, other),
+        };
         if let Some((u, g)) = owner {
             let set_owner = sattr3 { uid: Nfs3Option::Some(u), gid: Nfs3Option::Some(g), ..sattr3::default() };
             if mode.is_some_and(|m| m & 0o6000 != 0) {
-                self.setattr(fh, set_owner).await.map_err(|f| self.fail("set owner of", rel, f))?;
+                self.setattr(fh, set_owner).await.map_err(|f| owner_refused("set owner of", f))?;
             } else {
                 last.uid = set_owner.uid;
                 last.gid = set_owner.gid;
             }
         }
-        let op = if owner.is_some() { "set owner and metadata of" } else { "set metadata on" };
-        self.setattr(fh, last).await.map_err(|f| self.fail(op, rel, f))
+        match owner {
+            Some(_) => self.setattr(fh, last).await.map_err(|f| owner_refused("set owner and metadata of", f)),
+            None => self.setattr(fh, last).await.map_err(|f| self.fail("set metadata on", rel, f)),
+        }
     }
 
     /// Renames a finished temporary entry over `rel`'s name; a directory in the way goes first.
@@ -590,14 +600,6 @@ impl NfsLocation {
         match expected {
             Some(v) if v != r.verf => Err(restarted()),
             _ => Ok(()),
-        }
-    }
-
-    fn temp_of(staged: &Staged) -> Option<(&[u8], u64, u64)> {
-        match &staged.token {
-            Token::Temp(t) => Some((t, 0, staged.size)),
-            Token::Range { temp, offset, len } => Some((temp, *offset, *len)),
-            _ => None,
         }
     }
 
@@ -845,7 +847,7 @@ impl Location for NfsLocation {
                 Target::File { size, resume } => {
                     let (dir, name) = self.parent(rel, true).await?.ok_or_else(|| self.vanished(rel))?;
                     let temp = match resume {
-                        Some(version) => temp_name(&format!("v{:08x}", crc32c::crc32c(version.as_bytes())), &name),
+                        Some(version) => version_temp_name(version, &name),
                         None => temp_name(&self.nonce, &name),
                     };
                     let mut sink = NfsSink {
@@ -1012,7 +1014,7 @@ impl Location for NfsLocation {
         }
         self.block(async {
             let commits =
-                staged.iter().filter(|s| s.kind == EntryKind::File).filter_map(|s| Self::temp_of(s).map(|(t, _, _)| (s, t))).map(|(s, temp)| async move {
+                staged.iter().filter(|s| s.kind == EntryKind::File).filter_map(|s| super::temp_of(s).map(|(t, _, _)| (s, t))).map(|(s, temp)| async move {
                     let file = self.staged_fh(s, temp).await?;
                     if file.durable {
                         return Ok(());
@@ -1024,7 +1026,7 @@ impl Location for NfsLocation {
     }
 
     fn check(&self, staged: &Staged, buf: &mut Vec<u8>) -> Result<Option<String>, FerryError> {
-        let (Some(want), Some((temp, offset, len))) = (staged.crc32c, Self::temp_of(staged)) else {
+        let (Some(want), Some((temp, offset, len))) = (staged.crc32c, super::temp_of(staged)) else {
             return Ok(None);
         };
         if len == 0 {
