@@ -70,6 +70,21 @@ pub enum VerifyMode {
     None,
 }
 
+/// How a file's owner and group are carried when they are kept (DataSync's Uid/Gid).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OwnerIds {
+    /// The numeric ids, as the source has them (INT_VALUE).
+    #[default]
+    Numeric,
+    /// By name: the source's id is named on the host that reads it and that name is looked
+    /// up where the destination is written. An id that has no name on either side is not
+    /// carried, nor is the other half of the pair (owner and group are set together): the
+    /// entry keeps the writer's default owner and group (NAME).
+    Name,
+    /// By name where both sides know it, else the numeric id, as rsync does (BOTH).
+    Both,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TransferMode {
     /// Copy what is new or differs by size and mtime (or by CRC32C with `checksum`).
@@ -131,6 +146,9 @@ pub struct Options {
     pub preserve_devices: bool,
     /// Set owner and group (needs root at the destination).
     pub preserve_owner: bool,
+    /// How owner and group travel when `preserve_owner`.
+    #[serde(default)]
+    pub owner_ids: OwnerIds,
     pub fsync: bool,
     pub dry_run: bool,
     pub filters: Filters,
@@ -151,6 +169,7 @@ impl Default for Options {
             remove_deleted: false,
             preserve_devices: true,
             preserve_owner: true,
+            owner_ids: OwnerIds::Numeric,
             fsync: true,
             dry_run: false,
             filters: Filters::default(),

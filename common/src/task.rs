@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::filter::{Filters, Matcher};
-use crate::model::{ExecutionSpec, LinkSettings, Mode, Options, OverwriteMode, S3Settings, TransferMode, VerifyMode};
+use crate::model::{ExecutionSpec, LinkSettings, Mode, Options, OverwriteMode, OwnerIds, S3Settings, TransferMode, VerifyMode};
 
 /// An error in a task or an override, with the field it is about (`Options.Atime`).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -212,13 +212,11 @@ impl TaskOptions {
         if o.posix_permissions == Some(PosixPermissionsOpt::None) {
             return Err(FieldError::unprocessable("Options.PosixPermissions", "NONE is not supported: ferry always copies permission bits (use PRESERVE)"));
         }
-        for (field, v) in [("Options.Uid", o.uid), ("Options.Gid", o.gid)] {
-            if matches!(v, Some(IdOpt::Name) | Some(IdOpt::Both)) {
-                return Err(FieldError::unprocessable(field, "NAME and BOTH are not supported: ferry copies numeric ids (use INT_VALUE or NONE)"));
-            }
-        }
-        if (o.uid == Some(IdOpt::None)) != (o.gid == Some(IdOpt::None)) {
-            return Err(FieldError::unprocessable("Options.Gid", "Uid and Gid must both be INT_VALUE or both NONE: ferry sets the owner and group together"));
+        if o.uid.unwrap_or(IdOpt::IntValue) != o.gid.unwrap_or(IdOpt::IntValue) {
+            return Err(FieldError::unprocessable(
+                "Options.Gid",
+                "Uid and Gid must have the same value (INT_VALUE, NAME, BOTH or NONE): ferry carries the owner and group together",
+            ));
         }
         Ok(())
     }
@@ -505,6 +503,11 @@ impl Task {
             remove_deleted: remove,
             preserve_devices: opts.preserve_devices == Some(PreserveDevicesOpt::Preserve),
             preserve_owner: opts.uid != Some(IdOpt::None),
+            owner_ids: match opts.uid {
+                Some(IdOpt::Name) => OwnerIds::Name,
+                Some(IdOpt::Both) => OwnerIds::Both,
+                _ => OwnerIds::Numeric,
+            },
             filters,
             manifest: self.manifest.as_ref().map(|m| m.source.clone()),
             ..Options::default()
@@ -642,6 +645,26 @@ mod tests {
         let mut t = task();
         t.excludes = vec![FilterRule { filter_type: FilterType::SimplePattern, value: "a||b".into() }];
         assert_eq!(t.validate(&SchedulePolicy::default()).unwrap_err().field(), "Excludes");
+    }
+
+    #[test]
+    fn owners_by_name_are_accepted_and_uid_and_gid_must_agree() {
+        for (opt, ids, kept) in [
+            (IdOpt::IntValue, OwnerIds::Numeric, true),
+            (IdOpt::Name, OwnerIds::Name, true),
+            (IdOpt::Both, OwnerIds::Both, true),
+            (IdOpt::None, OwnerIds::Numeric, false),
+        ] {
+            let mut t = task();
+            (t.options.uid, t.options.gid) = (Some(opt), Some(opt));
+            t.validate(&SchedulePolicy::default()).unwrap();
+            let spec = t.execution_spec("e", &StartOverrides::default()).unwrap();
+            assert_eq!((spec.options.owner_ids, spec.options.preserve_owner), (ids, kept), "{opt:?}");
+        }
+        let mut t = task();
+        (t.options.uid, t.options.gid) = (Some(IdOpt::Name), Some(IdOpt::IntValue));
+        let e = t.validate(&SchedulePolicy::default()).unwrap_err();
+        assert_eq!(e.field(), "Options.Gid");
     }
 
     #[test]

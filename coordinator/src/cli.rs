@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ferry_common::filter::{Filters, Matcher};
-use ferry_common::model::{ExecutionSpec, Limits, LinkSettings, Mode, Options, Phase, S3Settings, TransferMode, VerifyMode};
+use ferry_common::model::{ExecutionSpec, Limits, LinkSettings, Mode, Options, OwnerIds, Phase, S3Settings, TransferMode, VerifyMode};
 use ferry_common::telemetry::{init_logging, LogFormat};
 
 use std::sync::Arc;
@@ -182,6 +182,18 @@ pub enum VerifyArg {
     None,
 }
 
+/// How owners travel when they are kept (as root): DataSync's Uid/Gid values.
+#[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
+pub enum OwnerIdsArg {
+    /// The numeric uid and gid (INT_VALUE).
+    Numeric,
+    /// By user and group name, looked up on the hosts that read and write; an id without a
+    /// name on either side is not carried (NAME).
+    Name,
+    /// By name where both sides know it, else the numeric id (BOTH).
+    Both,
+}
+
 #[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
 pub enum LogFormatArg {
     Text,
@@ -276,6 +288,9 @@ pub struct CommonArgs {
     /// Skip FIFOs, sockets and device nodes (PreserveDevices NONE); each gets a report entry.
     #[arg(long)]
     pub no_specials: bool,
+    /// How owner and group are carried when they are kept (they are, when ferry runs as root).
+    #[arg(long, value_enum, default_value = "numeric")]
+    pub owner_ids: OwnerIdsArg,
     /// Write the task report (JSON Lines) to FILE.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
@@ -552,6 +567,11 @@ fn build_spec(mode: Mode, common: &CommonArgs, t: Option<&TransferArgs>) -> Resu
     let mut options = Options {
         preserve_devices: !common.no_specials,
         preserve_owner: ferry_worker::location::local::sys::is_root(),
+        owner_ids: match common.owner_ids {
+            OwnerIdsArg::Numeric => OwnerIds::Numeric,
+            OwnerIdsArg::Name => OwnerIds::Name,
+            OwnerIdsArg::Both => OwnerIds::Both,
+        },
         filters: Filters { include: common.include.clone(), exclude: common.exclude.clone() },
         limits: Limits::default(),
         remove_deleted: mode == Mode::Sync,

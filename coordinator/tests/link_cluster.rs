@@ -177,3 +177,155 @@ fn part_shards_of_one_large_file_spread_over_two_reader_agents() {
     let same = Command::new("cmp").arg(src.join("one.gib")).arg(dst.join("one.gib")).status().expect("cmp runs");
     assert!(same.success(), "the assembled file differs from the source");
 }
+
+/// The user and group databases of an agent at another site: `extra` lines appended to this
+/// host's own (so root and the system accounts stay).
+fn user_db(dir: &Path, site: &str, users: &[(&str, u32)], groups: &[(&str, u32)]) -> (std::path::PathBuf, std::path::PathBuf) {
+    let mut passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let mut group = std::fs::read_to_string("/etc/group").unwrap();
+    for (name, id) in users {
+        passwd += &format!("{name}:x:{id}:{id}::/nonexistent:/usr/sbin/nologin\n");
+    }
+    for (name, id) in groups {
+        group += &format!("{name}:x:{id}:\n");
+    }
+    let (p, g) = (dir.join(format!("passwd-{site}")), dir.join(format!("group-{site}")));
+    std::fs::write(&p, passwd).unwrap();
+    std::fs::write(&g, group).unwrap();
+    (p, g)
+}
+
+fn owner_of(p: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p).unwrap();
+    (m.uid(), m.gid())
+}
+
+/// Uid/Gid NAME and BOTH across two hosts whose user databases disagree: the reader names the
+/// source's ids with its own database, the writer's agent answers with its own ids for those
+/// names. An id without a name on either side is dropped by NAME (with its group: owner and
+/// group are set together) and kept as a number by BOTH. An idle rerun compares owners the same way and copies nothing.
+#[test]
+fn owners_travel_by_name_between_hosts_with_different_user_databases() {
+    if !have_root_and_ip() {
+        return;
+    }
+    let dbs = tempfile::tempdir().unwrap();
+    // "ferryalice" and "ferrystaff" exist at both sites with different ids; "ferrybob" only
+    // at the source's; id 4103 is nobody's anywhere.
+    let onprem_db = user_db(dbs.path(), "onprem", &[("ferryalice", 4101), ("ferrybob", 4102)], &[("ferrystaff", 4201)]);
+    let cloud_db = user_db(dbs.path(), "cloud", &[("ferryalice", 5101)], &[("ferrystaff", 5201)]);
+    let agents = vec![
+        AgentSpec::new("agent-onprem", "onprem").user_db(onprem_db.0, onprem_db.1),
+        AgentSpec::new("agent-cloud", "cloud").user_db(cloud_db.0, cloud_db.1),
+    ];
+    let Some(fleet) = Fleet::start(agents) else {
+        return;
+    };
+    let src = fleet.work.path().join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    let chown = |rel: &str, uid: u32, gid: u32| std::os::unix::fs::lchown(src.join(rel), Some(uid), Some(gid)).unwrap();
+    for (rel, uid) in [("alice.txt", 4101), ("sub/bob.txt", 4102), ("nobody.txt", 4103)] {
+        std::fs::write(src.join(rel), rel).unwrap();
+        chown(rel, uid, 4201);
+    }
+    std::os::unix::fs::symlink("alice.txt", src.join("link")).unwrap();
+    chown("link", 4101, 4201);
+    chown("sub", 4101, 4201);
+
+    let copy = |dst: &Path, ids: &str| {
+        let out = fleet
+            .ferry("copy", &src, dst)
+            .args(["--json", "--source-agents", "onprem", "--destination-agents", "cloud", "--owner-ids", ids])
+            .timeout(Duration::from_secs(120))
+            .run();
+        assert_eq!(out.code, Some(0), "{}\n{}", out.describe(), fleet.agent_logs());
+        out.json()
+    };
+    let by_name = fleet.work.path().join("by-name");
+    copy(&by_name, "name");
+    assert_eq!(owner_of(&by_name.join("alice.txt")), (5101, 5201), "alice and staff by their names at the destination");
+    assert_eq!(owner_of(&by_name.join("link")), (5101, 5201), "a symlink's owner too");
+    assert_eq!(owner_of(&by_name.join("sub")), (5101, 5201), "a directory's owner too");
+    assert_eq!(owner_of(&by_name.join("sub/bob.txt")), (0, 0), "bob is unknown at the destination: not carried by NAME (nor his group: they travel together)");
+    assert_eq!(owner_of(&by_name.join("nobody.txt")), (0, 0), "an id without a name is not carried by NAME");
+    let log = fleet.agent_log("agent-onprem");
+    assert!(log.contains("ferrybob") && log.contains("(id 4102 at the source) does not exist on the destination's host"), "{log}");
+    assert!(log.contains("user id 4103 has no name on the host that reads the source"), "{log}");
+
+    let again = copy(&by_name, "name");
+    assert_eq!(counter(&again, "files_transferred"), 0, "owners compared by name: an idle rerun copies nothing\n{again}");
+
+    let both = fleet.work.path().join("both");
+    copy(&both, "both");
+    assert_eq!(owner_of(&both.join("alice.txt")), (5101, 5201));
+    assert_eq!(owner_of(&both.join("sub/bob.txt")), (4102, 5201), "BOTH falls back to the number");
+    assert_eq!(owner_of(&both.join("nobody.txt")), (4103, 5201));
+    let again = copy(&both, "both");
+    assert_eq!(counter(&again, "files_transferred"), 0, "{again}");
+
+    let numeric = fleet.work.path().join("numeric");
+    copy(&numeric, "numeric");
+    assert_eq!(owner_of(&numeric.join("alice.txt")), (4101, 4201), "the default carries the numbers as they are");
+}
+
+/// rsync's view of what differs between two trees (content by checksum), ignoring directory
+/// times (a directory's mtime moves as its entries are written) and a symlink's time, which
+/// an NFSv3 server does not keep (see README, NFS).
+fn rsync_differences(a: &Path, b: &Path) -> Vec<String> {
+    let diff = Command::new("rsync")
+        .args(["-anci", "--delete"])
+        .arg(format!("{}/", a.display()))
+        .arg(format!("{}/", b.display()))
+        .output()
+        .expect("rsync is installed");
+    assert!(diff.status.success(), "{}", String::from_utf8_lossy(&diff.stderr));
+    String::from_utf8_lossy(&diff.stdout)
+        .lines()
+        .filter(|l| !l.starts_with(".d..t") && !(l.starts_with(".L") && l.as_bytes().get(4) == Some(&b't')))
+        .map(str::to_string)
+        .collect()
+}
+
+/// An NFS export that only one agent reaches (the server listens on the host's loopback; the
+/// other agent lives in a namespace of its own) is served by that agent to the other through
+/// the link, in both directions: local files at one site → `nfs://` at the other, and back.
+#[test]
+fn an_nfs_export_that_one_agent_alone_reaches_is_served_to_another_over_the_link() {
+    if !have_root_and_ip() {
+        return;
+    }
+    let Some(nfs) = ferry_common::testing::NfsServer::shared() else {
+        return;
+    };
+    let Some(fleet) = Fleet::start(vec![AgentSpec::new("agent-site", "site"), AgentSpec::new("agent-nas", "nas").on_host()]) else {
+        return;
+    };
+    let src = fleet.work.path().join("src");
+    std::fs::create_dir_all(src.join("a/b")).unwrap();
+    for i in 0..200 {
+        std::fs::write(src.join(format!("a/b/f{i:03}")), format!("{i}\n").repeat(i * 7 + 1)).unwrap();
+    }
+    std::fs::write(src.join("large.bin"), (0..24u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect::<Vec<u8>>()).unwrap();
+    std::os::unix::fs::symlink("a/b/f001", src.join("link")).unwrap();
+    std::fs::create_dir_all(src.join("empty")).unwrap();
+    let (on_disk, uri) = nfs.fresh("bound");
+    let run = |sub: &str, from: &str, to: &str, readers: &str, writers: &str| {
+        let started = Instant::now();
+        let out =
+            fleet.ferry(sub, from, to).args(["--json", "--source-agents", readers, "--destination-agents", writers]).timeout(Duration::from_secs(180)).run();
+        assert_eq!(out.code, Some(0), "{}\n{}", out.describe(), fleet.agent_logs());
+        eprintln!("{sub} {from} -> {to}: {:?}", started.elapsed());
+        out.json()
+    };
+    let to_nas = run("copy", src.to_str().unwrap(), &uri, "site", "nas");
+    assert_eq!(counter(&to_nas, "files_failed"), 0, "{to_nas}");
+    assert!(rsync_differences(&src, &on_disk).is_empty(), "site → nas: {:?}", rsync_differences(&src, &on_disk));
+    let idle = run("copy", src.to_str().unwrap(), &uri, "site", "nas");
+    assert_eq!(counter(&idle, "files_transferred"), 0, "an idle rerun through the link copies nothing\n{idle}");
+
+    let back = fleet.work.path().join("back");
+    let from_nas = run("copy", &uri, back.to_str().unwrap(), "nas", "site");
+    assert_eq!(counter(&from_nas, "files_failed"), 0, "{from_nas}");
+    assert!(rsync_differences(&src, &back).is_empty(), "nas → site: {:?}", rsync_differences(&src, &back));
+}

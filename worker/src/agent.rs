@@ -144,6 +144,10 @@ async fn join_execution(
         .map_err(|e| JoinError::Unusable(e.to_string()))?
         .map_err(|e| JoinError::Unusable(e.to_string()))?;
     tracing::info!(execution = exec_id, source = %exec.spec.source, destination = %exec.spec.destination, reads = reach.source, writes = reach.destination, "ExecutionJoined");
+    if !reach.destination {
+        let names = crate::mover::LinkNames { link: link.clone(), store: store.clone(), spec: ctx.spec.clone() };
+        let _ = ctx.dest_names.set(Arc::new(names));
+    }
     let ctx = Arc::new(ctx);
     if reach.destination {
         link.registry.insert(ctx.clone());

@@ -9,6 +9,7 @@ use ferry_common::store::{SharedStore, TxnOp};
 
 use crate::engine::context::Sides;
 use crate::engine::dest::{Dest, Direct};
+use crate::engine::owners::{DestNames, OwnerIdsFound};
 use crate::engine::read::SendSettings;
 use crate::engine::scan::{list_page, LinkRole};
 use crate::engine::{dirmeta, links, parts, prune, transfer, verify, ExecContext, Line, Outcome};
@@ -74,6 +75,26 @@ async fn route(shared: &MoverShared, shard: &Shard) -> Result<Route, FerryError>
             let writers = find_writers(shared.queue.store(), &shared.ctx.spec).await?;
             Ok(Route::Remote { writers, start: crc32c::crc32c(shard.id.as_bytes()) as usize, store: shared.queue.store().clone() })
         }
+    }
+}
+
+/// The destination host's user and group names, asked of a writer agent over the link (for a
+/// reader whose owners travel by name). Runs on the blocking pool, like the shards.
+pub struct LinkNames {
+    pub link: std::sync::Arc<LinkAgent>,
+    pub store: SharedStore,
+    pub spec: ExecutionSpec,
+}
+
+impl DestNames for LinkNames {
+    fn ids(&self, users: &[String], groups: &[String]) -> Result<OwnerIdsFound, FerryError> {
+        let client = self.link.client.as_ref().ok_or_else(|| no_certificate(&self.link))?;
+        let rt = tokio::runtime::Handle::try_current()
+            .map_err(|_| FerryError::new(ErrorKind::Other, "owner names were looked up outside the runtime (report a bug)"))?;
+        let writers = rt.block_on(find_writers(&self.store, &self.spec))?;
+        let connector = Remote::new(client, writers, 0, None);
+        let dest = RemoteDest { connector: &connector, exec: self.spec.id.clone(), agent: self.link.name.clone(), uri: self.spec.destination.clone() };
+        dest.owner_ids(users, groups)
     }
 }
 

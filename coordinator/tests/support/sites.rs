@@ -128,11 +128,27 @@ pub struct AgentSpec {
     pub name: String,
     pub label: String,
     pub env: Vec<(String, String)>,
+    /// Users and groups this agent's host has: (passwd, group) files mounted over
+    /// /etc/passwd and /etc/group in its own mount namespace, as on another host.
+    pub user_db: Option<(PathBuf, PathBuf)>,
+    /// Runs in the host's namespace, not its site's: it alone reaches servers on the host's
+    /// loopback (a test NFS server), and listens for links on the bridge address.
+    pub on_host: bool,
 }
 
 impl AgentSpec {
     pub fn new(name: &str, label: &str) -> AgentSpec {
-        AgentSpec { name: name.into(), label: label.into(), env: Vec::new() }
+        AgentSpec { name: name.into(), label: label.into(), env: Vec::new(), user_db: None, on_host: false }
+    }
+
+    pub fn on_host(mut self) -> AgentSpec {
+        self.on_host = true;
+        self
+    }
+
+    pub fn user_db(mut self, passwd: PathBuf, group: PathBuf) -> AgentSpec {
+        self.user_db = Some((passwd, group));
+        self
     }
 
     pub fn env(mut self, k: &str, v: &str) -> AgentSpec {
@@ -179,10 +195,29 @@ impl Fleet {
             let site = &fleet.sites.sites[i];
             let log = File::create(fleet.logs.join(format!("{}.log", agent.name))).unwrap();
             let mut cmd = Command::new("ip");
-            cmd.args(["netns", "exec", &site.ns]).arg(bin("ferry-worker"));
+            let listen = if agent.on_host { fleet.sites.host_ip.clone() } else { site.addr.clone() };
+            if agent.on_host {
+                cmd = Command::new("env");
+            } else {
+                cmd.args(["netns", "exec", &site.ns]);
+            }
+            if let Some((passwd, group)) = &agent.user_db {
+                cmd.args([
+                    "unshare",
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    "mount --bind \"$1\" /etc/passwd && mount --bind \"$2\" /etc/group && shift 2 && exec \"$@\"",
+                    "sh",
+                ]);
+                cmd.arg(passwd).arg(group);
+            }
+            cmd.arg(bin("ferry-worker"));
             cmd.args(["--etcd", &endpoint, "--name", &agent.name, "--labels", &agent.label, "--lease-ttl", "30", "--movers", "4"]);
             cmd.arg("--tls-dir").arg(fleet.work.path().join(format!("tls-{i}"))).args(["--enroll-token", token.stdout.trim()]);
-            cmd.args(["--link-listen", &format!("{}:7400", site.addr)]);
+            cmd.args(["--link-listen", &format!("{listen}:7400")]);
             cmd.envs(agent.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
             fleet.procs.0.push(cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().unwrap());
             fleet.names.push(agent.name.clone());

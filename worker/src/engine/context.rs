@@ -5,9 +5,10 @@ use std::sync::{Arc, OnceLock};
 use ferry_common::error::{ErrorKind, FerryError};
 use ferry_common::filter::Matcher;
 use ferry_common::keys::ExecKeys;
-use ferry_common::model::{ExecutionSpec, Mode, Options, Reach};
+use ferry_common::model::{ExecutionSpec, Mode, Options, OwnerIds, Reach};
 
 use super::hooks::TestHooks;
+use super::owners::{DestNames, HostNames, OwnerMapped};
 use crate::lease::LeaseClock;
 use crate::location::{self, empty::Empty, CommitOptions, Location, Profile, SharedLocation};
 use crate::rate::RateLimiter;
@@ -38,6 +39,10 @@ pub struct ExecContext {
     /// BytesPerSecond of this execution on this agent; it follows changes made while the
     /// execution runs (the movers' watch refreshes it).
     pub rate: RateLimiter,
+    /// Who answers for the destination host's user and group names, where owners travel by
+    /// name (see [`crate::engine::owners`]): this host where this process writes the
+    /// destination; set by the movers of a reader, which ask a writer agent.
+    pub dest_names: Arc<OnceLock<Arc<dyn DestNames>>>,
 }
 
 /// Most bytes a manifest may have: it is held in memory on every worker.
@@ -95,9 +100,22 @@ impl ExecContext {
     pub fn open_for(spec: ExecutionSpec, reach: Reach) -> Result<Self, FerryError> {
         let src_profile = location::profile(&spec.source)?;
         let dst_profile = location::profile(&spec.destination)?;
+        let dest_names: Arc<OnceLock<Arc<dyn DestNames>>> = Arc::default();
+        let by_name = spec.options.preserve_owner && spec.options.owner_ids != OwnerIds::Numeric;
+        let open_source = || -> Result<SharedLocation, FerryError> {
+            let src = location::open(&spec.source, &spec)?;
+            Ok(if by_name && src_profile.capabilities.ownership && dst_profile.capabilities.ownership {
+                Arc::new(OwnerMapped::new(src, spec.options.owner_ids, dest_names.clone()))
+            } else {
+                src
+            })
+        };
         let sides = match (reach.source, reach.destination) {
-            (true, true) => Sides::Both { src: location::open(&spec.source, &spec)?, dst: open_destination(&spec, dst_profile)? },
-            (true, false) => Sides::Reader { src: location::open(&spec.source, &spec)? },
+            (true, true) => {
+                let _ = dest_names.set(Arc::new(HostNames));
+                Sides::Both { src: open_source()?, dst: open_destination(&spec, dst_profile)? }
+            }
+            (true, false) => Sides::Reader { src: open_source()? },
             (false, true) => Sides::Writer { dst: open_destination(&spec, dst_profile)? },
             (false, false) => return Err(FerryError::config(format!("this agent reaches neither location of execution {}", spec.id))),
         };
@@ -116,6 +134,7 @@ impl ExecContext {
             hooks: TestHooks::from_env(),
             lease: OnceLock::new(),
             rate,
+            dest_names,
         })
     }
 

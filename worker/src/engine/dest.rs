@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use ferry_common::error::FerryError;
 
+use crate::engine::owners::{DestNames, OwnerIdsFound};
 use crate::location::{Location, LocationExt, Meta, Page};
 
 /// Most names of one destination directory held to compare a page against; a larger
@@ -31,6 +32,9 @@ pub trait Dest {
     /// (resumed), or a new one. Returns its id and whether this call created it.
     fn open_upload(&self, rel: &[u8], size: u64, meta: &Meta) -> Result<(String, bool), FerryError>;
     fn abort_upload(&self, rel: &[u8], upload: &str) -> Result<(), FerryError>;
+    /// The destination host's ids of these user and group names (see
+    /// [`crate::engine::owners::DestNames`]).
+    fn owner_ids(&self, users: &[String], groups: &[String]) -> Result<OwnerIdsFound, FerryError>;
 }
 
 /// The destination, reached in-process.
@@ -71,6 +75,11 @@ impl Dest for Direct<'_> {
 
     fn abort_upload(&self, rel: &[u8], upload: &str) -> Result<(), FerryError> {
         self.0.abort_multipart(rel, upload)
+    }
+
+    fn owner_ids(&self, users: &[String], groups: &[String]) -> Result<OwnerIdsFound, FerryError> {
+        // In-process: this host writes the destination.
+        crate::engine::owners::HostNames.ids(users, groups)
     }
 }
 

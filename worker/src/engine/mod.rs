@@ -21,6 +21,7 @@ pub mod dest;
 pub mod dirmeta;
 pub mod hooks;
 pub mod links;
+pub mod owners;
 pub mod parts;
 pub mod plan;
 pub mod prune;

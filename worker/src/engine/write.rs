@@ -526,6 +526,8 @@ impl<'a> Writer<'a> {
             }
             Request::OpenUpload { rel, size, meta } => direct.open_upload(&rel, size, &meta).map(|(id, created)| Response::Upload { id, created }),
             Request::AbortUpload { rel, upload } => direct.abort_upload(&rel, &upload).map(|()| Response::Aborted),
+            Request::UserIds { names } => direct.owner_ids(&names, &[]).map(|(ids, _)| Response::Ids(ids)),
+            Request::GroupIds { names } => direct.owner_ids(&[], &names).map(|(_, ids)| Response::Ids(ids)),
         };
         answered.unwrap_or_else(Response::Failed)
     }

@@ -271,7 +271,18 @@ pub enum Request {
         rel: Vec<u8>,
         upload: String,
     },
+    /// The destination host's uids of these user names (owners carried by name).
+    UserIds {
+        names: Vec<String>,
+    },
+    /// The destination host's gids of these group names.
+    GroupIds {
+        names: Vec<String>,
+    },
 }
+
+/// Longest user or group name a request carries (Linux allows 32; NSS backends more).
+pub const MAX_OWNER_NAME: usize = 256;
 
 /// Most names, paths or results one REQUEST or RESPONSE carries.
 pub const MAX_BATCH: usize = 1024;
@@ -296,6 +307,8 @@ pub enum Response {
         created: bool,
     },
     Aborted,
+    /// Ids of the names asked for, in order (`None`: unknown there).
+    Ids(Vec<Option<u32>>),
     /// The request failed as a whole.
     Failed(ferry_common::error::FerryError),
 }
@@ -589,6 +602,15 @@ fn check_request(r: &Request) -> Result<(), ProtocolError> {
         }
         Request::Stat { rels } | Request::Checksums { rels } | Request::Remove { rels } | Request::EnsureDirs { rels } => batch(rels),
         Request::OpenUpload { rel, .. } | Request::AbortUpload { rel, .. } if rel.is_empty() || !safe(rel) => Err(unsafe_path(rel)),
+        Request::UserIds { names } | Request::GroupIds { names } => {
+            if names.len() > MAX_BATCH || names.iter().any(|n| n.is_empty() || n.len() > MAX_OWNER_NAME || n.contains('\0')) {
+                return Err(err(
+                    Code::Limit,
+                    format!("an owner name is empty, longer than {MAX_OWNER_NAME} bytes or holds NUL, or there are over {MAX_BATCH}"),
+                ));
+            }
+            Ok(())
+        }
         _ => Ok(()),
     }
 }
@@ -721,6 +743,9 @@ mod tests {
         round_trip(&Frame::Hole { id: 3, offset: 4096, len: 1 << 30 });
         round_trip(&Frame::Done(Done { id: 3, end: 99, note: Some("verified by MD5 ETag".into()), resumed: 4, tags: vec![(1, "ab".into())] }));
         round_trip(&Frame::Request(Request::Lookup { dir: b"a/b".to_vec(), names: vec![serde_bytes::ByteBuf::from(b"c".to_vec())] }));
+        round_trip(&Frame::Request(Request::UserIds { names: vec!["alice".into(), "bob".into()] }));
+        round_trip(&Frame::Request(Request::GroupIds { names: vec!["staff".into()] }));
+        round_trip(&Frame::Response(Response::Ids(vec![Some(1000), None])));
         round_trip(&Frame::Response(Response::Checksums(vec![Ok(7), Err(ferry_common::error::FerryError::config("x"))])));
         round_trip(&Frame::Flush);
         round_trip(&Frame::Reject { id: 9, code: Code::Io as u16, message: "permission denied".into() });
@@ -757,6 +782,15 @@ mod tests {
             let len = (raw.len() - FRAME_HEADER_LEN) as u32;
             raw[1..5].copy_from_slice(&len.to_be_bytes());
             assert_eq!(decode(&raw).unwrap_err().code, Code::UnsafePath, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn owner_name_requests_are_bounded() {
+        for names in [vec![String::new()], vec!["x".repeat(MAX_OWNER_NAME + 1)], vec!["a\0b".into()], vec!["u".into(); MAX_BATCH + 1]] {
+            let r = Request::UserIds { names };
+            let mut buf = Vec::new();
+            assert_eq!(encode(&Frame::Request(r), &mut buf).unwrap_err().code, Code::Limit);
         }
     }
 

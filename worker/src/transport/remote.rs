@@ -11,6 +11,7 @@ use super::frame::{Code, Frame, Hello, Request, Response, MAX_BATCH};
 use super::wire::LinkError;
 use super::Connector;
 use crate::engine::dest::Dest;
+use crate::engine::owners::OwnerIdsFound;
 use crate::engine::read::ANSWER_TIMEOUT;
 use crate::location::{Meta, Page};
 
@@ -187,5 +188,15 @@ impl Dest for RemoteDest<'_> {
 
     fn abort_upload(&self, rel: &[u8], upload: &str) -> Result<(), FerryError> {
         self.ask(Request::AbortUpload { rel: rel.to_vec(), upload: upload.to_string() }).map(|_| ())
+    }
+
+    fn owner_ids(&self, users: &[String], groups: &[String]) -> Result<OwnerIdsFound, FerryError> {
+        let ids = |r| match r {
+            Response::Ids(v) => Some(v),
+            _ => None,
+        };
+        let uids = self.batched(users, |n| Request::UserIds { names: n.to_vec() }, ids)?;
+        let gids = self.batched(groups, |n| Request::GroupIds { names: n.to_vec() }, ids)?;
+        Ok((uids, gids))
     }
 }

@@ -364,3 +364,64 @@ impl AsRawFd for DirReader {
 pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
+
+/// Runs one of the reentrant user/group database calls, growing its string buffer while it
+/// answers ERANGE (NSS backends such as LDAP can return long entries). `call` returns the
+/// call's result code and what it found.
+fn nss_lookup<T>(mut call: impl FnMut(&mut [libc::c_char]) -> (libc::c_int, Option<T>)) -> Option<T> {
+    let mut buf = vec![0 as libc::c_char; 1024];
+    loop {
+        match call(&mut buf) {
+            (0, found) => return found,
+            (libc::ERANGE, _) if buf.len() < (1 << 20) => buf.resize(buf.len() * 4, 0),
+            _ => return None,
+        }
+    }
+}
+
+fn owned_name(p: *const libc::c_char) -> String {
+    // SAFETY: the database call filled `p` with a NUL-terminated string inside its buffer.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+/// This host's name for user `uid` (the passwd database, through NSS).
+pub fn user_name(uid: u32) -> Option<String> {
+    nss_lookup(|buf| {
+        let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut out = std::ptr::null_mut();
+        let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
+        (rc, (!out.is_null()).then(|| owned_name(pw.pw_name)))
+    })
+}
+
+/// This host's name for group `gid`.
+pub fn group_name(gid: u32) -> Option<String> {
+    nss_lookup(|buf| {
+        let mut gr: libc::group = unsafe { std::mem::zeroed() };
+        let mut out = std::ptr::null_mut();
+        let rc = unsafe { libc::getgrgid_r(gid, &mut gr, buf.as_mut_ptr(), buf.len(), &mut out) };
+        (rc, (!out.is_null()).then(|| owned_name(gr.gr_name)))
+    })
+}
+
+/// This host's uid for user `name`.
+pub fn user_id(name: &str) -> Option<u32> {
+    let cname = CString::new(name).ok()?;
+    nss_lookup(|buf| {
+        let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut out = std::ptr::null_mut();
+        let rc = unsafe { libc::getpwnam_r(cname.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
+        (rc, (!out.is_null()).then_some(pw.pw_uid))
+    })
+}
+
+/// This host's gid for group `name`.
+pub fn group_id(name: &str) -> Option<u32> {
+    let cname = CString::new(name).ok()?;
+    nss_lookup(|buf| {
+        let mut gr: libc::group = unsafe { std::mem::zeroed() };
+        let mut out = std::ptr::null_mut();
+        let rc = unsafe { libc::getgrnam_r(cname.as_ptr(), &mut gr, buf.as_mut_ptr(), buf.len(), &mut out) };
+        (rc, (!out.is_null()).then_some(gr.gr_gid))
+    })
+}
