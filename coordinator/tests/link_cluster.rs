@@ -282,7 +282,8 @@ fn rsync_differences(a: &Path, b: &Path) -> Vec<String> {
     assert!(diff.status.success(), "{}", String::from_utf8_lossy(&diff.stderr));
     String::from_utf8_lossy(&diff.stdout)
         .lines()
-        .filter(|l| !l.starts_with(".d..t") && !(l.starts_with(".L") && l.as_bytes().get(4) == Some(&b't')))
+        .filter(|l| !l.starts_with(".d..t"))
+        .filter(|l| !(l.starts_with(".L") && l.as_bytes().get(4) == Some(&b't')))
         .map(str::to_string)
         .collect()
 }
