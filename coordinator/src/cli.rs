@@ -396,7 +396,7 @@ fn parse_location(role: &str, uri: &str) -> Result<PathBuf, UsageError> {
     if let Some((scheme, _)) = uri.split_once("://") {
         return match scheme {
             "file" => Ok(PathBuf::from(&uri["file://".len()..])),
-            "efs" | "smb" => Err(UsageError(format!("{role} {uri}: {scheme}:// locations are not supported by this build yet (use a local or mounted path)"))),
+            "smb" => Err(UsageError(format!("{role} {uri}: {scheme}:// locations are not supported by this build yet (use a local or mounted path)"))),
             other => Err(UsageError(format!("{role} {uri}: unknown scheme '{other}' (use a local path or file:///path)"))),
         };
     }
@@ -448,11 +448,23 @@ fn check_nfs(role: &str, uri: &str, mode: Mode, dry_run: bool) -> Result<(), Usa
     written.map(|_| ()).map_err(|e| UsageError(format!("destination {} (check the export's permissions and free space)", e.message)))
 }
 
+/// Resolves an `efs://` file-system ID through the EFS API: a missing ID, a file system that
+/// is not available or one without a mount target each get their line.
+fn check_efs(role: &str, uri: &str, s3: &S3Settings) -> Result<(), UsageError> {
+    let opened = ferry_worker::location::efs::open(uri, s3);
+    opened.map(|_| ()).map_err(|e| UsageError(format!("{role} {}", e.message)))
+}
+
 /// Checks both locations and prepares a local destination; returns the locations as URIs or
 /// canonical paths.
 fn check_any_locations(mode: Mode, src_uri: &str, dst_uri: &str, dry_run: bool, s3: &S3Settings) -> Result<(String, String), UsageError> {
-    use ferry_worker::location::{is_nfs_uri, is_object_uri};
-    let remote = |u: &str| is_object_uri(u) || is_nfs_uri(u);
+    use ferry_worker::location::{is_efs_uri, is_nfs_uri, is_object_uri};
+    let remote = |u: &str| is_object_uri(u) || is_nfs_uri(u) || is_efs_uri(u);
+    for (role, uri) in [("source", src_uri), ("destination", dst_uri)] {
+        if is_efs_uri(uri) {
+            check_efs(role, uri, s3)?;
+        }
+    }
     if !remote(src_uri) && !remote(dst_uri) {
         let (src, dst) = check_locations(mode, src_uri, dst_uri, dry_run)?;
         return Ok((src.to_string_lossy().into_owned(), dst.to_string_lossy().into_owned()));
@@ -655,6 +667,10 @@ fn bound_path(role: &str, uri: &str) -> Result<String, UsageError> {
     }
     if ferry_worker::location::is_nfs_uri(uri) {
         ferry_worker::location::nfs::url::NfsUrl::parse(uri).map_err(|e| UsageError(format!("{role} {e}")))?;
+        return Ok(uri.to_string());
+    }
+    if ferry_worker::location::is_efs_uri(uri) {
+        ferry_worker::location::efs::EfsUrl::parse(uri).map_err(|e| UsageError(format!("{role} {e}")))?;
         return Ok(uri.to_string());
     }
     let path = parse_location(role, uri)?;

@@ -260,3 +260,51 @@ fn report_in_missing_directory_is_reported() {
     let out = ferry_in(t.path(), &[&"copy", &src, &dst, &"--report", &dir.join("r.jsonl")]);
     assert_usage_error(&out, &[s(&dir)]);
 }
+
+/// `efs://FS_ID` is resolved through the EFS API (moto's here, as the endpoint): a malformed
+/// ID, an unknown one and one without a mount target each get their line, and a file system
+/// that resolves says where it is and that this build cannot speak NFSv4 to it yet.
+#[test]
+fn efs_ids_are_resolved_through_the_efs_api_with_one_line_for_each_mistake() {
+    let Some(moto) = ferry_common::testing::S3Server::start(ferry_common::testing::S3Flavor::Moto) else {
+        return;
+    };
+    let (t, src) = setup();
+    let aws = |args: &[&str]| -> String {
+        let out = std::process::Command::new("aws")
+            .args(["--endpoint-url", &moto.endpoint, "--region", "us-east-1", "--output", "text"])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", &moto.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &moto.secret_key)
+            .output()
+            .expect("the AWS CLI is installed");
+        assert!(out.status.success(), "aws {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let efs = |uri: &str| {
+        Ferry::bare()
+            .args(["copy", s(&src), uri, "--endpoint-url", &moto.endpoint, "--region", "us-east-1"])
+            .env("AWS_ACCESS_KEY_ID", &moto.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &moto.secret_key)
+            .current_dir(t.path())
+            .timeout(Duration::from_secs(60))
+            .run()
+    };
+    assert_usage_error(&ferry_in(t.path(), &[&"copy", &src, &"efs://my-file-system/x"]), &["my-file-system", "fs-0123456789abcdef0"]);
+    assert_usage_error(&efs("efs://fs-0badc0de/data"), &["no EFS file system fs-0badc0de", "us-east-1", "--region"]);
+    let unreachable = Ferry::bare()
+        .args(["copy", s(&src), "efs://fs-0badc0de", "--endpoint-url", "http://127.0.0.1:9"])
+        .env("AWS_ACCESS_KEY_ID", "a")
+        .env("AWS_SECRET_ACCESS_KEY", "b")
+        .run();
+    assert_usage_error(&unreachable, &["the EFS API does not answer", "--endpoint-url"]);
+
+    let fs = aws(&["efs", "create-file-system", "--creation-token", &format!("ferry-{}", std::process::id()), "--query", "FileSystemId"]);
+    assert_usage_error(&efs(&format!("efs://{fs}/data")), &[&fs, "no available mount target (it has none)", "create one"]);
+
+    let vpc = aws(&["ec2", "create-vpc", "--cidr-block", "127.0.0.0/16", "--query", "Vpc.VpcId"]);
+    let subnet =
+        aws(&["ec2", "create-subnet", "--vpc-id", &vpc, "--cidr-block", "127.0.0.0/24", "--availability-zone", "us-east-1a", "--query", "Subnet.SubnetId"]);
+    let target = aws(&["efs", "create-mount-target", "--file-system-id", &fs, "--subnet-id", &subnet, "--ip-address", "127.0.0.1", "--query", "MountTargetId"]);
+    assert_usage_error(&efs(&format!("efs://{fs}/data?az=us-east-1a")), &[&fs, &target, "127.0.0.1:2049, us-east-1a", "NFSv4", "kernel mount"]);
+}

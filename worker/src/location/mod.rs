@@ -8,6 +8,7 @@
 //! SEEK_DATA and one `syncfs` per batch).
 
 pub mod conformance;
+pub mod efs;
 pub mod empty;
 pub mod local;
 pub mod nfs;
@@ -498,9 +499,14 @@ pub fn is_nfs_uri(uri: &str) -> bool {
     uri.starts_with("nfs://")
 }
 
+/// Whether a location URI names an Amazon EFS file system by its ID.
+pub fn is_efs_uri(uri: &str) -> bool {
+    uri.starts_with("efs://")
+}
+
 /// Whether a location URI names a tree on this host's own file system (or a kernel mount).
 pub fn is_local_uri(uri: &str) -> bool {
-    !is_object_uri(uri) && !is_nfs_uri(uri)
+    !is_object_uri(uri) && !is_nfs_uri(uri) && !is_efs_uri(uri)
 }
 
 /// What the location behind `uri` can hold.
@@ -508,7 +514,7 @@ pub fn profile(uri: &str) -> Result<Profile, FerryError> {
     if is_object_uri(uri) {
         let url = s3::S3Url::parse(uri).map_err(FerryError::config)?;
         Ok(s3::profile(&url))
-    } else if is_nfs_uri(uri) {
+    } else if is_nfs_uri(uri) || is_efs_uri(uri) {
         Ok(nfs::profile())
     } else {
         Ok(local::profile())
@@ -521,6 +527,8 @@ pub fn open(uri: &str, spec: &ExecutionSpec) -> Result<SharedLocation, FerryErro
         Ok(Arc::new(s3::S3Location::open(uri, &spec.s3)?))
     } else if is_nfs_uri(uri) {
         Ok(Arc::new(nfs::NfsLocation::open(uri, spec.options.fsync)?))
+    } else if is_efs_uri(uri) {
+        efs::open(uri, &spec.s3)
     } else {
         Ok(Arc::new(local::LocalLocation::open(&local_path(uri), &spec.id)?))
     }

@@ -217,6 +217,20 @@ impl Drop for S3Location {
     }
 }
 
+/// The AWS configuration from the standard chain (environment, profiles, instance and
+/// container roles) with the execution's region and endpoint. Shared by every AWS API ferry
+/// calls (S3, and EFS to resolve file-system IDs).
+pub(crate) async fn load_aws_config(settings: &S3Settings) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(r) = &settings.region {
+        loader = loader.region(Region::new(r.clone()));
+    }
+    if let Some(e) = &settings.endpoint_url {
+        loader = loader.endpoint_url(e);
+    }
+    loader.load().await
+}
+
 impl S3Location {
     /// Builds the client from the standard AWS chain (environment, profiles, instance and
     /// container roles) plus the execution's settings. Makes no request.
@@ -228,25 +242,9 @@ impl S3Location {
             .enable_all()
             .build()
             .map_err(|e| FerryError::new(ErrorKind::Other, format!("cannot start the S3 client's runtime: {e}")))?;
-        let s = settings.clone();
         // Loaded on the runtime's own thread: this may be called from inside async code.
-        let sdk = std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    runtime.block_on(async {
-                        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-                        if let Some(r) = &s.region {
-                            loader = loader.region(Region::new(r.clone()));
-                        }
-                        if let Some(e) = &s.endpoint_url {
-                            loader = loader.endpoint_url(e);
-                        }
-                        loader.load().await
-                    })
-                })
-                .join()
-        })
-        .map_err(|_| FerryError::new(ErrorKind::Other, "loading the AWS configuration failed"))?;
+        let sdk = std::thread::scope(|scope| scope.spawn(|| runtime.block_on(load_aws_config(settings))).join())
+            .map_err(|_| FerryError::new(ErrorKind::Other, "loading the AWS configuration failed"))?;
         let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(settings.path_style)
             // Throttling and 5xx: exponential backoff with jitter, in the SDK.
