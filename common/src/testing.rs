@@ -410,6 +410,11 @@ impl NfsServer {
         }
     }
 
+    /// The pid of the running ganesha.
+    pub fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.root.join("ganesha.pid")).ok()?.trim().parse().ok()
+    }
+
     /// Stops ganesha (SIGKILL: a crash, not a clean shutdown) and waits until it is gone.
     pub fn stop(&self) {
         let Ok(pid) = std::fs::read_to_string(self.root.join("ganesha.pid")) else {

@@ -13,8 +13,10 @@
 //! reads (no SEEK_DATA: a sparse source is read whole, zeros included), times before 1970 or
 //! after 2106 (32-bit unsigned seconds).
 
+pub mod retry;
 pub mod rpc;
 pub mod url;
+pub mod v4;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};

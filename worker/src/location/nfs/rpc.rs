@@ -17,8 +17,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::time::Instant;
-
 use nfs3_client::nfs3_types::nfs3::{nfsstat3, Nfs3Result};
 use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
@@ -165,45 +163,11 @@ impl Pool {
     }
 }
 
-/// Retry accounting of one call: how long the server has been unreachable, the backoff,
-/// whether the request went out more than once.
-pub struct Retry {
-    op: &'static str,
-    addr: SocketAddr,
-    since: Option<Instant>,
-    sends: u32,
-    backoff: Duration,
-    window: Duration,
-}
+pub use super::retry::Retry;
 
-impl Retry {
-    pub fn new(op: &'static str, addr: SocketAddr) -> Retry {
-        Retry { op, addr, since: None, sends: 0, backoff: Duration::from_millis(100), window: OUTAGE }
-    }
-
-    pub fn sent(&mut self) {
-        self.sends += 1;
-    }
-
-    pub fn resent(&self) -> bool {
-        self.sends > 1
-    }
-
-    /// The request (or the connection for it) failed in transport: waits before the next
-    /// attempt, or gives up once the server has been unreachable for [`OUTAGE`].
-    pub async fn failed(&mut self, why: &str) -> Result<(), Fail> {
-        let since = *self.since.get_or_insert_with(Instant::now);
-        if since.elapsed() >= self.window {
-            return Err(Fail::Unreachable(format!("{} to {} got no answer for {} s ({why})", self.op, self.addr, self.window.as_secs())));
-        }
-        tokio::time::sleep(self.backoff).await;
-        self.backoff = (self.backoff * 2).min(Duration::from_secs(2));
-        Ok(())
-    }
-
-    /// The server asked to come back later (NFS3ERR_JUKEBOX).
-    pub async fn busy(&mut self) -> Result<(), Fail> {
-        self.failed("the server is busy (NFS3ERR_JUKEBOX)").await
+impl From<super::retry::Unreachable> for Fail {
+    fn from(u: super::retry::Unreachable) -> Fail {
+        Fail::Unreachable(u.0)
     }
 }
 
@@ -243,7 +207,7 @@ macro_rules! rpc {
     ($pool:expr, $op:expr, |$c:ident| $call:expr) => {{
         use futures::FutureExt as _;
         let pool: &$crate::location::nfs::rpc::Pool = $pool;
-        let mut retry = $crate::location::nfs::rpc::Retry::new($op, pool.addr());
+        let mut retry = $crate::location::nfs::rpc::Retry::new($op, pool.addr(), $crate::location::nfs::rpc::OUTAGE);
         // An inner block, so `?` on the retry accounting ends this call, not the caller.
         async {
             loop {
@@ -261,7 +225,9 @@ macro_rules! rpc {
                 };
                 match $crate::location::nfs::rpc::settle(outcome) {
                     $crate::location::nfs::rpc::Attempt::Done(v) => break Ok::<_, $crate::location::nfs::rpc::Fail>(v),
-                    $crate::location::nfs::rpc::Attempt::Status(nfs3_client::nfs3_types::nfs3::nfsstat3::NFS3ERR_JUKEBOX) => retry.busy().await?,
+                    $crate::location::nfs::rpc::Attempt::Status(nfs3_client::nfs3_types::nfs3::nfsstat3::NFS3ERR_JUKEBOX) => {
+                        retry.failed("the server is busy (NFS3ERR_JUKEBOX)").await?
+                    }
                     $crate::location::nfs::rpc::Attempt::Status(status) => {
                         break Err($crate::location::nfs::rpc::Fail::Status { status, resent: retry.resent() })
                     }
@@ -282,40 +248,5 @@ pub(crate) use rpc;
 impl Pool {
     pub fn addr(&self) -> SocketAddr {
         self.addr
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn transport_failures_are_retried_until_the_outage_window_ends() {
-        let mut r = Retry::new("READ", "127.0.0.1:2049".parse().unwrap());
-        r.window = Duration::from_secs(2);
-        r.sent();
-        let start = Instant::now();
-        let mut waits = 0;
-        let err = loop {
-            match r.failed("connection refused").await {
-                Ok(()) => waits += 1,
-                Err(e) => break e,
-            }
-        };
-        assert!((3..=8).contains(&waits), "backs off and keeps trying: {waits}");
-        assert!(start.elapsed() >= r.window);
-        match err {
-            Fail::Unreachable(m) => assert!(m.contains("READ to 127.0.0.1:2049") && m.contains("connection refused"), "{m}"),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_resend_is_reported_so_non_idempotent_calls_can_check() {
-        let mut r = Retry::new("RENAME", "127.0.0.1:2049".parse().unwrap());
-        r.sent();
-        assert!(!r.resent());
-        r.sent();
-        assert!(r.resent());
     }
 }
