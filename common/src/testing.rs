@@ -361,9 +361,10 @@ impl NfsServer {
         assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) }, 0, "lock the ganesha start lock");
         std::fs::create_dir_all(&self.export).expect("create the export directory");
         std::fs::create_dir_all(self.root.join("v4recov")).expect("create ganesha's recovery directory");
-        // Two more exports for refusals: one that squashes root (writable by anyone, so only
-        // setting an owner fails) and one that is read-only.
-        for (dir, mode) in [("squashed", 0o777), ("readonly", 0o755)] {
+        // More exports for refusals: one that squashes root (writable by anyone, so only
+        // setting an owner fails), one that is read-only, and one whose client list leaves
+        // this host out.
+        for (dir, mode) in [("squashed", 0o777), ("readonly", 0o755), ("denied", 0o755)] {
             let p = self.root.join(dir);
             std::fs::create_dir_all(&p).expect("create an export directory");
             std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode)).expect("chmod an export directory");
@@ -376,13 +377,15 @@ impl NfsServer {
              NFSV4 {{ Graceless=true; RecoveryBackend=fs; RecoveryRoot={}; Only_Numeric_Owners=true; }}\n\
              EXPORT {{ Export_Id=1; Path={}; Pseudo=/export; Access_Type=RW; Squash=No_Root_Squash; SecType=sys; Protocols=3,4; Transports=TCP; FSAL {{ Name=VFS; }} }}\n\
              EXPORT {{ Export_Id=2; Path={}; Pseudo=/squashed; Access_Type=RW; Squash=Root_Squash; SecType=sys; Protocols=3,4; Transports=TCP; FSAL {{ Name=VFS; }} }}\n\
-             EXPORT {{ Export_Id=3; Path={}; Pseudo=/readonly; Access_Type=RO; Squash=No_Root_Squash; SecType=sys; Protocols=3,4; Transports=TCP; FSAL {{ Name=VFS; }} }}\n",
+             EXPORT {{ Export_Id=3; Path={}; Pseudo=/readonly; Access_Type=RO; Squash=No_Root_Squash; SecType=sys; Protocols=3,4; Transports=TCP; FSAL {{ Name=VFS; }} }}\n\
+             EXPORT {{ Export_Id=4; Path={}; Pseudo=/denied; Access_Type=None; Squash=No_Root_Squash; SecType=sys; Protocols=3,4; Transports=TCP; CLIENT {{ Clients=192.0.2.1; Access_Type=RW; }} FSAL {{ Name=VFS; }} }}\n",
             self.nfs_port,
             self.mount_port,
             self.root.join("v4recov").display(),
             self.export.display(),
             self.root.join("squashed").display(),
-            self.root.join("readonly").display()
+            self.root.join("readonly").display(),
+            self.root.join("denied").display()
         );
         std::fs::write(self.root.join("ganesha.conf"), conf).expect("write ganesha.conf");
         // Started by a shell that exits at once, so ganesha belongs to init, not to this test:
@@ -444,8 +447,8 @@ impl NfsServer {
         (dir, uri)
     }
 
-    /// The URI of `rel` in the export that squashes root (`squashed`) or the read-only one
-    /// (`readonly`).
+    /// The URI of `rel` in the export that squashes root (`squashed`), the read-only one
+    /// (`readonly`) or the one this host is not a client of (`denied`).
     pub fn refusing_uri(&self, export: &str, rel: &str) -> String {
         format!("nfs://127.0.0.1{}/{rel}?nfsport={}&mountport={}", self.root.join(export).display(), self.nfs_port, self.mount_port)
     }

@@ -179,6 +179,16 @@ fn unreachable_servers_and_unknown_exports_get_one_line_and_exit_2() {
     let out = Ferry::new("copy", &src, server.refusing_uri("readonly", "dst")).run();
     out.assert_code(2);
     assert!(out.stderr.contains("read-only") && out.stderr.trim().lines().count() == 1, "{}", out.describe());
+    // An export whose client list leaves this host out: ganesha neither lists it to this host
+    // nor tells it from a missing one, and the line says both, in either direction.
+    for out in [
+        Ferry::new("copy", &src, server.refusing_uri("denied", "dst")).run(),
+        Ferry::new("copy", server.refusing_uri("denied", ""), work.path().join("dst3")).run(),
+    ] {
+        out.assert_code(2);
+        let line = out.stderr.trim();
+        assert!(line.contains("no such export for this host") && line.contains("client list") && line.lines().count() == 1, "{}", out.describe());
+    }
 
     // A file where the source directory should be.
     let (on_disk, uri) = server.fresh("notadir");

@@ -719,17 +719,24 @@ async fn mount(
         }
         _ => String::new(),
     };
-    // Servers answer ACCES for a path they do not export as well (ganesha does): the export
-    // list tells the two apart.
+    // Servers answer ACCES for a path they do not export as well (ganesha does), and list
+    // only the exports this host may mount: a listed export was refused for other reasons
+    // (security flavour, credentials); an unlisted one may not exist or may leave this host
+    // out of its client list, and the message says both.
     let exported = |e: &Vec<u8>| url.path.starts_with(e) && matches!(url.path.get(e.len()), None | Some(b'/'));
-    let denied = denied.filter(|_| exports.as_ref().is_none_or(|list| list.iter().any(exported)));
-    Err(match denied {
-        Some(export) => open_error(
+    let listed_and_denied = denied.as_ref().filter(|_| exports.as_ref().is_some_and(|list| list.iter().any(exported)));
+    Err(match (listed_and_denied, denied.is_some()) {
+        (Some(export), _) => open_error(
             url,
             ErrorKind::PermissionDenied,
-            format_args!("the server denies access to the export {export} (check the export's client list and security flavour, or ?uid=/?gid=){listed}"),
+            format_args!("the server denies access to the export {export} (check the export's security flavour and credentials, or ?uid=/?gid=){listed}"),
         ),
-        None => open_error(url, ErrorKind::NotFound, format_args!("the server has no such export (check the path){listed}")),
+        (None, true) => open_error(
+            url,
+            ErrorKind::NotFound,
+            format_args!("the server has no such export for this host: it is not exported, or the export's client list leaves this host out (check the path and the export's clients){listed}"),
+        ),
+        (None, false) => open_error(url, ErrorKind::NotFound, format_args!("the server has no such export (check the path){listed}")),
     })
 }
 
