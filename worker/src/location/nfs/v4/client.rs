@@ -218,22 +218,8 @@ impl Core {
         let mut retry = Retry::new(name, self.cfg.addr, self.cfg.outage);
         let body = proto::compound(seq, ops);
         loop {
-            let conn = match self.conn().await {
-                Ok(c) => c,
-                Err(e) => {
-                    retry.failed(&e.to_string()).await?;
-                    continue;
-                }
-            };
-            retry.sent();
-            let rep = match self.send(&conn, &body).await {
-                Ok(r) => r,
-                Err(Ok(why)) => {
-                    self.stats.resends.fetch_add(1, Ordering::Relaxed);
-                    retry.failed(&why).await?;
-                    continue;
-                }
-                Err(Err(e)) => return Err(e),
+            let Some((_, rep)) = self.attempt(&mut retry, &body, None).await? else {
+                continue;
             };
             let mut r = Reply::parse(&rep)?;
             if r.status == NFS4ERR_MINOR_VERS_MISMATCH {
@@ -305,6 +291,33 @@ impl Core {
         }
     }
 
+    /// One attempt at `body` on a pool connection: the connection and the reply, or `None`
+    /// once a transport failure (no connection, a timeout, a broken one) has been waited out
+    /// and the caller should send again. Fails when the outage window is used up. `sending`
+    /// is set once the request is about to go out (a slot with a request in flight).
+    async fn attempt(&self, retry: &mut Retry, body: &[u8], sending: Option<&mut bool>) -> Result<Option<(Arc<Conn>, Vec<u8>)>> {
+        let conn = match self.conn().await {
+            Ok(c) => c,
+            Err(e) => {
+                retry.failed(&e.to_string()).await?;
+                return Ok(None);
+            }
+        };
+        retry.sent();
+        if let Some(flag) = sending {
+            *flag = true;
+        }
+        match self.send(&conn, body).await {
+            Ok(rep) => Ok(Some((conn, rep))),
+            Err(Ok(why)) => {
+                self.stats.resends.fetch_add(1, Ordering::Relaxed);
+                retry.failed(&why).await?;
+                Ok(None)
+            }
+            Err(Err(e)) => Err(e),
+        }
+    }
+
     /// BIND_CONN_TO_SESSION on `conn` (if the server does not bind connections itself).
     async fn bind(&self, conn: &Conn, session: &Session) -> Result<()> {
         self.stats.binds.fetch_add(1, Ordering::Relaxed);
@@ -328,23 +341,8 @@ impl Core {
             loop {
                 let seq = SequenceArgs { session: session.id, seqid: slot.seqid(), slot: slot.id, highest_slot: session.highest_slot(), cache_this };
                 let body = proto::compound(Some(&seq), ops);
-                let conn = match self.conn().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        retry.failed(&e.to_string()).await?;
-                        continue;
-                    }
-                };
-                retry.sent();
-                slot.pending = true;
-                let rep = match self.send(&conn, &body).await {
-                    Ok(r) => r,
-                    Err(Ok(why)) => {
-                        self.stats.resends.fetch_add(1, Ordering::Relaxed);
-                        retry.failed(&why).await?;
-                        continue;
-                    }
-                    Err(Err(e)) => return Err(e),
+                let Some((conn, rep)) = self.attempt(&mut retry, &body, Some(&mut slot.pending)).await? else {
+                    continue;
                 };
                 let mut r = Reply::parse(&rep)?;
                 match r.sequence() {
