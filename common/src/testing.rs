@@ -435,6 +435,13 @@ impl NfsServer {
         let _ = std::fs::remove_file(self.root.join("ganesha.pid"));
     }
 
+    /// [`NfsServer::fresh`] with its NFSv4.1 URI.
+    pub fn fresh41(&self, name: &str) -> (PathBuf, String) {
+        let (dir, _) = self.fresh(name);
+        let rel = dir.file_name().expect("a test directory has a name").to_string_lossy().into_owned();
+        (dir, self.uri41(&rel))
+    }
+
     /// A fresh, empty directory of the export for one test: its path on disk and its URI.
     pub fn fresh(&self, name: &str) -> (PathBuf, String) {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -451,6 +458,11 @@ impl NfsServer {
     /// (`readonly`) or the one this host is not a client of (`denied`).
     pub fn refusing_uri(&self, export: &str, rel: &str) -> String {
         format!("nfs://127.0.0.1{}/{rel}?nfsport={}&mountport={}", self.root.join(export).display(), self.nfs_port, self.mount_port)
+    }
+
+    /// The NFSv4.1 URI of `rel` in the export (`/export` in the server's pseudo namespace).
+    pub fn uri41(&self, rel: &str) -> String {
+        format!("nfs://127.0.0.1:{}/export/{rel}?vers=4.1", self.nfs_port)
     }
 
     /// The URI of `rel` in the export.

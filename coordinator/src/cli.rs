@@ -423,9 +423,14 @@ fn check_s3(role: &str, uri: &str, settings: &S3Settings) -> Result<(), UsageErr
 /// destination is created and a probe file is written, its owner set where owners are kept,
 /// so a read-only export or root squash fails before any shard runs.
 fn check_nfs(role: &str, uri: &str, mode: Mode, dry_run: bool) -> Result<(), UsageError> {
+    let loc = ferry_worker::location::nfs::NfsLocation::open(uri, true).map_err(|e| UsageError(format!("{role} {}", e.message)))?;
+    check_tree(role, uri, &loc, mode, dry_run)
+}
+
+/// Checks an opened file tree (`nfs://`, `efs://`) as [`check_nfs`] says.
+fn check_tree(role: &str, uri: &str, loc: &dyn ferry_worker::location::Location, mode: Mode, dry_run: bool) -> Result<(), UsageError> {
     use ferry_common::model::EntryKind;
-    use ferry_worker::location::{nfs::NfsLocation, put_file, CommitOptions, Location, Meta};
-    let loc = NfsLocation::open(uri, true).map_err(|e| UsageError(format!("{role} {}", e.message)))?;
+    use ferry_worker::location::{put_file, CommitOptions, Meta};
     let fail = |e: ferry_common::error::FerryError| UsageError(format!("{role} {}", e.message));
     let found = loc.stat(b"").map_err(fail)?;
     let is_dir = found.as_ref().map(|m| m.kind()) == Some(EntryKind::Dir);
@@ -443,16 +448,17 @@ fn check_nfs(role: &str, uri: &str, mode: Mode, dry_run: bool) -> Result<(), Usa
     let probe = format!(".ferry-tmp-probe-{}", std::process::id());
     let owner = ferry_worker::location::local::sys::is_root().then_some(1);
     let meta = Meta { kind: Some(EntryKind::File), mode: Some(libc::S_IFREG | 0o600), uid: owner, gid: owner, ..Meta::default() };
-    let written = put_file(&loc, probe.as_bytes(), b"probe", &meta, CommitOptions { fsync: false, verify: true });
+    let written = put_file(loc, probe.as_bytes(), b"probe", &meta, CommitOptions { fsync: false, verify: true });
     let _ = loc.remove(&[probe.into_bytes()]);
     written.map(|_| ()).map_err(|e| UsageError(format!("destination {} (check the export's permissions and free space)", e.message)))
 }
 
-/// Resolves an `efs://` file-system ID through the EFS API: a missing ID, a file system that
-/// is not available or one without a mount target each get their line.
-fn check_efs(role: &str, uri: &str, s3: &S3Settings) -> Result<(), UsageError> {
-    let opened = ferry_worker::location::efs::open(uri, s3);
-    opened.map(|_| ()).map_err(|e| UsageError(format!("{role} {}", e.message)))
+/// Resolves an `efs://` file-system ID through the EFS API (a missing ID, a file system that
+/// is not available or one without a mount target each get their line), then checks the
+/// file system over NFSv4.1 as [`check_nfs`] does.
+fn check_efs(role: &str, uri: &str, mode: Mode, dry_run: bool, s3: &S3Settings) -> Result<(), UsageError> {
+    let loc = ferry_worker::location::efs::open(uri, s3, true).map_err(|e| UsageError(format!("{role} {}", e.message)))?;
+    check_tree(role, uri, loc.as_ref(), mode, dry_run)
 }
 
 /// Checks both locations and prepares a local destination; returns the locations as URIs or
@@ -460,20 +466,21 @@ fn check_efs(role: &str, uri: &str, s3: &S3Settings) -> Result<(), UsageError> {
 fn check_any_locations(mode: Mode, src_uri: &str, dst_uri: &str, dry_run: bool, s3: &S3Settings) -> Result<(String, String), UsageError> {
     use ferry_worker::location::{is_efs_uri, is_nfs_uri, is_object_uri};
     let remote = |u: &str| is_object_uri(u) || is_nfs_uri(u) || is_efs_uri(u);
-    for (role, uri) in [("source", src_uri), ("destination", dst_uri)] {
-        if is_efs_uri(uri) {
-            check_efs(role, uri, s3)?;
+    let check_remote = |role: &str, uri: &str| {
+        if is_object_uri(uri) {
+            check_s3(role, uri, s3)
+        } else if is_efs_uri(uri) {
+            check_efs(role, uri, mode, dry_run, s3)
+        } else {
+            check_nfs(role, uri, mode, dry_run)
         }
-    }
+    };
     if !remote(src_uri) && !remote(dst_uri) {
         let (src, dst) = check_locations(mode, src_uri, dst_uri, dry_run)?;
         return Ok((src.to_string_lossy().into_owned(), dst.to_string_lossy().into_owned()));
     }
-    let src = if is_object_uri(src_uri) {
-        check_s3("source", src_uri, s3)?;
-        src_uri.to_string()
-    } else if is_nfs_uri(src_uri) {
-        check_nfs("source", src_uri, mode, dry_run)?;
+    let src = if remote(src_uri) {
+        check_remote("source", src_uri)?;
         src_uri.to_string()
     } else {
         let src = parse_location("source", src_uri)?;
@@ -484,11 +491,7 @@ fn check_any_locations(mode: Mode, src_uri: &str, dst_uri: &str, dry_run: bool, 
         src.canonicalize().map_err(|e| UsageError(format!("source {}: {e}", src.display())))?.to_string_lossy().into_owned()
     };
     let dst = if remote(dst_uri) {
-        if is_object_uri(dst_uri) {
-            check_s3("destination", dst_uri, s3)?;
-        } else {
-            check_nfs("destination", dst_uri, mode, dry_run)?;
-        }
+        check_remote("destination", dst_uri)?;
         if src == dst_uri || (mode == Mode::Sync && (src.starts_with(dst_uri) || dst_uri.starts_with(&src))) {
             return Err(UsageError(format!("source {src} and destination {dst_uri} overlap (choose prefixes that do not contain each other)")));
         }

@@ -265,7 +265,7 @@ fn report_in_missing_directory_is_reported() {
 /// ID, an unknown one and one without a mount target each get their line, and a file system
 /// that resolves says where it is and that this build cannot speak NFSv4 to it yet.
 #[test]
-fn efs_ids_are_resolved_through_the_efs_api_with_one_line_for_each_mistake() {
+fn efs_ids_are_resolved_through_the_efs_api_with_one_line_for_each_mistake_then_copied_to_over_nfs41() {
     let Some(moto) = ferry_common::testing::S3Server::start(ferry_common::testing::S3Flavor::Moto) else {
         return;
     };
@@ -281,15 +281,16 @@ fn efs_ids_are_resolved_through_the_efs_api_with_one_line_for_each_mistake() {
         assert!(out.status.success(), "aws {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    let efs = |uri: &str| {
+    let efs_copy = |from: &str, to: &str| {
         Ferry::bare()
-            .args(["copy", s(&src), uri, "--endpoint-url", &moto.endpoint, "--region", "us-east-1"])
+            .args(["copy", from, to, "--json", "--endpoint-url", &moto.endpoint, "--region", "us-east-1"])
             .env("AWS_ACCESS_KEY_ID", &moto.access_key)
             .env("AWS_SECRET_ACCESS_KEY", &moto.secret_key)
             .current_dir(t.path())
             .timeout(Duration::from_secs(60))
             .run()
     };
+    let efs = |uri: &str| efs_copy(s(&src), uri);
     assert_usage_error(&ferry_in(t.path(), &[&"copy", &src, &"efs://my-file-system/x"]), &["my-file-system", "fs-0123456789abcdef0"]);
     assert_usage_error(&efs("efs://fs-0badc0de/data"), &["no EFS file system fs-0badc0de", "us-east-1", "--region"]);
     let unreachable = Ferry::bare()
@@ -306,5 +307,30 @@ fn efs_ids_are_resolved_through_the_efs_api_with_one_line_for_each_mistake() {
     let subnet =
         aws(&["ec2", "create-subnet", "--vpc-id", &vpc, "--cidr-block", "127.0.0.0/24", "--availability-zone", "us-east-1a", "--query", "Subnet.SubnetId"]);
     let target = aws(&["efs", "create-mount-target", "--file-system-id", &fs, "--subnet-id", &subnet, "--ip-address", "127.0.0.1", "--query", "MountTargetId"]);
-    assert_usage_error(&efs(&format!("efs://{fs}/data?az=us-east-1a")), &[&fs, &target, "127.0.0.1:2049, us-east-1a", "NFSv4", "kernel mount"]);
+    // Nothing serves NFS at the mount target's address yet.
+    assert_usage_error(&efs(&format!("efs://{fs}/data?az=us-east-1a")), &[&fs, &target, "127.0.0.1:2049", "cannot reach the NFSv4.1 service"]);
+
+    // A ganesha of the test's own on 127.0.0.1:2049 stands in for the file system: copies to
+    // and from it go over NFSv4.1, and are exact on the server's disk.
+    let Some(nfs) = ferry_common::testing::NfsServer::private(2049, 12548) else {
+        return;
+    };
+    let (on_disk, _) = nfs.fresh("efs");
+    let uri = format!("efs://{fs}/export/{}?az=us-east-1a", on_disk.file_name().unwrap().to_string_lossy());
+    let tree = t.path().join("tree");
+    for i in 0..50 {
+        write_file(&tree.join(format!("d{}/f{i}", i % 5)), &random_bytes(100 + i * 997));
+    }
+    write_file(&tree.join("large"), &random_bytes(5 << 20));
+    chmod(&tree.join("d2/f2"), 0o640);
+    let times = time_snapshot(&tree);
+    let out = efs_copy(s(&tree), &uri);
+    out.assert_code(0);
+    assert_exact_copy(&tree, &on_disk, &times, false);
+    let idle = efs_copy(s(&tree), &uri);
+    idle.assert_code(0);
+    assert_eq!(counter(&idle.json(), "files_transferred"), 0, "an idle rerun to EFS copied: {}", idle.describe());
+    let back = t.path().join("back");
+    efs_copy(&uri, s(&back)).assert_code(0);
+    assert_exact_copy(&on_disk, &back, &time_snapshot(&on_disk), false);
 }

@@ -51,23 +51,38 @@ fn run_ok(f: Ferry) -> serde_json::Value {
 }
 
 #[test]
-fn tricky_tree_to_nfs_and_back_exact_idle_and_synced() {
+fn tricky_tree_to_nfs3_and_back_exact_idle_and_synced() {
     let Some(server) = NfsServer::shared() else {
         return;
     };
+    tricky_tree_round_trip(server, server.fresh("tricky"));
+}
+
+#[test]
+fn tricky_tree_to_nfs41_and_back_exact_idle_and_synced() {
+    let Some(server) = NfsServer::shared() else {
+        return;
+    };
+    tricky_tree_round_trip(server, server.fresh41("tricky41"));
+}
+
+/// The tricky tree to the export directory behind `uri` (whose path on the server's disk is
+/// `on_disk`), back, idle reruns both ways, then a sync with deletions.
+fn tricky_tree_round_trip(server: &NfsServer, (on_disk, uri): (PathBuf, String)) {
     let work = scratch();
     let reference = work.path().join("reference");
     build_tricky_tree(&reference);
     let times = time_snapshot(&reference);
-    let (on_disk, uri) = server.fresh("tricky");
 
     let json = run_ok(Ferry::new("copy", &reference, &uri));
     assert_eq!(counter(&json, "files_failed"), 0, "{json}");
     assert_same(&reference, &times, &on_disk, "local -> nfs");
-    // libnfs's client reads the same bytes through the server.
+    // libnfs's client reads the same bytes through the server (over NFSv3).
+    let rel = format!("{}/files/mib_plus_seven", on_disk.file_name().unwrap().to_string_lossy());
+    let v3 = server.uri(&rel);
+    let (path, query) = v3.split_once('?').unwrap();
+    let out = Command::new("nfs-cat").arg(format!("{path}?{query}")).output().expect("nfs-cat (libnfs-utils) is installed");
     let rel = "files/mib_plus_seven";
-    let (path, query) = uri.split_once('?').unwrap();
-    let out = Command::new("nfs-cat").arg(format!("{path}/{rel}?{query}")).output().expect("nfs-cat (libnfs-utils) is installed");
     assert!(out.status.success(), "nfs-cat failed: {}", String::from_utf8_lossy(&out.stderr));
     assert!(out.stdout == fs::read(reference.join(rel)).unwrap(), "nfs-cat reads other bytes than the source's {rel}");
 
@@ -117,17 +132,31 @@ fn wait_for_files(dir: &Path, at_least: usize, within: Duration) {
 }
 
 #[test]
-fn a_copy_survives_the_server_stopping_for_ten_seconds_and_a_kill_9_then_rerun() {
+fn a_copy_over_nfs3_survives_the_server_stopping_for_ten_seconds_and_a_kill_9_then_rerun() {
     let Some(server) = NfsServer::private(12149, 12148) else {
         return;
     };
+    outage_and_kill(&server, NfsServer::fresh);
+}
+
+#[test]
+fn a_copy_over_nfs41_survives_the_server_stopping_for_ten_seconds_and_a_kill_9_then_rerun() {
+    let Some(server) = NfsServer::private(12249, 12248) else {
+        return;
+    };
+    outage_and_kill(&server, NfsServer::fresh41);
+}
+
+/// A copy to a fresh directory of `server` (made by `fresh`) survives the server stopping for
+/// 10 s mid-copy; another, killed with SIGKILL mid-copy, is finished exactly by a rerun.
+fn outage_and_kill(server: &NfsServer, fresh: fn(&NfsServer, &str) -> (PathBuf, String)) {
     let work = scratch();
     let src = work.path().join("src");
     dataset(&src);
     let times = time_snapshot(&src);
 
     // The server goes away mid-copy for 10 s: the copy waits and completes by itself.
-    let (on_disk, uri) = server.fresh("outage");
+    let (on_disk, uri) = fresh(server, "outage");
     let mut child = Ferry::new("copy", &src, &uri).arg("--json").spawn_detached(&work.path().join("outage.err"));
     wait_for_files(&on_disk, 200, Duration::from_secs(60));
     server.stop();
@@ -139,7 +168,7 @@ fn a_copy_survives_the_server_stopping_for_ten_seconds_and_a_kill_9_then_rerun()
     assert_same(&src, &times, &on_disk, "after the outage");
 
     // kill -9 mid-copy, then a rerun: exact, and no temporary file left.
-    let (on_disk, uri) = server.fresh("killed");
+    let (on_disk, uri) = fresh(server, "killed");
     let mut child = Ferry::new("copy", &src, &uri).spawn_detached(&work.path().join("killed.err"));
     wait_for_files(&on_disk, 300, Duration::from_secs(60));
     child.kill().unwrap();
@@ -189,6 +218,34 @@ fn unreachable_servers_and_unknown_exports_get_one_line_and_exit_2() {
         let line = out.stderr.trim();
         assert!(line.contains("no such export for this host") && line.contains("client list") && line.lines().count() == 1, "{}", out.describe());
     }
+
+    // The same over NFSv4.1: no MOUNT service, so the export is looked up in the server's
+    // namespace.
+    let cases = [
+        ("nfs://127.0.0.1:1/export/x?vers=4.1".to_string(), "cannot reach the NFSv4.1 service"),
+        (format!("nfs://127.0.0.1:{}/nonesuch/x?vers=4.1", server.nfs_port), "no such export /nonesuch"),
+        (format!("nfs://127.0.0.1:{}/export/x?vers=4.1&mountport=5", server.nfs_port), "needs no MOUNT"),
+    ];
+    for (uri, says) in cases {
+        for out in [Ferry::new("copy", &src, &uri).run(), Ferry::new("copy", &uri, work.path().join("dst")).run()] {
+            out.assert_code(2);
+            let line = out.stderr.trim();
+            assert!(line.contains(says) && line.lines().count() == 1, "one line naming the problem ({says})\n{}", out.describe());
+        }
+    }
+    let v41 = |export: &str| format!("nfs://127.0.0.1:{}/{export}/dst?vers=4.1", server.nfs_port);
+    if unsafe { libc::geteuid() } == 0 {
+        let out = Ferry::new("copy", &src, v41("squashed")).run();
+        out.assert_code(2);
+        assert!(out.stderr.contains("squashes root") && out.stderr.trim().lines().count() == 1, "{}", out.describe());
+    }
+    let out = Ferry::new("copy", &src, v41("readonly")).run();
+    out.assert_code(2);
+    assert!(out.stderr.contains("read-only") && out.stderr.trim().lines().count() == 1, "{}", out.describe());
+    let out = Ferry::new("copy", &src, v41("denied")).run();
+    out.assert_code(2);
+    let line = out.stderr.trim();
+    assert!(line.contains("no such export /denied for this host") && line.contains("client list") && line.lines().count() == 1, "{}", out.describe());
 
     // A file where the source directory should be.
     let (on_disk, uri) = server.fresh("notadir");

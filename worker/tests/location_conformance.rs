@@ -58,3 +58,19 @@ fn nfs3_on_ganesha_passes_the_location_suite() {
     };
     run_all(&fresh, Quirks::default());
 }
+
+#[test]
+fn nfs41_on_ganesha_passes_the_location_suite() {
+    use ferry_common::testing::NfsServer;
+    use ferry_worker::location::nfs::NfsLocation;
+    let Some(server) = NfsServer::shared() else {
+        return;
+    };
+    let fresh = |name: &str| -> Box<dyn Location> {
+        let (_, uri) = server.fresh41(&format!("conformance41-{name}"));
+        let loc = NfsLocation::open(&uri, true).unwrap_or_else(|e| panic!("open {uri}: {e}"));
+        assert_eq!(loc.version(), "NFSv4.1");
+        Box::new(loc)
+    };
+    run_all(&fresh, Quirks::default());
+}

@@ -7,9 +7,9 @@
 //! (`?az=` or `FERRY_AVAILABILITY_ZONE`), else any available one, since cross-zone traffic
 //! works but costs. The file system is then spoken to over NFS on port 2049 of that target.
 //!
-//! EFS speaks only NFSv4.0 and 4.1. Until ferry's NFS client speaks 4.1, [`open`] resolves the
-//! ID, so that every mistake in it gets its one-line answer, and then says that this build
-//! cannot speak to the target.
+//! EFS speaks only NFSv4.0 and 4.1: [`open`] resolves the ID, so that every mistake in it gets
+//! its one-line answer, then opens the NFS backend over NFSv4.1 at the target's address, with
+//! the file system's root as the export.
 
 use std::time::Duration;
 
@@ -20,6 +20,9 @@ use aws_sdk_efs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_efs::types::LifeCycleState;
 use ferry_common::error::{ErrorKind, FerryError};
 use ferry_common::model::S3Settings;
+
+use super::nfs::url::{NfsUrl, Version};
+use super::nfs::NfsLocation;
 
 /// The port every EFS mount target serves NFS on (no portmapper).
 pub const NFS_PORT: u16 = 2049;
@@ -173,19 +176,24 @@ pub fn resolve(uri: &str, settings: &S3Settings) -> Result<(EfsUrl, MountTarget)
     })
 }
 
-/// Opens an `efs://` location: resolves it, then reports that this build cannot speak NFSv4.1.
-pub fn open(uri: &str, settings: &S3Settings) -> Result<super::SharedLocation, FerryError> {
+/// Opens an `efs://` location: resolves it, then speaks NFSv4.1 to the chosen mount target.
+pub fn open(uri: &str, settings: &S3Settings, fsync: bool) -> Result<super::SharedLocation, FerryError> {
     let (url, target) = resolve(uri, settings)?;
-    Err(FerryError::new(
-        ErrorKind::Unsupported,
-        format!(
-            "{uri}: file system {} is reachable at mount target {} ({}:{NFS_PORT}{}), but EFS speaks only NFSv4, which this build's NFS client does not speak yet (copy through a kernel mount of the file system meanwhile)",
-            url.fs_id,
-            target.id,
-            target.ip.as_deref().unwrap_or("?"),
-            target.az.as_deref().map(|z| format!(", {z}")).unwrap_or_default()
-        ),
-    ))
+    let ip = target.ip.clone().ok_or_else(|| FerryError::config(format!("{uri}: mount target {} has no IP address", target.id)))?;
+    let nfs = NfsUrl {
+        host: ip,
+        version: Version::V41,
+        export_in_path: false,
+        nfs_port: Some(NFS_PORT),
+        mount_port: None,
+        path: if url.path.is_empty() { Vec::new() } else { format!("/{}", url.path).into_bytes() },
+        uid: None,
+        gid: None,
+        connections: super::nfs::url::DEFAULT_CONNECTIONS,
+        timeout: super::nfs::url::DEFAULT_TIMEOUT,
+    };
+    let shown = format!("{uri} (mount target {}, {}:{NFS_PORT})", target.id, nfs.host);
+    Ok(std::sync::Arc::new(NfsLocation::open_url(nfs, shown, fsync)?))
 }
 
 #[cfg(test)]

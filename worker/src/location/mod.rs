@@ -528,7 +528,7 @@ pub fn open(uri: &str, spec: &ExecutionSpec) -> Result<SharedLocation, FerryErro
     } else if is_nfs_uri(uri) {
         Ok(Arc::new(nfs::NfsLocation::open(uri, spec.options.fsync)?))
     } else if is_efs_uri(uri) {
-        efs::open(uri, &spec.s3)
+        efs::open(uri, &spec.s3, spec.options.fsync)
     } else {
         Ok(Arc::new(local::LocalLocation::open(&local_path(uri), &spec.id)?))
     }

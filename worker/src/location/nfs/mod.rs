@@ -1,22 +1,26 @@
-//! An NFSv3 export spoken in user space: no kernel mount, no root needed (unless the server
-//! insists on a privileged port), one pool of `nconnect` connections per agent with a request
-//! in flight on each.
+//! An NFS export spoken in user space, as NFSv3 or as NFSv4.1 (`?vers=4.1`, what EFS speaks):
+//! no kernel mount, no root needed (unless the server insists on a privileged port), one
+//! pool of `nconnect` connections per agent with many requests in flight.
 //!
 //! It keeps the local tree's protocol, over the wire: entries are written under a temporary
 //! name in their directory (`.ferry-tmp-…`) with UNSTABLE writes, get their metadata, are
 //! made durable by COMMIT (whose write verifier proves the server did not restart in between),
 //! are read back from the server (there is no client cache to answer instead) and renamed into
-//! place. Metadata operations are synchronous on an NFSv3 server (RFC 1813 §3.3), so published
-//! names need no flush of their own.
+//! place. Metadata operations are synchronous on an NFS server (RFC 1813 §3.3, RFC 8881
+//! §18), so published names need no flush of their own.
 //!
-//! What NFSv3 cannot carry: extended attributes and ACLs (no such calls), holes in what it
-//! reads (no SEEK_DATA: a sparse source is read whole, zeros included), times before 1970 or
-//! after 2106 (32-bit unsigned seconds).
+//! The backend is written once; what differs between the versions is in [`wire`].
+//!
+//! What it does not carry: extended attributes and ACLs (NFSv3 has no such calls; NFSv4
+//! ACLs are not copied yet), holes in what it reads (no SEEK_DATA: a sparse source is read
+//! whole, zeros included), and over NFSv3 times before 1970 or after 2106 (32-bit unsigned
+//! seconds).
 
 pub mod retry;
 pub mod rpc;
 pub mod url;
 pub mod v4;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -24,22 +28,22 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ferry_common::error::{ErrorKind, FerryError};
-use ferry_common::model::{EntryKind, Timestamp};
+use ferry_common::model::EntryKind;
 use ferry_common::paths;
 use futures::future::join_all;
 use nfs3_client::nfs3_types::mount::dirpath;
-use nfs3_client::nfs3_types::nfs3::*;
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
 use nfs3_client::{MountClient, PortmapperClient};
 
-use self::rpc::{rpc, Conn, Fail, Pool};
-use self::url::NfsUrl;
+use self::rpc::{Conn, Pool};
+use self::url::{NfsUrl, Version};
+use self::wire::{Attr, Cond, Fail, Fh, Node, Opened, SetAttrs, Wire};
 use super::{
     source_changed, temp_name, version_temp_name, Capabilities, Completed, Durable, Limits, Listed, Location, Meta, Page, Profile, Sink, Source, Special,
     Staged, StoredPart, Target, Token, Xattrs, TEMP_PREFIX,
 };
 
-/// What an NFSv3 export holds: a POSIX tree without extended attributes.
+/// What an NFS export holds: a POSIX tree without extended attributes.
 pub fn profile() -> Profile {
     Profile {
         capabilities: Capabilities {
@@ -68,26 +72,17 @@ const HANDLE_TTL: Duration = Duration::from_secs(2);
 const MAX_HANDLES: usize = 4096;
 /// Largest READ and WRITE, whatever the server offers: larger ones only add latency.
 const MAX_TRANSFER: u32 = 1 << 20;
-/// READDIRPLUS sizes: names per reply, and bytes of reply with their attributes.
-const DIRCOUNT: u32 = 32 << 10;
-const MAXCOUNT: u32 = 256 << 10;
 
 /// A file handle and its attributes.
 #[derive(Clone, Debug)]
 struct Found {
-    fh: nfs_fh3,
-    attr: fattr3,
+    fh: Fh,
+    attr: Attr,
 }
 
-pub fn kind_of(t: ftype3) -> EntryKind {
-    match t {
-        ftype3::NF3REG => EntryKind::File,
-        ftype3::NF3DIR => EntryKind::Dir,
-        ftype3::NF3LNK => EntryKind::Symlink,
-        ftype3::NF3FIFO => EntryKind::Fifo,
-        ftype3::NF3SOCK => EntryKind::Socket,
-        ftype3::NF3CHR => EntryKind::CharDev,
-        ftype3::NF3BLK => EntryKind::BlockDev,
+impl From<(Fh, Attr)> for Found {
+    fn from((fh, attr): (Fh, Attr)) -> Found {
+        Found { fh, attr }
     }
 }
 
@@ -103,69 +98,41 @@ fn type_bits(kind: EntryKind) -> u32 {
     }
 }
 
-fn time_of(t: nfstime3) -> Timestamp {
-    Timestamp { sec: t.seconds as i64, nsec: t.nseconds }
-}
-
-fn nfs_time(t: Timestamp) -> nfstime3 {
-    nfstime3 { seconds: t.sec.clamp(0, u32::MAX as i64) as u32, nseconds: t.nsec }
-}
-
-fn meta_of(a: &fattr3) -> Meta {
-    let kind = kind_of(a.type_);
+fn meta_of(a: &Attr) -> Meta {
+    let kind = a.kind;
     Meta {
         kind: Some(kind),
         size: if kind == EntryKind::File { a.size } else { 0 },
-        mtime: time_of(a.mtime),
-        atime: Some(time_of(a.atime)),
-        mode: Some(type_bits(kind) | (a.mode & 0o7777)),
+        mtime: a.mtime,
+        atime: Some(a.atime),
+        mode: Some(type_bits(kind) | a.mode),
         uid: Some(a.uid),
         gid: Some(a.gid),
-        rdev: if matches!(kind, EntryKind::CharDev | EntryKind::BlockDev) { libc::makedev(a.rdev.specdata1, a.rdev.specdata2) } else { 0 },
+        rdev: if matches!(kind, EntryKind::CharDev | EntryKind::BlockDev) { libc::makedev(a.rdev.0, a.rdev.1) } else { 0 },
         links: Some((a.fsid, a.fileid, a.nlink as u64)),
         ..Meta::default()
     }
 }
 
-fn name3(name: &[u8]) -> filename3<'static> {
-    filename3::from(name.to_vec())
-}
-
-fn dirop(dir: &nfs_fh3, name: &[u8]) -> diropargs3<'static> {
-    diropargs3 { dir: dir.clone(), name: name3(name) }
-}
-
-fn kind_of_status(s: nfsstat3) -> ErrorKind {
-    use nfsstat3::*;
-    match s {
-        NFS3ERR_NOENT => ErrorKind::NotFound,
-        NFS3ERR_PERM | NFS3ERR_ACCES | NFS3ERR_ROFS => ErrorKind::PermissionDenied,
-        NFS3ERR_EXIST | NFS3ERR_NOTEMPTY => ErrorKind::AlreadyExists,
-        NFS3ERR_NOSPC | NFS3ERR_DQUOT => ErrorKind::NoSpace,
-        NFS3ERR_IO | NFS3ERR_STALE | NFS3ERR_BADHANDLE | NFS3ERR_SERVERFAULT | NFS3ERR_JUKEBOX | NFS3ERR_NXIO | NFS3ERR_BAD_COOKIE => ErrorKind::Unavailable,
-        NFS3ERR_NOTSUPP | NFS3ERR_NAMETOOLONG | NFS3ERR_FBIG | NFS3ERR_BADTYPE | NFS3ERR_XDEV | NFS3ERR_MLINK => ErrorKind::Unsupported,
-        _ => ErrorKind::Other,
-    }
-}
-
-/// An NFSv3 export (or a directory in one) as a [`Location`].
+/// An NFS export (or a directory in one) as a [`Location`].
 pub struct NfsLocation {
-    url: NfsUrl,
+    /// How the location is named in messages: its URL, or the `efs://` it was resolved from.
+    shown: String,
     /// Runs the connections' I/O; shut down in the background on drop (see `S3Location`).
     runtime: Option<tokio::runtime::Runtime>,
-    pool: Pool,
-    /// The mounted export's root.
-    export: nfs_fh3,
+    wire: Wire,
+    /// The mounted export's root (NFSv4.1: the server's root).
+    export: Fh,
     /// The location's directory below the export (`a/b`, or empty).
     base: Vec<u8>,
-    dirs: Mutex<HashMap<Vec<u8>, (nfs_fh3, Instant)>>,
+    dirs: Mutex<HashMap<Vec<u8>, (Fh, Instant)>>,
     /// Distinguishes this process's temporary names (see the local tree).
     nonce: String,
     rsize: u32,
     wsize: u32,
     /// The write verifier each temporary file's UNSTABLE writes were answered with: COMMIT
     /// must answer the same, or the server restarted and may have lost them.
-    verifiers: Mutex<HashMap<Vec<u8>, writeverf3>>,
+    verifiers: Mutex<HashMap<Vec<u8>, [u8; 8]>>,
     /// The handle of each staged temporary file, by (entry, temporary name): committing a
     /// small file then costs no LOOKUP before its COMMIT and its read-back.
     staged: Mutex<HashMap<StagedKey, StagedFile>>,
@@ -179,22 +146,33 @@ pub struct NfsLocation {
 impl Drop for NfsLocation {
     fn drop(&mut self) {
         if let Some(rt) = self.runtime.take() {
+            // An NFSv4.1 session is ended at once, so the server frees its state now rather
+            // than at lease expiry (not from inside another runtime, where blocking panics).
+            if matches!(self.wire, Wire::V4(_)) && tokio::runtime::Handle::try_current().is_err() {
+                rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), self.wire.shutdown()).await.ok() });
+            }
             rt.shutdown_background();
         }
     }
 }
 
-/// Why the export could not be opened, as one line naming the URL and the fix.
-fn open_error(url: &NfsUrl, kind: ErrorKind, what: impl std::fmt::Display) -> FerryError {
-    FerryError::new(kind, format!("{}: {what}", url.display()))
+/// Why the export could not be opened, as one line naming the location and the fix.
+fn open_error(shown: &str, kind: ErrorKind, what: impl std::fmt::Display) -> FerryError {
+    FerryError::new(kind, format!("{shown}: {what}"))
 }
 
 impl NfsLocation {
-    /// Mounts the export named by `uri` (the longest leading part of its path the server
-    /// exports) and opens the connection pool. The directory below the export need not
-    /// exist yet; `stat(b"")` says whether it does.
+    /// Mounts the export named by `uri` (NFSv3: the longest leading part of its path the
+    /// server exports) and opens the connection pool. The directory below the export need
+    /// not exist yet; `stat(b"")` says whether it does.
     pub fn open(uri: &str, fsync: bool) -> Result<NfsLocation, FerryError> {
         let url = NfsUrl::parse(uri).map_err(FerryError::config)?;
+        let shown = url.display();
+        NfsLocation::open_url(url, shown, fsync)
+    }
+
+    /// Opens a parsed URL; `shown` names it in messages.
+    pub fn open_url(url: NfsUrl, shown: String, fsync: bool) -> Result<NfsLocation, FerryError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("ferry-nfs")
@@ -205,40 +183,36 @@ impl NfsLocation {
             .to_socket_addrs()
             .ok()
             .and_then(|mut a| a.next())
-            .ok_or_else(|| open_error(&url, ErrorKind::Config, format_args!("cannot resolve the host '{}' (check the name)", url.host)))?
+            .ok_or_else(|| open_error(&shown, ErrorKind::Config, format_args!("cannot resolve the host '{}' (check the name)", url.host)))?
             .ip();
         // SAFETY: geteuid and getegid cannot fail.
         let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
         let (uid, gid) = (url.uid.unwrap_or(euid), url.gid.unwrap_or(egid));
-        let cred = rpc::credential(uid, gid);
-        let privileged = euid == 0;
-        let (export, base, nfs_port) = std::thread::scope(|s| {
-            s.spawn(|| runtime.block_on(mount(&url, ip, privileged, &cred)))
+        let (wire, export, base, (rsize, wsize)) = std::thread::scope(|s| {
+            s.spawn(|| runtime.block_on(connect(&url, &shown, ip, euid == 0, uid, gid)))
                 .join()
-                .unwrap_or_else(|_| Err(open_error(&url, ErrorKind::Other, "mounting failed")))
+                .unwrap_or_else(|_| Err(open_error(&shown, ErrorKind::Other, "mounting failed")))
         })?;
-        let pool = Pool::new(SocketAddr::new(ip, nfs_port), privileged, cred, url.connections, url.timeout);
-        let mut loc = NfsLocation {
-            url,
+        Ok(NfsLocation {
+            shown,
             runtime: Some(runtime),
-            pool,
+            wire,
             export,
             base,
             dirs: Mutex::new(HashMap::new()),
             nonce: format!("{:08x}", rand::random::<u32>()),
-            rsize: 64 << 10,
-            wsize: 64 << 10,
+            rsize: rsize.clamp(4096, MAX_TRANSFER),
+            wsize: wsize.clamp(4096, MAX_TRANSFER),
             verifiers: Mutex::new(HashMap::new()),
             staged: Mutex::new(HashMap::new()),
             fsync,
             owner_settable: uid == 0,
-        };
-        let fsroot = loc.export.clone();
-        let info = loc.block(async { rpc!(&loc.pool, "FSINFO", |c| c.fsinfo(&FSINFO3args { fsroot: fsroot.clone() })) });
-        let info = info.map_err(|f| loc.fail("reach", b"", f))?;
-        loc.rsize = info.rtpref.max(info.rtmax).clamp(4096, MAX_TRANSFER);
-        loc.wsize = info.wtpref.max(info.wtmax).clamp(4096, MAX_TRANSFER);
-        Ok(loc)
+        })
+    }
+
+    /// The protocol spoken: `NFSv3` or `NFSv4.1`.
+    pub fn version(&self) -> &'static str {
+        self.wire.version()
     }
 
     fn block<F: std::future::Future>(&self, f: F) -> F::Output {
@@ -258,11 +232,11 @@ impl NfsLocation {
     fn fail(&self, op: &str, rel: &[u8], f: Fail) -> FerryError {
         let what = self.describe(rel);
         match f {
-            Fail::Status { status: nfsstat3::NFS3ERR_ROFS, .. } => FerryError::new(
+            Fail::Status { code, .. } if code.cond() == Cond::ReadOnly => FerryError::new(
                 ErrorKind::PermissionDenied,
                 format!("cannot {op} {what}: the export is read-only (export it read-write, or choose another destination)"),
             ),
-            Fail::Status { status, .. } => FerryError::new(kind_of_status(status), format!("cannot {op} {what}: {status}")),
+            Fail::Status { code, .. } => FerryError::new(code.kind(), format!("cannot {op} {what}: {code}")),
             Fail::Unreachable(why) => FerryError::new(ErrorKind::Unavailable, format!("cannot {op} {what}: {why}")),
             Fail::Refused(why) => FerryError::new(ErrorKind::PermissionDenied, format!("cannot {op} {what}: {why}")),
         }
@@ -272,30 +246,16 @@ impl NfsLocation {
         FerryError::new(ErrorKind::Unavailable, format!("the directory of {} vanished while it was written", self.describe(rel)))
     }
 
-    async fn getattr(&self, fh: &nfs_fh3) -> Result<fattr3, Fail> {
-        rpc!(&self.pool, "GETATTR", |c| c.getattr(&GETATTR3args { object: fh.clone() })).map(|r| r.obj_attributes)
+    async fn lookup(&self, dir: &Fh, name: &[u8]) -> Result<Option<Found>, Fail> {
+        Ok(self.wire.lookup(dir, name).await?.map(Found::from))
     }
 
-    async fn lookup(&self, dir: &nfs_fh3, name: &[u8]) -> Result<Option<Found>, Fail> {
-        match rpc!(&self.pool, "LOOKUP", |c| c.lookup(&LOOKUP3args { what: dirop(dir, name) })) {
-            Ok(r) => {
-                let attr = match r.obj_attributes {
-                    Nfs3Option::Some(a) => a,
-                    Nfs3Option::None => self.getattr(&r.object).await?,
-                };
-                Ok(Some(Found { fh: r.object, attr }))
-            }
-            Err(Fail::Status { status: nfsstat3::NFS3ERR_NOENT, .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    fn cached(&self, full: &[u8]) -> Option<nfs_fh3> {
+    fn cached(&self, full: &[u8]) -> Option<Fh> {
         let dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
         dirs.get(full).filter(|(_, at)| at.elapsed() < HANDLE_TTL).map(|(fh, _)| fh.clone())
     }
 
-    fn remember(&self, full: &[u8], fh: &nfs_fh3) {
+    fn remember(&self, full: &[u8], fh: &Fh) {
         let mut dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
         if dirs.len() >= MAX_HANDLES {
             dirs.clear();
@@ -312,7 +272,7 @@ impl NfsLocation {
     /// The handle of directory `full` (below the export). With `create`, missing directories
     /// are made owner-only, and a non-directory in the way is removed, as the local tree does.
     /// `None` when it is missing and `create` is off.
-    async fn dir(&self, full: &[u8], create: bool) -> Result<Option<nfs_fh3>, Fail> {
+    async fn dir(&self, full: &[u8], create: bool) -> Result<Option<Fh>, Fail> {
         if full.is_empty() {
             return Ok(Some(self.export.clone()));
         }
@@ -335,7 +295,7 @@ impl NfsLocation {
             let name = comps[i];
             let prefix = &full[..comps[..=i].iter().map(|c| c.len()).sum::<usize>() + i];
             fh = match self.lookup(&fh, name).await? {
-                Some(found) if found.attr.type_ == ftype3::NF3DIR => found.fh,
+                Some(found) if found.attr.kind == EntryKind::Dir => found.fh,
                 Some(_) if create => {
                     self.remove_tree(&fh, name).await?;
                     self.mkdir(&fh, name).await?
@@ -349,22 +309,26 @@ impl NfsLocation {
         Ok(Some(fh))
     }
 
-    async fn mkdir(&self, parent: &nfs_fh3, name: &[u8]) -> Result<nfs_fh3, Fail> {
-        let attributes = sattr3 { mode: Nfs3Option::Some(0o700), ..sattr3::default() };
-        let made = rpc!(&self.pool, "MKDIR", |c| c.mkdir(&MKDIR3args { where_: dirop(parent, name), attributes: attributes.clone() }));
-        match made {
-            Ok(MKDIR3resok { obj: Nfs3Option::Some(fh), .. }) => Ok(fh),
+    async fn mkdir(&self, parent: &Fh, name: &[u8]) -> Result<Fh, Fail> {
+        match self.wire.mkdir(parent, name, 0o700).await {
+            Ok(Some(fh)) => Ok(fh),
             // Made by someone else meanwhile, or by our own first send: use it if a directory.
-            Ok(_) | Err(Fail::Status { status: nfsstat3::NFS3ERR_EXIST, .. }) => match self.lookup(parent, name).await? {
-                Some(f) if f.attr.type_ == ftype3::NF3DIR => Ok(f.fh),
-                _ => Err(Fail::Status { status: nfsstat3::NFS3ERR_EXIST, resent: false }),
+            Ok(None) => self.lookup(parent, name).await?.filter(|f| f.attr.kind == EntryKind::Dir).map(|f| f.fh).ok_or_else(|| self.no_dir()),
+            Err(f) if f.is(Cond::Exist) => match self.lookup(parent, name).await? {
+                Some(found) if found.attr.kind == EntryKind::Dir => Ok(found.fh),
+                _ => Err(f),
             },
             Err(e) => Err(e),
         }
     }
 
+    /// A directory that was made is not there as one.
+    fn no_dir(&self) -> Fail {
+        Fail::Unreachable("a directory just made is not there (another client replaced it); it is made again".into())
+    }
+
     /// The handle of `rel`'s directory and `rel`'s own name.
-    async fn parent(&self, rel: &[u8], create: bool) -> Result<Option<(nfs_fh3, Vec<u8>)>, FerryError> {
+    async fn parent(&self, rel: &[u8], create: bool) -> Result<Option<(Fh, Vec<u8>)>, FerryError> {
         let (parent, name) = paths::split(rel);
         match self.dir(&self.full(parent), create).await {
             Ok(Some(fh)) => Ok(Some((fh, name.to_vec()))),
@@ -377,7 +341,7 @@ impl NfsLocation {
     async fn find(&self, rel: &[u8]) -> Result<Option<Found>, FerryError> {
         let full = self.full(rel);
         if full.is_empty() {
-            let attr = self.getattr(&self.export).await.map_err(|f| self.fail("stat", rel, f))?;
+            let attr = self.wire.getattr(&self.export).await.map_err(|f| self.fail("stat", rel, f))?;
             return Ok(Some(Found { fh: self.export.clone(), attr }));
         }
         let (parent, name) = paths::split(&full);
@@ -387,26 +351,24 @@ impl NfsLocation {
         self.lookup(&dir, name).await.map_err(|f| self.fail("look up", rel, f))
     }
 
-    /// Every name in a directory (READDIR, without attributes), `.` and `..` left out.
-    async fn names(&self, dir: &nfs_fh3) -> Result<Vec<Vec<u8>>, Fail> {
+    /// Every name in a directory (without attributes where the protocol allows), `.` and
+    /// `..` left out.
+    async fn names(&self, dir: &Fh) -> Result<Vec<Vec<u8>>, Fail> {
         let mut out = Vec::new();
-        let (mut cookie, mut cookieverf) = (0, cookieverf3::default());
+        let (mut cookie, mut verf) = (0, [0; 8]);
         loop {
-            let r = rpc!(&self.pool, "READDIR", |c| c.readdir(&READDIR3args { dir: dir.clone(), cookie, cookieverf, count: DIRCOUNT }))?;
-            let done = r.reply.eof;
-            let entries = r.reply.entries.into_inner();
-            if entries.is_empty() && !done {
-                return Err(Fail::Status { status: nfsstat3::NFS3ERR_TOOSMALL, resent: false });
+            let page = self.wire.readdir(dir, cookie, verf, false).await?;
+            if page.entries.is_empty() && !page.eof {
+                return Err(Fail::Unreachable("the server returned an empty directory page".into()));
             }
-            for e in entries {
+            for e in page.entries {
                 cookie = e.cookie;
-                let n = e.name.as_ref();
-                if n != b"." && n != b".." {
-                    out.push(n.to_vec());
+                if e.name != b"." && e.name != b".." {
+                    out.push(e.name);
                 }
             }
-            cookieverf = r.cookieverf;
-            if done {
+            verf = page.verf;
+            if page.eof {
                 return Ok(out);
             }
         }
@@ -414,15 +376,15 @@ impl NfsLocation {
 
     /// Removes `name` in `dir`, a directory with everything below it. Returns how many
     /// non-directory entries went.
-    fn remove_tree<'a>(&'a self, dir: &'a nfs_fh3, name: &'a [u8]) -> futures::future::BoxFuture<'a, Result<u64, Fail>> {
+    fn remove_tree<'a>(&'a self, dir: &'a Fh, name: &'a [u8]) -> futures::future::BoxFuture<'a, Result<u64, Fail>> {
         Box::pin(async move {
             let Some(found) = self.lookup(dir, name).await? else {
                 return Ok(0);
             };
-            if found.attr.type_ != ftype3::NF3DIR {
-                return match rpc!(&self.pool, "REMOVE", |c| c.remove(&REMOVE3args { object: dirop(dir, name) })) {
-                    Ok(_) => Ok(1),
-                    Err(Fail::Status { status: nfsstat3::NFS3ERR_NOENT, .. }) => Ok(0),
+            if found.attr.kind != EntryKind::Dir {
+                return match self.wire.remove(dir, name).await {
+                    Ok(()) => Ok(1),
+                    Err(f) if f.is(Cond::NoEnt) => Ok(0),
                     Err(e) => Err(e),
                 };
             }
@@ -438,89 +400,73 @@ impl NfsLocation {
                     removed += self.remove_tree(&found.fh, n).await?;
                 }
             }
-            match rpc!(&self.pool, "RMDIR", |c| c.rmdir(&RMDIR3args { object: dirop(dir, name) })) {
-                Ok(_) | Err(Fail::Status { status: nfsstat3::NFS3ERR_NOENT, .. }) => Ok(removed),
+            match self.wire.rmdir(dir, name).await {
+                Ok(()) => Ok(removed),
+                Err(f) if f.is(Cond::NoEnt) => Ok(removed),
                 Err(e) => Err(e),
             }
         })
     }
 
-    async fn setattr(&self, fh: &nfs_fh3, attrs: sattr3) -> Result<(), Fail> {
-        rpc!(&self.pool, "SETATTR", |c| c.setattr(&SETATTR3args { object: fh.clone(), new_attributes: attrs.clone(), guard: Nfs3Option::None })).map(|_| ())
-    }
-
     /// Owner, mode and times of an entry, in as few SETATTRs as correctness allows: a chown
     /// clears set-id bits, so mode then comes in a second call; times always ride with the
     /// last, because every other change touches them.
-    async fn apply_meta(&self, fh: &nfs_fh3, meta: &Meta, default_mode: u32, rel: &[u8]) -> Result<(), FerryError> {
+    async fn apply_meta(&self, fh: &Fh, meta: &Meta, default_mode: u32, rel: &[u8]) -> Result<(), FerryError> {
         let owner = match (self.owner_settable, meta.uid, meta.gid) {
             (true, Some(u), Some(g)) => Some((u, g)),
             _ => None,
         };
         let symlink = meta.kind() == EntryKind::Symlink;
         let mode = if symlink { None } else { Some(meta.perm().unwrap_or(default_mode)) };
-        let times = sattr3 {
-            atime: set_atime::SET_TO_CLIENT_TIME(nfs_time(meta.atime.unwrap_or(meta.mtime))),
-            mtime: set_mtime::SET_TO_CLIENT_TIME(nfs_time(meta.mtime)),
-            ..sattr3::default()
-        };
-        let mut last = sattr3 { mode: mode.map_or(Nfs3Option::None, Nfs3Option::Some), ..times };
+        let mut last = SetAttrs { mode, atime: Some(meta.atime.unwrap_or(meta.mtime)), mtime: Some(meta.mtime), ..SetAttrs::default() };
         // Only root may give a file away: a refusal of a SETATTR carrying an owner, sent with
         // root's credentials, is root squash.
-        let owner_refused = |op: &str, f: Fail| match f {
-            Fail::Status { status: nfsstat3::NFS3ERR_ACCES | nfsstat3::NFS3ERR_PERM, .. } => FerryError::new(
-                ErrorKind::PermissionDenied,
-                format!(
-                    "cannot {op} {}: the server refused (the export squashes root: export it with no_root_squash, or copy without owners)",
-                    self.describe(rel)
-                ),
-            ),
-            other => self.fail(op, rel, other),
+        let owner_refused = |op: &str, f: Fail| {
+            if f.is(Cond::Access) {
+                FerryError::new(
+                    ErrorKind::PermissionDenied,
+                    format!(
+                        "cannot {op} {}: the server refused (the export squashes root: export it with no_root_squash, or copy without owners)",
+                        self.describe(rel)
+                    ),
+                )
+            } else {
+                self.fail(op, rel, f)
+            }
         };
         if let Some((u, g)) = owner {
-            let set_owner = sattr3 { uid: Nfs3Option::Some(u), gid: Nfs3Option::Some(g), ..sattr3::default() };
+            let set_owner = SetAttrs { uid: Some(u), gid: Some(g), ..SetAttrs::default() };
             if mode.is_some_and(|m| m & 0o6000 != 0) {
-                self.setattr(fh, set_owner).await.map_err(|f| owner_refused("set owner of", f))?;
+                self.wire.setattr(fh, &set_owner, None).await.map_err(|f| owner_refused("set owner of", f))?;
             } else {
                 last.uid = set_owner.uid;
                 last.gid = set_owner.gid;
             }
         }
         match owner {
-            Some(_) => self.setattr(fh, last).await.map_err(|f| owner_refused("set owner and metadata of", f)),
-            None => self.setattr(fh, last).await.map_err(|f| self.fail("set metadata on", rel, f)),
+            Some(_) => self.wire.setattr(fh, &last, None).await.map_err(|f| owner_refused("set owner and metadata of", f)),
+            None => self.wire.setattr(fh, &last, None).await.map_err(|f| self.fail("set metadata on", rel, f)),
         }
     }
 
     /// Renames a finished temporary entry over `rel`'s name; a directory in the way goes first.
-    async fn rename_into_place(&self, dir: &nfs_fh3, temp: &[u8], rel: &[u8]) -> Result<(), FerryError> {
+    async fn rename_into_place(&self, dir: &Fh, temp: &[u8], rel: &[u8]) -> Result<(), FerryError> {
         let (_, name) = paths::split(rel);
-        let rename = || async { rpc!(&self.pool, "RENAME", |c| c.rename(&RENAME3args { from: dirop(dir, temp), to: dirop(dir, name) })) };
-        match rename().await {
-            Ok(_) => Ok(()),
-            Err(Fail::Status { status: nfsstat3::NFS3ERR_EXIST | nfsstat3::NFS3ERR_NOTEMPTY | nfsstat3::NFS3ERR_ISDIR, .. }) => {
+        match self.wire.rename(dir, temp, name).await {
+            Ok(()) => Ok(()),
+            Err(f) if f.is(Cond::Exist) || f.is(Cond::NotEmpty) || f.is(Cond::IsDir) => {
                 self.remove_tree(dir, name).await.map_err(|f| self.fail("remove", rel, f))?;
                 self.forget(&self.full(rel));
-                rename().await.map(|_| ()).map_err(|f| self.fail("rename into place", rel, f))
+                self.wire.rename(dir, temp, name).await.map_err(|f| self.fail("rename into place", rel, f))
             }
             // The first send was carried out and its answer lost: the temporary name is gone.
-            Err(Fail::Status { status: nfsstat3::NFS3ERR_NOENT, resent: true }) if self.lookup(dir, temp).await.ok().flatten().is_none() => Ok(()),
+            Err(f) if f.is(Cond::NoEnt) && f.resent() && self.lookup(dir, temp).await.ok().flatten().is_none() => Ok(()),
             Err(f) => Err(self.fail("rename into place", rel, f)),
         }
     }
 
-    async fn create_file(&self, dir: &nfs_fh3, temp: &[u8], size: Option<u64>) -> Result<nfs_fh3, Fail> {
-        let attrs = sattr3 { mode: Nfs3Option::Some(0o600), size: size.map_or(Nfs3Option::None, Nfs3Option::Some), ..sattr3::default() };
-        // UNCHECKED: a retried CREATE, or debris of an attempt not resumed, is simply truncated.
-        let r = rpc!(&self.pool, "CREATE", |c| c.create(&CREATE3args { where_: dirop(dir, temp), how: createhow3::UNCHECKED(attrs.clone()) }))?;
-        match r.obj {
-            Nfs3Option::Some(fh) => Ok(fh),
-            Nfs3Option::None => self.lookup(dir, temp).await?.map(|f| f.fh).ok_or(Fail::Status { status: nfsstat3::NFS3ERR_NOENT, resent: false }),
-        }
-    }
-
     /// Fills `buf` from `pos` of a file, in READs of the server's size sent side by side.
-    async fn read_exact(&self, fh: &nfs_fh3, pos: u64, buf: &mut [u8]) -> Result<Result<(), u64>, Fail> {
+    async fn read_exact(&self, fh: &Fh, pos: u64, buf: &mut [u8]) -> Result<Result<(), u64>, Fail> {
         let rsize = self.rsize as usize;
         let reads = buf.chunks_mut(rsize).enumerate().map(|(i, piece)| self.read_piece(fh, pos + (i * rsize) as u64, piece));
         for r in join_all(reads).await {
@@ -532,15 +478,11 @@ impl NfsLocation {
     }
 
     /// One piece: `Err(offset)` at the end of the file before the piece is full.
-    async fn read_piece(&self, fh: &nfs_fh3, pos: u64, piece: &mut [u8]) -> Result<Result<(), u64>, Fail> {
+    async fn read_piece(&self, fh: &Fh, pos: u64, piece: &mut [u8]) -> Result<Result<(), u64>, Fail> {
         let mut done = 0;
         while done < piece.len() {
             let offset = pos + done as u64;
-            let count = (piece.len() - done) as u32;
-            let r = rpc!(&self.pool, "READ", |c| c.read(&READ3args { file: fh.clone(), offset, count }))?;
-            let data = r.data.as_ref();
-            let n = data.len().min(piece.len() - done);
-            piece[done..done + n].copy_from_slice(&data[..n]);
+            let n = self.wire.read(fh, offset, &mut piece[done..]).await?;
             done += n;
             if n == 0 {
                 return Ok(Err(offset));
@@ -549,9 +491,9 @@ impl NfsLocation {
         Ok(Ok(()))
     }
 
-    /// Writes `data` at `pos`, UNSTABLE, in WRITEs of the server's size sent side by side, and
-    /// checks that every answer carries the same write verifier.
-    async fn write_all(&self, fh: &nfs_fh3, pos: u64, data: &[u8], stable: stable_how) -> Result<writeverf3, Fail> {
+    /// Writes `data` at `pos`, in WRITEs of the server's size sent side by side, and checks
+    /// that every answer carries the same write verifier.
+    async fn write_all(&self, file: &Opened, pos: u64, data: &[u8], sync: bool) -> Result<[u8; 8], Fail> {
         let wsize = self.wsize as usize;
         let writes = data.chunks(wsize).enumerate().map(|(i, piece)| async move {
             let mut done = 0;
@@ -559,18 +501,12 @@ impl NfsLocation {
             while done < piece.len() {
                 let offset = pos + (i * wsize + done) as u64;
                 let rest = &piece[done..];
-                let r = rpc!(&self.pool, "WRITE", |c| c.write(&WRITE3args {
-                    file: fh.clone(),
-                    offset,
-                    count: rest.len() as u32,
-                    stable,
-                    data: Opaque::borrowed(rest),
-                }))?;
-                if r.count == 0 {
-                    return Err(Fail::Status { status: nfsstat3::NFS3ERR_IO, resent: false });
+                let (count, v) = self.wire.write(file, offset, rest, sync).await?;
+                if count == 0 {
+                    return Err(Fail::Unreachable("the server wrote nothing of a WRITE".into()));
                 }
-                done += (r.count as usize).min(rest.len());
-                verf = Some(r.verf);
+                done += (count as usize).min(rest.len());
+                verf = Some(v);
             }
             Ok(verf)
         });
@@ -588,19 +524,19 @@ impl NfsLocation {
 
     /// Records the verifier of UNSTABLE writes to `fh`; a different one than before means the
     /// server restarted and may have dropped the earlier ones.
-    fn note_verifier(&self, fh: &nfs_fh3, verf: writeverf3) -> Result<(), Fail> {
+    fn note_verifier(&self, fh: &Fh, verf: [u8; 8]) -> Result<(), Fail> {
         let mut v = self.verifiers.lock().unwrap_or_else(|p| p.into_inner());
-        match v.insert(fh.data.to_vec(), verf) {
+        match v.insert(fh.0.clone(), verf) {
             Some(old) if old != verf => Err(restarted()),
             _ => Ok(()),
         }
     }
 
-    async fn commit_file(&self, fh: &nfs_fh3) -> Result<(), Fail> {
-        let r = rpc!(&self.pool, "COMMIT", |c| c.commit(&COMMIT3args { file: fh.clone(), offset: 0, count: 0 }))?;
-        let expected = self.verifiers.lock().unwrap_or_else(|p| p.into_inner()).remove(fh.data.as_ref());
+    async fn commit_file(&self, fh: &Fh) -> Result<(), Fail> {
+        let verf = self.wire.commit(fh).await?;
+        let expected = self.verifiers.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh.0);
         match expected {
-            Some(v) if v != r.verf => Err(restarted()),
+            Some(v) if v != verf => Err(restarted()),
             _ => Ok(()),
         }
     }
@@ -634,6 +570,11 @@ impl NfsLocation {
             }
         }
     }
+
+    /// Removes a temporary entry, whatever happens (the sweep of a later run finds debris).
+    async fn remove_quietly(&self, dir: &Fh, temp: &[u8]) {
+        let _ = self.wire.remove(dir, temp).await;
+    }
 }
 
 /// A COMMIT or WRITE answered with another verifier: the server restarted in between.
@@ -641,17 +582,113 @@ fn restarted() -> Fail {
     Fail::Unreachable("the server restarted while the file was written (its write verifier changed), so it is written again".into())
 }
 
-/// Mounts the longest leading part of the URL's path that the server exports. Returns the
-/// export's root handle, the rest of the path, and the NFS port.
+/// What opening an export yields: the connection, the export's root, the path below it, and
+/// the largest READ and WRITE.
+type Connected = (Wire, Fh, Vec<u8>, (u32, u32));
+
+/// Connects to the server in the URL's version.
+async fn connect(url: &NfsUrl, shown: &str, ip: std::net::IpAddr, privileged: bool, uid: u32, gid: u32) -> Result<Connected, FerryError> {
+    match url.version {
+        Version::V3 => {
+            let cred = rpc::credential(uid, gid);
+            let (export, base, nfs_port) = mount(url, shown, ip, privileged, &cred).await?;
+            let pool = Pool::new(SocketAddr::new(ip, nfs_port), privileged, cred, url.connections, url.timeout);
+            let wire = Wire::V3(pool);
+            let sizes = wire.io_sizes(&export).await;
+            let sizes = sizes.map_err(|f| open_error(shown, ErrorKind::Unavailable, format_args!("cannot reach the NFS service: {}", fail_text(f))))?;
+            Ok((wire, export, base, sizes))
+        }
+        Version::V41 => {
+            let addr = SocketAddr::new(ip, url.nfs_port.unwrap_or(2049));
+            let limit = Duration::from_secs(10).min(url.timeout);
+            let cfg = wire::config4(addr, uid, gid, url.connections, url.timeout);
+            // Opening is not retried for the whole outage window: a server that is not there
+            // is a mistake to report now.
+            let client = match tokio::time::timeout(limit.max(Duration::from_secs(5)) * 2, v4::client::Client::connect(cfg)).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    return Err(open_error(shown, ErrorKind::Unavailable, format_args!("cannot open an NFSv4.1 session with {addr}: {e}")));
+                }
+                Err(_) => {
+                    return Err(open_error(
+                        shown,
+                        ErrorKind::Unavailable,
+                        format_args!("cannot reach the NFSv4.1 service at {addr} (timed out); check the host and port, and that the NFS server runs"),
+                    ))
+                }
+            };
+            let root = client.root();
+            let limits = client.limits();
+            let base: Vec<u8> = url.path.strip_prefix(b"/").unwrap_or(&url.path).to_vec();
+            let wire = Wire::V4(client);
+            // The first component is the export in the server's namespace: one that is not
+            // there gets its own line, with what the server does export.
+            if let Some(first) = base.split(|&b| b == b'/').next().filter(|c| url.export_in_path && !c.is_empty()) {
+                match wire.lookup(&root, first).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        let mut names = Vec::new();
+                        let (mut cookie, mut verf) = (0, [0; 8]);
+                        while let Ok(page) = wire.readdir(&root, cookie, verf, false).await {
+                            names.extend(page.entries.iter().map(|e| String::from_utf8_lossy(&e.name).into_owned()));
+                            (cookie, verf) = (page.entries.last().map_or(cookie, |e| e.cookie), page.verf);
+                            if page.eof || page.entries.is_empty() || names.len() > 100 {
+                                break;
+                            }
+                        }
+                        let listed = if names.is_empty() { String::new() } else { format!("; it exports /{}", names.join(", /")) };
+                        wire.shutdown().await;
+                        return Err(open_error(
+                            shown,
+                            ErrorKind::NotFound,
+                            format_args!(
+                                "the server has no such export /{} for this host: it is not exported, or the export's client list leaves this host out (check the path, which NFSv4 takes in the server's pseudo namespace, and the export's clients){listed}",
+                                String::from_utf8_lossy(first)
+                            ),
+                        ));
+                    }
+                    Err(f) if f.is(Cond::Access) => {
+                        wire.shutdown().await;
+                        return Err(open_error(
+                            shown,
+                            ErrorKind::PermissionDenied,
+                            format_args!(
+                                "the server denies access to the export /{} (check the export's client list, security flavour and credentials, or ?uid=/?gid=)",
+                                String::from_utf8_lossy(first)
+                            ),
+                        ));
+                    }
+                    Err(f) => {
+                        wire.shutdown().await;
+                        return Err(open_error(shown, ErrorKind::Unavailable, format_args!("cannot look up the export: {}", fail_text(f))));
+                    }
+                }
+            }
+            Ok((wire, root, base, limits))
+        }
+    }
+}
+
+/// A failure as text, for messages about the export as a whole.
+fn fail_text(f: Fail) -> String {
+    match f {
+        Fail::Status { code, .. } => code.to_string(),
+        Fail::Unreachable(why) | Fail::Refused(why) => why,
+    }
+}
+
+/// Mounts the longest leading part of the URL's path that the server exports (NFSv3).
+/// Returns the export's root handle, the rest of the path, and the NFS port.
 async fn mount(
     url: &NfsUrl,
+    shown: &str,
     ip: std::net::IpAddr,
     privileged: bool,
     cred: &nfs3_client::nfs3_types::rpc::opaque_auth<'static>,
-) -> Result<(nfs_fh3, Vec<u8>, u16), FerryError> {
+) -> Result<(Fh, Vec<u8>, u16), FerryError> {
     let limit = Duration::from_secs(10).min(url.timeout);
     let unreachable = |what: String, e: &dyn std::fmt::Display| {
-        open_error(url, ErrorKind::Unavailable, format_args!("cannot reach the {what} ({e}); check the host and port, and that the NFS server runs"))
+        open_error(shown, ErrorKind::Unavailable, format_args!("cannot reach the {what} ({e}); check the host and port, and that the NFS server runs"))
     };
     let connect = |port: u16, what: String| async move {
         match tokio::time::timeout(limit, rpc::connect(SocketAddr::new(ip, port), privileged)).await {
@@ -678,9 +715,9 @@ async fn mount(
                 *port = Some(match tokio::time::timeout(limit, pm.getport(prog, vers)).await {
                     Ok(Ok(p)) => p,
                     Ok(Err(e)) => {
-                        return Err(open_error(url, ErrorKind::Unavailable, format_args!("the {what} does not know the {name} service ({e}); {hint}")))
+                        return Err(open_error(shown, ErrorKind::Unavailable, format_args!("the {what} does not know the {name} service ({e}); {hint}")))
                     }
-                    Err(_) => return Err(open_error(url, ErrorKind::Unavailable, format_args!("the {what} did not answer; {hint}"))),
+                    Err(_) => return Err(open_error(shown, ErrorKind::Unavailable, format_args!("the {what} did not answer; {hint}"))),
                 });
             }
             let [Some(n), Some(m)] = ports else { unreachable!("both ports were filled in") };
@@ -697,7 +734,7 @@ async fn mount(
         match answer {
             Ok(Ok(ok)) => {
                 let base = comps[n..].join(&b'/');
-                return Ok((nfs_fh3 { data: Opaque::owned(ok.fhandle.0.into_owned()) }, base, nfs_port));
+                return Ok((Fh(ok.fhandle.0.into_owned()), base, nfs_port));
             }
             Ok(Err(nfs3_client::error::Error::MountError(e))) => {
                 use nfs3_client::nfs3_types::mount::mountstat3::*;
@@ -727,25 +764,25 @@ async fn mount(
     let listed_and_denied = denied.as_ref().filter(|_| exports.as_ref().is_some_and(|list| list.iter().any(exported)));
     Err(match (listed_and_denied, denied.is_some()) {
         (Some(export), _) => open_error(
-            url,
+            shown,
             ErrorKind::PermissionDenied,
             format_args!("the server denies access to the export {export} (check the export's security flavour and credentials, or ?uid=/?gid=){listed}"),
         ),
         (None, true) => open_error(
-            url,
+            shown,
             ErrorKind::NotFound,
             format_args!("the server has no such export for this host: it is not exported, or the export's client list leaves this host out (check the path and the export's clients){listed}"),
         ),
-        (None, false) => open_error(url, ErrorKind::NotFound, format_args!("the server has no such export (check the path){listed}")),
+        (None, false) => open_error(shown, ErrorKind::NotFound, format_args!("the server has no such export (check the path){listed}")),
     })
 }
 
 impl Location for NfsLocation {
     fn describe(&self, rel: &[u8]) -> String {
         if rel.is_empty() {
-            self.url.display()
+            self.shown.clone()
         } else {
-            format!("{}/{}", self.url.display(), paths::display(rel))
+            format!("{}/{}", self.shown.trim_end_matches('/'), paths::display(rel))
         }
     }
 
@@ -762,45 +799,35 @@ impl Location for NfsLocation {
             let Some(fh) = self.dir(&self.full(dir), false).await.map_err(|f| self.fail("open directory", dir, f))? else {
                 return Ok(Page::default());
             };
-            let (mut cookie, mut cookieverf) = match resume {
-                Some(r) if r.len() == 16 => (u64::from_le_bytes(r[..8].try_into().expect("8 bytes")), cookieverf3(r[8..].try_into().expect("8 bytes"))),
-                _ => (0, cookieverf3::default()),
+            let (mut cookie, mut verf) = match resume {
+                Some(r) if r.len() == 16 => (u64::from_le_bytes(r[..8].try_into().expect("8 bytes")), r[8..].try_into().expect("8 bytes")),
+                _ => (0, [0; 8]),
             };
             let mut page = Page::default();
             loop {
-                let r = rpc!(&self.pool, "READDIRPLUS", |c| c.readdirplus(&READDIRPLUS3args {
-                    dir: fh.clone(),
-                    cookie,
-                    cookieverf,
-                    dircount: DIRCOUNT,
-                    maxcount: MAXCOUNT,
-                }))
-                .map_err(|f| self.fail("list", dir, f))?;
-                cookieverf = r.cookieverf;
-                let eof = r.reply.eof;
-                let entries = r.reply.entries.into_inner();
-                if entries.is_empty() && !eof {
+                let r = self.wire.readdir(&fh, cookie, verf, true).await.map_err(|f| self.fail("list", dir, f))?;
+                verf = r.verf;
+                let eof = r.eof;
+                if r.entries.is_empty() && !eof {
                     return Err(FerryError::new(ErrorKind::Unavailable, format!("cannot list {}: the server returned an empty page", self.describe(dir))));
                 }
-                let last = entries.len();
-                for (i, e) in entries.into_iter().enumerate() {
+                let last = r.entries.len();
+                for (i, e) in r.entries.into_iter().enumerate() {
                     cookie = e.cookie;
-                    let name = e.name.as_ref();
+                    let name = e.name.as_slice();
                     if name == b"." || name == b".." || name.starts_with(TEMP_PREFIX) {
                         continue;
                     }
-                    let attr = match (e.name_attributes, e.name_handle) {
-                        (Nfs3Option::Some(a), _) => a,
-                        (Nfs3Option::None, Nfs3Option::Some(h)) => self.getattr(&h).await.map_err(|f| self.fail("stat", &paths::child(dir, name), f))?,
-                        (Nfs3Option::None, Nfs3Option::None) => {
-                            match self.lookup(&fh, name).await.map_err(|f| self.fail("stat", &paths::child(dir, name), f))? {
-                                Some(found) => found.attr,
-                                None => continue, // removed while listing
-                            }
-                        }
+                    let attr = match (e.attr, e.fh) {
+                        (Some(a), _) => a,
+                        (None, Some(h)) => self.wire.getattr(&h).await.map_err(|f| self.fail("stat", &paths::child(dir, name), f))?,
+                        (None, None) => match self.lookup(&fh, name).await.map_err(|f| self.fail("stat", &paths::child(dir, name), f))? {
+                            Some(found) => found.attr,
+                            None => continue, // removed while listing
+                        },
                     };
                     let mut cursor = cookie.to_le_bytes().to_vec();
-                    cursor.extend_from_slice(&cookieverf.0);
+                    cursor.extend_from_slice(&verf);
                     page.entries.push(Listed { name: name.to_vec(), meta: meta_of(&attr), complete: true, cursor: cursor.clone() });
                     if page.entries.len() >= max && !(eof && i + 1 == last) {
                         page.resume = Some(cursor);
@@ -821,9 +848,7 @@ impl Location for NfsLocation {
             };
             let mut m = meta_of(&found.attr);
             if m.kind() == EntryKind::Symlink {
-                let r =
-                    rpc!(&self.pool, "READLINK", |c| c.readlink(&READLINK3args { symlink: found.fh.clone() })).map_err(|f| self.fail("read link", rel, f))?;
-                m.link_target = Some(r.data.as_ref().to_vec());
+                m.link_target = Some(self.wire.readlink(&found.fh).await.map_err(|f| self.fail("read link", rel, f))?);
             }
             Ok(Some(m))
         })
@@ -843,14 +868,14 @@ impl Location for NfsLocation {
 
     fn open(&self, rel: &[u8], _from: u64) -> Result<Box<dyn Source + '_>, FerryError> {
         let found = self.block(self.find(rel))?.ok_or_else(|| source_changed(self.describe(rel), "it was removed"))?;
-        if found.attr.type_ != ftype3::NF3REG {
+        if found.attr.kind != EntryKind::File {
             return Err(source_changed(self.describe(rel), "it is no longer a regular file"));
         }
         Ok(Box::new(NfsSource { loc: self, rel: rel.to_vec(), fh: found.fh, meta: meta_of(&found.attr) }))
     }
 
     fn create(&self, rel: &[u8], target: Target<'_>, meta: &Meta, xattrs: &Xattrs) -> Result<Box<dyn Sink + '_>, FerryError> {
-        let _ = xattrs; // NFSv3 has no extended attributes.
+        let _ = xattrs; // Not carried (see the module's documentation).
         self.block(async {
             match target {
                 Target::File { size, resume } => {
@@ -863,7 +888,7 @@ impl Location for NfsLocation {
                         loc: self,
                         rel: rel.to_vec(),
                         dir,
-                        fh: None,
+                        file: None,
                         temp,
                         start: 0,
                         len: size,
@@ -877,10 +902,10 @@ impl Location for NfsLocation {
                     let found =
                         if size <= self.wsize as u64 { None } else { self.lookup(&sink.dir, &sink.temp).await.map_err(|f| self.fail("look up", rel, f))? };
                     match found {
-                        Some(f) if resume.is_some() && f.attr.type_ == ftype3::NF3REG && f.attr.size <= size => {
+                        Some(f) if resume.is_some() && f.attr.kind == EntryKind::File && f.attr.size <= size => {
                             sink.resumed = f.attr.size;
                             sink.written_end = f.attr.size;
-                            sink.fh = Some(f.fh);
+                            sink.file = Some(self.wire.open_write(&f.fh).await.map_err(|f| self.fail("open", rel, f))?);
                         }
                         Some(_) => {
                             self.remove_tree(&sink.dir, &sink.temp).await.map_err(|f| self.fail("remove", rel, f))?;
@@ -896,11 +921,12 @@ impl Location for NfsLocation {
                         .await
                         .map_err(|f| self.fail("look up", rel, f))?
                         .ok_or_else(|| FerryError::new(ErrorKind::Unavailable, format!("the multipart write of {} vanished", self.describe(rel))))?;
+                    let file = self.wire.open_write(&fh.fh).await.map_err(|f| self.fail("open", rel, f))?;
                     let sink = NfsSink {
                         loc: self,
                         rel: rel.to_vec(),
                         dir,
-                        fh: Some(fh.fh),
+                        file: Some(file),
                         temp: upload.as_bytes().to_vec(),
                         start: offset,
                         len,
@@ -920,43 +946,23 @@ impl Location for NfsLocation {
             let (dir, name) = self.parent(rel, true).await?.ok_or_else(|| self.vanished(rel))?;
             let temp = temp_name(&format!("s{}", self.nonce), &name);
             let _ = self.remove_tree(&dir, &temp).await;
-            let attrs = sattr3::default();
             let made = match special {
-                // Times ride along at creation too: some servers (ganesha) ignore a SETATTR of
-                // a symlink's times but honour them here.
-                Special::Symlink { target } => rpc!(&self.pool, "SYMLINK", |c| c.symlink(&SYMLINK3args {
-                    where_: dirop(&dir, &temp),
-                    symlink: symlinkdata3 {
-                        symlink_attributes: sattr3 {
-                            atime: set_atime::SET_TO_CLIENT_TIME(nfs_time(meta.atime.unwrap_or(meta.mtime))),
-                            mtime: set_mtime::SET_TO_CLIENT_TIME(nfs_time(meta.mtime)),
-                            ..sattr3::default()
-                        },
-                        symlink_data: nfspath3::from(target.clone()),
-                    },
-                }))
-                .map(|r| r.obj),
+                Special::Symlink { target } => self.wire.symlink(&dir, &temp, target, (meta.atime.unwrap_or(meta.mtime), meta.mtime)).await,
                 Special::Node => {
                     let mode = meta.mode.unwrap_or(libc::S_IFIFO | 0o644);
-                    let dev = || devicedata3 {
-                        dev_attributes: attrs.clone(),
-                        spec: specdata3 { specdata1: libc::major(meta.rdev), specdata2: libc::minor(meta.rdev) },
+                    let (major, minor) = (libc::major(meta.rdev), libc::minor(meta.rdev));
+                    let node = match mode & libc::S_IFMT {
+                        libc::S_IFCHR => Node::Char(major, minor),
+                        libc::S_IFBLK => Node::Block(major, minor),
+                        libc::S_IFSOCK => Node::Socket,
+                        _ => Node::Fifo,
                     };
-                    rpc!(&self.pool, "MKNOD", |c| c.mknod(&MKNOD3args {
-                        where_: dirop(&dir, &temp),
-                        what: match mode & libc::S_IFMT {
-                            libc::S_IFCHR => mknoddata3::NF3CHR(dev()),
-                            libc::S_IFBLK => mknoddata3::NF3BLK(dev()),
-                            libc::S_IFSOCK => mknoddata3::NF3SOCK(attrs.clone()),
-                            _ => mknoddata3::NF3FIFO(attrs.clone()),
-                        },
-                    }))
-                    .map(|r| r.obj)
+                    self.wire.mknod(&dir, &temp, node, 0o600).await
                 }
             };
             let fh = match made {
-                Ok(Nfs3Option::Some(fh)) => fh,
-                Ok(Nfs3Option::None) => self.lookup(&dir, &temp).await.ok().flatten().map(|f| f.fh).ok_or_else(|| self.vanished(rel))?,
+                Ok(Some(fh)) => fh,
+                Ok(None) => self.lookup(&dir, &temp).await.ok().flatten().map(|f| f.fh).ok_or_else(|| self.vanished(rel))?,
                 Err(f) => {
                     let mut err = self.fail(if matches!(special, Special::Symlink { .. }) { "create symlink" } else { "create special file" }, rel, f);
                     if matches!(err.kind, ErrorKind::PermissionDenied) && matches!(special, Special::Node) {
@@ -966,7 +972,7 @@ impl Location for NfsLocation {
                 }
             };
             if let Err(e) = self.apply_meta(&fh, meta, 0o644, rel).await {
-                let _ = rpc!(&self.pool, "REMOVE", |c| c.remove(&REMOVE3args { object: dirop(&dir, &temp) }));
+                self.remove_quietly(&dir, &temp).await;
                 return Err(e);
             }
             Ok(Staged { rel: rel.to_vec(), kind: meta.kind(), size: 0, crc32c: None, token: Token::Temp(temp), part_tags: Vec::new(), resumed: 0 })
@@ -1002,12 +1008,13 @@ impl Location for NfsLocation {
             }
             let temp = temp_name(&format!("l{}", self.nonce), &lname);
             let _ = self.remove_tree(&ldir, &temp).await;
-            match rpc!(&self.pool, "LINK", |c| c.link(&LINK3args { file: t.fh.clone(), link: dirop(&ldir, &temp) })) {
-                Ok(_) | Err(Fail::Status { status: nfsstat3::NFS3ERR_EXIST, resent: true }) => {}
+            match self.wire.link(&t.fh, &ldir, &temp).await {
+                Ok(()) => {}
+                Err(f) if f.is(Cond::Exist) && f.resent() => {}
                 Err(f) => return Err(self.fail("create hard link", rel, f)),
             }
             if let Err(e) = self.rename_into_place(&ldir, &temp, rel).await {
-                let _ = rpc!(&self.pool, "REMOVE", |c| c.remove(&REMOVE3args { object: dirop(&ldir, &temp) }));
+                self.remove_quietly(&ldir, &temp).await;
                 return Err(e);
             }
             Ok(true)
@@ -1071,7 +1078,7 @@ impl Location for NfsLocation {
             self.unstage(&staged.rel, temp);
             self.block(async {
                 if let Ok(Some((dir, _))) = self.parent(&staged.rel, false).await {
-                    let _ = rpc!(&self.pool, "REMOVE", |c| c.remove(&REMOVE3args { object: dirop(&dir, temp) }));
+                    self.remove_quietly(&dir, temp).await;
                 }
             });
         }
@@ -1112,7 +1119,8 @@ impl Location for NfsLocation {
         self.block(async {
             let (dir, _) = self.parent(rel, true).await?.ok_or_else(|| self.vanished(rel))?;
             let temp = temp_name("parts", rel);
-            self.create_file(&dir, &temp, Some(size)).await.map_err(|f| self.fail("create", rel, f))?;
+            let file = self.wire.create(&dir, &temp, 0o600, Some(size)).await.map_err(|f| self.fail("create", rel, f))?;
+            self.wire.close(&file).await.map_err(|f| self.fail("create", rel, f))?;
             Ok(String::from_utf8_lossy(&temp).into_owned())
         })
     }
@@ -1132,7 +1140,7 @@ impl Location for NfsLocation {
         self.block(async {
             let (dir, _) = self.parent(rel, false).await?.ok_or_else(|| self.vanished(rel))?;
             let fh = self.lookup(&dir, upload.as_bytes()).await.map_err(|f| self.fail("look up", rel, f))?.ok_or_else(|| self.vanished(rel))?.fh;
-            self.setattr(&fh, sattr3 { size: Nfs3Option::Some(size), ..sattr3::default() }).await.map_err(|f| self.fail("write", rel, f))?;
+            self.wire.setattr(&fh, &SetAttrs { size: Some(size), ..SetAttrs::default() }, None).await.map_err(|f| self.fail("write", rel, f))?;
             self.apply_meta(&fh, meta, 0o644, rel).await?;
             // Each part's range was read back when it was committed (see the local tree).
             Ok(Staged {
@@ -1150,8 +1158,9 @@ impl Location for NfsLocation {
     fn abort_multipart(&self, rel: &[u8], upload: &str) -> Result<(), FerryError> {
         self.block(async {
             if let Some((dir, _)) = self.parent(rel, false).await? {
-                match rpc!(&self.pool, "REMOVE", |c| c.remove(&REMOVE3args { object: dirop(&dir, upload.as_bytes()) })) {
-                    Ok(_) | Err(Fail::Status { status: nfsstat3::NFS3ERR_NOENT, .. }) => {}
+                match self.wire.remove(&dir, upload.as_bytes()).await {
+                    Ok(()) => {}
+                    Err(f) if f.is(Cond::NoEnt) => {}
                     Err(f) => return Err(self.fail("remove temporary file of", rel, f)),
                 }
             }
@@ -1166,7 +1175,7 @@ type StagedKey = (Vec<u8>, Vec<u8>);
 /// A staged temporary file: its handle, and whether its content is durable already.
 #[derive(Clone, Debug)]
 struct StagedFile {
-    fh: nfs_fh3,
+    fh: Fh,
     durable: bool,
 }
 
@@ -1174,7 +1183,7 @@ struct StagedFile {
 struct NfsSource<'a> {
     loc: &'a NfsLocation,
     rel: Vec<u8>,
-    fh: nfs_fh3,
+    fh: Fh,
     meta: Meta,
 }
 
@@ -1195,14 +1204,14 @@ impl Source for NfsSource<'_> {
         match self.loc.block(self.loc.read_exact(&self.fh, pos, buf)) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(source_changed(self.loc.describe(&self.rel), "it shrank")),
-            Err(Fail::Status { status: nfsstat3::NFS3ERR_STALE, .. }) => Err(source_changed(self.loc.describe(&self.rel), "it was removed")),
+            Err(f) if f.is(Cond::Stale) => Err(source_changed(self.loc.describe(&self.rel), "it was removed")),
             Err(f) => Err(self.loc.fail("read", &self.rel, f)),
         }
     }
 
     fn unchanged(&mut self) -> Result<bool, FerryError> {
-        let a = self.loc.block(self.loc.getattr(&self.fh)).map_err(|f| self.loc.fail("stat", &self.rel, f))?;
-        Ok(a.size == self.meta.size && time_of(a.mtime) == self.meta.mtime)
+        let a = self.loc.block(self.loc.wire.getattr(&self.fh)).map_err(|f| self.loc.fail("stat", &self.rel, f))?;
+        Ok(a.size == self.meta.size && a.mtime == self.meta.mtime)
     }
 }
 
@@ -1210,9 +1219,10 @@ impl Source for NfsSource<'_> {
 struct NfsSink<'a> {
     loc: &'a NfsLocation,
     rel: Vec<u8>,
-    dir: nfs_fh3,
-    /// Created at the first write (see the local tree's sink).
-    fh: Option<nfs_fh3>,
+    dir: Fh,
+    /// Created (and opened) at the first write (see the local tree's sink); closed when
+    /// the sink is finished or aborted.
+    file: Option<Opened>,
     temp: Vec<u8>,
     start: u64,
     len: u64,
@@ -1227,12 +1237,12 @@ struct NfsSink<'a> {
 }
 
 impl NfsSink<'_> {
-    async fn file(&mut self) -> Result<nfs_fh3, FerryError> {
-        if let Some(fh) = &self.fh {
-            return Ok(fh.clone());
+    async fn file(&mut self) -> Result<Opened, FerryError> {
+        if let Some(file) = &self.file {
+            return Ok(file.clone());
         }
-        let fh = self.loc.create_file(&self.dir, &self.temp, None).await.map_err(|f| self.loc.fail("create", &self.rel, f))?;
-        Ok(self.fh.insert(fh).clone())
+        let file = self.loc.wire.create(&self.dir, &self.temp, 0o600, None).await.map_err(|f| self.loc.fail("create", &self.rel, f))?;
+        Ok(self.file.insert(file).clone())
     }
 }
 
@@ -1242,7 +1252,7 @@ impl Sink for NfsSink<'_> {
     }
 
     fn crc_resumed(&mut self, buf: &mut Vec<u8>) -> Result<u32, FerryError> {
-        let fh = self.fh.clone().ok_or_else(|| self.loc.vanished(&self.rel))?;
+        let fh = self.file.as_ref().map(|f| f.fh.clone()).ok_or_else(|| self.loc.vanished(&self.rel))?;
         let meta = Meta { size: self.start + self.resumed, ..Meta::default() };
         let mut src = NfsSource { loc: self.loc, rel: self.rel.clone(), fh, meta };
         super::crc_of(&mut src, self.start, self.resumed, buf)
@@ -1251,15 +1261,14 @@ impl Sink for NfsSink<'_> {
     fn write_at(&mut self, pos: u64, data: &[u8], _crc32c: u32) -> Result<(), FerryError> {
         let loc = self.loc;
         loc.block(async {
-            let fh = self.file().await?;
+            let file = self.file().await?;
             // A whole small file in one WRITE: FILE_SYNC makes it durable on the way, and
             // saves the COMMIT (and its verifier bookkeeping) per file.
             let whole = loc.fsync && self.meta.is_some() && pos == 0 && data.len() as u64 == self.len && data.len() <= loc.wsize as usize;
-            let stable = if whole { stable_how::FILE_SYNC } else { stable_how::UNSTABLE };
-            let verf = loc.write_all(&fh, pos, data, stable).await.map_err(|f| loc.fail("write", &self.rel, f))?;
+            let verf = loc.write_all(&file, pos, data, whole).await.map_err(|f| loc.fail("write", &self.rel, f))?;
             self.durable = whole;
             if !whole {
-                loc.note_verifier(&fh, verf).map_err(|f| loc.fail("write", &self.rel, f))?;
+                loc.note_verifier(&file.fh, verf).map_err(|f| loc.fail("write", &self.rel, f))?;
             }
             self.written_end = self.written_end.max(pos + data.len() as u64);
             Ok(())
@@ -1269,14 +1278,15 @@ impl Sink for NfsSink<'_> {
     fn finish(mut self: Box<Self>, crc32c: u32) -> Result<Staged, FerryError> {
         let loc = self.loc;
         let done = loc.block(async {
-            let fh = self.file().await?;
+            let file = self.file().await?;
             if let Some(meta) = &self.meta {
                 if self.written_end != self.len {
-                    loc.setattr(&fh, sattr3 { size: Nfs3Option::Some(self.len), ..sattr3::default() }).await.map_err(|f| loc.fail("write", &self.rel, f))?;
+                    let size = SetAttrs { size: Some(self.len), ..SetAttrs::default() };
+                    loc.wire.setattr(&file.fh, &size, Some(&file)).await.map_err(|f| loc.fail("write", &self.rel, f))?;
                 }
-                loc.apply_meta(&fh, meta, 0o644, &self.rel).await?;
+                loc.apply_meta(&file.fh, meta, 0o644, &self.rel).await?;
             }
-            Ok::<(), FerryError>(())
+            loc.wire.close(&file).await.map_err(|f| loc.fail("write", &self.rel, f))
         });
         let token =
             if self.meta.is_some() { Token::Temp(self.temp.clone()) } else { Token::Range { temp: self.temp.clone(), offset: self.start, len: self.len } };
@@ -1284,43 +1294,46 @@ impl Sink for NfsSink<'_> {
             self.abort();
             return Err(e);
         }
-        if let Some(fh) = &self.fh {
+        if let Some(file) = self.file.take() {
             // An empty file has no content to flush: CREATE is durable when answered.
             let durable = self.durable || (self.len == 0 && self.meta.is_some());
-            loc.stage(&self.rel, &self.temp, StagedFile { fh: fh.clone(), durable });
+            loc.stage(&self.rel, &self.temp, StagedFile { fh: file.fh, durable });
         }
         Ok(Staged { rel: self.rel, kind: EntryKind::File, size: self.len, crc32c: Some(crc32c), token, part_tags: Vec::new(), resumed: 0 })
     }
 
     fn abort(self: Box<Self>) {
-        if self.meta.is_some() {
-            self.loc.block(async {
-                let _ = rpc!(&self.loc.pool, "REMOVE", |c| c.remove(&REMOVE3args { object: dirop(&self.dir, &self.temp) }));
-            });
-        }
+        let loc = self.loc;
+        loc.block(async {
+            if let Some(file) = &self.file {
+                let _ = loc.wire.close(file).await;
+            }
+            if self.meta.is_some() {
+                loc.remove_quietly(&self.dir, &self.temp).await;
+            }
+        });
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_common::model::Timestamp;
 
     #[test]
     fn attributes_map_to_meta_with_type_bits_devices_and_link_identity() {
-        let a = fattr3 {
-            type_: ftype3::NF3CHR,
+        let a = Attr {
+            kind: EntryKind::CharDev,
             mode: 0o620,
             nlink: 1,
             uid: 5,
             gid: 6,
             size: 0,
-            used: 0,
-            rdev: specdata3 { specdata1: 4, specdata2: 64 },
+            rdev: (4, 64),
             fsid: 9,
             fileid: 77,
-            atime: nfstime3 { seconds: 1, nseconds: 2 },
-            mtime: nfstime3 { seconds: 3, nseconds: 4 },
-            ctime: nfstime3::default(),
+            atime: Timestamp { sec: 1, nsec: 2 },
+            mtime: Timestamp { sec: 3, nsec: 4 },
         };
         let m = meta_of(&a);
         assert_eq!(m.kind(), EntryKind::CharDev);
@@ -1328,19 +1341,5 @@ mod tests {
         assert_eq!(m.rdev, libc::makedev(4, 64));
         assert_eq!(m.links, Some((9, 77, 1)));
         assert_eq!((m.mtime, m.atime), (Timestamp { sec: 3, nsec: 4 }, Some(Timestamp { sec: 1, nsec: 2 })));
-    }
-
-    #[test]
-    fn times_outside_nfsv3_range_are_clamped_not_wrapped() {
-        assert_eq!(nfs_time(Timestamp { sec: -5, nsec: 1 }).seconds, 0);
-        assert_eq!(nfs_time(Timestamp { sec: 1 << 40, nsec: 1 }).seconds, u32::MAX);
-    }
-
-    #[test]
-    fn statuses_map_to_retry_classes() {
-        assert!(kind_of_status(nfsstat3::NFS3ERR_STALE).is_transient());
-        assert!(kind_of_status(nfsstat3::NFS3ERR_IO).is_transient());
-        assert!(!kind_of_status(nfsstat3::NFS3ERR_ACCES).is_transient());
-        assert_eq!(kind_of_status(nfsstat3::NFS3ERR_NOSPC), ErrorKind::NoSpace);
     }
 }

@@ -16,6 +16,11 @@ use std::time::Duration;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NfsUrl {
     pub host: String,
+    /// The protocol: NFSv3 unless `?vers=4.1` (or `4`) says otherwise.
+    pub version: Version,
+    /// The path's first component names an export (`nfs://`), so a missing one is reported
+    /// as such; an EFS file system's root is the file system itself.
+    pub export_in_path: bool,
     pub nfs_port: Option<u16>,
     pub mount_port: Option<u16>,
     /// Export and path below it, as one absolute path (`/srv/data/sub`).
@@ -24,6 +29,15 @@ pub struct NfsUrl {
     pub gid: Option<u32>,
     pub connections: usize,
     pub timeout: Duration,
+}
+
+/// The NFS version spoken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    /// NFSv3 with MOUNT; the path is the server's exported directory.
+    V3,
+    /// NFSv4.1 on port 2049 unless given; the path is in the server's (pseudo) namespace.
+    V41,
 }
 
 pub const DEFAULT_CONNECTIONS: usize = 8;
@@ -59,7 +73,18 @@ impl NfsUrl {
         if path.is_empty() {
             return Err(format!("{uri}: the export is missing ({usage})"));
         }
-        let mut url = NfsUrl { host, nfs_port: port, mount_port: None, path, uid: None, gid: None, connections: DEFAULT_CONNECTIONS, timeout: DEFAULT_TIMEOUT };
+        let mut url = NfsUrl {
+            host,
+            version: Version::V3,
+            export_in_path: true,
+            nfs_port: port,
+            mount_port: None,
+            path,
+            uid: None,
+            gid: None,
+            connections: DEFAULT_CONNECTIONS,
+            timeout: DEFAULT_TIMEOUT,
+        };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let number = |max: u64| -> Result<u64, String> {
@@ -77,8 +102,18 @@ impl NfsUrl {
                     }
                 }
                 "timeo" => url.timeout = Duration::from_secs(number(3600)?.max(1)),
-                other => return Err(format!("{uri}: unknown option '{other}' (known: nfsport, mountport, uid, gid, nconnect, timeo)")),
+                "vers" => {
+                    url.version = match v {
+                        "3" => Version::V3,
+                        "4" | "4.1" => Version::V41,
+                        _ => return Err(format!("{uri}: vers={v} is not a version this client speaks (3 or 4.1)")),
+                    }
+                }
+                other => return Err(format!("{uri}: unknown option '{other}' (known: vers, nfsport, mountport, uid, gid, nconnect, timeo)")),
             }
+        }
+        if url.version == Version::V41 && url.mount_port.is_some() {
+            return Err(format!("{uri}: mountport is for NFSv3; NFSv4.1 needs no MOUNT service (leave it out)"));
         }
         Ok(url)
     }
@@ -86,7 +121,8 @@ impl NfsUrl {
     /// The URL without options, for messages.
     pub fn display(&self) -> String {
         let port = self.nfs_port.map(|p| format!(":{p}")).unwrap_or_default();
-        format!("nfs://{}{port}{}", self.host, String::from_utf8_lossy(&self.path))
+        let vers = if self.version == Version::V41 { "?vers=4.1" } else { "" };
+        format!("nfs://{}{port}{}{vers}", self.host, String::from_utf8_lossy(&self.path))
     }
 }
 
@@ -140,6 +176,10 @@ mod tests {
         let v6 = NfsUrl::parse("nfs://[::1]/e?nfsport=12049").unwrap();
         assert_eq!((v6.host.as_str(), v6.nfs_port), ("::1", Some(12049)));
         assert_eq!(NfsUrl::parse("nfs://h//e//x/").unwrap().path, b"/e/x");
+        assert_eq!(u.version, Version::V3);
+        let v4 = NfsUrl::parse("nfs://fs.example:2049/export/a?vers=4.1&nconnect=2").unwrap();
+        assert_eq!((v4.version, v4.path.as_slice()), (Version::V41, b"/export/a".as_slice()));
+        assert_eq!(v4.display(), "nfs://fs.example:2049/export/a?vers=4.1");
     }
 
     #[test]
@@ -153,6 +193,8 @@ mod tests {
             ("nfs://host/e?nconnect=0", "nconnect"),
             ("nfs://host/e?bogus=1", "unknown option"),
             ("nfs://host/e%zz", "hex digits"),
+            ("nfs://host/e?vers=2", "3 or 4.1"),
+            ("nfs://host/e?vers=4.1&mountport=1", "needs no MOUNT"),
         ] {
             let err = NfsUrl::parse(bad).unwrap_err();
             assert!(err.contains(why), "{bad}: {err}");
