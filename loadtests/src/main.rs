@@ -452,12 +452,13 @@ struct NfsBenchArgs {
     /// Scratch directory on the same disk: the server's export and the local destinations.
     #[arg(long, default_value = "/var/tmp/ferry-nfsbench/work")]
     work: PathBuf,
-    /// Tools in order, comma-separated: ferry-to-nfs, ferry-from-nfs, nfs-cp-to-nfs-pN,
-    /// nfs-cp-from-nfs-pN (N nfs-cp processes at a time).
+    /// Tools in order, comma-separated: ferry-to-nfs, ferry-from-nfs (NFSv3), ferry41-to-nfs,
+    /// ferry41-from-nfs (NFSv4.1), nfs-cp-to-nfs-pN, nfs-cp-from-nfs-pN (N nfs-cp processes
+    /// at a time).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ferry-to-nfs,nfs-cp-to-nfs-p8,nfs-cp-to-nfs-p32,ferry-from-nfs,nfs-cp-from-nfs-p8,nfs-cp-from-nfs-p32"
+        default_value = "ferry-to-nfs,ferry41-to-nfs,nfs-cp-to-nfs-p8,nfs-cp-to-nfs-p32,ferry-from-nfs,ferry41-from-nfs,nfs-cp-from-nfs-p8,nfs-cp-from-nfs-p32"
     )]
     tools: Vec<String>,
     /// Directory of the release binaries (default: the workspace's target/release).

@@ -1,5 +1,6 @@
-//! `ferry-load nfs-bench`: ferry's user-space NFSv3 client against the best peer that runs on
-//! this kind of machine, on the same small-file data, in one run.
+//! `ferry-load nfs-bench`: ferry's user-space NFS clients (NFSv3, and NFSv4.1 as EFS needs)
+//! against the best peer that runs on this kind of machine, on the same small-file data, in one
+//! run.
 //!
 //! This VM's kernel has no NFS client, so no kernel mount (and no cp, rsync or fpsync on one)
 //! can take part; rclone has no NFS backend. The peer is libnfs's `nfs-cp` (Debian's
@@ -14,7 +15,9 @@
 //! - `nfs-cp-to-nfs-pN`: `xargs -P N nfs-cp FILE nfs://…/FILE`. nfs-cp cannot make
 //!   directories, so the peer's directories are made on the server's disk first, untimed;
 //! - `ferry-from-nfs`, `nfs-cp-from-nfs-pN`: the other direction, from a copy of the data in
-//!   the export into local directories (the peer's made first, untimed).
+//!   the export into local directories (the peer's made first, untimed);
+//! - `ferry41-to-nfs`, `ferry41-from-nfs`: ferry over NFSv4.1 (`?vers=4.1`) to the same
+//!   server; libnfs's nfs-cp speaks only NFSv3 here, so the peers are the same.
 //!
 //! nfs-cp keeps no times or modes and neither commits nor reads back; ferry does all three.
 
@@ -102,10 +105,10 @@ impl Bench<'_> {
         })
     }
 
-    fn ferry(&self, tool: &str, to_nfs: bool) -> Result<ToolRun> {
+    fn ferry(&self, tool: &str, to_nfs: bool, v41: bool) -> Result<ToolRun> {
         let (dst, name) = self.fresh(to_nfs)?;
-        let (src, target) =
-            if to_nfs { (self.o.data.as_os_str().to_owned(), self.uri(&name).into()) } else { (self.uri("source").into(), dst.as_os_str().to_owned()) };
+        let uri = |rel: &str| if v41 { self.server.uri41(rel) } else { self.uri(rel) };
+        let (src, target) = if to_nfs { (self.o.data.as_os_str().to_owned(), uri(&name).into()) } else { (uri("source").into(), dst.as_os_str().to_owned()) };
         let t0 = Instant::now();
         let out = Command::new(self.o.bin_dir.join("ferry"))
             .arg("copy")
@@ -204,7 +207,7 @@ pub fn run(o: &NfsBenchOptions) -> Result<Vec<ToolRun>> {
         return Err(run_err("cp -a of the data into the export failed"));
     }
     crate::util::say(format!(
-        "nfs-bench: {} files in {} directories, {:.1} MB; nfs-ganesha (VFS, NFSv3) on loopback at {}",
+        "nfs-bench: {} files in {} directories, {:.1} MB; nfs-ganesha (VFS, NFSv3 and NFSv4.1) on loopback at {}",
         files.len(),
         dirs.len(),
         st.bytes as f64 / 1e6,
@@ -216,8 +219,10 @@ pub fn run(o: &NfsBenchOptions) -> Result<Vec<ToolRun>> {
     let order: Vec<&String> = (0..o.repeat as usize).flat_map(|r| (0..n).map(move |i| &o.tools[(i + r) % n.max(1)])).collect();
     for tool in order {
         let r = match tool.as_str() {
-            "ferry-to-nfs" => bench.ferry(tool, true),
-            "ferry-from-nfs" => bench.ferry(tool, false),
+            "ferry-to-nfs" => bench.ferry(tool, true, false),
+            "ferry-from-nfs" => bench.ferry(tool, false, false),
+            "ferry41-to-nfs" => bench.ferry(tool, true, true),
+            "ferry41-from-nfs" => bench.ferry(tool, false, true),
             t if t.starts_with("nfs-cp-to-nfs-p") => match t["nfs-cp-to-nfs-p".len()..].parse() {
                 Ok(p) => bench.nfs_cp(tool, true, p),
                 Err(_) => Err(Error::usage(format!("{t}: give the parallelism as a number"))),
@@ -226,7 +231,9 @@ pub fn run(o: &NfsBenchOptions) -> Result<Vec<ToolRun>> {
                 Ok(p) => bench.nfs_cp(tool, false, p),
                 Err(_) => Err(Error::usage(format!("{t}: give the parallelism as a number"))),
             },
-            other => Err(Error::usage(format!("unknown tool {other:?} (ferry-to-nfs, ferry-from-nfs, nfs-cp-to-nfs-pN, nfs-cp-from-nfs-pN)"))),
+            other => Err(Error::usage(format!(
+                "unknown tool {other:?} (ferry-to-nfs, ferry-from-nfs, ferry41-to-nfs, ferry41-from-nfs, nfs-cp-to-nfs-pN, nfs-cp-from-nfs-pN)"
+            ))),
         };
         match r {
             Ok(run) => {
@@ -254,6 +261,15 @@ pub fn run(o: &NfsBenchOptions) -> Result<Vec<ToolRun>> {
             ratio.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into())
         ));
         ratios.push(serde_json::json!({ "tool": m.tool, "vs_ferry_same_direction": ratio }));
+    }
+    // NFSv4.1 against the best (fastest) peer of its direction.
+    for (ferry41, dir) in [("ferry41-to-nfs", "to-nfs"), ("ferry41-from-nfs", "from-nfs")] {
+        let best_peer = medians.iter().filter(|m| m.tool.starts_with("nfs-cp") && m.tool.contains(dir)).map(|m| m.median_seconds).reduce(f64::min);
+        if let (Some(f), Some(peer)) = (median_of(ferry41), best_peer) {
+            let ratio = peer / f;
+            crate::util::say(format!("  {ferry41}: the best peer's median / ferry over NFSv4.1 = {ratio:.2}"));
+            ratios.push(serde_json::json!({ "tool": ferry41, "best_peer_vs_ferry41": ratio }));
+        }
     }
     if let Some(out) = &o.out {
         let doc = serde_json::json!({ "files": bench.files.len(), "dirs": bench.dirs.len(), "bytes": bench.bytes, "rounds": o.repeat, "runs": runs, "medians": medians, "ratios": ratios });

@@ -411,7 +411,9 @@ impl NfsLocation {
     /// Owner, mode and times of an entry, in as few SETATTRs as correctness allows: a chown
     /// clears set-id bits, so mode then comes in a second call; times always ride with the
     /// last, because every other change touches them.
-    async fn apply_meta(&self, fh: &Fh, meta: &Meta, default_mode: u32, rel: &[u8]) -> Result<(), FerryError> {
+    /// With `close`, the file is closed by the last SETATTR's round trip (see
+    /// [`Wire::setattr_and_close`]).
+    async fn apply_meta(&self, fh: &Fh, meta: &Meta, default_mode: u32, rel: &[u8], close: Option<&Opened>) -> Result<(), FerryError> {
         let owner = match (self.owner_settable, meta.uid, meta.gid) {
             (true, Some(u), Some(g)) => Some((u, g)),
             _ => None,
@@ -443,9 +445,13 @@ impl NfsLocation {
                 last.gid = set_owner.gid;
             }
         }
+        let set = match close {
+            Some(open) => self.wire.setattr_and_close(fh, &last, open).await,
+            None => self.wire.setattr(fh, &last, None).await,
+        };
         match owner {
-            Some(_) => self.wire.setattr(fh, &last, None).await.map_err(|f| owner_refused("set owner and metadata of", f)),
-            None => self.wire.setattr(fh, &last, None).await.map_err(|f| self.fail("set metadata on", rel, f)),
+            Some(_) => set.map_err(|f| owner_refused("set owner and metadata of", f)),
+            None => set.map_err(|f| self.fail("set metadata on", rel, f)),
         }
     }
 
@@ -971,7 +977,7 @@ impl Location for NfsLocation {
                     return Err(err);
                 }
             };
-            if let Err(e) = self.apply_meta(&fh, meta, 0o644, rel).await {
+            if let Err(e) = self.apply_meta(&fh, meta, 0o644, rel, None).await {
                 self.remove_quietly(&dir, &temp).await;
                 return Err(e);
             }
@@ -991,7 +997,7 @@ impl Location for NfsLocation {
                 self.find(rel).await?.ok_or_else(|| self.vanished(rel))?.fh
             };
             let default = if meta.kind() == EntryKind::Dir { 0o755 } else { 0o644 };
-            self.apply_meta(&fh, meta, default, rel).await
+            self.apply_meta(&fh, meta, default, rel, None).await
         })
     }
 
@@ -1141,7 +1147,7 @@ impl Location for NfsLocation {
             let (dir, _) = self.parent(rel, false).await?.ok_or_else(|| self.vanished(rel))?;
             let fh = self.lookup(&dir, upload.as_bytes()).await.map_err(|f| self.fail("look up", rel, f))?.ok_or_else(|| self.vanished(rel))?.fh;
             self.wire.setattr(&fh, &SetAttrs { size: Some(size), ..SetAttrs::default() }, None).await.map_err(|f| self.fail("write", rel, f))?;
-            self.apply_meta(&fh, meta, 0o644, rel).await?;
+            self.apply_meta(&fh, meta, 0o644, rel, None).await?;
             // Each part's range was read back when it was committed (see the local tree).
             Ok(Staged {
                 rel: rel.to_vec(),
@@ -1284,7 +1290,8 @@ impl Sink for NfsSink<'_> {
                     let size = SetAttrs { size: Some(self.len), ..SetAttrs::default() };
                     loc.wire.setattr(&file.fh, &size, Some(&file)).await.map_err(|f| loc.fail("write", &self.rel, f))?;
                 }
-                loc.apply_meta(&file.fh, meta, 0o644, &self.rel).await?;
+                // The last SETATTR closes the file too.
+                return loc.apply_meta(&file.fh, meta, 0o644, &self.rel, Some(&file)).await;
             }
             loc.wire.close(&file).await.map_err(|f| loc.fail("write", &self.rel, f))
         });

@@ -509,6 +509,21 @@ impl Wire {
         }
     }
 
+    /// Sets attributes of `fh`, then closes `open` (NFSv4.1: both in one round trip). On
+    /// failure `open` may still be open: close it.
+    pub async fn setattr_and_close(&self, fh: &Fh, attrs: &SetAttrs, open: &Opened) -> Result<(), Fail> {
+        match (self, &open.state) {
+            (Wire::V4(c), Some(state)) if state.fh == *fh => match c.setattr_and_close(state, &setattrs4(attrs)).await {
+                Err(e) if Fail::from(e.clone()).is(Cond::LostState) => self.setattr(fh, attrs, None).await,
+                r => r.map_err(Fail::from),
+            },
+            _ => {
+                self.setattr(fh, attrs, None).await?;
+                self.close(open).await
+            }
+        }
+    }
+
     /// Renames `from` over `to`, both in `dir`.
     pub async fn rename(&self, dir: &Fh, from: &[u8], to: &[u8]) -> Result<(), Fail> {
         match self {
@@ -531,13 +546,22 @@ impl Wire {
                 Ok(Opened { fh, state: None })
             }
             Wire::V4(c) => {
-                let open = c.create_file(dir, name, mode, false).await?;
+                // Temporary names are new, so a guarded OPEN usually makes the file in one
+                // round trip. One that exists (debris, or our own first send) is opened
+                // unchecked, which keeps its content: it is truncated then.
+                let (open, existed) = match c.create_file(dir, name, mode, true).await {
+                    Ok(open) => (open, false),
+                    Err(e) if e.is(NFS4ERR_EXIST) => (c.create_file(dir, name, mode, false).await?, true),
+                    Err(e) => return Err(e.into()),
+                };
                 let opened = Opened { fh: open.fh.clone(), state: Some(open) };
-                // An unchecked OPEN keeps the content of a file that exists.
-                let truncate = SetAttrs { size: Some(size.unwrap_or(0)), ..SetAttrs::default() };
-                if let Err(e) = self.setattr(&opened.fh, &truncate, Some(&opened)).await {
-                    let _ = self.close(&opened).await;
-                    return Err(e);
+                let size = size.unwrap_or(0);
+                if existed || size > 0 {
+                    let sized = SetAttrs { size: Some(size), ..SetAttrs::default() };
+                    if let Err(e) = self.setattr(&opened.fh, &sized, Some(&opened)).await {
+                        let _ = self.close(&opened).await;
+                        return Err(e);
+                    }
                 }
                 Ok(opened)
             }
