@@ -20,6 +20,9 @@ use super::error::{nfsstat4::*, Error, Result};
 use super::proto::{self, ChannelAttrs, Claim, CreateKind, Fh, OpenHow, Ops, Reply, SequenceArgs, Stable, Stateid};
 use super::rpc::{AuthSys, Conn, RpcError};
 
+/// How many open-owners OPENs take turns with (see [`Client::open_owner`]).
+const OPEN_OWNERS: u64 = 16;
+
 /// How to reach and use one server.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -611,8 +614,12 @@ impl Client {
         Ok(ReaddirPage { entries, verf, eof })
     }
 
+    /// The open-owner of the next OPEN: one of a few, in turn. NFSv4.1 needs no per-owner
+    /// sequencing (the session's slots order requests), and a server keeps the state of every
+    /// owner it saw until the lease ends: an owner per OPEN made ganesha hold one for each
+    /// of thousands of small files. A few spread the owners' locks.
     fn open_owner(&self) -> Vec<u8> {
-        format!("ferry-open-{}", self.inner.open_owners.fetch_add(1, Ordering::Relaxed)).into_bytes()
+        format!("ferry-open-{}", self.inner.open_owners.fetch_add(1, Ordering::Relaxed) % OPEN_OWNERS).into_bytes()
     }
 
     async fn open(&self, dir: &Fh, how: OpenHow, access: u32, mode: u32, claim: Claim<'_>) -> Result<Open> {
