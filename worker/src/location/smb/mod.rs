@@ -226,6 +226,20 @@ fn name_refusal(name: &str) -> Option<&'static str> {
     }
 }
 
+/// Runs `f` on the location's runtime. Callers normally run on the blocking pool; one that
+/// runs inside a runtime (an opener or a drop in async code) gets a thread of its own, as
+/// tokio cannot block a thread that drives tasks.
+fn block_on<F: std::future::Future + Send>(rt: &tokio::runtime::Runtime, f: F) -> F::Output
+where
+    F::Output: Send,
+{
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|s| s.spawn(|| rt.block_on(f)).join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+    } else {
+        rt.block_on(f)
+    }
+}
+
 /// An SMB share (or a directory in one) as a [`Location`].
 pub struct SmbLocation {
     url: SmbUrl,
@@ -250,7 +264,7 @@ impl Drop for SmbLocation {
         let staged: Vec<Arc<NewFile>> = self.staged.lock().map(|mut s| s.drain().map(|(_, f)| f).collect()).unwrap_or_default();
         if let Some(rt) = self.runtime.take() {
             let share = self.share.take();
-            rt.block_on(async {
+            block_on(&rt, async {
                 for f in staged {
                     let _ = f.close().await;
                 }
@@ -278,7 +292,7 @@ impl SmbLocation {
             .build()
             .map_err(|e| FerryError::new(ErrorKind::Other, format!("cannot start the SMB client's runtime: {e}")))?;
         let connect = Share::connect(&url.host, url.port, &url.share, url.domain.as_deref(), &url.user, &pw, Encryption::IfServerAsks);
-        let share = runtime.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(30), connect).await });
+        let share = block_on(&runtime, async { tokio::time::timeout(std::time::Duration::from_secs(30), connect).await });
         let share = match share {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
@@ -308,8 +322,11 @@ impl SmbLocation {
         })
     }
 
-    fn block<F: std::future::Future>(&self, f: F) -> F::Output {
-        self.runtime.as_ref().expect("present until drop").block_on(f)
+    fn block<F: std::future::Future + Send>(&self, f: F) -> F::Output
+    where
+        F::Output: Send,
+    {
+        block_on(self.runtime.as_ref().expect("present until drop"), f)
     }
 
     fn share(&self) -> &Share {
