@@ -240,6 +240,9 @@ where
     }
 }
 
+/// A staged temporary file's key: (entry, temporary name).
+type StagedKey = (Vec<u8>, Vec<u8>);
+
 /// An SMB share (or a directory in one) as a [`Location`].
 pub struct SmbLocation {
     url: SmbUrl,
@@ -256,7 +259,7 @@ pub struct SmbLocation {
     carry: bool,
     /// Staged temporary files, still open, by (entry, temporary name): flushed, read back and
     /// renamed through the handle that wrote them.
-    staged: Mutex<HashMap<(Vec<u8>, Vec<u8>), Arc<NewFile>>>,
+    staged: Mutex<HashMap<StagedKey, Arc<NewFile>>>,
 }
 
 impl Drop for SmbLocation {
