@@ -287,7 +287,7 @@ impl SmbLocation {
     /// exist yet; `stat(b"")` says whether it does.
     pub fn open(uri: &str, opts: &SmbOptions, carry: bool) -> Result<SmbLocation, FerryError> {
         let url = SmbUrl::parse(uri).map_err(FerryError::config)?;
-        let pw = password(opts.password_file.as_deref())?;
+        let pw = password(opts.password_file.as_deref()).map_err(|e| FerryError::new(e.kind, format!("{}: {}", url.display(), e.message)))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("ferry-smb")
