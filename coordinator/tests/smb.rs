@@ -132,6 +132,14 @@ fn acls_attributes_and_times_copy_smb_to_smb_and_content_and_times_to_local() {
     let idle = run_ok(Ferry::new("copy", &src_uri, &dst_uri));
     assert_eq!((counter(&idle, "files_transferred"), counter(&idle, "bytes_transferred")), (0, 0), "an idle rerun smb -> smb copied: {idle}");
 
+    // A changed source replaces a read-only copy, which stays read-only.
+    fs::write(src_disk.join("readonly.txt"), b"read-only, changed\n").unwrap();
+    set_times(&src_disk.join("readonly.txt"), (1_650_000_000, 0), (1_700_000_100, 0));
+    let json = run_ok(Ferry::new("copy", &src_uri, &dst_uri));
+    assert_eq!((counter(&json, "files_transferred"), counter(&json, "files_failed")), (1, 0), "{json}");
+    assert_eq!(fs::read(dst_disk.join("readonly.txt")).unwrap(), b"read-only, changed\n");
+    assert!(allinfo(server, "share2", &format!("{dst_rel}/readonly.txt"))[2].contains('R'), "still read-only");
+
     // NONE: a fresh copy keeps the destination's own (inherited) descriptor.
     let (_, none_uri) = server.fresh("share2", "acl-none");
     let none_rel = none_uri.rsplit('/').next().unwrap().to_string();
