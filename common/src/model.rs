@@ -157,6 +157,32 @@ pub struct Options {
     /// and verified.
     #[serde(default)]
     pub manifest: Option<String>,
+    /// `smb://` locations: the password file and which security-descriptor parts travel.
+    #[serde(default)]
+    pub smb: SmbOptions,
+}
+
+/// DataSync's `SecurityDescriptorCopyFlags`: which parts of an NTFS security descriptor an
+/// SMB → SMB copy carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SecurityDescriptorCopy {
+    None,
+    /// The owner and the DACL.
+    #[default]
+    OwnerDacl,
+    /// Also the SACL (the SMB user needs SeSecurityPrivilege on both servers).
+    OwnerDaclSacl,
+}
+
+/// What `smb://` locations need besides their URL.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SmbOptions {
+    pub security_descriptor_copy: SecurityDescriptorCopy,
+    /// A file (mode 0600) holding the password; without it `FERRY_SMB_PASSWORD`. The path
+    /// travels, never the password.
+    pub password_file: Option<String>,
 }
 
 impl Default for Options {
@@ -175,6 +201,7 @@ impl Default for Options {
             filters: Filters::default(),
             limits: Limits::default(),
             manifest: None,
+            smb: SmbOptions::default(),
         }
     }
 }

@@ -12,10 +12,14 @@ pub enum LogFormat {
 /// provider it tries, which ferry turns into one actionable error instead.
 const QUIET_TARGETS: &[&str] = &["aws_config", "aws_smithy_runtime", "aws_smithy_http_client", "aws_sdk_s3", "aws_runtime"];
 
+/// Libraries whose errors ferry reports itself, in one line (smb-rs logs each refused logon).
+const SILENT_TARGETS: &[&str] = &["smb", "smb_transport"];
+
 /// Installs the global subscriber. `RUST_LOG` overrides `default_level`.
 pub fn init_logging(format: LogFormat, default_level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        let quiet: Vec<String> = QUIET_TARGETS.iter().map(|t| format!("{t}=error")).collect();
+        let mut quiet: Vec<String> = QUIET_TARGETS.iter().map(|t| format!("{t}=error")).collect();
+        quiet.extend(SILENT_TARGETS.iter().map(|t| format!("{t}=off")));
         EnvFilter::new(format!("{default_level},{}", quiet.join(",")))
     });
     // Colours only on a terminal: logs sent to a file or a collector stay plain text.

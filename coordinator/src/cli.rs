@@ -182,6 +182,18 @@ pub enum VerifyArg {
     None,
 }
 
+/// Which parts of NTFS security descriptors an SMB → SMB copy carries: DataSync's
+/// SecurityDescriptorCopyFlags.
+#[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
+pub enum SdCopyArg {
+    /// None (NONE).
+    None,
+    /// The owner and the DACL (OWNER_DACL).
+    OwnerDacl,
+    /// Also the SACL; the SMB user needs SeSecurityPrivilege on both servers (OWNER_DACL_SACL).
+    OwnerDaclSacl,
+}
+
 /// How owners travel when they are kept (as root): DataSync's Uid/Gid values.
 #[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
 pub enum OwnerIdsArg {
@@ -311,6 +323,13 @@ pub struct CommonArgs {
     pub etcd: Vec<String>,
     #[command(flatten)]
     pub link: LinkArgs,
+    /// smb:// locations: a file holding the SMB password (mode 0600). Without it the password
+    /// comes from FERRY_SMB_PASSWORD; never from the URL or the command line.
+    #[arg(long, value_name = "FILE")]
+    pub smb_password_file: Option<PathBuf>,
+    /// smb:// locations: which parts of security descriptors an SMB → SMB copy carries.
+    #[arg(long, value_enum, default_value = "owner-dacl", value_name = "PARTS")]
+    pub smb_security_descriptor: SdCopyArg,
 }
 
 /// Binding locations to agents (cluster mode), and how data travels between them.
@@ -396,7 +415,6 @@ fn parse_location(role: &str, uri: &str) -> Result<PathBuf, UsageError> {
     if let Some((scheme, _)) = uri.split_once("://") {
         return match scheme {
             "file" => Ok(PathBuf::from(&uri["file://".len()..])),
-            "smb" => Err(UsageError(format!("{role} {uri}: {scheme}:// locations are not supported by this build yet (use a local or mounted path)"))),
             other => Err(UsageError(format!("{role} {uri}: unknown scheme '{other}' (use a local path or file:///path)"))),
         };
     }
@@ -453,6 +471,34 @@ fn check_tree(role: &str, uri: &str, loc: &dyn ferry_worker::location::Location,
     written.map(|_| ()).map_err(|e| UsageError(format!("destination {} (check the export's permissions and free space)", e.message)))
 }
 
+/// Checks an `smb://` location: logs on to the share (unreachable server, wrong password,
+/// unknown share, access denied fail here, in one line), then the directory: a source must be
+/// one; a destination is created and a probe file written and removed.
+fn check_smb(role: &str, uri: &str, mode: Mode, dry_run: bool, opts: &ferry_common::model::SmbOptions) -> Result<(), UsageError> {
+    use ferry_common::model::EntryKind;
+    use ferry_worker::location::{put_file, smb::SmbLocation, CommitOptions, Location, Meta};
+    let fail = |e: ferry_common::error::FerryError| UsageError(format!("{role} {}", e.message));
+    let loc = SmbLocation::open(uri, opts, false).map_err(fail)?;
+    let found = loc.stat(b"").map_err(fail)?;
+    let is_dir = found.as_ref().map(|m| m.kind()) == Some(EntryKind::Dir);
+    if role == "source" || mode == Mode::Verify {
+        return match (found, is_dir) {
+            (None, _) => Err(UsageError(format!("{role} {uri} does not exist (check the path)"))),
+            (Some(_), false) => Err(UsageError(format!("{role} {uri} is not a directory (ferry copies directory trees; give its parent and use --include)"))),
+            _ => Ok(()),
+        };
+    }
+    if dry_run {
+        return Ok(());
+    }
+    loc.ensure_dir(b"").map_err(fail)?;
+    let probe = format!(".ferry-tmp-probe-{}", std::process::id());
+    let meta = Meta { kind: Some(EntryKind::File), ..Meta::default() };
+    let written = put_file(&loc, probe.as_bytes(), b"probe", &meta, CommitOptions { fsync: false, verify: true });
+    let _ = loc.remove(&[probe.into_bytes()]);
+    written.map(|_| ()).map_err(|e| UsageError(format!("destination {} (check the share's permissions and free space)", e.message)))
+}
+
 /// Resolves an `efs://` file-system ID through the EFS API (a missing ID, a file system that
 /// is not available or one without a mount target each get their line), then checks the
 /// file system over NFSv4.1 as [`check_nfs`] does.
@@ -463,14 +509,23 @@ fn check_efs(role: &str, uri: &str, mode: Mode, dry_run: bool, s3: &S3Settings) 
 
 /// Checks both locations and prepares a local destination; returns the locations as URIs or
 /// canonical paths.
-fn check_any_locations(mode: Mode, src_uri: &str, dst_uri: &str, dry_run: bool, s3: &S3Settings) -> Result<(String, String), UsageError> {
-    use ferry_worker::location::{is_efs_uri, is_nfs_uri, is_object_uri};
-    let remote = |u: &str| is_object_uri(u) || is_nfs_uri(u) || is_efs_uri(u);
+fn check_any_locations(
+    mode: Mode,
+    src_uri: &str,
+    dst_uri: &str,
+    dry_run: bool,
+    s3: &S3Settings,
+    smb: &ferry_common::model::SmbOptions,
+) -> Result<(String, String), UsageError> {
+    use ferry_worker::location::{is_efs_uri, is_nfs_uri, is_object_uri, is_smb_uri};
+    let remote = |u: &str| is_object_uri(u) || is_nfs_uri(u) || is_efs_uri(u) || is_smb_uri(u);
     let check_remote = |role: &str, uri: &str| {
         if is_object_uri(uri) {
             check_s3(role, uri, s3)
         } else if is_efs_uri(uri) {
             check_efs(role, uri, mode, dry_run, s3)
+        } else if is_smb_uri(uri) {
+            check_smb(role, uri, mode, dry_run, smb)
         } else {
             check_nfs(role, uri, mode, dry_run)
         }
@@ -590,6 +645,15 @@ fn build_spec(mode: Mode, common: &CommonArgs, t: Option<&TransferArgs>) -> Resu
         filters: Filters { include: common.include.clone(), exclude: common.exclude.clone() },
         limits: Limits::default(),
         remove_deleted: mode == Mode::Sync,
+        smb: ferry_common::model::SmbOptions {
+            security_descriptor_copy: match common.smb_security_descriptor {
+                SdCopyArg::None => ferry_common::model::SecurityDescriptorCopy::None,
+                SdCopyArg::OwnerDacl => ferry_common::model::SecurityDescriptorCopy::OwnerDacl,
+                SdCopyArg::OwnerDaclSacl => ferry_common::model::SecurityDescriptorCopy::OwnerDaclSacl,
+            },
+            // The path travels (agents read the file themselves), never the password.
+            password_file: common.smb_password_file.as_deref().map(|p| absolute(p).to_string_lossy().into_owned()),
+        },
         ..Options::default()
     };
     if let Some(t) = t {
@@ -614,7 +678,7 @@ fn build_spec(mode: Mode, common: &CommonArgs, t: Option<&TransferArgs>) -> Resu
         // The submitter may see neither side: each is checked by the agents that reach it.
         (bound_path("source", &common.source)?, bound_path("destination", &common.destination)?)
     } else {
-        check_any_locations(mode, &common.source, &common.destination, options.dry_run, &s3)?
+        check_any_locations(mode, &common.source, &common.destination, options.dry_run, &s3, &options.smb)?
     };
     Ok(ExecutionSpec {
         id: new_execution_id(),
@@ -674,6 +738,10 @@ fn bound_path(role: &str, uri: &str) -> Result<String, UsageError> {
     }
     if ferry_worker::location::is_efs_uri(uri) {
         ferry_worker::location::efs::EfsUrl::parse(uri).map_err(|e| UsageError(format!("{role} {e}")))?;
+        return Ok(uri.to_string());
+    }
+    if ferry_worker::location::is_smb_uri(uri) {
+        ferry_worker::location::smb::url::SmbUrl::parse(uri).map_err(|e| UsageError(format!("{role} {e}")))?;
         return Ok(uri.to_string());
     }
     let path = parse_location(role, uri)?;

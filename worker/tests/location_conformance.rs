@@ -74,3 +74,21 @@ fn nfs41_on_ganesha_passes_the_location_suite() {
     };
     run_all(&fresh, Quirks::default());
 }
+
+#[path = "../../coordinator/tests/support/samba.rs"]
+mod samba;
+
+#[test]
+fn smb_on_samba_passes_the_location_suite() {
+    use ferry_common::model::SmbOptions;
+    use ferry_worker::location::smb::SmbLocation;
+    let Some(server) = samba::SambaServer::shared() else {
+        return;
+    };
+    let opts = SmbOptions { password_file: Some(server.password_file().to_string_lossy().into_owned()), ..SmbOptions::default() };
+    let fresh = |name: &str| -> Box<dyn Location> {
+        let (_, uri) = server.fresh("share", &format!("conformance-{name}"));
+        Box::new(SmbLocation::open(&uri, &opts, false).unwrap_or_else(|e| panic!("open {uri}: {e}")))
+    };
+    run_all(&fresh, Quirks::default());
+}

@@ -13,6 +13,7 @@ pub mod empty;
 pub mod local;
 pub mod nfs;
 pub mod s3;
+pub mod smb;
 
 use std::sync::Arc;
 
@@ -504,9 +505,14 @@ pub fn is_efs_uri(uri: &str) -> bool {
     uri.starts_with("efs://")
 }
 
+/// Whether a location URI names an SMB share, spoken in user space.
+pub fn is_smb_uri(uri: &str) -> bool {
+    uri.starts_with("smb://")
+}
+
 /// Whether a location URI names a tree on this host's own file system (or a kernel mount).
 pub fn is_local_uri(uri: &str) -> bool {
-    !is_object_uri(uri) && !is_nfs_uri(uri) && !is_efs_uri(uri)
+    !is_object_uri(uri) && !is_nfs_uri(uri) && !is_efs_uri(uri) && !is_smb_uri(uri)
 }
 
 /// What the location behind `uri` can hold.
@@ -516,6 +522,8 @@ pub fn profile(uri: &str) -> Result<Profile, FerryError> {
         Ok(s3::profile(&url))
     } else if is_nfs_uri(uri) || is_efs_uri(uri) {
         Ok(nfs::profile())
+    } else if is_smb_uri(uri) {
+        Ok(smb::profile())
     } else {
         Ok(local::profile())
     }
@@ -529,6 +537,8 @@ pub fn open(uri: &str, spec: &ExecutionSpec) -> Result<SharedLocation, FerryErro
         Ok(Arc::new(nfs::NfsLocation::open(uri, spec.options.fsync)?))
     } else if is_efs_uri(uri) {
         efs::open(uri, &spec.s3, spec.options.fsync)
+    } else if is_smb_uri(uri) {
+        Ok(Arc::new(smb::open(uri, spec)?))
     } else {
         Ok(Arc::new(local::LocalLocation::open(&local_path(uri), &spec.id)?))
     }
