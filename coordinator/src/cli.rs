@@ -442,13 +442,31 @@ fn check_s3(role: &str, uri: &str, settings: &S3Settings) -> Result<(), UsageErr
 /// so a read-only export or root squash fails before any shard runs.
 fn check_nfs(role: &str, uri: &str, mode: Mode, dry_run: bool) -> Result<(), UsageError> {
     let loc = ferry_worker::location::nfs::NfsLocation::open(uri, true).map_err(|e| UsageError(format!("{role} {}", e.message)))?;
-    check_tree(role, uri, &loc, mode, dry_run)
+    check_tree(role, uri, &loc, mode, dry_run, &nfs_probe(), "export")
 }
 
-/// Checks an opened file tree (`nfs://`, `efs://`) as [`check_nfs`] says.
-fn check_tree(role: &str, uri: &str, loc: &dyn ferry_worker::location::Location, mode: Mode, dry_run: bool) -> Result<(), UsageError> {
+/// The probe file written to an NFS destination: owner-only, and owned by someone else when
+/// owners are kept, so root squash shows.
+fn nfs_probe() -> ferry_worker::location::Meta {
     use ferry_common::model::EntryKind;
-    use ferry_worker::location::{put_file, CommitOptions, Meta};
+    let owner = ferry_worker::location::local::sys::is_root().then_some(1);
+    ferry_worker::location::Meta { kind: Some(EntryKind::File), mode: Some(libc::S_IFREG | 0o600), uid: owner, gid: owner, ..Default::default() }
+}
+
+/// Checks an opened tree (`nfs://`, `efs://`, `smb://`): a source must be a directory; a
+/// destination is created and a `probe` file is written, read back and removed, so a
+/// read-only `what` (export, share), root squash or a full disk fail before any shard runs.
+fn check_tree(
+    role: &str,
+    uri: &str,
+    loc: &dyn ferry_worker::location::Location,
+    mode: Mode,
+    dry_run: bool,
+    probe: &ferry_worker::location::Meta,
+    what: &str,
+) -> Result<(), UsageError> {
+    use ferry_common::model::EntryKind;
+    use ferry_worker::location::{put_file, CommitOptions};
     let fail = |e: ferry_common::error::FerryError| UsageError(format!("{role} {}", e.message));
     let found = loc.stat(b"").map_err(fail)?;
     let is_dir = found.as_ref().map(|m| m.kind()) == Some(EntryKind::Dir);
@@ -463,40 +481,20 @@ fn check_tree(role: &str, uri: &str, loc: &dyn ferry_worker::location::Location,
         return Ok(());
     }
     loc.ensure_dir(b"").map_err(fail)?;
-    let probe = format!(".ferry-tmp-probe-{}", std::process::id());
-    let owner = ferry_worker::location::local::sys::is_root().then_some(1);
-    let meta = Meta { kind: Some(EntryKind::File), mode: Some(libc::S_IFREG | 0o600), uid: owner, gid: owner, ..Meta::default() };
-    let written = put_file(loc, probe.as_bytes(), b"probe", &meta, CommitOptions { fsync: false, verify: true });
-    let _ = loc.remove(&[probe.into_bytes()]);
-    written.map(|_| ()).map_err(|e| UsageError(format!("destination {} (check the export's permissions and free space)", e.message)))
+    let name = format!(".ferry-tmp-probe-{}", std::process::id());
+    let written = put_file(loc, name.as_bytes(), b"probe", probe, CommitOptions { fsync: false, verify: true });
+    let _ = loc.remove(&[name.into_bytes()]);
+    written.map(|_| ()).map_err(|e| UsageError(format!("destination {} (check the {what}'s permissions and free space)", e.message)))
 }
 
 /// Checks an `smb://` location: logs on to the share (unreachable server, wrong password,
-/// unknown share, access denied fail here, in one line), then the directory: a source must be
-/// one; a destination is created and a probe file written and removed.
+/// unknown share, access denied fail here, in one line), then the directory as
+/// [`check_tree`] does, with a probe file that carries no owner or mode.
 fn check_smb(role: &str, uri: &str, mode: Mode, dry_run: bool, opts: &ferry_common::model::SmbOptions) -> Result<(), UsageError> {
-    use ferry_common::model::EntryKind;
-    use ferry_worker::location::{put_file, smb::SmbLocation, CommitOptions, Location, Meta};
-    let fail = |e: ferry_common::error::FerryError| UsageError(format!("{role} {}", e.message));
-    let loc = SmbLocation::open(uri, opts, false).map_err(fail)?;
-    let found = loc.stat(b"").map_err(fail)?;
-    let is_dir = found.as_ref().map(|m| m.kind()) == Some(EntryKind::Dir);
-    if role == "source" || mode == Mode::Verify {
-        return match (found, is_dir) {
-            (None, _) => Err(UsageError(format!("{role} {uri} does not exist (check the path)"))),
-            (Some(_), false) => Err(UsageError(format!("{role} {uri} is not a directory (ferry copies directory trees; give its parent and use --include)"))),
-            _ => Ok(()),
-        };
-    }
-    if dry_run {
-        return Ok(());
-    }
-    loc.ensure_dir(b"").map_err(fail)?;
-    let probe = format!(".ferry-tmp-probe-{}", std::process::id());
-    let meta = Meta { kind: Some(EntryKind::File), ..Meta::default() };
-    let written = put_file(&loc, probe.as_bytes(), b"probe", &meta, CommitOptions { fsync: false, verify: true });
-    let _ = loc.remove(&[probe.into_bytes()]);
-    written.map(|_| ()).map_err(|e| UsageError(format!("destination {} (check the share's permissions and free space)", e.message)))
+    use ferry_worker::location::{smb::SmbLocation, Meta};
+    let loc = SmbLocation::open(uri, opts, false).map_err(|e| UsageError(format!("{role} {}", e.message)))?;
+    let probe = Meta { kind: Some(ferry_common::model::EntryKind::File), ..Meta::default() };
+    check_tree(role, uri, &loc, mode, dry_run, &probe, "share")
 }
 
 /// Resolves an `efs://` file-system ID through the EFS API (a missing ID, a file system that
@@ -504,7 +502,7 @@ fn check_smb(role: &str, uri: &str, mode: Mode, dry_run: bool, opts: &ferry_comm
 /// file system over NFSv4.1 as [`check_nfs`] does.
 fn check_efs(role: &str, uri: &str, mode: Mode, dry_run: bool, s3: &S3Settings) -> Result<(), UsageError> {
     let loc = ferry_worker::location::efs::open(uri, s3, true).map_err(|e| UsageError(format!("{role} {}", e.message)))?;
-    check_tree(role, uri, loc.as_ref(), mode, dry_run)
+    check_tree(role, uri, loc.as_ref(), mode, dry_run, &nfs_probe(), "export")
 }
 
 /// Checks both locations and prepares a local destination; returns the locations as URIs or
