@@ -3,7 +3,7 @@
 
 use ferry_common::error::{ErrorKind, FerryError};
 
-use super::{Capabilities, Completed, Durable, Limits, Location, Meta, Page, Profile, Sink, Source, Special, Staged, StoredPart, Target, Xattrs};
+use super::{Capabilities, Completed, Durable, Limits, Location, Meta, Page, Profile, Sink, Source, Special, Staged, Target, Xattrs};
 
 pub struct Empty {
     uri: String,
@@ -82,12 +82,6 @@ impl Location for Empty {
     }
     fn create_multipart(&self, rel: &[u8], _size: u64, _meta: &Meta) -> Result<String, FerryError> {
         Err(self.refused(rel))
-    }
-    fn pending_multiparts(&self, _rel: &[u8]) -> Result<Vec<String>, FerryError> {
-        Ok(Vec::new())
-    }
-    fn list_parts(&self, _rel: &[u8], _upload: &str) -> Result<Vec<StoredPart>, FerryError> {
-        Ok(Vec::new())
     }
     fn complete_multipart(&self, rel: &[u8], _upload: &str, _done: &Completed<'_>) -> Result<Staged, FerryError> {
         Err(self.refused(rel))

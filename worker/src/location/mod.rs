@@ -371,9 +371,16 @@ pub trait Location: Send + Sync {
 
     /// Starts a multipart write of `size` bytes and returns its id.
     fn create_multipart(&self, rel: &[u8], size: u64, meta: &Meta) -> Result<String, FerryError>;
-    /// Ids of unfinished multipart writes to `rel`, oldest first.
-    fn pending_multiparts(&self, rel: &[u8]) -> Result<Vec<String>, FerryError>;
-    fn list_parts(&self, rel: &[u8], upload: &str) -> Result<Vec<StoredPart>, FerryError>;
+    /// Ids of unfinished multipart writes to `rel`, oldest first. A file tree (local, NFS,
+    /// SMB) cannot tell which ranges of a temporary file were written: it reports none, the
+    /// default, so they are written again.
+    fn pending_multiparts(&self, _rel: &[u8]) -> Result<Vec<String>, FerryError> {
+        Ok(Vec::new())
+    }
+    /// The parts of multipart write `upload` that are stored; none by default (see above).
+    fn list_parts(&self, _rel: &[u8], _upload: &str) -> Result<Vec<StoredPart>, FerryError> {
+        Ok(Vec::new())
+    }
     /// Stages the finished multipart write as one entry, as `done` describes it. The staged
     /// entry's `crc32c` is what [`commit`] reads back at rest; a backend whose parts were each
     /// read back when committed may leave it `None`.

@@ -25,8 +25,8 @@ use ferry_common::model::{EntryKind, Timestamp};
 use ferry_common::paths;
 
 use super::{
-    source_changed, Capabilities, Completed, Durable, Limits, Listed, Location, Meta, Page, Profile, Sink, Source, Special, Staged, StoredPart, Target, Token,
-    Xattrs, TEMP_PREFIX,
+    source_changed, Capabilities, Completed, Durable, Limits, Listed, Location, Meta, Page, Profile, Sink, Source, Special, Staged, Target, Token, Xattrs,
+    TEMP_PREFIX,
 };
 use super::{temp_name, version_temp_name};
 
@@ -607,16 +607,6 @@ impl Location for LocalLocation {
         let fd = sys::open_at(dir.as_raw_fd(), &temp, libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW, 0o600).map_err(|e| self.err("create", rel, &e))?;
         sys::ftruncate(fd.as_raw_fd(), size).map_err(|e| self.err("create", rel, &e))?;
         Ok(String::from_utf8_lossy(&temp).into_owned())
-    }
-
-    /// A local tree cannot tell which ranges of a temporary file were written: none are
-    /// reported, so they are written again.
-    fn pending_multiparts(&self, _rel: &[u8]) -> Result<Vec<String>, FerryError> {
-        Ok(Vec::new())
-    }
-
-    fn list_parts(&self, _rel: &[u8], _upload: &str) -> Result<Vec<StoredPart>, FerryError> {
-        Ok(Vec::new())
     }
 
     fn complete_multipart(&self, rel: &[u8], upload: &str, done: &Completed<'_>) -> Result<Staged, FerryError> {

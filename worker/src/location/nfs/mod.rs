@@ -40,7 +40,7 @@ use self::url::{NfsUrl, Version};
 use self::wire::{Attr, Cond, Fail, Fh, Node, Opened, SetAttrs, Wire};
 use super::{
     source_changed, temp_name, version_temp_name, Capabilities, Completed, Durable, Limits, Listed, Location, Meta, Page, Profile, Sink, Source, Special,
-    Staged, StoredPart, Target, Token, Xattrs, TEMP_PREFIX,
+    Staged, Target, Token, Xattrs, TEMP_PREFIX,
 };
 
 /// What an NFS export holds: a POSIX tree without extended attributes.
@@ -1129,16 +1129,6 @@ impl Location for NfsLocation {
             self.wire.close(&file).await.map_err(|f| self.fail("create", rel, f))?;
             Ok(String::from_utf8_lossy(&temp).into_owned())
         })
-    }
-
-    /// Like a local tree, an export cannot tell which ranges of a temporary file were
-    /// written: none are reported, so they are written again.
-    fn pending_multiparts(&self, _rel: &[u8]) -> Result<Vec<String>, FerryError> {
-        Ok(Vec::new())
-    }
-
-    fn list_parts(&self, _rel: &[u8], _upload: &str) -> Result<Vec<StoredPart>, FerryError> {
-        Ok(Vec::new())
     }
 
     fn complete_multipart(&self, rel: &[u8], upload: &str, done: &Completed<'_>) -> Result<Staged, FerryError> {

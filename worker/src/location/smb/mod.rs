@@ -47,7 +47,7 @@ use self::share::{Encryption, NewFile, Reader, Share};
 use self::url::SmbUrl;
 use super::{
     source_changed, temp_name, version_temp_name, Capabilities, Completed, Durable, Limits, Listed, Location, Meta, Page, Profile, Sink, Source, Special,
-    Staged, StoredPart, Target, Token, Xattrs, TEMP_PREFIX,
+    Staged, Target, Token, Xattrs, TEMP_PREFIX,
 };
 
 /// The SMB EA holding what POSIX trees need and SMB lacks (see the module's documentation).
@@ -925,16 +925,6 @@ impl Location for SmbLocation {
             done.and(closed).map_err(|e| self.fail("create", rel, e))?;
             Ok(String::from_utf8_lossy(&temp).into_owned())
         })
-    }
-
-    /// Like a local tree, a share cannot tell which ranges of a temporary file were written:
-    /// none are reported, so they are written again.
-    fn pending_multiparts(&self, _rel: &[u8]) -> Result<Vec<String>, FerryError> {
-        Ok(Vec::new())
-    }
-
-    fn list_parts(&self, _rel: &[u8], _upload: &str) -> Result<Vec<StoredPart>, FerryError> {
-        Ok(Vec::new())
     }
 
     fn complete_multipart(&self, rel: &[u8], upload: &str, done: &Completed<'_>) -> Result<Staged, FerryError> {
