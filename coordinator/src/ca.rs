@@ -2,11 +2,15 @@
 //!
 //! ```text
 //! ferry ca init  --ca-dir /etc/ferry/ca                 # once, on the CA host
-//! ferry ca token --etcd URL [--ttl 15m]                  # prints a one-time activation token
+//! ferry ca token --ca-dir /etc/ferry/ca --etcd URL --name w1 [--labels onprem] [--ttl 15m]
 //! ferry ca serve --ca-dir /etc/ferry/ca --etcd URL       # signs enrollments as agents ask
-//! ferry-worker --name w1 --tls-dir /var/lib/ferry/tls --enroll-token TOKEN ...
+//! FERRY_ENROLL_TOKEN=TOKEN ferry-worker --name w1 --tls-dir /var/lib/ferry/tls ...
+//! ferry ca revoke --etcd URL w1                          # void w1's certificates
 //! ferry ca issue --ca-dir DIR --name w1 --out DIR        # or provision an agent by hand
 //! ```
+//!
+//! Tokens are made where the CA key is: a ticket is sealed with a key derived from it, so
+//! whoever can write to etcd cannot mint one (see `ferry_worker::transport::link::pki`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,10 +33,20 @@ pub enum CaCommand {
         #[arg(long)]
         ca_dir: PathBuf,
     },
-    /// Create a single-use activation token for one agent, valid for --ttl.
+    /// Create a single-use activation token for agent --name, valid for --ttl.
     Token {
+        #[arg(long)]
+        ca_dir: PathBuf,
         #[arg(long, value_delimiter = ',', required = true)]
         etcd: Vec<String>,
+        /// The agent's name: the token enrolls this name only, and not while a live
+        /// certificate carries it.
+        #[arg(long)]
+        name: String,
+        /// Labels the certificate carries (comma-separated): what locations the agent may be
+        /// bound to on links.
+        #[arg(long, value_delimiter = ',')]
+        labels: Vec<String>,
         /// How long the token stays valid: seconds, or with an s, m or h suffix.
         #[arg(long, default_value = "15m", value_parser = parse_duration)]
         ttl: Duration,
@@ -50,6 +64,13 @@ pub enum CaCommand {
         #[arg(long, default_value_t = 365)]
         days: i64,
     },
+    /// Void every certificate issued to agent NAME until now: links refuse it from its next
+    /// connection (open ones within seconds), and the name can be enrolled again.
+    Revoke {
+        #[arg(long, value_delimiter = ',', required = true)]
+        etcd: Vec<String>,
+        name: String,
+    },
     /// Issue an agent's certificate and key directly into a directory (no token, no etcd).
     Issue {
         #[arg(long)]
@@ -57,6 +78,9 @@ pub enum CaCommand {
         /// The agent's name (as given to ferry-worker --name).
         #[arg(long)]
         name: String,
+        /// Labels the certificate carries (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        labels: Vec<String>,
         /// Directory to write agent.crt, agent.key (0600) and ca.crt into.
         #[arg(long)]
         out: PathBuf,
@@ -91,11 +115,23 @@ pub fn run(args: &CaArgs) -> Result<(), UsageError> {
             println!("created the cluster CA: {} (keep {} private)", cert.display(), ca_dir.join(pki::CA_KEY).display());
             Ok(())
         }
-        CaCommand::Token { etcd, ttl } => runtime().block_on(async {
+        CaCommand::Token { ca_dir, etcd, name, labels, ttl } => {
+            let ca = Ca::load(ca_dir).map_err(usage)?;
+            runtime().block_on(async {
+                let store = connect(etcd).await?;
+                let token = pki::create_token(&store, &ca, name, labels, *ttl).await.map_err(usage)?;
+                println!("{token}");
+                eprintln!(
+                    "valid for {} s, once, for agent {name}: put it in a file for ferry-worker --enroll-token-file (or in FERRY_ENROLL_TOKEN) while 'ferry ca serve' runs",
+                    ttl.as_secs()
+                );
+                Ok(())
+            })
+        }
+        CaCommand::Revoke { etcd, name } => runtime().block_on(async {
             let store = connect(etcd).await?;
-            let token = pki::create_token(&store, *ttl).await.map_err(usage)?;
-            println!("{token}");
-            eprintln!("valid for {} s, once: start the agent with --enroll-token {token} while 'ferry ca serve' runs", ttl.as_secs());
+            pki::revoke(&store, name).await.map_err(usage)?;
+            println!("revoked the certificates of agent {name}: links refuse them from now on");
             Ok(())
         }),
         CaCommand::Serve { ca_dir, etcd, once, days } => {
@@ -117,9 +153,9 @@ pub fn run(args: &CaArgs) -> Result<(), UsageError> {
                 }
             })
         }
-        CaCommand::Issue { ca_dir, name, out, days } => {
+        CaCommand::Issue { ca_dir, name, labels, out, days } => {
             let ca = Ca::load(ca_dir).map_err(usage)?;
-            Identity::issue(&ca, name, *days).and_then(|id| id.save(out)).map_err(usage)?;
+            Identity::issue(&ca, name, labels, *days).and_then(|id| id.save(out)).map_err(usage)?;
             println!("issued a certificate for agent {name} into {}", out.display());
             Ok(())
         }

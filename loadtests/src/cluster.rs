@@ -229,7 +229,9 @@ impl LocalCluster {
         for i in 1..=self.o.workers {
             let dir = self.o.work.join(format!("tls-w{i}"));
             let _ = std::fs::remove_dir_all(&dir);
-            pki::Identity::issue(&ca, &format!("w{i}"), 2).and_then(|id| id.save(&dir)).map_err(|e| run_err(e.to_string()))?;
+            pki::Identity::issue(&ca, &format!("w{i}"), &[(if i % 2 == 1 { "onprem" } else { "cloud" }).to_string()], 2)
+                .and_then(|id| id.save(&dir))
+                .map_err(|e| run_err(e.to_string()))?;
         }
         Ok(())
     }

@@ -631,9 +631,11 @@ pub fn run(o: &LinkBenchOptions) -> Result<Vec<ToolRun>> {
     let _ = std::fs::remove_dir_all(&ca_dir);
     ferry_worker::transport::link::pki::init_ca(&ca_dir).map_err(|e| run_err(e.to_string()))?;
     let ca = ferry_worker::transport::link::pki::Ca::load(&ca_dir).map_err(|e| run_err(e.to_string()))?;
-    for (name, dir) in [("src1", "tls-src"), ("dst1", "tls-dst")] {
+    for (name, dir, label) in [("src1", "tls-src", "onprem"), ("dst1", "tls-dst", "cloud")] {
         let _ = std::fs::remove_dir_all(o.work.join(dir));
-        ferry_worker::transport::link::pki::Identity::issue(&ca, name, 2).and_then(|id| id.save(&o.work.join(dir))).map_err(|e| run_err(e.to_string()))?;
+        ferry_worker::transport::link::pki::Identity::issue(&ca, name, &[label.to_string()], 2)
+            .and_then(|id| id.save(&o.work.join(dir)))
+            .map_err(|e| run_err(e.to_string()))?;
     }
     // etcd and a coordinator on the source side; a second pair for the baseline build.
     let mut procs = Procs(Vec::new());

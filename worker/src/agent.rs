@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::engine::ExecContext;
 use crate::node::{MoverActor, Node, StopClaiming};
-use crate::transport::link::pki::{self, Identity};
+use crate::transport::link::pki::{self, Admission, Identity};
 use crate::transport::link::quic::{self, LinkClient, LinkTuning};
 use crate::transport::LinkAgent;
 
@@ -63,8 +63,9 @@ pub async fn start_link(store: &SharedStore, cfg: &AgentConfig) -> Result<(Arc<L
     if !Identity::exists(&setup.tls_dir) {
         let Some(token) = &setup.enroll_token else {
             return Err(format!(
-                "no certificate in {} (enroll this agent once with --enroll-token TOKEN; make a token with 'ferry ca token')",
-                setup.tls_dir.display()
+                "no certificate in {} (enroll this agent once with --enroll-token-file FILE or FERRY_ENROLL_TOKEN; make a token with 'ferry ca token --name {}')",
+                setup.tls_dir.display(),
+                cfg.name
             ));
         };
         tracing::info!(agent = %cfg.name, "enrolling with the cluster CA");
@@ -73,7 +74,9 @@ pub async fn start_link(store: &SharedStore, cfg: &AgentConfig) -> Result<(Arc<L
         tracing::info!(agent = %cfg.name, dir = %setup.tls_dir.display(), "AgentEnrolled");
     }
     let id = Identity::load(&setup.tls_dir).map_err(|e| e.to_string())?;
-    agent.client = Some(LinkClient::new(&id, setup.tuning.clone()).map_err(|e| e.to_string())?);
+    agent.labels = certified_labels(&id, cfg, &setup.tls_dir)?;
+    let admission = Arc::new(Admission::with_store(store.clone()));
+    agent.client = Some(LinkClient::new(&id, setup.tuning.clone()).map_err(|e| e.to_string())?.with_admission(admission.clone()));
     let mut advertise = None;
     if let Some(listen) = setup.listen {
         let endpoint = quic::bind(listen, &id, &setup.tuning).map_err(|e| e.to_string())?;
@@ -86,9 +89,31 @@ pub async fn start_link(store: &SharedStore, cfg: &AgentConfig) -> Result<(Arc<L
             None => bound.to_string(),
         });
         tracing::info!(listen = %bound, advertise = advertise.as_deref().unwrap_or(""), "LinkListening");
-        tokio::spawn(quic::serve(endpoint, agent.registry.clone(), Arc::new(quic::ServeStats::default())));
+        tokio::spawn(quic::serve(endpoint, agent.registry.clone(), Arc::new(quic::ServeStats::default()), admission));
     }
     Ok((Arc::new(agent), advertise))
+}
+
+/// The labels an agent with a certificate works under: those the CA put in it. Labels given on
+/// the command line must be among them (a certificate is what other agents check).
+fn certified_labels(id: &Identity, cfg: &AgentConfig, dir: &std::path::Path) -> Result<Vec<String>, String> {
+    let cert = id.agent().map_err(|e| e.to_string())?;
+    if cert.name != cfg.name {
+        return Err(format!(
+            "the certificate in {} is for agent {:?}, not {:?}: start with --name {}, or give this agent its own --tls-dir",
+            dir.display(),
+            cert.name,
+            cfg.name,
+            cert.name
+        ));
+    }
+    if let Some(extra) = cfg.labels.iter().find(|l| !cert.labels.contains(l)) {
+        return Err(format!(
+            "label {extra:?} is not in this agent's certificate (it carries {:?}): drop it, or revoke the agent and enroll it with a token made with --labels",
+            cert.labels
+        ));
+    }
+    Ok(cert.labels)
 }
 
 async fn stop_all(serving: &mut HashMap<String, Vec<Addr<MoverActor>>>) {
@@ -129,7 +154,7 @@ async fn join_execution(
     if exec.phase.is_terminal() {
         return Ok(None);
     }
-    let reach = exec.spec.link.reach(&cfg.name, &cfg.labels);
+    let reach = exec.spec.link.reach(&cfg.name, &link.labels);
     if !reach.source && !reach.destination {
         return Err(JoinError::NotOurs);
     }
@@ -162,7 +187,7 @@ pub async fn run_agent(store: SharedStore, cfg: AgentConfig, link: Arc<LinkAgent
         if *shutdown.borrow() {
             return;
         }
-        let node = match Node::join(store.clone(), &cfg.name, cfg.lease_ttl, cfg.movers, &cfg.labels, link_addr.clone()).await {
+        let node = match Node::join(store.clone(), &cfg.name, cfg.lease_ttl, cfg.movers, &link.labels, link_addr.clone()).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot register with the coordination store; retrying");

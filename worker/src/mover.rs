@@ -49,7 +49,7 @@ fn with_route<T>(ctx: &ExecContext, link: &LinkAgent, route: &Route, f: impl FnO
             let client = link.client.as_ref().ok_or_else(|| no_certificate(link))?;
             // Connectors run on the blocking pool, where the runtime's handle may block.
             let lookup = || tokio::runtime::Handle::try_current().ok().and_then(|rt| rt.block_on(find_writers(store, &ctx.spec)).ok());
-            let connector = Remote::new(client, writers.clone(), *start, Some(&lookup));
+            let connector = Remote::new(client, &ctx.spec.link, writers.clone(), *start, Some(&lookup));
             let dest = RemoteDest { connector: &connector, exec: ctx.spec.id.clone(), agent: link.name.clone(), uri: ctx.spec.destination.clone() };
             let settings = SendSettings { agent: &link.name, compress: ctx.spec.link.compress, rate: &link.rate };
             Ok(f(&connector, &dest, &settings))
@@ -92,7 +92,7 @@ impl DestNames for LinkNames {
         let rt = tokio::runtime::Handle::try_current()
             .map_err(|_| FerryError::new(ErrorKind::Other, "owner names were looked up outside the runtime (report a bug)"))?;
         let writers = rt.block_on(find_writers(&self.store, &self.spec))?;
-        let connector = Remote::new(client, writers, 0, None);
+        let connector = Remote::new(client, &self.spec.link, writers, 0, None);
         let dest = RemoteDest { connector: &connector, exec: self.spec.id.clone(), agent: self.link.name.clone(), uri: self.spec.destination.clone() };
         dest.owner_ids(users, groups)
     }

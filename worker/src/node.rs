@@ -14,7 +14,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use ferry_common::codec;
 use ferry_common::model::{Execution, WorkerInfo};
-use ferry_common::store::{LeaseId, SharedStore, StoreError};
+use ferry_common::store::{Compare, LeaseId, SharedStore, StoreError, Txn, TxnOp};
 use ferry_common::task::ExecSettings;
 use futures::StreamExt;
 use tokio::sync::Notify;
@@ -58,7 +58,10 @@ impl Node {
             link_addr,
         };
         let value = codec::encode(&info).map_err(|e| StoreError::Other(e.to_string()))?;
-        store.put(&ferry_common::keys::worker(worker_id), value, Some(lease)).await?;
+        if let Err(e) = register(&store, &info, value, lease).await {
+            let _ = store.lease_revoke(lease).await;
+            return Err(e);
+        }
         let stopped = Arc::new(AtomicBool::new(false));
         let (s, c, stop) = (store.clone(), clock.clone(), stopped.clone());
         tokio::spawn(async move {
@@ -114,6 +117,38 @@ impl Node {
         spawn_waker(shared.clone());
         (0..count).map(|index| MoverActor { shared: shared.clone(), index }.start()).collect()
     }
+}
+
+/// Puts the registration unless a live agent holds the name. A registration is replaced only
+/// when it was made by a process of this host that is gone (a restart before the old lease
+/// lapsed); another host's agent, or a running one, keeps its name until its lease lapses.
+async fn register(store: &SharedStore, info: &WorkerInfo, value: Vec<u8>, lease: LeaseId) -> Result<(), StoreError> {
+    let key = ferry_common::keys::worker(&info.name);
+    let put = [TxnOp::put_leased(key.clone(), value, lease)];
+    if store.txn(Txn::new().when([Compare::absent(key.clone())]).and_then(put.clone())).await?.succeeded {
+        return Ok(());
+    }
+    let Some(held) = store.get(&key).await? else {
+        return Err(StoreError::Unavailable(format!("the registration of {} changed while joining; trying again", info.name)));
+    };
+    let holder = codec::decode::<WorkerInfo>(&held.value).ok();
+    if let Some(h) = holder.as_ref().filter(|h| h.host == info.host && h.pid != info.pid && !process_alive(h.pid)) {
+        tracing::info!(worker = %info.name, old_pid = h.pid, "replacing the registration of this agent's previous, exited process");
+        if store.txn(Txn::new().when([Compare::value_is(key.clone(), held.value.clone())]).and_then(put)).await?.succeeded {
+            return Ok(());
+        }
+    }
+    let who = holder.map(|h| format!("host {:?}, pid {}", h.host, h.pid)).unwrap_or_else(|| "unreadable registration".into());
+    Err(StoreError::Other(format!(
+        "another agent is registered as {} ({who}): stop it, or give this agent another --name (a dead agent's registration lapses with its lease)",
+        info.name
+    )))
+}
+
+fn process_alive(pid: u32) -> bool {
+    // Signal 0 checks existence only; EPERM means it exists under another user.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 fn hostname() -> String {

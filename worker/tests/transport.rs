@@ -293,7 +293,7 @@ fn runtime() -> tokio::runtime::Runtime {
 fn identities(dir: &Path, names: &[&str]) -> Vec<Identity> {
     init_ca(dir).unwrap();
     let ca = Ca::load(dir).unwrap();
-    names.iter().map(|n| Identity::issue(&ca, n, 30).unwrap()).collect()
+    names.iter().map(|n| Identity::issue(&ca, n, &[], 30).unwrap()).collect()
 }
 
 struct Remote<'a> {
@@ -325,7 +325,7 @@ fn send_over_quic(src: &Path, dst: &Path, entries: &[Entry], tuning: &LinkTuning
     let addr = endpoint.local_addr().unwrap();
     let registry = Registry::default();
     registry.insert(writer_ctx);
-    rt.spawn(quic::serve(endpoint, registry, Arc::new(ServeStats::default())));
+    rt.spawn(quic::serve(endpoint, registry, Arc::new(ServeStats::default()), Arc::default()));
     let client = LinkClient::new(&ids[1], tuning.clone()).unwrap();
     let rate = RateLimiter::new(0);
     let out = std::thread::scope(|s| {
@@ -387,7 +387,7 @@ fn peers_without_a_certificate_from_the_cluster_ca_are_refused() {
     let endpoint = quic::bind("127.0.0.1:0".parse().unwrap(), &ours[0], &LinkTuning::default()).unwrap();
     let addr = endpoint.local_addr().unwrap();
     let stats = Arc::new(ServeStats::default());
-    rt.spawn(quic::serve(endpoint, Registry::default(), stats.clone()));
+    rt.spawn(quic::serve(endpoint, Registry::default(), stats.clone(), Arc::default()));
 
     // A certificate from another CA.
     let client = LinkClient::new(&theirs[0], LinkTuning::default()).unwrap();

@@ -190,7 +190,10 @@ impl Fleet {
             .push(Command::new(&ferry).args(["ca", "serve", "--etcd", &fleet.etcd.endpoint, "--ca-dir"]).arg(&ca).stderr(Stdio::null()).spawn().unwrap());
         let endpoint = fleet.etcd.endpoint_on(&fleet.sites.host_ip);
         for (i, agent) in agents.iter().enumerate() {
-            let token = Ferry::bare().args(["ca", "token", "--ttl", "5m", "--etcd", &fleet.etcd.endpoint]).run();
+            let token = Ferry::bare()
+                .args(["ca", "token", "--ttl", "5m", "--etcd", &fleet.etcd.endpoint, "--name", &agent.name, "--labels", &agent.label, "--ca-dir"])
+                .arg(&ca)
+                .run();
             token.assert_code(0);
             let site = &fleet.sites.sites[i];
             let log = File::create(fleet.logs.join(format!("{}.log", agent.name))).unwrap();
@@ -216,7 +219,8 @@ impl Fleet {
             }
             cmd.arg(bin("ferry-worker"));
             cmd.args(["--etcd", &endpoint, "--name", &agent.name, "--labels", &agent.label, "--lease-ttl", "30", "--movers", "4"]);
-            cmd.arg("--tls-dir").arg(fleet.work.path().join(format!("tls-{i}"))).args(["--enroll-token", token.stdout.trim()]);
+            cmd.arg("--tls-dir").arg(fleet.work.path().join(format!("tls-{i}")));
+            cmd.env("FERRY_ENROLL_TOKEN", token.stdout.trim());
             cmd.args(["--link-listen", &format!("{listen}:7400")]);
             cmd.envs(agent.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
             fleet.procs.0.push(cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().unwrap());

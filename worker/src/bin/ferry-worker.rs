@@ -42,10 +42,11 @@ struct Args {
     /// Directory with agent.crt, agent.key and ca.crt; enables links.
     #[arg(long)]
     tls_dir: Option<std::path::PathBuf>,
-    /// Enroll with the cluster CA using this one-time token (from 'ferry ca token'), then keep
-    /// the certificate in --tls-dir.
+    /// Enroll with the cluster CA using the one-time token in this file (from 'ferry ca
+    /// token'; or set FERRY_ENROLL_TOKEN), then keep the certificate in --tls-dir. A token is
+    /// never taken from the command line, where `ps` shows it to every user.
     #[arg(long)]
-    enroll_token: Option<String>,
+    enroll_token_file: Option<std::path::PathBuf>,
     /// Congestion controller for links: bbr, cubic or newreno [default: bbr].
     #[arg(long)]
     congestion: Option<String>,
@@ -106,9 +107,17 @@ fn main() {
     let labels = if args.labels.is_empty() { cfg.worker.labels.clone() } else { args.labels.clone() };
     let tls_dir = args.tls_dir.clone().or(cfg.worker.tls_dir.clone().map(Into::into));
     let link_listen = args.link_listen.clone().or(cfg.worker.link_listen.clone());
+    let enroll_token = match &args.enroll_token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map(|t| t.trim().to_string())
+                .unwrap_or_else(|e| fail(&format!("cannot read the enrollment token file {}: {e}", path.display()))),
+        ),
+        None => std::env::var("FERRY_ENROLL_TOKEN").ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()),
+    };
     let link = match tls_dir {
-        None if link_listen.is_some() || args.enroll_token.is_some() => {
-            fail("links need a certificate: give --tls-dir DIR (and --enroll-token the first time)")
+        None if link_listen.is_some() || enroll_token.is_some() => {
+            fail("links need a certificate: give --tls-dir DIR (and an enrollment token the first time: --enroll-token-file FILE or FERRY_ENROLL_TOKEN)")
         }
         None => None,
         Some(tls_dir) => {
@@ -127,13 +136,7 @@ fn main() {
             tuning.connections = args.link_connections.or(cfg.worker.link_connections).unwrap_or(1).clamp(1, 16) as usize;
             let listen = link_listen
                 .map(|l| l.parse::<std::net::SocketAddr>().unwrap_or_else(|_| fail(&format!("--link-listen {l:?} is not an address like 0.0.0.0:7400"))));
-            Some(LinkSetup {
-                tls_dir,
-                enroll_token: args.enroll_token.clone(),
-                listen,
-                advertise: args.link_advertise.clone().or(cfg.worker.link_advertise.clone()),
-                tuning,
-            })
+            Some(LinkSetup { tls_dir, enroll_token, listen, advertise: args.link_advertise.clone().or(cfg.worker.link_advertise.clone()), tuning })
         }
     };
     init_logging(format, "info");

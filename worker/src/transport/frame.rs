@@ -74,6 +74,9 @@ pub enum Code {
     Limit = 9,
     UnknownExecution = 10,
     LeaseLost = 11,
+    /// The peer's certificate does not allow it this stream: not an agent the execution
+    /// reads its source through, or revoked.
+    Forbidden = 12,
 }
 
 impl Code {
@@ -90,6 +93,7 @@ impl Code {
             9 => Code::Limit,
             10 => Code::UnknownExecution,
             11 => Code::LeaseLost,
+            12 => Code::Forbidden,
             _ => return None,
         })
     }

@@ -16,6 +16,7 @@ pub mod wire;
 
 use crate::engine::write::Writer;
 use crate::engine::ExecContext;
+use ferry_common::model::LinkSettings;
 use wire::{LinkError, LocalWire, Wire};
 
 /// Opens streams to a writer for one execution.
@@ -72,13 +73,22 @@ pub struct Remote<'a> {
     client: &'a link::quic::LinkClient,
     choice: std::sync::Mutex<WriterChoice>,
     lookup: Option<WriterLookup<'a>>,
+    binding: &'a LinkSettings,
 }
 
 impl<'a> Remote<'a> {
     /// `writers` as the shard found them, `start` where this shard begins in that list (so
-    /// shards spread over all writers), and `lookup` to find them again.
-    pub fn new(client: &'a link::quic::LinkClient, writers: Vec<WriterAgent>, start: usize, lookup: Option<WriterLookup<'a>>) -> Self {
-        Remote { client, choice: std::sync::Mutex::new(WriterChoice { writers, start }), lookup }
+    /// shards spread over all writers), and `lookup` to find them again. `binding` says which
+    /// agents may write the destination: a writer's certificate must match it, whatever its
+    /// registration in the Store claims.
+    pub fn new(
+        client: &'a link::quic::LinkClient,
+        binding: &'a LinkSettings,
+        writers: Vec<WriterAgent>,
+        start: usize,
+        lookup: Option<WriterLookup<'a>>,
+    ) -> Self {
+        Remote { client, choice: std::sync::Mutex::new(WriterChoice { writers, start, refused: Vec::new() }), lookup, binding }
     }
 }
 
@@ -93,6 +103,8 @@ const TRIES_PER_WRITER: u32 = 8;
 pub struct WriterChoice {
     pub writers: Vec<WriterAgent>,
     pub start: usize,
+    /// Writers whose certificates do not allow them this destination: never dialled again.
+    pub refused: Vec<String>,
 }
 
 impl WriterChoice {
@@ -102,6 +114,7 @@ impl WriterChoice {
                 self.writers = found;
             }
         }
+        self.writers.retain(|w| !self.refused.contains(&w.name));
         let n = self.writers.len();
         (n > 0).then(|| self.writers[(self.start + (attempt / TRIES_PER_WRITER) as usize) % n].clone())
     }
@@ -109,13 +122,23 @@ impl WriterChoice {
 
 impl Connector for Remote<'_> {
     fn open(&self, attempt: u32) -> Result<Box<dyn Wire + '_>, LinkError> {
-        let w = self
-            .choice
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pick(attempt, self.lookup)
-            .ok_or_else(|| LinkError::Down("no agent that reaches the destination is online with a link address".into()))?;
-        Ok(Box::new(self.client.open(w.addr, &w.name)?))
+        loop {
+            let w = self
+                .choice
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pick(attempt, self.lookup)
+                .ok_or_else(|| LinkError::Down("no agent that reaches the destination is online with a link address".into()))?;
+            let wire = self.client.open(w.addr, &w.name)?;
+            // The handshake proved the writer is `w.name`; its certificate's labels, not its
+            // registration, say whether it may hold the destination.
+            let allowed = wire.peer().map(|peer| self.binding.reach(&peer.name, &peer.labels).destination);
+            if allowed.as_ref().is_ok_and(|ok| *ok) {
+                return Ok(Box::new(wire));
+            }
+            tracing::warn!(writer = %w.name, addr = %w.addr, reason = ?allowed.err(), "WriterRefused: its certificate does not allow it this destination; skipping it");
+            self.choice.lock().unwrap_or_else(|p| p.into_inner()).refused.push(w.name);
+        }
     }
 
     fn remote(&self) -> bool {
@@ -144,7 +167,7 @@ mod tests {
                 _ => Some(vec![agent("w2", 7000)]),
             }
         };
-        let mut choice = WriterChoice { writers: Vec::new(), start: 5 };
+        let mut choice = WriterChoice { writers: Vec::new(), start: 5, refused: Vec::new() };
         assert!(choice.pick(0, Some(&lookup)).is_none());
         assert!(choice.pick(1, Some(&lookup)).is_none());
         assert_eq!(choice.pick(2, Some(&lookup)).map(|w| w.name), Some("w2".to_string()));
@@ -160,7 +183,7 @@ mod tests {
             calls.fetch_add(1, Ordering::SeqCst);
             Some(vec![agent("w2", 7000), agent("w4", 7001)])
         };
-        let mut choice = WriterChoice { writers: vec![agent("w2", 7000)], start: 0 };
+        let mut choice = WriterChoice { writers: vec![agent("w2", 7000)], start: 0, refused: Vec::new() };
         for attempt in 0..TRIES_PER_WRITER {
             assert_eq!(choice.pick(attempt, Some(&lookup)).unwrap().name, "w2");
         }
@@ -171,9 +194,9 @@ mod tests {
 
     #[test]
     fn without_a_lookup_the_first_list_is_kept() {
-        let mut choice = WriterChoice { writers: Vec::new(), start: 0 };
+        let mut choice = WriterChoice { writers: Vec::new(), start: 0, refused: Vec::new() };
         assert!(choice.pick(0, None).is_none());
-        let mut choice = WriterChoice { writers: vec![agent("a", 1), agent("b", 2)], start: 1 };
+        let mut choice = WriterChoice { writers: vec![agent("a", 1), agent("b", 2)], start: 1, refused: Vec::new() };
         assert_eq!(choice.pick(0, None).unwrap().name, "b");
         assert_eq!(choice.pick(TRIES_PER_WRITER, None).unwrap().name, "a");
     }

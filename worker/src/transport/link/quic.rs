@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
-use super::pki::{Identity, PkiError};
+use super::pki::{Admission, AgentCert, Identity, PkiError};
 use crate::engine::write::Writer;
 use crate::engine::ExecContext;
 use crate::transport::frame::{self, decode, decode_preamble, encode, encode_preamble, Code, Frame, ProtocolError, PREAMBLE_LEN};
@@ -315,10 +315,30 @@ pub fn bind(addr: SocketAddr, id: &Identity, tuning: &LinkTuning) -> Result<quin
     endpoint(addr, Some(cfg), tuning).map_err(|e| PkiError(format!("cannot listen for links on {addr}: {e} (choose another --link-listen address)")))
 }
 
-/// Accepts connections until the endpoint closes.
-pub async fn serve(endpoint: quinn::Endpoint, registry: Registry, stats: Arc<ServeStats>) {
+/// Most streams one peer agent may have open on this writer, over all its connections: a
+/// stream holds a blocking thread and two descriptors per announced file.
+pub const MAX_STREAMS_PER_PEER: usize = 512;
+
+/// The QUIC application error code a writer closes a connection with when it refuses the peer.
+const REFUSED: u32 = 0x1f;
+
+/// The agent at the other end of a connection, as its certificate (checked against our CA
+/// during the handshake) names it.
+pub fn peer_agent(conn: &quinn::Connection) -> Result<AgentCert, PkiError> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        .ok_or_else(|| PkiError("the peer presented no certificate".into()))?;
+    AgentCert::parse(certs.first().ok_or_else(|| PkiError("the peer presented no certificate".into()))?)
+}
+
+/// Accepts connections until the endpoint closes. A peer is admitted when its certificate is
+/// from our CA (the handshake) and not revoked ([`Admission`]); each of its streams must then
+/// name an execution whose source agents its certificate matches.
+pub async fn serve(endpoint: quinn::Endpoint, registry: Registry, stats: Arc<ServeStats>, admission: Arc<Admission>) {
+    let per_peer: Arc<Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>> = Arc::default();
     while let Some(incoming) = endpoint.accept().await {
-        let (registry, stats) = (registry.clone(), stats.clone());
+        let (registry, stats, admission, per_peer) = (registry.clone(), stats.clone(), admission.clone(), per_peer.clone());
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             let conn = match incoming.await {
@@ -330,20 +350,111 @@ pub async fn serve(endpoint: quinn::Endpoint, registry: Registry, stats: Arc<Ser
                     return;
                 }
             };
-            tracing::info!(peer = %remote, "LinkAccepted");
+            let admitted = match peer_agent(&conn) {
+                Ok(peer) => admission.admit(&peer, true).await.map(|()| peer),
+                Err(e) => Err(e.to_string()),
+            };
+            let peer = match admitted {
+                Ok(peer) => Arc::new(peer),
+                Err(why) => {
+                    stats.refused_handshakes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(peer = %remote, reason = %why, "LinkRefused");
+                    conn.close(quinn::VarInt::from_u32(REFUSED), why.as_bytes());
+                    return;
+                }
+            };
+            tracing::info!(peer = %remote, agent = %peer.name, "LinkAccepted");
+            let permits = per_peer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(peer.name.clone())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS_PER_PEER)))
+                .clone();
             while let Ok((send, recv)) = conn.accept_bi().await {
                 stats.streams.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let (registry, stats) = (registry.clone(), stats.clone());
-                let handle = tokio::runtime::Handle::current();
-                tokio::task::spawn_blocking(move || {
-                    if let Err(e) = serve_stream(&handle, send, recv, &registry) {
+                let (registry, stats, admission, peer, permits) = (registry.clone(), stats.clone(), admission.clone(), peer.clone(), permits.clone());
+                tokio::spawn(async move {
+                    let result = match permits.try_acquire_owned() {
+                        Ok(permit) => serve_admitted(send, recv, &registry, &peer, &admission, permit).await,
+                        Err(_) => refuse(send, err(Code::Limit, format!("agent {} has {MAX_STREAMS_PER_PEER} streams open here already", peer.name))).await,
+                    };
+                    if let Err(e) = result {
                         stats.stream_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        tracing::warn!(peer = %remote, code = ?e.code, error = %e.detail, "LinkStreamError");
+                        tracing::warn!(peer = %remote, agent = %peer.name, code = ?e.code, error = %e.detail, "LinkStreamError");
                     }
                 });
             }
         });
     }
+}
+
+fn err(code: Code, detail: impl Into<String>) -> ProtocolError {
+    ProtocolError { code, detail: detail.into() }
+}
+
+/// Ends a stream with an ERROR frame.
+async fn refuse(mut send: quinn::SendStream, e: ProtocolError) -> Result<(), ProtocolError> {
+    let _ = write_frames(&mut send, &[Frame::Error { code: e.code as u16, message: e.detail.clone() }]).await;
+    let _ = send.finish();
+    Err(e)
+}
+
+/// Checks a stream before it costs a thread or a buffer: the preamble, then HELLO, then the
+/// execution (waiting for this writer to join it), then that the peer may write for it. Only
+/// then does the stream get a blocking thread and its frames get read ahead.
+async fn serve_admitted(
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    registry: &Registry,
+    peer: &AgentCert,
+    admission: &Admission,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<(), ProtocolError> {
+    let mut reader = FrameReader::new(recv);
+    let opening = async {
+        reader.preamble().await?;
+        send.write_all(&encode_preamble()).await.map_err(|e| err(Code::Io, e.to_string()))?;
+        match reader.next().await? {
+            Some(Frame::Hello(h)) => Ok(Some(h)),
+            Some(_) => Err(err(Code::OutOfOrder, "a stream must start with HELLO")),
+            None => Ok(None),
+        }
+    };
+    let hello = match tokio::time::timeout(FRAME_DEADLINE, opening).await {
+        Ok(Ok(Some(h))) => h,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => return refuse(send, e).await,
+        Err(_) => return refuse(send, err(Code::Io, format!("no HELLO within {} s", FRAME_DEADLINE.as_secs()))).await,
+    };
+    if let Err(why) = admission.admit(peer, false).await {
+        return refuse(send, err(Code::Forbidden, why)).await;
+    }
+    let deadline = tokio::time::Instant::now() + JOIN_WAIT;
+    let ctx = loop {
+        if let Some(c) = registry.get(&hello.exec) {
+            break c;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let detail = format!("this agent does not write for execution {:?} (not running, or the destination is not bound to this agent)", hello.exec);
+            return refuse(send, err(Code::UnknownExecution, detail)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if !ctx.spec.link.reach(&peer.name, &peer.labels).source {
+        let detail = format!(
+            "agent {} (labels {:?}) may not write for execution {}: it reads its source through agents {:?}",
+            peer.name, peer.labels, hello.exec, ctx.spec.link.source_agents
+        );
+        return refuse(send, err(Code::Forbidden, detail)).await;
+    }
+    let handle = tokio::runtime::Handle::current();
+    let agent = peer.name.clone();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        serve_stream(&handle, send, reader, &ctx, &agent)
+    })
+    .await
+    .map_err(|e| err(Code::Io, format!("stream task failed: {e}")))?
 }
 
 /// Reads frames from a QUIC stream, never buffering more than one frame's limit.
@@ -421,21 +532,29 @@ async fn write_frames(send: &mut quinn::SendStream, frames: &[Frame]) -> Result<
 /// How long a writer waits for an execution it has not joined yet.
 const JOIN_WAIT: Duration = Duration::from_secs(15);
 
+/// How long a writer waits for the next frame of a stream before ending it: a reader that
+/// went quiet without closing must not hold a thread and its files for ever.
+pub const FRAME_DEADLINE: Duration = Duration::from_secs(120);
+
 /// Frames read ahead of the writer's file I/O. The reading runs as a task on the runtime, so
 /// the blocking thread is woken once per frame rather than once per arriving packet.
 const READ_AHEAD: usize = 8;
 
-fn serve_stream(rt: &tokio::runtime::Handle, mut send: quinn::SendStream, recv: quinn::RecvStream, registry: &Registry) -> Result<(), ProtocolError> {
+/// Serves an admitted stream (past its HELLO) on a blocking thread.
+fn serve_stream(
+    rt: &tokio::runtime::Handle,
+    mut send: quinn::SendStream,
+    mut reader: FrameReader,
+    ctx: &ExecContext,
+    agent: &str,
+) -> Result<(), ProtocolError> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Option<Frame>, ProtocolError>>(READ_AHEAD);
     let reading = rt.spawn(async move {
-        let mut reader = FrameReader::new(recv);
-        if let Err(e) = reader.preamble().await {
-            let _ = tx.send(Err(e)).await;
-            return;
-        }
-        let _ = tx.send(Ok(None)).await; // the preamble arrived
         loop {
-            let next = reader.next().await;
+            let next = match tokio::time::timeout(FRAME_DEADLINE, reader.next()).await {
+                Ok(next) => next,
+                Err(_) => Err(err(Code::Io, format!("no frame for {} s", FRAME_DEADLINE.as_secs()))),
+            };
             let end = !matches!(next, Ok(Some(_)));
             if tx.send(next).await.is_err() || end {
                 return;
@@ -443,28 +562,8 @@ fn serve_stream(rt: &tokio::runtime::Handle, mut send: quinn::SendStream, recv: 
         }
     });
     let mut next = || rt.block_on(rx.recv()).unwrap_or(Ok(None));
-    let result = (|| {
-        next()?;
-        rt.block_on(send.write_all(&encode_preamble())).map_err(|e| ProtocolError { code: Code::Io, detail: e.to_string() })?;
-        let hello = match next()? {
-            Some(Frame::Hello(h)) => h,
-            Some(_) => return Err(ProtocolError { code: Code::OutOfOrder, detail: "a stream must start with HELLO".into() }),
-            None => return Ok(()),
-        };
-        let deadline = std::time::Instant::now() + JOIN_WAIT;
-        let ctx = loop {
-            if let Some(c) = registry.get(&hello.exec) {
-                break c;
-            }
-            if std::time::Instant::now() >= deadline {
-                return Err(ProtocolError {
-                    code: Code::UnknownExecution,
-                    detail: format!("this agent does not write for execution {:?} (not running, or the destination is not bound to this agent)", hello.exec),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        let mut writer = Writer::new(&ctx, true).map_err(|e| ProtocolError { code: Code::UnknownExecution, detail: e.to_string() })?;
+    let result = (|| -> Result<(), ProtocolError> {
+        let mut writer = Writer::new(ctx, true).map_err(|e| err(Code::UnknownExecution, e.to_string()))?;
         let served = (|| {
             while let Some(frame) = next()? {
                 let replies = writer.handle(frame)?;
@@ -475,7 +574,7 @@ fn serve_stream(rt: &tokio::runtime::Handle, mut send: quinn::SendStream, recv: 
             Ok(())
         })();
         let st = &writer.stats;
-        tracing::debug!(agent = %hello.agent, files = st.files_written, bytes = st.bytes_written, resumed = st.bytes_resumed, bad_chunks = st.chunks_rejected, current = st.entries_current, "LinkStreamServed");
+        tracing::debug!(agent = %agent, files = st.files_written, bytes = st.bytes_written, resumed = st.bytes_resumed, bad_chunks = st.chunks_rejected, current = st.entries_current, "LinkStreamServed");
         served
     })();
     reading.abort();
@@ -494,6 +593,7 @@ pub struct LinkClient {
     tuning: LinkTuning,
     conns: Mutex<HashMap<(SocketAddr, usize), quinn::Connection>>,
     next: std::sync::atomic::AtomicUsize,
+    admission: Arc<Admission>,
 }
 
 impl LinkClient {
@@ -502,7 +602,21 @@ impl LinkClient {
         let bind: SocketAddr = "0.0.0.0:0".parse().expect("valid");
         let endpoint = endpoint(bind, None, &tuning).map_err(|e| PkiError(format!("cannot open a UDP socket for links: {e}")))?;
         let crypto = Arc::new(QuicClientConfig::try_from(id.client_tls()?).map_err(pki_err)?);
-        Ok(LinkClient { endpoint, crypto, runtime: tokio::runtime::Handle::current(), tuning, conns: Mutex::new(HashMap::new()), next: Default::default() })
+        Ok(LinkClient {
+            endpoint,
+            crypto,
+            runtime: tokio::runtime::Handle::current(),
+            tuning,
+            conns: Mutex::new(HashMap::new()),
+            next: Default::default(),
+            admission: Arc::default(),
+        })
+    }
+
+    /// Refuses writers whose certificates `admission` refuses (revoked ones).
+    pub fn with_admission(mut self, admission: Arc<Admission>) -> LinkClient {
+        self.admission = admission;
+        self
     }
 
     fn connection(&self, addr: SocketAddr, name: &str) -> Result<quinn::Connection, LinkError> {
@@ -525,6 +639,15 @@ impl LinkClient {
             .block_on(async { tokio::time::timeout(Duration::from_secs(10), connecting).await })
             .map_err(|_| LinkError::Down(format!("no answer from {name} at {addr} within 10 s")))?
             .map_err(|e| LinkError::Down(format!("cannot connect to {name} at {addr}: {e}")))?;
+        // The handshake proved the certificate names `name`; it must not be revoked either.
+        let admitted = match peer_agent(&conn) {
+            Ok(peer) => self.runtime.block_on(self.admission.admit(&peer, true)),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(why) = admitted {
+            conn.close(quinn::VarInt::from_u32(REFUSED), why.as_bytes());
+            return Err(LinkError::Down(format!("writer {name} at {addr} refused: {why}")));
+        }
         self.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(key, conn.clone());
         Ok(conn)
     }
@@ -586,6 +709,13 @@ impl LinkClient {
 
 /// Frames queued ahead of the stream by a reader.
 const WRITE_AHEAD: usize = 8;
+
+impl QuicWire {
+    /// The writer at the other end, as its certificate names it.
+    pub fn peer(&self) -> Result<AgentCert, PkiError> {
+        peer_agent(&self.conn)
+    }
+}
 
 /// A reader's stream to a writer.
 pub struct QuicWire {
