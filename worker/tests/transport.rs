@@ -15,7 +15,7 @@ use ferry_worker::engine::write::Writer;
 use ferry_worker::engine::{parts, ExecContext};
 use ferry_worker::rate::RateLimiter;
 use ferry_worker::transport::frame::{self, Code, FileHeader, Frame};
-use ferry_worker::transport::link::pki::{init_ca, Ca, Identity};
+use ferry_worker::transport::link::pki::{init_ca, revoke, Admission, Ca, Identity};
 use ferry_worker::transport::link::quic::{self, LinkClient, LinkTuning, Registry, ServeStats};
 use ferry_worker::transport::wire::{LinkError, LocalWire, Wire};
 use ferry_worker::transport::{Connector, InProcess};
@@ -531,4 +531,126 @@ fn a_large_file_is_written_in_parts_by_two_readers_and_put_in_place_once_whole()
     assert_eq!(out.report[0].crc32c, Some(crc32c::crc32c(&big)), "the part CRCs combine into the file's");
     assert!(std::fs::read(dst.path().join("huge")).unwrap() == big);
     assert_same_tree(src.path(), dst.path(), &[file]);
+}
+
+// ---- who may hold a link: certificates decide, not registrations ----
+
+/// A CA with agents `(name, labels)`.
+fn labelled(dir: &Path, agents: &[(&str, &[&str])]) -> Vec<Identity> {
+    init_ca(dir).unwrap();
+    let ca = Ca::load(dir).unwrap();
+    agents.iter().map(|(n, l)| Identity::issue(&ca, n, &l.iter().map(|s| s.to_string()).collect::<Vec<_>>(), 30).unwrap()).collect()
+}
+
+/// Starts a writer agent with `id` for `ctx` on loopback; returns its address and counters.
+fn serve_writer(rt: &tokio::runtime::Runtime, id: &Identity, ctx: ExecContext, admission: Arc<Admission>) -> (std::net::SocketAddr, Arc<ServeStats>) {
+    let _guard = rt.enter();
+    let endpoint = quic::bind("127.0.0.1:0".parse().unwrap(), id, &LinkTuning::default()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let registry = Registry::default();
+    registry.insert(Arc::new(ctx));
+    let stats = Arc::new(ServeStats::default());
+    rt.spawn(quic::serve(endpoint, registry, stats.clone(), admission));
+    (addr, stats)
+}
+
+fn bound_spec(src: &Path, dst: &Path) -> ExecutionSpec {
+    let mut s = spec(src, dst);
+    s.link = LinkSettings { source_agents: vec!["onprem".into()], destination_agents: vec!["cloud".into()], ..Default::default() };
+    s
+}
+
+fn files_under(root: &Path) -> usize {
+    walk(root).iter().filter(|p| root.join(p).is_file()).count()
+}
+
+#[test]
+fn a_writer_takes_nothing_from_an_agent_the_execution_does_not_read_through() {
+    let (cadir, src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ids = labelled(cadir.path(), &[("writer", &["cloud"]), ("reader", &["onprem"]), ("stranger", &["cloud"])]);
+    let entries = make_tree(src.path());
+    let spec = bound_spec(src.path(), dst.path());
+    let rt = runtime();
+    let writer_ctx = ExecContext::open_for(spec.clone(), Reach { source: false, destination: true }).unwrap();
+    let (addr, stats) = serve_writer(&rt, &ids[0], writer_ctx, Arc::default());
+    let reader_ctx = ExecContext::open_for(spec, Reach { source: true, destination: false }).unwrap();
+    let rate = RateLimiter::new(0);
+    let _guard = rt.enter();
+
+    // An enrolled agent with the destination's label, but not one the source is read through.
+    let stranger = LinkClient::new(&ids[2], LinkTuning::default()).unwrap();
+    let out = std::thread::scope(|s| {
+        s.spawn(|| run_transfer(&reader_ctx, &Remote { client: &stranger, addr }, &settings(&rate, false), entries.clone(), 1, &mut Vec::new())).join().unwrap()
+    });
+    assert_eq!(out.result.counters.files_transferred, 0, "{:?}", out.result.counters);
+    assert_eq!(files_under(dst.path()), 0, "nothing from the stranger reached the destination");
+    assert!(stats.stream_errors.load(Ordering::Relaxed) >= 1);
+
+    // The agent the execution reads through is served.
+    let reader = LinkClient::new(&ids[1], LinkTuning::default()).unwrap();
+    let out = std::thread::scope(|s| {
+        s.spawn(|| run_transfer(&reader_ctx, &Remote { client: &reader, addr }, &settings(&rate, false), entries.clone(), 1, &mut Vec::new())).join().unwrap()
+    });
+    assert!(out.result.failures.is_empty(), "{:?}", out.result.failures);
+    assert_same_tree(src.path(), dst.path(), &entries);
+}
+
+#[test]
+fn a_reader_sends_nothing_to_a_writer_whose_certificate_lacks_the_destination_label() {
+    let (cadir, src, dst, elsewhere) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ids = labelled(cadir.path(), &[("writer", &["cloud"]), ("reader", &["onprem"]), ("impostor", &[])]);
+    let entries = make_tree(src.path());
+    let spec = bound_spec(src.path(), dst.path());
+    let rt = runtime();
+    let (real, _) = serve_writer(&rt, &ids[0], ExecContext::open_for(spec.clone(), Reach { source: false, destination: true }).unwrap(), Arc::default());
+    // The impostor registered itself with the destination's label (its registration is only
+    // what it says); it would write whatever came to a destination of its own.
+    let mut its_spec = spec.clone();
+    its_spec.destination = elsewhere.path().display().to_string();
+    let (impostor, impostor_stats) = serve_writer(&rt, &ids[2], ExecContext::open_for(its_spec, Reach { source: false, destination: true }).unwrap(), Arc::default());
+    let reader_ctx = ExecContext::open_for(spec.clone(), Reach { source: true, destination: false }).unwrap();
+    let _guard = rt.enter();
+    let client = LinkClient::new(&ids[1], LinkTuning::default()).unwrap();
+    let rate = RateLimiter::new(0);
+    let writers = vec![
+        ferry_worker::transport::WriterAgent { name: "impostor".into(), addr: impostor },
+        ferry_worker::transport::WriterAgent { name: "writer".into(), addr: real },
+    ];
+    let connector = ferry_worker::transport::Remote::new(&client, &spec.link, writers, 0, None);
+    let out = std::thread::scope(|s| s.spawn(|| run_transfer(&reader_ctx, &connector, &settings(&rate, false), entries.clone(), 1, &mut Vec::new())).join().unwrap());
+    assert!(out.result.failures.is_empty(), "{:?}", out.result.failures);
+    assert_same_tree(src.path(), dst.path(), &entries);
+    assert_eq!(files_under(elsewhere.path()), 0, "the impostor received nothing");
+    assert_eq!(impostor_stats.streams.load(Ordering::Relaxed), 0, "no stream was even opened to the impostor");
+}
+
+#[test]
+fn a_revoked_agent_is_refused_at_its_next_handshake_in_both_directions() {
+    let (cadir, src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ids = labelled(cadir.path(), &[("writer", &["cloud"]), ("reader", &["onprem"])]);
+    std::fs::write(src.path().join("f"), b"data").unwrap();
+    let entries = vec![entry(b"f", EntryKind::File, 4)];
+    let spec = bound_spec(src.path(), dst.path());
+    let rt = runtime();
+    let store: ferry_common::store::SharedStore = Arc::new(ferry_common::store::MemStore::new());
+    let admission = Arc::new(Admission::with_store(store.clone()));
+    let (addr, stats) = serve_writer(&rt, &ids[0], ExecContext::open_for(spec.clone(), Reach { source: false, destination: true }).unwrap(), admission.clone());
+    let reader_ctx = ExecContext::open_for(spec, Reach { source: true, destination: false }).unwrap();
+    let rate = RateLimiter::new(0);
+    let _guard = rt.enter();
+    rt.block_on(revoke(&store, "reader")).unwrap();
+
+    let client = LinkClient::new(&ids[1], LinkTuning::default()).unwrap();
+    let out = std::thread::scope(|s| {
+        s.spawn(|| run_transfer(&reader_ctx, &Remote { client: &client, addr }, &settings(&rate, false), entries.clone(), 1, &mut Vec::new())).join().unwrap()
+    });
+    assert_eq!(out.result.counters.files_transferred, 0);
+    assert!(!dst.path().join("f").exists());
+    assert!(stats.refused_handshakes.load(Ordering::Relaxed) >= 1, "the writer refused the revoked reader's connection");
+
+    // And a reader that checks revocations never hands data to a revoked writer.
+    rt.block_on(revoke(&store, "writer")).unwrap();
+    let checking = LinkClient::new(&ids[1], LinkTuning::default()).unwrap().with_admission(admission);
+    let e = std::thread::scope(|s| s.spawn(|| checking.open(addr, "writer").map(|_| ())).join().unwrap()).unwrap_err();
+    assert!(e.to_string().contains("revoked"), "{e}");
 }

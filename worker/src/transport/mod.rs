@@ -129,14 +129,13 @@ impl Connector for Remote<'_> {
                 .unwrap_or_else(|p| p.into_inner())
                 .pick(attempt, self.lookup)
                 .ok_or_else(|| LinkError::Down("no agent that reaches the destination is online with a link address".into()))?;
-            let wire = self.client.open(w.addr, &w.name)?;
-            // The handshake proved the writer is `w.name`; its certificate's labels, not its
+            // The handshake proves the writer is `w.name`; its certificate's labels, not its
             // registration, say whether it may hold the destination.
-            let allowed = wire.peer().map(|peer| self.binding.reach(&peer.name, &peer.labels).destination);
-            if allowed.as_ref().is_ok_and(|ok| *ok) {
-                return Ok(Box::new(wire));
+            let peer = self.client.writer_agent(w.addr, &w.name)?;
+            if self.binding.reach(&peer.name, &peer.labels).destination {
+                return Ok(Box::new(self.client.open(w.addr, &w.name)?));
             }
-            tracing::warn!(writer = %w.name, addr = %w.addr, reason = ?allowed.err(), "WriterRefused: its certificate does not allow it this destination; skipping it");
+            tracing::warn!(writer = %w.name, addr = %w.addr, labels = ?peer.labels, "WriterRefused: its certificate does not allow it this destination; skipping it");
             self.choice.lock().unwrap_or_else(|p| p.into_inner()).refused.push(w.name);
         }
     }

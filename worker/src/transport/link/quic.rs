@@ -652,6 +652,13 @@ impl LinkClient {
         Ok(conn)
     }
 
+    /// The writer `name` at `addr` as its certificate names it, connecting if need be: a
+    /// reader checks what the writer may hold before it opens a stream.
+    pub fn writer_agent(&self, addr: SocketAddr, name: &str) -> Result<AgentCert, LinkError> {
+        let conn = self.connection(addr, name)?;
+        peer_agent(&conn).map_err(|e| LinkError::Down(format!("{name} at {addr}: {e}")))
+    }
+
     /// The path of the first connection to `addr`: its MTU, round trip and losses.
     pub fn path_stats(&self, addr: SocketAddr) -> Option<quinn::PathStats> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner()).get(&(addr, 0)).map(|c| c.stats().path)
@@ -709,13 +716,6 @@ impl LinkClient {
 
 /// Frames queued ahead of the stream by a reader.
 const WRITE_AHEAD: usize = 8;
-
-impl QuicWire {
-    /// The writer at the other end, as its certificate names it.
-    pub fn peer(&self) -> Result<AgentCert, PkiError> {
-        peer_agent(&self.conn)
-    }
-}
 
 /// A reader's stream to a writer.
 pub struct QuicWire {
