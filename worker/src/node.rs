@@ -311,3 +311,52 @@ async fn mover_loop(shared: Arc<MoverShared>, index: usize) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_common::store::MemStore;
+
+    fn holder(name: &str, host: &str, pid: u32) -> WorkerInfo {
+        WorkerInfo {
+            name: name.into(),
+            host: host.into(),
+            movers: 1,
+            pid,
+            locations: vec![],
+            started_unix_ms: 0,
+            labels: vec!["cloud".into()],
+            link_addr: Some("10.0.0.9:7400".into()),
+        }
+    }
+
+    async fn registered(store: &SharedStore, name: &str) -> WorkerInfo {
+        codec::decode(&store.get(&ferry_common::keys::worker(name)).await.unwrap().unwrap().value).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_live_agents_registration_is_not_taken_over() {
+        let store: SharedStore = Arc::new(MemStore::new());
+        let lease = store.lease_grant(Duration::from_secs(30)).await.unwrap();
+        let theirs = holder("w1", "other-host", 4242);
+        store.put(&ferry_common::keys::worker("w1"), codec::encode(&theirs).unwrap(), Some(lease)).await.unwrap();
+        let e = Node::join(store.clone(), "w1", Duration::from_secs(30), 1, &[], Some("127.0.0.1:1".into())).await.err().expect("refused");
+        assert!(e.to_string().contains("another agent is registered as w1") && e.to_string().contains("other-host"), "{e}");
+        let now = registered(&store, "w1").await;
+        assert_eq!((now.pid, now.host, now.link_addr), (theirs.pid, theirs.host, theirs.link_addr), "the registration is unchanged");
+    }
+
+    #[tokio::test]
+    async fn a_restarted_agent_replaces_the_registration_of_its_exited_process() {
+        let store: SharedStore = Arc::new(MemStore::new());
+        let lease = store.lease_grant(Duration::from_secs(30)).await.unwrap();
+        // A pid of this host that is not running: the previous process of this agent.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        store.put(&ferry_common::keys::worker("w1"), codec::encode(&holder("w1", &hostname(), gone)).unwrap(), Some(lease)).await.unwrap();
+        let node = Node::join(store.clone(), "w1", Duration::from_secs(30), 1, &[], None).await.unwrap();
+        assert_eq!(registered(&store, "w1").await.pid, std::process::id());
+        node.leave().await;
+    }
+}
