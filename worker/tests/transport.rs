@@ -607,7 +607,8 @@ fn a_reader_sends_nothing_to_a_writer_whose_certificate_lacks_the_destination_la
     // what it says); it would write whatever came to a destination of its own.
     let mut its_spec = spec.clone();
     its_spec.destination = elsewhere.path().display().to_string();
-    let (impostor, impostor_stats) = serve_writer(&rt, &ids[2], ExecContext::open_for(its_spec, Reach { source: false, destination: true }).unwrap(), Arc::default());
+    let (impostor, impostor_stats) =
+        serve_writer(&rt, &ids[2], ExecContext::open_for(its_spec, Reach { source: false, destination: true }).unwrap(), Arc::default());
     let reader_ctx = ExecContext::open_for(spec.clone(), Reach { source: true, destination: false }).unwrap();
     let _guard = rt.enter();
     let client = LinkClient::new(&ids[1], LinkTuning::default()).unwrap();
@@ -617,7 +618,8 @@ fn a_reader_sends_nothing_to_a_writer_whose_certificate_lacks_the_destination_la
         ferry_worker::transport::WriterAgent { name: "writer".into(), addr: real },
     ];
     let connector = ferry_worker::transport::Remote::new(&client, &spec.link, writers, 0, None);
-    let out = std::thread::scope(|s| s.spawn(|| run_transfer(&reader_ctx, &connector, &settings(&rate, false), entries.clone(), 1, &mut Vec::new())).join().unwrap());
+    let out =
+        std::thread::scope(|s| s.spawn(|| run_transfer(&reader_ctx, &connector, &settings(&rate, false), entries.clone(), 1, &mut Vec::new())).join().unwrap());
     assert!(out.result.failures.is_empty(), "{:?}", out.result.failures);
     assert_same_tree(src.path(), dst.path(), &entries);
     assert_eq!(files_under(elsewhere.path()), 0, "the impostor received nothing");
