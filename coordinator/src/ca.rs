@@ -60,8 +60,9 @@ pub enum CaCommand {
         /// Sign what is pending now and exit.
         #[arg(long)]
         once: bool,
-        /// Certificate lifetime in days.
-        #[arg(long, default_value_t = 365)]
+        /// Certificate lifetime in days. Agents renew theirs through this process when a
+        /// third of the lifetime is left, so short lifetimes cost nothing while it runs.
+        #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(i64).range(1..=3650))]
         days: i64,
     },
     /// Void every certificate issued to agent NAME until now: links refuse it from its next
@@ -142,6 +143,10 @@ pub fn run(args: &CaArgs) -> Result<(), UsageError> {
                     let n = pki::sign_pending(&store, &ca, *days).await.map_err(usage)?;
                     if n > 0 {
                         eprintln!("signed {n} agent certificate(s)");
+                    }
+                    let n = pki::sign_renewals(&store, &ca, *days).await.map_err(usage)?;
+                    if n > 0 {
+                        eprintln!("renewed {n} agent certificate(s)");
                     }
                     if *once {
                         return Ok(());

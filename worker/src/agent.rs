@@ -77,7 +77,7 @@ pub async fn start_link(store: &SharedStore, cfg: &AgentConfig) -> Result<(Arc<L
     agent.labels = certified_labels(&id, cfg, &setup.tls_dir)?;
     let admission = Arc::new(Admission::with_store(store.clone()));
     agent.client = Some(LinkClient::new(&id, setup.tuning.clone()).map_err(|e| e.to_string())?.with_admission(admission.clone()));
-    let mut advertise = None;
+    let (mut advertise, mut server) = (None, None);
     if let Some(listen) = setup.listen {
         let endpoint = quic::bind(listen, &id, &setup.tuning).map_err(|e| e.to_string())?;
         let bound = endpoint.local_addr().map_err(|e| format!("link endpoint: {e}"))?;
@@ -89,9 +89,47 @@ pub async fn start_link(store: &SharedStore, cfg: &AgentConfig) -> Result<(Arc<L
             None => bound.to_string(),
         });
         tracing::info!(listen = %bound, advertise = advertise.as_deref().unwrap_or(""), "LinkListening");
+        server = Some(endpoint.clone());
         tokio::spawn(quic::serve(endpoint, agent.registry.clone(), Arc::new(quic::ServeStats::default()), admission));
     }
-    Ok((Arc::new(agent), advertise))
+    let agent = Arc::new(agent);
+    tokio::spawn(keep_certificate_fresh(store.clone(), setup.clone(), id, agent.clone(), server));
+    Ok((agent, advertise))
+}
+
+/// How often an agent looks at its certificate's remaining lifetime.
+const RENEWAL_CHECK: Duration = Duration::from_secs(3600);
+
+/// Renews the agent's certificate when a third of its lifetime is left (certificates from
+/// `ferry ca serve` live 7 days by default), saves it, and has new connections use it. Open
+/// connections keep the certificate they were made with.
+async fn keep_certificate_fresh(store: SharedStore, setup: LinkSetup, mut id: Identity, agent: Arc<LinkAgent>, server: Option<quinn::Endpoint>) {
+    loop {
+        if id.due_for_renewal().unwrap_or(false) {
+            match pki::renew(&store, &id, Duration::from_secs(600)).await {
+                Ok(renewed) => {
+                    let applied = renewed.save(&setup.tls_dir).and_then(|()| {
+                        if let Some(client) = &agent.client {
+                            client.set_identity(&renewed)?;
+                        }
+                        if let Some(endpoint) = &server {
+                            endpoint.set_server_config(Some(quic::server_config(&renewed, &setup.tuning)?));
+                        }
+                        Ok(())
+                    });
+                    match applied {
+                        Ok(()) => {
+                            tracing::info!(agent = %agent.name, valid_until_unix = renewed.agent().map(|a| a.not_after_unix).unwrap_or(0), "AgentCertificateRenewed");
+                            id = renewed;
+                        }
+                        Err(e) => tracing::error!(agent = %agent.name, error = %e, "cannot use the renewed certificate; keeping the current one"),
+                    }
+                }
+                Err(e) => tracing::warn!(agent = %agent.name, error = %e, "certificate renewal failed; retrying within the hour"),
+            }
+        }
+        tokio::time::sleep(RENEWAL_CHECK).await;
+    }
 }
 
 /// The labels an agent with a certificate works under: those the CA put in it. Labels given on

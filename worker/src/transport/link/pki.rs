@@ -200,7 +200,8 @@ impl Identity {
     }
 
     pub fn load(dir: &Path) -> Result<Identity, PkiError> {
-        let hint = |e: PkiError| fail(format!("{e} (enroll this agent with --enroll-token, from 'ferry ca token')"));
+        Self::finish_save(dir)?;
+        let hint = |e: PkiError| fail(format!("{e} (enroll this agent with --enroll-token-file, from 'ferry ca token')"));
         Ok(Identity {
             ca_pem: read_public(&dir.join(CA_CERT), "CA certificate").map_err(hint)?,
             cert_pem: read_public(&dir.join(AGENT_CERT), "agent certificate").map_err(hint)?,
@@ -208,11 +209,32 @@ impl Identity {
         })
     }
 
+    /// Replaces the identity in `dir` so that a crash at any moment leaves a matching key and
+    /// certificate: both are written under `.new` names, then the key is renamed into place,
+    /// then the certificate. [`Identity::load`] completes or undoes an interrupted save.
     pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
         std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
-        write_private(&dir.join(AGENT_KEY), self.key_pem.as_bytes(), true)?;
-        std::fs::write(dir.join(AGENT_CERT), &self.cert_pem).map_err(|e| fail(format!("cannot write {}: {e}", dir.join(AGENT_CERT).display())))?;
-        std::fs::write(dir.join(CA_CERT), &self.ca_pem).map_err(|e| fail(format!("cannot write {}: {e}", dir.join(CA_CERT).display())))
+        let new = |name: &str| dir.join(format!("{name}.new"));
+        let rename = |from: &Path, to: &Path| std::fs::rename(from, to).map_err(|e| fail(format!("cannot replace {}: {e}", to.display())));
+        write_private(&new(AGENT_KEY), self.key_pem.as_bytes(), true)?;
+        write_private(&new(AGENT_CERT), self.cert_pem.as_bytes(), true)?;
+        std::fs::write(dir.join(CA_CERT), &self.ca_pem).map_err(|e| fail(format!("cannot write {}: {e}", dir.join(CA_CERT).display())))?;
+        rename(&new(AGENT_KEY), &dir.join(AGENT_KEY))?;
+        rename(&new(AGENT_CERT), &dir.join(AGENT_CERT))?;
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| fail(format!("cannot sync {}: {e}", dir.display())))
+    }
+
+    fn finish_save(dir: &Path) -> Result<(), PkiError> {
+        let (key_new, cert_new) = (dir.join(format!("{AGENT_KEY}.new")), dir.join(format!("{AGENT_CERT}.new")));
+        if key_new.exists() {
+            // Interrupted before the key moved: the old pair is whole.
+            let _ = std::fs::remove_file(&key_new);
+            let _ = std::fs::remove_file(&cert_new);
+        } else if cert_new.exists() {
+            // The new key is in place: its certificate must follow.
+            std::fs::rename(&cert_new, dir.join(AGENT_CERT)).map_err(|e| fail(format!("cannot finish replacing {}: {e}", dir.join(AGENT_CERT).display())))?;
+        }
+        Ok(())
     }
 
     /// Issues an identity directly from a CA on this host (tests, benchmarks, and operators
@@ -571,6 +593,144 @@ pub async fn sign_pending(store: &SharedStore, ca: &Ca, days: i64) -> Result<usi
     Ok(signed)
 }
 
+// ---- renewal: short-lived certificates, replaced before they expire ----
+
+/// `/ferry/v1/pki/renew/{name}`: an agent asks for a fresh certificate for a new key, proving
+/// it holds its current one.
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+pub struct RenewRequest {
+    /// The agent's current certificate (PEM).
+    pub cert: String,
+    /// The request for its new key.
+    pub csr: String,
+    /// The current key's signature over `csr` (hex): only the certificate's holder can ask.
+    pub signature: String,
+    /// Filled by the CA holder.
+    pub issued: Option<String>,
+    pub refused: Option<String>,
+}
+
+pub fn renew_prefix() -> Vec<u8> {
+    b"/ferry/v1/pki/renew/".to_vec()
+}
+
+fn renew_key(name: &str) -> Vec<u8> {
+    let mut k = renew_prefix();
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+impl Identity {
+    /// Less than a third of the certificate's lifetime is left: time to ask for a new one.
+    pub fn due_for_renewal(&self) -> Result<bool, PkiError> {
+        let me = self.agent()?;
+        let life = me.not_after_unix.saturating_sub(me.issued_unix);
+        Ok(now_unix() + life / 3 >= me.not_after_unix)
+    }
+}
+
+/// The agent's side: a new key and certificate with the same name and labels, signed by the
+/// CA holder (`ferry ca serve`) on the strength of the current certificate.
+pub async fn renew(store: &SharedStore, id: &Identity, wait: Duration) -> Result<Identity, PkiError> {
+    use rcgen::SigningKey;
+    let me = id.agent()?;
+    let (key_pem, csr) = key_and_csr(&me.name)?;
+    let current = KeyPair::from_pem(&id.key_pem).map_err(|e| fail(format!("bad agent key: {e}")))?;
+    let signature = current.sign(csr.as_bytes()).map_err(|e| fail(format!("cannot sign the renewal request: {e}")))?;
+    let request = RenewRequest { cert: id.cert_pem.clone(), csr, signature: hex::encode(signature), ..Default::default() };
+    let key = renew_key(&me.name);
+    store.put(&key, codec::encode(&request).map_err(|e| fail(e.to_string()))?, None).await.map_err(store_err)?;
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        if let Some(kv) = store.get(&key).await.map_err(store_err)? {
+            let r: RenewRequest = codec::decode(&kv.value).map_err(|e| fail(e.to_string()))?;
+            if let Some(why) = r.refused {
+                let _ = store.delete(&key).await;
+                return Err(fail(format!("renewal refused by the CA: {why}")));
+            }
+            if let Some(cert_pem) = r.issued {
+                let _ = store.delete(&key).await;
+                let renewed = Identity { ca_pem: id.ca_pem.clone(), cert_pem, key_pem };
+                renewed.server_tls()?;
+                let now = renewed.agent()?;
+                if now.name != me.name || now.labels != me.labels {
+                    return Err(fail("the renewed certificate names another agent or labels: renewal refused"));
+                }
+                return Ok(renewed);
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(fail(format!("no renewed certificate within {} s: is 'ferry ca serve' running?", wait.as_secs())));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+impl Ca {
+    /// Why a renewal request must not be signed, or the certificate it gets.
+    async fn answer_renewal(&self, store: &SharedStore, r: &RenewRequest, days: i64) -> Result<String, PkiError> {
+        let der = CertificateDer::from_pem_slice(r.cert.as_bytes()).map_err(|e| fail(format!("unreadable current certificate: {e}")))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(self.cert_pem.as_bytes()) {
+            roots.add(c.map_err(|e| fail(e.to_string()))?).map_err(|e| fail(e.to_string()))?;
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .build()
+            .map_err(|e| fail(e.to_string()))?;
+        verifier
+            .verify_client_cert(&der, &[], rustls::pki_types::UnixTime::now())
+            .map_err(|e| fail(format!("the current certificate is not a valid one from this CA ({e}): enroll the agent again with a token")))?;
+        let me = AgentCert::parse(&der)?;
+        if let Some(kv) = store.get(&revoked_key(&me.name)).await.map_err(store_err)? {
+            if codec::decode::<Revocation>(&kv.value).is_ok_and(|rv| rv.revoked_unix >= me.issued_unix) {
+                return Err(fail(format!("agent {} was revoked", me.name)));
+            }
+        }
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| fail(e.to_string()))?;
+        let signature = hex::decode(&r.signature).map_err(|_| fail("the renewal signature is not hex"))?;
+        aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1, &cert.public_key().subject_public_key.data)
+            .verify(r.csr.as_bytes(), &signature)
+            .map_err(|_| fail("the renewal request is not signed by the current certificate's key"))?;
+        let new = self.sign(&r.csr, &me.name, &me.labels, days)?;
+        let signed = AgentCert::parse(&CertificateDer::from_pem_slice(new.as_bytes()).map_err(|e| fail(e.to_string()))?)?;
+        let record = IssuedRecord { issued_unix: signed.issued_unix, not_after_unix: signed.not_after_unix };
+        store.put(&issued_key(&me.name), codec::encode(&record).map_err(|e| fail(e.to_string()))?, None).await.map_err(store_err)?;
+        Ok(new)
+    }
+}
+
+/// The CA holder's side of renewal: answers every pending request. Returns how many were
+/// signed.
+pub async fn sign_renewals(store: &SharedStore, ca: &Ca, days: i64) -> Result<usize, PkiError> {
+    let page = store.range(&renew_prefix(), Default::default()).await.map_err(store_err)?;
+    let mut signed = 0;
+    for kv in page.kvs {
+        let Ok(mut r) = codec::decode::<RenewRequest>(&kv.value) else {
+            let _ = store.delete(&kv.key).await;
+            continue;
+        };
+        if r.issued.is_some() || r.refused.is_some() {
+            continue;
+        }
+        let name = String::from_utf8_lossy(&kv.key[renew_prefix().len()..]).into_owned();
+        match ca.answer_renewal(store, &r, days).await {
+            Ok(cert) => {
+                tracing::info!(agent = %name, "AgentRenewed");
+                r.issued = Some(cert);
+                signed += 1;
+            }
+            Err(why) => {
+                tracing::warn!(agent = %name, reason = %why, "RenewalRefused");
+                r.refused = Some(why.0);
+            }
+        }
+        let value = codec::encode(&r).map_err(|e| fail(e.to_string()))?;
+        let txn = Txn::new().when([Compare::value_is(kv.key.clone(), kv.value.clone())]).and_then([TxnOp::put(kv.key.clone(), value)]);
+        store.txn(txn).await.map_err(store_err)?;
+    }
+    Ok(signed)
+}
+
 /// Voids every certificate signed for `name` until now. Links refuse them from the next
 /// connection on, and the name can be enrolled again.
 pub async fn revoke(store: &SharedStore, name: &str) -> Result<(), PkiError> {
@@ -764,6 +924,79 @@ mod tests {
         let token = create_token(&store, &ca, "w1", &[], Duration::from_secs(60)).await.unwrap();
         let second = enroll_with_ca(&store, &ca, &token, "w1").await.unwrap().agent().unwrap();
         admission.admit(&second, true).await.unwrap();
+    }
+
+    /// Renews `id` while the CA answers: the agent's result.
+    async fn renew_with_ca(store: &SharedStore, ca: &Ca, id: &Identity) -> Result<Identity, PkiError> {
+        let agent = renew(store, id, Duration::from_secs(5));
+        let signer = async {
+            loop {
+                sign_renewals(store, ca, 7).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::select! {
+            r = agent => r,
+            _ = signer => unreachable!(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_agent_renews_its_certificate_for_a_new_key_with_the_same_name_and_labels() {
+        let (_dir, ca, store) = setup();
+        let old = Identity::issue(&ca, "w1", &["onprem".into()], 30).unwrap();
+        assert!(!old.due_for_renewal().unwrap());
+        assert!(Identity::issue(&ca, "w1", &[], 0).unwrap().due_for_renewal().unwrap(), "a certificate at its end is due");
+        let new = renew_with_ca(&store, &ca, &old).await.unwrap();
+        let (a, b) = (old.agent().unwrap(), new.agent().unwrap());
+        assert_eq!((b.name.as_str(), b.labels.clone()), ("w1", vec!["onprem".to_string()]));
+        assert_ne!(old.key_pem, new.key_pem);
+        assert!(b.not_after_unix < a.not_after_unix, "7 days, not 30: {a:?} {b:?}");
+        // Saved, and loaded back whole.
+        let dir = tempfile::tempdir().unwrap();
+        old.save(dir.path()).unwrap();
+        new.save(dir.path()).unwrap();
+        assert_eq!(Identity::load(dir.path()).unwrap().key_pem, new.key_pem);
+    }
+
+    #[tokio::test]
+    async fn renewal_is_refused_without_the_current_key_for_a_revoked_agent_and_for_another_ca() {
+        let (_dir, ca, store) = setup();
+        let id = Identity::issue(&ca, "w1", &[], 30).unwrap();
+        // Someone with the (public) certificate but another key.
+        let thief = Identity { key_pem: key_and_csr("w1").unwrap().0, ..id.clone() };
+        let e = renew_with_ca(&store, &ca, &thief).await.unwrap_err();
+        assert!(e.0.contains("not signed by the current certificate's key"), "{e}");
+        // Another CA's certificate for the same name.
+        let (_other_dir, other_ca, _) = setup();
+        let stranger = Identity::issue(&other_ca, "w1", &[], 30).unwrap();
+        let e = renew_with_ca(&store, &ca, &stranger).await.unwrap_err();
+        assert!(e.0.contains("not a valid one from this CA"), "{e}");
+        // Revoked.
+        revoke(&store, "w1").await.unwrap();
+        let e = renew_with_ca(&store, &ca, &id).await.unwrap_err();
+        assert!(e.0.contains("revoked"), "{e}");
+    }
+
+    #[test]
+    fn an_interrupted_save_leaves_a_matching_key_and_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path()).unwrap();
+        let ca = Ca::load(dir.path()).unwrap();
+        let (old, new) = (Identity::issue(&ca, "w1", &[], 30).unwrap(), Identity::issue(&ca, "w1", &[], 30).unwrap());
+        let tls = dir.path().join("tls");
+        old.save(&tls).unwrap();
+        // Crashed before the key moved: the old pair stands.
+        write_private(&tls.join("agent.key.new"), new.key_pem.as_bytes(), true).unwrap();
+        write_private(&tls.join("agent.crt.new"), new.cert_pem.as_bytes(), true).unwrap();
+        let loaded = Identity::load(&tls).unwrap();
+        assert_eq!((loaded.key_pem.as_str(), loaded.cert_pem.as_str()), (old.key_pem.as_str(), old.cert_pem.as_str()));
+        // Crashed after the key moved: the new certificate follows it.
+        write_private(&tls.join("agent.key"), new.key_pem.as_bytes(), true).unwrap();
+        write_private(&tls.join("agent.crt.new"), new.cert_pem.as_bytes(), true).unwrap();
+        let loaded = Identity::load(&tls).unwrap();
+        assert_eq!((loaded.key_pem.as_str(), loaded.cert_pem.as_str()), (new.key_pem.as_str(), new.cert_pem.as_str()));
+        loaded.server_tls().unwrap();
     }
 
     #[test]

@@ -588,7 +588,8 @@ fn serve_stream(
 /// The reader side: connections to writers, by address.
 pub struct LinkClient {
     endpoint: quinn::Endpoint,
-    crypto: Arc<QuicClientConfig>,
+    /// Replaced when the agent's certificate is renewed; open connections keep theirs.
+    crypto: Mutex<Arc<QuicClientConfig>>,
     runtime: tokio::runtime::Handle,
     tuning: LinkTuning,
     conns: Mutex<HashMap<(SocketAddr, usize), quinn::Connection>>,
@@ -604,13 +605,20 @@ impl LinkClient {
         let crypto = Arc::new(QuicClientConfig::try_from(id.client_tls()?).map_err(pki_err)?);
         Ok(LinkClient {
             endpoint,
-            crypto,
+            crypto: Mutex::new(crypto),
             runtime: tokio::runtime::Handle::current(),
             tuning,
             conns: Mutex::new(HashMap::new()),
             next: Default::default(),
             admission: Arc::default(),
         })
+    }
+
+    /// New connections present `id` (after a renewal).
+    pub fn set_identity(&self, id: &Identity) -> Result<(), PkiError> {
+        let crypto = Arc::new(QuicClientConfig::try_from(id.client_tls()?).map_err(pki_err)?);
+        *self.crypto.lock().unwrap_or_else(|p| p.into_inner()) = crypto;
+        Ok(())
     }
 
     /// Refuses writers whose certificates `admission` refuses (revoked ones).
@@ -632,7 +640,7 @@ impl LinkClient {
         // for certain, and loopback's 64 KB would never be tried from a fixed Ethernet bound.
         let mut tuning = self.tuning.clone();
         tuning.max_mtu = route_payload(addr).map_or(tuning.max_mtu, |route| route.min(tuning.max_mtu));
-        let config = client_config(self.crypto.clone(), &tuning);
+        let config = client_config(self.crypto.lock().unwrap_or_else(|p| p.into_inner()).clone(), &tuning);
         let connecting = self.endpoint.connect_with(config, addr, name).map_err(|e| LinkError::Down(format!("cannot connect to {name} at {addr}: {e}")))?;
         let conn = self
             .runtime
