@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use ferry_common::config::EtcdArgs;
 use ferry_worker::transport::link::pki::{self, Ca, Identity};
 
 use crate::cli::{connect, runtime, UsageError};
@@ -31,8 +32,8 @@ pub enum CaCommand {
     },
     /// Create a single-use activation token for one agent, valid for --ttl.
     Token {
-        #[arg(long, value_delimiter = ',', required = true)]
-        etcd: Vec<String>,
+        #[command(flatten)]
+        etcd: EtcdArgs,
         /// How long the token stays valid: seconds, or with an s, m or h suffix.
         #[arg(long, default_value = "15m", value_parser = parse_duration)]
         ttl: Duration,
@@ -41,8 +42,8 @@ pub enum CaCommand {
     Serve {
         #[arg(long)]
         ca_dir: PathBuf,
-        #[arg(long, value_delimiter = ',', required = true)]
-        etcd: Vec<String>,
+        #[command(flatten)]
+        etcd: EtcdArgs,
         /// Sign what is pending now and exit.
         #[arg(long)]
         once: bool,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ferry_common::config::DaemonConfig;
 use ferry_common::schedule::FirePolicy;
-use ferry_common::store::{EtcdStore, RedbStore, SharedStore};
+use ferry_common::store::{EtcdConnect, EtcdStore, RedbStore, SharedStore};
 use ferry_common::task::SchedulePolicy;
 use ferry_worker::agent::{run_agent, AgentConfig};
 
@@ -20,8 +20,8 @@ use crate::control::{ControlConfig, ControlPlane, SystemClock};
 /// Everything the daemon needs, resolved from flags over the config file.
 pub struct DaemonSettings {
     pub name: String,
-    pub endpoints: Vec<String>,
-    pub credentials: Option<(String, String)>,
+    /// How to reach etcd; `None` on a single host (`--data-dir`).
+    pub etcd: Option<EtcdConnect>,
     pub data_dir: Option<PathBuf>,
     pub listen: Option<SocketAddr>,
     pub tokens: Option<Tokens>,
@@ -46,7 +46,7 @@ fn local_token(data_dir: &Path) -> Result<Tokens, String> {
 
 pub fn resolve(args: &CoordinatorArgs, cfg: &DaemonConfig, default_name: String) -> Result<DaemonSettings, String> {
     let c = &cfg.coordinator;
-    let endpoints = if args.etcd.is_empty() { cfg.etcd.endpoints.clone() } else { args.etcd.clone() };
+    let endpoints = if args.etcd.is_empty() { cfg.etcd.endpoints.clone() } else { args.etcd.etcd.clone() };
     let data_dir = args.data_dir.clone().or(c.data_dir.clone());
     if endpoints.is_empty() && data_dir.is_none() {
         return Err("give --etcd URL (a cluster) or --data-dir DIR (a single host, no etcd)".into());
@@ -88,8 +88,7 @@ pub fn resolve(args: &CoordinatorArgs, cfg: &DaemonConfig, default_name: String)
     }
     Ok(DaemonSettings {
         name: args.name.clone().or(c.name.clone()).unwrap_or(default_name),
-        credentials: if endpoints.is_empty() { None } else { cfg.etcd_credentials()? },
-        endpoints,
+        etcd: if endpoints.is_empty() { None } else { Some(cfg.etcd_connect(&args.etcd)?) },
         data_dir,
         listen,
         tokens,
@@ -105,18 +104,22 @@ pub fn run(s: DaemonSettings) -> i32 {
     });
     system.block_on(async move {
         let single_host = s.data_dir.is_some();
-        let store: SharedStore = match &s.data_dir {
-            Some(dir) => match RedbStore::open(&dir.join("ferry.redb")) {
+        let store: SharedStore = match (&s.data_dir, &s.etcd) {
+            (Some(dir), _) => match RedbStore::open(&dir.join("ferry.redb")) {
                 Ok(st) => Arc::new(st),
                 Err(e) => {
                     eprintln!("ferry: error: {e}");
                     return 2;
                 }
             },
-            None => match EtcdStore::connect_patiently(&s.endpoints, s.credentials.clone(), Duration::from_secs(30)).await {
+            (None, None) => {
+                eprintln!("ferry: error: give --etcd URL (a cluster) or --data-dir DIR (a single host, no etcd)");
+                return 2;
+            }
+            (None, Some(how)) => match EtcdStore::connect_patiently(how, Duration::from_secs(30)).await {
                 Ok(st) => Arc::new(st),
                 Err(e) => {
-                    eprintln!("ferry: error: {e} (start etcd, or fix --etcd)");
+                    eprintln!("ferry: error: {e}");
                     return 2;
                 }
             },
