@@ -107,9 +107,19 @@ pub struct CoordinatorArgs {
     /// Ended executions and events are deleted after this many days [default: 30].
     #[arg(long, value_name = "DAYS")]
     pub history_days: Option<u32>,
-    /// POST every event as JSON to this URL (at least once, in order).
+    /// Serve the API over HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The API certificate's private key (PEM, mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// POST every event as JSON to this URL (at least once, in order). Logs show only its
+    /// scheme://host:port: the path may hold a secret.
     #[arg(long, value_name = "URL")]
     pub webhook_url: Option<String>,
+    /// Trust only this CA (PEM) for an https:// webhook [default: the system's CAs].
+    #[arg(long, value_name = "FILE")]
+    pub webhook_cacert: Option<PathBuf>,
     /// Where report lines wait for tasks whose reports go to S3; in a cluster, a directory
     /// shared with the workers [default with --data-dir: DIR/report-work].
     #[arg(long, value_name = "DIR")]
