@@ -96,6 +96,9 @@ fn connect_failure(e: &ec::Error, opts: &EtcdConnect) -> (String, bool) {
     let text = format!("{e:?}").to_lowercase();
     let user = opts.user.as_deref().unwrap_or("");
     let cacert = opts.cacert.as_ref().map_or("--etcd-cacert FILE".to_string(), |p| format!("--etcd-cacert {}", p.display()));
+    if opts.user.is_none() && ["user name is empty", "invalid auth token", "user name not found", "permission denied"].iter().any(|n| text.contains(n)) {
+        return ("etcd requires a login: give --etcd-user USER and --etcd-password-file FILE".to_string(), false);
+    }
     let permanent: [(&[&str], String); 9] = [
         (&["authentication failed", "invalid user id or password"], format!("etcd refused user {user}: wrong password? (check --etcd-password-file)")),
         (
