@@ -130,6 +130,20 @@ fn connect_failure(e: &ec::Error, opts: &EtcdConnect) -> (String, bool) {
             return (reason, false);
         }
     }
+    // An etcd with --client-cert-auth drops a TLS client without a certificate; what reaches
+    // the client is a reset or a cancelled request rather than the alert.
+    let tls = opts.endpoints.iter().any(|e| e.starts_with("https://"));
+    if tls
+        && opts.cert.is_none()
+        && ["connection reset", "broken pipe", "certificaterequired", "canceled", "connection closed", "unexpectedeof", "unexpected eof"]
+            .iter()
+            .any(|n| text.contains(n))
+    {
+        return (
+            "etcd closed the TLS connection: does it ask for a client certificate? (give --etcd-cert and --etcd-key signed by a CA etcd trusts)".to_string(),
+            false,
+        );
+    }
     for (needle, reason) in [
         ("connection refused", "connection refused"),
         ("timed out", "timed out"),
