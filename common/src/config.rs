@@ -7,13 +7,19 @@
 //! log_format = "json"            # text | json
 //!
 //! [etcd]
-//! endpoints = ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
-//! user = "ferry"                 # optional
+//! endpoints = ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]
+//! cacert = "/etc/ferry/etcd-ca.crt"            # the CA that signed etcd's certificate
+//! cert = "/etc/ferry/etcd-client.crt"          # client certificate, when etcd asks for one
+//! key = "/etc/ferry/etcd-client.key"           # its key, mode 0600
+//! user = "ferry"                 # optional: etcd's own login (auth enable)
 //! password_file = "/etc/ferry/etcd-password"   # mode 0600; required with user
+//! insecure = false               # true allows http:// endpoints off this host
 //!
 //! [coordinator]
 //! name = "coord-a"               # default: host-pid
-//! listen = "127.0.0.1:7300"      # the HTTP API
+//! listen = "10.0.0.5:7300"       # the HTTP API
+//! tls_cert = "/etc/ferry/api.crt"              # serve the API over HTTPS (with tls_key)
+//! tls_key = "/etc/ferry/api.key"               # mode 0600
 //! api_token_file = "/etc/ferry/api-tokens"     # mode 0600, one token per line
 //! data_dir = "/var/lib/ferry"    # single host, no etcd: tasks and history in redb
 //! movers = 8                     # single host: embedded workers' movers
@@ -21,7 +27,8 @@
 //! schedule_catch_up_secs = 3600  # a missed slot younger than this runs once
 //! disable_schedule_after_failures = 3
 //! history_days = 30
-//! webhook_url = "http://hooks.example/ferry"   # events are POSTed here
+//! webhook_url = "https://hooks.example/ferry"  # events are POSTed here
+//! webhook_cacert = "/etc/ferry/hooks-ca.crt"   # trust this CA for the webhook (optional)
 //!
 //! [worker]
 //! name = "agent-1"               # required for workers (or --name)
@@ -56,6 +63,18 @@ pub struct EtcdConfig {
     pub user: Option<String>,
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// The CA certificate (PEM) that signed etcd's server certificate.
+    #[serde(default)]
+    pub cacert: Option<PathBuf>,
+    /// A client certificate (PEM) for etcd's `--client-cert-auth`.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM, mode 0600).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Allow plaintext `http://` endpoints off this host.
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]
@@ -72,6 +91,12 @@ pub struct CoordinatorSection {
     /// Bearer tokens for the API, one per line (mode 0600).
     #[serde(default)]
     pub api_token_file: Option<PathBuf>,
+    /// Serve the API over HTTPS with this certificate chain (PEM)...
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// ...and this private key (PEM, mode 0600).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
     /// Embedded workers' movers (single host).
     #[serde(default)]
     pub movers: Option<u32>,
@@ -90,6 +115,9 @@ pub struct CoordinatorSection {
     /// Events are POSTed here as JSON.
     #[serde(default)]
     pub webhook_url: Option<String>,
+    /// Trust this CA (PEM) for an https:// webhook, besides the system's.
+    #[serde(default)]
+    pub webhook_cacert: Option<PathBuf>,
     /// Where report lines wait for tasks whose reports go to S3 (shared with the workers).
     #[serde(default)]
     pub report_work_dir: Option<PathBuf>,
@@ -150,17 +178,69 @@ impl DaemonConfig {
         Ok(cfg)
     }
 
-    /// The etcd credentials, read from the password file.
-    pub fn etcd_credentials(&self) -> Result<Option<(String, String)>, String> {
-        match (&self.etcd.user, &self.etcd.password_file) {
-            (Some(user), Some(file)) => Ok(Some((user.clone(), read_secret(file)?))),
-            _ => Ok(None),
-        }
+    /// How the daemon reaches etcd: `args` (flags) over the `[etcd]` section.
+    #[cfg(feature = "etcd")]
+    pub fn etcd_connect(&self, args: &EtcdArgs) -> Result<crate::store::EtcdConnect, String> {
+        args.resolve(&self.etcd)
     }
 }
 
-/// Reads a secret file, refusing one that group or others can read.
-pub fn read_secret(path: &Path) -> Result<String, String> {
+/// The etcd flags every command and daemon takes (flattened into each with
+/// `#[command(flatten)]`). A flag overrides the same key of the config file's `[etcd]`.
+#[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+pub struct EtcdArgs {
+    /// etcd endpoints, comma-separated: https://HOST:2379 (http:// only on loopback, or with
+    /// --insecure-etcd).
+    #[cfg_attr(feature = "cli", arg(long, value_delimiter = ',', value_name = "URLS"))]
+    pub etcd: Vec<String>,
+    /// The CA certificate (PEM) that signed etcd's certificate [default: the system's CAs].
+    #[cfg_attr(feature = "cli", arg(long, value_name = "FILE"))]
+    pub etcd_cacert: Option<PathBuf>,
+    /// A client certificate (PEM) for an etcd started with --client-cert-auth.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "FILE"))]
+    pub etcd_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM, mode 0600).
+    #[cfg_attr(feature = "cli", arg(long, value_name = "FILE"))]
+    pub etcd_key: Option<PathBuf>,
+    /// Log in to etcd as this user (etcd's `auth enable`); needs --etcd-password-file.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "USER"))]
+    pub etcd_user: Option<String>,
+    /// A file holding the etcd user's password (mode 0600; refused if others can read it).
+    #[cfg_attr(feature = "cli", arg(long, value_name = "FILE"))]
+    pub etcd_password_file: Option<PathBuf>,
+    /// Allow plaintext http:// etcd endpoints off this host (tasks and tokens then cross the
+    /// network in the clear).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub insecure_etcd: bool,
+}
+
+impl EtcdArgs {
+    /// No endpoint given: a command then runs on its own (copy) or asks for one.
+    pub fn is_empty(&self) -> bool {
+        self.etcd.is_empty()
+    }
+
+    /// The settings to connect with: each flag over the same key of `cfg`, then checked (files
+    /// readable, pairs complete, no plaintext off loopback).
+    #[cfg(feature = "etcd")]
+    pub fn resolve(&self, cfg: &EtcdConfig) -> Result<crate::store::EtcdConnect, String> {
+        let how = crate::store::EtcdConnect {
+            endpoints: if self.etcd.is_empty() { cfg.endpoints.clone() } else { self.etcd.clone() },
+            cacert: self.etcd_cacert.clone().or(cfg.cacert.clone()),
+            cert: self.etcd_cert.clone().or(cfg.cert.clone()),
+            key: self.etcd_key.clone().or(cfg.key.clone()),
+            user: self.etcd_user.clone().or(cfg.user.clone()),
+            password_file: self.etcd_password_file.clone().or(cfg.password_file.clone()),
+            insecure: self.insecure_etcd || cfg.insecure,
+        };
+        how.check()?;
+        Ok(how)
+    }
+}
+
+/// Refuses a secret file (a password, a private key) that group or others can read.
+pub fn check_secret_mode(path: &Path) -> Result<(), String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
     if meta.permissions().mode() & 0o077 != 0 {
         return Err(format!(
@@ -170,6 +250,12 @@ pub fn read_secret(path: &Path) -> Result<String, String> {
             path.display()
         ));
     }
+    Ok(())
+}
+
+/// Reads a secret file, refusing one that group or others can read.
+pub fn read_secret(path: &Path) -> Result<String, String> {
+    check_secret_mode(path)?;
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
     Ok(text.trim_end_matches(['\n', '\r']).to_string())
 }
@@ -198,7 +284,10 @@ mod tests {
         );
         let c = DaemonConfig::load(&cfg).unwrap();
         assert_eq!(c.worker.movers, Some(4));
-        assert_eq!(c.etcd_credentials().unwrap(), Some(("ferry".into(), "s3cret".into())));
+        let how = c.etcd_connect(&EtcdArgs::default()).unwrap();
+        assert_eq!((how.user.as_deref(), how.password_file.as_deref()), (Some("ferry"), Some(pw.as_path())));
+        let flags = EtcdArgs { etcd: vec!["http://10.1.2.3:2379".into()], ..Default::default() };
+        assert!(c.etcd_connect(&flags).unwrap_err().contains("--insecure-etcd"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -16,6 +16,16 @@ pub struct EtcdServer {
     client_port: u16,
     peer_port: u16,
     extra: Option<String>,
+    tls: Option<EtcdTls>,
+}
+
+/// An etcd serving clients over TLS only: `cert`/`key` (PEM) are its own, and clients must
+/// present a certificate signed by `client_ca` (`--client-cert-auth`).
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
 }
 
 fn free_port() -> u16 {
@@ -46,9 +56,27 @@ impl EtcdServer {
     pub fn start_also_on(ip: Option<&str>) -> Option<EtcdServer> {
         let bin = etcd_binary()?;
         let data_dir = std::env::temp_dir().join(format!("ferry-etcd-{}-{}", std::process::id(), free_port()));
-        let mut server =
-            EtcdServer { child: None, endpoint: String::new(), data_dir, client_port: free_port(), peer_port: free_port(), extra: ip.map(str::to_string) };
+        let mut server = EtcdServer {
+            child: None,
+            endpoint: String::new(),
+            data_dir,
+            client_port: free_port(),
+            peer_port: free_port(),
+            extra: ip.map(str::to_string),
+            tls: None,
+        };
         server.endpoint = format!("http://127.0.0.1:{}", server.client_port);
+        server.spawn(&bin);
+        Some(server)
+    }
+
+    /// Like [`EtcdServer::start`], serving clients over TLS ([`EtcdTls`]) on loopback port
+    /// `client_port`, at `https://127.0.0.1:{client_port}`.
+    pub fn start_tls(client_port: u16, peer_port: u16, tls: EtcdTls) -> Option<EtcdServer> {
+        let bin = etcd_binary()?;
+        let data_dir = std::env::temp_dir().join(format!("ferry-etcd-{}-{client_port}", std::process::id()));
+        let endpoint = format!("https://127.0.0.1:{client_port}");
+        let mut server = EtcdServer { child: None, endpoint, data_dir, client_port, peer_port, extra: None, tls: Some(tls) };
         server.spawn(&bin);
         Some(server)
     }
@@ -60,7 +88,11 @@ impl EtcdServer {
 
     fn spawn(&mut self, bin: &std::path::Path) {
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file").arg(&tls.cert).arg("--key-file").arg(&tls.key).arg("--client-cert-auth").arg("--trusted-ca-file").arg(&tls.client_ca);
+        }
+        let child = cmd
             .arg("--name")
             .arg("ferry-test")
             .arg("--data-dir")

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use ferry_common::config::EtcdArgs;
 use ferry_worker::transport::link::pki::{self, Ca, Identity};
 
 use crate::cli::{connect, runtime, UsageError};
@@ -37,8 +38,8 @@ pub enum CaCommand {
     Token {
         #[arg(long)]
         ca_dir: PathBuf,
-        #[arg(long, value_delimiter = ',', required = true)]
-        etcd: Vec<String>,
+        #[command(flatten)]
+        etcd: EtcdArgs,
         /// The agent's name: the token enrolls this name only, and not while a live
         /// certificate carries it.
         #[arg(long)]
@@ -55,8 +56,8 @@ pub enum CaCommand {
     Serve {
         #[arg(long)]
         ca_dir: PathBuf,
-        #[arg(long, value_delimiter = ',', required = true)]
-        etcd: Vec<String>,
+        #[command(flatten)]
+        etcd: EtcdArgs,
         /// Sign what is pending now and exit.
         #[arg(long)]
         once: bool,
@@ -68,8 +69,8 @@ pub enum CaCommand {
     /// Void every certificate issued to agent NAME until now: links refuse it from its next
     /// connection (open ones within seconds), and the name can be enrolled again.
     Revoke {
-        #[arg(long, value_delimiter = ',', required = true)]
-        etcd: Vec<String>,
+        #[command(flatten)]
+        etcd: EtcdArgs,
         name: String,
     },
     /// Issue an agent's certificate and key directly into a directory (no token, no etcd).

@@ -13,7 +13,7 @@ use ferry_common::telemetry::{init_logging, LogFormat};
 
 use std::sync::Arc;
 
-use ferry_common::config::DaemonConfig;
+use ferry_common::config::{DaemonConfig, EtcdArgs};
 use ferry_common::store::{EtcdStore, SharedStore};
 
 use crate::cluster;
@@ -59,9 +59,8 @@ pub enum Command {
 
 #[derive(Args, Debug, Clone)]
 pub struct ClusterArgs {
-    /// etcd endpoints, comma-separated (e.g. http://127.0.0.1:2379).
-    #[arg(long, value_delimiter = ',', required = true)]
-    pub etcd: Vec<String>,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -72,9 +71,8 @@ pub struct CoordinatorArgs {
     /// Configuration file (TOML; see deploy/ferry.toml). Flags override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// etcd endpoints, comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    pub etcd: Vec<String>,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     /// This coordinator's name, unique among coordinators (default: host-pid).
     #[arg(long)]
     pub name: Option<String>,
@@ -109,9 +107,19 @@ pub struct CoordinatorArgs {
     /// Ended executions and events are deleted after this many days [default: 30].
     #[arg(long, value_name = "DAYS")]
     pub history_days: Option<u32>,
-    /// POST every event as JSON to this URL (at least once, in order).
+    /// Serve the API over HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The API certificate's private key (PEM, mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// POST every event as JSON to this URL (at least once, in order). Logs show only its
+    /// scheme://host:port: the path may hold a secret.
     #[arg(long, value_name = "URL")]
     pub webhook_url: Option<String>,
+    /// Trust only this CA (PEM) for an https:// webhook [default: the system's CAs].
+    #[arg(long, value_name = "FILE")]
+    pub webhook_cacert: Option<PathBuf>,
     /// Where report lines wait for tasks whose reports go to S3; in a cluster, a directory
     /// shared with the workers [default with --data-dir: DIR/report-work].
     #[arg(long, value_name = "DIR")]
@@ -127,9 +135,9 @@ pub struct ExecArgs {
 /// Where `ferry exec` finds executions: the HTTP API (`--api` or FERRY_API), or etcd directly.
 #[derive(Args, Debug, Clone)]
 pub struct ExecTarget {
-    /// Read executions straight from etcd instead of the API (list, describe, cancel).
-    #[arg(long, value_delimiter = ',')]
-    pub etcd: Vec<String>,
+    /// --etcd: read executions straight from etcd instead of the API (list, describe, cancel).
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     #[command(flatten)]
     pub api: crate::cli_api::ApiArgs,
 }
@@ -318,9 +326,9 @@ pub struct CommonArgs {
     /// No progress line, even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
-    /// Submit to a cluster through these etcd endpoints instead of running in this process.
-    #[arg(long, value_delimiter = ',')]
-    pub etcd: Vec<String>,
+    /// --etcd: submit to a cluster through etcd instead of running in this process.
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     #[command(flatten)]
     pub link: LinkArgs,
     /// smb:// locations: a file holding the SMB password (mode 0600). Without it the password
@@ -753,8 +761,10 @@ pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("the tokio runtime starts")
 }
 
-pub(crate) async fn connect(endpoints: &[String]) -> Result<SharedStore, UsageError> {
-    EtcdStore::connect(endpoints).await.map(|s| Arc::new(s) as SharedStore).map_err(|e| UsageError(format!("{e} (start etcd, or fix --etcd)")))
+/// Connects to etcd as the flags say; every failure is one line (exit 2).
+pub(crate) async fn connect(args: &EtcdArgs) -> Result<SharedStore, UsageError> {
+    let how = args.resolve(&Default::default()).map_err(UsageError)?;
+    EtcdStore::connect_with(&how).await.map(|s| Arc::new(s) as SharedStore).map_err(|e| UsageError(e.to_string()))
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -936,7 +946,7 @@ fn exec_command(cmd: &ExecCommand) -> Result<i32, UsageError> {
 }
 
 /// `ferry exec ... --etcd`: straight from the Store, for clusters run without the API.
-async fn exec_etcd_command(cmd: crate::cli_api::ExecApiCommand<'_>, etcd: &[String], json: bool) -> Result<(), UsageError> {
+async fn exec_etcd_command(cmd: crate::cli_api::ExecApiCommand<'_>, etcd: &EtcdArgs, json: bool) -> Result<(), UsageError> {
     use crate::cli_api::ExecApiCommand;
     let store = connect(etcd).await?;
     match cmd {

@@ -1,7 +1,8 @@
 //! `ferry task`, `ferry exec` and `ferry agent`: the CLI over the coordinator's HTTP API.
 //!
 //! The API is found with `--api URL` or `FERRY_API`; the token with `FERRY_API_TOKEN` or
-//! `--api-token-file`. Output is a table, or the API's JSON with `--json`.
+//! `--api-token-file`. An https:// API's certificate is verified: against `--api-cacert` (or
+//! `FERRY_API_CACERT`) when given, else against this host's trust store. Output is a table, or the API's JSON with `--json`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,9 +15,13 @@ use crate::progress::human_bytes;
 
 #[derive(Args, Debug, Clone)]
 pub struct ApiArgs {
-    /// The coordinator's API, e.g. http://127.0.0.1:7300 [env: FERRY_API].
+    /// The coordinator's API, e.g. https://ferry.example:7300 [env: FERRY_API].
     #[arg(long)]
     pub api: Option<String>,
+    /// Trust only this CA (PEM) for an https:// API [env: FERRY_API_CACERT; default: the
+    /// system's CAs].
+    #[arg(long, value_name = "FILE")]
+    pub api_cacert: Option<PathBuf>,
     /// A file holding the bearer token (or set FERRY_API_TOKEN).
     #[arg(long)]
     pub api_token_file: Option<PathBuf>,
@@ -154,7 +159,12 @@ impl ApiClient {
             }
             (None, env) => env,
         };
-        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
+        let cacert = args.api_cacert.clone().or_else(|| std::env::var_os("FERRY_API_CACERT").filter(|s| !s.is_empty()).map(PathBuf::from));
+        if cacert.is_some() && !base.starts_with("https://") {
+            return Err(UsageError(format!("--api-cacert is for an https:// API, but the API is {base} (use https://)")));
+        }
+        let tls = crate::tls::client_config("--api-cacert", cacert.as_deref()).map_err(UsageError)?;
+        let agent = crate::tls::agent(tls, Duration::from_secs(30));
         Ok(ApiClient { base: base.trim_end_matches('/').to_string(), token, agent })
     }
 
@@ -175,6 +185,14 @@ impl ApiClient {
                 let msg = body["Error"]["Message"].as_str().unwrap_or("no message").to_string();
                 let hint = if code == 401 { " (set FERRY_API_TOKEN or --api-token-file)" } else { "" };
                 Err(UsageError(format!("{msg}{hint} [HTTP {code}]")))
+            }
+            Err(ureq::Error::Transport(t)) if t.to_string().contains(crate::tls::TLS_FAILED) => {
+                let text = t.to_string();
+                let reason = text.split(crate::tls::TLS_FAILED).nth(1).unwrap_or("").to_string();
+                Err(UsageError(format!(
+                    "the ferry API at {}: TLS handshake failed: {reason} (give the API's CA with --api-cacert FILE or FERRY_API_CACERT)",
+                    self.base
+                )))
             }
             Err(ureq::Error::Transport(t)) => Err(UsageError(format!(
                 "cannot reach the ferry API at {}: {t} (is `ferry coordinator --listen` running there? check --api or FERRY_API)",

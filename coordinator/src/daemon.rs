@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ferry_common::config::DaemonConfig;
 use ferry_common::schedule::FirePolicy;
-use ferry_common::store::{EtcdStore, RedbStore, SharedStore};
+use ferry_common::store::{EtcdConnect, EtcdStore, RedbStore, SharedStore};
 use ferry_common::task::SchedulePolicy;
 use ferry_worker::agent::{run_agent, AgentConfig};
 
@@ -20,13 +20,17 @@ use crate::control::{ControlConfig, ControlPlane, SystemClock};
 /// Everything the daemon needs, resolved from flags over the config file.
 pub struct DaemonSettings {
     pub name: String,
-    pub endpoints: Vec<String>,
-    pub credentials: Option<(String, String)>,
+    /// How to reach etcd; `None` on a single host (`--data-dir`).
+    pub etcd: Option<EtcdConnect>,
     pub data_dir: Option<PathBuf>,
     pub listen: Option<SocketAddr>,
     pub tokens: Option<Tokens>,
+    /// Serve the API over HTTPS with this.
+    pub api_tls: Option<rustls::ServerConfig>,
     pub movers: usize,
     pub control: ControlConfig,
+    /// How webhooks verify an https:// receiver.
+    pub webhook_tls: Arc<rustls::ClientConfig>,
 }
 
 /// Creates (once) and reads the single host's own API token: `{data_dir}/api-token`, 0600.
@@ -46,7 +50,7 @@ fn local_token(data_dir: &Path) -> Result<Tokens, String> {
 
 pub fn resolve(args: &CoordinatorArgs, cfg: &DaemonConfig, default_name: String) -> Result<DaemonSettings, String> {
     let c = &cfg.coordinator;
-    let endpoints = if args.etcd.is_empty() { cfg.etcd.endpoints.clone() } else { args.etcd.clone() };
+    let endpoints = if args.etcd.is_empty() { cfg.etcd.endpoints.clone() } else { args.etcd.etcd.clone() };
     let data_dir = args.data_dir.clone().or(c.data_dir.clone());
     if endpoints.is_empty() && data_dir.is_none() {
         return Err("give --etcd URL (a cluster) or --data-dir DIR (a single host, no etcd)".into());
@@ -68,6 +72,15 @@ pub fn resolve(args: &CoordinatorArgs, cfg: &DaemonConfig, default_name: String)
         (Some(_), None, Some(d)) => Some(local_token(d)?),
         (Some(_), None, None) => return Err("--listen needs --api-token-file FILE (one bearer token per line, mode 0600)".into()),
     };
+    let api_tls = match (args.tls_cert.clone().or(c.tls_cert.clone()), args.tls_key.clone().or(c.tls_key.clone())) {
+        (Some(cert), Some(key)) if listen.is_some() => Some(crate::tls::server_config(&cert, &key)?),
+        (Some(_), Some(_)) => return Err("--tls-cert and --tls-key are for the API: give --listen ADDR too".into()),
+        (Some(_), None) => return Err("--tls-cert needs --tls-key FILE (the certificate's private key, mode 0600)".into()),
+        (None, Some(_)) => return Err("--tls-key needs --tls-cert FILE (the API's certificate chain, PEM)".into()),
+        (None, None) => None,
+    };
+    let webhook_cacert = args.webhook_cacert.clone().or(c.webhook_cacert.clone());
+    let webhook_tls = crate::tls::client_config("--webhook-cacert", webhook_cacert.as_deref())?;
     let control = ControlConfig {
         schedule: SchedulePolicy { min_interval_secs: args.min_schedule_interval.or(c.min_schedule_interval_secs).unwrap_or(3600) },
         fire: FirePolicy {
@@ -82,17 +95,22 @@ pub fn resolve(args: &CoordinatorArgs, cfg: &DaemonConfig, default_name: String)
         reconcile_every: ControlConfig::default().reconcile_every,
     };
     if let Some(url) = &control.webhook {
+        // The URL may hold a secret: errors show its origin only.
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(format!("--webhook-url {url:?} must be an http:// or https:// URL"));
+            return Err(format!("--webhook-url {} must be an http:// or https:// URL", crate::tls::url_origin(url)));
+        }
+        if url.starts_with("http://") && webhook_cacert.is_some() {
+            return Err("--webhook-cacert is for an https:// webhook, but --webhook-url is http://".into());
         }
     }
     Ok(DaemonSettings {
         name: args.name.clone().or(c.name.clone()).unwrap_or(default_name),
-        credentials: if endpoints.is_empty() { None } else { cfg.etcd_credentials()? },
-        endpoints,
+        etcd: if endpoints.is_empty() { None } else { Some(cfg.etcd_connect(&args.etcd)?) },
         data_dir,
         listen,
         tokens,
+        api_tls,
+        webhook_tls,
         movers: args.movers.or(c.movers).unwrap_or(4).clamp(1, 256) as usize,
         control,
     })
@@ -105,28 +123,33 @@ pub fn run(s: DaemonSettings) -> i32 {
     });
     system.block_on(async move {
         let single_host = s.data_dir.is_some();
-        let store: SharedStore = match &s.data_dir {
-            Some(dir) => match RedbStore::open(&dir.join("ferry.redb")) {
+        let store: SharedStore = match (&s.data_dir, &s.etcd) {
+            (Some(dir), _) => match RedbStore::open(&dir.join("ferry.redb")) {
                 Ok(st) => Arc::new(st),
                 Err(e) => {
                     eprintln!("ferry: error: {e}");
                     return 2;
                 }
             },
-            None => match EtcdStore::connect_patiently(&s.endpoints, s.credentials.clone(), Duration::from_secs(30)).await {
+            (None, None) => {
+                eprintln!("ferry: error: give --etcd URL (a cluster) or --data-dir DIR (a single host, no etcd)");
+                return 2;
+            }
+            (None, Some(how)) => match EtcdStore::connect_patiently(how, Duration::from_secs(30)).await {
                 Ok(st) => Arc::new(st),
                 Err(e) => {
-                    eprintln!("ferry: error: {e} (start etcd, or fix --etcd)");
+                    eprintln!("ferry: error: {e}");
                     return 2;
                 }
             },
         };
-        let control = Arc::new(ControlPlane::new(store.clone(), s.control));
+        let control = Arc::new(ControlPlane::new(store.clone(), s.control).with_webhook_tls(s.webhook_tls));
         let (tx, rx) = tokio::sync::watch::channel(false);
+        let https = s.api_tls.is_some();
         let server = match (s.listen, s.tokens) {
-            (Some(addr), Some(tokens)) => match api::serve(control.clone(), addr, tokens) {
+            (Some(addr), Some(tokens)) => match api::serve(control.clone(), addr, tokens, s.api_tls) {
                 Ok(server) => {
-                    tracing::info!(listen = %addr, "ApiListening");
+                    tracing::info!(listen = %addr, scheme = if https { "https" } else { "http" }, "ApiListening");
                     let handle = server.handle();
                     tokio::spawn(server);
                     Some(handle)

@@ -12,3 +12,4 @@ pub mod driver;
 pub mod embedded;
 pub mod progress;
 pub mod report;
+pub mod tls;

@@ -271,7 +271,18 @@ impl LocalCluster {
             }
             None => Command::new(&worker_bin),
         };
-        cmd.args(["--etcd", &endpoint, "--name", &w.name, "--movers", &self.o.movers.to_string(), "--lease-ttl", &self.o.lease_ttl_s.to_string()]);
+        // In namespaces the endpoint is the bridge address, off loopback: plaintext by choice.
+        cmd.args([
+            "--etcd",
+            &endpoint,
+            "--insecure-etcd",
+            "--name",
+            &w.name,
+            "--movers",
+            &self.o.movers.to_string(),
+            "--lease-ttl",
+            &self.o.lease_ttl_s.to_string(),
+        ]);
         if self.o.links {
             // Without namespaces every worker shares 127.0.0.1, so each gets its own port.
             let port = if w.netns.is_some() { 7420 } else { 7420 + i };

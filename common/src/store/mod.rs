@@ -37,7 +37,7 @@ mod redb;
 pub use self::redb::RedbStore;
 pub use conformance::run_conformance_suite;
 #[cfg(feature = "etcd")]
-pub use etcd::EtcdStore;
+pub use etcd::{EtcdConnect, EtcdStore};
 pub use mem::MemStore;
 
 use std::fmt;

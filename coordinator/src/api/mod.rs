@@ -150,7 +150,8 @@ fn json_error(err: impl std::fmt::Display) -> actix_web::Error {
 }
 
 /// Serves the API until the process ends. Runs its own actix system on `threads` workers.
-pub fn serve(control: Arc<ControlPlane>, listen: SocketAddr, tokens: Tokens) -> std::io::Result<actix_web::dev::Server> {
+/// Serves the API on `listen`: HTTPS when `tls` is given, else plain HTTP.
+pub fn serve(control: Arc<ControlPlane>, listen: SocketAddr, tokens: Tokens, tls: Option<rustls::ServerConfig>) -> std::io::Result<actix_web::dev::Server> {
     let data = web::Data::new(control);
     let server = HttpServer::new(move || {
         let tokens = tokens.clone();
@@ -202,10 +203,12 @@ pub fn serve(control: Arc<ControlPlane>, listen: SocketAddr, tokens: Tokens) -> 
             }))
     })
     .workers(2)
-    .disable_signals()
-    .bind(listen)?
-    .run();
-    Ok(server)
+    .disable_signals();
+    let server = match tls {
+        Some(cfg) => server.bind_rustls_0_23(listen, cfg)?,
+        None => server.bind(listen)?,
+    };
+    Ok(server.run())
 }
 
 #[utoipa::path(get, path = "/v1/health", security(()), responses((status = 200, body = Health)))]

@@ -129,6 +129,8 @@ pub struct LeaderState {
 pub struct ControlPlane {
     store: SharedStore,
     pub cfg: ControlConfig,
+    /// How an https:// webhook is verified [default: this host's trust store].
+    webhook_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 fn decode_kv<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<T> {
@@ -161,7 +163,13 @@ fn pending_exec(key: &[u8]) -> String {
 
 impl ControlPlane {
     pub fn new(store: SharedStore, cfg: ControlConfig) -> Self {
-        ControlPlane { store, cfg }
+        ControlPlane { store, cfg, webhook_tls: None }
+    }
+
+    /// Verify an https:// webhook receiver with `tls` (e.g. one trusting `--webhook-cacert`).
+    pub fn with_webhook_tls(mut self, tls: Arc<rustls::ClientConfig>) -> Self {
+        self.webhook_tls = Some(tls);
+        self
     }
 
     pub fn store(&self) -> &SharedStore {
@@ -489,7 +497,8 @@ impl ControlPlane {
         if let Some(url) = self.cfg.webhook.clone() {
             if now >= st.webhook_backoff_until_ms {
                 if let Err(e) = self.deliver_webhook(&url).await {
-                    tracing::warn!(error = %e, url = %url, "webhook delivery failed; retrying in 10 s");
+                    // The URL's path or query may hold a secret: log its origin only.
+                    tracing::warn!(error = %e, webhook = %crate::tls::url_origin(&url), "webhook delivery failed; retrying in 10 s");
                     st.webhook_backoff_until_ms = now + 10_000;
                 }
             }
@@ -781,18 +790,42 @@ impl ControlPlane {
         let cursor_key = format!("{}webhook-cursor", keys::ROOT).into_bytes();
         let cursor = self.store.get(&cursor_key).await?.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
         let events = self.list_events(cursor.as_deref(), 100).await?;
+        if events.is_empty() {
+            return Ok(());
+        }
+        let tls = match &self.webhook_tls {
+            Some(t) => t.clone(),
+            None => crate::tls::client_config("--webhook-cacert", None).map_err(ControlError::Store)?,
+        };
+        let agent = crate::tls::agent(tls, std::time::Duration::from_secs(5));
         for (key, ev) in events {
             let url = url.to_string();
+            let agent = agent.clone();
             let body = serde_json::to_value(&ev).map_err(|e| ControlError::Store(e.to_string()))?;
-            let sent = tokio::task::spawn_blocking(move || {
-                ureq::post(&url).timeout(std::time::Duration::from_secs(5)).send_json(body).map(|_| ()).map_err(|e| e.to_string())
-            })
-            .await
-            .map_err(|e| ControlError::Store(e.to_string()))?;
+            let sent = tokio::task::spawn_blocking(move || agent.post(&url).send_json(body).map(|_| ()).map_err(|e| webhook_error(&e)))
+                .await
+                .map_err(|e| ControlError::Store(e.to_string()))?;
             sent.map_err(ControlError::Store)?;
             self.store.put(&cursor_key, key.into_bytes(), None).await?;
         }
         Ok(())
+    }
+}
+
+/// A failed delivery in words, without the URL (ureq's own message starts with it).
+fn webhook_error(e: &ureq::Error) -> String {
+    match e {
+        ureq::Error::Status(code, _) => format!("the receiver answered HTTP {code}"),
+        ureq::Error::Transport(t) => {
+            let mut msg = t.kind().to_string();
+            if let Some(m) = t.message() {
+                msg = format!("{msg}: {m}");
+            }
+            if let Some(src) = std::error::Error::source(t) {
+                msg = format!("{msg}: {src}");
+            }
+            msg
+        }
     }
 }
 

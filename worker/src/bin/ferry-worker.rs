@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use ferry_common::config::DaemonConfig;
+use ferry_common::config::{DaemonConfig, EtcdArgs};
 use ferry_common::store::{EtcdStore, SharedStore};
 use ferry_common::telemetry::{init_logging, LogFormat};
 use ferry_worker::agent::{run_agent, start_link, AgentConfig, LinkSetup};
@@ -15,9 +15,8 @@ struct Args {
     /// Configuration file (TOML; see deploy/ferry.toml). Flags override it.
     #[arg(long)]
     config: Option<std::path::PathBuf>,
-    /// etcd endpoints, comma-separated (e.g. http://127.0.0.1:2379).
-    #[arg(long, value_delimiter = ',')]
-    etcd: Vec<String>,
+    #[command(flatten)]
+    etcd: EtcdArgs,
     /// This agent's name, unique in the cluster.
     #[arg(long)]
     name: Option<String>,
@@ -90,12 +89,11 @@ fn main() {
         Some(path) => DaemonConfig::load(path).unwrap_or_else(|e| fail(&e)),
         None => DaemonConfig::default(),
     };
-    let endpoints = if args.etcd.is_empty() { cfg.etcd.endpoints.clone() } else { args.etcd.clone() };
-    if endpoints.is_empty() {
+    if args.etcd.is_empty() && cfg.etcd.endpoints.is_empty() {
         fail("no etcd endpoint (give --etcd URL or [etcd] endpoints in --config)");
     }
     let name = args.name.clone().or(cfg.worker.name.clone()).unwrap_or_else(|| fail("no worker name (give --name NAME or [worker] name in --config)"));
-    let credentials = cfg.etcd_credentials().unwrap_or_else(|e| fail(&e));
+    let etcd = cfg.etcd_connect(&args.etcd).unwrap_or_else(|e| fail(&e));
     let movers = args.movers.or(cfg.worker.movers).unwrap_or(8).clamp(1, 256) as usize;
     let lease_ttl = args.lease_ttl.or(cfg.worker.lease_ttl_secs).unwrap_or(10).clamp(2, 300);
     let log_format = args.log_format.clone().or(cfg.log_format.clone()).unwrap_or_else(|| "text".into());
@@ -144,10 +142,10 @@ fn main() {
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("the tokio runtime starts")
     });
     let code = system.block_on(async move {
-        let store: SharedStore = match EtcdStore::connect_patiently(&endpoints, credentials, Duration::from_secs(30)).await {
+        let store: SharedStore = match EtcdStore::connect_patiently(&etcd, Duration::from_secs(30)).await {
             Ok(s) => Arc::new(s),
             Err(e) => {
-                eprintln!("ferry-worker: error: {e} (start etcd or fix --etcd)");
+                eprintln!("ferry-worker: error: {e}");
                 return 2;
             }
         };
