@@ -81,6 +81,17 @@ fn meta_of(st: &libc::stat) -> Meta {
     }
 }
 
+/// The file type `mknod` makes for a special file's kind.
+fn node_type(kind: EntryKind) -> Option<u32> {
+    Some(match kind {
+        EntryKind::Fifo => libc::S_IFIFO,
+        EntryKind::Socket => libc::S_IFSOCK,
+        EntryKind::CharDev => libc::S_IFCHR,
+        EntryKind::BlockDev => libc::S_IFBLK,
+        _ => return None,
+    })
+}
+
 /// Removes `name` under `dir`, recursively for directories. Returns how many non-directory
 /// entries were removed (what `sync` reports as deleted).
 pub fn remove_tree_at(dir: RawFd, name: &[u8]) -> io::Result<u64> {
@@ -441,13 +452,21 @@ impl Location for LocalLocation {
         let made = match special {
             Special::Symlink { target } => sys::symlink_at(target, d, &temp).map_err(|e| self.err("create symlink", rel, &e)),
             // Never opened: a FIFO would block, a device would be read.
-            Special::Node => sys::mknod_at(d, &temp, meta.mode.unwrap_or(libc::S_IFIFO | 0o644), meta.rdev).map_err(|e| {
-                let mut err = self.err("create special file", rel, &e);
-                if matches!(err.kind, ErrorKind::PermissionDenied | ErrorKind::Unsupported) {
-                    err.kind = ErrorKind::Unsupported;
-                }
-                err
-            }),
+            // The node's type comes from its kind, never from a mode that may say otherwise:
+            // a "FIFO" must not become a block device.
+            Special::Node => node_type(meta.kind())
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("a {} is not a special file", meta.kind().as_str())))
+                .and_then(|t| {
+                    let rdev = if matches!(meta.kind(), EntryKind::CharDev | EntryKind::BlockDev) { meta.rdev } else { 0 };
+                    sys::mknod_at(d, &temp, t | meta.perm().unwrap_or(0o644), rdev)
+                })
+                .map_err(|e| {
+                    let mut err = self.err("create special file", rel, &e);
+                    if matches!(err.kind, ErrorKind::PermissionDenied | ErrorKind::Unsupported) {
+                        err.kind = ErrorKind::Unsupported;
+                    }
+                    err
+                }),
         };
         let done = made.and_then(|()| self.apply_meta_at(d, &temp, meta, xattrs).map_err(|e| self.err("set metadata on", rel, &e)));
         if let Err(e) = done {
