@@ -94,6 +94,12 @@ fn node_type(kind: EntryKind) -> Option<u32> {
 
 /// Removes `name` under `dir`, recursively for directories. Returns how many non-directory
 /// entries were removed (what `sync` reports as deleted).
+///
+/// Iterative, with one directory open at a time: a destination may hold a chain of any
+/// depth (100,000 directories deep overflowed the stack of a recursive walk, and holding a
+/// descriptor per level runs out of them). It goes down by name with `O_NOFOLLOW` and back
+/// up through `..`, which must be the very directory it came from (device and inode), or it
+/// stops: a directory moved meanwhile must not lead it out of the tree.
 pub fn remove_tree_at(dir: RawFd, name: &[u8]) -> io::Result<u64> {
     let Some(st) = sys::lstat_at(dir, name)? else {
         return Ok(0);
@@ -102,24 +108,64 @@ pub fn remove_tree_at(dir: RawFd, name: &[u8]) -> io::Result<u64> {
         sys::unlink_at(dir, name, false)?;
         return Ok(1);
     }
-    let sub = sys::open_dir_at(dir, name)?;
+    /// A directory on the way down: its name in its parent, its identity, and where its
+    /// listing goes on after the subdirectory being removed.
+    struct Level {
+        name: Vec<u8>,
+        id: (u64, u64),
+        resume: Option<i64>,
+    }
+    let id_of = |fd: RawFd| sys::fstat(fd).map(|st| (st.st_dev, st.st_ino));
+    let mut cur = sys::open_dir_at(dir, name)?;
+    let mut levels = vec![Level { name: name.to_vec(), id: id_of(cur.as_raw_fd())?, resume: None }];
     let mut removed = 0;
-    let mut reader = sys::DirReader::new(sub, None)?;
-    let mut names = Vec::new();
-    while let Some(e) = reader.next_entry()? {
-        names.push(e.name);
-        // Delete in batches so huge directories do not need all names in memory.
-        if names.len() == 4096 {
-            for n in names.drain(..) {
-                removed += remove_tree_at(reader.fd(), &n)?;
+    while let Some(top) = levels.last_mut() {
+        let resumed = top.resume.take();
+        let mut reader = sys::DirReader::new(sys::open_dir_at(cur.as_raw_fd(), b".")?, resumed)?;
+        let mut down = None;
+        while let Some(e) = reader.next_entry()? {
+            if matches!(e.d_type, libc::DT_DIR | libc::DT_UNKNOWN) {
+                match sys::lstat_at(reader.fd(), &e.name)? {
+                    None => continue,
+                    Some(s) if s.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+                        down = Some((e.name, e.cookie));
+                        break;
+                    }
+                    Some(_) => {}
+                }
+            }
+            match sys::unlink_at(reader.fd(), &e.name, false) {
+                Ok(()) => removed += 1,
+                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(err) => return Err(err),
             }
         }
+        drop(reader);
+        if let Some((child, cookie)) = down {
+            top.resume = Some(cookie);
+            let fd = sys::open_dir_at(cur.as_raw_fd(), &child)?;
+            levels.push(Level { name: child, id: id_of(fd.as_raw_fd())?, resume: None });
+            cur = fd;
+            continue;
+        }
+        if resumed.is_some() {
+            // Removals may shift where a listing resumes on some file systems: the
+            // directory counts as empty only after a pass from its start.
+            continue;
+        }
+        let Some(done) = levels.pop() else { break };
+        let Some(parent_level) = levels.last() else {
+            drop(cur);
+            sys::unlink_at(dir, &done.name, true)?;
+            return Ok(removed);
+        };
+        let parent = sys::open_at(cur.as_raw_fd(), b"..", libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)?;
+        if id_of(parent.as_raw_fd())? != parent_level.id {
+            return Err(io::Error::other(format!("a directory above {} was moved while it was removed; run again", paths::display(&done.name))));
+        }
+        sys::unlink_at(parent.as_raw_fd(), &done.name, true)?;
+        cur = parent;
     }
-    for n in names {
-        removed += remove_tree_at(reader.fd(), &n)?;
-    }
-    drop(reader);
-    sys::unlink_at(dir, name, true)?;
     Ok(removed)
 }
 
