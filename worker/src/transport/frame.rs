@@ -768,7 +768,14 @@ mod tests {
         round_trip(&Frame::End { id: 2, size: 99, crc32c: 5 });
         round_trip(&Frame::Ack { id: 2, offset: 64, status: status::RESUME_AT });
         round_trip(&Frame::Error { code: Code::CrcMismatch as u16, message: "chunk at 0 failed its CRC32C".into() });
-        round_trip(&Frame::Header(FileHeader { kind: entry_kind::SYMLINK, target: b"../elsewhere".to_vec(), size: 0, crc32c: Some(3), ..header(b"l") }));
+        round_trip(&Frame::Header(FileHeader {
+            kind: entry_kind::SYMLINK,
+            target: b"../elsewhere".to_vec(),
+            size: 0,
+            mode: 0o120777,
+            crc32c: Some(3),
+            ..header(b"l")
+        }));
         round_trip(&Frame::Hello(Hello { exec: "e1".into(), agent: "w1".into() }));
         let part = |offset, len| Some(PartTarget { upload: "u1".into(), offset, len });
         round_trip(&Frame::Header(FileHeader { size: 100, part: part(50, 50), decided: true, ..header(b"big") }));
@@ -881,7 +888,8 @@ mod tests {
         }
 
         #[test]
-        fn headers_round_trip(path in "[a-z]{1,8}(/[a-z0-9._-]{1,8}){0,5}", size: u64, mode: u32, sec: i64, nsec in 0u32..1_000_000_000) {
+        fn headers_round_trip(path in "[a-z]{1,8}(/[a-z0-9._-]{1,8}){0,5}", size: u64, perm in 0u32..0o10000, sec: i64, nsec in 0u32..1_000_000_000) {
+            let mode = libc::S_IFREG | perm;
             prop_assume!(paths::is_safe_relative(path.as_bytes()));
             let h = FileHeader { id: 1, path: path.into_bytes(), size, mode, uid: 0, gid: 0, mtime_sec: sec, mtime_nsec: nsec, atime_sec: sec, atime_nsec: nsec, ..Default::default() };
             let f = Frame::Header(h);
