@@ -551,3 +551,21 @@ impl<'a> Writer<'a> {
         answered.unwrap_or_else(Response::Failed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_id_bits_and_owner_travel_only_when_owners_are_kept() {
+        // What an S3 object's metadata (or any reader) may claim.
+        let h = FileHeader { path: b"prog".to_vec(), mode: libc::S_IFREG | 0o6755, owner: true, uid: 0, gid: 0, ..FileHeader::default() };
+        let kept = meta_of(&h, true);
+        assert_eq!((kept.mode, kept.uid, kept.gid), (Some(libc::S_IFREG | 0o6755), Some(0), Some(0)));
+        let dropped = meta_of(&h, false);
+        assert_eq!((dropped.mode, dropped.uid, dropped.gid), (Some(libc::S_IFREG | 0o755), None, None));
+        // The type comes from the kind; a device number only with a device.
+        let fifo = FileHeader { kind: entry_kind::FIFO, mode: 0o644, rdev: 7, ..h };
+        assert_eq!((meta_of(&fifo, true).mode, meta_of(&fifo, true).rdev), (Some(libc::S_IFIFO | 0o644), 0));
+    }
+}
