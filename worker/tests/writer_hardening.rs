@@ -132,3 +132,69 @@ fn data_for_an_entry_without_content_ends_the_stream_without_a_panic() {
     rx.handle(Frame::End { id: 1, size: 0, crc32c: 0 }).unwrap();
     assert_eq!(rx.handle(Frame::End { id: 1, size: 0, crc32c: 0 }).unwrap_err().code, Code::OutOfOrder);
 }
+
+/// The temporary name a whole file is written under (`location::version_temp_name`),
+/// computed independently: predictable by anybody who can see the source.
+fn version_temp(h: &FileHeader) -> String {
+    let version = format!("{}:{}.{}:{}", h.size, h.mtime_sec, h.mtime_nsec, h.mode);
+    let name = &h.path[..];
+    let hash = ((crc32c::crc32c(name) as u64) << 32) | crc32c::crc32c_append(0x2545_f491, name) as u64;
+    format!(".ferry-tmp-v{:08x}-{hash:016x}", crc32c::crc32c(version.as_bytes()))
+}
+
+/// Sends one whole file the way a reader does, from where the writer says to resume; returns
+/// that offset.
+fn send_file(rx: &mut Writer, h: FileHeader, data: &[u8]) -> u64 {
+    let id = h.id;
+    let from = match rx.handle(Frame::Header(h)).unwrap()[..] {
+        [Frame::Ack { offset, status: frame::status::RESUME_AT, .. }] => offset,
+        ref other => panic!("{other:?}"),
+    };
+    let rest = data[from as usize..].to_vec();
+    let crc = crc32c::crc32c(&rest);
+    rx.handle(Frame::Chunk { id, offset: from, crc32c: crc, compressed: false, raw_len: rest.len() as u32, data: rest }).unwrap();
+    rx.handle(Frame::End { id, size: data.len() as u64, crc32c: crc32c::crc32c(data) }).unwrap();
+    assert!(matches!(rx.handle(Frame::Flush).unwrap()[..], [Frame::Done(_)]));
+    from
+}
+
+#[test]
+fn a_planted_temporary_file_is_never_written_into() {
+    let (src, tmp) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let ctx = writer_ctx(src.path(), &dst, Options::default());
+    let data = b"0123456789abcdef".to_vec();
+    let victim = tmp.path().join("victim");
+    let theirs = |name: &str| {
+        let h = header(1, name.as_bytes(), data.len() as u64);
+        (dst.join(version_temp(&h)), h)
+    };
+    // A hard link to someone's file, a file of another user, a symlink: each at the exact
+    // temporary name of an entry, each shorter than the entry (so it looks resumable).
+    std::fs::write(&victim, b"precious").unwrap();
+    let (t1, h1) = theirs("linked");
+    std::fs::hard_link(&victim, &t1).unwrap();
+    let (t2, h2) = theirs("owned");
+    std::fs::write(&t2, b"0123").unwrap();
+    std::os::unix::fs::chown(&t2, Some(4242), Some(4242)).unwrap();
+    let (t3, h3) = theirs("followed");
+    std::os::unix::fs::symlink(&victim, &t3).unwrap();
+    for (h, name) in [(h1, "linked"), (h2, "owned"), (h3, "followed")] {
+        let mut rx = Writer::new(&ctx, true).unwrap();
+        assert_eq!(send_file(&mut rx, h, &data), 0, "{name}: nothing planted is resumed");
+        assert_eq!(std::fs::read(dst.join(name)).unwrap(), data);
+        let m = std::fs::symlink_metadata(dst.join(name)).unwrap();
+        assert_eq!((m.uid(), m.nlink()), (unsafe { libc::geteuid() }, 1), "{name}: a file of ferry's own");
+    }
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious", "the planted file's target is untouched");
+    assert_eq!(std::fs::metadata(&victim).unwrap().nlink(), 1, "our name for it was dropped");
+
+    // A multipart write's id names its temporary file: a reader cannot name another file.
+    let mut rx = Writer::new(&ctx, true).unwrap();
+    let part = FileHeader { part: Some(frame::PartTarget { upload: "../victim".into(), offset: 0, len: 4 }), ..header(2, b"big", 16) };
+    let answer = rx.handle(Frame::Header(part)).unwrap();
+    assert!(matches!(answer[..], [Frame::Reject { .. }]), "{answer:?}");
+    let _ = rx.handle(Frame::Chunk { id: 2, offset: 0, crc32c: crc32c::crc32c(b"evil"), compressed: false, raw_len: 4, data: b"evil".to_vec() });
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+}

@@ -245,6 +245,30 @@ pub struct LocalLocation {
     /// links) from another worker's running the same shard.
     nonce: String,
     is_root: bool,
+    /// Temporary files this value created and has not published or dropped (directory,
+    /// NUL, name): [`Location::sweep`] removes them at once, other temporaries only when stale.
+    temps: Mutex<std::collections::HashSet<Vec<u8>>>,
+}
+
+/// How long a temporary file of ferry's shape must have been left untouched (its ctime,
+/// which no one can set back) before a sweep takes it for debris. Another execution writing
+/// to the same destination touches its temporaries as it writes them.
+const STALE_TEMP: Duration = Duration::from_secs(15 * 60);
+
+/// Whether `name` is exactly a temporary name ferry makes ([`temp_name`]):
+/// `.ferry-tmp-TAG-HASH`, TAG one of `parts`, 8 hex digits (a process's nonce), or `v`, `s`
+/// or `l` and 8 hex digits, HASH 16 hex digits. A user's `.ferry-tmp-notes` is not one.
+pub fn is_temp_name(name: &[u8]) -> bool {
+    let hex = |s: &[u8], n: usize| s.len() == n && s.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+    let Some(rest) = name.strip_prefix(TEMP_PREFIX) else {
+        return false;
+    };
+    let Some(dash) = rest.iter().rposition(|&b| b == b'-') else {
+        return false;
+    };
+    let (tag, hash) = (&rest[..dash], &rest[dash + 1..]);
+    let tag_ok = tag == b"parts" || hex(tag, 8) || (tag.len() == 9 && matches!(tag[0], b'v' | b's' | b'l') && hex(&tag[1..], 8));
+    tag_ok && hex(hash, 16)
 }
 
 impl LocalLocation {
@@ -256,7 +280,23 @@ impl LocalLocation {
             dirs: Handles { root: Arc::new(root_fd), cached: Mutex::new(HashMap::new()) },
             nonce: format!("{:08x}", rand::random::<u32>()),
             is_root: sys::is_root(),
+            temps: Mutex::new(std::collections::HashSet::new()),
         })
+    }
+
+    fn temp_key(dir: &[u8], temp: &[u8]) -> Vec<u8> {
+        [dir, b"\0", temp].concat()
+    }
+
+    /// Notes (or, with `live` false, forgets) a temporary file of `rel` made by this value.
+    fn note_temp(&self, rel: &[u8], temp: &[u8], live: bool) {
+        let key = Self::temp_key(paths::split(rel).0, temp);
+        let mut temps = self.temps.lock().unwrap_or_else(|p| p.into_inner());
+        if live {
+            temps.insert(key);
+        } else {
+            temps.remove(&key);
+        }
     }
 
     fn err(&self, op: &str, rel: &[u8], e: &io::Error) -> FerryError {
@@ -292,6 +332,19 @@ impl LocalLocation {
         temp_name("parts", rel)
     }
 
+    /// A multipart write's id is its temporary file's name, and arrives from readers: it
+    /// must be the one [`Self::part_temp`] gives `rel`, or a reader could name any file
+    /// (`../../etc/shadow`) to be written, truncated or removed.
+    fn check_upload(&self, rel: &[u8], upload: &str) -> Result<(), FerryError> {
+        if upload.as_bytes() != Self::part_temp(rel).as_slice() {
+            return Err(FerryError::new(
+                ErrorKind::PermissionDenied,
+                format!("multipart write {upload:?} is not one of {} (a reader sent an id this destination never gave)", self.describe(rel)),
+            ));
+        }
+        Ok(())
+    }
+
     /// Renames a finished temporary entry over `name`; a directory in the way goes first.
     fn rename_into_place(&self, dir: RawFd, temp: &[u8], rel: &[u8]) -> Result<(), FerryError> {
         let (_, name) = paths::split(rel);
@@ -316,12 +369,14 @@ impl LocalLocation {
         };
         let mut resumed = 0;
         match sys::lstat_at(d, &temp).map_err(|e| self.err("stat", rel, &e))? {
-            Some(st) if resume.is_some() && st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_size as u64 <= size => resumed = st.st_size as u64,
+            // Only a partial file that can be ours is written on: see [`sys::open_temp`].
+            Some(st) if resume.is_some() && sys::is_own_temp(&st) && st.st_size as u64 <= size => resumed = st.st_size as u64,
             Some(_) => {
                 remove_tree_at(d, &temp).map_err(|e| self.err("remove", rel, &e))?;
             }
             None => {}
         }
+        self.note_temp(rel, &temp, true);
         Ok(LocalSink { loc: self, rel: rel.to_vec(), dir, fd: None, temp, start: 0, len: size, resumed, meta: Some((meta.clone(), xattrs.clone())) })
     }
 
@@ -474,6 +529,7 @@ impl Location for LocalLocation {
         match target {
             Target::File { size, resume } => Ok(Box::new(self.open_file_sink(rel, size, resume, meta, xattrs)?)),
             Target::Part { upload, offset, len, .. } => {
+                self.check_upload(rel, upload)?;
                 let (dir, _) = self.parent(rel, false)?.ok_or_else(|| self.vanished(rel))?;
                 Ok(Box::new(LocalSink {
                     loc: self,
@@ -624,12 +680,15 @@ impl Location for LocalLocation {
             return Ok(());
         };
         let (dir, _) = self.parent(&staged.rel, false)?.ok_or_else(|| self.vanished(&staged.rel))?;
-        self.rename_into_place(dir.as_raw_fd(), temp, &staged.rel)
+        self.rename_into_place(dir.as_raw_fd(), temp, &staged.rel)?;
+        self.note_temp(&staged.rel, temp, false);
+        Ok(())
     }
 
     fn discard(&self, staged: &Staged) {
         if let (Token::Temp(temp), Ok(Some((dir, _)))) = (&staged.token, self.parent(&staged.rel, false)) {
             let _ = sys::unlink_at(dir.as_raw_fd(), temp, false);
+            self.note_temp(&staged.rel, temp, false);
         }
     }
 
@@ -654,30 +713,59 @@ impl Location for LocalLocation {
         };
         let own = sys::open_dir_at(fd.as_raw_fd(), b".").map_err(|e| self.err("list", dir, &e))?;
         let mut reader = sys::DirReader::new(own, None).map_err(|e| self.err("list", dir, &e))?;
+        // Only what is provably ferry's debris goes: a name of ferry's exact shape, not a
+        // directory, owned by this user, and either made by this value or untouched for
+        // [`STALE_TEMP`]. A user's own `.ferry-tmp-…` entry (any mode, copy included) and
+        // another execution's temporary file in the middle of being written both stay.
         let mut debris = Vec::new();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
         while let Some(raw) = reader.next_entry().map_err(|e| self.err("list", dir, &e))? {
-            if raw.name.starts_with(TEMP_PREFIX) {
+            if !is_temp_name(&raw.name) {
+                continue;
+            }
+            let Some(st) = sys::lstat_at(reader.fd(), &raw.name).map_err(|e| self.err("stat", dir, &e))? else {
+                continue;
+            };
+            let ours = st.st_mode & libc::S_IFMT != libc::S_IFDIR && st.st_uid == unsafe { libc::geteuid() };
+            let made_here = self.temps.lock().unwrap_or_else(|p| p.into_inner()).contains(&Self::temp_key(dir, &raw.name));
+            let stale = now.saturating_sub(st.st_ctime) >= STALE_TEMP.as_secs() as i64;
+            if ours && (made_here || stale) {
                 debris.push(raw.name);
             }
         }
         for name in debris {
-            remove_tree_at(fd.as_raw_fd(), &name).map_err(|e| self.err("remove temporary file in", dir, &e))?;
+            sys::unlink_at(fd.as_raw_fd(), &name, false).map_err(|e| self.err("remove temporary file in", dir, &e))?;
+            self.temps.lock().unwrap_or_else(|p| p.into_inner()).remove(&Self::temp_key(dir, &name));
         }
         Ok(())
     }
 
     fn create_multipart(&self, rel: &[u8], size: u64, _meta: &Meta) -> Result<String, FerryError> {
         let (dir, _) = self.parent(rel, true)?.ok_or_else(|| self.vanished(rel))?;
+        let d = dir.as_raw_fd();
         let temp = Self::part_temp(rel);
-        let fd = sys::open_at(dir.as_raw_fd(), &temp, libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW, 0o600).map_err(|e| self.err("create", rel, &e))?;
+        // The name is predictable: what is there is kept only when it is our own temporary
+        // file; anything else goes, and the file is created exclusively.
+        let fd = match sys::open_temp(d, &temp, true) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                sys::open_at(d, &temp, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o600).map_err(|e| self.err("create", rel, &e))?
+            }
+            Err(_) => {
+                remove_tree_at(d, &temp).map_err(|e| self.err("remove", rel, &e))?;
+                sys::open_at(d, &temp, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o600).map_err(|e| self.err("create", rel, &e))?
+            }
+        };
         sys::ftruncate(fd.as_raw_fd(), size).map_err(|e| self.err("create", rel, &e))?;
+        self.note_temp(rel, &temp, true);
         Ok(String::from_utf8_lossy(&temp).into_owned())
     }
 
     fn complete_multipart(&self, rel: &[u8], upload: &str, done: &Completed<'_>) -> Result<Staged, FerryError> {
         let Completed { size, meta, xattrs, .. } = *done;
+        self.check_upload(rel, upload)?;
         let (dir, _) = self.parent(rel, false)?.ok_or_else(|| self.vanished(rel))?;
-        let fd = sys::open_at(dir.as_raw_fd(), upload.as_bytes(), libc::O_RDWR | libc::O_NOFOLLOW, 0).map_err(|e| self.err("open", rel, &e))?;
+        let fd = sys::open_temp(dir.as_raw_fd(), upload.as_bytes(), false).map_err(|e| self.err("open", rel, &e))?;
         sys::ftruncate(fd.as_raw_fd(), size).map_err(|e| self.err("write", rel, &e))?;
         self.apply_meta_fd(fd.as_raw_fd(), meta, Some(xattrs), 0o644).map_err(|e| self.err("set metadata on", rel, &e))?;
         Ok(Staged {
@@ -695,6 +783,7 @@ impl Location for LocalLocation {
     }
 
     fn abort_multipart(&self, rel: &[u8], upload: &str) -> Result<(), FerryError> {
+        self.check_upload(rel, upload)?;
         if let Some((dir, _)) = self.parent(rel, false)? {
             match sys::unlink_at(dir.as_raw_fd(), upload.as_bytes(), false) {
                 Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(self.err("remove temporary file of", rel, &e)),
@@ -796,7 +885,9 @@ impl LocalSink<'_> {
                 remove_tree_at(d, &self.temp)?;
                 sys::open_at(d, &self.temp, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o600)
             }),
-            _ => sys::open_at(d, &self.temp, libc::O_RDWR | libc::O_NOFOLLOW, 0),
+            // A resumed file (checked again: the name may have changed hands since), or a
+            // multipart write's shared file.
+            (meta, _) => sys::open_temp(d, &self.temp, meta.is_some()),
         };
         let fd = opened.map_err(|e| match (e.raw_os_error(), &self.meta) {
             (Some(libc::ENOENT), None) => FerryError::new(ErrorKind::Unavailable, format!("the multipart write of {} vanished", self.loc.describe(&self.rel))),
@@ -851,6 +942,7 @@ impl Sink for LocalSink<'_> {
     fn abort(self: Box<Self>) {
         if self.meta.is_some() {
             let _ = sys::unlink_at(self.dir.as_raw_fd(), &self.temp, false);
+            self.loc.note_temp(&self.rel, &self.temp, false);
         }
     }
 }
