@@ -198,3 +198,24 @@ fn a_planted_temporary_file_is_never_written_into() {
     let _ = rx.handle(Frame::Chunk { id: 2, offset: 0, crc32c: crc32c::crc32c(b"evil"), compressed: false, raw_len: 4, data: b"evil".to_vec() });
     assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
 }
+
+#[test]
+fn a_sync_scan_of_an_empty_source_root_is_refused_unless_allowed() {
+    use ferry_common::model::ScanDir;
+    use ferry_worker::engine::dest::Direct;
+    use ferry_worker::engine::scan::list_page;
+    let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::fs::write(dst.path().join("precious"), b"keep").unwrap();
+    let root = [ScanDir { path: Vec::new(), cookie: None, after: None, included: false }];
+    let sync = |allow: bool| {
+        let mut s = spec(src.path(), dst.path(), Options { remove_deleted: true, allow_empty_source: allow, ..Options::default() });
+        s.mode = Mode::Sync;
+        ExecContext::open(s).unwrap()
+    };
+    let ctx = sync(false);
+    let e = list_page(&ctx, &Direct(ctx.dst().unwrap().as_ref()), &root).unwrap_err();
+    assert!(e.message.contains("is empty") && e.message.contains("AllowEmptySource"), "{}", e.message);
+    let ctx = sync(true);
+    let page = list_page(&ctx, &Direct(ctx.dst().unwrap().as_ref()), &root).unwrap();
+    assert_eq!(page.prunes.len(), 1, "asked for, the root is pruned");
+}
