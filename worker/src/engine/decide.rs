@@ -114,7 +114,7 @@ fn same_meta(a: &Meta, b: &Meta, owner: bool) -> bool {
 /// bits are dropped (a writer running as root would otherwise make a set-id root program
 /// out of anybody's file), so they are not compared either.
 pub fn kept_perm(m: &Meta, owner: bool) -> Option<u32> {
-    let set_id = if owner || m.kind() == EntryKind::Dir { 0 } else { (libc::S_ISUID | libc::S_ISGID) as u32 };
+    let set_id = if owner || m.kind() == EntryKind::Dir { 0 } else { libc::S_ISUID | libc::S_ISGID };
     m.perm().map(|p| p & !set_id)
 }
 

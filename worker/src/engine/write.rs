@@ -165,7 +165,7 @@ pub fn kind_of_header(kind: u8) -> EntryKind {
 fn meta_of(h: &FileHeader, keeps_owner: bool) -> Meta {
     let kind = kind_of_header(h.kind);
     let owner = h.owner && keeps_owner;
-    let perm = h.mode & 0o7777 & if owner { 0o7777 } else { !((libc::S_ISUID | libc::S_ISGID) as u32) };
+    let perm = h.mode & 0o7777 & if owner { 0o7777 } else { !(libc::S_ISUID | libc::S_ISGID) };
     Meta {
         kind: Some(kind),
         size: h.size,

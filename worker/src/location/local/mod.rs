@@ -336,13 +336,7 @@ impl LocalLocation {
     /// must be the one [`Self::part_temp`] gives `rel`, or a reader could name any file
     /// (`../../etc/shadow`) to be written, truncated or removed.
     fn check_upload(&self, rel: &[u8], upload: &str) -> Result<(), FerryError> {
-        if upload.as_bytes() != Self::part_temp(rel).as_slice() {
-            return Err(FerryError::new(
-                ErrorKind::PermissionDenied,
-                format!("multipart write {upload:?} is not one of {} (a reader sent an id this destination never gave)", self.describe(rel)),
-            ));
-        }
-        Ok(())
+        super::check_tree_upload(rel, upload, || self.describe(rel))
     }
 
     /// Renames a finished temporary entry over `name`; a directory in the way goes first.
