@@ -29,6 +29,7 @@
 //! history_days = 30
 //! webhook_url = "https://hooks.example/ferry"  # events are POSTed here
 //! webhook_cacert = "/etc/ferry/hooks-ca.crt"   # trust this CA for the webhook (optional)
+//! allowed_roots = ["/data", "s3://bucket"]      # what API tasks may name (default: anything)
 //!
 //! [worker]
 //! name = "agent-1"               # required for workers (or --name)
@@ -121,6 +122,11 @@ pub struct CoordinatorSection {
     /// Where report lines wait for tasks whose reports go to S3 (shared with the workers).
     #[serde(default)]
     pub report_work_dir: Option<PathBuf>,
+    /// Locations (directories, `s3://bucket/prefix`) that tasks created through the API may
+    /// name as source, destination, manifest or report destination, and everything below
+    /// them; empty allows any. A task otherwise reads and writes wherever its agents can.
+    #[serde(default)]
+    pub allowed_roots: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]

@@ -160,6 +160,10 @@ pub struct Options {
     /// `smb://` locations: the password file and which security-descriptor parts travel.
     #[serde(default)]
     pub smb: SmbOptions,
+    /// `sync` from a source root that holds nothing deletes everything at the destination:
+    /// refused unless this is set (an unmounted file system or a wrong prefix looks empty).
+    #[serde(default)]
+    pub allow_empty_source: bool,
 }
 
 /// DataSync's `SecurityDescriptorCopyFlags`: which parts of an NTFS security descriptor an
@@ -202,6 +206,7 @@ impl Default for Options {
             limits: Limits::default(),
             manifest: None,
             smb: SmbOptions::default(),
+            allow_empty_source: false,
         }
     }
 }

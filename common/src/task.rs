@@ -117,6 +117,10 @@ pub struct TaskOptions {
     pub task_queueing: Option<TaskQueueingOpt>,
     pub log_level: Option<LogLevelOpt>,
     pub object_tags: Option<ObjectTagsOpt>,
+    /// A sync (PreserveDeletedFiles REMOVE) from a source that holds nothing would delete
+    /// everything at the destination: refused unless true (ferry's own option; `false` by
+    /// default).
+    pub allow_empty_source: Option<bool>,
 }
 
 macro_rules! overlay_fields {
@@ -143,6 +147,7 @@ impl TaskOptions {
             task_queueing: Some(TaskQueueingOpt::Enabled),
             log_level: Some(LogLevelOpt::Basic),
             object_tags: Some(ObjectTagsOpt::Preserve),
+            allow_empty_source: Some(false),
         }
     }
 
@@ -164,7 +169,8 @@ impl TaskOptions {
             bytes_per_second,
             task_queueing,
             log_level,
-            object_tags
+            object_tags,
+            allow_empty_source
         )
     }
 
@@ -415,14 +421,114 @@ fn check_location(field: &str, uri: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// A location as comparable text: `file://` dropped, `.` and repeated or trailing `/` gone.
+fn normalized(uri: &str) -> String {
+    let (scheme, path) = match uri.strip_prefix("s3://") {
+        Some(rest) => ("s3://", rest),
+        None => ("", uri.strip_prefix("file://").unwrap_or(uri)),
+    };
+    let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    let lead = if scheme.is_empty() { "/" } else { scheme };
+    format!("{lead}{}", parts.join("/"))
+}
+
+/// Whether location `inner` is `outer` or lies below it (whole path components).
+pub fn location_within(inner: &str, outer: &str) -> bool {
+    let (i, o) = (normalized(inner), normalized(outer));
+    i == o || (i.starts_with(&o) && (o.ends_with('/') || i.as_bytes().get(o.len()) == Some(&b'/')))
+}
+
+/// Most bytes a manifest may hold: every worker keeps it in memory.
+pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+
+/// Opens a local file without blocking (a FIFO would wait for a writer forever) and checks
+/// what it is before anything is read: `Ok(None)` when it is not there.
+fn stat_local(path: &str) -> std::io::Result<Option<std::fs::Metadata>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path) {
+        Ok(f) => f.metadata().map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 impl Task {
+    /// Checks what the task names on this host, where it is there: the manifest must be a
+    /// regular file of at most [`MAX_MANIFEST_BYTES`] (not `/dev/zero`, not a FIFO), and a
+    /// report destination must be a directory. Agents check again where they read them.
+    pub fn check_local_files(&self) -> Result<(), FieldError> {
+        let local = |uri: &str| (!uri.starts_with("s3://")).then(|| uri.strip_prefix("file://").unwrap_or(uri).to_string());
+        if let Some(path) = self.manifest.as_ref().and_then(|m| local(&m.source)) {
+            match stat_local(&path) {
+                Ok(Some(m)) if !m.is_file() => {
+                    return Err(FieldError::unprocessable("Manifest.Source", format!("{path} is not a regular file: give a file listing one path per line")))
+                }
+                Ok(Some(m)) if m.len() > MAX_MANIFEST_BYTES => {
+                    return Err(FieldError::unprocessable(
+                        "Manifest.Source",
+                        format!("{path} holds {} bytes, more than the {MAX_MANIFEST_BYTES} a manifest may (split the task)", m.len()),
+                    ))
+                }
+                Err(e) => return Err(FieldError::unprocessable("Manifest.Source", format!("{path}: {e} (make it readable by the coordinator)"))),
+                _ => {}
+            }
+        }
+        if let Some(path) = self.task_report_config.as_ref().and_then(|r| local(&r.destination)) {
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_dir()) {
+                return Err(FieldError::unprocessable("TaskReportConfig.Destination", format!("{path} is not a directory: give a directory for the reports")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the task's locations against `allowed` ([`crate::config::CoordinatorSection::allowed_roots`]):
+    /// each must be one of them or below one. Empty allows anything.
+    pub fn check_roots(&self, allowed: &[String]) -> Result<(), FieldError> {
+        if allowed.is_empty() {
+            return Ok(());
+        }
+        let mut named = vec![("SourceLocation", &self.source_location), ("DestinationLocation", &self.destination_location)];
+        if let Some(m) = &self.manifest {
+            named.push(("Manifest.Source", &m.source));
+        }
+        if let Some(r) = &self.task_report_config {
+            named.push(("TaskReportConfig.Destination", &r.destination));
+        }
+        for (field, uri) in named {
+            if !allowed.iter().any(|root| location_within(uri, root)) {
+                return Err(FieldError::unprocessable(
+                    field,
+                    format!(
+                        "{uri} is outside the locations this coordinator serves ({}); ask its operator to add it to [coordinator] allowed_roots",
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks the whole task and fills option defaults. Called on create and on update.
     pub fn validate(&mut self, policy: &SchedulePolicy) -> Result<(), FieldError> {
         check_name(&self.name)?;
         check_location("SourceLocation", &self.source_location)?;
         check_location("DestinationLocation", &self.destination_location)?;
-        if self.source_location.trim_end_matches('/') == self.destination_location.trim_end_matches('/') {
+        if location_within(&self.source_location, &self.destination_location) && location_within(&self.destination_location, &self.source_location) {
             return Err(FieldError::unprocessable("DestinationLocation", "is the source location: give a different destination"));
+        }
+        // As `ferry copy` refuses: a destination inside the source copies itself forever, and
+        // a sync into a destination that holds the source deletes the source.
+        if location_within(&self.destination_location, &self.source_location) {
+            return Err(FieldError::unprocessable(
+                "DestinationLocation",
+                format!("{} is inside the source {}: choose a destination outside the source tree", self.destination_location, self.source_location),
+            ));
+        }
+        if location_within(&self.source_location, &self.destination_location) {
+            return Err(FieldError::unprocessable(
+                "SourceLocation",
+                format!("{} is inside the destination {}: a sync would delete it; choose another destination", self.source_location, self.destination_location),
+            ));
         }
         self.options = self.options.with_defaults();
         self.options.validate()?;
@@ -510,6 +616,7 @@ impl Task {
             },
             filters,
             manifest: self.manifest.as_ref().map(|m| m.source.clone()),
+            allow_empty_source: opts.allow_empty_source == Some(true),
             ..Options::default()
         };
         let bps = opts.bytes_per_second.unwrap_or(-1);
@@ -741,5 +848,31 @@ mod tests {
         t.validate(&SchedulePolicy::default()).unwrap();
         let bytes = crate::codec::encode(&t).unwrap();
         assert_eq!(crate::codec::decode::<Task>(&bytes).unwrap(), t);
+    }
+}
+
+#[cfg(test)]
+mod containment_tests {
+    use super::*;
+
+    #[test]
+    fn locations_contain_by_whole_components() {
+        assert!(location_within("/data/a/b", "/data"));
+        assert!(location_within("file:///data/a/", "/data/"));
+        assert!(location_within("/data//a/./b", "/data/a"));
+        assert!(!location_within("/database", "/data"));
+        assert!(location_within("s3://bucket/p/q", "s3://bucket"));
+        assert!(!location_within("s3://bucket2/p", "s3://bucket"));
+        assert!(!location_within("/bucket", "s3://bucket"));
+        assert!(location_within("/anything", "/"));
+    }
+
+    #[test]
+    fn allow_empty_source_is_a_task_option_off_by_default() {
+        let mut t: Task = serde_json::from_value(serde_json::json!({ "Name": "t", "SourceLocation": "/a", "DestinationLocation": "/b" })).unwrap();
+        t.validate(&SchedulePolicy::default()).unwrap();
+        assert!(!t.execution_spec("e", &StartOverrides::default()).unwrap().options.allow_empty_source);
+        t.options.allow_empty_source = Some(true);
+        assert!(t.execution_spec("e", &StartOverrides::default()).unwrap().options.allow_empty_source);
     }
 }

@@ -402,6 +402,10 @@ pub struct TransferArgs {
     /// Do not flush to stable storage (scratch data only: a crash may lose recent files).
     #[arg(long)]
     pub no_fsync: bool,
+    /// Let `sync` run from a source that holds nothing, deleting everything at the
+    /// destination (refused otherwise: an unmounted source looks empty).
+    #[arg(long)]
+    pub allow_empty_source: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -627,11 +631,21 @@ fn check_locations(mode: Mode, src_uri: &str, dst_uri: &str, dry_run: bool) -> R
     if !dst_canon.is_dir() {
         return Err(UsageError(format!("destination {} is not a directory (give a directory path)", dst.display())));
     }
-    let probe = dst_canon.join(format!(".ferry-tmp-probe-{}", std::process::id()));
-    std::fs::File::create(&probe)
+    let probe = dst_canon.join(format!(".ferry-tmp-probe-{}-{:08x}", std::process::id(), rand::random::<u32>()));
+    // Created exclusively: a symlink planted at the name is not followed.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
         .and_then(|_| std::fs::remove_file(&probe))
         .map_err(|e| UsageError(format!("destination {} is not writable: {e} (check its permissions and free space)", dst.display())))?;
     Ok((src, dst_canon))
+}
+
+/// Whether `source` is a local directory that holds nothing. Other locations are checked by
+/// the scan, which refuses the same way.
+fn source_is_empty_dir(source: &str) -> bool {
+    !ferry_worker::location::is_object_uri(source) && !source.contains("://") && std::fs::read_dir(source).is_ok_and(|mut d| d.next().is_none())
 }
 
 fn new_execution_id() -> String {
@@ -671,6 +685,7 @@ fn build_spec(mode: Mode, common: &CommonArgs, t: Option<&TransferArgs>) -> Resu
         options.overwrite = if t.no_overwrite { ferry_common::model::OverwriteMode::Never } else { ferry_common::model::OverwriteMode::Always };
         options.dry_run = t.dry_run;
         options.fsync = !t.no_fsync;
+        options.allow_empty_source = t.allow_empty_source;
         options.verify = match t.verify {
             VerifyArg::OnlyFilesTransferred => VerifyMode::OnlyFilesTransferred,
             VerifyArg::PointInTimeConsistent => VerifyMode::PointInTimeConsistent,
@@ -686,6 +701,11 @@ fn build_spec(mode: Mode, common: &CommonArgs, t: Option<&TransferArgs>) -> Resu
     } else {
         check_any_locations(mode, &common.source, &common.destination, options.dry_run, &s3, &options.smb)?
     };
+    if mode == Mode::Sync && !options.allow_empty_source && !link.is_bound() && source_is_empty_dir(&source) {
+        return Err(UsageError(format!(
+            "source {source} is empty: sync would delete everything in {destination} (check that the source is mounted and named right, or pass --allow-empty-source)"
+        )));
+    }
     Ok(ExecutionSpec {
         id: new_execution_id(),
         mode,

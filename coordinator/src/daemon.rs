@@ -93,6 +93,7 @@ pub fn resolve(args: &CoordinatorArgs, cfg: &DaemonConfig, default_name: String)
         report_work_dir: args.report_work_dir.clone().or(c.report_work_dir.clone()).or_else(|| data_dir.as_ref().map(|d| d.join("report-work"))),
         clock: Arc::new(SystemClock),
         reconcile_every: ControlConfig::default().reconcile_every,
+        allowed_roots: c.allowed_roots.clone(),
     };
     if let Some(url) = &control.webhook {
         // The URL may hold a secret: errors show its origin only.

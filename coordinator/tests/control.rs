@@ -45,6 +45,7 @@ fn config(clock: Arc<ManualClock>) -> ControlConfig {
         report_work_dir: None,
         clock,
         reconcile_every: Duration::from_millis(50),
+        allowed_roots: Vec::new(),
     }
 }
 

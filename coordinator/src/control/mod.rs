@@ -66,6 +66,8 @@ pub struct ControlConfig {
     /// How often the leader reconciles each running execution. Every stage change waits for
     /// one round, so a single host running small jobs wants it short.
     pub reconcile_every: std::time::Duration,
+    /// What API tasks may name (`[coordinator] allowed_roots`); empty: anything.
+    pub allowed_roots: Vec<String>,
 }
 
 impl Default for ControlConfig {
@@ -78,6 +80,7 @@ impl Default for ControlConfig {
             report_work_dir: None,
             clock: Arc::new(SystemClock),
             reconcile_every: std::time::Duration::from_millis(50),
+            allowed_roots: Vec::new(),
         }
     }
 }
@@ -204,6 +207,8 @@ impl ControlPlane {
 
     /// Checks what depends on this coordinator's configuration rather than on the task alone.
     fn check_task_here(&self, task: &Task) -> Result<()> {
+        task.check_roots(&self.cfg.allowed_roots)?;
+        task.check_local_files()?;
         if let Some(r) = &task.task_report_config {
             if report::work_dir(&r.destination, self.cfg.report_work_dir.as_deref()).is_none() {
                 return Err(self.no_report_work_dir());

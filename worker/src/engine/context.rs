@@ -45,8 +45,7 @@ pub struct ExecContext {
     pub dest_names: Arc<OnceLock<Arc<dyn DestNames>>>,
 }
 
-/// Most bytes a manifest may have: it is held in memory on every worker.
-const MAX_MANIFEST_BYTES: u64 = 1 << 30;
+use ferry_common::task::MAX_MANIFEST_BYTES;
 
 /// Reads and parses a manifest from a local file or an object.
 fn load_manifest(uri: &str, spec: &ExecutionSpec) -> Result<ferry_common::filter::Manifest, FerryError> {
@@ -58,6 +57,9 @@ fn load_manifest(uri: &str, spec: &ExecutionSpec) -> Result<ferry_common::filter
     let missing = || FerryError::config(format!("manifest {uri} cannot be read (fix Manifest.Source, or make it readable on every agent)"));
     let loc = location::open(dir, spec).map_err(|e| FerryError::config(format!("manifest {uri}: {}", e.message)))?;
     let meta = loc.stat(name.as_bytes())?.ok_or_else(missing)?;
+    if meta.kind() != ferry_common::model::EntryKind::File {
+        return Err(FerryError::config(format!("manifest {uri} is a {}, not a regular file (give a file listing one path per line)", meta.kind().as_str())));
+    }
     if meta.size > MAX_MANIFEST_BYTES {
         return Err(FerryError::config(format!("manifest {uri} is larger than {MAX_MANIFEST_BYTES} bytes (split the task)")));
     }

@@ -105,9 +105,17 @@ pub fn after_content(src: &Meta, dst: &Meta, same_crc: bool, rules: Rules) -> Ve
 /// Permissions and (when they matter) owner agree, where both sides know them. A symlink has
 /// no permissions of its own.
 fn same_meta(a: &Meta, b: &Meta, owner: bool) -> bool {
-    let perm_same = a.kind() == EntryKind::Symlink || a.perm().is_none() || b.perm().is_none() || a.perm() == b.perm();
+    let perm_same = a.kind() == EntryKind::Symlink || a.perm().is_none() || b.perm().is_none() || kept_perm(a, owner) == kept_perm(b, owner);
     let owner_same = !owner || a.uid.is_none() || b.uid.is_none() || (a.uid, a.gid) == (b.uid, b.gid);
     perm_same && owner_same
+}
+
+/// The permissions a copy carries: without the owner, a file's set-user-ID and set-group-ID
+/// bits are dropped (a writer running as root would otherwise make a set-id root program
+/// out of anybody's file), so they are not compared either.
+pub fn kept_perm(m: &Meta, owner: bool) -> Option<u32> {
+    let set_id = if owner || m.kind() == EntryKind::Dir { 0 } else { libc::S_ISUID | libc::S_ISGID };
+    m.perm().map(|p| p & !set_id)
 }
 
 /// How a directory's metadata at the destination differs from what it should be: `true`
@@ -125,7 +133,7 @@ pub fn difference(s: &Meta, d: &Meta, rules: Rules) -> Option<String> {
         return Some(format!("type differs: {} at the source, {} at the destination", ks.as_str(), kd.as_str()));
     }
     if ks != EntryKind::Symlink {
-        if let (Some(a), Some(b)) = (s.perm(), d.perm()) {
+        if let (Some(a), Some(b)) = (kept_perm(s, owner), kept_perm(d, owner)) {
             if a != b {
                 return Some(format!("permissions differ: {a:o} vs {b:o}"));
             }

@@ -123,6 +123,15 @@ fn begin_dir(ctx: &ExecContext, src: &dyn Location, dir: &ScanDir, page: &mut Li
         made.push(dir.path.clone());
     }
     if ctx.options().remove_deleted {
+        if dir.path.is_empty() && !ctx.options().allow_empty_source && src.list(b"", None, 1)?.entries.is_empty() {
+            return Err(FerryError::new(
+                ErrorKind::Config,
+                format!(
+                    "source {} is empty: sync would delete everything at the destination (check that it is mounted and named right; pass --allow-empty-source, or the task option AllowEmptySource, if that is what you want)",
+                    src.describe(b"")
+                ),
+            ));
+        }
         page.prunes.push(ScanDir { path: dir.path.clone(), cookie: None, after: None, included: dir.included });
     }
     Ok(true)

@@ -34,7 +34,7 @@ use super::decide::{self, Rules, Verdict};
 use super::dest::{self, Dest};
 use super::ExecContext;
 use crate::location::{commit, Location, LocationExt, Meta, Sink, Special, Staged, Target, Xattrs};
-use crate::transport::frame::{entry_kind, status, Code, Done, FileHeader, Frame, ProtocolError, Request, Response, MAX_OPEN_FILES};
+use crate::transport::frame::{self, entry_kind, status, Code, Done, FileHeader, Frame, ProtocolError, Request, Response, MAX_OPEN_FILES};
 
 /// Bad chunks tolerated per file before the writer gives up on it.
 const MAX_BAD_CHUNKS: u32 = 8;
@@ -159,18 +159,22 @@ pub fn kind_of_header(kind: u8) -> EntryKind {
     }
 }
 
-/// The entry a header describes, as the destination should hold it.
-fn meta_of(h: &FileHeader) -> Meta {
+/// The entry a header describes, as the destination should hold it. The file type comes
+/// from the kind alone (checked against the mode by [`frame::check_header`]); owner and
+/// set-id bits only when this execution keeps owners, whatever the reader says.
+fn meta_of(h: &FileHeader, keeps_owner: bool) -> Meta {
     let kind = kind_of_header(h.kind);
+    let owner = h.owner && keeps_owner;
+    let perm = h.mode & 0o7777 & if owner { 0o7777 } else { !(libc::S_ISUID | libc::S_ISGID) };
     Meta {
         kind: Some(kind),
         size: h.size,
         mtime: Timestamp { sec: h.mtime_sec, nsec: h.mtime_nsec },
         atime: Some(Timestamp { sec: h.atime_sec, nsec: h.atime_nsec }),
-        mode: Some(h.mode),
-        uid: h.owner.then_some(h.uid),
-        gid: h.owner.then_some(h.gid),
-        rdev: h.rdev,
+        mode: Some(frame::type_bits(h.kind).unwrap_or(libc::S_IFREG) | perm),
+        uid: owner.then_some(h.uid),
+        gid: owner.then_some(h.gid),
+        rdev: if matches!(kind, EntryKind::CharDev | EntryKind::BlockDev) { h.rdev } else { 0 },
         link_target: (kind == EntryKind::Symlink).then(|| h.target.clone()),
         tags: h.tags.clone(),
         ..Meta::default()
@@ -222,13 +226,13 @@ impl<'a> Writer<'a> {
             return Err(perr(Code::LeaseLost, "this writer lost its cluster lease; it rejoins, or another writer takes over: reconnect"));
         }
         let replies = match frame {
-            Frame::Header(h) => vec![self.header(h)],
+            Frame::Header(h) => vec![self.header(h)?],
             Frame::Hole { id, offset, len } => self.hole(id, offset, len)?,
             Frame::End { id, size, crc32c } => self.end(id, size, crc32c)?,
             Frame::Flush => self.flush(),
             Frame::Request(r) => vec![Frame::Response(self.request(r))],
             Frame::Hello(_) => return Err(perr(Code::OutOfOrder, "HELLO after the stream started")),
-            Frame::Chunk { .. } => unreachable!("handled above"),
+            Frame::Chunk { id, .. } => return Err(perr(Code::OutOfOrder, format!("CHUNK for file id {id} taken for another frame"))),
             Frame::Ack { .. } | Frame::Reject { .. } | Frame::Done(_) | Frame::Response(_) => {
                 return Err(perr(Code::OutOfOrder, "ACK, DONE, REJECT and RESPONSE travel from writer to reader"))
             }
@@ -238,8 +242,18 @@ impl<'a> Writer<'a> {
         Ok(replies)
     }
 
-    fn header(&mut self, h: FileHeader) -> Frame {
+    /// `Err` for a header no honest reader sends: it ends the stream.
+    fn header(&mut self, h: FileHeader) -> Result<Frame, ProtocolError> {
+        // Decoded frames were checked already; an in-process reader's are checked here.
+        frame::check_header(&h)?;
         let id = h.id;
+        if !matches!(h.kind, entry_kind::FILE | entry_kind::SYMLINK) && !self.ctx.options().preserve_devices {
+            return Err(perr(Code::Malformed, format!("HEADER for special file {} while this execution does not preserve devices", paths::display(&h.path))));
+        }
+        Ok(self.header_checked(h, id))
+    }
+
+    fn header_checked(&mut self, h: FileHeader, id: u64) -> Frame {
         if self.open.contains_key(&id) || self.staged.iter().any(|(i, _, _)| *i == id) {
             return reject(id, Code::Malformed, format!("file id {id} is already in use on this stream"));
         }
@@ -264,7 +278,7 @@ impl<'a> Writer<'a> {
             );
         }
         self.held.insert(id, key);
-        let mut meta = meta_of(&h);
+        let mut meta = meta_of(&h, self.ctx.keeps_owner());
         if let Some(r) = self.dst.limits().refusal(&self.dst.capabilities(), &h.path, meta.kind(), h.size) {
             return reject(id, Code::Io, FerryError::new(ErrorKind::Unsupported, format!("[{}] {}", r.code, r.message)).to_string());
         }
@@ -346,6 +360,11 @@ impl<'a> Writer<'a> {
         }
     }
 
+    /// Removes open entry `id`: a protocol error, never a panic, when there is none.
+    fn take(&mut self, id: u64) -> Result<Incoming<'a>, ProtocolError> {
+        self.open.remove(&id).ok_or_else(|| perr(Code::OutOfOrder, format!("file id {id} has no open HEADER")))
+    }
+
     /// A CHUNK, given its data by reference (an in-process wire keeps the buffer).
     #[allow(clippy::too_many_arguments)]
     pub fn chunk(&mut self, id: u64, offset: u64, crc32c: u32, compressed: bool, raw_len: u32, data: &[u8]) -> Result<Vec<Frame>, ProtocolError> {
@@ -380,7 +399,7 @@ impl<'a> Writer<'a> {
             self.stats.chunks_rejected += 1;
             tracing::warn!(file = %paths::display(&f.header.path), offset, "chunk failed its CRC32C; asking for it again");
             if f.bad_chunks > MAX_BAD_CHUNKS {
-                let f = self.open.remove(&id).expect("present");
+                let f = self.take(id)?;
                 if let Some(s) = f.sink {
                     s.abort();
                 }
@@ -400,7 +419,7 @@ impl<'a> Writer<'a> {
             sink.write_at(offset, raw, crc32c)
         };
         if let Err(e) = written {
-            let f = self.open.remove(&id).expect("present");
+            let f = self.take(id)?;
             if let Some(s) = f.sink {
                 s.abort();
             }
@@ -444,7 +463,7 @@ impl<'a> Writer<'a> {
             // damaged: start the entry over.
             tracing::warn!(file = %paths::display(&f.header.path), "whole-file CRC32C mismatch; asking for the file again");
             f.bad_chunks += 1;
-            let f = self.open.remove(&id).expect("present");
+            let f = self.take(id)?;
             if let Some(s) = f.sink {
                 s.abort();
             }
@@ -461,7 +480,7 @@ impl<'a> Writer<'a> {
             self.open.insert(id, again);
             return Ok(vec![ack(id, from, status::RESEND_FROM)]);
         }
-        let f = self.open.remove(&id).expect("present");
+        let f = self.take(id)?;
         let end = f.end();
         let staged = match f.sink {
             Some(sink) => sink.finish(crc32c),
@@ -530,5 +549,23 @@ impl<'a> Writer<'a> {
             Request::GroupIds { names } => direct.owner_ids(&[], &names).map(|(_, ids)| Response::Ids(ids)),
         };
         answered.unwrap_or_else(Response::Failed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_id_bits_and_owner_travel_only_when_owners_are_kept() {
+        // What an S3 object's metadata (or any reader) may claim.
+        let h = FileHeader { path: b"prog".to_vec(), mode: libc::S_IFREG | 0o6755, owner: true, uid: 0, gid: 0, ..FileHeader::default() };
+        let kept = meta_of(&h, true);
+        assert_eq!((kept.mode, kept.uid, kept.gid), (Some(libc::S_IFREG | 0o6755), Some(0), Some(0)));
+        let dropped = meta_of(&h, false);
+        assert_eq!((dropped.mode, dropped.uid, dropped.gid), (Some(libc::S_IFREG | 0o755), None, None));
+        // The type comes from the kind; a device number only with a device.
+        let fifo = FileHeader { kind: entry_kind::FIFO, mode: 0o644, rdev: 7, ..h };
+        assert_eq!((meta_of(&fifo, true).mode, meta_of(&fifo, true).rdev), (Some(libc::S_IFIFO | 0o644), 0));
     }
 }

@@ -47,6 +47,7 @@ pub const CHECKS: &[Check] = &[
     Check { name: "special_files_are_made_never_opened", run: special_files_are_made_never_opened },
     Check { name: "an_interrupted_write_resumes_from_what_it_kept", run: an_interrupted_write_resumes_from_what_it_kept },
     Check { name: "sweep_removes_temporary_debris", run: sweep_removes_temporary_debris },
+    Check { name: "a_multipart_id_from_a_reader_names_only_its_own_file", run: a_multipart_id_from_a_reader_names_only_its_own_file },
 ];
 
 const COMMIT: CommitOptions = CommitOptions { fsync: true, verify: true };
@@ -360,6 +361,25 @@ pub fn an_interrupted_write_resumes_from_what_it_kept(loc: &dyn Location, _: Qui
     let staged = sink.finish(crc32c::crc32c(&data)).expect("finish");
     assert!(commit(loc, vec![staged], COMMIT, &mut buf)[0].is_ok());
     assert_eq!(read_all(loc, b"resume/file", 0, data.len()), data);
+}
+
+/// A tree's multipart id is its temporary file's name and arrives from readers: any other
+/// name (a sibling, a path out of the directory) is refused, and nothing is written,
+/// truncated or removed through it. An object store's ids are the store's own to check.
+pub fn a_multipart_id_from_a_reader_names_only_its_own_file(loc: &dyn Location, _: Quirks) {
+    if !loc.capabilities().atomic_rename {
+        return;
+    }
+    put(loc, b"mp/victim", b"precious", &file_meta(1));
+    for upload in ["victim", "../mp/victim", ".."] {
+        assert!(loc.abort_multipart(b"mp/f", upload).is_err(), "abort through {upload:?}");
+        let part = Target::Part { upload, offset: 0, len: 4, size: 8 };
+        assert!(loc.create(b"mp/f", part, &file_meta(1), &Vec::new()).is_err(), "write through {upload:?}");
+        let (meta, xattrs) = (file_meta(1), Vec::new());
+        let done = Completed { size: 0, meta: &meta, xattrs: &xattrs, crc32c: 0, part_tags: &[] };
+        assert!(loc.complete_multipart(b"mp/f", upload, &done).is_err(), "complete through {upload:?}");
+    }
+    assert_eq!(read_all(loc, b"mp/victim", 0, 8), b"precious");
 }
 
 pub fn sweep_removes_temporary_debris(loc: &dyn Location, _: Quirks) {

@@ -574,6 +574,20 @@ pub(crate) fn temp_name(tag: &str, name: &[u8]) -> Vec<u8> {
     t
 }
 
+/// Checks a multipart write id that arrived from a reader, for the tree backends (local,
+/// NFS, SMB), whose id is the temporary file's name: it must be the one they give `rel`
+/// (`temp_name("parts", rel)`), or a reader could name any file (`../../etc/shadow`) to be
+/// written, truncated or removed.
+pub(crate) fn check_tree_upload(rel: &[u8], upload: &str, describe: impl FnOnce() -> String) -> Result<(), FerryError> {
+    if upload.as_bytes() != temp_name("parts", rel).as_slice() {
+        return Err(FerryError::new(
+            ErrorKind::PermissionDenied,
+            format!("multipart write {upload:?} is not one of {} (a reader sent an id this destination never gave)", describe()),
+        ));
+    }
+    Ok(())
+}
+
 /// The temporary name of a whole file named after the source `version` it holds, so only a
 /// partial file of that same version is resumed.
 pub(crate) fn version_temp_name(version: &str, name: &[u8]) -> Vec<u8> {

@@ -549,7 +549,7 @@ fn limit(ty: u8) -> Result<usize, ProtocolError> {
     })
 }
 
-fn check_header(h: &FileHeader) -> Result<(), ProtocolError> {
+pub fn check_header(h: &FileHeader) -> Result<(), ProtocolError> {
     if h.path.is_empty() || h.path.len() > MAX_PATH || !paths::is_safe_relative(&h.path) {
         return Err(err(Code::UnsafePath, format!("path {:?} is not a safe relative path of at most {MAX_PATH} bytes", paths::display(&h.path))));
     }
@@ -565,6 +565,7 @@ fn check_header(h: &FileHeader) -> Result<(), ProtocolError> {
     if h.kind != entry_kind::FILE && h.size != 0 {
         return Err(err(Code::Malformed, "only a regular file has a size"));
     }
+    check_kind_mode(h)?;
     if h.xattrs.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() > MAX_XATTR_BYTES || h.xattrs.iter().any(|(k, _)| k.is_empty() || k.contains(&0)) {
         return Err(err(Code::TooLarge, format!("extended attributes above {MAX_XATTR_BYTES} bytes, or an empty or NUL-containing name")));
     }
@@ -573,6 +574,40 @@ fn check_header(h: &FileHeader) -> Result<(), ProtocolError> {
         if h.kind != entry_kind::FILE || p.len == 0 || !fits || p.upload.is_empty() || p.upload.len() > MAX_UPLOAD_ID {
             return Err(err(Code::Malformed, format!("range [{}+{}) of upload {:?} does not fit a file of {} bytes", p.offset, p.len, p.upload, h.size)));
         }
+    }
+    Ok(())
+}
+
+/// The file-type bits (`S_IFMT`) an entry kind stands for.
+pub fn type_bits(kind: u8) -> Option<u32> {
+    Some(match kind {
+        entry_kind::FILE => libc::S_IFREG,
+        entry_kind::SYMLINK => libc::S_IFLNK,
+        entry_kind::FIFO => libc::S_IFIFO,
+        entry_kind::SOCKET => libc::S_IFSOCK,
+        entry_kind::CHAR_DEVICE => libc::S_IFCHR,
+        entry_kind::BLOCK_DEVICE => libc::S_IFBLK,
+        _ => return None,
+    })
+}
+
+/// A header's kind and the file type in its mode agree (a mode without type bits takes the
+/// kind's), and only a device node carries a device number. The writer makes nodes from the
+/// kind, so a FIFO whose mode says "block device" must never reach `mknod`.
+pub fn check_kind_mode(h: &FileHeader) -> Result<(), ProtocolError> {
+    let Some(want) = type_bits(h.kind) else {
+        return Err(err(Code::Malformed, format!("unknown entry kind {}", h.kind)));
+    };
+    let got = h.mode & libc::S_IFMT;
+    if got != 0 && got != want {
+        return Err(err(Code::Malformed, format!("entry kind {} does not match the file type {got:o} in its mode {:o}", h.kind, h.mode)));
+    }
+    if h.mode & !(libc::S_IFMT | 0o7777) != 0 {
+        return Err(err(Code::Malformed, format!("mode {:o} has bits outside the file type and permissions", h.mode)));
+    }
+    let device = matches!(h.kind, entry_kind::CHAR_DEVICE | entry_kind::BLOCK_DEVICE);
+    if !device && h.rdev != 0 {
+        return Err(err(Code::Malformed, "only a device node has a device number"));
     }
     Ok(())
 }
@@ -737,7 +772,14 @@ mod tests {
         round_trip(&Frame::End { id: 2, size: 99, crc32c: 5 });
         round_trip(&Frame::Ack { id: 2, offset: 64, status: status::RESUME_AT });
         round_trip(&Frame::Error { code: Code::CrcMismatch as u16, message: "chunk at 0 failed its CRC32C".into() });
-        round_trip(&Frame::Header(FileHeader { kind: entry_kind::SYMLINK, target: b"../elsewhere".to_vec(), size: 0, crc32c: Some(3), ..header(b"l") }));
+        round_trip(&Frame::Header(FileHeader {
+            kind: entry_kind::SYMLINK,
+            target: b"../elsewhere".to_vec(),
+            size: 0,
+            mode: 0o120777,
+            crc32c: Some(3),
+            ..header(b"l")
+        }));
         round_trip(&Frame::Hello(Hello { exec: "e1".into(), agent: "w1".into() }));
         let part = |offset, len| Some(PartTarget { upload: "u1".into(), offset, len });
         round_trip(&Frame::Header(FileHeader { size: 100, part: part(50, 50), decided: true, ..header(b"big") }));
@@ -850,7 +892,8 @@ mod tests {
         }
 
         #[test]
-        fn headers_round_trip(path in "[a-z]{1,8}(/[a-z0-9._-]{1,8}){0,5}", size: u64, mode: u32, sec: i64, nsec in 0u32..1_000_000_000) {
+        fn headers_round_trip(path in "[a-z]{1,8}(/[a-z0-9._-]{1,8}){0,5}", size: u64, perm in 0u32..0o10000, sec: i64, nsec in 0u32..1_000_000_000) {
+            let mode = libc::S_IFREG | perm;
             prop_assume!(paths::is_safe_relative(path.as_bytes()));
             let h = FileHeader { id: 1, path: path.into_bytes(), size, mode, uid: 0, gid: 0, mtime_sec: sec, mtime_nsec: nsec, atime_sec: sec, atime_nsec: nsec, ..Default::default() };
             let f = Frame::Header(h);

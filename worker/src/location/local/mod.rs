@@ -81,8 +81,25 @@ fn meta_of(st: &libc::stat) -> Meta {
     }
 }
 
+/// The file type `mknod` makes for a special file's kind.
+fn node_type(kind: EntryKind) -> Option<u32> {
+    Some(match kind {
+        EntryKind::Fifo => libc::S_IFIFO,
+        EntryKind::Socket => libc::S_IFSOCK,
+        EntryKind::CharDev => libc::S_IFCHR,
+        EntryKind::BlockDev => libc::S_IFBLK,
+        _ => return None,
+    })
+}
+
 /// Removes `name` under `dir`, recursively for directories. Returns how many non-directory
 /// entries were removed (what `sync` reports as deleted).
+///
+/// Iterative, with one directory open at a time: a destination may hold a chain of any
+/// depth (100,000 directories deep overflowed the stack of a recursive walk, and holding a
+/// descriptor per level runs out of them). It goes down by name with `O_NOFOLLOW` and back
+/// up through `..`, which must be the very directory it came from (device and inode), or it
+/// stops: a directory moved meanwhile must not lead it out of the tree.
 pub fn remove_tree_at(dir: RawFd, name: &[u8]) -> io::Result<u64> {
     let Some(st) = sys::lstat_at(dir, name)? else {
         return Ok(0);
@@ -91,24 +108,64 @@ pub fn remove_tree_at(dir: RawFd, name: &[u8]) -> io::Result<u64> {
         sys::unlink_at(dir, name, false)?;
         return Ok(1);
     }
-    let sub = sys::open_dir_at(dir, name)?;
+    /// A directory on the way down: its name in its parent, its identity, and where its
+    /// listing goes on after the subdirectory being removed.
+    struct Level {
+        name: Vec<u8>,
+        id: (u64, u64),
+        resume: Option<i64>,
+    }
+    let id_of = |fd: RawFd| sys::fstat(fd).map(|st| (st.st_dev, st.st_ino));
+    let mut cur = sys::open_dir_at(dir, name)?;
+    let mut levels = vec![Level { name: name.to_vec(), id: id_of(cur.as_raw_fd())?, resume: None }];
     let mut removed = 0;
-    let mut reader = sys::DirReader::new(sub, None)?;
-    let mut names = Vec::new();
-    while let Some(e) = reader.next_entry()? {
-        names.push(e.name);
-        // Delete in batches so huge directories do not need all names in memory.
-        if names.len() == 4096 {
-            for n in names.drain(..) {
-                removed += remove_tree_at(reader.fd(), &n)?;
+    while let Some(top) = levels.last_mut() {
+        let resumed = top.resume.take();
+        let mut reader = sys::DirReader::new(sys::open_dir_at(cur.as_raw_fd(), b".")?, resumed)?;
+        let mut down = None;
+        while let Some(e) = reader.next_entry()? {
+            if matches!(e.d_type, libc::DT_DIR | libc::DT_UNKNOWN) {
+                match sys::lstat_at(reader.fd(), &e.name)? {
+                    None => continue,
+                    Some(s) if s.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+                        down = Some((e.name, e.cookie));
+                        break;
+                    }
+                    Some(_) => {}
+                }
+            }
+            match sys::unlink_at(reader.fd(), &e.name, false) {
+                Ok(()) => removed += 1,
+                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(err) => return Err(err),
             }
         }
+        drop(reader);
+        if let Some((child, cookie)) = down {
+            top.resume = Some(cookie);
+            let fd = sys::open_dir_at(cur.as_raw_fd(), &child)?;
+            levels.push(Level { name: child, id: id_of(fd.as_raw_fd())?, resume: None });
+            cur = fd;
+            continue;
+        }
+        if resumed.is_some() {
+            // Removals may shift where a listing resumes on some file systems: the
+            // directory counts as empty only after a pass from its start.
+            continue;
+        }
+        let Some(done) = levels.pop() else { break };
+        let Some(parent_level) = levels.last() else {
+            drop(cur);
+            sys::unlink_at(dir, &done.name, true)?;
+            return Ok(removed);
+        };
+        let parent = sys::open_at(cur.as_raw_fd(), b"..", libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)?;
+        if id_of(parent.as_raw_fd())? != parent_level.id {
+            return Err(io::Error::other(format!("a directory above {} was moved while it was removed; run again", paths::display(&done.name))));
+        }
+        sys::unlink_at(parent.as_raw_fd(), &done.name, true)?;
+        cur = parent;
     }
-    for n in names {
-        removed += remove_tree_at(reader.fd(), &n)?;
-    }
-    drop(reader);
-    sys::unlink_at(dir, name, true)?;
     Ok(removed)
 }
 
@@ -188,6 +245,30 @@ pub struct LocalLocation {
     /// links) from another worker's running the same shard.
     nonce: String,
     is_root: bool,
+    /// Temporary files this value created and has not published or dropped (directory,
+    /// NUL, name): [`Location::sweep`] removes them at once, other temporaries only when stale.
+    temps: Mutex<std::collections::HashSet<Vec<u8>>>,
+}
+
+/// How long a temporary file of ferry's shape must have been left untouched (its ctime,
+/// which no one can set back) before a sweep takes it for debris. Another execution writing
+/// to the same destination touches its temporaries as it writes them.
+const STALE_TEMP: Duration = Duration::from_secs(15 * 60);
+
+/// Whether `name` is exactly a temporary name ferry makes ([`temp_name`]):
+/// `.ferry-tmp-TAG-HASH`, TAG one of `parts`, 8 hex digits (a process's nonce), or `v`, `s`
+/// or `l` and 8 hex digits, HASH 16 hex digits. A user's `.ferry-tmp-notes` is not one.
+pub fn is_temp_name(name: &[u8]) -> bool {
+    let hex = |s: &[u8], n: usize| s.len() == n && s.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+    let Some(rest) = name.strip_prefix(TEMP_PREFIX) else {
+        return false;
+    };
+    let Some(dash) = rest.iter().rposition(|&b| b == b'-') else {
+        return false;
+    };
+    let (tag, hash) = (&rest[..dash], &rest[dash + 1..]);
+    let tag_ok = tag == b"parts" || hex(tag, 8) || (tag.len() == 9 && matches!(tag[0], b'v' | b's' | b'l') && hex(&tag[1..], 8));
+    tag_ok && hex(hash, 16)
 }
 
 impl LocalLocation {
@@ -199,7 +280,23 @@ impl LocalLocation {
             dirs: Handles { root: Arc::new(root_fd), cached: Mutex::new(HashMap::new()) },
             nonce: format!("{:08x}", rand::random::<u32>()),
             is_root: sys::is_root(),
+            temps: Mutex::new(std::collections::HashSet::new()),
         })
+    }
+
+    fn temp_key(dir: &[u8], temp: &[u8]) -> Vec<u8> {
+        [dir, b"\0", temp].concat()
+    }
+
+    /// Notes (or, with `live` false, forgets) a temporary file of `rel` made by this value.
+    fn note_temp(&self, rel: &[u8], temp: &[u8], live: bool) {
+        let key = Self::temp_key(paths::split(rel).0, temp);
+        let mut temps = self.temps.lock().unwrap_or_else(|p| p.into_inner());
+        if live {
+            temps.insert(key);
+        } else {
+            temps.remove(&key);
+        }
     }
 
     fn err(&self, op: &str, rel: &[u8], e: &io::Error) -> FerryError {
@@ -235,6 +332,13 @@ impl LocalLocation {
         temp_name("parts", rel)
     }
 
+    /// A multipart write's id is its temporary file's name, and arrives from readers: it
+    /// must be the one [`Self::part_temp`] gives `rel`, or a reader could name any file
+    /// (`../../etc/shadow`) to be written, truncated or removed.
+    fn check_upload(&self, rel: &[u8], upload: &str) -> Result<(), FerryError> {
+        super::check_tree_upload(rel, upload, || self.describe(rel))
+    }
+
     /// Renames a finished temporary entry over `name`; a directory in the way goes first.
     fn rename_into_place(&self, dir: RawFd, temp: &[u8], rel: &[u8]) -> Result<(), FerryError> {
         let (_, name) = paths::split(rel);
@@ -259,12 +363,14 @@ impl LocalLocation {
         };
         let mut resumed = 0;
         match sys::lstat_at(d, &temp).map_err(|e| self.err("stat", rel, &e))? {
-            Some(st) if resume.is_some() && st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_size as u64 <= size => resumed = st.st_size as u64,
+            // Only a partial file that can be ours is written on: see [`sys::open_temp`].
+            Some(st) if resume.is_some() && sys::is_own_temp(&st) && st.st_size as u64 <= size => resumed = st.st_size as u64,
             Some(_) => {
                 remove_tree_at(d, &temp).map_err(|e| self.err("remove", rel, &e))?;
             }
             None => {}
         }
+        self.note_temp(rel, &temp, true);
         Ok(LocalSink { loc: self, rel: rel.to_vec(), dir, fd: None, temp, start: 0, len: size, resumed, meta: Some((meta.clone(), xattrs.clone())) })
     }
 
@@ -417,6 +523,7 @@ impl Location for LocalLocation {
         match target {
             Target::File { size, resume } => Ok(Box::new(self.open_file_sink(rel, size, resume, meta, xattrs)?)),
             Target::Part { upload, offset, len, .. } => {
+                self.check_upload(rel, upload)?;
                 let (dir, _) = self.parent(rel, false)?.ok_or_else(|| self.vanished(rel))?;
                 Ok(Box::new(LocalSink {
                     loc: self,
@@ -441,13 +548,21 @@ impl Location for LocalLocation {
         let made = match special {
             Special::Symlink { target } => sys::symlink_at(target, d, &temp).map_err(|e| self.err("create symlink", rel, &e)),
             // Never opened: a FIFO would block, a device would be read.
-            Special::Node => sys::mknod_at(d, &temp, meta.mode.unwrap_or(libc::S_IFIFO | 0o644), meta.rdev).map_err(|e| {
-                let mut err = self.err("create special file", rel, &e);
-                if matches!(err.kind, ErrorKind::PermissionDenied | ErrorKind::Unsupported) {
-                    err.kind = ErrorKind::Unsupported;
-                }
-                err
-            }),
+            // The node's type comes from its kind, never from a mode that may say otherwise:
+            // a "FIFO" must not become a block device.
+            Special::Node => node_type(meta.kind())
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("a {} is not a special file", meta.kind().as_str())))
+                .and_then(|t| {
+                    let rdev = if matches!(meta.kind(), EntryKind::CharDev | EntryKind::BlockDev) { meta.rdev } else { 0 };
+                    sys::mknod_at(d, &temp, t | meta.perm().unwrap_or(0o644), rdev)
+                })
+                .map_err(|e| {
+                    let mut err = self.err("create special file", rel, &e);
+                    if matches!(err.kind, ErrorKind::PermissionDenied | ErrorKind::Unsupported) {
+                        err.kind = ErrorKind::Unsupported;
+                    }
+                    err
+                }),
         };
         let done = made.and_then(|()| self.apply_meta_at(d, &temp, meta, xattrs).map_err(|e| self.err("set metadata on", rel, &e)));
         if let Err(e) = done {
@@ -559,12 +674,15 @@ impl Location for LocalLocation {
             return Ok(());
         };
         let (dir, _) = self.parent(&staged.rel, false)?.ok_or_else(|| self.vanished(&staged.rel))?;
-        self.rename_into_place(dir.as_raw_fd(), temp, &staged.rel)
+        self.rename_into_place(dir.as_raw_fd(), temp, &staged.rel)?;
+        self.note_temp(&staged.rel, temp, false);
+        Ok(())
     }
 
     fn discard(&self, staged: &Staged) {
         if let (Token::Temp(temp), Ok(Some((dir, _)))) = (&staged.token, self.parent(&staged.rel, false)) {
             let _ = sys::unlink_at(dir.as_raw_fd(), temp, false);
+            self.note_temp(&staged.rel, temp, false);
         }
     }
 
@@ -589,30 +707,59 @@ impl Location for LocalLocation {
         };
         let own = sys::open_dir_at(fd.as_raw_fd(), b".").map_err(|e| self.err("list", dir, &e))?;
         let mut reader = sys::DirReader::new(own, None).map_err(|e| self.err("list", dir, &e))?;
+        // Only what is provably ferry's debris goes: a name of ferry's exact shape, not a
+        // directory, owned by this user, and either made by this value or untouched for
+        // [`STALE_TEMP`]. A user's own `.ferry-tmp-…` entry (any mode, copy included) and
+        // another execution's temporary file in the middle of being written both stay.
         let mut debris = Vec::new();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
         while let Some(raw) = reader.next_entry().map_err(|e| self.err("list", dir, &e))? {
-            if raw.name.starts_with(TEMP_PREFIX) {
+            if !is_temp_name(&raw.name) {
+                continue;
+            }
+            let Some(st) = sys::lstat_at(reader.fd(), &raw.name).map_err(|e| self.err("stat", dir, &e))? else {
+                continue;
+            };
+            let ours = st.st_mode & libc::S_IFMT != libc::S_IFDIR && st.st_uid == unsafe { libc::geteuid() };
+            let made_here = self.temps.lock().unwrap_or_else(|p| p.into_inner()).contains(&Self::temp_key(dir, &raw.name));
+            let stale = now.saturating_sub(st.st_ctime) >= STALE_TEMP.as_secs() as i64;
+            if ours && (made_here || stale) {
                 debris.push(raw.name);
             }
         }
         for name in debris {
-            remove_tree_at(fd.as_raw_fd(), &name).map_err(|e| self.err("remove temporary file in", dir, &e))?;
+            sys::unlink_at(fd.as_raw_fd(), &name, false).map_err(|e| self.err("remove temporary file in", dir, &e))?;
+            self.temps.lock().unwrap_or_else(|p| p.into_inner()).remove(&Self::temp_key(dir, &name));
         }
         Ok(())
     }
 
     fn create_multipart(&self, rel: &[u8], size: u64, _meta: &Meta) -> Result<String, FerryError> {
         let (dir, _) = self.parent(rel, true)?.ok_or_else(|| self.vanished(rel))?;
+        let d = dir.as_raw_fd();
         let temp = Self::part_temp(rel);
-        let fd = sys::open_at(dir.as_raw_fd(), &temp, libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW, 0o600).map_err(|e| self.err("create", rel, &e))?;
+        // The name is predictable: what is there is kept only when it is our own temporary
+        // file; anything else goes, and the file is created exclusively.
+        let fd = match sys::open_temp(d, &temp, true) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                sys::open_at(d, &temp, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o600).map_err(|e| self.err("create", rel, &e))?
+            }
+            Err(_) => {
+                remove_tree_at(d, &temp).map_err(|e| self.err("remove", rel, &e))?;
+                sys::open_at(d, &temp, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o600).map_err(|e| self.err("create", rel, &e))?
+            }
+        };
         sys::ftruncate(fd.as_raw_fd(), size).map_err(|e| self.err("create", rel, &e))?;
+        self.note_temp(rel, &temp, true);
         Ok(String::from_utf8_lossy(&temp).into_owned())
     }
 
     fn complete_multipart(&self, rel: &[u8], upload: &str, done: &Completed<'_>) -> Result<Staged, FerryError> {
         let Completed { size, meta, xattrs, .. } = *done;
+        self.check_upload(rel, upload)?;
         let (dir, _) = self.parent(rel, false)?.ok_or_else(|| self.vanished(rel))?;
-        let fd = sys::open_at(dir.as_raw_fd(), upload.as_bytes(), libc::O_RDWR | libc::O_NOFOLLOW, 0).map_err(|e| self.err("open", rel, &e))?;
+        let fd = sys::open_temp(dir.as_raw_fd(), upload.as_bytes(), false).map_err(|e| self.err("open", rel, &e))?;
         sys::ftruncate(fd.as_raw_fd(), size).map_err(|e| self.err("write", rel, &e))?;
         self.apply_meta_fd(fd.as_raw_fd(), meta, Some(xattrs), 0o644).map_err(|e| self.err("set metadata on", rel, &e))?;
         Ok(Staged {
@@ -630,6 +777,7 @@ impl Location for LocalLocation {
     }
 
     fn abort_multipart(&self, rel: &[u8], upload: &str) -> Result<(), FerryError> {
+        self.check_upload(rel, upload)?;
         if let Some((dir, _)) = self.parent(rel, false)? {
             match sys::unlink_at(dir.as_raw_fd(), upload.as_bytes(), false) {
                 Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(self.err("remove temporary file of", rel, &e)),
@@ -731,7 +879,9 @@ impl LocalSink<'_> {
                 remove_tree_at(d, &self.temp)?;
                 sys::open_at(d, &self.temp, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o600)
             }),
-            _ => sys::open_at(d, &self.temp, libc::O_RDWR | libc::O_NOFOLLOW, 0),
+            // A resumed file (checked again: the name may have changed hands since), or a
+            // multipart write's shared file.
+            (meta, _) => sys::open_temp(d, &self.temp, meta.is_some()),
         };
         let fd = opened.map_err(|e| match (e.raw_os_error(), &self.meta) {
             (Some(libc::ENOENT), None) => FerryError::new(ErrorKind::Unavailable, format!("the multipart write of {} vanished", self.loc.describe(&self.rel))),
@@ -786,6 +936,7 @@ impl Sink for LocalSink<'_> {
     fn abort(self: Box<Self>) {
         if self.meta.is_some() {
             let _ = sys::unlink_at(self.dir.as_raw_fd(), &self.temp, false);
+            self.loc.note_temp(&self.rel, &self.temp, false);
         }
     }
 }

@@ -151,9 +151,50 @@ pub fn lchown_at(dir: RawFd, name: &[u8], uid: u32, gid: u32) -> io::Result<()> 
     check(unsafe { libc::fchownat(dir, c.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) }).map(|_| ())
 }
 
+/// Sets the mode of `name` itself, never of what a symlink there points to: an entry
+/// swapped for a symlink (by another user of a shared directory, between its creation and
+/// this call) must not hand its mode to the link's target.
+///
+/// `fchmodat(AT_SYMLINK_NOFOLLOW)` is no answer on Linux: the kernel's own call has no
+/// flags until fchmodat2 (6.6), and older C libraries refuse the flag (ENOTSUP). `fchmod`
+/// cannot open a FIFO (it would block) or a device (it would be opened). So: open the entry
+/// with `O_PATH | O_NOFOLLOW`, which opens nothing but a handle to that very inode (a
+/// symlink's own, never its target), refuse a symlink, and `chmod` the handle through
+/// `/proc/self/fd`, which names exactly that inode: what glibc does for the flag itself.
 pub fn chmod_at(dir: RawFd, name: &[u8], mode: u32) -> io::Result<()> {
-    let c = cstr(name)?;
-    check(unsafe { libc::fchmodat(dir, c.as_ptr(), mode & 0o7777, 0) }).map(|_| ())
+    let fd = open_at(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+    let st = fstat(fd.as_raw_fd())?;
+    if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+        return Err(io::Error::new(io::ErrorKind::Unsupported, "is a symlink, whose mode is not set"));
+    }
+    let path = cstr(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_bytes())?;
+    check(unsafe { libc::chmod(path.as_ptr(), mode & 0o7777) }).map(|_| ())
+}
+
+/// Opens a temporary file to write into (read-write, never following a symlink, never
+/// blocking on a FIFO): only a regular file with no other name and, with `owner`, owned by
+/// this user. Anything else at a predictable temporary name may have been put there by
+/// another local user (a hard link to a file of theirs, or of root's), and is refused with
+/// EPERM. A multipart write's shared file is opened without `owner`: on an NFS mount with
+/// root squashing, what root creates belongs to nobody; that file was created exclusively
+/// or checked with `owner` when the write started.
+pub fn open_temp(dir: RawFd, name: &[u8], owner: bool) -> io::Result<OwnedFd> {
+    let fd = open_at(dir, name, libc::O_RDWR | libc::O_NOFOLLOW | libc::O_NONBLOCK, 0)?;
+    let st = fstat(fd.as_raw_fd())?;
+    let linked_once = st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink == 1;
+    if !linked_once || (owner && !is_own_temp(&st)) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "a temporary name holds something ferry did not create (not a regular file of this user with one link)",
+        ));
+    }
+    Ok(fd)
+}
+
+/// Whether a stat describes a temporary file this process may have made: a regular file
+/// owned by this user with no other name.
+pub fn is_own_temp(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_uid == unsafe { libc::geteuid() } && st.st_nlink == 1
 }
 
 pub fn mkdir_at(dir: RawFd, name: &[u8], mode: u32) -> io::Result<()> {
@@ -424,4 +465,48 @@ pub fn group_id(name: &str) -> Option<u32> {
         let rc = unsafe { libc::getgrnam_r(cname.as_ptr(), &mut gr, buf.as_mut_ptr(), buf.len(), &mut out) };
         (rc, (!out.is_null()).then_some(gr.gr_gid))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn chmod_at_never_changes_a_symlinks_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, b"x").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join("entry")).unwrap();
+        let fd = open_root(dir.path()).unwrap();
+        assert!(chmod_at(fd.as_raw_fd(), b"entry", 0o4777).is_err(), "a symlink in place of the entry is refused");
+        assert_eq!(std::fs::metadata(&target).unwrap().permissions().mode() & 0o7777, 0o600, "the target kept its mode");
+        // A FIFO (never opened) and a file still get theirs.
+        let fifo = CString::new(dir.path().join("fifo").to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        chmod_at(fd.as_raw_fd(), b"fifo", 0o640).unwrap();
+        chmod_at(fd.as_raw_fd(), b"target", 0o644).unwrap();
+        assert_eq!(std::fs::symlink_metadata(dir.path().join("fifo")).unwrap().permissions().mode() & 0o7777, 0o640);
+        assert_eq!(std::fs::metadata(&target).unwrap().permissions().mode() & 0o7777, 0o644);
+    }
+
+    #[test]
+    fn a_temporary_name_holding_what_ferry_did_not_create_is_not_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let fd = open_root(dir.path()).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join(".ferry-tmp-link")).unwrap();
+        std::fs::hard_link(&victim, dir.path().join(".ferry-tmp-hard")).unwrap();
+        for name in [&b".ferry-tmp-link"[..], b".ferry-tmp-hard"] {
+            assert!(open_temp(fd.as_raw_fd(), name, false).is_err(), "{}", String::from_utf8_lossy(name));
+        }
+        std::fs::write(dir.path().join(".ferry-tmp-theirs"), b"partial").unwrap();
+        std::os::unix::fs::chown(dir.path().join(".ferry-tmp-theirs"), Some(4242), Some(4242)).unwrap();
+        assert!(open_temp(fd.as_raw_fd(), b".ferry-tmp-theirs", true).is_err(), "another user's file");
+        std::fs::write(dir.path().join(".ferry-tmp-mine"), b"partial").unwrap();
+        open_temp(fd.as_raw_fd(), b".ferry-tmp-mine", true).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    }
 }

@@ -921,6 +921,7 @@ impl Location for NfsLocation {
                     Ok(Box::new(sink) as Box<dyn Sink + '_>)
                 }
                 Target::Part { upload, offset, len, .. } => {
+                    super::check_tree_upload(rel, upload, || self.describe(rel))?;
                     let (dir, _) = self.parent(rel, false).await?.ok_or_else(|| self.vanished(rel))?;
                     let fh = self
                         .lookup(&dir, upload.as_bytes())
@@ -1133,6 +1134,7 @@ impl Location for NfsLocation {
 
     fn complete_multipart(&self, rel: &[u8], upload: &str, done: &Completed<'_>) -> Result<Staged, FerryError> {
         let Completed { size, meta, .. } = *done;
+        super::check_tree_upload(rel, upload, || self.describe(rel))?;
         self.block(async {
             let (dir, _) = self.parent(rel, false).await?.ok_or_else(|| self.vanished(rel))?;
             let fh = self.lookup(&dir, upload.as_bytes()).await.map_err(|f| self.fail("look up", rel, f))?.ok_or_else(|| self.vanished(rel))?.fh;
@@ -1152,6 +1154,7 @@ impl Location for NfsLocation {
     }
 
     fn abort_multipart(&self, rel: &[u8], upload: &str) -> Result<(), FerryError> {
+        super::check_tree_upload(rel, upload, || self.describe(rel))?;
         self.block(async {
             if let Some((dir, _)) = self.parent(rel, false).await? {
                 match self.wire.remove(&dir, upload.as_bytes()).await {

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 
+use ferry_common::error::{ErrorKind, FerryError};
 use ferry_common::model::{EntryKind, Timestamp};
 
 use crate::location::Meta;
@@ -70,8 +71,28 @@ pub fn to_user_metadata(meta: &Meta, kind: EntryKind) -> HashMap<String, String>
     m
 }
 
+/// Longest symlink target a "symlink" object may hold (PATH_MAX): its body is read whole into
+/// memory, and whoever writes to the bucket chooses its size.
+pub const MAX_LINK_TARGET: u64 = 4096;
+
+/// Refuses a symlink object too large to be a target, before it is read.
+pub fn check_link_size(what: &str, size: u64) -> Result<(), FerryError> {
+    if size > MAX_LINK_TARGET {
+        return Err(FerryError::new(
+            ErrorKind::Unsupported,
+            format!("{what} is marked a symlink but holds {size} bytes, more than a symlink target may ({MAX_LINK_TARGET}); fix its file-permissions metadata, or exclude it"),
+        ));
+    }
+    Ok(())
+}
+
 /// Fills `meta` from user metadata; `last_modified` is the fallback mtime. `is_marker` is a
 /// key ending in `/`.
+///
+/// Whoever can write to the bucket writes this metadata, so none of it is trusted further
+/// than the execution asks: owner and group, and with them the set-user-ID and set-group-ID
+/// bits, reach a destination only when owners are preserved (Uid/Gid not NONE); the writer
+/// drops them otherwise (`engine::write`), whatever the source.
 pub fn from_user_metadata(user: Option<&HashMap<String, String>>, last_modified: Timestamp, is_marker: bool, meta: &mut Meta) {
     let get = |k: &str| user.and_then(|u| u.get(k)).map(|s| s.trim());
     meta.mtime = get(MTIME).and_then(parse_time).or_else(|| get(RCLONE_MTIME).and_then(parse_rclone_time)).unwrap_or(last_modified);
@@ -102,6 +123,14 @@ pub fn from_user_metadata(user: Option<&HashMap<String, String>>, last_modified:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_symlink_object_larger_than_path_max_is_refused_before_it_is_read() {
+        assert!(check_link_size("s3://b/link", MAX_LINK_TARGET).is_ok());
+        let e = check_link_size("s3://b/link", 5 << 30).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unsupported);
+        assert!(e.message.contains("s3://b/link") && e.message.contains("4096"), "{}", e.message);
+    }
 
     #[test]
     fn metadata_round_trips_including_negative_and_nanosecond_times() {

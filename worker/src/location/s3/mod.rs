@@ -617,6 +617,7 @@ impl Location for S3Location {
             match self.head_key(&key) {
                 Ok(Some(mut m)) => {
                     if m.kind() == EntryKind::Symlink {
+                        meta::check_link_size(&self.describe(rel), m.size)?;
                         let mut src = self.open(rel, 0)?;
                         let mut target = vec![0u8; m.size as usize];
                         src.read_at(0, &mut target)?;

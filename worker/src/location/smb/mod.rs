@@ -723,6 +723,7 @@ impl Location for SmbLocation {
                 }))
             }
             Target::Part { upload, offset, len, .. } => {
+                super::check_tree_upload(rel, upload, || self.describe(rel))?;
                 let temp_full = self.temp_path(rel, upload.as_bytes())?;
                 let file = self.block(self.share().open_write(&temp_full)).map_err(|e| match e {
                     Error::NotFound { .. } => FerryError::new(ErrorKind::Unavailable, format!("the multipart write of {} vanished", self.describe(rel))),
@@ -929,6 +930,7 @@ impl Location for SmbLocation {
 
     fn complete_multipart(&self, rel: &[u8], upload: &str, done: &Completed<'_>) -> Result<Staged, FerryError> {
         let Completed { size, meta, xattrs, .. } = *done;
+        super::check_tree_upload(rel, upload, || self.describe(rel))?;
         let temp_full = self.temp_path(rel, upload.as_bytes())?;
         self.block(async {
             let f = self.share().open_write(&temp_full).await.map_err(|e| self.fail("open", rel, e))?;
@@ -956,6 +958,7 @@ impl Location for SmbLocation {
     }
 
     fn abort_multipart(&self, rel: &[u8], upload: &str) -> Result<(), FerryError> {
+        super::check_tree_upload(rel, upload, || self.describe(rel))?;
         let temp_full = self.temp_path(rel, upload.as_bytes())?;
         if let Some(f) = self.unstage(rel, upload.as_bytes()) {
             let _ = self.block(f.close());
