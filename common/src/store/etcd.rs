@@ -114,7 +114,10 @@ fn connect_failure(e: &ec::Error, opts: &EtcdConnect) -> (String, bool) {
             &["notvalidforname", "not valid for name"],
             "TLS handshake failed: etcd's certificate does not name this endpoint's host (use the host name or address its certificate lists)".to_string(),
         ),
-        (&["expired"], "TLS handshake failed: a certificate has expired or is not yet valid (renew it)".to_string()),
+        (
+            &["invalidcertificate(expired", "certificateexpired", "certificate expired"],
+            "TLS handshake failed: a certificate has expired or is not yet valid (renew it)".to_string(),
+        ),
         (
             &["certificaterequired", "certificate required", "badcertificate", "bad certificate", "unknownca", "unknown ca"],
             "TLS handshake failed: etcd refused this client's certificate (give --etcd-cert and --etcd-key signed by a CA etcd trusts)".to_string(),
@@ -147,6 +150,7 @@ fn connect_failure(e: &ec::Error, opts: &EtcdConnect) -> (String, bool) {
     for (needle, reason) in [
         ("connection refused", "connection refused"),
         ("timed out", "timed out"),
+        ("timeoutexpired", "timed out"),
         ("no route to host", "no route to host"),
         ("dns error", "cannot resolve the host name"),
         ("connection reset", "connection reset (is etcd serving TLS there? then use https://)"),
