@@ -442,7 +442,7 @@ fn key_files_are_private_and_world_readable_keys_are_refused() {
     assert_eq!(std::fs::metadata(agent.join("agent.key")).unwrap().permissions().mode() & 0o777, 0o600);
     assert!(Identity::load(&agent).is_ok());
     std::fs::set_permissions(agent.join("agent.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
-    let err = Identity::load(&agent).err().expect("refused").to_string();
+    let err = Identity::load(&agent).expect_err("refused").to_string();
     assert!(err.contains("readable by others") && err.contains("chmod 600"), "{err}");
     assert!(init_ca(dir.path()).is_err(), "an existing CA is never replaced");
     assert!(ferry_worker::transport::link::pki::check_agent_name("bad name!").is_err());

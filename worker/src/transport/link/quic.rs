@@ -696,23 +696,25 @@ impl LinkClient {
             }
             let _ = send.finish();
         });
-        let (tx, rx) = std::sync::mpsc::channel();
+        // Bounded: a writer that answers faster than the reader reads is held back by the
+        // stream's flow control, not buffered here without limit.
+        let (tx, rx) = tokio::sync::mpsc::channel(ANSWERS_AHEAD);
         self.runtime.spawn(async move {
             let mut reader = FrameReader::new(recv);
             if let Err(e) = reader.preamble().await {
-                let _ = tx.send(Err(e));
+                let _ = tx.send(Err(e)).await;
                 return;
             }
             loop {
                 match reader.next().await {
                     Ok(Some(f)) => {
-                        if tx.send(Ok(f)).is_err() {
+                        if tx.send(Ok(f)).await.is_err() {
                             return;
                         }
                     }
                     Ok(None) => return,
                     Err(e) => {
-                        let _ = tx.send(Err(e));
+                        let _ = tx.send(Err(e)).await;
                         return;
                     }
                 }
@@ -725,6 +727,9 @@ impl LinkClient {
 /// Frames queued ahead of the stream by a reader.
 const WRITE_AHEAD: usize = 8;
 
+/// A writer's answers queued for the reader before the stream's flow control holds it back.
+const ANSWERS_AHEAD: usize = 64;
+
 /// A reader's stream to a writer.
 pub struct QuicWire {
     runtime: tokio::runtime::Handle,
@@ -732,7 +737,7 @@ pub struct QuicWire {
     send: Option<tokio::sync::mpsc::Sender<Vec<bytes::Bytes>>>,
     failed: Arc<Mutex<Option<String>>>,
     conn: quinn::Connection,
-    rx: std::sync::mpsc::Receiver<Result<Frame, ProtocolError>>,
+    rx: tokio::sync::mpsc::Receiver<Result<Frame, ProtocolError>>,
     buf: Vec<u8>,
 }
 
@@ -773,17 +778,18 @@ impl Wire for QuicWire {
     }
 
     fn recv(&mut self, wait: Option<Duration>) -> Result<Option<Frame>, LinkError> {
-        use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
+        use tokio::sync::mpsc::error::TryRecvError;
+        let closed = || LinkError::Down("the writer closed the stream".into());
         let got = match wait {
             None => match self.rx.try_recv() {
                 Ok(f) => f,
                 Err(TryRecvError::Empty) => return Ok(None),
-                Err(TryRecvError::Disconnected) => return Err(LinkError::Down("the writer closed the stream".into())),
+                Err(TryRecvError::Disconnected) => return Err(closed()),
             },
-            Some(t) => match self.rx.recv_timeout(t) {
-                Ok(f) => f,
-                Err(RecvTimeoutError::Timeout) => return Ok(None),
-                Err(RecvTimeoutError::Disconnected) => return Err(LinkError::Down("the writer closed the stream".into())),
+            Some(t) => match self.runtime.block_on(async { tokio::time::timeout(t, self.rx.recv()).await }) {
+                Ok(Some(f)) => f,
+                Err(_) => return Ok(None),
+                Ok(None) => return Err(closed()),
             },
         };
         match got {
