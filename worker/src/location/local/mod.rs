@@ -760,6 +760,14 @@ impl Location for LocalLocation {
         self.check_upload(rel, upload)?;
         let (dir, _) = self.parent(rel, false)?.ok_or_else(|| self.vanished(rel))?;
         let fd = sys::open_temp(dir.as_raw_fd(), upload.as_bytes(), false).map_err(|e| self.err("open", rel, &e))?;
+        // Every part's writer holds a lock on its range while its descriptor is open: a writer
+        // that stalled past its lease still holds one, and the file is not finished under it.
+        if !lock_range_patiently(fd.as_raw_fd(), 0, 0).map_err(|e| self.err("lock", rel, &e))? {
+            return Err(FerryError::new(
+                ErrorKind::Unavailable,
+                format!("a writer of a part of {} still has it open (a stalled agent?): completing it later", self.describe(rel)),
+            ));
+        }
         sys::ftruncate(fd.as_raw_fd(), size).map_err(|e| self.err("write", rel, &e))?;
         self.apply_meta_fd(fd.as_raw_fd(), meta, Some(xattrs), 0o644).map_err(|e| self.err("set metadata on", rel, &e))?;
         Ok(Staged {
@@ -845,6 +853,27 @@ impl Source for LocalSource<'_> {
     }
 }
 
+/// How long a part's writer, or the commit, waits for a range another open holds. A writer
+/// cut off from its reader keeps its stream, and the range, until the link's idle timeout
+/// ends it; a reconnecting reader must not lose an attempt to that.
+#[cfg(not(test))]
+const RANGE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+#[cfg(test)]
+const RANGE_WAIT: std::time::Duration = std::time::Duration::from_millis(300);
+
+fn lock_range_patiently(fd: RawFd, start: u64, len: u64) -> std::io::Result<bool> {
+    let deadline = std::time::Instant::now() + RANGE_WAIT;
+    loop {
+        if sys::try_lock_range(fd, start, len)? {
+            return Ok(true);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// A temporary file being written: a whole file, or one range of a multipart write.
 struct LocalSink<'a> {
     loc: &'a LocalLocation,
@@ -887,6 +916,21 @@ impl LocalSink<'_> {
             (Some(libc::ENOENT), None) => FerryError::new(ErrorKind::Unavailable, format!("the multipart write of {} vanished", self.loc.describe(&self.rel))),
             _ => self.loc.err("create", &self.rel, &e),
         })?;
+        // A part's range is written by one open at a time, and the file is completed only when
+        // no range is held: a writer that stalled past its lease with this range open keeps it
+        // until it resumes, finds its lease gone and closes; only then may the part be
+        // written again, whole, and the file be finished. So no stale write lands after.
+        if self.meta.is_none() && !lock_range_patiently(fd.as_raw_fd(), self.start, self.len.max(1)).map_err(|e| self.loc.err("lock", &self.rel, &e))? {
+            return Err(FerryError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "bytes {}..{} of {} are still being written by another writer (a stalled agent?): retrying",
+                    self.start,
+                    self.start + self.len,
+                    self.loc.describe(&self.rel)
+                ),
+            ));
+        }
         Ok(self.fd.insert(fd).as_raw_fd())
     }
 }
@@ -945,4 +989,40 @@ impl Sink for LocalSink<'_> {
 pub fn now() -> Timestamp {
     let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     Timestamp { sec: d.as_secs() as i64, nsec: d.subsec_nanos() }
+}
+
+#[cfg(test)]
+mod part_fence_tests {
+    use super::*;
+    use crate::location::{Completed, Location, Target};
+
+    #[test]
+    fn a_part_writer_that_still_holds_its_range_keeps_the_file_from_being_finished_and_its_range_from_a_second_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = LocalLocation::open(dir.path(), "t").unwrap();
+        let meta = Meta { size: 20, ..Meta::default() };
+        let upload = loc.create_multipart(b"big", 20, &meta).unwrap();
+        let part = |offset| Target::Part { upload: &upload, offset, len: 10, size: 20 };
+        // The first writer of bytes 0..10 stalls with its range open (past its lease, say).
+        let mut stalled = loc.create(b"big", part(0), &meta, &Vec::new()).unwrap();
+        stalled.write_at(0, &[1; 10], 0).unwrap();
+        let mut other = loc.create(b"big", part(10), &meta, &Vec::new()).unwrap();
+        other.write_at(10, &[2; 10], 0).unwrap();
+        other.finish(0).unwrap();
+        // The part is given to another writer: it may not write that range yet.
+        let mut second = loc.create(b"big", part(0), &meta, &Vec::new()).unwrap();
+        let e = second.write_at(0, &[3; 10], 0).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+        // Nor is the file finished under the stalled writer.
+        let done = Completed { size: 20, meta: &meta, xattrs: &Vec::new(), crc32c: 0, part_tags: &[] };
+        let e = loc.complete_multipart(b"big", &upload, &done).err().expect("refused while a range is held");
+        assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+        // The stalled writer gives up (its lease is gone): its range is free, the part is
+        // written again, whole, and the file can be finished.
+        stalled.abort();
+        let mut again = loc.create(b"big", part(0), &meta, &Vec::new()).unwrap();
+        again.write_at(0, &[3; 10], 0).unwrap();
+        again.finish(0).unwrap();
+        loc.complete_multipart(b"big", &upload, &done).unwrap();
+    }
 }

@@ -119,6 +119,24 @@ pub fn seek_hole(fd: RawFd, offset: u64) -> io::Result<u64> {
     Ok(r as u64)
 }
 
+/// Takes a write lock on bytes `[start, start + len)` of the open file description `fd`
+/// (`len` 0: to the end of the file, however long) without waiting: `Ok(false)` when another
+/// description holds an overlapping lock. Open-file-description locks belong to that one open,
+/// not to the process, so two sinks of one agent exclude each other as two agents do, and the
+/// lock goes when the descriptor closes, also when its process dies.
+pub fn try_lock_range(fd: RawFd, start: u64, len: u64) -> io::Result<bool> {
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = start as libc::off_t;
+    fl.l_len = len as libc::off_t;
+    match check(unsafe { libc::fcntl(fd, libc::F_OFD_SETLK, &fl) }) {
+        Ok(_) => Ok(true),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 pub fn ftruncate(fd: RawFd, len: u64) -> io::Result<()> {
     check(unsafe { libc::ftruncate(fd, len as libc::off_t) }).map(|_| ())
 }
