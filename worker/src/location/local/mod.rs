@@ -1015,7 +1015,7 @@ mod part_fence_tests {
         assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
         // Nor is the file finished under the stalled writer.
         let done = Completed { size: 20, meta: &meta, xattrs: &Vec::new(), crc32c: 0, part_tags: &[] };
-        let e = loc.complete_multipart(b"big", &upload, &done).err().expect("refused while a range is held");
+        let e = loc.complete_multipart(b"big", &upload, &done).expect_err("refused while a range is held");
         assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
         // The stalled writer gives up (its lease is gone): its range is free, the part is
         // written again, whole, and the file can be finished.
