@@ -740,14 +740,20 @@ impl Location for LocalLocation {
         let temp = Self::part_temp(rel);
         // The name is predictable: what is there is kept only when it is our own temporary
         // file; anything else goes, and the file is created exclusively.
-        let fd = match sys::open_temp(d, &temp, true) {
-            Ok(fd) => fd,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                sys::open_at(d, &temp, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o600).map_err(|e| self.err("create", rel, &e))?
-            }
-            Err(_) => {
-                remove_tree_at(d, &temp).map_err(|e| self.err("remove", rel, &e))?;
-                sys::open_at(d, &temp, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o600).map_err(|e| self.err("create", rel, &e))?
+        // Every part shard of the file may ask at once: one creates it, the others find it.
+        let create = || sys::open_at(d, &temp, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o600);
+        let mut tries = 0;
+        let fd = loop {
+            tries += 1;
+            let created = match sys::open_temp(d, &temp, true) {
+                Ok(fd) => break fd,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => create(),
+                Err(_) => remove_tree_at(d, &temp).and_then(|_| create()),
+            };
+            match created {
+                Ok(fd) => break fd,
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) && tries < 5 => continue,
+                Err(e) => return Err(self.err("create", rel, &e)),
             }
         };
         sys::ftruncate(fd.as_raw_fd(), size).map_err(|e| self.err("create", rel, &e))?;
@@ -1024,5 +1030,29 @@ mod part_fence_tests {
         again.write_at(0, &[3; 10], 0).unwrap();
         again.finish(0).unwrap();
         loc.complete_multipart(b"big", &upload, &done).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod multipart_race_tests {
+    use super::*;
+    use crate::location::Location;
+
+    #[test]
+    fn part_shards_that_open_one_multipart_write_at_once_all_get_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = LocalLocation::open(dir.path(), "t").unwrap();
+        let meta = Meta { size: 1 << 20, ..Meta::default() };
+        for round in 0..20 {
+            let rel = format!("f{round}");
+            let ids: Vec<_> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..4).map(|_| s.spawn(|| loc.create_multipart(rel.as_bytes(), 1 << 20, &meta))).collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            for id in &ids {
+                assert_eq!(id.as_ref().map_err(|e| e.to_string()), ids[0].as_ref().map_err(|e| e.to_string()), "round {round}");
+            }
+            assert!(ids[0].is_ok(), "{:?}", ids[0]);
+        }
     }
 }
