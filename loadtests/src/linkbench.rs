@@ -411,7 +411,7 @@ impl Bench<'_> {
         let dst_addr = format!("{}:7420", self.sites.dst_addr());
         let mut writer = self.sites.at_dst(&worker);
         writer
-            .args(["--etcd", etcd, "--name", "dst1", "--labels", "cloud", "--link-listen", &dst_addr, "--movers", "8"])
+            .args(["--etcd", etcd, "--insecure-etcd", "--name", "dst1", "--labels", "cloud", "--link-listen", &dst_addr, "--movers", "8"])
             .arg("--tls-dir")
             .arg(w.join("tls-dst"))
             .args(&worker_flags);
@@ -422,7 +422,11 @@ impl Bench<'_> {
                 .map_err(|e| run_err(format!("ferry-worker: {e}")))?,
         );
         let mut reader = self.sites.at_src(&worker);
-        reader.args(["--etcd", etcd, "--name", "src1", "--labels", "onprem", "--movers", "8"]).arg("--tls-dir").arg(w.join("tls-src")).args(&worker_flags);
+        reader
+            .args(["--etcd", etcd, "--insecure-etcd", "--name", "src1", "--labels", "onprem", "--movers", "8"])
+            .arg("--tls-dir")
+            .arg(w.join("tls-src"))
+            .args(&worker_flags);
         procs.0.push(
             reader
                 .stderr(std::fs::File::create(w.join(format!("{tool}-src.log"))).map_err(|e| run_err(e.to_string()))?)
@@ -434,7 +438,7 @@ impl Bench<'_> {
         let before: f64 = pids.iter().map(|&p| crate::util::process_cpu_seconds(p, true).unwrap_or(0.0)).sum::<f64>() + children_cpu();
         let t0 = Instant::now();
         let mut copy = self.sites.at_src(&bin_dir.join("ferry"));
-        copy.args(["copy", "--no-progress", "--json", "--etcd", etcd, "--source-agents", "onprem", "--destination-agents", "cloud"])
+        copy.args(["copy", "--no-progress", "--json", "--etcd", etcd, "--insecure-etcd", "--source-agents", "onprem", "--destination-agents", "cloud"])
             .args(&copy_flags)
             .arg(&self.o.data)
             .arg(&self.dst);
@@ -595,7 +599,8 @@ fn start_control(o: &LinkBenchOptions, sites: &Sites, bin_dir: &Path, port: u16,
     procs.0.push(etcd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| run_err(format!("etcd: {e} (apt-get install etcd-server)")))?);
     std::thread::sleep(Duration::from_secs(2));
     let mut coord = sites.at_src(&bin_dir.join("ferry"));
-    coord.args(["coordinator", "--name", "lb", "--etcd", &etcd_url]);
+    // The test bed's etcd listens on the namespaces' bridge: plaintext there is this bench's choice.
+    coord.args(["coordinator", "--name", "lb", "--etcd", &etcd_url, "--insecure-etcd"]);
     let log = std::fs::File::create(o.work.join(format!("coordinator{tag}.log"))).map_err(|e| run_err(e.to_string()))?;
     procs.0.push(coord.stderr(log).spawn().map_err(|e| run_err(format!("ferry coordinator: {e}")))?);
     std::thread::sleep(Duration::from_secs(1));
