@@ -156,6 +156,10 @@ pub struct WorkerSection {
     /// QUIC connections per writer agent.
     #[serde(default)]
     pub link_connections: Option<u32>,
+    /// Address for the probe endpoints `/healthz` and `/readyz` (plain HTTP), e.g.
+    /// `0.0.0.0:9464`.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
 }
 
 impl DaemonConfig {

@@ -463,7 +463,7 @@ pub struct Execution {
 }
 
 /// An agent's registration (`/ferry/v1/workers/{id}`, under its lease).
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct WorkerInfo {
     pub name: String,
     pub host: String,
@@ -480,6 +480,12 @@ pub struct WorkerInfo {
     /// Where other agents reach this one's link endpoint (`host:port`, UDP), if it has one.
     #[serde(default)]
     pub link_addr: Option<String>,
+    /// The agent's release version and commit (empty from agents older than 0.1.0's stamp),
+    /// so a rolling upgrade shows which agents still run the old build.
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub commit: String,
 }
 
 impl Execution {

@@ -142,6 +142,49 @@ impl EtcdServer {
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
+
+    /// `etcdctl snapshot save FILE`: the backup step of docs/operations.md.
+    pub fn snapshot(&self, file: &std::path::Path) {
+        let out = Command::new(etcdctl_binary())
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.endpoint, "snapshot", "save"])
+            .arg(file)
+            .output()
+            .expect("run etcdctl");
+        assert!(out.status.success(), "etcdctl snapshot save failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Loses etcd (SIGKILL and its data directory removed), then restores `snapshot` into a new
+    /// data directory with `etcdctl snapshot restore` and starts etcd on it: the restore step of
+    /// docs/operations.md.
+    pub fn lose_and_restore(&mut self, snapshot: &std::path::Path) {
+        self.stop();
+        std::fs::remove_dir_all(&self.data_dir).expect("remove etcd's data directory");
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let out = Command::new(etcdctl_binary())
+            .env("ETCDCTL_API", "3")
+            .arg("snapshot")
+            .arg("restore")
+            .arg(snapshot)
+            .args(["--name", "ferry-test", "--initial-cluster", &format!("ferry-test={peer}"), "--initial-advertise-peer-urls", &peer])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .output()
+            .expect("run etcdctl");
+        assert!(out.status.success(), "etcdctl snapshot restore failed: {}", String::from_utf8_lossy(&out.stderr));
+        let bin = etcd_binary().expect("etcd installed");
+        self.spawn(&bin);
+    }
+}
+
+/// etcd's own client (Debian's `etcd-client` package), for the backup and restore tests.
+pub fn etcdctl_binary() -> PathBuf {
+    for p in ["/usr/bin/etcdctl", "/usr/local/bin/etcdctl"] {
+        if std::path::Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!("etcdctl is not installed; .ci/run installs Debian's etcd-client");
 }
 
 impl Drop for EtcdServer {

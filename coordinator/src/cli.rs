@@ -23,7 +23,7 @@ use crate::progress::Progress;
 use crate::report::summary_json;
 
 #[derive(Parser, Debug)]
-#[command(name = "ferry", version, about = "Move data between storage systems, verified end to end", propagate_version = true)]
+#[command(name = "ferry", version = ferry_worker::build_info::version_line(), about = "Move data between storage systems, verified end to end", propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -927,20 +927,22 @@ async fn workers_command(args: &ClusterArgs) -> Result<(), UsageError> {
     if args.json {
         let v: Vec<_> = workers
             .iter()
-            .map(|w| serde_json::json!({"name": w.name, "host": w.host, "movers": w.movers, "pid": w.pid, "locations": w.locations, "labels": w.labels, "link": w.link_addr, "state": "ONLINE"}))
+            .map(|w| serde_json::json!({"name": w.name, "host": w.host, "movers": w.movers, "pid": w.pid, "locations": w.locations, "labels": w.labels, "link": w.link_addr, "state": "ONLINE", "version": w.version, "commit": w.commit}))
             .collect();
         println!("{}", serde_json::Value::Array(v));
     } else {
-        println!("{:<24} {:<20} {:>6} {:>8}  {:<8} {:<16} {:<22} LOCATIONS", "NAME", "HOST", "MOVERS", "PID", "STATE", "LABELS", "LINK");
+        println!("{:<24} {:<20} {:>6} {:>8}  {:<8} {:<21} {:<16} {:<22} LOCATIONS", "NAME", "HOST", "MOVERS", "PID", "STATE", "VERSION", "LABELS", "LINK");
         for w in &workers {
             let labels = if w.labels.is_empty() { "-".to_string() } else { w.labels.join(",") };
+            let version = if w.version.is_empty() { "-".to_string() } else { format!("{} {}", w.version, w.commit.get(..7).unwrap_or(&w.commit)) };
             println!(
-                "{:<24} {:<20} {:>6} {:>8}  {:<8} {:<16} {:<22} {}",
+                "{:<24} {:<20} {:>6} {:>8}  {:<8} {:<21} {:<16} {:<22} {}",
                 w.name,
                 w.host,
                 w.movers,
                 w.pid,
                 "ONLINE",
+                version,
                 labels,
                 w.link_addr.as_deref().unwrap_or("-"),
                 w.locations.join(",")

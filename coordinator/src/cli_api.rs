@@ -602,10 +602,21 @@ pub fn agent_command(cmd: &AgentCommand) -> Result<i32, UsageError> {
     if api.json {
         print_json(&list);
     } else {
-        println!("{:<24} {:<20} {:>6} {:<8} {:<16} LINK", "NAME", "HOST", "MOVERS", "STATUS", "LABELS");
+        println!("{:<24} {:<20} {:>6} {:<8} {:<21} {:<16} LINK", "NAME", "HOST", "MOVERS", "STATUS", "VERSION", "LABELS");
         for a in list.as_array().into_iter().flatten() {
             let labels = a["Labels"].as_array().map(|l| l.iter().map(s).collect::<Vec<_>>().join(",")).filter(|l| !l.is_empty()).unwrap_or_else(|| "-".into());
-            println!("{:<24} {:<20} {:>6} {:<8} {:<16} {}", s(&a["Name"]), s(&a["Host"]), s(&a["Movers"]), s(&a["Status"]), labels, s(&a["LinkAddress"]));
+            let (version, commit) = (s(&a["Version"]), s(&a["Commit"]));
+            let version = if version.is_empty() || version == "-" { "-".to_string() } else { format!("{version} {}", commit.get(..7).unwrap_or(&commit)) };
+            println!(
+                "{:<24} {:<20} {:>6} {:<8} {:<21} {:<16} {}",
+                s(&a["Name"]),
+                s(&a["Host"]),
+                s(&a["Movers"]),
+                s(&a["Status"]),
+                version,
+                labels,
+                s(&a["LinkAddress"])
+            );
         }
     }
     Ok(0)

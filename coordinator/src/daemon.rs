@@ -178,6 +178,7 @@ pub fn run(s: DaemonSettings) -> i32 {
                 labels: vec![],
                 link: None,
                 poll: ferry_worker::agent::POLL,
+                readiness: Default::default(),
             };
             let store = store.clone();
             let rx = rx.clone();

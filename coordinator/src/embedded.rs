@@ -64,8 +64,15 @@ async fn run_async(cfg: RunConfig) -> Result<RunResult, String> {
     let control = Arc::new(ControlPlane::new(store.clone(), ControlConfig { reconcile_every: ROUND, ..ControlConfig::default() }));
     let (stop, stopped) = watch::channel(false);
     let coordinator = actix_rt::spawn(cluster::run_coordinator_with(control, "embedded".into(), stopped.clone()));
-    let agent_cfg =
-        AgentConfig { name: "embedded".into(), movers: cfg.movers, lease_ttl: Duration::from_secs(30), labels: Vec::new(), link: None, poll: ROUND };
+    let agent_cfg = AgentConfig {
+        name: "embedded".into(),
+        movers: cfg.movers,
+        lease_ttl: Duration::from_secs(30),
+        labels: Vec::new(),
+        link: None,
+        poll: ROUND,
+        readiness: Default::default(),
+    };
     let agent = actix_rt::spawn(run_agent(store.clone(), agent_cfg, Arc::new(Default::default()), None, stopped));
     // The coordinator leads within a round; following before that would warn of none.
     while store.get(&ferry_common::keys::leader()).await.map_err(|e| e.to_string())?.is_none() {

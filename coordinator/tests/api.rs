@@ -5,16 +5,14 @@
 
 mod support;
 
-use std::net::TcpListener;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{scratch, write_file, Ferry};
+use support::{api_token_file as token_file, free_port, scratch, write_file, Ferry};
 
-const TOKEN: &str = "test-token-0123456789abcdef";
+const TOKEN: &str = support::API_TOKEN;
 
 struct Daemon {
     child: Child,
@@ -27,17 +25,6 @@ impl Drop for Daemon {
         unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn token_file(dir: &Path) -> PathBuf {
-    let f = dir.join("tokens");
-    std::fs::write(&f, format!("# API tokens\n{TOKEN}\n")).unwrap();
-    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
-    f
 }
 
 fn start_daemon(data: &Path, port: u16, tokens: &Path, log: &Path) -> Daemon {

@@ -77,7 +77,15 @@ fn coordinator(control: Arc<ControlPlane>, name: &str) -> Daemon {
 
 fn agent(store: &SharedStore, name: &str) -> Daemon {
     let (stop, rx) = watch::channel(false);
-    let cfg = AgentConfig { name: name.into(), movers: 2, lease_ttl: Duration::from_secs(10), labels: vec![], link: None, poll: ferry_worker::agent::POLL };
+    let cfg = AgentConfig {
+        name: name.into(),
+        movers: 2,
+        lease_ttl: Duration::from_secs(10),
+        labels: vec![],
+        link: None,
+        poll: ferry_worker::agent::POLL,
+        readiness: Default::default(),
+    };
     // Movers are actix actors: the agent runs on the system's own thread.
     let handle = actix_rt::spawn(run_agent(store.clone(), cfg, Arc::new(Default::default()), None, rx));
     Daemon { stop, handle }

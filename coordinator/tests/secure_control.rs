@@ -284,10 +284,6 @@ srv.serve_forever()
     Daemon(child)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[test]
 fn api_over_https_verifies_certificates_and_webhooks_never_log_their_url() {
     let tmp = scratch();

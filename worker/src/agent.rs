@@ -36,6 +36,8 @@ pub struct AgentConfig {
     pub link: Option<LinkSetup>,
     /// How often the agent looks for new executions.
     pub poll: Duration,
+    /// Kept current with the agent's registration, for `/readyz`.
+    pub readiness: Arc<crate::health::Readiness>,
 }
 
 /// How often an agent looks for new executions by default.
@@ -238,6 +240,7 @@ pub async fn run_agent(store: SharedStore, cfg: AgentConfig, link: Arc<LinkAgent
             }
         };
         backoff = Duration::from_millis(200);
+        cfg.readiness.registered(node.clock());
         tracing::info!(worker = %cfg.name, lease = node.lease, "WorkerRegistered");
         let mut serving: HashMap<String, Vec<Addr<MoverActor>>> = HashMap::new();
         let mut unusable: HashSet<String> = HashSet::new();
@@ -248,12 +251,14 @@ pub async fn run_agent(store: SharedStore, cfg: AgentConfig, link: Arc<LinkAgent
             }
             if *shutdown.borrow() {
                 tracing::info!("stopping: finishing held shards, then leaving");
+                cfg.readiness.unregistered();
                 stop_all(&mut serving).await;
                 node.leave().await;
                 return;
             }
             if !node.is_alive() {
                 tracing::warn!("lease lost; stopping movers and joining again");
+                cfg.readiness.unregistered();
                 stop_all(&mut serving).await;
                 continue 'join;
             }

@@ -10,7 +10,9 @@
 //! and [`agent`] are the actors and the agent loop that drive them.
 
 pub mod agent;
+pub mod build_info;
 pub mod engine;
+pub mod health;
 pub mod lease;
 pub mod location;
 pub mod mover;

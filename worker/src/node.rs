@@ -56,6 +56,8 @@ impl Node {
             started_unix_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
             labels: labels.to_vec(),
             link_addr,
+            version: crate::build_info::VERSION.to_string(),
+            commit: crate::build_info::COMMIT.to_string(),
         };
         let value = codec::encode(&info).map_err(|e| StoreError::Other(e.to_string()))?;
         if let Err(e) = register(&store, &info, value, lease).await {
@@ -86,6 +88,11 @@ impl Node {
             }
         });
         Ok(Node { store, worker_id: worker_id.to_string(), lease, clock, stopped })
+    }
+
+    /// What this node knows of its lease: whether the Store confirmed it recently.
+    pub fn clock(&self) -> Arc<LeaseClock> {
+        self.clock.clone()
     }
 
     pub fn is_alive(&self) -> bool {
@@ -298,7 +305,9 @@ async fn mover_loop(shared: Arc<MoverShared>, index: usize) {
             Ok(None) => return,
             Ok(Some(Some(shard))) => {
                 backoff = Duration::from_millis(50);
+                let id = shard.id.clone();
                 run_shard(&shared, shard, &mut buf).await;
+                shared.queue.done_with(&id);
             }
             Ok(Some(None)) => {
                 let _ = tokio::time::timeout(IDLE_RECHECK, wake).await;
@@ -327,6 +336,7 @@ mod tests {
             started_unix_ms: 0,
             labels: vec!["cloud".into()],
             link_addr: Some("10.0.0.9:7400".into()),
+            ..Default::default()
         }
     }
 

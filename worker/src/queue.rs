@@ -6,10 +6,18 @@
 //!   entry and the claim, and queue what the shard emitted. This is the fence: a worker whose
 //!   lease expired has lost its claim and cannot commit, so a stalled worker never overwrites
 //!   the accounting of the worker that took over.
+//! - Orphans: a claim that names this claimer while none of its movers runs the shard is given
+//!   back at the next claim. It happens when the Store is restored from a backup (the claims of
+//!   shards finished since the snapshot come back, under a lease that is still alive) or when
+//!   a claim committed but its answer was lost. Without this, such a shard would wait for the
+//!   lease to end, which for a live agent is never.
 
 use ferry_common::codec;
 use ferry_common::keys::ExecKeys;
 use ferry_common::model::{FileMeta, PartSet, ReportChunk, Shard, ShardBody, ShardKind, ShardResult, Stage};
+use std::collections::HashSet;
+use std::sync::Mutex;
+
 use ferry_common::store::{Compare, LeaseId, RangeOptions, SharedStore, StoreError, Txn, TxnOp};
 use rand::seq::SliceRandom;
 
@@ -33,6 +41,10 @@ pub struct ShardQueue {
     /// Shard kinds this claimer may take; `None` takes every kind. An agent that reaches
     /// only one side of an execution takes only the shards that side can run.
     kinds: Option<Vec<ShardKind>>,
+    /// Shards this claimer's movers are claiming or running. An id goes in before its claim
+    /// transaction and leaves only after the shard's claim is gone ([`ShardQueue::done_with`]),
+    /// so a claim of ours whose id is missing here is an orphan.
+    held: Mutex<HashSet<String>>,
 }
 
 /// Keys read per queue page while looking for an unclaimed shard.
@@ -40,7 +52,14 @@ const CLAIM_PAGE: usize = 256;
 
 impl ShardQueue {
     pub fn new(store: SharedStore, exec: &str, worker_id: &str, lease: LeaseId) -> Self {
-        ShardQueue { store, keys: ExecKeys::new(exec), holder: format!("{worker_id}#{lease:x}").into_bytes(), lease, kinds: None }
+        ShardQueue {
+            store,
+            keys: ExecKeys::new(exec),
+            holder: format!("{worker_id}#{lease:x}").into_bytes(),
+            lease,
+            kinds: None,
+            held: Mutex::new(HashSet::new()),
+        }
     }
 
     /// Restricts claims to these shard kinds.
@@ -70,14 +89,10 @@ impl ShardQueue {
     /// transaction is a write (it goes through etcd's log even when its compare fails), so
     /// trying claimed shards one by one would cost a disk flush each.
     pub async fn claim(&self, stage: Stage, max_backlog: usize) -> Result<Option<Shard>, QueueError> {
-        let claimed: std::collections::HashSet<Vec<u8>> = self
-            .store
-            .range(&self.keys.claim_prefix(), RangeOptions { keys_only: true, ..Default::default() })
-            .await?
-            .kvs
-            .into_iter()
-            .map(|kv| ExecKeys::shard_of(&kv.key).as_bytes().to_vec())
-            .collect();
+        let claims = self.store.range(&self.keys.claim_prefix(), RangeOptions::default()).await?.kvs;
+        let given_back = self.give_back_orphans(&claims).await?;
+        let claimed: HashSet<Vec<u8>> =
+            claims.into_iter().filter(|kv| !given_back.contains(&kv.key)).map(|kv| ExecKeys::shard_of(&kv.key).as_bytes().to_vec()).collect();
         let mut backlog = 0;
         // Within a stage, finish files already started (commits, parts) before new files, and
         // list last, so the frontier stays small.
@@ -115,8 +130,49 @@ impl ShardQueue {
         Ok(None)
     }
 
+    /// Releases the claims in `claims` that name this claimer but no mover of it holds (see
+    /// the module comment). Each release is guarded by the claim's revision as read, so a
+    /// claim made or ended since is left alone.
+    /// Returns the claim keys it deleted.
+    async fn give_back_orphans(&self, claims: &[ferry_common::store::KeyValue]) -> Result<Vec<Vec<u8>>, QueueError> {
+        let orphans: Vec<&ferry_common::store::KeyValue> = {
+            let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            claims.iter().filter(|kv| kv.value == self.holder && !held.contains(ExecKeys::shard_of(&kv.key))).collect()
+        };
+        let mut given_back = Vec::new();
+        for kv in orphans {
+            let txn = Txn::new().when([Compare::mod_revision_is(kv.key.clone(), kv.mod_revision)]).and_then([TxnOp::delete(kv.key.clone())]);
+            if self.store.txn(txn).await?.succeeded {
+                tracing::warn!(
+                    shard = ExecKeys::shard_of(&kv.key),
+                    "gave back a claim of this agent that no mover was running (the Store was restored from a backup, or a claim's answer was lost); the shard runs again"
+                );
+                given_back.push(kv.key.clone());
+            }
+        }
+        Ok(given_back)
+    }
+
+    /// The mover is finished with `shard` and its claim is gone (completed, requeued, released
+    /// or lost): the shard may count as an orphan from now on.
+    pub fn done_with(&self, shard: &str) {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).remove(shard);
+    }
+
     async fn try_claim(&self, key: &[u8]) -> Result<Option<Shard>, QueueError> {
         let id = ExecKeys::shard_of(key);
+        // Held before the claim exists, so a concurrent orphan check never sees ours unheld.
+        if !self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string()) {
+            return Ok(None);
+        }
+        let claimed = self.claim_held(key, id).await;
+        if !matches!(claimed, Ok(Some(_))) {
+            self.done_with(id);
+        }
+        claimed
+    }
+
+    async fn claim_held(&self, key: &[u8], id: &str) -> Result<Option<Shard>, QueueError> {
         let claim = self.keys.claim(id);
         let txn = Txn::new().when([Compare::absent(claim.clone()), Compare::present(key.to_vec())]).and_then([TxnOp::put_leased(
             claim,
@@ -281,5 +337,47 @@ impl ShardQueue {
         }
         let first = self.store.get(&key).await?.map(|kv| kv.value).unwrap_or_default();
         Ok(if first == path { None } else { Some(first) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_common::store::MemStore;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn transfer_shard(seq: u64) -> Shard {
+        let body = ShardBody::Transfer { entries: vec![] };
+        Shard::new(Shard::child_id("root", seq, &body), body)
+    }
+
+    #[tokio::test]
+    async fn a_claim_of_ours_that_no_mover_runs_is_given_back_and_claimed_again() {
+        let store: SharedStore = Arc::new(MemStore::new());
+        let lease = store.lease_grant(Duration::from_secs(30)).await.unwrap();
+        let queue = ShardQueue::new(store.clone(), "exec-1", "w1", lease);
+        let (a, b) = (transfer_shard(1), transfer_shard(2));
+        for s in [&a, &b] {
+            store.put(&queue.keys().queue(&s.id), codec::encode(s).unwrap(), None).await.unwrap();
+        }
+        // A mover runs one shard; the other shard's claim names us too, as after a restore
+        // from a backup taken while we held it.
+        let running = queue.claim(Stage::Transfer, 100).await.unwrap().expect("a shard to claim");
+        let orphan = if running.id == a.id { &b } else { &a };
+        store.put(&queue.keys().claim(&orphan.id), queue.holder.clone(), Some(lease)).await.unwrap();
+
+        let again = queue.claim(Stage::Transfer, 100).await.unwrap().expect("the orphan is given back and claimed");
+        assert_eq!(again.id, orphan.id);
+        let held = store.get(&queue.keys().claim(&running.id)).await.unwrap().expect("the running shard keeps its claim");
+        assert_eq!(held.value, queue.holder);
+
+        // Another agent's claim, and ours while a mover runs it, are never touched.
+        let other = transfer_shard(3);
+        store.put(&queue.keys().queue(&other.id), codec::encode(&other).unwrap(), None).await.unwrap();
+        store.put(&queue.keys().claim(&other.id), b"w2#1".to_vec(), None).await.unwrap();
+        assert!(queue.claim(Stage::Transfer, 100).await.unwrap().is_none());
+        assert!(store.get(&queue.keys().claim(&other.id)).await.unwrap().is_some());
+        assert!(store.get(&queue.keys().claim(&again.id)).await.unwrap().is_some());
     }
 }

@@ -146,6 +146,8 @@ fn store_values_survive_hostile_bytes() {
         started_unix_ms: 1,
         labels: vec!["cloud".into()],
         link_addr: Some("10.0.0.1:7400".into()),
+        version: "0.1.0".into(),
+        commit: "0123456789abcdef0123456789abcdef01234567".into(),
     };
     let ticket = EnrollTicket { name: "w1".into(), labels: vec!["onprem".into()], expires_unix: 1, seal: "00".repeat(32), ..Default::default() };
     let seeds = vec![

@@ -116,7 +116,7 @@ impl Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "ferry coordinator API", description = "Tasks, schedules, executions, agents and events. Field names follow AWS DataSync's."),
-    paths(health, create_task, list_tasks, describe_task, update_task, delete_task, start_task, list_executions, describe_execution, update_execution, cancel_execution, execution_report, list_agents, list_events),
+    paths(health, live, readyz, create_task, list_tasks, describe_task, update_task, delete_task, start_task, list_executions, describe_execution, update_execution, cancel_execution, execution_report, list_agents, list_events),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -161,7 +161,8 @@ pub fn serve(control: Arc<ControlPlane>, listen: SocketAddr, tokens: Tokens, tls
             .app_data(web::PathConfig::default().error_handler(|e, _| json_error(e)))
             .app_data(web::QueryConfig::default().error_handler(|e, _| json_error(e)))
             .wrap_fn(move |req, srv| {
-                let open = req.path() == "/v1/health";
+                // Probes (kubelet, systemd, load balancers) carry no token.
+                let open = matches!(req.path(), "/v1/health" | "/healthz" | "/readyz");
                 let presented = req
                     .headers()
                     .get("authorization")
@@ -182,6 +183,8 @@ pub fn serve(control: Arc<ControlPlane>, listen: SocketAddr, tokens: Tokens, tls
                 }
             })
             .route("/v1/health", web::get().to(health))
+            .route("/healthz", web::get().to(live))
+            .route("/readyz", web::get().to(readyz))
             .route("/v1/openapi.json", web::get().to(|| async { HttpResponse::Ok().content_type("application/json").body(openapi_json()) }))
             .route("/metrics", web::get().to(metrics))
             .route("/v1/tasks", web::post().to(create_task))
@@ -213,7 +216,26 @@ pub fn serve(control: Arc<ControlPlane>, listen: SocketAddr, tokens: Tokens, tls
 
 #[utoipa::path(get, path = "/v1/health", security(()), responses((status = 200, body = Health)))]
 async fn health() -> HttpResponse {
-    HttpResponse::Ok().json(Health { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into() })
+    use ferry_worker::build_info::{COMMIT, VERSION};
+    HttpResponse::Ok().json(Health { status: "ok".into(), version: VERSION.into(), commit: COMMIT.into() })
+}
+
+/// Liveness: the process answers HTTP. Nothing else, so a Store outage never gets a healthy
+/// coordinator restarted.
+#[utoipa::path(get, path = "/healthz", security(()), responses((status = 200, description = "the process is alive", body = String, content_type = "text/plain")))]
+async fn live() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok\n")
+}
+
+/// Readiness: the coordination Store answers within 2 s, so the API can serve requests.
+#[utoipa::path(get, path = "/readyz", security(()), responses(
+    (status = 200, description = "the Store answers", body = String, content_type = "text/plain"),
+    (status = 503, description = "the Store does not answer", body = String, content_type = "text/plain")))]
+async fn readyz(ctl: Ctl) -> HttpResponse {
+    match ctl.store_answers(std::time::Duration::from_secs(2)).await {
+        Ok(()) => HttpResponse::Ok().content_type("text/plain").body("ready\n"),
+        Err(e) => HttpResponse::ServiceUnavailable().content_type("text/plain").body(format!("not ready: {e}\n")),
+    }
 }
 
 /// Creates a task. Options left out get DataSync's defaults.

@@ -178,6 +178,10 @@ pub struct AgentView {
     pub started_unix_ms: u64,
     /// ONLINE: registered with a live lease (an agent whose lease lapsed is not listed).
     pub status: String,
+    /// The agent's release version and build commit (empty for agents built before 0.1.0
+    /// stamped them).
+    pub version: String,
+    pub commit: String,
 }
 
 impl From<&WorkerInfo> for AgentView {
@@ -191,6 +195,8 @@ impl From<&WorkerInfo> for AgentView {
             link_address: w.link_addr.clone(),
             started_unix_ms: w.started_unix_ms,
             status: "ONLINE".into(),
+            version: w.version.clone(),
+            commit: w.commit.clone(),
         }
     }
 }
@@ -217,4 +223,6 @@ pub struct Health {
     /// "ok"
     pub status: String,
     pub version: String,
+    /// The commit the coordinator was built from ("unknown" without git at build time).
+    pub commit: String,
 }

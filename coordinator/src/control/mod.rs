@@ -470,6 +470,15 @@ impl ControlPlane {
         r.kvs.iter().map(|kv| Ok((keys::exec_of(&kv.key), decode_kv(kv)?))).collect()
     }
 
+    /// Whether the Store answers a read within `within`: the coordinator's readiness.
+    pub async fn store_answers(&self, within: std::time::Duration) -> std::result::Result<(), String> {
+        match tokio::time::timeout(within, self.store.get(&keys::workers())).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("the coordination Store did not answer within {} s", within.as_secs())),
+        }
+    }
+
     pub async fn list_agents(&self) -> Result<Vec<WorkerInfo>> {
         let r = self.store.range(&keys::workers(), RangeOptions::default()).await?;
         r.kvs.iter().map(decode_kv).collect()

@@ -99,6 +99,21 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// A free loopback TCP port (the listener is dropped, so a server can take it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+}
+
+/// The bearer token the API tests use, and a token file (0600) holding it.
+pub const API_TOKEN: &str = "test-token-0123456789abcdef";
+
+pub fn api_token_file(dir: &Path) -> PathBuf {
+    let f = dir.join("tokens");
+    fs::write(&f, format!("# API tokens\n{API_TOKEN}\n")).unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
+    f
+}
+
 /// Builder for one invocation of the real `ferry` binary.
 pub struct Ferry {
     cmd: Command,

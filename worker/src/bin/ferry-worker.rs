@@ -10,7 +10,7 @@ use ferry_common::telemetry::{init_logging, LogFormat};
 use ferry_worker::agent::{run_agent, start_link, AgentConfig, LinkSetup};
 
 #[derive(Parser)]
-#[command(name = "ferry-worker", version, about = "ferry's worker agent: joins a cluster through etcd and moves shards")]
+#[command(name = "ferry-worker", version = ferry_worker::build_info::version_line(), about = "ferry's worker agent: joins a cluster through etcd and moves shards")]
 struct Args {
     /// Configuration file (TOML; see deploy/ferry.toml). Flags override it.
     #[arg(long)]
@@ -62,6 +62,10 @@ struct Args {
     /// Turn off generic receive offload for links (measuring only).
     #[arg(long)]
     link_no_gro: bool,
+    /// Serve the probe endpoints /healthz (alive) and /readyz (registered, with a lease the
+    /// Store confirmed) over plain HTTP on this address (e.g. 0.0.0.0:9464).
+    #[arg(long)]
+    metrics_listen: Option<String>,
 }
 
 fn fail(msg: &str) -> ! {
@@ -137,11 +141,29 @@ fn main() {
             Some(LinkSetup { tls_dir, enroll_token, listen, advertise: args.link_advertise.clone().or(cfg.worker.link_advertise.clone()), tuning })
         }
     };
+    let metrics_listen = args
+        .metrics_listen
+        .clone()
+        .or(cfg.worker.metrics_listen.clone())
+        .map(|l| l.parse::<std::net::SocketAddr>().unwrap_or_else(|_| fail(&format!("--metrics-listen {l:?} is not an address like 0.0.0.0:9464"))));
     init_logging(format, "info");
     let system = actix_rt::System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("the tokio runtime starts")
     });
     let code = system.block_on(async move {
+        let readiness = Arc::new(ferry_worker::health::Readiness::default());
+        // Up before the Store is reached, so a probe sees "alive, not ready" while etcd is down.
+        let probes = match metrics_listen.map(|addr| ferry_worker::health::serve(addr, readiness.clone())).transpose() {
+            Ok(server) => server.map(|server| {
+                let handle = server.handle();
+                actix_rt::spawn(server);
+                handle
+            }),
+            Err(e) => {
+                eprintln!("ferry-worker: error: {e}");
+                return 2;
+            }
+        };
         let store: SharedStore = match EtcdStore::connect_patiently(&etcd, Duration::from_secs(30)).await {
             Ok(s) => Arc::new(s),
             Err(e) => {
@@ -158,7 +180,7 @@ fn main() {
             }
             let _ = tx.send(true);
         });
-        let cfg = AgentConfig { name, movers, lease_ttl: Duration::from_secs(lease_ttl), labels, link, poll: ferry_worker::agent::POLL };
+        let cfg = AgentConfig { name, movers, lease_ttl: Duration::from_secs(lease_ttl), labels, link, poll: ferry_worker::agent::POLL, readiness };
         let (link, link_addr) = match start_link(&store, &cfg).await {
             Ok(l) => l,
             Err(e) => {
@@ -167,6 +189,9 @@ fn main() {
             }
         };
         run_agent(store, cfg, link, link_addr, rx).await;
+        if let Some(handle) = probes {
+            handle.stop(false).await;
+        }
         0
     });
     std::process::exit(code);
