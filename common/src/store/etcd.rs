@@ -296,7 +296,9 @@ impl EtcdConnect {
                 if password.is_empty() {
                     return Err(format!("--etcd-password-file {} is empty (write the password of etcd user {user} into it)", file.display()));
                 }
-                opts = opts.with_user(user.clone(), password);
+                // etcd's auth tokens expire (simple tokens after --auth-token-ttl, JWTs after
+                // their ttl): a daemon logs in again instead of failing every call from then on.
+                opts = opts.with_user(user.clone(), password).with_auto_token_refresh(true);
             }
             (Some(_), None) => return Err("--etcd-user needs --etcd-password-file FILE (mode 0600, the password on one line)".into()),
             (None, Some(_)) => return Err("--etcd-password-file needs --etcd-user USER".into()),

@@ -109,7 +109,11 @@ fn main() {
     let labels = if args.labels.is_empty() { cfg.worker.labels.clone() } else { args.labels.clone() };
     let tls_dir = args.tls_dir.clone().or(cfg.worker.tls_dir.clone().map(Into::into));
     let link_listen = args.link_listen.clone().or(cfg.worker.link_listen.clone());
+    let enrolled = tls_dir.as_deref().is_some_and(ferry_worker::transport::link::pki::Identity::exists);
     let enroll_token = match &args.enroll_token_file {
+        // An enrolled agent needs no token: the file may be gone (a one-time Secret, a
+        // shredded file) without stopping a restart.
+        Some(path) if enrolled && !path.exists() => None,
         Some(path) => Some(
             std::fs::read_to_string(path)
                 .map(|t| t.trim().to_string())
