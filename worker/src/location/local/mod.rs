@@ -997,8 +997,10 @@ pub fn now() -> Timestamp {
     Timestamp { sec: d.as_secs() as i64, nsec: d.subsec_nanos() }
 }
 
+/// Multipart writes on a local destination: range fencing between part writers, and the race
+/// of part shards opening one upload at once.
 #[cfg(test)]
-mod part_fence_tests {
+mod multipart_tests {
     use super::*;
     use crate::location::{Completed, Location, Target};
 
@@ -1031,12 +1033,6 @@ mod part_fence_tests {
         again.finish(0).unwrap();
         loc.complete_multipart(b"big", &upload, &done).unwrap();
     }
-}
-
-#[cfg(test)]
-mod multipart_race_tests {
-    use super::*;
-    use crate::location::Location;
 
     #[test]
     fn part_shards_that_open_one_multipart_write_at_once_all_get_it() {
