@@ -242,8 +242,12 @@ pub struct LocalLocation {
     root: PathBuf,
     dirs: Handles,
     /// Distinguishes this process's temporary names of entries made whole (symlinks, nodes,
-    /// links) from another worker's running the same shard.
+    /// links) from another worker's running the same shard: the execution's hash, then a
+    /// random half (see [`execution_nonce`]).
     nonce: String,
+    /// The execution's half of every worker's nonce: what a sweep recognises as its own
+    /// execution's debris, whichever worker (perhaps one killed since) left it.
+    execution: String,
     is_root: bool,
     /// Temporary files this value created and has not published or dropped (directory,
     /// NUL, name): [`Location::sweep`] removes them at once, other temporaries only when stale.
@@ -255,30 +259,62 @@ pub struct LocalLocation {
 /// to the same destination touches its temporaries as it writes them.
 const STALE_TEMP: Duration = Duration::from_secs(15 * 60);
 
-/// Whether `name` is exactly a temporary name ferry makes ([`temp_name`]):
-/// `.ferry-tmp-TAG-HASH`, TAG one of `parts`, 8 hex digits (a process's nonce), or `v`, `s`
-/// or `l` and 8 hex digits, HASH 16 hex digits. A user's `.ferry-tmp-notes` is not one.
-pub fn is_temp_name(name: &[u8]) -> bool {
-    let hex = |s: &[u8], n: usize| s.len() == n && s.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
-    let Some(rest) = name.strip_prefix(TEMP_PREFIX) else {
-        return false;
-    };
-    let Some(dash) = rest.iter().rposition(|&b| b == b'-') else {
-        return false;
-    };
+fn is_hex(s: &[u8]) -> bool {
+    s.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+}
+
+/// The TAG of `name` when it is exactly a temporary name ferry makes ([`temp_name`]):
+/// `.ferry-tmp-TAG-HASH`, TAG one of `parts`, a process's nonce (16 hex digits; 8 before
+/// 0.9), or `v`, `s` or `l` and 8 or 16 hex digits, HASH 16 hex digits. A user's
+/// `.ferry-tmp-notes` is not one.
+fn temp_tag(name: &[u8]) -> Option<&[u8]> {
+    let rest = name.strip_prefix(TEMP_PREFIX)?;
+    let dash = rest.iter().rposition(|&b| b == b'-')?;
     let (tag, hash) = (&rest[..dash], &rest[dash + 1..]);
-    let tag_ok = tag == b"parts" || hex(tag, 8) || (tag.len() == 9 && matches!(tag[0], b'v' | b's' | b'l') && hex(&tag[1..], 8));
-    tag_ok && hex(hash, 16)
+    let nonce = |t: &[u8]| matches!(t.len(), 8 | 16) && is_hex(t);
+    let tag_ok = tag == b"parts" || nonce(tag) || (matches!(tag.first(), Some(b'v' | b's' | b'l')) && nonce(&tag[1..]));
+    (tag_ok && hash.len() == 16 && is_hex(hash)).then_some(tag)
+}
+
+/// Whether `name` is exactly a temporary name ferry makes (see [`temp_tag`]).
+pub fn is_temp_name(name: &[u8]) -> bool {
+    temp_tag(name).is_some()
+}
+
+/// A process's nonce for temporary names in execution `exec`: the execution's hash, then a
+/// random half. Workers of one execution never share a name (two may run one shard when a
+/// stalled one outlives its lease), yet a sweep knows every worker's debris as its
+/// execution's.
+fn execution_nonce(exec: &str) -> (String, String) {
+    let execution = format!("{:08x}", crc32c::crc32c(exec.as_bytes()));
+    (format!("{execution}{:08x}", rand::random::<u32>()), execution)
+}
+
+/// Whether the temporary `name` was made by a worker of the execution whose hash is
+/// `execution` (a process nonce or an `s`/`l` entry's, never a resumable `v` or `parts` file,
+/// which the next attempt picks up by name).
+fn made_in_execution(name: &[u8], execution: &str) -> bool {
+    let Some(tag) = temp_tag(name) else {
+        return false;
+    };
+    let nonce = match tag.first() {
+        Some(b's' | b'l') => &tag[1..],
+        _ => tag,
+    };
+    nonce.len() == 16 && nonce.starts_with(execution.as_bytes())
 }
 
 impl LocalLocation {
-    /// Opens the tree at `root`. `_exec` names the execution (kept for messages).
-    pub fn open(root: &Path, _exec: &str) -> Result<Self, FerryError> {
+    /// Opens the tree at `root` for execution `exec`, whose workers' temporary names it
+    /// recognises (see [`execution_nonce`]).
+    pub fn open(root: &Path, exec: &str) -> Result<Self, FerryError> {
         let root_fd = sys::open_root(root).map_err(|e| FerryError::io("open directory", root, &e))?;
+        let (nonce, execution) = execution_nonce(exec);
         Ok(LocalLocation {
             root: root.to_path_buf(),
             dirs: Handles { root: Arc::new(root_fd), cached: Mutex::new(HashMap::new()) },
-            nonce: format!("{:08x}", rand::random::<u32>()),
+            nonce,
+            execution,
             is_root: sys::is_root(),
             temps: Mutex::new(std::collections::HashSet::new()),
         })
@@ -708,9 +744,11 @@ impl Location for LocalLocation {
         let own = sys::open_dir_at(fd.as_raw_fd(), b".").map_err(|e| self.err("list", dir, &e))?;
         let mut reader = sys::DirReader::new(own, None).map_err(|e| self.err("list", dir, &e))?;
         // Only what is provably ferry's debris goes: a name of ferry's exact shape, not a
-        // directory, owned by this user, and either made by this value or untouched for
-        // [`STALE_TEMP`]. A user's own `.ferry-tmp-…` entry (any mode, copy included) and
-        // another execution's temporary file in the middle of being written both stay.
+        // directory, and either made by this value, or by any worker of this execution (all
+        // its transfers into `dir` are over when it sweeps; a killed worker's entry may carry
+        // the source's owner), or owned by this user and untouched for [`STALE_TEMP`]. A
+        // user's own `.ferry-tmp-…` entry (any mode, copy included) and another execution's
+        // temporary file in the middle of being written both stay.
         let mut debris = Vec::new();
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
         while let Some(raw) = reader.next_entry().map_err(|e| self.err("list", dir, &e))? {
@@ -720,10 +758,14 @@ impl Location for LocalLocation {
             let Some(st) = sys::lstat_at(reader.fd(), &raw.name).map_err(|e| self.err("stat", dir, &e))? else {
                 continue;
             };
-            let ours = st.st_mode & libc::S_IFMT != libc::S_IFDIR && st.st_uid == unsafe { libc::geteuid() };
+            if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                continue;
+            }
+            let ours = st.st_uid == unsafe { libc::geteuid() };
             let made_here = self.temps.lock().unwrap_or_else(|p| p.into_inner()).contains(&Self::temp_key(dir, &raw.name));
+            let this_execution = made_in_execution(&raw.name, &self.execution);
             let stale = now.saturating_sub(st.st_ctime) >= STALE_TEMP.as_secs() as i64;
-            if ours && (made_here || stale) {
+            if (ours && made_here) || this_execution || (ours && stale) {
                 debris.push(raw.name);
             }
         }
@@ -1049,6 +1091,57 @@ mod multipart_tests {
                 assert_eq!(id.as_ref().map_err(|e| e.to_string()), ids[0].as_ref().map_err(|e| e.to_string()), "round {round}");
             }
             assert!(ids[0].is_ok(), "{:?}", ids[0]);
+        }
+    }
+}
+
+/// The directory sweep after an execution's transfers: what it takes for debris.
+#[cfg(test)]
+mod sweep_tests {
+    use super::*;
+    use crate::location::{Location, Special};
+
+    fn temps(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| is_temp_name(n.as_bytes())).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_killed_workers_entries_go_with_the_sweep_of_its_execution_and_another_executions_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        // As root the staged symlink carries the source's owner, as a killed worker's would.
+        let owner = sys::is_root().then_some(4242);
+        let meta = Meta { kind: Some(EntryKind::Symlink), uid: owner, gid: owner, ..Meta::default() };
+        let link = Special::Symlink { target: b"../t".to_vec() };
+        let killed = LocalLocation::open(dir.path(), "exec-1").unwrap();
+        let other_execution = LocalLocation::open(dir.path(), "exec-2").unwrap();
+        // Staged and never published: the worker died between the two.
+        let _ = killed.make(b"d/l", &link, &meta, &Vec::new()).unwrap();
+        let _ = other_execution.make(b"d/m", &link, &meta, &Vec::new()).unwrap();
+        std::fs::write(dir.path().join("d/.ferry-tmp-notes"), b"the user's").unwrap();
+        assert_eq!(temps(&dir.path().join("d")).len(), 2, "both staged entries are there");
+
+        let survivor = LocalLocation::open(dir.path(), "exec-1").unwrap();
+        survivor.sweep(b"d").unwrap();
+        let left = temps(&dir.path().join("d"));
+        assert_eq!(left.len(), 1, "only the other execution's entry is left: {left:?}");
+        assert!(made_in_execution(left[0].as_bytes(), &other_execution.execution), "{left:?}");
+        assert!(dir.path().join("d/.ferry-tmp-notes").exists(), "a user's file of a name ferry does not make stays");
+    }
+
+    #[test]
+    fn temporary_names_of_earlier_releases_are_still_recognised_but_not_as_this_executions() {
+        let (nonce, execution) = execution_nonce("e");
+        for tag in ["0123abcd", "s0123abcd", "l0123abcd", "v0123abcd", "parts", nonce.as_str(), &format!("s{nonce}")] {
+            let name = format!(".ferry-tmp-{tag}-0123456789abcdef");
+            assert!(is_temp_name(name.as_bytes()), "{name}");
+            assert_eq!(made_in_execution(name.as_bytes(), &execution), tag.contains(&nonce), "{name}");
+        }
+        for not_ours in [".ferry-tmp-notes", ".ferry-tmp-x0123abcd-0123456789abcdef", ".ferry-tmp-0123abc-0123456789abcdef", ".ferry-tmp-0123abcd-0123"] {
+            assert!(!is_temp_name(not_ours.as_bytes()), "{not_ours}");
         }
     }
 }
