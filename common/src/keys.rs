@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! /ferry/v1/workers/{id}                   WorkerInfo            (leased by the worker)
+//! /ferry/v1/agents/{id}                    AgentRecord           (no lease: kept after it dies)
 //! /ferry/v1/leader                         coordinator election  (leased by the leader)
 //! /ferry/v1/active/{exec}                  ""                    executions still running
 //! /ferry/v1/index/{exec}                   ""                    every execution, for listing
@@ -32,6 +33,12 @@ pub fn workers() -> Vec<u8> {
 }
 pub fn worker(id: &str) -> Vec<u8> {
     format!("{ROOT}workers/{id}").into_bytes()
+}
+pub fn agent_records() -> Vec<u8> {
+    format!("{ROOT}agents/").into_bytes()
+}
+pub fn agent_record(id: &str) -> Vec<u8> {
+    format!("{ROOT}agents/{id}").into_bytes()
 }
 pub fn leader() -> Vec<u8> {
     format!("{ROOT}leader").into_bytes()

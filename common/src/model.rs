@@ -463,7 +463,7 @@ pub struct Execution {
 }
 
 /// An agent's registration (`/ferry/v1/workers/{id}`, under its lease).
-#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 pub struct WorkerInfo {
     pub name: String,
     pub host: String,
@@ -486,6 +486,73 @@ pub struct WorkerInfo {
     pub version: String,
     #[serde(default)]
     pub commit: String,
+}
+
+/// What an agent last said about itself (`/ferry/v1/agents/{id}`, no lease): rewritten by
+/// the agent every heartbeat, so an agent that died is still listed, OFFLINE, with the state
+/// it was last seen in. Its registration (`workers/{id}`, leased) says whether it is ONLINE.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct AgentRecord {
+    pub info: WorkerInfo,
+    /// When the agent last wrote this record.
+    #[serde(default)]
+    pub heartbeat_unix_ms: u64,
+    /// Bytes the agent moved (read for a peer, or written) per second over its last
+    /// heartbeat interval.
+    #[serde(default)]
+    pub bytes_per_second: u64,
+    /// Bytes moved since the agent's process started.
+    #[serde(default)]
+    pub bytes_total: u64,
+    /// The last few failures of its shards and entries, newest last.
+    #[serde(default)]
+    pub recent_errors: Vec<AgentError>,
+    /// Agents it has a live link connection with, by name (or address, for a writer it
+    /// dialed before learning the name).
+    #[serde(default)]
+    pub link_peers: Vec<String>,
+}
+
+/// An agent as listed: its last record, and whether it is registered (ONLINE) now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentStatus {
+    pub record: AgentRecord,
+    pub online: bool,
+}
+
+/// Every agent ever seen: the kept `records` joined with the live `registrations`, by name.
+/// A live agent without a record yet (it has just started, or runs a release without
+/// heartbeats) is listed from its registration, and a live registration wins over the
+/// record's older copy of it (a restart changes the pid and version). A record without a
+/// registration is an agent that left or died: OFFLINE, as last seen.
+pub fn agent_statuses(registrations: Vec<WorkerInfo>, records: Vec<AgentRecord>) -> Vec<AgentStatus> {
+    let mut by_name: std::collections::BTreeMap<String, AgentStatus> =
+        records.into_iter().map(|record| (record.info.name.clone(), AgentStatus { record, online: false })).collect();
+    for info in registrations {
+        let status = by_name.entry(info.name.clone()).or_insert_with(|| AgentStatus { record: AgentRecord::default(), online: true });
+        status.online = true;
+        if status.record.info != info {
+            // A new process under the name: what the record says of the old one is stale.
+            if status.record.info.pid != info.pid || status.record.info.host != info.host {
+                status.record = AgentRecord::default();
+            }
+            status.record.info = info;
+        }
+    }
+    by_name.into_values().collect()
+}
+
+/// How many recent errors an [`AgentRecord`] keeps.
+pub const AGENT_RECENT_ERRORS: usize = 10;
+
+/// One failure an agent saw.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct AgentError {
+    pub unix_ms: u64,
+    pub execution: String,
+    /// A stable code when there is one (`CHECKSUM_MISMATCH`, ...), else the error's kind.
+    pub code: String,
+    pub message: String,
 }
 
 impl Execution {
@@ -972,5 +1039,24 @@ mod tests {
         );
         let bytes = crate::codec::encode(&shard).unwrap();
         assert_eq!(crate::codec::decode::<Shard>(&bytes).unwrap(), shard);
+    }
+
+    #[test]
+    fn agents_are_listed_online_from_registrations_and_offline_from_records_alone() {
+        let info = |name: &str, pid: u32| WorkerInfo { name: name.into(), host: "h".into(), pid, ..WorkerInfo::default() };
+        let record =
+            |name: &str, pid: u32, bytes: u64| AgentRecord { info: info(name, pid), heartbeat_unix_ms: 5, bytes_total: bytes, ..AgentRecord::default() };
+        let listed = agent_statuses(
+            vec![info("live", 1), info("new", 2), info("restarted", 9)],
+            vec![record("live", 1, 10), record("dead", 3, 30), record("restarted", 8, 80)],
+        );
+        let by: std::collections::BTreeMap<_, _> = listed.iter().map(|a| (a.record.info.name.as_str(), a)).collect();
+        assert_eq!(by.keys().copied().collect::<Vec<_>>(), ["dead", "live", "new", "restarted"], "every agent once, by name");
+        assert!(by["live"].online && by["live"].record.bytes_total == 10, "a live agent with its record");
+        assert!(by["new"].online && by["new"].record.heartbeat_unix_ms == 0, "registered, no heartbeat yet");
+        assert!(!by["dead"].online && by["dead"].record.bytes_total == 30, "gone, as last seen");
+        let restarted = &by["restarted"];
+        assert!(restarted.online && restarted.record.info.pid == 9, "the live registration wins");
+        assert_eq!(restarted.record.bytes_total, 0, "the old process's numbers are not the new one's");
     }
 }

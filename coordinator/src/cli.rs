@@ -3,7 +3,6 @@
 //! Exit codes: 0 when everything succeeded, 1 when some entries failed or differ, 2 for a
 //! usage or configuration error. Every error is one line naming the problem and the fix.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -323,7 +322,7 @@ pub struct CommonArgs {
     /// Concurrent movers (each holds one shard and one chunk buffer).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub movers: u32,
-    /// No progress line, even on a terminal.
+    /// No progress: neither the bar a terminal gets nor the line every 10 s a log gets.
     #[arg(long)]
     pub no_progress: bool,
     /// --etcd: submit to a cluster through etcd instead of running in this process.
@@ -829,7 +828,7 @@ pub fn run(cli: Cli) -> i32 {
             return 2;
         }
     };
-    let progress = !common.no_progress && !common.json && std::io::stderr().is_terminal();
+    let progress = crate::progress::Style::for_stderr(!common.no_progress && !common.json);
     if let Some(path) = &common.report {
         if let Err(msg) = crate::report::check_writable(path) {
             eprintln!("ferry: error: {msg}");
@@ -890,7 +889,7 @@ fn exit_on_usage(r: Result<(), UsageError>) -> i32 {
     }
 }
 
-async fn run_in_cluster(store: SharedStore, spec: ExecutionSpec, progress: bool) -> Result<RunResult, UsageError> {
+async fn run_in_cluster(store: SharedStore, spec: ExecutionSpec, progress: crate::progress::Style) -> Result<RunResult, UsageError> {
     let id = spec.id.clone();
     cluster::submit(&store, spec).await.map_err(|e| UsageError(format!("cannot submit the execution: {e}")))?;
     let exec = cluster::follow(&store, &id, Progress::new(progress)).await.map_err(UsageError)?;
@@ -921,33 +920,24 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "ferry".into())
 }
 
+/// `ferry workers`: the agents registered now, straight from the Store (`ferry agent list`
+/// also shows the ones that went OFFLINE).
 async fn workers_command(args: &ClusterArgs) -> Result<(), UsageError> {
     let store = connect(&args.etcd).await?;
-    let workers = cluster::list_workers(&store).await.map_err(|e| UsageError(e.to_string()))?;
+    let agents = cluster::list_agents(&store).await.map_err(|e| UsageError(e.to_string()))?;
+    let online: Vec<_> = agents.iter().filter(|a| a.online).collect();
     if args.json {
-        let v: Vec<_> = workers
+        let v: Vec<_> = online
             .iter()
-            .map(|w| serde_json::json!({"name": w.name, "host": w.host, "movers": w.movers, "pid": w.pid, "locations": w.locations, "labels": w.labels, "link": w.link_addr, "state": "ONLINE", "version": w.version, "commit": w.commit}))
+            .map(|a| {
+                let w = &a.record.info;
+                serde_json::json!({"name": w.name, "host": w.host, "movers": w.movers, "pid": w.pid, "locations": w.locations, "labels": w.labels, "link": w.link_addr, "state": "ONLINE", "version": w.version, "commit": w.commit, "last_heartbeat_unix_ms": a.record.heartbeat_unix_ms, "bytes_per_second": a.record.bytes_per_second, "link_peers": a.record.link_peers})
+            })
             .collect();
         println!("{}", serde_json::Value::Array(v));
     } else {
-        println!("{:<24} {:<20} {:>6} {:>8}  {:<8} {:<21} {:<16} {:<22} LOCATIONS", "NAME", "HOST", "MOVERS", "PID", "STATE", "VERSION", "LABELS", "LINK");
-        for w in &workers {
-            let labels = if w.labels.is_empty() { "-".to_string() } else { w.labels.join(",") };
-            let version = if w.version.is_empty() { "-".to_string() } else { format!("{} {}", w.version, w.commit.get(..7).unwrap_or(&w.commit)) };
-            println!(
-                "{:<24} {:<20} {:>6} {:>8}  {:<8} {:<21} {:<16} {:<22} {}",
-                w.name,
-                w.host,
-                w.movers,
-                w.pid,
-                "ONLINE",
-                version,
-                labels,
-                w.link_addr.as_deref().unwrap_or("-"),
-                w.locations.join(",")
-            );
-        }
+        let views: Vec<serde_json::Value> = online.iter().map(|a| serde_json::to_value(crate::api::views::AgentView::from(*a)).unwrap_or_default()).collect();
+        print!("{}", crate::cli_api::agent_table(&views, ferry_common::schedule::now_ms()));
     }
     Ok(())
 }

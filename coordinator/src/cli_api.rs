@@ -501,7 +501,7 @@ pub fn task_command(cmd: &TaskCommand) -> Result<i32, UsageError> {
                 }
                 return Ok(0);
             }
-            let end = wait_for(&client, &id)?;
+            let end = wait_for(&client, &id, crate::progress::Style::for_stderr(!api.json))?;
             if api.json {
                 print_json(&end);
             } else {
@@ -513,19 +513,25 @@ pub fn task_command(cmd: &TaskCommand) -> Result<i32, UsageError> {
     Ok(0)
 }
 
-fn wait_for(client: &ApiClient, id: &str) -> Result<Value, UsageError> {
+/// Follows an execution until it has ended, with a progress bar on a terminal (status
+/// changes and a plain line every 10 s otherwise, none with `--json`).
+fn wait_for(client: &ApiClient, id: &str, progress: crate::progress::Style) -> Result<Value, UsageError> {
+    use crate::progress::{Progress, Snapshot, Style};
+    let mut shown = Progress::new(progress);
     let mut last_status = String::new();
     loop {
         let e = client.json("GET", &format!("/v1/executions/{}", enc(id)), None)?;
         let status = s(&e["Status"]);
-        if status != last_status {
+        if status != last_status && progress != Style::Bar {
             eprintln!("ferry: execution {id}: {status}");
-            last_status = status.clone();
         }
+        last_status = status.clone();
         // Ended, and its report (when the task has one) is written or has failed.
         if matches!(status.as_str(), "SUCCESS" | "ERROR" | "CANCELLED") && e["ReportStatus"] != "PENDING" {
+            shown.clear();
             return Ok(e);
         }
+        shown.show(&Snapshot::of_view(&e));
         std::thread::sleep(Duration::from_millis(500));
     }
 }
@@ -602,22 +608,49 @@ pub fn agent_command(cmd: &AgentCommand) -> Result<i32, UsageError> {
     if api.json {
         print_json(&list);
     } else {
-        println!("{:<24} {:<20} {:>6} {:<8} {:<21} {:<16} LINK", "NAME", "HOST", "MOVERS", "STATUS", "VERSION", "LABELS");
-        for a in list.as_array().into_iter().flatten() {
-            let labels = a["Labels"].as_array().map(|l| l.iter().map(s).collect::<Vec<_>>().join(",")).filter(|l| !l.is_empty()).unwrap_or_else(|| "-".into());
-            let (version, commit) = (s(&a["Version"]), s(&a["Commit"]));
-            let version = if version.is_empty() || version == "-" { "-".to_string() } else { format!("{version} {}", commit.get(..7).unwrap_or(&commit)) };
-            println!(
-                "{:<24} {:<20} {:>6} {:<8} {:<21} {:<16} {}",
-                s(&a["Name"]),
-                s(&a["Host"]),
-                s(&a["Movers"]),
-                s(&a["Status"]),
-                version,
-                labels,
-                s(&a["LinkAddress"])
-            );
-        }
+        print!("{}", agent_table(list.as_array().map(Vec::as_slice).unwrap_or_default(), ferry_common::schedule::now_ms()));
     }
     Ok(0)
+}
+
+/// Agents as `AgentView` JSON, one line each: health first (status, when last heard of, the
+/// rate, failures), then identity. `ferry agent list` and `ferry workers` both print it.
+pub fn agent_table(agents: &[Value], now_ms: u64) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<20} {:<16} {:<8} {:>9} {:>10} {:>9} {:>6} {:<20} {:<16} {:<20} LINK",
+        "NAME", "HOST", "STATUS", "LAST SEEN", "RATE", "MOVED", "ERRORS", "VERSION", "LABELS", "PEERS"
+    );
+    let list = |v: &Value| v.as_array().map(|l| l.iter().map(s).collect::<Vec<_>>().join(",")).filter(|l| !l.is_empty()).unwrap_or_else(|| "-".into());
+    for a in agents {
+        let (version, commit) = (s(&a["Version"]), s(&a["Commit"]));
+        let version = if version.is_empty() || version == "-" { "-".to_string() } else { format!("{version} {}", commit.get(..7).unwrap_or(&commit)) };
+        let beat = a["LastHeartbeatUnixMs"].as_u64().unwrap_or(0);
+        let seen = if beat == 0 { "-".to_string() } else { format!("{}s ago", now_ms.saturating_sub(beat) / 1000) };
+        let rate = format!("{}/s", crate::progress::human_bytes(a["BytesPerSecond"].as_u64().unwrap_or(0)));
+        let moved = crate::progress::human_bytes(a["BytesTotal"].as_u64().unwrap_or(0));
+        let errors = a["RecentErrors"].as_array().map_or(0, Vec::len);
+        let _ = writeln!(
+            out,
+            "{:<20} {:<16} {:<8} {:>9} {:>10} {:>9} {:>6} {:<20} {:<16} {:<20} {}",
+            s(&a["Name"]),
+            s(&a["Host"]),
+            s(&a["Status"]),
+            seen,
+            rate,
+            moved,
+            errors,
+            version,
+            list(&a["Labels"]),
+            list(&a["LinkPeers"]),
+            s(&a["LinkAddress"])
+        );
+        // The newest failure, so "which agent is failing, and why" needs no second command.
+        if let Some(last) = a["RecentErrors"].as_array().and_then(|e| e.last()) {
+            let _ = writeln!(out, "    last error ({}, execution {}): {}", s(&last["Code"]), s(&last["ExecutionId"]), s(&last["Message"]));
+        }
+    }
+    out
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ferry_common::codec;
 use ferry_common::keys::{self, ExecKeys};
-use ferry_common::model::{Execution, ExecutionSpec, WorkerInfo};
+use ferry_common::model::{agent_statuses, AgentRecord, AgentStatus, Execution, ExecutionSpec, WorkerInfo};
 use ferry_common::store::{Compare, LeaseId, RangeOptions, SharedStore, StoreError, Txn, TxnOp};
 use tokio::sync::watch;
 
@@ -270,6 +270,25 @@ pub async fn list_workers(store: &SharedStore) -> Result<Vec<WorkerInfo>, Driver
         out.push(codec::decode(&kv.value)?);
     }
     Ok(out)
+}
+
+/// Every agent whose record is kept, ONLINE or OFFLINE, and live agents without one yet. A
+/// record that does not decode is left out (and logged) rather than hiding every agent.
+pub async fn list_agents(store: &SharedStore) -> Result<Vec<AgentStatus>, DriverError> {
+    let live = list_workers(store).await?;
+    let r = store.range(&keys::agent_records(), RangeOptions::default()).await?;
+    let records = r
+        .kvs
+        .iter()
+        .filter_map(|kv| match codec::decode::<AgentRecord>(&kv.value) {
+            Ok(rec) => Some(rec),
+            Err(e) => {
+                tracing::warn!(key = %String::from_utf8_lossy(&kv.key), error = %e, "unreadable agent record; not listed");
+                None
+            }
+        })
+        .collect();
+    Ok(agent_statuses(live, records))
 }
 
 pub async fn list_executions(store: &SharedStore) -> Result<Vec<Execution>, DriverError> {

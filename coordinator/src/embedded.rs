@@ -20,7 +20,7 @@ pub struct RunConfig {
     pub spec: ExecutionSpec,
     pub movers: usize,
     pub report: Option<PathBuf>,
-    pub progress: bool,
+    pub progress: crate::progress::Style,
 }
 
 pub struct RunResult {

@@ -42,6 +42,11 @@ fn worker_bin() -> PathBuf {
 /// A coordinator serving the API on `api_port`, and one worker serving its probes on
 /// `probe_port`, both on `etcd`.
 fn start(etcd: &EtcdServer, dir: &Path, api_port: u16, probe_port: u16) -> Daemons {
+    start_with(etcd, dir, api_port, probe_port, &[])
+}
+
+/// [`start`], with `worker_env` set for the worker (fault-injection hooks).
+fn start_with(etcd: &EtcdServer, dir: &Path, api_port: u16, probe_port: u16, worker_env: &[(&str, &str)]) -> Daemons {
     use std::os::unix::process::CommandExt;
     let tokens = api_token_file(dir);
     // FERRY_TEST_LOG sets the daemons' RUST_LOG, for chasing a failure.
@@ -55,6 +60,7 @@ fn start(etcd: &EtcdServer, dir: &Path, api_port: u16, probe_port: u16) -> Daemo
     let worker = Command::new(worker_bin())
         .args(["--etcd", &etcd.endpoint, "--name", "w1", "--movers", "2", "--lease-ttl", "3", "--metrics-listen", &format!("127.0.0.1:{probe_port}")])
         .env("RUST_LOG", &log_filter)
+        .envs(worker_env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -201,4 +207,77 @@ fn etcd_backup_and_restore_brings_tasks_back_and_a_running_execution_completes()
         assert!(same_content(&src.join(rel), &dst.join(rel)), "{rel} differs after the restore");
     }
     assert!(temp_leftovers(&dst).is_empty(), "temporary names left: {:?}", temp_leftovers(&dst));
+}
+
+/// `ferry agent list` answers "which agent is failing, and is it there at all": status, last
+/// heartbeat, bytes moved, its recent failures; and an agent killed without a goodbye stays
+/// listed, OFFLINE, as last seen, instead of vanishing.
+#[test]
+fn agent_list_shows_each_agents_health_and_keeps_a_killed_one_as_offline() {
+    let dir = scratch();
+    let Some(etcd) = EtcdServer::start() else { return };
+    let src = dir.path().join("src");
+    for i in 0..12 {
+        write_file(&src.join(format!("f{i}.bin")), &random_bytes(256 << 10));
+    }
+    write_file(&src.join("bad.bin"), &random_bytes(64 << 10));
+    let (api, probes) = (free_port(), free_port());
+    // The worker's writes of bad.bin are corrupted on their way: it fails verification.
+    let mut d = start_with(&etcd, dir.path(), api, probes, &[("FERRY_TEST_CORRUPT", "bad.bin")]);
+    wait_for("the worker is ready", &d, WAIT, || get(probes, "/readyz").0 == 200);
+    wait_for("the coordinator is ready", &d, WAIT, || get(api, "/readyz").0 == 200);
+    let cli = |args: &[&str]| {
+        Ferry::bare().env("FERRY_API", format!("http://127.0.0.1:{api}")).env("FERRY_API_TOKEN", API_TOKEN).args(args).timeout(Duration::from_secs(60)).run()
+    };
+    let agent = |name: &str| -> Value {
+        let out = cli(&["agent", "list", "--json"]);
+        out.assert_code(0);
+        let list: Value = serde_json::from_str(&out.stdout).unwrap();
+        list.as_array().unwrap().iter().find(|a| a["Name"] == name).cloned().unwrap_or(Value::Null)
+    };
+    wait_for("w1's first heartbeat", &d, WAIT, || agent("w1")["LastHeartbeatUnixMs"].as_u64().unwrap_or(0) > 0);
+    assert_eq!(agent("w1")["Status"], "ONLINE");
+
+    let dst = dir.path().join("dst");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    cli(&["task", "create", "--name", "health", "--source", &s(&src), "--destination", &s(&dst)]).assert_code(0);
+    let started = cli(&["task", "start", "health", "--json"]);
+    started.assert_code(0);
+    let id = serde_json::from_str::<Value>(&started.stdout).unwrap()["ExecutionId"].as_str().unwrap().to_string();
+    wait_for("the execution ends", &d, WAIT, || {
+        let (code, body) = get(api, &format!("/v1/executions/{id}"));
+        code == 200 && matches!(serde_json::from_str::<Value>(&body).unwrap()["Status"].as_str(), Some("SUCCESS" | "ERROR"))
+    });
+    let good_bytes = 12 * (256 << 10);
+    // The next heartbeat (every 10 s) carries what the execution did.
+    wait_for("w1's record shows the bytes it moved and the failure", &d, WAIT, || {
+        let a = agent("w1");
+        a["BytesTotal"].as_u64().unwrap_or(0) >= good_bytes && a["RecentErrors"].as_array().is_some_and(|e| !e.is_empty())
+    });
+    let w1 = agent("w1");
+    let last = w1["RecentErrors"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["ExecutionId"], id.as_str(), "{w1}");
+    assert!(last["Message"].as_str().unwrap().contains("bad.bin"), "the failure names the entry: {w1}");
+    assert!(!last["Code"].as_str().unwrap().is_empty(), "{w1}");
+    assert_eq!(w1["Version"], env!("CARGO_PKG_VERSION"), "{w1}");
+    let table = cli(&["agent", "list"]);
+    table.assert_code(0);
+    assert!(table.stdout.lines().any(|l| l.starts_with("w1 ") && l.contains("ONLINE") && l.contains("s ago")), "{}", table.stdout);
+    assert!(table.stdout.contains("last error (") && table.stdout.contains("bad.bin"), "the table names the newest failure: {}", table.stdout);
+
+    // Killed: no goodbye, the lease (3 s) lapses. Listed OFFLINE with what it last said.
+    let (_, worker, _) = &mut d.children[1];
+    unsafe { libc::kill(-(worker.id() as i32), libc::SIGKILL) };
+    let _ = worker.wait();
+    wait_for("w1 is listed OFFLINE", &d, WAIT, || agent("w1")["Status"] == "OFFLINE");
+    let gone = agent("w1");
+    assert_eq!(gone["BytesTotal"], w1["BytesTotal"], "as last seen: {gone}");
+    assert_eq!(gone["RecentErrors"], w1["RecentErrors"], "{gone}");
+    assert_eq!(gone["BytesPerSecond"], 0, "an offline agent moves nothing: {gone}");
+    assert_eq!(gone["Host"], w1["Host"]);
+    let table = cli(&["agent", "list"]);
+    assert!(table.stdout.lines().any(|l| l.starts_with("w1 ") && l.contains("OFFLINE")), "{}", table.stdout);
+    let registered = Ferry::bare().args(["workers", "--json", "--etcd", &etcd.endpoint]).run();
+    registered.assert_code(0);
+    assert_eq!(registered.stdout.trim(), "[]", "`ferry workers` lists registered agents only");
 }

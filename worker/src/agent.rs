@@ -15,7 +15,7 @@ use std::time::Duration;
 use actix::Addr;
 use ferry_common::codec;
 use ferry_common::keys;
-use ferry_common::model::Execution;
+use ferry_common::model::{AgentRecord, Execution, WorkerInfo};
 use ferry_common::store::{RangeOptions, SharedStore};
 use tokio::sync::watch;
 
@@ -24,6 +24,7 @@ use crate::node::{MoverActor, Node, StopClaiming};
 use crate::transport::link::pki::{self, Admission, Identity};
 use crate::transport::link::quic::{self, LinkClient, LinkTuning};
 use crate::transport::LinkAgent;
+use crate::vitals::{Throughput, HEARTBEAT};
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -220,6 +221,53 @@ async fn join_execution(
     Ok(Some(node.start_movers(ctx, cfg.movers, link.clone())))
 }
 
+/// The agent's [`AgentRecord`] as of now; `rate` gives the throughput since the last one.
+fn agent_record(info: &WorkerInfo, link: &LinkAgent, rate: &mut Throughput) -> AgentRecord {
+    let now = ferry_common::schedule::now_ms();
+    let total = link.vitals.bytes_total();
+    AgentRecord {
+        info: info.clone(),
+        heartbeat_unix_ms: now,
+        bytes_per_second: rate.sample(now, total),
+        bytes_total: total,
+        recent_errors: link.vitals.recent_errors(),
+        link_peers: link.peers(),
+    }
+}
+
+/// Writes the agent's record. A Store that does not answer soon only costs one heartbeat.
+async fn put_record(store: &SharedStore, record: &AgentRecord) {
+    let Ok(value) = codec::encode(record) else {
+        return;
+    };
+    match tokio::time::timeout(Duration::from_secs(5), store.put(&keys::agent_record(&record.info.name), value, None)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "heartbeat record not written; next heartbeat retries"),
+        Err(_) => tracing::debug!("heartbeat record not written within 5 s; next heartbeat retries"),
+    }
+}
+
+/// The task that rewrites the agent's record; it stops when this is dropped (the
+/// registration ended, or the agent loop itself was dropped).
+struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Rewrites the agent's record every [`HEARTBEAT`] while the returned value lives.
+fn spawn_heartbeat(store: SharedStore, info: WorkerInfo, link: Arc<LinkAgent>) -> Heartbeat {
+    Heartbeat(tokio::spawn(async move {
+        let mut rate = Throughput::default();
+        loop {
+            put_record(&store, &agent_record(&info, &link, &mut rate)).await;
+            tokio::time::sleep(HEARTBEAT).await;
+        }
+    }))
+}
+
 /// Runs until `shutdown` turns true. Must run inside an actix System.
 pub async fn run_agent(store: SharedStore, cfg: AgentConfig, link: Arc<LinkAgent>, link_addr: Option<String>, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(200);
@@ -242,6 +290,7 @@ pub async fn run_agent(store: SharedStore, cfg: AgentConfig, link: Arc<LinkAgent
         backoff = Duration::from_millis(200);
         cfg.readiness.registered(node.clock());
         tracing::info!(worker = %cfg.name, lease = node.lease, "WorkerRegistered");
+        let heartbeat = spawn_heartbeat(store.clone(), node.info.clone(), link.clone());
         let mut serving: HashMap<String, Vec<Addr<MoverActor>>> = HashMap::new();
         let mut unusable: HashSet<String> = HashSet::new();
         loop {
@@ -253,12 +302,18 @@ pub async fn run_agent(store: SharedStore, cfg: AgentConfig, link: Arc<LinkAgent
                 tracing::info!("stopping: finishing held shards, then leaving");
                 cfg.readiness.unregistered();
                 stop_all(&mut serving).await;
+                drop(heartbeat);
+                // The last word: when it left, and what it had moved.
+                let mut last = agent_record(&node.info, &link, &mut Throughput::default());
+                last.link_peers.clear();
+                put_record(&store, &last).await;
                 node.leave().await;
                 return;
             }
             if !node.is_alive() {
                 tracing::warn!("lease lost; stopping movers and joining again");
                 cfg.readiness.unregistered();
+                drop(heartbeat);
                 stop_all(&mut serving).await;
                 continue 'join;
             }

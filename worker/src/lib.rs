@@ -21,3 +21,4 @@ pub mod queue;
 pub mod rate;
 pub mod report;
 pub mod transport;
+pub mod vitals;

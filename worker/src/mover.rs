@@ -181,11 +181,18 @@ pub async fn run_shard(shared: &MoverShared, shard: Shard, buf: &mut Option<Vec<
         match r {
             Err(e) if e.kind == ErrorKind::LeaseLost => return abandon(&shard),
             Ok(done) => {
+                shared.link.vitals.moved(done.counters.bytes_transferred);
                 outcome.counters().add(&done.counters);
                 with_store_retry("complete part", || queue.complete_part(&shard, Ok((done.crc, len)), &done.tags, done.source.as_ref(), &outcome)).await
             }
-            Err(e) if e.kind.is_transient() && shard.attempt < max_attempts => with_store_retry("requeue part", || queue.requeue(&shard, e.to_string())).await,
-            Err(e) => with_store_retry("complete part", || queue.complete_part(&shard, Err(e.to_string()), &[], None, &outcome)).await,
+            Err(e) if e.kind.is_transient() && shard.attempt < max_attempts => {
+                note_failure(shared, &e);
+                with_store_retry("requeue part", || queue.requeue(&shard, e.to_string())).await
+            }
+            Err(e) => {
+                note_failure(shared, &e);
+                with_store_retry("complete part", || queue.complete_part(&shard, Err(e.to_string()), &[], None, &outcome)).await
+            }
         }
     } else {
         match execute(shared, &shard, buf).await {
@@ -193,6 +200,7 @@ pub async fn run_shard(shared: &MoverShared, shard: Shard, buf: &mut Option<Vec<
             Err(e) if e.kind == ErrorKind::LeaseLost => return abandon(&shard),
             Ok((outcome, extra)) => commit(shared, &shard, outcome, extra).await,
             Err(e) if e.kind.is_transient() && shard.attempt < max_attempts => {
+                note_failure(shared, &e);
                 tracing::info!(shard = %shard.id, error = %e, "shard failed; queued for another attempt");
                 with_store_retry("requeue shard", || queue.requeue(&shard, e.to_string())).await
             }
@@ -255,7 +263,26 @@ fn abandon(shard: &Shard) {
     tracing::warn!(shard = %shard.id, "lease expired; abandoning the shard to the worker that claims it next");
 }
 
+/// A shard's failure, for the agent's recent errors.
+fn note_failure(shared: &MoverShared, e: &FerryError) {
+    shared.link.vitals.failed(ferry_common::schedule::now_ms(), &shared.ctx.spec.id, &format!("{:?}", e.kind), &e.to_string());
+}
+
+/// What a finished shard adds to the agent's vital signs: bytes moved, and its failed
+/// entries (with the report's code for each when it has one).
+fn note_outcome(shared: &MoverShared, outcome: &Outcome) {
+    let vitals = &shared.link.vitals;
+    vitals.moved(outcome.result.counters.bytes_transferred);
+    let now = ferry_common::schedule::now_ms();
+    for f in &outcome.result.failures {
+        let code = outcome.report.iter().find(|l| l.path == f.path && l.status == EntryStatus::Failed).and_then(|l| l.code.clone());
+        let what = if f.path.is_empty() { f.reason.clone() } else { format!("{}: {}", String::from_utf8_lossy(&f.path), f.reason) };
+        vitals.failed(now, &shared.ctx.spec.id, code.as_deref().unwrap_or("FAILED"), &what);
+    }
+}
+
 async fn commit(shared: &MoverShared, shard: &Shard, mut outcome: Outcome, extra: Vec<TxnOp>) -> Result<bool, QueueError> {
+    note_outcome(shared, &outcome);
     let lines = std::mem::take(&mut outcome.report);
     crate::report::log_entries(&shared.ctx.spec, &lines);
     let chunks = crate::report::chunks(&shared.ctx.spec, lines);

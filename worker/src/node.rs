@@ -30,6 +30,8 @@ pub struct Node {
     pub store: SharedStore,
     pub worker_id: String,
     pub lease: LeaseId,
+    /// The registration this node made.
+    pub info: WorkerInfo,
     clock: Arc<LeaseClock>,
     stopped: Arc<AtomicBool>,
 }
@@ -87,7 +89,7 @@ impl Node {
                 }
             }
         });
-        Ok(Node { store, worker_id: worker_id.to_string(), lease, clock, stopped })
+        Ok(Node { store, worker_id: worker_id.to_string(), lease, info, clock, stopped })
     }
 
     /// What this node knows of its lease: whether the Store confirmed it recently.

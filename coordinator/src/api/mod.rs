@@ -346,7 +346,7 @@ async fn execution_report(ctl: Ctl, id: web::Path<String>) -> ApiResult<HttpResp
 
 #[utoipa::path(get, path = "/v1/agents", responses((status = 200, body = [AgentView]), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn list_agents(ctl: Ctl) -> ApiResult<HttpResponse> {
-    let list: Vec<AgentView> = ctl.list_agents().await?.iter().map(AgentView::from).collect();
+    let list: Vec<AgentView> = ctl.list_agent_statuses().await?.iter().map(AgentView::from).collect();
     Ok(HttpResponse::Ok().json(list))
 }
 

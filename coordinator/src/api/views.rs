@@ -1,7 +1,7 @@
 //! What the API returns: DataSync-shaped views of executions, agents and events, and the
 //! error body. Requests use the task types of [`ferry_common::task`] directly.
 
-use ferry_common::model::WorkerInfo;
+use ferry_common::model::AgentStatus;
 use ferry_common::model::{Execution, Phase};
 use ferry_common::paths;
 use ferry_common::task::Event;
@@ -176,16 +176,39 @@ pub struct AgentView {
     pub labels: Vec<String>,
     pub link_address: Option<String>,
     pub started_unix_ms: u64,
-    /// ONLINE: registered with a live lease (an agent whose lease lapsed is not listed).
+    /// ONLINE: registered with a live lease. OFFLINE: it left or its lease lapsed; the rest
+    /// is as it was last seen.
     pub status: String,
     /// The agent's release version and build commit (empty for agents built before 0.1.0
     /// stamped them).
     pub version: String,
     pub commit: String,
+    /// When the agent last wrote its health record (every 10 s while it runs); 0 when it has
+    /// not written one yet.
+    pub last_heartbeat_unix_ms: u64,
+    /// Bytes per second it moved over its last heartbeat interval.
+    pub bytes_per_second: u64,
+    /// Bytes it moved since its process started.
+    pub bytes_total: u64,
+    /// Its last failures (at most 10), oldest first.
+    pub recent_errors: Vec<AgentErrorView>,
+    /// Agents it has a live link connection with.
+    pub link_peers: Vec<String>,
 }
 
-impl From<&WorkerInfo> for AgentView {
-    fn from(w: &WorkerInfo) -> Self {
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "PascalCase")]
+pub struct AgentErrorView {
+    pub unix_ms: u64,
+    pub execution_id: String,
+    /// A stable code when there is one (`CHECKSUM_MISMATCH`, ...), else the error's kind.
+    pub code: String,
+    pub message: String,
+}
+
+impl From<&AgentStatus> for AgentView {
+    fn from(a: &AgentStatus) -> Self {
+        let (r, w) = (&a.record, &a.record.info);
         AgentView {
             name: w.name.clone(),
             host: w.host.clone(),
@@ -194,9 +217,18 @@ impl From<&WorkerInfo> for AgentView {
             labels: w.labels.clone(),
             link_address: w.link_addr.clone(),
             started_unix_ms: w.started_unix_ms,
-            status: "ONLINE".into(),
+            status: if a.online { "ONLINE" } else { "OFFLINE" }.into(),
             version: w.version.clone(),
             commit: w.commit.clone(),
+            last_heartbeat_unix_ms: r.heartbeat_unix_ms,
+            bytes_per_second: if a.online { r.bytes_per_second } else { 0 },
+            bytes_total: r.bytes_total,
+            recent_errors: r
+                .recent_errors
+                .iter()
+                .map(|e| AgentErrorView { unix_ms: e.unix_ms, execution_id: e.execution.clone(), code: e.code.clone(), message: e.message.clone() })
+                .collect(),
+            link_peers: if a.online { r.link_peers.clone() } else { Vec::new() },
         }
     }
 }

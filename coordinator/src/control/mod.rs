@@ -21,7 +21,7 @@ use std::sync::Arc;
 use ferry_common::codec;
 use ferry_common::keys::{self, ExecKeys};
 use ferry_common::model::WorkerInfo;
-use ferry_common::model::{Execution, Phase};
+use ferry_common::model::{AgentStatus, Execution, Phase};
 use ferry_common::schedule::{self, arm_key, CronSchedule, Decision, FirePolicy, ScheduleState};
 use ferry_common::store::{Compare, KeyValue, RangeOptions, SharedStore, StoreError, Txn, TxnOp};
 use ferry_common::task::{Event, ExecSettings, FieldError, SchedulePolicy, ScheduleStatus, StartOverrides, Task, TaskUpdate};
@@ -484,6 +484,11 @@ impl ControlPlane {
         r.kvs.iter().map(decode_kv).collect()
     }
 
+    /// Every agent ever seen (within the history retention), ONLINE or OFFLINE.
+    pub async fn list_agent_statuses(&self) -> Result<Vec<AgentStatus>> {
+        Ok(crate::cluster::list_agents(&self.store).await?)
+    }
+
     // ----- the leader's work -----
 
     /// One round of the leader's control work. Each part logs and carries on when the Store
@@ -780,6 +785,11 @@ impl ControlPlane {
                 }
                 _ => {}
             }
+        }
+        // Agents offline for longer than the retention are forgotten. One that comes back at
+        // this moment loses its record only until its next heartbeat rewrites it.
+        for gone in self.list_agent_statuses().await?.into_iter().filter(|a| !a.online && a.record.heartbeat_unix_ms < cutoff) {
+            self.store.delete(&keys::agent_record(&gone.record.info.name)).await?;
         }
         loop {
             let r = self.store.range(&keys::events(), RangeOptions { limit: 200, keys_only: true, ..Default::default() }).await?;

@@ -56,6 +56,21 @@ pub struct LinkAgent {
     pub client: Option<link::quic::LinkClient>,
     pub registry: link::quic::Registry,
     pub rate: crate::rate::RateLimiter,
+    /// What the agent's heartbeat reports: bytes moved and recent failures.
+    pub vitals: crate::vitals::Vitals,
+}
+
+impl LinkAgent {
+    /// The agents this one has a live link connection with, either way, by name.
+    pub fn peers(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.registry.peers.live().into_iter().map(|(name, _)| name).collect();
+        if let Some(client) = &self.client {
+            names.extend(client.peers.live().into_iter().map(|(name, _)| name));
+        }
+        names.sort();
+        names.dedup();
+        names
+    }
 }
 
 /// A writer agent as the reader finds it in the Store.

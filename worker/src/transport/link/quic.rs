@@ -165,10 +165,33 @@ pub fn route_payload(peer: SocketAddr) -> Option<u16> {
     (ok && payload > 0).then(|| payload.clamp(1200, i64::from(MAX_UDP_PAYLOAD)) as u16)
 }
 
+/// Live link connections by the peer agent's name (its certificate's, or the name it was
+/// dialed by), for the agent's health record and per-peer statistics. Closed connections
+/// drop out when the list is read.
+#[derive(Default)]
+pub struct Peers {
+    conns: Mutex<Vec<(String, quinn::Connection)>>,
+}
+
+impl Peers {
+    pub fn add(&self, name: &str, conn: &quinn::Connection) {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).push((name.to_string(), conn.clone()));
+    }
+
+    /// The open connections, by peer name.
+    pub fn live(&self) -> Vec<(String, quinn::Connection)> {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.retain(|(_, c)| c.close_reason().is_none());
+        conns.clone()
+    }
+}
+
 /// Executions this agent writes for, by id: filled as the agent joins them.
 #[derive(Clone, Default)]
 pub struct Registry {
     execs: Arc<Mutex<HashMap<String, Arc<ExecContext>>>>,
+    /// Readers connected to this writer.
+    pub peers: Arc<Peers>,
 }
 
 impl Registry {
@@ -364,6 +387,7 @@ pub async fn serve(endpoint: quinn::Endpoint, registry: Registry, stats: Arc<Ser
                 }
             };
             tracing::info!(peer = %remote, agent = %peer.name, "LinkAccepted");
+            registry.peers.add(&peer.name, &conn);
             let permits = per_peer
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -595,6 +619,8 @@ pub struct LinkClient {
     conns: Mutex<HashMap<(SocketAddr, usize), quinn::Connection>>,
     next: std::sync::atomic::AtomicUsize,
     admission: Arc<Admission>,
+    /// Writers this reader is connected to.
+    pub peers: Peers,
 }
 
 impl LinkClient {
@@ -611,6 +637,7 @@ impl LinkClient {
             conns: Mutex::new(HashMap::new()),
             next: Default::default(),
             admission: Arc::default(),
+            peers: Peers::default(),
         })
     }
 
@@ -657,6 +684,7 @@ impl LinkClient {
             return Err(LinkError::Down(format!("writer {name} at {addr} refused: {why}")));
         }
         self.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(key, conn.clone());
+        self.peers.add(name, &conn);
         Ok(conn)
     }
 
