@@ -364,6 +364,7 @@ pub async fn serve(endpoint: quinn::Endpoint, registry: Registry, stats: Arc<Ser
                 }
             };
             tracing::info!(peer = %remote, agent = %peer.name, "LinkAccepted");
+            super::stats::watch(conn.clone(), peer.name.clone());
             let permits = per_peer
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -656,6 +657,7 @@ impl LinkClient {
             conn.close(quinn::VarInt::from_u32(REFUSED), why.as_bytes());
             return Err(LinkError::Down(format!("writer {name} at {addr} refused: {why}")));
         }
+        super::stats::watch(conn.clone(), name.to_string());
         self.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(key, conn.clone());
         Ok(conn)
     }
