@@ -421,3 +421,30 @@ fn link_series_name_the_peer_agent() {
     promtool_accepts(&promtool, "agent-onprem", &onprem);
     promtool_accepts(&promtool, "agent-cloud", &cloud);
 }
+
+#[test]
+fn the_grafana_dashboard_is_json_with_a_datasource_variable_and_queries_promtool_parses() {
+    let Some(promtool) = prom_tool("promtool", "FERRY_PROMTOOL") else { return };
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/ferry.json");
+    let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).expect("deploy/grafana/ferry.json is JSON");
+    let vars = dash["templating"]["list"].as_array().unwrap();
+    assert!(vars.iter().any(|v| v["type"] == "datasource" && v["query"] == "prometheus"), "a data source variable");
+    let exprs: Vec<String> =
+        dash["panels"].as_array().unwrap().iter().flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default()).filter_map(|t| t["expr"].as_str().map(String::from)).collect();
+    assert!(exprs.len() >= 20, "{exprs:?}");
+    // Every series the docs promise is on a panel.
+    for series in ["ferry_worker_bytes_total", "ferry_worker_files_total", "ferry_shard_duration_seconds_bucket", "ferry_movers", "ferry_throttled_bytes_total", "ferry_s3_errors_total", "ferry_s3_retries_total", "ferry_link_rtt_seconds", "ferry_link_lost_packets_total", "ferry_link_congestion_window_bytes", "ferry_store_request_duration_seconds_bucket"] {
+        assert!(exprs.iter().any(|e| e.contains(series)), "no panel shows {series}");
+    }
+    // Grafana's variables replaced by what they expand to, each query is a recording rule.
+    let dir = scratch();
+    let rules: String = exprs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| format!("  - record: ferry:panel{i}\n    expr: {}\n", serde_json::Value::from(e.replace("$__rate_interval", "5m").replace("$instance", ".*"))))
+        .collect();
+    let file = dir.path().join("rules.yml");
+    std::fs::write(&file, format!("groups:\n- name: dashboard\n  rules:\n{rules}")).unwrap();
+    let out = Command::new(promtool).args(["check", "rules"]).arg(&file).output().unwrap();
+    assert!(out.status.success(), "promtool cannot parse a dashboard query: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
