@@ -96,7 +96,11 @@ fn describe() {
         WORKER_FILES,
         "Entries this process settled, by direction and outcome. direction=\"read\": shards this agent read the source for (outcome transferred), or verified the destination of (verified, mismatched). direction=\"write\": entries this agent committed at the destination (transferred), or decided not to write (skipped), deleted (deleted) or gave up on (failed, including large files whose parts failed)."
     );
-    describe_counter!(WORKER_BYTES, Unit::Bytes, "Bytes of the entries counted in ferry_worker_files_total, by the same direction and outcome (a file's size, not bytes on the wire).");
+    describe_counter!(
+        WORKER_BYTES,
+        Unit::Bytes,
+        "Bytes of the entries counted in ferry_worker_files_total, by the same direction and outcome (a file's size, not bytes on the wire)."
+    );
     describe_histogram!(SHARD_DURATION, Unit::Seconds, "Wall time of each shard this process ran, from claim to completion, by shard kind.");
     describe_gauge!(MOVERS, "Movers of this agent now running a shard (state=\"busy\") or waiting for one (state=\"idle\").");
     describe_counter!(THROTTLED_BYTES, Unit::Bytes, "Bytes that had to wait in the BytesPerSecond limiter before they were sent.");
@@ -108,13 +112,29 @@ fn describe() {
     describe_counter!(S3_REQUESTS, "S3 requests sent, by operation; each retry counts as another request.");
     describe_counter!(S3_RETRIES, "S3 requests that were retries of an earlier attempt, by operation.");
     describe_counter!(S3_ERRORS, "S3 attempts answered with an error or that got no answer, by operation and code (the S3 error code, the HTTP status when there is none, or \"io\" for a failed connection). A retried attempt counts too.");
-    describe_counter!(LINK_SENT_BYTES, Unit::Bytes, "UDP payload bytes sent on QUIC links to each peer agent (quinn's count, headers and retransmissions included).");
+    describe_counter!(
+        LINK_SENT_BYTES,
+        Unit::Bytes,
+        "UDP payload bytes sent on QUIC links to each peer agent (quinn's count, headers and retransmissions included)."
+    );
     describe_counter!(LINK_RECEIVED_BYTES, Unit::Bytes, "UDP payload bytes received on QUIC links from each peer agent.");
     describe_counter!(LINK_LOST_PACKETS, "Packets quinn declared lost on links to each peer agent.");
-    describe_gauge!(LINK_RTT, Unit::Seconds, "Smoothed round-trip time of the link to each peer agent, as of the last sample (taken every 5 s; with several connections, the last one sampled).");
-    describe_gauge!(LINK_CWND, Unit::Bytes, "Congestion window of the link to each peer agent, as of the last sample (taken every 5 s; with several connections, the last one sampled).");
+    describe_gauge!(
+        LINK_RTT,
+        Unit::Seconds,
+        "Smoothed round-trip time of the link to each peer agent, as of the last sample (taken every 5 s; with several connections, the last one sampled)."
+    );
+    describe_gauge!(
+        LINK_CWND,
+        Unit::Bytes,
+        "Congestion window of the link to each peer agent, as of the last sample (taken every 5 s; with several connections, the last one sampled)."
+    );
     describe_counter!(LINK_RESENT_CHUNKS, "Chunks a writer asked this agent to send again (RESEND_FROM after a bad CRC32C or a whole-file mismatch).");
-    describe_histogram!(STORE_REQUEST_DURATION, Unit::Seconds, "Round-trip time of each coordination Store (etcd) request, by operation, failed ones included.");
+    describe_histogram!(
+        STORE_REQUEST_DURATION,
+        Unit::Seconds,
+        "Round-trip time of each coordination Store (etcd) request, by operation, failed ones included."
+    );
     describe_counter!(STORE_ERRORS, "Coordination Store (etcd) requests that failed, by operation.");
 }
 

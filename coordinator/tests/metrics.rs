@@ -27,9 +27,10 @@ const WAIT: Duration = Duration::from_secs(120);
 /// outside CI when it is missing; under CI=true that is a failure.
 fn prom_tool(name: &str, env: &str) -> Option<PathBuf> {
     let candidates = std::env::var_os(env).map(PathBuf::from).into_iter().chain([Path::new("/opt/prom/usr/bin").join(name)]);
-    let found = candidates.into_iter().find(|p| p.is_file()).or_else(|| {
-        std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()))
-    });
+    let found = candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .or_else(|| std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file())));
     if found.is_none() {
         let hint = format!("{name} is not installed (apt-get download prometheus && dpkg -x prometheus_*.deb /opt/prom; .ci/run does this, or set {env})");
         assert!(std::env::var("CI").as_deref() != Ok("true"), "{hint}; under CI=true no test skips for lack of a tool");
@@ -140,7 +141,7 @@ impl Cluster {
 
     /// `ferry copy --json` submitted to this cluster; asserts SUCCESS and returns the JSON.
     fn copy(&self, src: impl AsRef<std::ffi::OsStr>, dst: impl AsRef<std::ffi::OsStr>, extra: &[&str], env: &[(&'static str, String)]) -> serde_json::Value {
-        let mut f = Ferry::new("copy", src, dst).args(["--json", "--no-progress", "--etcd", &self.etcd.endpoint]).args(extra).timeout(Duration::from_secs(180));
+        let mut f = Ferry::new("copy", src, dst).args(["--json", "--etcd", &self.etcd.endpoint]).args(extra).timeout(Duration::from_secs(180));
         for (k, v) in env {
             f = f.env(k, v);
         }
@@ -257,7 +258,11 @@ fn every_daemon_serves_metrics_promtool_accepts_and_agent_bytes_add_up_to_the_ex
     for (name, text) in &bodies {
         promtool_accepts(&promtool, name, text);
         assert!(text.contains("# TYPE ferry_shard_duration_seconds histogram"), "{name}: {text}");
-        assert!(sample_sum(text, "ferry_shard_duration_seconds_count", &[("kind", "transfer")]) + sample_sum(text, "ferry_shard_duration_seconds_count", &[("kind", "scan")]) > 0.0);
+        assert!(
+            sample_sum(text, "ferry_shard_duration_seconds_count", &[("kind", "transfer")])
+                + sample_sum(text, "ferry_shard_duration_seconds_count", &[("kind", "scan")])
+                > 0.0
+        );
         assert!(sample_sum(text, "ferry_store_request_duration_seconds_count", &[("operation", "txn")]) > 0.0, "{name} timed its Store transactions");
         assert!(text.contains("# TYPE ferry_movers gauge"), "{name}: {text}");
         assert!(!text.contains("execution="), "no execution label: {text}");
@@ -308,13 +313,25 @@ fn a_prometheus_server_scrapes_the_cluster_and_its_query_matches_the_execution()
     let dir = scratch();
     let Some(cluster) = Cluster::start(dir.path(), &["w1", "w2"], &[]) else { return };
     let targets: Vec<String> = cluster.agents.iter().map(|(_, p)| format!("'127.0.0.1:{p}'")).collect();
-    let config = format!(
-        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n\
-         - job_name: ferry-agents\n    authorization:\n      type: Bearer\n      credentials: '{METRICS_TOKEN}'\n    static_configs:\n      - targets: [{}]\n\
-         - job_name: ferry-coordinator\n    authorization:\n      type: Bearer\n      credentials: '{API_TOKEN}'\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
-        targets.join(", "),
-        cluster.api
-    );
+    let config = [
+        "global:".to_string(),
+        "  scrape_interval: 1s".into(),
+        "  scrape_timeout: 1s".into(),
+        "scrape_configs:".into(),
+        "  - job_name: ferry-agents".into(),
+        "    authorization:".into(),
+        "      type: Bearer".into(),
+        format!("      credentials: '{METRICS_TOKEN}'"),
+        "    static_configs:".into(),
+        format!("      - targets: [{}]", targets.join(", ")),
+        "  - job_name: ferry-coordinator".into(),
+        "    authorization:".into(),
+        "      type: Bearer".into(),
+        format!("      credentials: '{API_TOKEN}'"),
+        "    static_configs:".into(),
+        format!("      - targets: ['127.0.0.1:{}']", cluster.api),
+    ]
+    .join("\n");
     let config_file = dir.path().join("prometheus.yml");
     std::fs::write(&config_file, config).unwrap();
     let web = free_port();
@@ -344,7 +361,12 @@ fn a_prometheus_server_scrapes_the_cluster_and_its_query_matches_the_execution()
         if a == Some(bytes as f64) && c == Some(bytes as f64) {
             break;
         }
-        assert!(Instant::now() < deadline, "Prometheus answers {agents_q} = {a:?} and {coord_q} = {c:?}, the execution moved {bytes} bytes{}{}", d.logs(), cluster.d.logs());
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus answers {agents_q} = {a:?} and {coord_q} = {c:?}, the execution moved {bytes} bytes{}{}",
+            d.logs(),
+            cluster.d.logs()
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     // Every target was scraped with its token: up == 1 for the agents and the coordinator.
@@ -363,7 +385,7 @@ fn s3_requests_are_counted_by_operation() {
     let up = cluster.copy(&src, s3.uri("metrics/"), &["--endpoint-url", &s3.endpoint], &env);
     let back = dir.path().join("back");
     let down = cluster.copy(s3.uri("metrics/"), &back, &["--endpoint-url", &s3.endpoint], &env);
-    assert_eq!(counter(&down, "bytes_transferred"), counter(&up, "bytes_transferred"));
+    assert_eq!(counter(&down, "bytes_transferred"), counter(&up, "bytes_transferred"), "{up}\n{down}");
 
     let text = cluster.scrape_agents().remove("w1").unwrap();
     promtool_accepts(&promtool, "w1", &text);
@@ -392,7 +414,8 @@ fn link_series_name_the_peer_agent() {
     let Some(fleet) = Fleet::start(vec![spec("agent-onprem", "onprem"), spec("agent-cloud", "cloud")]) else { return };
     let (src, dst) = (fleet.work.path().join("src"), fleet.work.path().join("dst"));
     make_tree(&src, 30);
-    let out = fleet.ferry("copy", &src, &dst).args(["--json", "--source-agents", "onprem", "--destination-agents", "cloud"]).timeout(Duration::from_secs(180)).run();
+    let out =
+        fleet.ferry("copy", &src, &dst).args(["--json", "--source-agents", "onprem", "--destination-agents", "cloud"]).timeout(Duration::from_secs(180)).run();
     out.assert_code(0);
     let bytes = counter(&out.json(), "bytes_transferred");
     let scrape = |site: usize| {
@@ -429,11 +452,28 @@ fn the_grafana_dashboard_is_json_with_a_datasource_variable_and_queries_promtool
     let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).expect("deploy/grafana/ferry.json is JSON");
     let vars = dash["templating"]["list"].as_array().unwrap();
     assert!(vars.iter().any(|v| v["type"] == "datasource" && v["query"] == "prometheus"), "a data source variable");
-    let exprs: Vec<String> =
-        dash["panels"].as_array().unwrap().iter().flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default()).filter_map(|t| t["expr"].as_str().map(String::from)).collect();
+    let exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(String::from))
+        .collect();
     assert!(exprs.len() >= 20, "{exprs:?}");
     // Every series the docs promise is on a panel.
-    for series in ["ferry_worker_bytes_total", "ferry_worker_files_total", "ferry_shard_duration_seconds_bucket", "ferry_movers", "ferry_throttled_bytes_total", "ferry_s3_errors_total", "ferry_s3_retries_total", "ferry_link_rtt_seconds", "ferry_link_lost_packets_total", "ferry_link_congestion_window_bytes", "ferry_store_request_duration_seconds_bucket"] {
+    for series in [
+        "ferry_worker_bytes_total",
+        "ferry_worker_files_total",
+        "ferry_shard_duration_seconds_bucket",
+        "ferry_movers",
+        "ferry_throttled_bytes_total",
+        "ferry_s3_errors_total",
+        "ferry_s3_retries_total",
+        "ferry_link_rtt_seconds",
+        "ferry_link_lost_packets_total",
+        "ferry_link_congestion_window_bytes",
+        "ferry_store_request_duration_seconds_bucket",
+    ] {
         assert!(exprs.iter().any(|e| e.contains(series)), "no panel shows {series}");
     }
     // Grafana's variables replaced by what they expand to, each query is a recording rule.
@@ -441,7 +481,9 @@ fn the_grafana_dashboard_is_json_with_a_datasource_variable_and_queries_promtool
     let rules: String = exprs
         .iter()
         .enumerate()
-        .map(|(i, e)| format!("  - record: ferry:panel{i}\n    expr: {}\n", serde_json::Value::from(e.replace("$__rate_interval", "5m").replace("$instance", ".*"))))
+        .map(|(i, e)| {
+            format!("  - record: ferry:panel{i}\n    expr: {}\n", serde_json::Value::from(e.replace("$__rate_interval", "5m").replace("$instance", ".*")))
+        })
         .collect();
     let file = dir.path().join("rules.yml");
     std::fs::write(&file, format!("groups:\n- name: dashboard\n  rules:\n{rules}")).unwrap();

@@ -82,7 +82,7 @@ pub fn serve(listen: SocketAddr, readiness: Arc<Readiness>, tokens: Option<Token
         App::new()
             .app_data(data.clone())
             .app_data(tokens.clone())
-            .route("/metrics", web::get().to(|req: HttpRequest, t: web::Data<Option<Tokens>>| async move { metrics(&req, t.as_ref().as_ref()) }))
+            .route("/metrics", web::get().to(|req: HttpRequest, t: web::Data<Option<Tokens>>| async move { metrics(&req, t.get_ref().as_ref()) }))
             .route("/healthz", web::get().to(|| async { HttpResponse::Ok().content_type("text/plain").body("ok\n") }))
             .route(
                 "/readyz",

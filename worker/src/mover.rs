@@ -3,8 +3,8 @@
 //! engine's work on the blocking pool, and the completion transaction with its report lines.
 
 use ferry_common::codec;
-use ferry_common::metrics as m;
 use ferry_common::error::{ErrorKind, FerryError};
+use ferry_common::metrics as m;
 use ferry_common::model::{Entry, EntryKind, EntryStatus, ExecutionSpec, Shard, ShardBody, ShardKind, WorkerInfo};
 use ferry_common::store::{SharedStore, TxnOp};
 
@@ -294,7 +294,8 @@ async fn run_shard_inner(shared: &MoverShared, shard: Shard, buf: &mut Option<Ve
             Err(e) if e.kind == ErrorKind::LeaseLost => return abandon(&shard),
             Ok(done) => {
                 outcome.counters().add(&done.counters);
-                let r = with_store_retry("complete part", || queue.complete_part(&shard, Ok((done.crc, len)), &done.tags, done.source.as_ref(), &outcome)).await;
+                let r =
+                    with_store_retry("complete part", || queue.complete_part(&shard, Ok((done.crc, len)), &done.tags, done.source.as_ref(), &outcome)).await;
                 if matches!(r, Ok(true)) {
                     count_outcome(&outcome.result.counters, &Sizes::default());
                 }

@@ -10,7 +10,6 @@
 pub mod views;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use actix_web::dev::{Service, ServiceResponse};

@@ -26,8 +26,8 @@
 use std::collections::{BTreeSet, HashMap};
 
 use ferry_common::crc;
-use ferry_common::metrics as m;
 use ferry_common::error::{ErrorKind, FerryError};
+use ferry_common::metrics as m;
 use ferry_common::model::{EntryKind, Timestamp};
 use ferry_common::paths;
 
