@@ -160,6 +160,9 @@ pub struct WorkerSection {
     /// `0.0.0.0:9464`.
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// Bearer tokens for `/metrics` on `metrics_listen`, one per line (mode 0600 or 0400).
+    #[serde(default)]
+    pub metrics_token_file: Option<String>,
 }
 
 impl DaemonConfig {

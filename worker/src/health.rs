@@ -5,12 +5,18 @@
 //! - `GET /readyz`: registered, with a lease the Store confirmed within its TTL. While etcd is
 //!   down the lease cannot be confirmed, so the agent reports not ready (503, with the reason).
 //!
-//! Plain HTTP without a token: the answers carry no data beyond "ok" and a reason.
+//! - `GET /metrics`: the process's Prometheus metrics ([`ferry_common::metrics`]), for a
+//!   bearer token from `--metrics-token-file`. Without a token file it answers 403 and says
+//!   how to configure one; a missing or wrong token gets 401.
+//!
+//! Plain HTTP. The probes need no token: their answers carry no data beyond "ok" and a reason.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+
+use ferry_common::tokens::Tokens;
 
 use crate::lease::LeaseClock;
 
@@ -48,12 +54,35 @@ impl Readiness {
     }
 }
 
-/// Serves `/healthz` and `/readyz` on `listen`. Runs on the caller's actix system.
-pub fn serve(listen: SocketAddr, readiness: Arc<Readiness>) -> std::io::Result<actix_web::dev::Server> {
+/// Answers `/metrics`: the recorder's text for a listed bearer token.
+fn metrics(req: &HttpRequest, tokens: Option<&Tokens>) -> HttpResponse {
+    let Some(tokens) = tokens else {
+        return HttpResponse::Forbidden()
+            .content_type("text/plain")
+            .body("metrics are off: this agent has no metrics token (start it with --metrics-token-file FILE or [worker] metrics_token_file)\n");
+    };
+    if !tokens.accepts_header(req.headers().get("authorization").and_then(|v| v.to_str().ok())) {
+        return HttpResponse::Unauthorized()
+            .insert_header(("WWW-Authenticate", "Bearer"))
+            .content_type("text/plain")
+            .body("missing or wrong bearer token (send 'Authorization: Bearer TOKEN' with a token from the agent's --metrics-token-file)\n");
+    }
+    match ferry_common::metrics::render() {
+        Some(text) => HttpResponse::Ok().content_type(ferry_common::metrics::CONTENT_TYPE).body(text),
+        None => HttpResponse::ServiceUnavailable().content_type("text/plain").body("the metrics recorder is not installed in this process\n"),
+    }
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics` on `listen`. Runs on the caller's actix system.
+/// `tokens`: who may read `/metrics` (none: nobody).
+pub fn serve(listen: SocketAddr, readiness: Arc<Readiness>, tokens: Option<Tokens>) -> std::io::Result<actix_web::dev::Server> {
     let data = web::Data::from(readiness);
+    let tokens = web::Data::new(tokens);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .app_data(tokens.clone())
+            .route("/metrics", web::get().to(|req: HttpRequest, t: web::Data<Option<Tokens>>| async move { metrics(&req, t.get_ref().as_ref()) }))
             .route("/healthz", web::get().to(|| async { HttpResponse::Ok().content_type("text/plain").body("ok\n") }))
             .route(
                 "/readyz",
@@ -65,13 +94,13 @@ pub fn serve(listen: SocketAddr, readiness: Arc<Readiness>) -> std::io::Result<a
                 }),
             )
             .default_service(web::to(|| async {
-                HttpResponse::NotFound().content_type("text/plain").body("not found: this port serves /healthz and /readyz\n")
+                HttpResponse::NotFound().content_type("text/plain").body("not found: this port serves /healthz, /readyz and /metrics\n")
             }))
     })
     .workers(1)
     .disable_signals()
     .bind(listen)
-    .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {listen} for /healthz and /readyz: {e}")))?;
+    .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {listen} for /healthz, /readyz and /metrics (--metrics-listen): {e}")))?;
     Ok(server.run())
 }
 

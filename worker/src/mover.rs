@@ -4,6 +4,7 @@
 
 use ferry_common::codec;
 use ferry_common::error::{ErrorKind, FerryError};
+use ferry_common::metrics as m;
 use ferry_common::model::{Entry, EntryKind, EntryStatus, ExecutionSpec, Shard, ShardBody, ShardKind, WorkerInfo};
 use ferry_common::store::{SharedStore, TxnOp};
 
@@ -170,8 +171,119 @@ fn store_err(e: QueueError) -> FerryError {
     FerryError::new(ErrorKind::Unavailable, format!("coordination store: {e}"))
 }
 
+/// A shard kind as a metric label.
+fn kind_label(kind: ShardKind) -> &'static str {
+    match kind {
+        ShardKind::Commit => "commit",
+        ShardKind::Part => "part",
+        ShardKind::Transfer => "transfer",
+        ShardKind::Prune => "prune",
+        ShardKind::Scan => "scan",
+        ShardKind::Links => "links",
+        ShardKind::DirMeta => "dirmeta",
+        ShardKind::Verify => "verify",
+    }
+}
+
+/// Counts a mover as busy (and not idle) while it runs one shard.
+struct Busy;
+
+impl Busy {
+    fn start() -> Busy {
+        metrics::gauge!(m::MOVERS, "state" => "busy").increment(1.0);
+        metrics::gauge!(m::MOVERS, "state" => "idle").decrement(1.0);
+        Busy
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        metrics::gauge!(m::MOVERS, "state" => "busy").decrement(1.0);
+        metrics::gauge!(m::MOVERS, "state" => "idle").increment(1.0);
+    }
+}
+
+/// Counts one mover as idle for as long as it lives ([`Busy`] moves it to busy meanwhile).
+pub struct MoverAlive;
+
+impl MoverAlive {
+    pub fn new() -> MoverAlive {
+        metrics::gauge!(m::MOVERS, "state" => "idle").increment(1.0);
+        MoverAlive
+    }
+}
+
+impl Default for MoverAlive {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for MoverAlive {
+    fn drop(&mut self) {
+        metrics::gauge!(m::MOVERS, "state" => "idle").decrement(1.0);
+    }
+}
+
+fn count(direction: &'static str, outcome: &'static str, files: u64, bytes: u64) {
+    if files > 0 {
+        metrics::counter!(m::WORKER_FILES, "direction" => direction, "outcome" => outcome).increment(files);
+    }
+    if bytes > 0 {
+        metrics::counter!(m::WORKER_BYTES, "direction" => direction, "outcome" => outcome).increment(bytes);
+    }
+}
+
+/// Bytes of the report lines by how they ended (the counters hold only their number).
+#[derive(Default)]
+struct Sizes {
+    skipped: u64,
+    failed: u64,
+    mismatched: u64,
+    deleted: u64,
+}
+
+impl Sizes {
+    fn of(lines: &[ferry_common::model::ReportEntry]) -> Sizes {
+        let mut s = Sizes::default();
+        for e in lines {
+            match e.status {
+                EntryStatus::Skipped => s.skipped += e.size,
+                EntryStatus::Failed if e.code.as_deref() == Some("MISMATCH") => s.mismatched += e.size,
+                EntryStatus::Failed => s.failed += e.size,
+                EntryStatus::Deleted => s.deleted += e.size,
+                EntryStatus::Transferred | EntryStatus::Verified => {}
+            }
+        }
+        s
+    }
+}
+
+/// Counts a completed shard's entries once the completion committed them: the same numbers
+/// the execution's counters add. What a writer committed at the destination is counted where
+/// it commits ([`crate::engine::write`]), on whichever agent that is.
+fn count_outcome(c: &ferry_common::model::Counters, sizes: &Sizes) {
+    count("read", "transferred", c.files_transferred, c.bytes_transferred);
+    count("read", "verified", c.files_verified, c.bytes_verified);
+    count("read", "mismatched", c.files_mismatched, sizes.mismatched);
+    count("write", "skipped", c.files_skipped, sizes.skipped);
+    count("write", "failed", c.files_failed, sizes.failed);
+    count("write", "deleted", c.files_deleted, sizes.deleted);
+    if c.chunks_resent > 0 {
+        metrics::counter!(m::LINK_RESENT_CHUNKS).increment(c.chunks_resent);
+    }
+}
+
 /// Claims are done: run the shard and complete it.
 pub async fn run_shard(shared: &MoverShared, shard: Shard, buf: &mut Option<Vec<u8>>) {
+    let _busy = Busy::start();
+    let started = std::time::Instant::now();
+    let kind = kind_label(shard.body.kind());
+    run_shard_inner(shared, shard, buf).await;
+    metrics::histogram!(m::SHARD_DURATION, "kind" => kind).record(started.elapsed().as_secs_f64());
+}
+
+async fn run_shard_inner(shared: &MoverShared, shard: Shard, buf: &mut Option<Vec<u8>>) {
     let max_attempts = shared.ctx.options().limits.max_attempts;
     let queue = &shared.queue;
     tracing::debug!(shard = %shard.id, attempt = shard.attempt, "ShardClaimed");
@@ -183,7 +295,12 @@ pub async fn run_shard(shared: &MoverShared, shard: Shard, buf: &mut Option<Vec<
             Ok(done) => {
                 shared.link.vitals.moved(done.counters.bytes_transferred);
                 outcome.counters().add(&done.counters);
-                with_store_retry("complete part", || queue.complete_part(&shard, Ok((done.crc, len)), &done.tags, done.source.as_ref(), &outcome)).await
+                let r =
+                    with_store_retry("complete part", || queue.complete_part(&shard, Ok((done.crc, len)), &done.tags, done.source.as_ref(), &outcome)).await;
+                if matches!(r, Ok(true)) {
+                    count_outcome(&outcome.result.counters, &Sizes::default());
+                }
+                r
             }
             Err(e) if e.kind.is_transient() && shard.attempt < max_attempts => {
                 note_failure(shared, &e);
@@ -285,8 +402,13 @@ async fn commit(shared: &MoverShared, shard: &Shard, mut outcome: Outcome, extra
     note_outcome(shared, &outcome);
     let lines = std::mem::take(&mut outcome.report);
     crate::report::log_entries(&shared.ctx.spec, &lines);
+    let sizes = Sizes::of(&lines);
     let chunks = crate::report::chunks(&shared.ctx.spec, lines);
-    with_store_retry("complete shard", || shared.queue.complete(shard, &outcome, &chunks, extra.clone())).await
+    let r = with_store_retry("complete shard", || shared.queue.complete(shard, &outcome, &chunks, extra.clone())).await;
+    if matches!(r, Ok(true)) {
+        count_outcome(&outcome.result.counters, &sizes);
+    }
+    r
 }
 
 /// Runs any shard but a part; returns the outcome and extra completion writes.

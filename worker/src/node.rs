@@ -275,6 +275,7 @@ impl Handler<StopClaiming> for MoverActor {
 }
 
 async fn mover_loop(shared: Arc<MoverShared>, index: usize) {
+    let _alive = crate::mover::MoverAlive::new();
     let limits = shared.ctx.options().limits.clone();
     // Grown by what uses it, to the size the content needs (see `location::crc_of`).
     let mut buf = Some(Vec::new());

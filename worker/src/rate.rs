@@ -59,6 +59,8 @@ impl RateLimiter {
     pub fn take(&self, n: u64) {
         let wait = self.reserve_at(n, Instant::now());
         if !wait.is_zero() {
+            metrics::counter!(ferry_common::metrics::THROTTLED_BYTES).increment(n);
+            metrics::histogram!(ferry_common::metrics::THROTTLE_WAIT).record(wait.as_secs_f64());
             std::thread::sleep(wait);
         }
     }

@@ -67,11 +67,18 @@ mod grpc_code {
     pub const UNAVAILABLE: i32 = 14;
 }
 
-async fn deadline<T>(fut: impl std::future::Future<Output = Result<T, ec::Error>>, lease: Option<LeaseId>) -> Result<T, StoreError> {
-    match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+/// One unary request `op` (a metric label: get, range, txn, ...), timed and counted.
+async fn deadline<T>(op: &'static str, fut: impl std::future::Future<Output = Result<T, ec::Error>>, lease: Option<LeaseId>) -> Result<T, StoreError> {
+    let started = std::time::Instant::now();
+    let r = match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
         Ok(r) => r.map_err(|e| classify(e, lease)),
         Err(_) => Err(StoreError::Unavailable(format!("no answer within {}s", REQUEST_TIMEOUT.as_secs()))),
+    };
+    metrics::histogram!(crate::metrics::STORE_REQUEST_DURATION, "operation" => op).record(started.elapsed().as_secs_f64());
+    if r.is_err() {
+        metrics::counter!(crate::metrics::STORE_ERRORS, "operation" => op).increment(1);
     }
+    r
 }
 
 fn convert_kv(kv: &ec::KeyValue) -> KeyValue {
@@ -420,7 +427,7 @@ impl EtcdStore {
 impl Store for EtcdStore {
     async fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, StoreError> {
         let mut c = self.client.clone();
-        let resp = deadline(c.get(key.to_vec(), None), None).await?;
+        let resp = deadline("get", c.get(key.to_vec(), None), None).await?;
         Ok(resp.kvs().first().map(convert_kv))
     }
 
@@ -441,14 +448,14 @@ impl Store for EtcdStore {
         if opts.keys_only {
             o = o.with_keys_only();
         }
-        let resp = deadline(c.get(start, Some(o)), None).await?;
+        let resp = deadline("range", c.get(start, Some(o)), None).await?;
         Ok(RangeResult { kvs: resp.kvs().iter().map(convert_kv).collect(), revision: revision_of(resp.header()), more: resp.more() })
     }
 
     async fn count(&self, prefix: &[u8]) -> Result<usize, StoreError> {
         let mut c = self.client.clone();
         let o = ec::GetOptions::new().with_range(prefix_end(prefix)).with_count_only();
-        let resp = deadline(c.get(first_key(prefix), Some(o)), None).await?;
+        let resp = deadline("count", c.get(first_key(prefix), Some(o)), None).await?;
         Ok(resp.count() as usize)
     }
 
@@ -456,20 +463,20 @@ impl Store for EtcdStore {
         check_value(key, &value)?;
         let mut c = self.client.clone();
         let o = lease.map(|l| ec::PutOptions::new().with_lease(l));
-        let resp = deadline(c.put(key.to_vec(), value, o), lease).await?;
+        let resp = deadline("put", c.put(key.to_vec(), value, o), lease).await?;
         Ok(revision_of(resp.header()))
     }
 
     async fn delete(&self, key: &[u8]) -> Result<usize, StoreError> {
         let mut c = self.client.clone();
-        let resp = deadline(c.delete(key.to_vec(), None), None).await?;
+        let resp = deadline("delete", c.delete(key.to_vec(), None), None).await?;
         Ok(resp.deleted() as usize)
     }
 
     async fn delete_prefix(&self, prefix: &[u8]) -> Result<usize, StoreError> {
         let mut c = self.client.clone();
         let o = ec::DeleteOptions::new().with_range(prefix_end(prefix));
-        let resp = deadline(c.delete(first_key(prefix), Some(o)), None).await?;
+        let resp = deadline("delete_prefix", c.delete(first_key(prefix), Some(o)), None).await?;
         Ok(resp.deleted() as usize)
     }
 
@@ -486,14 +493,14 @@ impl Store for EtcdStore {
             .and_then(txn.success.into_iter().map(Self::to_op).collect::<Vec<_>>())
             .or_else(txn.failure.into_iter().map(Self::to_op).collect::<Vec<_>>());
         let mut c = self.client.clone();
-        let resp = deadline(c.txn(t), lease).await?;
+        let resp = deadline("txn", c.txn(t), lease).await?;
         Ok(TxnResult { succeeded: resp.succeeded(), revision: revision_of(resp.header()) })
     }
 
     async fn lease_grant(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
         let mut c = self.client.clone();
         let secs = ttl.as_secs_f64().ceil().max(1.0) as i64;
-        let resp = deadline(c.lease_grant(secs, None), None).await?;
+        let resp = deadline("lease_grant", c.lease_grant(secs, None), None).await?;
         Ok(resp.id())
     }
 
@@ -501,12 +508,12 @@ impl Store for EtcdStore {
         let mut c = self.client.clone();
         // etcd-client sends one keep-alive and reads its answer before returning; an answer
         // with TTL 0 ("lease not found") means the lease is gone.
-        deadline(c.lease_keep_alive(lease), Some(lease)).await.map(|_| ())
+        deadline("lease_keep_alive", c.lease_keep_alive(lease), Some(lease)).await.map(|_| ())
     }
 
     async fn lease_revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
         let mut c = self.client.clone();
-        match deadline(c.lease_revoke(lease), Some(lease)).await {
+        match deadline("lease_revoke", c.lease_revoke(lease), Some(lease)).await {
             Ok(_) | Err(StoreError::LeaseExpired(_)) => Ok(()),
             Err(e) => Err(e),
         }
@@ -514,7 +521,7 @@ impl Store for EtcdStore {
 
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
         let mut c = self.client.clone();
-        match deadline(c.compact(revision, None), None).await {
+        match deadline("compact", c.compact(revision, None), None).await {
             // Already compacted at or past it: nothing to do.
             Ok(_) | Err(StoreError::Compacted { .. }) => Ok(()),
             Err(e) => Err(e),
@@ -527,7 +534,7 @@ impl Store for EtcdStore {
         if from_revision > 0 {
             o = o.with_start_revision(from_revision);
         }
-        let stream = deadline(c.watch(first_key(prefix), Some(o)), None).await?;
+        let stream = deadline("watch", c.watch(first_key(prefix), Some(o)), None).await?;
         let events = futures::stream::unfold((stream, std::collections::VecDeque::new(), false), move |(mut s, mut pending, done)| async move {
             loop {
                 if let Some(ev) = pending.pop_front() {

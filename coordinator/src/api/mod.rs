@@ -10,7 +10,6 @@
 pub mod views;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use actix_web::dev::{Service, ServiceResponse};
@@ -81,28 +80,7 @@ impl From<ControlError> for ApiError {
 type ApiResult<T> = Result<T, ApiError>;
 type Ctl = web::Data<Arc<ControlPlane>>;
 
-/// Bearer tokens, one per line of the token file (blank lines and `#` comments ignored).
-#[derive(Clone)]
-pub struct Tokens(Arc<Vec<Vec<u8>>>);
-
-impl Tokens {
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = ferry_common::config::read_secret(path).map_err(|e| format!("API token file: {e}"))?;
-        let tokens: Vec<Vec<u8>> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(|l| l.as_bytes().to_vec()).collect();
-        if tokens.is_empty() {
-            return Err(format!("API token file {} holds no token (put one token per line, e.g. from `openssl rand -hex 32`)", path.display()));
-        }
-        if tokens.iter().any(|t| t.len() < 16) {
-            return Err(format!("API token file {}: tokens must be at least 16 characters (e.g. `openssl rand -hex 32`)", path.display()));
-        }
-        Ok(Tokens(Arc::new(tokens)))
-    }
-
-    /// Constant-time per candidate, so the comparison leaks nothing about the token.
-    fn accepts(&self, presented: &[u8]) -> bool {
-        self.0.iter().fold(false, |ok, t| ok | (t.len() == presented.len() && t.iter().zip(presented).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0))
-    }
-}
+pub use ferry_common::tokens::Tokens;
 
 struct BearerAuth;
 
@@ -152,6 +130,9 @@ fn json_error(err: impl std::fmt::Display) -> actix_web::Error {
 /// Serves the API until the process ends. Runs its own actix system on `threads` workers.
 /// Serves the API on `listen`: HTTPS when `tls` is given, else plain HTTP.
 pub fn serve(control: Arc<ControlPlane>, listen: SocketAddr, tokens: Tokens, tls: Option<rustls::ServerConfig>) -> std::io::Result<actix_web::dev::Server> {
+    // Recording starts with the server, so /metrics covers the Store requests made before the
+    // first scrape.
+    ferry_common::metrics::install().map_err(std::io::Error::other)?;
     let data = web::Data::new(control);
     let server = HttpServer::new(move || {
         let tokens = tokens.clone();
@@ -163,13 +144,7 @@ pub fn serve(control: Arc<ControlPlane>, listen: SocketAddr, tokens: Tokens, tls
             .wrap_fn(move |req, srv| {
                 // Probes (kubelet, systemd, load balancers) carry no token.
                 let open = matches!(req.path(), "/v1/health" | "/healthz" | "/readyz");
-                let presented = req
-                    .headers()
-                    .get("authorization")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .map(|t| t.trim().as_bytes().to_vec());
-                if open || presented.is_some_and(|t| tokens.accepts(&t)) {
+                if open || tokens.accepts_header(req.headers().get("authorization").and_then(|v| v.to_str().ok())) {
                     Either::Left(srv.call(req))
                 } else {
                     let resp = ApiError::new(
@@ -367,10 +342,11 @@ async fn list_events(ctl: Ctl, q: web::Query<EventQuery>) -> ApiResult<HttpRespo
     Ok(HttpResponse::Ok().json(list))
 }
 
-/// Prometheus text: execution and agent gauges, and counters summed over kept history.
+/// Prometheus text: the process's recorder, with the execution and agent gauges and the
+/// counters summed over kept history set from the Store first.
 async fn metrics(ctl: Ctl) -> ApiResult<HttpResponse> {
     let execs = ctl.list_executions(None).await?;
     let agents = ctl.list_agents().await?;
     let tasks = ctl.list_tasks().await?;
-    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(crate::control::metrics::render(&execs, &agents, &tasks)))
+    Ok(HttpResponse::Ok().content_type(ferry_common::metrics::CONTENT_TYPE).body(crate::control::metrics::render(&execs, &agents, &tasks)))
 }

@@ -134,11 +134,13 @@ pub struct AgentSpec {
     /// Runs in the host's namespace, not its site's: it alone reaches servers on the host's
     /// loopback (a test NFS server), and listens for links on the bridge address.
     pub on_host: bool,
+    /// Extra `ferry-worker` arguments.
+    pub args: Vec<String>,
 }
 
 impl AgentSpec {
     pub fn new(name: &str, label: &str) -> AgentSpec {
-        AgentSpec { name: name.into(), label: label.into(), env: Vec::new(), user_db: None, on_host: false }
+        AgentSpec { name: name.into(), label: label.into(), env: Vec::new(), user_db: None, on_host: false, args: Vec::new() }
     }
 
     pub fn on_host(mut self) -> AgentSpec {
@@ -153,6 +155,11 @@ impl AgentSpec {
 
     pub fn env(mut self, k: &str, v: &str) -> AgentSpec {
         self.env.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn arg(mut self, a: &str) -> AgentSpec {
+        self.args.push(a.into());
         self
     }
 }
@@ -223,6 +230,7 @@ impl Fleet {
             cmd.arg("--tls-dir").arg(fleet.work.path().join(format!("tls-{i}")));
             cmd.env("FERRY_ENROLL_TOKEN", token.stdout.trim());
             cmd.args(["--link-listen", &format!("{listen}:7400")]);
+            cmd.args(&agent.args);
             cmd.envs(agent.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
             fleet.procs.0.push(cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().unwrap());
             fleet.names.push(agent.name.clone());

@@ -63,9 +63,14 @@ struct Args {
     #[arg(long)]
     link_no_gro: bool,
     /// Serve the probe endpoints /healthz (alive) and /readyz (registered, with a lease the
-    /// Store confirmed) over plain HTTP on this address (e.g. 0.0.0.0:9464).
+    /// Store confirmed), and Prometheus metrics at /metrics, over plain HTTP on this address
+    /// (e.g. 0.0.0.0:9464).
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// Bearer tokens that may read /metrics, one per line (mode 0600 or 0400). Without it
+    /// /metrics answers 403.
+    #[arg(long)]
+    metrics_token_file: Option<std::path::PathBuf>,
 }
 
 fn fail(msg: &str) -> ! {
@@ -150,6 +155,19 @@ fn main() {
         .clone()
         .or(cfg.worker.metrics_listen.clone())
         .map(|l| l.parse::<std::net::SocketAddr>().unwrap_or_else(|_| fail(&format!("--metrics-listen {l:?} is not an address like 0.0.0.0:9464"))));
+    let metrics_tokens = args
+        .metrics_token_file
+        .clone()
+        .or(cfg.worker.metrics_token_file.clone().map(Into::into))
+        .map(|p| ferry_common::tokens::Tokens::load_named(&p, "metrics token file (--metrics-token-file)").unwrap_or_else(|e| fail(&e)));
+    if metrics_tokens.is_some() && metrics_listen.is_none() {
+        fail("--metrics-token-file needs --metrics-listen ADDR (where /metrics is served)");
+    }
+    if metrics_listen.is_some() {
+        if let Err(e) = ferry_common::metrics::install() {
+            fail(&e);
+        }
+    }
     init_logging(format, "info");
     let system = actix_rt::System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("the tokio runtime starts")
@@ -157,7 +175,7 @@ fn main() {
     let code = system.block_on(async move {
         let readiness = Arc::new(ferry_worker::health::Readiness::default());
         // Up before the Store is reached, so a probe sees "alive, not ready" while etcd is down.
-        let probes = match metrics_listen.map(|addr| ferry_worker::health::serve(addr, readiness.clone())).transpose() {
+        let probes = match metrics_listen.map(|addr| ferry_worker::health::serve(addr, readiness.clone(), metrics_tokens.clone())).transpose() {
             Ok(server) => server.map(|server| {
                 let handle = server.handle();
                 actix_rt::spawn(server);

@@ -150,6 +150,8 @@ pub fn run_commit(ctx: &ExecContext, file: &Entry, set: &PartSet, part_failure: 
     match result {
         Err(err) if err.kind == ErrorKind::LeaseLost => out.abandoned = true,
         Ok((crc, note)) => {
+            // The parts counted their bytes where they were written; the file counts here.
+            metrics::counter!(ferry_common::metrics::WORKER_FILES, "direction" => "write", "outcome" => "transferred").increment(1);
             let verify = ctx.commit_options().verify;
             let c = out.counters();
             c.bytes_written += file.size;

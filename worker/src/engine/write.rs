@@ -27,6 +27,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use ferry_common::crc;
 use ferry_common::error::{ErrorKind, FerryError};
+use ferry_common::metrics as m;
 use ferry_common::model::{EntryKind, Timestamp};
 use ferry_common::paths;
 
@@ -82,7 +83,8 @@ pub struct Writer<'a> {
     /// in-process reader's need no second look before the read-back at rest.
     check_chunks: bool,
     open: HashMap<u64, Incoming<'a>>,
-    staged: Vec<(u64, u64, Staged)>,
+    /// (id, end, is a part's range, staged entry).
+    staged: Vec<(u64, u64, bool, Staged)>,
     buf: Vec<u8>,
     /// Entries this stream is writing: id → key in [`WRITING`].
     held: HashMap<u64, Vec<u8>>,
@@ -208,7 +210,7 @@ impl<'a> Writer<'a> {
                 Frame::Done(d) => d.id,
                 _ => continue,
             };
-            if self.open.contains_key(&id) || self.staged.iter().any(|(i, _, _)| *i == id) {
+            if self.open.contains_key(&id) || self.staged.iter().any(|(i, _, _, _)| *i == id) {
                 continue; // still ours: a refusal of a duplicate id
             }
             if let Some(key) = self.held.remove(&id) {
@@ -254,7 +256,7 @@ impl<'a> Writer<'a> {
     }
 
     fn header_checked(&mut self, h: FileHeader, id: u64) -> Frame {
-        if self.open.contains_key(&id) || self.staged.iter().any(|(i, _, _)| *i == id) {
+        if self.open.contains_key(&id) || self.staged.iter().any(|(i, _, _, _)| *i == id) {
             return reject(id, Code::Malformed, format!("file id {id} is already in use on this stream"));
         }
         if self.open.len() + self.staged.len() >= MAX_OPEN_FILES {
@@ -482,6 +484,7 @@ impl<'a> Writer<'a> {
         }
         let f = self.take(id)?;
         let end = f.end();
+        let part = f.header.part.is_some();
         let staged = match f.sink {
             Some(sink) => sink.finish(crc32c),
             None => {
@@ -491,7 +494,7 @@ impl<'a> Writer<'a> {
         };
         match staged {
             Ok(s) => {
-                self.staged.push((id, end, s));
+                self.staged.push((id, end, part, s));
                 Ok(Vec::new())
             }
             Err(e) => Ok(vec![reject_err(id, &e)]),
@@ -502,20 +505,31 @@ impl<'a> Writer<'a> {
     /// and in place, or REJECT.
     fn flush(&mut self) -> Vec<Frame> {
         let staged = std::mem::take(&mut self.staged);
-        let (ids, staged): (Vec<(u64, u64)>, Vec<Staged>) = staged.into_iter().map(|(id, end, s)| ((id, end), s)).unzip();
+        let (ids, staged): (Vec<(u64, u64, bool)>, Vec<Staged>) = staged.into_iter().map(|(id, end, part, s)| ((id, end, part), s)).unzip();
+        let sizes: Vec<u64> = staged.iter().map(|s| s.size).collect();
         // What each answer carries besides the result: bytes kept, part tags, whether a file.
         type Extras = (u64, Vec<(u32, String)>, bool);
         let extras: Vec<Extras> = staged.iter().map(|s| (s.resumed, s.part_tags.clone(), s.kind == EntryKind::File)).collect();
         let results = commit(self.dst, staged, self.ctx.commit_options(), &mut self.buf);
         let mut replies = Vec::with_capacity(ids.len());
-        for (((id, end), (resumed, tags, file)), result) in ids.into_iter().zip(extras).zip(results) {
+        let (mut files, mut bytes) = (0u64, 0u64);
+        for ((((id, end, part), (resumed, tags, file)), size), result) in ids.into_iter().zip(extras).zip(sizes).zip(results) {
             match result {
                 Ok(note) => {
                     self.stats.files_written += u64::from(file);
+                    // A part's range counts its bytes; its file counts once, at the commit.
+                    files += u64::from(!part);
+                    bytes += size;
                     replies.push(Frame::Done(Done { id, end, note, resumed, tags }));
                 }
                 Err(e) => replies.push(reject_err(id, &e)),
             }
+        }
+        if files > 0 {
+            metrics::counter!(m::WORKER_FILES, "direction" => "write", "outcome" => "transferred").increment(files);
+        }
+        if bytes > 0 {
+            metrics::counter!(m::WORKER_BYTES, "direction" => "write", "outcome" => "transferred").increment(bytes);
         }
         replies
     }

@@ -16,6 +16,7 @@
 
 pub mod error;
 pub mod etag;
+pub mod instrument;
 mod io;
 pub mod meta;
 
@@ -253,7 +254,8 @@ impl S3Location {
             // ferry sends its own CRC32C, computed while reading the source, and checks what it
             // reads itself: the SDK must not add a second checksum of its own.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .interceptor(instrument::S3Metrics);
         if sdk.region().is_none() {
             // S3-compatible stores rarely care; AWS redirects with a clear error if wrong.
             conf = conf.region(Region::new("us-east-1"));

@@ -3,3 +3,4 @@
 
 pub mod pki;
 pub mod quic;
+pub mod stats;

@@ -388,6 +388,7 @@ pub async fn serve(endpoint: quinn::Endpoint, registry: Registry, stats: Arc<Ser
             };
             tracing::info!(peer = %remote, agent = %peer.name, "LinkAccepted");
             registry.peers.add(&peer.name, &conn);
+            super::stats::watch(conn.clone(), peer.name.clone());
             let permits = per_peer
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -683,6 +684,7 @@ impl LinkClient {
             conn.close(quinn::VarInt::from_u32(REFUSED), why.as_bytes());
             return Err(LinkError::Down(format!("writer {name} at {addr} refused: {why}")));
         }
+        super::stats::watch(conn.clone(), name.to_string());
         self.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(key, conn.clone());
         self.peers.add(name, &conn);
         Ok(conn)
