@@ -125,6 +125,20 @@ fn agents_in_two_namespaces_copy_over_quic_through_a_cut_link() {
     assert!(counter(&json, "bytes_compressed") > 1 << 20, "the compressible file was compressed\n{}", describe());
     let cloud_log = fleet.agent_log("agent-cloud");
     assert!(cloud_log.contains("chunk failed its CRC32C"), "the writer logged the bad chunk\n{}", describe());
+
+    // Each agent's health record names the other as a link peer (records are rewritten every
+    // 10 s; the links stay up on keep-alives).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let listed = Command::new(bin("ferry")).args(["workers", "--json", "--etcd", &etcd.endpoint]).output().unwrap();
+        let workers: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap_or_default();
+        let peers = |name: &str| workers.as_array().and_then(|l| l.iter().find(|w| w["name"] == name)).map(|w| w["link_peers"].clone()).unwrap_or_default();
+        if peers("agent-cloud") == serde_json::json!(["agent-onprem"]) && peers("agent-onprem") == serde_json::json!(["agent-cloud"]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the agents do not list each other as link peers: {workers}\n{}", describe());
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// The part shards of one 1 GiB file are read by two agents at the source site and streamed to
