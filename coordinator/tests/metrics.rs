@@ -391,6 +391,13 @@ fn s3_requests_are_counted_by_operation() {
     assert!(sample_sum(&text, "ferry_s3_requests_total", &[("operation", "PutObject")]) >= 12.0, "a PutObject per file at least: {text}");
     assert_eq!(sample_sum(&text, "ferry_worker_bytes_total", &WRITE_TRANSFERRED) as u64, counter(&up, "bytes_transferred"), "{text}");
     assert!(sample_sum(&text, "ferry_s3_requests_total", &[("operation", "ListObjectsV2")]) > 0.0, "{text}");
+    // And back: GetObject per file (the server has no tagging; a tree asks for no tags).
+    let back = dir.path().join("back");
+    let down = cluster.copy(s3.uri("metrics/"), &back, &["--endpoint-url", &s3.endpoint], &env);
+    assert_eq!(counter(&down, "bytes_transferred"), counter(&up, "bytes_transferred"), "{up}\n{down}");
+    let text = cluster.scrape_agents().remove("w1").unwrap();
+    assert!(sample_sum(&text, "ferry_s3_requests_total", &[("operation", "GetObject")]) >= 12.0, "{text}");
+    assert_eq!(sample_sum(&text, "ferry_s3_requests_total", &[("operation", "GetObjectTagging")]), 0.0, "{text}");
     // Every error sample names an operation and a code.
     for (labels, _) in samples(&text, "ferry_s3_errors_total") {
         assert!(labels.contains_key("operation") && labels.contains_key("code"), "{labels:?}");

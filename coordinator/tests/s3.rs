@@ -89,6 +89,40 @@ fn tricky_tree_round_trips_posix_to_s3_to_posix() {
     }
 }
 
+/// A server without object tagging (s3s-fs answers GetObjectTagging with NotImplemented)
+/// still gives its objects: to a tree, which holds no tags, no tags are asked for; to another
+/// bucket, with ObjectTags PRESERVE (the default), the objects go without tags. Both used to
+/// skip every file as "destination cannot hold it" and end in SUCCESS having copied nothing.
+#[test]
+fn objects_of_a_server_without_tagging_are_copied_to_a_tree_and_to_a_bucket() {
+    let Some(server) = S3Server::start(S3Flavor::S3sFs) else {
+        return;
+    };
+    let dir = scratch();
+    let src = dir.path().join("src");
+    for i in 0..6 {
+        write_file(&src.join(format!("f{i}.bin")), &random_bytes(1000 * (i + 1)));
+        write_file(&src.join(format!("sub/g{i}.bin")), &random_bytes(500));
+    }
+    ferry_s3(&server, "copy", &src, server.uri("notags")).arg("--json").run().assert_code(0);
+
+    let back = dir.path().join("back");
+    let down = ferry_s3(&server, "copy", server.uri("notags"), &back).arg("--json").run();
+    down.assert_code(0);
+    assert_eq!(counter(&down.json(), "files_transferred"), 12, "{}", down.describe());
+    assert_eq!(counter(&down.json(), "files_skipped"), 0, "{}", down.describe());
+    let diff = s3_differences(&src, &back);
+    assert!(diff.is_empty(), "S3 -> tree differs:\n{}", diff.join("\n"));
+
+    let across = ferry_s3(&server, "copy", server.uri("notags"), server.uri("copied")).arg("--json").run();
+    across.assert_code(0);
+    assert_eq!(counter(&across.json(), "files_transferred"), 12, "{}", across.describe());
+    let again = dir.path().join("again");
+    ferry_s3(&server, "copy", server.uri("copied"), &again).arg("--json").run().assert_code(0);
+    let diff = s3_differences(&src, &again);
+    assert!(diff.is_empty(), "S3 -> S3 -> tree differs:\n{}", diff.join("\n"));
+}
+
 #[test]
 fn objects_carry_crc32c_and_posix_metadata_an_independent_client_can_read() {
     let Some(server) = S3Server::start(S3Flavor::S3sFs) else {

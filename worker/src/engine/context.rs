@@ -200,6 +200,12 @@ impl ExecContext {
         self.options().preserve_owner && self.src_profile.capabilities.ownership && self.dst_profile.capabilities.ownership
     }
 
+    /// Whether object tags are carried (ObjectTags PRESERVE between two object stores). A
+    /// tree has none to give or keep: reading tags for it would only cost a request per file.
+    pub fn carries_tags(&self) -> bool {
+        self.spec.s3.preserve_tags && self.src_profile.capabilities.object_tags && self.dst_profile.capabilities.object_tags
+    }
+
     /// Whether extended attributes are carried.
     pub fn keeps_xattrs(&self) -> bool {
         self.src_profile.capabilities.xattrs && self.dst_profile.capabilities.xattrs

@@ -49,7 +49,7 @@ pub fn upload_meta(ctx: &ExecContext, file: &Entry) -> Result<Meta, FerryError> 
     if !ctx.keeps_owner() {
         (meta.uid, meta.gid) = (None, None);
     }
-    if ctx.spec.s3.preserve_tags {
+    if ctx.carries_tags() {
         meta.tags = src.tags(&file.path)?;
     }
     Ok(meta)

@@ -341,7 +341,7 @@ impl<'a> Sender<'a, '_> {
                 format!("{}: extended attributes above {} KiB cannot be carried yet (exclude the file)", src.describe(rel), MAX_XATTR_BYTES >> 10),
             ));
         }
-        let tags = if ctx.spec.s3.preserve_tags && kind == EntryKind::File { src.tags(rel)? } else { None };
+        let tags = if ctx.carries_tags() && kind == EntryKind::File { src.tags(rel)? } else { None };
         let (mt, at) = (meta.mtime, meta.atime.unwrap_or(meta.mtime));
         let (start, end) = self.batch.part.as_ref().map_or((0, size), |p| (p.offset, p.offset + p.len));
         if end > size {

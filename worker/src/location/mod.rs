@@ -52,6 +52,8 @@ pub struct Capabilities {
     pub complete_listing: bool,
     /// A `stat` is a system call, not a network request: per-entry lookups are cheap.
     pub cheap_stat: bool,
+    /// Entries carry object tags (ObjectTags PRESERVE reads and writes them).
+    pub object_tags: bool,
 }
 
 /// What names and sizes a location can hold. Checked before any request is made

@@ -47,6 +47,7 @@ pub fn profile() -> Profile {
             server_side_copy: false,
             complete_listing: true,
             cheap_stat: true,
+            object_tags: false,
         },
         limits: Limits { max_name_bytes: Some(255), ..Limits::default() },
     }

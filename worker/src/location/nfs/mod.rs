@@ -62,6 +62,7 @@ pub fn profile() -> Profile {
             server_side_copy: false,
             complete_listing: true,
             cheap_stat: false,
+            object_tags: false,
         },
         limits: Limits { max_name_bytes: Some(255), ..Limits::default() },
     }

@@ -70,6 +70,7 @@ pub fn profile(url: &S3Url) -> Profile {
             server_side_copy: false,
             complete_listing: false,
             cheap_stat: false,
+            object_tags: true,
         },
         limits: Limits {
             max_name_bytes: None,
@@ -336,9 +337,20 @@ impl S3Location {
     /// Object tags of `rel` as a URL-encoded query string (ObjectTags PRESERVE).
     fn object_tags(&self, rel: &[u8]) -> Result<Option<String>, FerryError> {
         let key = self.key(rel)?;
-        let out = self
-            .block(self.client.get_object_tagging().bucket(&self.url.bucket).key(&key).send())
-            .map_err(|e| classify("read tags of", &self.target(&key), &e))?;
+        let out = match self.block(self.client.get_object_tagging().bucket(&self.url.bucket).key(&key).send()) {
+            Ok(out) => out,
+            Err(e) => {
+                let err = classify("read tags of", &self.target(&key), &e);
+                // A server without tagging (s3s-fs, some gateways) holds no tags: the object
+                // is copied without any rather than not at all.
+                if err.kind == ErrorKind::Unsupported {
+                    static SAID: std::sync::Once = std::sync::Once::new();
+                    SAID.call_once(|| tracing::warn!(error = %err, "the source server has no object tags; objects are copied without them"));
+                    return Ok(None);
+                }
+                return Err(err);
+            }
+        };
         if out.tag_set().is_empty() {
             return Ok(None);
         }

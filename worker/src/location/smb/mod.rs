@@ -85,6 +85,7 @@ fn capabilities(carry: bool) -> Capabilities {
         server_side_copy: false,
         complete_listing: true,
         cheap_stat: false,
+        object_tags: false,
     }
 }
 
