@@ -313,7 +313,12 @@ impl LogBatcher {
         if self.execs.len() < self.limits.max_executions {
             return true;
         }
-        let idle = self.execs.iter().filter(|(_, s)| s.pending.is_empty() && s.dropped == 0 && !s.in_flight).min_by_key(|(_, s)| s.last_seen_ms).map(|(k, _)| k.clone());
+        let idle = self
+            .execs
+            .iter()
+            .filter(|(_, s)| s.pending.is_empty() && s.dropped == 0 && !s.in_flight)
+            .min_by_key(|(_, s)| s.last_seen_ms)
+            .map(|(k, _)| k.clone());
         match idle {
             Some(k) => {
                 self.execs.remove(&k);
@@ -369,7 +374,10 @@ impl LogBatcher {
                 continue;
             }
             let has_news = !st.pending.is_empty() || st.dropped > 0 || st.trimmed_untold;
-            let due = force || now_ms.saturating_sub(st.oldest_ms) >= limits.flush_every_ms || st.pending_bytes >= limits.chunk_bytes || st.pending.len() >= limits.chunk_lines;
+            let due = force
+                || now_ms.saturating_sub(st.oldest_ms) >= limits.flush_every_ms
+                || st.pending_bytes >= limits.chunk_bytes
+                || st.pending.len() >= limits.chunk_lines;
             if !has_news || !due {
                 continue;
             }
@@ -386,12 +394,25 @@ impl LogBatcher {
             st.pending_bytes -= bytes;
             self.buffered -= bytes;
             if st.pending.is_empty() && st.dropped > 0 {
-                lines.push(marker(now_ms, "LogLinesDropped", format!("{} log lines of this agent were dropped: its log buffer was full", st.dropped), st.dropped));
+                lines.push(marker(
+                    now_ms,
+                    "LogLinesDropped",
+                    format!("{} log lines of this agent were dropped: its log buffer was full", st.dropped),
+                    st.dropped,
+                ));
                 st.dropped = 0;
             }
             if st.trimmed_untold {
                 let keep = limits.keep_bytes_per_execution;
-                lines.insert(0, marker(now_ms, "LogLinesRemoved", format!("older log lines of this agent were removed: each agent keeps the last {} KiB per execution", keep >> 10), 0));
+                lines.insert(
+                    0,
+                    marker(
+                        now_ms,
+                        "LogLinesRemoved",
+                        format!("older log lines of this agent were removed: each agent keeps the last {} KiB per execution", keep >> 10),
+                        0,
+                    ),
+                );
                 st.trimmed_untold = false;
             }
             if !st.pending.is_empty() {
@@ -708,8 +729,9 @@ mod tests {
         assert_eq!(again[0].seq, first[0].seq + 1, "a retried chunk takes a fresh sequence number");
         b.handle_written(&again[0]);
         let mut all: Vec<String> = again[0].chunk.lines.iter().map(|l| l.message.clone()).collect();
-        loop {
-            let out = b.poll_chunks(10_000, false);
+        for round in 1.. {
+            assert!(round < 100, "the batcher does not drain");
+            let out = b.poll_chunks(round * 10_000, false);
             if out.is_empty() {
                 break;
             }
@@ -724,12 +746,13 @@ mod tests {
     #[test]
     fn retention_deletes_the_oldest_chunks_and_says_so_once() {
         let mut b = LogBatcher::new("w1", limits(), 0);
-        b.handle_log_level("e", Some(None));
         let big = "y".repeat(900);
         let mut deleted = Vec::new();
         let mut told = 0;
         for i in 0..10u64 {
             b.handle_line("e", line(i, LineLevel::Info, &big), i * 2000);
+            // The driver reads the LogLevel of executions it has lines of.
+            b.handle_log_level("e", Some(None));
             let out = b.poll_chunks(i * 2000 + 1000, false);
             assert_eq!(out.len(), 1);
             told += out[0].chunk.lines.iter().filter(|l| l.message.starts_with("older log lines")).count();

@@ -104,10 +104,12 @@ where
         event.record(&mut find);
         let exec = match find.0 {
             Some(e) => e,
-            None => match ctx.event_scope(event).and_then(|scope| scope.from_root().filter_map(|s| s.extensions().get::<ExecSpan>().map(|e| e.0.clone())).last()) {
-                Some(e) => e,
-                None => return,
-            },
+            None => {
+                match ctx.event_scope(event).and_then(|scope| scope.from_root().filter_map(|s| s.extensions().get::<ExecSpan>().map(|e| e.0.clone())).last()) {
+                    Some(e) => e,
+                    None => return,
+                }
+            }
         };
         let mut line = LineVisitor { line: LogLine { ts_ms: crate::schedule::now_ms(), level, message: String::new(), fields: Default::default() } };
         event.record(&mut line);
@@ -194,7 +196,8 @@ mod tests {
     #[test]
     fn the_layer_collects_lines_that_name_an_execution() {
         let sink = LogSink::new("w1", BatchLimits::default());
-        let subscriber = tracing_subscriber::registry().with(ExecLogLayer { sink: sink.clone() }.with_filter(Targets::new().with_target("ferry", LevelFilter::DEBUG)));
+        let subscriber =
+            tracing_subscriber::registry().with(ExecLogLayer { sink: sink.clone() }.with_filter(Targets::new().with_target("ferry", LevelFilter::DEBUG)));
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!(execution = "e1", path = "a/b", size = 3u64, "Entry");
             tracing::info!(execution = "", "no execution");

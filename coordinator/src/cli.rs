@@ -975,7 +975,9 @@ fn exec_command(cmd: &ExecCommand) -> Result<i32, UsageError> {
         ExecCommand::Cancel { id, target } => (target, ExecApiCommand::Cancel(id)),
         ExecCommand::Report { id, target } => (target, ExecApiCommand::Report(id)),
         ExecCommand::Update { id, bytes_per_second, target } => (target, ExecApiCommand::Update { id, bytes_per_second: *bytes_per_second }),
-        ExecCommand::Logs { id, follow, level, target } => (target, ExecApiCommand::Logs { id, follow: *follow, level: crate::cli_api::parse_line_level(level.as_deref())? }),
+        ExecCommand::Logs { id, follow, level, target } => {
+            (target, ExecApiCommand::Logs { id, follow: *follow, level: crate::cli_api::parse_line_level(level.as_deref())? })
+        }
     };
     if target.etcd.is_empty() {
         return exec_api_command(api_cmd, &target.api);

@@ -11,8 +11,8 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 
 use crate::cli::UsageError;
-use ferry_common::execlog::LineLevel;
 use crate::progress::human_bytes;
+use ferry_common::execlog::LineLevel;
 
 #[derive(Args, Debug, Clone)]
 pub struct ApiArgs {

@@ -81,11 +81,18 @@ fn logs_of_a_cluster_run_come_from_both_workers_and_the_coordinator_filtered_and
     let api = format!("http://127.0.0.1:{port}");
     let mut procs = Procs::default();
     let spawn = |name: &str, cmd: &mut Command| {
-        cmd.env_remove("RUST_LOG").stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(logs.join(format!("{name}.log"))).unwrap()).spawn().unwrap()
+        cmd.env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(logs.join(format!("{name}.log"))).unwrap())
+            .spawn()
+            .unwrap()
     };
     procs.0.push(spawn(
         "c1",
-        Command::new(bin("ferry")).args(["coordinator", "--name", "c1", "--etcd", &etcd.endpoint, "--listen", &format!("127.0.0.1:{port}"), "--api-token-file"]).arg(&tokens),
+        Command::new(bin("ferry"))
+            .args(["coordinator", "--name", "c1", "--etcd", &etcd.endpoint, "--listen", &format!("127.0.0.1:{port}"), "--api-token-file"])
+            .arg(&tokens),
     ));
     for w in ["w1", "w2"] {
         procs.0.push(spawn(w, Command::new(bin("ferry-worker")).args(["--etcd", &etcd.endpoint, "--name", w, "--movers", "2"])));
@@ -114,7 +121,11 @@ fn logs_of_a_cluster_run_come_from_both_workers_and_the_coordinator_filtered_and
     for a in ["w1", "w2", "c1"] {
         assert!(agents.contains(a), "no line from {a}: agents {agents:?}\n{}", all_out.stdout);
     }
-    let entries: BTreeSet<String> = all.iter().filter(|l| l["Message"] == "Entry" && l["Fields"]["status"] == "transferred").filter_map(|l| l["Fields"]["path"].as_str().map(String::from)).collect();
+    let entries: BTreeSet<String> = all
+        .iter()
+        .filter(|l| l["Message"] == "Entry" && l["Fields"]["status"] == "transferred")
+        .filter_map(|l| l["Fields"]["path"].as_str().map(String::from))
+        .collect();
     for f in &files {
         assert!(entries.contains(f), "LogLevel TRANSFER: no Entry line for {f}\n{}", all_out.stdout);
     }
@@ -131,7 +142,10 @@ fn logs_of_a_cluster_run_come_from_both_workers_and_the_coordinator_filtered_and
     text.assert_code(0);
     assert_eq!(text.stdout.lines().count(), all.len());
     let first: Vec<&str> = text.stdout.lines().next().unwrap().split_whitespace().collect();
-    assert!(first[0].ends_with('Z') && agents.contains(first[1]) && ["ERROR", "WARN", "INFO", "DEBUG"].contains(&first[2]), "TIME AGENT LEVEL message: {first:?}");
+    assert!(
+        first[0].ends_with('Z') && agents.contains(first[1]) && ["ERROR", "WARN", "INFO", "DEBUG"].contains(&first[2]),
+        "TIME AGENT LEVEL message: {first:?}"
+    );
     assert!(text.stdout.lines().any(|l| l.contains(" Entry ") && l.contains(" status=transferred")), "key=value fields: {}", text.stdout);
 
     // The level filter keeps exactly the lines at least that severe.
@@ -174,6 +188,13 @@ fn logs_of_a_cluster_run_come_from_both_workers_and_the_coordinator_filtered_and
     let bad_level = cli(&["exec", "logs", &id, "--level", "LOUD"]).run();
     bad_level.assert_code(2);
     assert!(bad_level.stderr.contains("--level") && bad_level.stderr.contains("ERROR, WARN, INFO or DEBUG"), "{}", bad_level.describe());
+    // For the record: how many Store writes the logs of this execution took.
+    if let Ok(keys) =
+        Command::new("etcdctl").args(["--endpoints", &etcd.endpoint, "get", "--prefix", "--keys-only", &format!("/ferry/v1/exec/{id}/logs/")]).output()
+    {
+        let chunks = String::from_utf8_lossy(&keys.stdout).lines().filter(|l| !l.is_empty()).count();
+        eprintln!("exec_logs: {} lines from {} agents in {chunks} chunks (Store writes)", all.len(), agents.len());
+    }
     // The same reads straight from etcd.
     let direct = Ferry::bare().args(["exec", "logs", &id, "--json", "--etcd", &etcd.endpoint]).run();
     assert_eq!(multiset(&json_lines(direct.assert_code(0))), multiset(&all));
@@ -214,7 +235,12 @@ fn follow_prints_lines_of_agents_in_other_network_namespaces_until_the_execution
     follow.assert_code(0);
     let status = copy.0[0].wait().unwrap();
     copy.0.clear();
-    assert!(status.success(), "the copy failed: {}\n{}", std::fs::read_to_string(fleet.work.path().join("copy.stderr")).unwrap_or_default(), fleet.agent_logs());
+    assert!(
+        status.success(),
+        "the copy failed: {}\n{}",
+        std::fs::read_to_string(fleet.work.path().join("copy.stderr")).unwrap_or_default(),
+        fleet.agent_logs()
+    );
     let agent_of = |l: &str| l.split_whitespace().nth(1).map(str::to_string);
     let agents: BTreeSet<String> = follow.stdout.lines().filter_map(agent_of).collect();
     for a in ["onprem", "cloud", "c1"] {

@@ -53,6 +53,8 @@ pub(super) async fn execution_logs(ctl: Ctl, id: web::Path<String>, q: web::Quer
     match page {
         Ok(p) => Ok(HttpResponse::Ok().json(p)),
         Err(ReadError::NotFound(m)) => Err(ApiError::new(StatusCode::NOT_FOUND, "NotFound", m)),
-        Err(ReadError::Store(m)) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", format!("{m} (the coordination store is unavailable; retry)"))),
+        Err(ReadError::Store(m)) => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", format!("{m} (the coordination store is unavailable; retry)")))
+        }
     }
 }
