@@ -305,10 +305,19 @@ mod tests {
         let page = read_page(&store, "e1", &q).await.unwrap();
         assert_eq!(page.lines.iter().map(|l| l.message.as_str()).collect::<Vec<_>>(), vec!["late"]);
         // The level filter.
-        let q = LogQuery { after: Cursor::default(), level: Some(LineLevel::Info), limit: 1000 };
-        let page = read_page(&store, "e1", &q).await.unwrap();
-        assert!(page.lines.iter().all(|l| l.level == LineLevel::Info));
-        assert_eq!(page.lines.len(), 68 + 1 - (14 + 8 + 2));
+        let mut q = LogQuery { after: Cursor::default(), level: Some(LineLevel::Info), limit: 1000 };
+        let mut info = Vec::new();
+        loop {
+            // A page reads a few chunks per agent: `More` says to go on.
+            let page = read_page(&store, "e1", &q).await.unwrap();
+            info.extend(page.lines);
+            q.after = Cursor::parse(&page.next).unwrap();
+            if !page.more {
+                break;
+            }
+        }
+        assert!(info.iter().all(|l| l.level == LineLevel::Info));
+        assert_eq!(info.len(), 68 + 1 - (14 + 8 + 2));
         assert!(matches!(read_page(&store, "nope", &q).await, Err(ReadError::NotFound(_))));
     }
 }

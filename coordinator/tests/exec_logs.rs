@@ -175,6 +175,15 @@ fn logs_of_a_cluster_run_come_from_both_workers_and_the_coordinator_filtered_and
     }
     assert_eq!(multiset(&paged), multiset(&all), "pages hold every line exactly once");
 
+    // The OpenAPI document describes the endpoint (schemathesis checks answers against it).
+    let (code, doc) = get(&format!("{api}/v1/openapi.json"));
+    assert_eq!(code, 200);
+    assert!(doc["paths"]["/v1/executions/{id}/logs"]["get"].is_object(), "the OpenAPI document has the logs endpoint");
+    assert_eq!(doc["components"]["schemas"]["LineLevel"]["enum"], serde_json::json!(["ERROR", "WARN", "INFO", "DEBUG"]));
+    for field in ["Lines", "Next", "More", "Ended"] {
+        assert!(doc["components"]["schemas"]["LogPage"]["required"].as_array().unwrap().iter().any(|f| f == field), "LogPage.{field}");
+    }
+
     // Errors: 404 for an unknown execution, 400 for bad parameters, one line from the CLI.
     assert_eq!(get(&format!("{api}/v1/executions/no-such-exec/logs")).0, 404);
     for bad in ["limit=0", "limit=1001", "limit=x", "level=LOUD", "after=nonsense", "follow=maybe"] {
