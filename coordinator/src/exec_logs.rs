@@ -271,8 +271,7 @@ mod tests {
     async fn pages_return_every_line_of_every_agent_exactly_once() {
         let store: SharedStore = Arc::new(MemStore::new());
         execution(&store, "e1", Phase::Success).await;
-        let mut limits = BatchLimits::default();
-        limits.chunk_lines = 7;
+        let limits = BatchLimits { chunk_lines: 7, ..Default::default() };
         let mut want = Vec::new();
         for (agent, n) in [("w1", 40u64), ("w2", 23), ("c1", 5)] {
             let mut b = LogBatcher::new(agent, limits.clone(), 10);
