@@ -16,6 +16,8 @@
 //! /ferry/v1/exec/{exec}/parts/{group}      PartSet of a large file being written in parts
 //! /ferry/v1/exec/{exec}/settings           ExecSettings          (BytesPerSecond while running)
 //! /ferry/v1/exec/{exec}/agenterr/{agent}   why that agent cannot take part
+//! /ferry/v1/exec/{exec}/logstreams/{agent} ""                    agents that shipped log lines
+//! /ferry/v1/exec/{exec}/logs/{agent}/{seq} LogChunk              an agent's log lines, in order
 //! /ferry/v1/tasks/{task}                   Task
 //! /ferry/v1/sched/{task}                   ScheduleState         (written by the leader)
 //! /ferry/v1/pending/{pos}-{exec}           ""                    QUEUED executions, FIFO
@@ -163,6 +165,20 @@ impl ExecKeys {
     }
     pub fn agent_errors_prefix(&self) -> Vec<u8> {
         format!("{}agenterr/", self.base).into_bytes()
+    }
+    /// One agent's log stream (CloudWatch's term): present once it shipped a line.
+    pub fn log_stream(&self, agent: &str) -> Vec<u8> {
+        format!("{}logstreams/{agent}", self.base).into_bytes()
+    }
+    pub fn log_streams_prefix(&self) -> Vec<u8> {
+        format!("{}logstreams/", self.base).into_bytes()
+    }
+    /// Chunk `seq` of an agent's log lines; fixed width, so chunks sort in the order written.
+    pub fn log_chunk(&self, agent: &str, seq: u64) -> Vec<u8> {
+        format!("{}logs/{agent}/{seq:016}", self.base).into_bytes()
+    }
+    pub fn log_chunks_of(&self, agent: &str) -> Vec<u8> {
+        format!("{}logs/{agent}/", self.base).into_bytes()
     }
     pub fn settings(&self) -> Vec<u8> {
         format!("{}settings", self.base).into_bytes()

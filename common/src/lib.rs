@@ -9,6 +9,7 @@ pub mod codec;
 pub mod config;
 pub mod crc;
 pub mod error;
+pub mod execlog;
 pub mod filter;
 pub mod keys;
 pub mod metrics;

@@ -134,7 +134,8 @@ pub struct ExecArgs {
 /// Where `ferry exec` finds executions: the HTTP API (`--api` or FERRY_API), or etcd directly.
 #[derive(Args, Debug, Clone)]
 pub struct ExecTarget {
-    /// --etcd: read executions straight from etcd instead of the API (list, describe, cancel).
+    /// --etcd: read executions straight from etcd instead of the API (list, describe, cancel,
+    /// logs).
     #[command(flatten)]
     pub etcd: EtcdArgs,
     #[command(flatten)]
@@ -166,6 +167,18 @@ pub enum ExecCommand {
     /// Print an execution's task report (JSON Lines).
     Report {
         id: String,
+        #[command(flatten)]
+        target: ExecTarget,
+    },
+    /// Print an execution's log lines from every agent (`--follow`: until it ends).
+    Logs {
+        id: String,
+        /// Keep printing new lines until the execution ends.
+        #[arg(long)]
+        follow: bool,
+        /// Only lines at least this severe: ERROR, WARN, INFO or DEBUG.
+        #[arg(long)]
+        level: Option<String>,
         #[command(flatten)]
         target: ExecTarget,
     },
@@ -909,8 +922,10 @@ fn run_coordinator_daemon(args: &CoordinatorArgs) -> i32 {
         Some(f) => f == LogFormatArg::Json,
         None => cfg.log_format.as_deref() == Some("json"),
     };
-    init_logging(if json { LogFormat::Json } else { LogFormat::Text }, "info");
-    match crate::daemon::resolve(args, &cfg, format!("{}-{}", hostname(), std::process::id())) {
+    let default_name = format!("{}-{}", hostname(), std::process::id());
+    let name = args.name.clone().or(cfg.coordinator.name.clone()).unwrap_or_else(|| default_name.clone());
+    ferry_common::telemetry::init_daemon_logging(if json { LogFormat::Json } else { LogFormat::Text }, "info", &name);
+    match crate::daemon::resolve(args, &cfg, default_name) {
         Ok(settings) => crate::daemon::run(settings),
         Err(e) => exit_on_usage(Err(UsageError(e))),
     }
@@ -950,6 +965,9 @@ fn exec_command(cmd: &ExecCommand) -> Result<i32, UsageError> {
         ExecCommand::Cancel { id, target } => (target, ExecApiCommand::Cancel(id)),
         ExecCommand::Report { id, target } => (target, ExecApiCommand::Report(id)),
         ExecCommand::Update { id, bytes_per_second, target } => (target, ExecApiCommand::Update { id, bytes_per_second: *bytes_per_second }),
+        ExecCommand::Logs { id, follow, level, target } => {
+            (target, ExecApiCommand::Logs { id, follow: *follow, level: crate::cli_api::parse_line_level(level.as_deref())? })
+        }
     };
     if target.etcd.is_empty() {
         return exec_api_command(api_cmd, &target.api);
@@ -1005,6 +1023,7 @@ async fn exec_etcd_command(cmd: crate::cli_api::ExecApiCommand<'_>, etcd: &EtcdA
             cluster::cancel(&store, id).await.map_err(UsageError)?;
             println!("cancellation requested for execution {id}");
         }
+        ExecApiCommand::Logs { id, follow, level } => crate::cli_api::logs_from_store(&store, id, follow, level, json).await?,
         ExecApiCommand::Report(_) | ExecApiCommand::Update { .. } => {
             return Err(UsageError("`exec report` and `exec update` go through the coordinator's API: give --api URL (or FERRY_API) instead of --etcd".into()));
         }

@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 
 use crate::cli::UsageError;
 use crate::progress::human_bytes;
+use ferry_common::execlog::LineLevel;
 
 #[derive(Args, Debug, Clone)]
 pub struct ApiArgs {
@@ -542,6 +543,66 @@ pub enum ExecApiCommand<'a> {
     Cancel(&'a str),
     Report(&'a str),
     Update { id: &'a str, bytes_per_second: i64 },
+    Logs { id: &'a str, follow: bool, level: Option<LineLevel> },
+}
+
+/// `--level`: ERROR, WARN, INFO or DEBUG, in any case.
+pub fn parse_line_level(level: Option<&str>) -> Result<Option<LineLevel>, UsageError> {
+    level.map(|l| LineLevel::parse(l).ok_or_else(|| UsageError(format!("--level {l:?} is not a level: give ERROR, WARN, INFO or DEBUG")))).transpose()
+}
+
+/// One log line: `TIME AGENT LEVEL message key=value...`, or the API's JSON on one line.
+fn print_log_line(l: &Value, json: bool) {
+    if json {
+        println!("{l}");
+        return;
+    }
+    let time = l["TimeUnixMs"]
+        .as_u64()
+        .and_then(|ms| chrono::DateTime::from_timestamp_millis(ms as i64))
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_else(|| "-".into());
+    let mut out = format!("{time} {} {:<5} {}", s(&l["Agent"]), s(&l["Level"]), s(&l["Message"]));
+    for (k, v) in l["Fields"].as_object().into_iter().flatten() {
+        let v = match v {
+            Value::String(t) if t.is_empty() || t.chars().any(|c| c.is_whitespace() || c == '"' || c == '=') => format!("{t:?}"),
+            Value::String(t) => t.clone(),
+            other => other.to_string(),
+        };
+        out.push_str(&format!(" {k}={v}"));
+    }
+    println!("{out}");
+}
+
+/// Whether a reader stops after this page: without `follow` when nothing more is stored,
+/// with it when the execution ended and its last lines are in.
+fn last_page(follow: bool, more: bool, ended: bool) -> bool {
+    if follow {
+        ended
+    } else {
+        !more
+    }
+}
+
+/// `ferry exec logs --etcd`: the same pages, read from the Store directly.
+pub async fn logs_from_store(store: &ferry_common::store::SharedStore, id: &str, follow: bool, level: Option<LineLevel>, json: bool) -> Result<(), UsageError> {
+    use crate::exec_logs::{read_page, wait_page, Cursor, LogQuery, ReadError, MAX_LIMIT};
+    let mut after = Cursor::default();
+    loop {
+        let q = LogQuery { after, level, limit: MAX_LIMIT };
+        let page = if follow { wait_page(store, id, &q, Duration::from_secs(20), Duration::from_millis(500)).await } else { read_page(store, id, &q).await };
+        let page = page.map_err(|e| match e {
+            ReadError::NotFound(m) => UsageError(m),
+            ReadError::Store(m) => UsageError(format!("cannot read the logs of execution {id}: {m} (check --etcd and that etcd is running)")),
+        })?;
+        for l in &page.lines {
+            print_log_line(&serde_json::to_value(l).unwrap_or_default(), json);
+        }
+        if last_page(follow, page.more, page.ended) {
+            return Ok(());
+        }
+        after = Cursor::parse(&page.next).map_err(UsageError)?;
+    }
 }
 
 pub fn exec_api_command(cmd: ExecApiCommand<'_>, api: &ApiArgs) -> Result<i32, UsageError> {
@@ -589,6 +650,26 @@ pub fn exec_api_command(cmd: ExecApiCommand<'_>, api: &ApiArgs) -> Result<i32, U
             let r = client.call("GET", &format!("/v1/executions/{}/report", enc(id)), None)?;
             let body = r.into_string().map_err(|e| UsageError(format!("cannot read the report: {e}")))?;
             print!("{body}");
+        }
+        ExecApiCommand::Logs { id, follow, level } => {
+            let mut after = String::new();
+            loop {
+                let mut path = format!("/v1/executions/{}/logs?limit=1000&after={}", enc(id), enc(&after));
+                if let Some(l) = level {
+                    path += &format!("&level={}", l.as_str());
+                }
+                if follow {
+                    path += "&follow=true";
+                }
+                let page = client.json("GET", &path, None)?;
+                for l in page["Lines"].as_array().into_iter().flatten() {
+                    print_log_line(l, api.json);
+                }
+                if last_page(follow, page["More"] == Value::Bool(true), page["Ended"] == Value::Bool(true)) {
+                    break;
+                }
+                after = page["Next"].as_str().unwrap_or_default().to_string();
+            }
         }
         ExecApiCommand::Update { id, bytes_per_second } => {
             let e = client.json("PATCH", &format!("/v1/executions/{}", enc(id)), Some(json!({"BytesPerSecond": bytes_per_second})))?;

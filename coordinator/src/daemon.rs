@@ -146,6 +146,8 @@ pub fn run(s: DaemonSettings) -> i32 {
         };
         let control = Arc::new(ControlPlane::new(store.clone(), s.control).with_webhook_tls(s.webhook_tls));
         let (tx, rx) = tokio::sync::watch::channel(false);
+        // Lines about executions go to the Store too (`ferry exec logs`).
+        let shipper = ferry_common::telemetry::ship_execution_logs(store.clone(), rx.clone());
         let https = s.api_tls.is_some();
         let server = match (s.listen, s.tokens) {
             (Some(addr), Some(tokens)) => match api::serve(control.clone(), addr, tokens, s.api_tls) {
@@ -190,6 +192,9 @@ pub fn run(s: DaemonSettings) -> i32 {
         }
         if let Some(h) = server {
             h.stop(true).await;
+        }
+        if let Some(h) = shipper {
+            let _ = tokio::time::timeout(Duration::from_secs(6), h).await;
         }
         0
     })

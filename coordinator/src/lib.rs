@@ -10,6 +10,7 @@ pub mod control;
 pub mod daemon;
 pub mod driver;
 pub mod embedded;
+pub mod exec_logs;
 pub mod progress;
 pub mod report;
 pub mod tls;

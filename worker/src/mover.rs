@@ -125,7 +125,10 @@ async fn find_writers(store: &SharedStore, spec: &ExecutionSpec) -> Result<Vec<W
 /// error for that shard instead of taking the process down.
 async fn blocking<T: Send + 'static>(slot: &mut Option<Vec<u8>>, f: impl FnOnce(&mut Vec<u8>) -> T + Send + 'static) -> Result<T, FerryError> {
     let mut buf = slot.take().unwrap_or_default();
+    // The mover's span (its execution) follows the work onto the blocking pool.
+    let span = tracing::Span::current();
     match tokio::task::spawn_blocking(move || {
+        let _in = span.enter();
         let t = f(&mut buf);
         (t, buf)
     })

@@ -257,7 +257,9 @@ impl Actor for MoverActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let shared = self.shared.clone();
         let index = self.index;
-        ctx.spawn(async move { mover_loop(shared, index).await }.into_actor(self).map(|_, _, ctx| ctx.stop()));
+        // Lines inside name the execution, so they reach its logs (`ferry exec logs`).
+        let span = tracing::info_span!("mover", execution = %shared.ctx.spec.id);
+        ctx.spawn(tracing::Instrument::instrument(async move { mover_loop(shared, index).await }, span).into_actor(self).map(|_, _, ctx| ctx.stop()));
     }
 }
 

@@ -7,6 +7,7 @@
 //! without queueing, or changed meanwhile), 422 valid fields that do not go together, 503 the
 //! coordination store is unavailable.
 
+mod logs;
 pub mod views;
 
 use std::net::SocketAddr;
@@ -94,7 +95,7 @@ impl Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "ferry coordinator API", description = "Tasks, schedules, executions, agents and events. Field names follow AWS DataSync's."),
-    paths(health, live, readyz, create_task, list_tasks, describe_task, update_task, delete_task, start_task, list_executions, describe_execution, update_execution, cancel_execution, execution_report, list_agents, list_events),
+    paths(health, live, readyz, create_task, list_tasks, describe_task, update_task, delete_task, start_task, list_executions, describe_execution, update_execution, cancel_execution, execution_report, logs::execution_logs, list_agents, list_events),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -173,6 +174,7 @@ pub fn serve(control: Arc<ControlPlane>, listen: SocketAddr, tokens: Tokens, tls
             .route("/v1/executions/{id}", web::patch().to(update_execution))
             .route("/v1/executions/{id}/cancel", web::post().to(cancel_execution))
             .route("/v1/executions/{id}/report", web::get().to(execution_report))
+            .route("/v1/executions/{id}/logs", web::get().to(logs::execution_logs))
             .route("/v1/agents", web::get().to(list_agents))
             .route("/v1/events", web::get().to(list_events))
             .default_service(web::to(|req: HttpRequest| async move {

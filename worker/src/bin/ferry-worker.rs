@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 use ferry_common::config::{DaemonConfig, EtcdArgs};
 use ferry_common::store::{EtcdStore, SharedStore};
-use ferry_common::telemetry::{init_logging, LogFormat};
+use ferry_common::telemetry::{init_daemon_logging, ship_execution_logs, LogFormat};
 use ferry_worker::agent::{run_agent, start_link, AgentConfig, LinkSetup};
 
 #[derive(Parser)]
@@ -168,7 +168,7 @@ fn main() {
             fail(&e);
         }
     }
-    init_logging(format, "info");
+    init_daemon_logging(format, "info", &name);
     let system = actix_rt::System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("the tokio runtime starts")
     });
@@ -202,6 +202,8 @@ fn main() {
             }
             let _ = tx.send(true);
         });
+        // Lines about executions go to the Store too (`ferry exec logs`).
+        let shipper = ship_execution_logs(store.clone(), rx.clone());
         let cfg = AgentConfig { name, movers, lease_ttl: Duration::from_secs(lease_ttl), labels, link, poll: ferry_worker::agent::POLL, readiness };
         let (link, link_addr) = match start_link(&store, &cfg).await {
             Ok(l) => l,
@@ -211,6 +213,9 @@ fn main() {
             }
         };
         run_agent(store, cfg, link, link_addr, rx).await;
+        if let Some(h) = shipper {
+            let _ = tokio::time::timeout(Duration::from_secs(6), h).await;
+        }
         if let Some(handle) = probes {
             handle.stop(false).await;
         }
