@@ -105,13 +105,21 @@ fn a_million_file_execution_keeps_a_bounded_number_of_keys_in_etcd() {
     // Queue backpressure (64 transfer shards), scan frontier, one dir-meta shard per listing
     // page, claims and unfolded results: a few hundred keys, never per file.
     assert!(peak < 2_000, "peak {peak} keys: etcd must hold only the frontier, not per-file state");
-    let (left, events) = rt.block_on(async {
+    let exec = summary["execution"].as_str().unwrap().to_string();
+    let (left, events, agents, logs) = rt.block_on(async {
         let s = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint)).await.unwrap();
         let events = s.count(&ferry_common::keys::events()).await.unwrap();
-        (s.total_keys().await.unwrap() - events, events)
+        let agents = s.count(&ferry_common::keys::agent_records()).await.unwrap();
+        // The execution's keys but its record: its log streams and chunks.
+        let logs = s.count(&ferry_common::keys::ExecKeys::new(&exec).all()).await.unwrap().saturating_sub(1);
+        (s.total_keys().await.unwrap() - events - agents - logs, events, agents, logs)
     });
     // What outlives the run: the execution record, its index entry, the worker registrations,
-    // and one event per phase change (kept for the history period).
-    assert!(left <= 5, "{left} keys besides events left after the execution finished");
+    // one health record per agent, the execution's log lines (a few chunks per agent, bounded
+    // by size), and one event per phase change (kept for the history period).
+    eprintln!("left after the run: {left} keys, {events} events, {agents} agent records, {logs} log keys");
+    assert!(left <= 5, "{left} keys besides events, agent records and logs left after the execution finished");
+    assert!(agents <= 3, "{agents} agent records: one per agent");
+    assert!(logs <= 64, "{logs} log keys: a few chunks per agent, never per file");
     assert!(events <= 8, "{events} events: one per phase change, never per file");
 }

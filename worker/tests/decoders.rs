@@ -8,8 +8,9 @@
 //! pass and prints the count.
 
 use ferry_common::codec;
+use ferry_common::execlog::{LineLevel, LogChunk, LogLine};
 use ferry_common::filter::Manifest;
-use ferry_common::model::{Entry, EntryKind, ExecutionSpec, PartSet, ReportChunk, ScanDir, Shard, ShardBody, ShardResult, WorkerInfo};
+use ferry_common::model::{AgentError, AgentRecord, Entry, EntryKind, ExecutionSpec, PartSet, ReportChunk, ScanDir, Shard, ShardBody, ShardResult, WorkerInfo};
 use ferry_common::task::{Event, ExecSettings};
 use ferry_worker::transport::frame::{self, FileHeader, Frame, Hello};
 use ferry_worker::transport::link::pki::{EnrollTicket, IssuedRecord, Revocation};
@@ -133,6 +134,24 @@ fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
     codec::encode(v).unwrap()
 }
 
+fn agent_record(worker: &WorkerInfo) -> AgentRecord {
+    AgentRecord {
+        info: worker.clone(),
+        heartbeat_unix_ms: 2,
+        bytes_per_second: 3,
+        bytes_total: 4,
+        recent_errors: vec![AgentError { unix_ms: 5, execution: "e1".into(), code: "CHECKSUM_MISMATCH".into(), message: "a/b: mismatch".into() }],
+        link_peers: vec!["agent-cloud".into()],
+    }
+}
+
+fn log_chunk() -> LogChunk {
+    let mut fields = serde_json::Map::new();
+    fields.insert("shard".into(), serde_json::Value::String("2Tx-1".into()));
+    fields.insert("bytes".into(), serde_json::Value::from(42u64));
+    LogChunk { agent: "w1".into(), lines: vec![LogLine { ts_ms: 1, level: LineLevel::Info, message: "ShardClaimed".into(), fields }] }
+}
+
 #[test]
 fn store_values_survive_hostile_bytes() {
     let scan = Shard::new("s-1".into(), ShardBody::Scan { dirs: vec![ScanDir { path: b"a/b".to_vec(), cookie: Some(3), after: None, included: false }] });
@@ -149,6 +168,8 @@ fn store_values_survive_hostile_bytes() {
         version: "0.1.0".into(),
         commit: "0123456789abcdef0123456789abcdef01234567".into(),
     };
+    let record = agent_record(&worker);
+    let logs = log_chunk();
     let ticket = EnrollTicket { name: "w1".into(), labels: vec!["onprem".into()], expires_unix: 1, seal: "00".repeat(32), ..Default::default() };
     let seeds = vec![
         enc(&spec()),
@@ -159,6 +180,8 @@ fn store_values_survive_hostile_bytes() {
         enc(&ReportChunk::default()),
         enc(&ExecSettings::default()),
         enc(&worker),
+        enc(&record),
+        enc(&logs),
         enc(&Event::new(1, "TaskCreated", "made").task("t1")),
         enc(&ticket),
         enc(&IssuedRecord::default()),
@@ -173,6 +196,8 @@ fn store_values_survive_hostile_bytes() {
         let _ = codec::decode::<ReportChunk>(input);
         let _ = codec::decode::<ExecSettings>(input);
         let _ = codec::decode::<WorkerInfo>(input);
+        let _ = codec::decode::<AgentRecord>(input);
+        let _ = codec::decode::<LogChunk>(input);
         let _ = codec::decode::<Event>(input);
         let _ = codec::decode::<ferry_common::task::Task>(input);
         let _ = codec::decode::<EnrollTicket>(input);
@@ -214,6 +239,8 @@ fn store_values_written_by_a_later_release_still_decode() {
     later_release_reads_back(&ReportChunk::default());
     later_release_reads_back(&ExecSettings::default());
     later_release_reads_back(&WorkerInfo { name: "w1".into(), version: "0.1.0".into(), ..Default::default() });
+    later_release_reads_back(&agent_record(&WorkerInfo { name: "w1".into(), ..Default::default() }));
+    later_release_reads_back(&log_chunk());
     later_release_reads_back(&Event::new(1, "TaskCreated", "made").task("t1"));
     later_release_reads_back(&EnrollTicket { name: "w1".into(), ..Default::default() });
     later_release_reads_back(&IssuedRecord::default());
