@@ -22,3 +22,4 @@ pub mod task;
 pub mod telemetry;
 pub mod testing;
 pub mod tokens;
+pub mod traces;

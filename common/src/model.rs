@@ -239,6 +239,32 @@ pub struct ExecutionSpec {
     /// behaves like BASIC.
     #[serde(default)]
     pub log_level: Option<crate::task::LogLevelOpt>,
+    /// The W3C `traceparent` of the span that started the execution (the CLI's, an API
+    /// request's, the scheduler's), when traces are on: every coordinator and agent that
+    /// works on it parents its spans there, so the execution is one trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
+}
+
+impl ExecutionSpec {
+    /// An execution of `mode` from `source` to `destination`, with no report, link, task or
+    /// trace: what a test or a one-off run fills in further.
+    pub fn new(id: impl Into<String>, mode: Mode, source: impl Into<String>, destination: impl Into<String>, options: Options) -> Self {
+        ExecutionSpec {
+            id: id.into(),
+            mode,
+            source: source.into(),
+            destination: destination.into(),
+            options,
+            report_file: None,
+            report_lines: ReportLines::default(),
+            s3: S3Settings::default(),
+            link: LinkSettings::default(),
+            task: None,
+            log_level: None,
+            trace_parent: None,
+        }
+    }
 }
 
 /// Locations bound to agents. An agent matches a selector when its name or one of its labels

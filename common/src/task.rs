@@ -645,6 +645,7 @@ impl Task {
             },
             task: Some(self.name.clone()),
             log_level: opts.log_level,
+            trace_parent: None,
         })
     }
 }

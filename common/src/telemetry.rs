@@ -7,7 +7,11 @@ use std::sync::{Arc, OnceLock};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id};
 use tracing::{Event, Subscriber};
+use tracing_subscriber::filter::FilterFn;
+#[cfg(test)]
 use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -37,37 +41,76 @@ fn stderr_filter(default_level: &str) -> EnvFilter {
     })
 }
 
-/// Installs the global subscriber. `RUST_LOG` overrides `default_level`.
-pub fn init_logging(format: LogFormat, default_level: &str) {
-    let filter = stderr_filter(default_level);
+type BoxedLayer = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
+
+/// The stderr layer: text for people, or JSON lines that carry the trace and span IDs of the
+/// span they were logged in (when traces are on).
+fn stderr_layer(format: LogFormat) -> BoxedLayer {
     // Colours only on a terminal: logs sent to a file or a collector stay plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    let _ = match format {
-        LogFormat::Text => builder.with_target(false).try_init(),
-        LogFormat::Json => builder.json().with_current_span(false).try_init(),
-    };
+    match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi).with_target(false).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .fmt_fields(JsonFields::new())
+            .event_format(WithTraceIds(tracing_subscriber::fmt::format().json().with_current_span(false)))
+            .with_writer(std::io::stderr)
+            .boxed(),
+    }
+}
+
+/// Installs the global subscriber of a command-line run (service `ferry` in traces).
+/// `RUST_LOG` overrides `default_level`.
+pub fn init_logging(format: LogFormat, default_level: &str) {
+    let filter = stderr_filter(default_level);
+    let traces = crate::traces::layer("ferry", "");
+    let _ = tracing_subscriber::registry().with(stderr_layer(format).with_filter(filter)).with(traces).try_init();
 }
 
 /// The sink of this process's execution-log layer, once [`init_daemon_logging`] ran.
 static SINK: OnceLock<Arc<LogSink>> = OnceLock::new();
 
-/// [`init_logging`] for a daemon (a worker agent, a coordinator): also installs the layer
-/// that collects lines naming an execution (an `execution` field on the event or on a span
-/// around it) from ferry's own code, up to DEBUG whatever `RUST_LOG` says for stderr. They
-/// wait in a bounded buffer until [`ship_execution_logs`] starts writing them to the Store.
-pub fn init_daemon_logging(format: LogFormat, default_level: &str, agent: &str) {
+/// [`init_logging`] for a daemon (`service` is `ferry-worker` or `ferry-coordinator`, `agent`
+/// its name): also installs the layer that collects lines naming an execution (an
+/// `execution` field on the event or on a span around it) from ferry's own code, up to DEBUG
+/// whatever `RUST_LOG` says for stderr. They wait in a bounded buffer until
+/// [`ship_execution_logs`] starts writing them to the Store.
+pub fn init_daemon_logging(format: LogFormat, default_level: &str, service: &'static str, agent: &str) {
     let sink = SINK.get_or_init(|| LogSink::new(agent, BatchLimits::default())).clone();
     let filter = stderr_filter(default_level);
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let stderr: Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync> = match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi).with_target(false).boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer().json().with_current_span(false).with_writer(std::io::stderr).with_ansi(ansi).boxed(),
-    };
     // Only ferry's own events: libraries' lines never name an execution, and what they could
-    // carry (URLs, headers) stays out of the Store.
-    let ours = Targets::new().with_target("ferry", LevelFilter::DEBUG);
-    let _ = tracing_subscriber::registry().with(stderr.with_filter(filter)).with(ExecLogLayer { sink }.with_filter(ours)).try_init();
+    // carry (URLs, headers) stays out of the Store. Spans only down to INFO: the DEBUG ones
+    // (Store requests, link streams) are for traces, and cost nothing when those are off.
+    let ours = FilterFn::new(|m: &tracing::Metadata<'_>| m.target().starts_with("ferry") && (!m.is_span() || *m.level() <= tracing::Level::INFO));
+    let traces = crate::traces::layer(service, agent);
+    let _ = tracing_subscriber::registry().with(stderr_layer(format).with_filter(filter)).with(ExecLogLayer { sink }.with_filter(ours)).with(traces).try_init();
+}
+
+/// Wraps a JSON event formatter: adds `trace_id` and `span_id` to the object when the event
+/// happened inside a traced span, so a log line leads to its trace.
+struct WithTraceIds<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
+        let Some((trace, span)) = crate::traces::current_ids() else {
+            return self.0.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        writer.write_str(&with_ids(&line, &trace, &span))
+    }
+}
+
+/// `line` (one JSON object and a newline) with the two IDs added as its last fields.
+fn with_ids(line: &str, trace: &str, span: &str) -> String {
+    match line.trim_end().strip_suffix('}') {
+        Some(head) => format!("{head},\"trace_id\":\"{trace}\",\"span_id\":\"{span}\"}}\n"),
+        None => line.to_string(),
+    }
 }
 
 /// Starts writing the collected lines to `store` (on the current tokio runtime) until `stop`
@@ -113,6 +156,10 @@ where
         };
         let mut line = LineVisitor { line: LogLine { ts_ms: crate::schedule::now_ms(), level, message: String::new(), fields: Default::default() } };
         event.record(&mut line);
+        if let Some((trace, span)) = crate::traces::current_ids() {
+            line.line.fields.insert("trace_id".into(), trace.into());
+            line.line.fields.insert("span_id".into(), span.into());
+        }
         execlog::truncate(&mut line.line.message, execlog::MAX_MESSAGE_BYTES);
         self.sink.push(&exec, line.line);
     }
@@ -190,6 +237,15 @@ impl Visit for LineVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_lines_get_the_ids_as_their_last_fields() {
+        let line = with_ids("{\"level\":\"INFO\",\"fields\":{\"message\":\"x\"}}\n", "4bf9", "00f0");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!((v["trace_id"].as_str(), v["span_id"].as_str(), v["fields"]["message"].as_str()), (Some("4bf9"), Some("00f0"), Some("x")));
+        assert!(line.ends_with("}\n"));
+        assert_eq!(with_ids("not json", "a", "b"), "not json");
+    }
 
     /// The layer picks lines naming an execution, from the event or an enclosing span, with
     /// their fields; other lines are left alone.

@@ -730,6 +730,7 @@ fn build_spec(mode: Mode, common: &CommonArgs, t: Option<&TransferArgs>) -> Resu
         link,
         task: None,
         log_level: None,
+        trace_parent: None,
     })
 }
 
@@ -814,7 +815,10 @@ pub fn run(cli: Cli) -> i32 {
         Command::Coordinator(args) => return run_coordinator_daemon(args),
         Command::Workers(args) => return exit_on_usage(runtime().block_on(workers_command(args))),
         Command::Exec(args) => return exit_code(exec_command(&args.command)),
-        Command::Task { command } => return exit_code(crate::cli_api::task_command(command)),
+        Command::Task { command } => {
+            init_logging(LogFormat::Text, "warn");
+            return exit_code(crate::cli_api::task_command(command));
+        }
         Command::Agent { command } => return exit_code(crate::cli_api::agent_command(command)),
         Command::Ca(args) => return exit_on_usage(crate::ca::run(args)),
     };
@@ -841,6 +845,10 @@ pub fn run(cli: Cli) -> i32 {
             return 2;
         }
     };
+    // The execution's trace starts here: coordinators and agents parent their spans on it.
+    let root = tracing::info_span!("cli", otel.name = %format!("ferry {}", mode.as_str().to_ascii_lowercase()), execution_id = %spec.id);
+    spec.trace_parent = ferry_common::traces::traceparent_of(&root);
+    let _root = root.enter();
     let progress = crate::progress::Style::for_stderr(!common.no_progress && !common.json);
     if let Some(path) = &common.report {
         if let Err(msg) = crate::report::check_writable(path) {
@@ -924,7 +932,7 @@ fn run_coordinator_daemon(args: &CoordinatorArgs) -> i32 {
     };
     let default_name = format!("{}-{}", hostname(), std::process::id());
     let name = args.name.clone().or(cfg.coordinator.name.clone()).unwrap_or_else(|| default_name.clone());
-    ferry_common::telemetry::init_daemon_logging(if json { LogFormat::Json } else { LogFormat::Text }, "info", &name);
+    ferry_common::telemetry::init_daemon_logging(if json { LogFormat::Json } else { LogFormat::Text }, "info", "ferry-coordinator", &name);
     match crate::daemon::resolve(args, &cfg, default_name) {
         Ok(settings) => crate::daemon::run(settings),
         Err(e) => exit_on_usage(Err(UsageError(e))),

@@ -172,6 +172,10 @@ impl ApiClient {
     /// Calls the API; an error response becomes its one-line message.
     pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<ureq::Response, UsageError> {
         let mut req = self.agent.request(method, &format!("{}{path}", self.base));
+        // The coordinator's span of this request joins the caller's trace.
+        if let Some(tp) = ferry_common::traces::current_traceparent() {
+            req = req.set("traceparent", &tp);
+        }
         if let Some(t) = &self.token {
             req = req.set("Authorization", &format!("Bearer {t}"));
         }
@@ -481,6 +485,9 @@ pub fn task_command(cmd: &TaskCommand) -> Result<i32, UsageError> {
             }
         }
         TaskCommand::Start { name, options, include, exclude, wait, api } => {
+            // The execution's trace starts here (when OTEL_* asks for traces).
+            let root = tracing::info_span!("cli", otel.name = "ferry task start", task = %name);
+            let _root = root.enter();
             let client = ApiClient::new(api)?;
             let mut body = Map::new();
             if !options.is_empty() {

@@ -208,6 +208,36 @@ pub struct ExecutionDriver {
     report: Option<ReportFile>,
     /// The phase last written, so each phase change is recorded as an event once.
     written_phase: Phase,
+    trace: DriveTrace,
+}
+
+/// This coordinator's spans of an execution: one for as long as it drives it (under the
+/// span that started the execution), and under that one per phase, so a trace shows how long
+/// each phase took. A coordinator that takes over starts its own.
+struct DriveTrace {
+    drive: tracing::Span,
+    phase: tracing::Span,
+}
+
+impl DriveTrace {
+    fn new(spec: &ExecutionSpec, phase: Phase, resumed: bool) -> Self {
+        let drive = tracing::debug_span!("drive", otel.name = "coordinate execution", execution = %spec.id, resumed);
+        ferry_common::traces::adopt(&drive, spec.trace_parent.as_deref());
+        let phase = Self::phase_span(&drive, phase);
+        DriveTrace { drive, phase }
+    }
+
+    fn phase_span(drive: &tracing::Span, phase: Phase) -> tracing::Span {
+        if phase.is_terminal() {
+            return tracing::Span::none();
+        }
+        tracing::debug_span!(parent: drive, "phase", otel.name = phase.as_str())
+    }
+
+    /// Ends the current phase's span and starts the next one's.
+    fn entered(&mut self, phase: Phase) {
+        self.phase = Self::phase_span(&self.drive, phase);
+    }
 }
 
 /// Done records folded per transaction: each takes two operations (its result and its report
@@ -237,7 +267,8 @@ impl ExecutionDriver {
             return Err(DriverError::Store(StoreError::Other(format!("execution {id} already exists"))));
         }
         let written_phase = state.exec.phase;
-        Ok(ExecutionDriver { store, keys, state, meta_revision: r.revision, clock, report: None, written_phase })
+        let trace = DriveTrace::new(&state.exec.spec, written_phase, false);
+        Ok(ExecutionDriver { store, keys, state, meta_revision: r.revision, clock, report: None, written_phase, trace })
     }
 
     /// Picks up a running execution where the previous driver (a failed leader) left it.
@@ -248,7 +279,8 @@ impl ExecutionDriver {
         };
         let exec: Execution = codec::decode(&kv.value)?;
         let written_phase = exec.phase;
-        Ok(Some(ExecutionDriver { store, keys, state: Reconciler { exec }, meta_revision: kv.mod_revision, clock, report: None, written_phase }))
+        let trace = DriveTrace::new(&exec.spec, written_phase, true);
+        Ok(Some(ExecutionDriver { store, keys, state: Reconciler { exec }, meta_revision: kv.mod_revision, clock, report: None, written_phase, trace }))
     }
 
     fn now(&self) -> u64 {
@@ -298,6 +330,9 @@ impl ExecutionDriver {
             return Err(DriverError::Store(StoreError::Other("execution record was changed by someone else; is another coordinator running?".into())));
         }
         self.meta_revision = r.revision;
+        if phase != self.written_phase {
+            self.trace.entered(phase);
+        }
         self.written_phase = phase;
         Ok(())
     }
@@ -347,13 +382,20 @@ impl ExecutionDriver {
     /// One reconciliation round: fold finished shards, then advance the stage if its queue
     /// is empty. Returns the execution as it now stands.
     pub async fn step(&mut self) -> Result<&Execution, DriverError> {
+        // Store requests and lines of this round belong to the phase it runs in.
+        let span = self.trace.phase.clone();
+        tracing::Instrument::instrument(self.step_round(), span).await?;
+        Ok(&self.state.exec)
+    }
+
+    async fn step_round(&mut self) -> Result<(), DriverError> {
         if self.state.exec.phase.is_terminal() {
-            return Ok(&self.state.exec);
+            return Ok(());
         }
         if self.store.get(&self.keys.cancel()).await?.is_some() {
             self.fold_results().await?;
             self.cancel().await?;
-            return Ok(&self.state.exec);
+            return Ok(());
         }
         if self.state.exec.phase == Phase::Launching {
             // Launched when a worker first holds or has finished one of its shards.
@@ -366,7 +408,7 @@ impl ExecutionDriver {
             } else if let Some(why) = self.no_agent_can_run().await? {
                 self.state.exec.error = Some(why);
                 self.finish(Phase::Error).await?;
-                return Ok(&self.state.exec);
+                return Ok(());
             }
         }
         // Count before folding: a completion writes its result and dequeues its shard in one
@@ -395,7 +437,7 @@ impl ExecutionDriver {
             }
             Step::Finish(phase) => self.finish(phase).await?,
         }
-        Ok(&self.state.exec)
+        Ok(())
     }
 
     /// Every registered agent said it cannot take part: the execution cannot run. Returns the
@@ -500,19 +542,7 @@ mod tests {
     use ferry_common::model::Options;
 
     fn spec(mode: Mode, verify: VerifyMode) -> ExecutionSpec {
-        ExecutionSpec {
-            id: "e1".into(),
-            mode,
-            source: "/a".into(),
-            destination: "/b".into(),
-            options: Options { verify, ..Options::default() },
-            report_file: None,
-            report_lines: Default::default(),
-            s3: Default::default(),
-            link: Default::default(),
-            task: None,
-            log_level: None,
-        }
+        ExecutionSpec::new("e1", mode, "/a", "/b", Options { verify, ..Options::default() })
     }
 
     fn result(prepared: u64, transferred: u64, failed: u64) -> ShardResult {

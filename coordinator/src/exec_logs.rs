@@ -219,19 +219,7 @@ mod tests {
     }
 
     async fn execution(store: &SharedStore, id: &str, phase: Phase) {
-        let spec = ExecutionSpec {
-            id: id.into(),
-            mode: Mode::Copy,
-            source: "/a".into(),
-            destination: "/b".into(),
-            options: Default::default(),
-            report_file: None,
-            report_lines: Default::default(),
-            s3: Default::default(),
-            link: Default::default(),
-            task: None,
-            log_level: None,
-        };
+        let spec = ExecutionSpec::new(id, Mode::Copy, "/a", "/b", Default::default());
         let e = Execution {
             spec,
             phase,

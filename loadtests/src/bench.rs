@@ -153,6 +153,55 @@ pub struct BenchOptions {
     /// An earlier ferry binary, run interleaved with `ferry` as `ferry-baseline` (and
     /// `ferry-baseline-verify-none`), so a before/after comparison comes from one run.
     pub baseline: Option<PathBuf>,
+    /// Also run `ferry-traced` (local scenarios): ferry exporting its traces over OTLP/HTTP
+    /// to a real receiver (coordinator/tests/support/otlp_receiver.py), interleaved with
+    /// `ferry`, so the exporter's cost comes from one run.
+    pub traces: bool,
+}
+
+/// An OTLP/HTTP receiver for `ferry-traced`, stopped on drop.
+struct OtlpReceiver {
+    child: std::process::Child,
+    spans: PathBuf,
+    endpoint: String,
+}
+
+impl OtlpReceiver {
+    fn start(ws: &Path, logs: &Path) -> Result<OtlpReceiver> {
+        let script = ws.join("coordinator/tests/support/otlp_receiver.py");
+        let spans = logs.join("spans.jsonl");
+        let port_file = logs.join("spans.jsonl.port");
+        let _ = fs::remove_file(&spans);
+        let _ = fs::remove_file(&port_file);
+        let child = Command::new("python3")
+            .arg(&script)
+            .args(["127.0.0.1", "0"])
+            .arg(&spans)
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| Error::run(format!("cannot start the OTLP receiver {}: {e}", script.display())))?;
+        let mut receiver = OtlpReceiver { child, spans, endpoint: String::new() };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while receiver.endpoint.is_empty() {
+            match fs::read_to_string(&port_file) {
+                Ok(port) => receiver.endpoint = format!("http://127.0.0.1:{}", port.trim()),
+                Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(100)),
+                Err(_) => return Err(Error::run("the OTLP receiver did not start (python3 -m pip install opentelemetry-proto)")),
+            }
+        }
+        Ok(receiver)
+    }
+
+    fn spans_received(&self) -> usize {
+        fs::read_to_string(&self.spans).map(|s| s.lines().count()).unwrap_or(0)
+    }
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The baseline's tools, named after the ferry tools they shadow.
@@ -777,6 +826,11 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
             }
         }
     }
+    if opts.traces && !scenario.is_s3() && scenario != Scenario::Cluster {
+        if let Some(i) = available.iter().position(|t| *t == "ferry") {
+            available.insert(i + 1, "ferry-traced");
+        }
+    }
     let selected: Vec<&'static str> = match &opts.tools {
         None => available.to_vec(),
         Some(list) => {
@@ -853,11 +907,20 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
         }
         _ => None,
     };
+    let receiver = if selected.contains(&"ferry-traced") { Some(OtlpReceiver::start(&ws, &logs)?) } else { None };
     let clusters = if scenario == Scenario::Cluster { start_clusters(&ferry, &selected, &ds_dir.join("clusters"))? } else { Vec::new() };
     let defs = match &server {
         Some((srv, _)) => s3_tool_defs(&ferry, &src, &srv.endpoint()),
         None => {
             let mut defs = tool_defs(&ferry, &src, &dst, &fpsync_tmp);
+            if let Some(receiver) = receiver.as_ref().filter(|_| selected.contains(&"ferry-traced")) {
+                let traced = tool_defs(&ferry, &src, &dst, &fpsync_tmp).into_iter().find(|d| d.name == "ferry").map(|d| ToolDef {
+                    name: "ferry-traced",
+                    env: vec![("OTEL_EXPORTER_OTLP_ENDPOINT".into(), receiver.endpoint.clone().into())],
+                    ..d
+                });
+                defs.extend(traced);
+            }
             if let Some(baseline) = &opts.baseline {
                 let program =
                     if util::is_executable(baseline) { Ok(baseline.clone()) } else { Err(format!("baseline binary {} is not executable", baseline.display())) };
@@ -1026,6 +1089,10 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchOutcome> {
         say(format!("cluster of {workers}: peak RSS {}", rss.join(", ")));
     }
     drop(clusters);
+    if let Some(r) = receiver {
+        // Proof that ferry-traced exported: the receiver decoded its spans.
+        say(format!("ferry-traced: the OTLP receiver decoded {} spans", r.spans_received()));
+    }
     let server_info = server.take().map(|(srv, program)| {
         let info = server_info(&srv, &program, server_runs);
         drop(srv); // kill it and remove its root now, not after the report

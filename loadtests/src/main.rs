@@ -189,6 +189,10 @@ struct BenchArgs {
     /// scenarios): a before/after comparison from one run.
     #[arg(long)]
     baseline: Option<PathBuf>,
+    /// Also run ferry-traced (local scenarios): ferry exporting traces over OTLP/HTTP to a real
+    /// receiver, interleaved with ferry (needs PyPI's opentelemetry-proto).
+    #[arg(long)]
+    traces: bool,
     /// Work directory for the dataset and copies; put it on the filesystem
     /// to measure [default: target/ferry-load].
     #[arg(long)]
@@ -269,6 +273,7 @@ fn cmd_bench(a: BenchArgs) -> Result<i32> {
         threads: threads(a.threads)?,
         helper: None,
         baseline: a.baseline,
+        traces: a.traces,
     };
     let o = bench::run_bench(&opts)?;
     say("");

@@ -72,6 +72,7 @@ fn tiny_s3_small_uploads_everything() {
         tools: None,
         threads: 2,
         baseline: None,
+        traces: false,
         helper: Some(PathBuf::from(env!("CARGO_BIN_EXE_ferry-load"))),
     };
     let o = run_bench(&opts).unwrap();

@@ -282,19 +282,44 @@ pub async fn run_shard(shared: &MoverShared, shard: Shard, buf: &mut Option<Vec<
     let _busy = Busy::start();
     let started = std::time::Instant::now();
     let kind = kind_label(shard.body.kind());
-    run_shard_inner(shared, shard, buf).await;
+    let (entries, bytes) = load(&shard.body);
+    // A span in the execution's trace (DEBUG: it is for traces, and costs nothing without them).
+    let span = tracing::debug_span!("shard", otel.name = kind, shard = %shard.id, attempt = shard.attempt, entries, bytes, outcome = tracing::field::Empty);
+    ferry_common::traces::adopt(&span, shared.ctx.spec.trace_parent.as_deref());
+    let outcome = tracing::Instrument::instrument(run_shard_inner(shared, shard, buf), span.clone()).await;
+    span.record("outcome", outcome);
     metrics::histogram!(m::SHARD_DURATION, "kind" => kind).record(started.elapsed().as_secs_f64());
 }
 
-async fn run_shard_inner(shared: &MoverShared, shard: Shard, buf: &mut Option<Vec<u8>>) {
+/// Entries (files, directories, links) and bytes a shard carries.
+fn load(body: &ShardBody) -> (usize, u64) {
+    match body {
+        ShardBody::Scan { dirs } | ShardBody::Verify { dirs } => (dirs.len(), 0),
+        ShardBody::Transfer { entries } => (entries.len(), entries.iter().map(|e| e.size).sum()),
+        ShardBody::Part { len, .. } => (1, *len),
+        ShardBody::Commit { file, .. } => (1, file.size),
+        ShardBody::Prune { .. } => (1, 0),
+        ShardBody::Links { links } => (links.len(), 0),
+        ShardBody::DirMeta { dirs } => (dirs.len(), 0),
+    }
+}
+
+/// Runs a shard to its end and says how it ended: `committed`, `requeued`, `abandoned` (the
+/// claim was lost), `refused` (the completion came too late) or `uncommitted` (the Store
+/// refused it; the claim expires).
+async fn run_shard_inner(shared: &MoverShared, shard: Shard, buf: &mut Option<Vec<u8>>) -> &'static str {
     let max_attempts = shared.ctx.options().limits.max_attempts;
     let queue = &shared.queue;
+    let mut ended = "committed";
     tracing::debug!(shard = %shard.id, attempt = shard.attempt, "ShardClaimed");
     let committed: Result<bool, QueueError> = if let ShardBody::Part { file, offset, len, group, .. } = shard.body.clone() {
         let mut outcome = Outcome::default();
         let r = run_part(shared, &shard, file, offset, len, &group, buf).await;
         match r {
-            Err(e) if e.kind == ErrorKind::LeaseLost => return abandon(&shard),
+            Err(e) if e.kind == ErrorKind::LeaseLost => {
+                abandon(&shard);
+                return "abandoned";
+            }
             Ok(done) => {
                 shared.link.vitals.moved(done.counters.bytes_transferred);
                 outcome.counters().add(&done.counters);
@@ -307,6 +332,7 @@ async fn run_shard_inner(shared: &MoverShared, shard: Shard, buf: &mut Option<Ve
             }
             Err(e) if e.kind.is_transient() && shard.attempt < max_attempts => {
                 note_failure(shared, &e);
+                ended = "requeued";
                 with_store_retry("requeue part", || queue.requeue(&shard, e.to_string())).await
             }
             Err(e) => {
@@ -316,24 +342,33 @@ async fn run_shard_inner(shared: &MoverShared, shard: Shard, buf: &mut Option<Ve
         }
     } else {
         match execute(shared, &shard, buf).await {
-            Ok((outcome, _)) if outcome.abandoned => return abandon(&shard),
-            Err(e) if e.kind == ErrorKind::LeaseLost => return abandon(&shard),
+            Ok((outcome, _)) if outcome.abandoned => {
+                abandon(&shard);
+                return "abandoned";
+            }
+            Err(e) if e.kind == ErrorKind::LeaseLost => {
+                abandon(&shard);
+                return "abandoned";
+            }
             Ok((outcome, extra)) => commit(shared, &shard, outcome, extra).await,
             Err(e) if e.kind.is_transient() && shard.attempt < max_attempts => {
                 note_failure(shared, &e);
                 tracing::info!(shard = %shard.id, error = %e, "shard failed; queued for another attempt");
+                ended = "requeued";
                 with_store_retry("requeue shard", || queue.requeue(&shard, e.to_string())).await
             }
             Err(e) => commit(shared, &shard, all_failed(&shard.body, &e), Vec::new()).await,
         }
     };
     match committed {
-        Ok(true) => {}
+        Ok(true) => ended,
         Ok(false) => {
-            tracing::warn!(shard = %shard.id, "completion refused: the claim was lost (lease expired); another worker owns it")
+            tracing::warn!(shard = %shard.id, "completion refused: the claim was lost (lease expired); another worker owns it");
+            "refused"
         }
         Err(e) => {
-            tracing::warn!(shard = %shard.id, error = %e, "could not complete shard; it returns to the queue when the claim expires")
+            tracing::warn!(shard = %shard.id, error = %e, "could not complete shard; it returns to the queue when the claim expires");
+            "uncommitted"
         }
     }
 }

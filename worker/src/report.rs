@@ -71,19 +71,8 @@ mod tests {
 
     #[test]
     fn chunks_fit_store_values_and_keep_only_what_the_report_wants() {
-        let mut spec = ferry_common::model::ExecutionSpec {
-            id: "e".into(),
-            mode: ferry_common::model::Mode::Copy,
-            source: "/a".into(),
-            destination: "/b".into(),
-            options: Default::default(),
-            report_file: None,
-            report_lines: ReportLines::All,
-            s3: Default::default(),
-            link: Default::default(),
-            task: None,
-            log_level: None,
-        };
+        let mut spec = ferry_common::model::ExecutionSpec::new("e", ferry_common::model::Mode::Copy, "/a", "/b", Default::default());
+        spec.report_lines = ReportLines::All;
         let lines: Vec<ReportEntry> = (0..5000).map(|i| entry(i, if i % 10 == 0 { EntryStatus::Failed } else { EntryStatus::Transferred })).collect();
         let all = chunks(&spec, lines.clone());
         assert_eq!(all.iter().map(|c| c.entries.len()).sum::<usize>(), 5000);

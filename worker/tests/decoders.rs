@@ -71,7 +71,7 @@ fn frame_seeds() -> Vec<Vec<u8>> {
     let link =
         FileHeader { id: 8, path: b"dir/link".to_vec(), kind: frame::entry_kind::SYMLINK, target: b"file.txt".to_vec(), mode: 0o120777, ..Default::default() };
     let frames = vec![
-        Frame::Hello(Hello { exec: "e-1".into(), agent: "w1".into() }),
+        Frame::Hello(Hello { exec: "e-1".into(), agent: "w1".into(), trace: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()) }),
         Frame::Header(header),
         Frame::Header(link),
         Frame::Chunk { id: 7, offset: 0, crc32c: 0x1234_5678, compressed: false, raw_len: 5, data: b"hello".to_vec() },
@@ -115,19 +115,7 @@ fn entry(path: &str) -> Entry {
 }
 
 fn spec() -> ExecutionSpec {
-    ExecutionSpec {
-        id: "e-1".into(),
-        mode: ferry_common::model::Mode::Copy,
-        source: "/src".into(),
-        destination: "s3://bucket/prefix".into(),
-        options: Default::default(),
-        report_file: None,
-        report_lines: Default::default(),
-        s3: Default::default(),
-        link: Default::default(),
-        task: None,
-        log_level: None,
-    }
+    ExecutionSpec::new("e-1", ferry_common::model::Mode::Copy, "/src", "s3://bucket/prefix", Default::default())
 }
 
 fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {

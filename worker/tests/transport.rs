@@ -21,19 +21,10 @@ use ferry_worker::transport::wire::{LinkError, LocalWire, Wire};
 use ferry_worker::transport::{Connector, InProcess};
 
 fn spec(src: &Path, dst: &Path) -> ExecutionSpec {
-    ExecutionSpec {
-        id: format!("t{:08x}", rand::random::<u32>()),
-        mode: Mode::Copy,
-        source: src.display().to_string(),
-        destination: dst.display().to_string(),
-        options: Options::default(),
-        report_file: None,
-        report_lines: Default::default(),
-        s3: Default::default(),
-        link: LinkSettings { destination_agents: vec!["cloud".into()], ..Default::default() },
-        task: None,
-        log_level: None,
-    }
+    let mut spec =
+        ExecutionSpec::new(format!("t{:08x}", rand::random::<u32>()), Mode::Copy, src.display().to_string(), dst.display().to_string(), Options::default());
+    spec.link = LinkSettings { destination_agents: vec!["cloud".into()], ..Default::default() };
+    spec
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {

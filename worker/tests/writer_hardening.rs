@@ -10,19 +10,9 @@ use ferry_worker::engine::ExecContext;
 use ferry_worker::transport::frame::{self, entry_kind, Code, FileHeader, Frame};
 
 fn spec(src: &Path, dst: &Path, options: Options) -> ExecutionSpec {
-    ExecutionSpec {
-        id: format!("t{:08x}", rand::random::<u32>()),
-        mode: Mode::Copy,
-        source: src.display().to_string(),
-        destination: dst.display().to_string(),
-        options,
-        report_file: None,
-        report_lines: Default::default(),
-        s3: Default::default(),
-        link: LinkSettings { destination_agents: vec!["cloud".into()], ..Default::default() },
-        task: None,
-        log_level: None,
-    }
+    let mut spec = ExecutionSpec::new(format!("t{:08x}", rand::random::<u32>()), Mode::Copy, src.display().to_string(), dst.display().to_string(), options);
+    spec.link = LinkSettings { destination_agents: vec!["cloud".into()], ..Default::default() };
+    spec
 }
 
 fn writer_ctx(src: &Path, dst: &Path, options: Options) -> ExecContext {

@@ -70,6 +70,9 @@ mod grpc_code {
 /// One unary request `op` (a metric label: get, range, txn, ...), timed and counted.
 async fn deadline<T>(op: &'static str, fut: impl std::future::Future<Output = Result<T, ec::Error>>, lease: Option<LeaseId>) -> Result<T, StoreError> {
     let started = std::time::Instant::now();
+    // A span in the trace of whatever asked (DEBUG: for traces only).
+    let span = if crate::traces::in_trace() { tracing::debug_span!("store", otel.name = op) } else { tracing::Span::none() };
+    let fut = tracing::Instrument::instrument(fut, span);
     let r = match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
         Ok(r) => r.map_err(|e| classify(e, lease)),
         Err(_) => Err(StoreError::Unavailable(format!("no answer within {}s", REQUEST_TIMEOUT.as_secs()))),

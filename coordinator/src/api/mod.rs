@@ -256,9 +256,12 @@ async fn delete_task(ctl: Ctl, name: web::Path<String>) -> ApiResult<HttpRespons
 #[utoipa::path(post, path = "/v1/tasks/{name}/start", params(("name" = String, Path, description = "Task name")), request_body(content = StartOverrides, description = "Overrides for this execution; may be empty ({})"), responses(
     (status = 201, body = ExecutionView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
     (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn start_task(ctl: Ctl, name: web::Path<String>, bytes: web::Bytes) -> ApiResult<HttpResponse> {
+async fn start_task(ctl: Ctl, req: HttpRequest, name: web::Path<String>, bytes: web::Bytes) -> ApiResult<HttpResponse> {
     let overrides = if bytes.iter().all(u8::is_ascii_whitespace) { StartOverrides::default() } else { body::<StartOverrides>(&bytes)? };
-    let exec = ctl.start_task(&name, overrides).await?;
+    // The execution's trace: under the caller's span when the request carries a traceparent.
+    let span = tracing::info_span!("api", otel.name = "POST /v1/tasks/{name}/start", task = %name);
+    ferry_common::traces::adopt(&span, req.headers().get("traceparent").and_then(|v| v.to_str().ok()));
+    let exec = tracing::Instrument::instrument(ctl.start_task(&name, overrides), span).await?;
     Ok(HttpResponse::Created().json(ExecutionView::of(&exec, ferry_common::schedule::now_ms())))
 }
 

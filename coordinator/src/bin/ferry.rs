@@ -23,5 +23,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    std::process::exit(run(cli));
+    let code = run(cli);
+    ferry_common::traces::shutdown();
+    std::process::exit(code);
 }

@@ -179,7 +179,14 @@ impl Fleet {
     /// Starts the fleet (agent `i` at site `i`) and waits until every agent is online.
     /// `None` when etcd is not installed outside CI.
     pub fn start(agents: Vec<AgentSpec>) -> Option<Fleet> {
+        Self::start_with_env(agents, &[])
+    }
+
+    /// [`Fleet::start`] with `env` set for the coordinator and every agent; `{host_ip}` in a
+    /// value becomes the host's address on the sites' bridge (what the agents reach it by).
+    pub fn start_with_env(agents: Vec<AgentSpec>, env: &[(&str, &str)]) -> Option<Fleet> {
         let sites = Sites::create(agents.len());
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.replace("{host_ip}", &sites.host_ip))).collect();
         let etcd = EtcdServer::start_also_on(Some(&sites.host_ip))?;
         let work = super::scratch();
         let logs = work.path().join("logs");
@@ -189,7 +196,14 @@ impl Fleet {
         Ferry::bare().args(["ca", "init", "--ca-dir"]).arg(&ca).run().assert_code(0);
         let coordinator_log = File::create(fleet.logs.join("coordinator.log")).unwrap();
         let ferry = bin("ferry");
-        fleet.procs.0.push(Command::new(&ferry).args(["coordinator", "--name", "c1", "--etcd", &fleet.etcd.endpoint]).stderr(coordinator_log).spawn().unwrap());
+        fleet.procs.0.push(
+            Command::new(&ferry)
+                .args(["coordinator", "--name", "c1", "--etcd", &fleet.etcd.endpoint])
+                .envs(env.iter().cloned())
+                .stderr(coordinator_log)
+                .spawn()
+                .unwrap(),
+        );
         // The CA holder signs enrollments as the agents ask.
         fleet
             .procs
@@ -231,6 +245,7 @@ impl Fleet {
             cmd.env("FERRY_ENROLL_TOKEN", token.stdout.trim());
             cmd.args(["--link-listen", &format!("{listen}:7400")]);
             cmd.args(&agent.args);
+            cmd.envs(env.iter().cloned());
             cmd.envs(agent.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
             fleet.procs.0.push(cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().unwrap());
             fleet.names.push(agent.name.clone());

@@ -168,7 +168,7 @@ fn main() {
             fail(&e);
         }
     }
-    init_daemon_logging(format, "info", &name);
+    init_daemon_logging(format, "info", "ferry-worker", &name);
     let system = actix_rt::System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("the tokio runtime starts")
     });
@@ -221,5 +221,6 @@ fn main() {
         }
         0
     });
+    ferry_common::traces::shutdown();
     std::process::exit(code);
 }

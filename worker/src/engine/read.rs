@@ -195,13 +195,17 @@ enum Rewind {
 
 /// Sends the unsettled entries of `batch` over `wire`. `Ok` when every entry is settled.
 pub fn send_batch(ctx: &ExecContext, settings: &SendSettings, wire: &mut dyn Wire, batch: &mut Batch, buf: &mut Vec<u8>) -> Result<(), LinkError> {
+    // The writer's span of this stream is a child of this one (its HELLO carries it).
+    let span = tracing::debug_span!("link_send", otel.name = "link send", entries = batch.entries.len());
+    let _in = span.enter();
     let mut s = Sender { ctx, settings, wire, batch, buf, announced: HashMap::new(), awaiting: HashSet::new(), redo: VecDeque::new() };
     s.run()
 }
 
 impl<'a> Sender<'a, '_> {
     fn run(&mut self) -> Result<(), LinkError> {
-        self.wire.send(Frame::Hello(Hello { exec: self.ctx.spec.id.clone(), agent: self.settings.agent.to_string() }))?;
+        let trace = ferry_common::traces::current_traceparent();
+        self.wire.send(Frame::Hello(Hello { exec: self.ctx.spec.id.clone(), agent: self.settings.agent.to_string(), trace }))?;
         let pending: Vec<u64> = (0..self.batch.entries.len() as u64).filter(|&i| self.batch.settled[i as usize].is_none()).collect();
         for &id in &pending {
             match self.header(id) {

@@ -125,6 +125,10 @@ pub struct Hello {
     pub exec: String,
     /// The reader agent's name, for logs.
     pub agent: String,
+    /// The W3C `traceparent` of the reader's span, so the writer's span of this stream joins
+    /// the execution's trace. Absent when traces are off (and from earlier releases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 /// Entry kinds a HEADER can carry.
@@ -780,7 +784,12 @@ mod tests {
             crc32c: Some(3),
             ..header(b"l")
         }));
-        round_trip(&Frame::Hello(Hello { exec: "e1".into(), agent: "w1".into() }));
+        round_trip(&Frame::Hello(Hello { exec: "e1".into(), agent: "w1".into(), trace: None }));
+        round_trip(&Frame::Hello(Hello {
+            exec: "e1".into(),
+            agent: "w1".into(),
+            trace: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        }));
         let part = |offset, len| Some(PartTarget { upload: "u1".into(), offset, len });
         round_trip(&Frame::Header(FileHeader { size: 100, part: part(50, 50), decided: true, ..header(b"big") }));
         let mut buf = Vec::new();

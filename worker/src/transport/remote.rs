@@ -33,8 +33,11 @@ fn down(why: impl std::fmt::Display) -> FerryError {
 
 impl RemoteDest<'_> {
     fn ask_once(&self, attempt: u32, req: &Request) -> Result<Response, LinkError> {
+        // The writer's span of this stream is a child of this one (its HELLO carries it).
+        let span = tracing::debug_span!("link_request", otel.name = "link request", attempt);
+        let _in = span.enter();
         let mut wire = self.connector.open(attempt)?;
-        wire.send(Frame::Hello(Hello { exec: self.exec.clone(), agent: self.agent.clone() }))?;
+        wire.send(Frame::Hello(Hello { exec: self.exec.clone(), agent: self.agent.clone(), trace: ferry_common::traces::current_traceparent() }))?;
         wire.send(Frame::Request(req.clone()))?;
         match wire.recv(Some(ANSWER_TIMEOUT))? {
             Some(Frame::Response(r)) => Ok(r),

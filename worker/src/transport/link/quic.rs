@@ -474,8 +474,11 @@ async fn serve_admitted(
     }
     let handle = tokio::runtime::Handle::current();
     let agent = peer.name.clone();
+    let span = tracing::debug_span!("link_receive", otel.name = "link receive", peer = %agent);
+    ferry_common::traces::adopt(&span, hello.trace.as_deref());
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
+        let _in = span.enter();
         serve_stream(&handle, send, reader, &ctx, &agent)
     })
     .await
@@ -669,7 +672,9 @@ impl LinkClient {
         let mut tuning = self.tuning.clone();
         tuning.max_mtu = route_payload(addr).map_or(tuning.max_mtu, |route| route.min(tuning.max_mtu));
         let config = client_config(self.crypto.lock().unwrap_or_else(|p| p.into_inner()).clone(), &tuning);
-        let connecting = self.endpoint.connect_with(config, addr, name).map_err(|e| LinkError::Down(format!("cannot connect to {name} at {addr}: {e}")))?;
+        // Detached: the connection's driver task outlives the shard that happens to connect.
+        let connecting = ferry_common::traces::detached(|| self.endpoint.connect_with(config, addr, name))
+            .map_err(|e| LinkError::Down(format!("cannot connect to {name} at {addr}: {e}")))?;
         let conn = self
             .runtime
             .block_on(async { tokio::time::timeout(Duration::from_secs(10), connecting).await })
