@@ -209,6 +209,43 @@ fn console_posts_need_the_sessions_csrf_token_and_the_api_ignores_the_cookie() {
     assert_eq!(r.header("content-encoding"), Some("gzip"));
 }
 
+/// Over HTTPS the session cookie is also Secure, so a browser never sends it in clear.
+#[test]
+fn over_https_the_session_cookie_is_secure() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch();
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("api.crt"), dir.path().join("api.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let port = free_port();
+    let log = dir.path().join("coordinator.log");
+    let child = Ferry::bare()
+        .args(["coordinator", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--api-token-file"])
+        .arg(api_token_file(dir.path()))
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .args(["--movers", "1", "--name", "tls"])
+        .spawn_detached(&log);
+    let d = Daemons { children: vec![("coordinator".into(), child, log)] };
+    let url = format!("https://127.0.0.1:{port}");
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl").args(["-sS", "--max-time", "10", "--cacert"]).arg(&cert).args(args).output().expect("curl (apt-get install curl)");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    wait_for("the coordinator answers over HTTPS", &d, || curl(&["--fail", &format!("{url}/healthz")]).0);
+    let (ok, head) = curl(&["-i", "-X", "POST", "--data-urlencode", &format!("token={API_TOKEN}"), &format!("{url}/login")]);
+    assert!(ok, "{head}{}", d.logs());
+    let cookie = head.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie:")).unwrap_or_else(|| panic!("no cookie: {head}"));
+    assert!(head.starts_with("HTTP/") && head.lines().next().unwrap().contains(" 303"), "{head}");
+    assert!(cookie.contains("ferry_session=") && cookie.contains("; Secure") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+}
+
 /// Whether the browser test can run here: Debian's chromium and Playwright with pytest.
 fn browser_available() -> Result<(), String> {
     if !Path::new("/usr/bin/chromium").exists() {
