@@ -132,7 +132,7 @@ fn session(req: &HttpRequest, con: &Console) -> Result<Session, Box<HttpResponse
 }
 
 fn forbidden(message: &str) -> HttpResponse {
-    let body = pages::problem("", "Forbidden", &format!("{message}."));
+    let body = pages::problem(None, "Forbidden", &format!("{message}."));
     html(StatusCode::FORBIDDEN, body)
 }
 
@@ -161,7 +161,7 @@ fn problem(s: &Session, title: &str, e: &ControlError) -> HttpResponse {
         ControlError::Store(m) => format!("{m} (the coordination store is unavailable; retry)"),
         e => e.to_string(),
     };
-    html(status_of(e), pages::problem(&s.csrf, title, &message))
+    html(status_of(e), pages::problem(Some(&s.csrf), title, &message))
 }
 
 macro_rules! try_page {
@@ -249,7 +249,7 @@ async fn executions(req: HttpRequest, con: Con, ctl: Ctl, q: web::Query<ExecQuer
     let list = try_page!(s, "Executions", ctl.list_executions(q.task.as_deref()).await);
     let now = now_ms();
     let views: Vec<ExecutionView> = list.iter().map(|e| ExecutionView::of(e, now)).collect();
-    html(StatusCode::OK, pages::executions(&s.csrf, &views))
+    html(StatusCode::OK, pages::executions(&s.csrf, &views, q.task.as_deref()))
 }
 
 /// The progress line `ferry copy` prints, without its prefix.

@@ -28,14 +28,18 @@ pub fn login(error: Option<&str>) -> String {
     page(&Frame { title: "Log in", nav: "", csrf: None, live: false }, &b)
 }
 
-/// A page that says what went wrong and where to go, for errors outside a form.
-pub fn problem(csrf: &str, title: &str, message: &str) -> String {
+/// A page that says what went wrong and where to go, for errors outside a form. `csrf` is
+/// None when the request's session or form is in doubt (no logout form is offered then).
+pub fn problem(csrf: Option<&str>, title: &str, message: &str) -> String {
     let b = format!(r#"<h1>{}</h1>{}<p><a href="/console/executions">Back to executions</a></p>"#, esc(title), notice("error", message));
-    page(&frame(title, "", csrf), &b)
+    page(&Frame { title, nav: "", csrf, live: false }, &b)
 }
 
-pub fn executions(csrf: &str, list: &[ExecutionView]) -> String {
-    let mut b = String::from("<h1>Executions</h1>");
+pub fn executions(csrf: &str, list: &[ExecutionView], task: Option<&str>) -> String {
+    let mut b = match task {
+        Some(t) => format!(r#"<h1>Executions of {}</h1><p><a href="/console/executions">All executions</a></p>"#, esc(t)),
+        None => String::from("<h1>Executions</h1>"),
+    };
     if list.is_empty() {
         b.push_str(r#"<p class="note">No executions yet: start one from a <a href="/console/tasks">task</a>.</p>"#);
     } else {
@@ -382,5 +386,12 @@ mod tests {
     fn the_login_page_escapes_its_error() {
         let p = login(Some("<img src=x onerror=alert(1)>"));
         assert!(p.contains("&lt;img src=x onerror=alert(1)&gt;") && !p.contains("<img"));
+    }
+
+    #[test]
+    fn a_refusal_offers_no_logout_form_with_an_empty_token() {
+        let p = problem(None, "Forbidden", "the form carries no CSRF token");
+        assert!(p.contains("no CSRF token") && !p.contains("/logout"));
+        assert!(problem(Some("t"), "Task", "x").contains(r#"action="/logout""#));
     }
 }
