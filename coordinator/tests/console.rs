@@ -85,8 +85,15 @@ fn cluster(etcd: &EtcdServer, dir: &Path) -> (Daemons, String) {
         .args(["coordinator", "--etcd", &etcd.endpoint, "--name", "c1", "--listen", &format!("127.0.0.1:{api}"), "--api-token-file"])
         .arg(api_token_file(dir))
         .spawn_detached(&dir.join("coordinator.log"));
+    let worker_bin = Path::new(env!("CARGO_BIN_EXE_ferry")).with_file_name("ferry-worker");
+    let hooked = std::fs::read(&worker_bin).is_ok_and(|b| b.windows(18).any(|w| w == b"FERRY_TEST_CORRUPT"));
+    assert!(
+        hooked,
+        "{} lacks the fault-injection hooks this test uses: build it with the tests' features (cargo build --release --workspace --bin ferry-worker --test console)",
+        worker_bin.display()
+    );
     let worker_log = dir.join("worker.log");
-    let worker = Command::new(Path::new(env!("CARGO_BIN_EXE_ferry")).with_file_name("ferry-worker"))
+    let worker = Command::new(&worker_bin)
         .args(["--etcd", &etcd.endpoint, "--name", "w1", "--movers", "2", "--lease-ttl", "3", "--metrics-listen", &format!("127.0.0.1:{probes}")])
         .env("RUST_LOG", &log_filter)
         .env("FERRY_TEST_CORRUPT", "bad.bin")
