@@ -6,6 +6,7 @@ pub mod ca;
 pub mod cli;
 pub mod cli_api;
 pub mod cluster;
+pub mod console;
 pub mod control;
 pub mod daemon;
 pub mod driver;

@@ -135,16 +135,19 @@ pub fn serve(control: Arc<ControlPlane>, listen: SocketAddr, tokens: Tokens, tls
     // first scrape.
     ferry_common::metrics::install().map_err(std::io::Error::other)?;
     let data = web::Data::new(control);
+    let console = web::Data::new(crate::console::Console::new(tokens.clone(), tls.is_some()));
     let server = HttpServer::new(move || {
         let tokens = tokens.clone();
         App::new()
             .app_data(data.clone())
+            .app_data(console.clone())
             .app_data(web::PayloadConfig::new(1 << 20))
             .app_data(web::PathConfig::default().error_handler(|e, _| json_error(e)))
             .app_data(web::QueryConfig::default().error_handler(|e, _| json_error(e)))
             .wrap_fn(move |req, srv| {
                 // Probes (kubelet, systemd, load balancers) carry no token.
-                let open = matches!(req.path(), "/v1/health" | "/healthz" | "/readyz");
+                // The console checks its own session cookie (crate::console).
+                let open = matches!(req.path(), "/v1/health" | "/healthz" | "/readyz") || crate::console::handles(req.path());
                 if open || tokens.accepts_header(req.headers().get("authorization").and_then(|v| v.to_str().ok())) {
                     Either::Left(srv.call(req))
                 } else {
@@ -177,6 +180,7 @@ pub fn serve(control: Arc<ControlPlane>, listen: SocketAddr, tokens: Tokens, tls
             .route("/v1/executions/{id}/logs", web::get().to(logs::execution_logs))
             .route("/v1/agents", web::get().to(list_agents))
             .route("/v1/events", web::get().to(list_events))
+            .configure(crate::console::configure)
             .default_service(web::to(|req: HttpRequest| async move {
                 ApiError::new(StatusCode::NOT_FOUND, "NotFound", format!("no such endpoint: {} {} (see /v1/openapi.json)", req.method(), req.path()))
                     .error_response()
