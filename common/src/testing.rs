@@ -55,19 +55,27 @@ impl EtcdServer {
     /// agents in network namespaces reach); [`EtcdServer::endpoint_on`] names it.
     pub fn start_also_on(ip: Option<&str>) -> Option<EtcdServer> {
         let bin = etcd_binary()?;
-        let data_dir = std::env::temp_dir().join(format!("ferry-etcd-{}-{}", std::process::id(), free_port()));
-        let mut server = EtcdServer {
-            child: None,
-            endpoint: String::new(),
-            data_dir,
-            client_port: free_port(),
-            peer_port: free_port(),
-            extra: ip.map(str::to_string),
-            tls: None,
-        };
-        server.endpoint = format!("http://127.0.0.1:{}", server.client_port);
-        server.spawn(&bin);
-        Some(server)
+        // A port found free can be taken before etcd binds it (by another test's etcd, or as
+        // the source port of a connection): etcd then exits, and a fresh set of ports is tried.
+        let mut why = String::new();
+        for _ in 0..3 {
+            let data_dir = std::env::temp_dir().join(format!("ferry-etcd-{}-{}", std::process::id(), free_port()));
+            let mut server = EtcdServer {
+                child: None,
+                endpoint: String::new(),
+                data_dir,
+                client_port: free_port(),
+                peer_port: free_port(),
+                extra: ip.map(str::to_string),
+                tls: None,
+            };
+            server.endpoint = format!("http://127.0.0.1:{}", server.client_port);
+            match server.spawn(&bin) {
+                Ok(()) => return Some(server),
+                Err(e) => why = e,
+            }
+        }
+        panic!("{why}")
     }
 
     /// Like [`EtcdServer::start`], serving clients over TLS ([`EtcdTls`]) on loopback port
@@ -77,7 +85,7 @@ impl EtcdServer {
         let data_dir = std::env::temp_dir().join(format!("ferry-etcd-{}-{client_port}", std::process::id()));
         let endpoint = format!("https://127.0.0.1:{client_port}");
         let mut server = EtcdServer { child: None, endpoint, data_dir, client_port, peer_port, extra: None, tls: Some(tls) };
-        server.spawn(&bin);
+        server.spawn(&bin).unwrap_or_else(|e| panic!("{e}"));
         Some(server)
     }
 
@@ -86,7 +94,11 @@ impl EtcdServer {
         format!("http://{ip}:{}", self.client_port)
     }
 
-    fn spawn(&mut self, bin: &std::path::Path) {
+    /// Starts etcd and waits until it listens; an etcd that exits (a port taken) or does not
+    /// listen within 20 s is an error that quotes its log.
+    fn spawn(&mut self, bin: &std::path::Path) -> Result<(), String> {
+        let log_path = self.data_dir.with_extension("log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let mut cmd = Command::new(bin);
         if let Some(tls) = &self.tls {
@@ -113,13 +125,31 @@ impl EtcdServer {
             .arg("--log-level")
             .arg("error")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start etcd");
-        self.child = Some(child);
+        let child = self.child.insert(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.client_port)).is_err() {
-            assert!(Instant::now() < deadline, "etcd did not start listening within 20 s");
+        let failed = |what: String| {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail = &text[text.len().saturating_sub(2000)..];
+            format!("{what} (its log, {}: {tail})", log_path.display())
+        };
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(failed(format!("etcd exited at start with {status}: a port may have been taken")));
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.client_port)).is_ok() {
+                // Something listens there; that it is this etcd shows in it staying up.
+                std::thread::sleep(Duration::from_millis(50));
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(failed(format!("etcd exited at start with {status}: its port is someone else's")));
+                }
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(failed("etcd did not start listening within 20 s".to_string()));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -136,7 +166,7 @@ impl EtcdServer {
     pub fn restart(&mut self) {
         self.stop();
         let bin = etcd_binary().expect("etcd installed");
-        self.spawn(&bin);
+        self.spawn(&bin).unwrap_or_else(|e| panic!("{e}"));
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -173,7 +203,7 @@ impl EtcdServer {
             .expect("run etcdctl");
         assert!(out.status.success(), "etcdctl snapshot restore failed: {}", String::from_utf8_lossy(&out.stderr));
         let bin = etcd_binary().expect("etcd installed");
-        self.spawn(&bin);
+        self.spawn(&bin).unwrap_or_else(|e| panic!("{e}"));
     }
 }
 
@@ -191,6 +221,7 @@ impl Drop for EtcdServer {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.data_dir);
+        let _ = std::fs::remove_file(self.data_dir.with_extension("log"));
     }
 }
 

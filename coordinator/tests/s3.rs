@@ -127,6 +127,51 @@ fn objects_of_a_server_without_tagging_are_copied_to_a_tree_and_to_a_bucket() {
     assert!(diff.is_empty(), "S3 -> S3 -> tree differs:\n{}", diff.join("\n"));
 }
 
+/// With traces on, each S3 request is a span (the SDK's, one per operation) under the shard
+/// that made it, in the execution's trace.
+#[test]
+fn an_upload_is_traced_down_to_each_s3_request() {
+    let Some(server) = S3Server::start(S3Flavor::S3sFs) else {
+        return;
+    };
+    let receiver = support::otlp::OtlpReceiver::start("127.0.0.1");
+    let dir = scratch();
+    let src = dir.path().join("src");
+    for i in 0..5 {
+        write_file(&src.join(format!("f{i}.bin")), &random_bytes(2000 + i));
+    }
+    let up = ferry_s3(&server, "copy", &src, server.uri("traced"))
+        .arg("--json")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{}", receiver.port))
+        .run();
+    up.assert_code(0);
+    // The CLI flushed its spans before it exited.
+    let spans = receiver.spans();
+    let root = spans.iter().find(|s| s["name"] == "ferry copy").unwrap_or_else(|| panic!("no root span among {spans:#?}"));
+    let trace = root["trace_id"].as_str().unwrap();
+    let of_trace: Vec<&Value> = spans.iter().filter(|s| s["trace_id"] == trace).collect();
+    let by_id: BTreeMap<&str, &Value> = of_trace.iter().map(|s| (s["span_id"].as_str().unwrap(), *s)).collect();
+    let puts: Vec<&&Value> = of_trace.iter().filter(|s| s["name"] == "S3.PutObject").collect();
+    let parent =
+        |s: &Value| -> Value { (*by_id.get(s["parent_span_id"].as_str().unwrap()).unwrap_or_else(|| panic!("the parent of {s} is in the trace"))).clone() };
+    // Each file's PUT hangs under the batch it belongs to, under the transfer shard that made
+    // it; the directory's own object under its dir-meta shard.
+    let mut file_puts = 0;
+    for put in &puts {
+        assert_eq!(put["attributes"]["rpc.method"], "PutObject");
+        let up = parent(put);
+        match up["name"].as_str() {
+            Some("send batch") => {
+                assert_eq!(parent(&up)["name"], "transfer", "{up}");
+                file_puts += 1;
+            }
+            Some("dirmeta") => {}
+            other => panic!("a PutObject under {other:?}: {put}"),
+        }
+    }
+    assert_eq!(file_puts, 5, "one PutObject span per file: {of_trace:#?}");
+}
+
 #[test]
 fn objects_carry_crc32c_and_posix_metadata_an_independent_client_can_read() {
     let Some(server) = S3Server::start(S3Flavor::S3sFs) else {

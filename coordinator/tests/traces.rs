@@ -8,32 +8,11 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::sites::{have_root_and_ip, AgentSpec, Fleet, Procs};
-
-/// The receiver, listening on every address (the agents reach it over the sites' bridge).
-fn start_receiver(out: &Path) -> (Procs, u16) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/otlp_receiver.py");
-    let child = Command::new("python3").arg(script).args(["0.0.0.0", "0"]).arg(out).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().unwrap();
-    let procs = Procs(vec![child]);
-    let port_file = out.with_extension("jsonl.port");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(p) = std::fs::read_to_string(&port_file) {
-            return (procs, p.trim().parse().unwrap());
-        }
-        assert!(Instant::now() < deadline, "the OTLP receiver did not start (is PyPI's opentelemetry-proto installed? .ci/run installs it)");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn spans(out: &Path) -> Vec<Value> {
-    std::fs::read_to_string(out).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
-}
+use support::otlp::OtlpReceiver;
+use support::sites::{have_root_and_ip, AgentSpec, Fleet};
 
 /// Who sent a span: its service, and the agent's name for workers.
 fn sender(s: &Value) -> String {
@@ -48,9 +27,9 @@ fn a_bound_copy_is_one_trace_from_the_cli_through_the_coordinator_to_both_agents
     if !have_root_and_ip() {
         return;
     }
-    let receiver_dir = tempfile::tempdir().unwrap();
-    let out = receiver_dir.path().join("spans.jsonl");
-    let (_receiver, port) = start_receiver(&out);
+    // On every address: the agents reach it over the sites' bridge.
+    let receiver = OtlpReceiver::start("0.0.0.0");
+    let port = receiver.port;
     let endpoint = format!("http://{{host_ip}}:{port}");
     // A short batch delay, so the spans are in soon after each process's work.
     let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "200")];
@@ -81,7 +60,7 @@ fn a_bound_copy_is_one_trace_from_the_cli_through_the_coordinator_to_both_agents
     let wanted = ["ferry", "ferry-coordinator", "ferry-worker/onprem", "ferry-worker/cloud"];
     let deadline = Instant::now() + Duration::from_secs(60);
     let (trace, mine) = loop {
-        let all = spans(&out);
+        let all = receiver.spans();
         let root = all.iter().find(|s| s["name"] == "ferry copy" && s["service"] == "ferry");
         if let Some(root) = root {
             let trace = root["trace_id"].as_str().unwrap().to_string();
@@ -95,7 +74,7 @@ fn a_bound_copy_is_one_trace_from_the_cli_through_the_coordinator_to_both_agents
             }
         }
         if Instant::now() >= deadline {
-            let _ = std::fs::copy(&out, std::env::temp_dir().join("ferry-traces-failed.jsonl"));
+            let kept = receiver.keep_for_failure("ferry-traces-failed.jsonl");
             let senders: BTreeMap<String, usize> = all.iter().fold(BTreeMap::new(), |mut m, s| {
                 *m.entry(format!("{} {} {}", s["trace_id"].as_str().unwrap_or(""), sender(s), s["name"].as_str().unwrap_or(""))).or_default() += 1;
                 m
@@ -106,7 +85,11 @@ fn a_bound_copy_is_one_trace_from_the_cli_through_the_coordinator_to_both_agents
                 .filter(|s| s["parent_span_id"] != "" && !ids.contains(s["parent_span_id"].as_str().unwrap()))
                 .map(|s| format!("{} {} parent {}", sender(s), s["name"], s["parent_span_id"]))
                 .collect();
-            panic!("the trace did not come in whole within 60 s: spans by trace, sender and name: {senders:#?}\norphans: {orphans:#?}\n{}", fleet.agent_logs());
+            panic!(
+                "the trace did not come in whole within 60 s (spans kept in {}): spans by trace, sender and name: {senders:#?}\norphans: {orphans:#?}\n{}",
+                kept.display(),
+                fleet.agent_logs()
+            );
         }
         std::thread::sleep(Duration::from_millis(250));
     };
@@ -137,19 +120,19 @@ fn a_bound_copy_is_one_trace_from_the_cli_through_the_coordinator_to_both_agents
         assert_eq!(parent(s)["name"], "ferry copy", "a shard's parent is the execution's root");
         assert!(s["attributes"]["outcome"].is_string(), "a shard says how it ended: {s}");
     }
-    let sends = named("link send", "ferry-worker/onprem");
+    let sends = named("send batch", "ferry-worker/onprem");
     assert!(!sends.is_empty(), "the reader opened link streams");
-    assert!(sends.iter().all(|s| reader_shards.iter().any(|r| r["span_id"] == s["parent_span_id"])), "link sends hang under the reader's shards");
+    assert!(sends.iter().all(|s| reader_shards.iter().any(|r| r["span_id"] == s["parent_span_id"])), "sends hang under the reader's shards");
     // The writer's side of each stream is a child of the reader's.
     let receives = named("link receive", "ferry-worker/cloud");
     assert!(!receives.is_empty(), "the writer's stream spans");
     for r in &receives {
         let p = parent(r);
         assert_eq!(sender(&p), "ferry-worker/onprem", "the writer's stream hangs under the reader's: {r}");
-        assert!(p["name"] == "link send" || p["name"] == "link request", "a stream's reader side is a send or a request: {p}");
+        assert!(p["name"] == "send batch" || p["name"] == "ask destination", "a stream's reader side is a send or a request: {p}");
         assert_eq!(r["attributes"]["peer"], "onprem");
     }
-    assert!(receives.iter().any(|r| parent(r)["name"] == "link send"), "a data stream among them");
+    assert!(receives.iter().any(|r| parent(r)["name"] == "send batch"), "a data stream among them");
     // Store requests appear under whatever asked (the CLI's submission, a phase, a shard).
     let stores: BTreeSet<String> = mine.iter().filter(|s| s["name"] == "txn").map(sender).collect();
     assert!(stores.contains("ferry-coordinator") && stores.contains("ferry-worker/onprem"), "Store transactions from {stores:?}");

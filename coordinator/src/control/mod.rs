@@ -353,10 +353,10 @@ impl ControlPlane {
         // Ids sort like queue positions; the random tail keeps two coordinators apart.
         let id = format!("exec-{position:016x}{:04x}", rand::random::<u16>());
         let mut spec = task.execution_spec(&id, overrides)?;
-        // The execution's trace: the API request's, or for a schedule's start a trace of its own.
+        // The execution's trace: the API request's, else (a schedule, the console) its own.
         spec.trace_parent = ferry_common::traces::current_traceparent().or_else(|| {
-            let span = tracing::info_span!("schedule", otel.name = "scheduled start", task = %task.name);
-            slot.and_then(|_| ferry_common::traces::traceparent_of(&span))
+            let what = if slot.is_some() { "scheduled start" } else { "start" };
+            ferry_common::traces::traceparent_of(&tracing::info_span!("start", otel.name = what, task = %task.name))
         });
         if let Some(r) = &task.task_report_config {
             let dir = report::work_dir(&r.destination, self.cfg.report_work_dir.as_deref()).ok_or_else(|| self.no_report_work_dir())?;

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod objects;
+pub mod otlp;
 pub mod samba;
 pub mod sites;
 

@@ -195,8 +195,8 @@ enum Rewind {
 
 /// Sends the unsettled entries of `batch` over `wire`. `Ok` when every entry is settled.
 pub fn send_batch(ctx: &ExecContext, settings: &SendSettings, wire: &mut dyn Wire, batch: &mut Batch, buf: &mut Vec<u8>) -> Result<(), LinkError> {
-    // The writer's span of this stream is a child of this one (its HELLO carries it).
-    let span = tracing::debug_span!("link_send", otel.name = "link send", entries = batch.entries.len());
+    // Over a link, the writer's span of this stream is a child of this one (its HELLO carries it).
+    let span = tracing::debug_span!("send_batch", otel.name = "send batch", entries = batch.entries.len());
     let _in = span.enter();
     let mut s = Sender { ctx, settings, wire, batch, buf, announced: HashMap::new(), awaiting: HashSet::new(), redo: VecDeque::new() };
     s.run()

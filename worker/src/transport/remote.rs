@@ -34,7 +34,7 @@ fn down(why: impl std::fmt::Display) -> FerryError {
 impl RemoteDest<'_> {
     fn ask_once(&self, attempt: u32, req: &Request) -> Result<Response, LinkError> {
         // The writer's span of this stream is a child of this one (its HELLO carries it).
-        let span = tracing::debug_span!("link_request", otel.name = "link request", attempt);
+        let span = tracing::debug_span!("ask_destination", otel.name = "ask destination", attempt);
         let _in = span.enter();
         let mut wire = self.connector.open(attempt)?;
         wire.send(Frame::Hello(Hello { exec: self.exec.clone(), agent: self.agent.clone(), trace: ferry_common::traces::current_traceparent() }))?;
