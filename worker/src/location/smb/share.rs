@@ -185,6 +185,12 @@ pub fn parse_sd(bytes: &[u8]) -> Result<SecurityDescriptor> {
     })
 }
 
+/// How one connection attempt failed: a signature check worth one more attempt, or for good.
+enum Attempt {
+    SignatureCheck(Error),
+    Failed(Error),
+}
+
 impl Share {
     /// Connects (negotiate, NTLM session setup, tree connect) with default options.
     pub async fn connect(host: &str, port: u16, share: &str, domain: Option<&str>, user: &str, password: &str, encryption: Encryption) -> Result<Share> {
@@ -249,6 +255,35 @@ impl Share {
         encryption: Encryption,
         opts: &ConnectOptions,
     ) -> Result<Conn> {
+        // A connection whose setup fails its signature check is made again, twice at most.
+        // smb-rs sometimes rejects the signature of a setup response from samba (seen against
+        // samba 4.17 on loopback in roughly one connection in a hundred), and a fresh
+        // connection is fine. A tampering path fails every attempt, and the error stands.
+        let mut attempt = 0;
+        loop {
+            match Self::connect_attempt(host, port, share, domain, user, password, encryption, opts).await {
+                Err(Attempt::SignatureCheck(e)) if attempt < 2 => {
+                    attempt += 1;
+                    tracing::warn!(host, share, attempt, error = %e, "SMB connection setup failed its signature check; connecting again");
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                }
+                Err(Attempt::SignatureCheck(e)) | Err(Attempt::Failed(e)) => return Err(e),
+                Ok(c) => return Ok(c),
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn connect_attempt(
+        host: &str,
+        port: u16,
+        share: &str,
+        domain: Option<&str>,
+        user: &str,
+        password: &str,
+        encryption: Encryption,
+        opts: &ConnectOptions,
+    ) -> std::result::Result<Conn, Attempt> {
         let mut cfg = ClientConfig { dfs: false, ..Default::default() };
         cfg.connection.port = Some(port);
         cfg.connection.timeout = Some(opts.timeout);
@@ -258,7 +293,7 @@ impl Share {
         };
         cfg.connection.auth_methods = AuthMethodsConfig { ntlm: true, kerberos: false };
         let client = Client::new(cfg);
-        let other = |e: smb::Error| Error::Other(format!("smb://{host}/{share}: {e}"));
+        let other = |e: smb::Error| Attempt::Failed(Error::Other(format!("smb://{host}/{share}: {e}")));
         let root = UncPath::new(host).and_then(|u| u.with_share(share)).map_err(other)?;
         let name = match domain {
             Some(d) if !d.is_empty() => format!("{d}\\{user}"),
@@ -273,7 +308,9 @@ impl Share {
             Ok(tree) => Ok(Conn { client, tree }),
             Err(e) => {
                 let _ = client.close().await;
-                Err(Self::connect_error(e, host, share, &name, encryption))
+                let signature = matches!(&e, smb::Error::TranformFailed(t) if matches!(t.phase, smb::connection::transformer::TransformPhase::SignVerify));
+                let e = Self::connect_error(e, host, share, &name, encryption);
+                Err(if signature { Attempt::SignatureCheck(e) } else { Attempt::Failed(e) })
             }
         }
     }
