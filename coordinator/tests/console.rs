@@ -8,37 +8,16 @@
 mod support;
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_common::testing::EtcdServer;
-use support::{api_token_file, free_port, random_bytes, scratch, write_file, Ferry, API_TOKEN};
+use support::{api_token_file, free_port, random_bytes, scratch, write_file, Daemons, Ferry, API_TOKEN};
 
 const WAIT: Duration = Duration::from_secs(180);
 /// The whole browser run; it takes about a minute on an idle machine.
 const PYTEST_TIMEOUT: Duration = Duration::from_secs(900);
-
-/// The daemons of one test; SIGKILLed (with everything they forked) when it ends.
-struct Daemons {
-    children: Vec<(String, Child, PathBuf)>,
-}
-
-impl Daemons {
-    fn logs(&self) -> String {
-        self.children.iter().map(|(name, _, log)| format!("\n===== {name} =====\n{}", std::fs::read_to_string(log).unwrap_or_default())).collect()
-    }
-}
-
-impl Drop for Daemons {
-    fn drop(&mut self) {
-        for (_, child, _) in &mut self.children {
-            // SAFETY: kill(2) on the process group this test started; no memory is touched.
-            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-            let _ = child.wait();
-        }
-    }
-}
 
 fn wait_for(what: &str, d: &Daemons, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;

@@ -6,34 +6,14 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_common::testing::EtcdServer;
 use serde_json::Value;
-use support::{api_token_file, free_port, random_bytes, same_content, scratch, temp_leftovers, write_file, Ferry, API_TOKEN};
+use support::{api_token_file, free_port, random_bytes, same_content, scratch, temp_leftovers, write_file, Daemons, Ferry, API_TOKEN};
 
 const WAIT: Duration = Duration::from_secs(180);
-
-/// The daemons of one test; SIGKILLed (with everything they forked) when it ends.
-struct Daemons {
-    children: Vec<(String, Child, PathBuf)>,
-}
-
-impl Daemons {
-    fn logs(&self) -> String {
-        self.children.iter().map(|(name, _, log)| format!("\n===== {name} =====\n{}", std::fs::read_to_string(log).unwrap_or_default())).collect()
-    }
-}
-
-impl Drop for Daemons {
-    fn drop(&mut self) {
-        for (_, child, _) in &mut self.children {
-            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-            let _ = child.wait();
-        }
-    }
-}
 
 fn worker_bin() -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_ferry")).with_file_name("ferry-worker")

@@ -961,3 +961,26 @@ pub fn build_tricky_tree(root: &Path) {
 
     stamp_times(root);
 }
+
+/// The daemons of one test; SIGKILLed (with everything they forked, as process groups) when
+/// it ends. Each is (name, process, its log).
+pub struct Daemons {
+    pub children: Vec<(String, Child, PathBuf)>,
+}
+
+impl Daemons {
+    /// Every daemon's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.children.iter().map(|(name, _, log)| format!("\n===== {name} =====\n{}", std::fs::read_to_string(log).unwrap_or_default())).collect()
+    }
+}
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        for (_, child, _) in &mut self.children {
+            // SAFETY: kill(2) on the process group this test started; no memory is touched.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+        }
+    }
+}
