@@ -585,3 +585,110 @@ impl Drop for NfsServer {
         }
     }
 }
+
+/// A Store for tests of what a Store outage does to its callers: it passes every request to
+/// `inner`, counts requests by operation, and loses the answer of the transactions that
+/// `lose` picks after applying them, as an etcd that goes down between committing a
+/// transaction and answering it does.
+pub struct LossyStore {
+    inner: crate::store::SharedStore,
+    counts: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Every request's first key (or prefix), in order.
+    keys: std::sync::Mutex<Vec<Vec<u8>>>,
+    #[allow(clippy::type_complexity)]
+    lose: std::sync::Mutex<Option<Box<dyn FnMut(&crate::store::Txn) -> bool + Send>>>,
+}
+
+impl LossyStore {
+    pub fn new(inner: crate::store::SharedStore) -> Self {
+        LossyStore { inner, counts: Default::default(), keys: Default::default(), lose: Default::default() }
+    }
+
+    /// From now on, a transaction for which `pick` answers true is applied, then answered
+    /// with `Unavailable`.
+    pub fn lose_answers(&self, pick: impl FnMut(&crate::store::Txn) -> bool + Send + 'static) {
+        *self.lose.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(pick));
+    }
+
+    /// Requests made so far, by operation (get, range, count, put, delete, txn, watch, ...).
+    pub fn counts(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Requests made so far, all operations but lease keep-alives.
+    pub fn requests(&self) -> u64 {
+        self.counts().iter().filter(|(op, _)| **op != "lease_keep_alive").map(|(_, n)| n).sum()
+    }
+
+    /// Requests made so far whose key (or prefix, or first compared key) starts with `prefix`.
+    pub fn requests_under(&self, prefix: &[u8]) -> usize {
+        self.keys.lock().unwrap_or_else(|e| e.into_inner()).iter().filter(|k| k.starts_with(prefix)).count()
+    }
+
+    fn tally(&self, op: &'static str) {
+        *self.counts.lock().unwrap_or_else(|e| e.into_inner()).entry(op).or_default() += 1;
+    }
+
+    fn record(&self, op: &'static str, key: &[u8]) {
+        self.tally(op);
+        self.keys.lock().unwrap_or_else(|e| e.into_inner()).push(key.to_vec());
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::store::Store for LossyStore {
+    async fn get(&self, key: &[u8]) -> Result<Option<crate::store::KeyValue>, crate::store::StoreError> {
+        self.record("get", key);
+        self.inner.get(key).await
+    }
+    async fn range(&self, prefix: &[u8], opts: crate::store::RangeOptions) -> Result<crate::store::RangeResult, crate::store::StoreError> {
+        self.record("range", prefix);
+        self.inner.range(prefix, opts).await
+    }
+    async fn count(&self, prefix: &[u8]) -> Result<usize, crate::store::StoreError> {
+        self.record("count", prefix);
+        self.inner.count(prefix).await
+    }
+    async fn put(&self, key: &[u8], value: Vec<u8>, lease: Option<crate::store::LeaseId>) -> Result<crate::store::Revision, crate::store::StoreError> {
+        self.record("put", key);
+        self.inner.put(key, value, lease).await
+    }
+    async fn delete(&self, key: &[u8]) -> Result<usize, crate::store::StoreError> {
+        self.record("delete", key);
+        self.inner.delete(key).await
+    }
+    async fn delete_prefix(&self, prefix: &[u8]) -> Result<usize, crate::store::StoreError> {
+        self.record("delete_prefix", prefix);
+        self.inner.delete_prefix(prefix).await
+    }
+    async fn txn(&self, txn: crate::store::Txn) -> Result<crate::store::TxnResult, crate::store::StoreError> {
+        let first = txn.compares.first().map(|c| c.key.clone()).unwrap_or_default();
+        self.record("txn", &first);
+        let lost = self.lose.lock().unwrap_or_else(|e| e.into_inner()).as_mut().is_some_and(|pick| pick(&txn));
+        let r = self.inner.txn(txn).await;
+        if lost && r.is_ok() {
+            return Err(crate::store::StoreError::Unavailable("the answer was lost (LossyStore)".into()));
+        }
+        r
+    }
+    async fn lease_grant(&self, ttl: Duration) -> Result<crate::store::LeaseId, crate::store::StoreError> {
+        self.tally("lease_grant");
+        self.inner.lease_grant(ttl).await
+    }
+    async fn lease_keep_alive(&self, lease: crate::store::LeaseId) -> Result<(), crate::store::StoreError> {
+        self.tally("lease_keep_alive");
+        self.inner.lease_keep_alive(lease).await
+    }
+    async fn lease_revoke(&self, lease: crate::store::LeaseId) -> Result<(), crate::store::StoreError> {
+        self.tally("lease_revoke");
+        self.inner.lease_revoke(lease).await
+    }
+    async fn watch(&self, prefix: &[u8], from_revision: crate::store::Revision) -> Result<crate::store::WatchStream, crate::store::StoreError> {
+        self.record("watch", prefix);
+        self.inner.watch(prefix, from_revision).await
+    }
+    async fn compact(&self, revision: crate::store::Revision) -> Result<(), crate::store::StoreError> {
+        self.tally("compact");
+        self.inner.compact(revision).await
+    }
+}

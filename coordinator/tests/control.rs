@@ -716,3 +716,46 @@ fn a_task_report_can_go_to_an_s3_prefix() {
         coord.stop().await;
     });
 }
+
+/// Idle movers are woken by the changes that can give them work, never by a clock: while an
+/// execution's only shard is claimed by another agent they make no Store request at all, and
+/// the moment that claim ends one of them takes the shard.
+#[test]
+fn idle_movers_cost_the_store_nothing_until_a_change_gives_them_work() {
+    use ferry_common::model::{ExecutionSpec, Mode, Options};
+    use ferry_common::store::RangeOptions;
+    run(|| async move {
+        let lossy = Arc::new(ferry_common::testing::LossyStore::new(Arc::new(MemStore::new())));
+        let store: SharedStore = lossy.clone();
+        let dir = scratch();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        tree(&src, 3, 1024);
+        std::fs::create_dir_all(&dst).unwrap();
+        let spec = ExecutionSpec::new("exec-idle", Mode::Copy, src.to_str().unwrap(), dst.to_str().unwrap(), Options::default());
+        ferry_coordinator::driver::ExecutionDriver::start(store.clone(), spec).await.unwrap();
+        let exec = keys::ExecKeys::new("exec-idle");
+        let root = store.range(&exec.queue_prefix(), RangeOptions::default()).await.unwrap().kvs.remove(0);
+        let root_id = keys::ExecKeys::shard_of(&root.key).to_string();
+        // Another agent holds the only shard.
+        store.put(&exec.claim(&root_id), b"w9#1".to_vec(), None).await.unwrap();
+
+        let agent = agent(&store, "agent-1");
+        wait_for("the movers' first look", Duration::from_secs(20), || async {
+            let errs = store.range(&exec.agent_errors_prefix(), RangeOptions::default()).await.unwrap().kvs;
+            assert!(errs.is_empty(), "{:?}", String::from_utf8_lossy(&errs[0].value));
+            lossy.requests_under(&exec.claim_prefix()) >= 2
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = lossy.requests_under(&exec.all());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let idle = lossy.requests_under(&exec.all()) - before;
+        assert_eq!(idle, 0, "two idle movers made {idle} requests about the execution in 3 s with nothing to claim");
+
+        // The other agent lets go: the watch, not a timer, brings a mover to the shard (the
+        // movers' safety look is 30 s away).
+        store.delete(&exec.claim(&root_id)).await.unwrap();
+        wait_for("the root shard to be claimed and run", Duration::from_secs(10), || async { store.get(&exec.queue(&root_id)).await.unwrap().is_none() }).await;
+        agent.stop().await;
+    });
+}

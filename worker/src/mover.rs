@@ -15,7 +15,7 @@ use crate::engine::read::SendSettings;
 use crate::engine::scan::{list_page, LinkRole};
 use crate::engine::{dirmeta, links, parts, prune, transfer, verify, ExecContext, Line, Outcome};
 use crate::node::MoverShared;
-use crate::queue::QueueError;
+use crate::queue::{with_store_retry, QueueError};
 use crate::transport::frame::PartTarget;
 use crate::transport::remote::RemoteDest;
 use crate::transport::{Connector, InProcess, LinkAgent, Remote, WriterAgent};
@@ -142,34 +142,6 @@ async fn blocking<T: Send + 'static>(slot: &mut Option<Vec<u8>>, f: impl FnOnce(
     }
 }
 
-/// Retries a Store operation while the Store is unavailable. Giving up is not an option: a
-/// shard whose completion is never written stays claimed by this live worker forever.
-async fn with_store_retry<T, F, Fut>(what: &str, mut op: F) -> Result<T, QueueError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, QueueError>>,
-{
-    let mut backoff = std::time::Duration::from_millis(100);
-    let mut warned: Option<std::time::Instant> = None;
-    loop {
-        match op().await {
-            Err(QueueError::Store(e)) if e.is_transient() => {
-                // Once, then every 30 s with the latest error: a loop that never ends must
-                // still say what it waits for (the rare hang after an etcd outage is silent
-                // otherwise).
-                if warned.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(30)) {
-                    let again = if warned.is_some() { "still " } else { "" };
-                    tracing::warn!(error = %e, "{what}: coordination store unavailable; {again}retrying until it is back");
-                    warned = Some(std::time::Instant::now());
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
-            }
-            other => return other,
-        }
-    }
-}
-
 fn store_err(e: QueueError) -> FerryError {
     FerryError::new(ErrorKind::Unavailable, format!("coordination store: {e}"))
 }
@@ -277,18 +249,62 @@ fn count_outcome(c: &ferry_common::model::Counters, sizes: &Sizes) {
     }
 }
 
-/// Claims are done: run the shard and complete it.
-pub async fn run_shard(shared: &MoverShared, shard: Shard, buf: &mut Option<Vec<u8>>) {
+/// How a shard's run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Its completion committed.
+    Committed,
+    /// It went back to the queue for another attempt.
+    Requeued,
+    /// This worker's clock gave its lease up, so it stopped touching the destination.
+    Abandoned,
+    /// The completion came too late: the claim was another worker's by then.
+    Refused,
+    /// The Store refused the completion.
+    Uncommitted,
+}
+
+impl Ended {
+    fn as_str(self) -> &'static str {
+        match self {
+            Ended::Committed => "committed",
+            Ended::Requeued => "requeued",
+            Ended::Abandoned => "abandoned",
+            Ended::Refused => "refused",
+            Ended::Uncommitted => "uncommitted",
+        }
+    }
+
+    /// Whether this worker's claim may still stand after the run: no transaction of the run
+    /// removed it. An abandoned shard's lease may be alive too, because etcd renews every
+    /// lease when it restarts, whatever the worker's own clock concluded during the outage.
+    pub fn may_leave_claim(self) -> bool {
+        matches!(self, Ended::Abandoned | Ended::Uncommitted)
+    }
+}
+
+/// Claims are done: run the shard and complete it. The mover that claimed a shard owns its
+/// claim: a run that ends without a transaction removing the claim releases it here, so the
+/// shard is claimable again at once instead of staying with this live worker for ever.
+pub async fn run_shard(shared: &MoverShared, shard: Shard, buf: &mut Option<Vec<u8>>) -> Ended {
     let _busy = Busy::start();
     let started = std::time::Instant::now();
     let kind = kind_label(shard.body.kind());
     let (entries, bytes) = load(&shard.body);
+    let id = shard.id.clone();
     // A span in the execution's trace (DEBUG: it is for traces, and costs nothing without them).
     let span = tracing::debug_span!("shard", otel.name = kind, shard = %shard.id, attempt = shard.attempt, entries, bytes, outcome = tracing::field::Empty);
     ferry_common::traces::adopt(&span, shared.ctx.spec.trace_parent.as_deref());
-    let outcome = tracing::Instrument::instrument(run_shard_inner(shared, shard, buf), span.clone()).await;
-    span.record("outcome", outcome);
+    let ended = tracing::Instrument::instrument(run_shard_inner(shared, shard, buf), span.clone()).await;
+    span.record("outcome", ended.as_str());
+    if ended.may_leave_claim() {
+        match with_store_retry("release claim", || shared.queue.release(&id)).await {
+            Ok(()) => tracing::info!(shard = %id, ended = ended.as_str(), "claim released; the shard is claimable again"),
+            Err(e) => tracing::warn!(shard = %id, error = %e, "could not release the claim; the next claim round gives it back"),
+        }
+    }
     metrics::histogram!(m::SHARD_DURATION, "kind" => kind).record(started.elapsed().as_secs_f64());
+    ended
 }
 
 /// Entries (files, directories, links) and bytes a shard carries.
@@ -304,13 +320,11 @@ fn load(body: &ShardBody) -> (usize, u64) {
     }
 }
 
-/// Runs a shard to its end and says how it ended: `committed`, `requeued`, `abandoned` (the
-/// claim was lost), `refused` (the completion came too late) or `uncommitted` (the Store
-/// refused it; the claim expires).
-async fn run_shard_inner(shared: &MoverShared, shard: Shard, buf: &mut Option<Vec<u8>>) -> &'static str {
+/// Runs a shard to its end and says how it ended.
+async fn run_shard_inner(shared: &MoverShared, shard: Shard, buf: &mut Option<Vec<u8>>) -> Ended {
     let max_attempts = shared.ctx.options().limits.max_attempts;
     let queue = &shared.queue;
-    let mut ended = "committed";
+    let mut ended = Ended::Committed;
     tracing::debug!(shard = %shard.id, attempt = shard.attempt, "ShardClaimed");
     let committed: Result<bool, QueueError> = if let ShardBody::Part { file, offset, len, group, .. } = shard.body.clone() {
         let mut outcome = Outcome::default();
@@ -318,7 +332,7 @@ async fn run_shard_inner(shared: &MoverShared, shard: Shard, buf: &mut Option<Ve
         match r {
             Err(e) if e.kind == ErrorKind::LeaseLost => {
                 abandon(&shard);
-                return "abandoned";
+                return Ended::Abandoned;
             }
             Ok(done) => {
                 shared.link.vitals.moved(done.counters.bytes_transferred);
@@ -332,7 +346,7 @@ async fn run_shard_inner(shared: &MoverShared, shard: Shard, buf: &mut Option<Ve
             }
             Err(e) if e.kind.is_transient() && shard.attempt < max_attempts => {
                 note_failure(shared, &e);
-                ended = "requeued";
+                ended = Ended::Requeued;
                 with_store_retry("requeue part", || queue.requeue(&shard, e.to_string())).await
             }
             Err(e) => {
@@ -344,17 +358,17 @@ async fn run_shard_inner(shared: &MoverShared, shard: Shard, buf: &mut Option<Ve
         match execute(shared, &shard, buf).await {
             Ok((outcome, _)) if outcome.abandoned => {
                 abandon(&shard);
-                return "abandoned";
+                return Ended::Abandoned;
             }
             Err(e) if e.kind == ErrorKind::LeaseLost => {
                 abandon(&shard);
-                return "abandoned";
+                return Ended::Abandoned;
             }
             Ok((outcome, extra)) => commit(shared, &shard, outcome, extra).await,
             Err(e) if e.kind.is_transient() && shard.attempt < max_attempts => {
                 note_failure(shared, &e);
                 tracing::info!(shard = %shard.id, error = %e, "shard failed; queued for another attempt");
-                ended = "requeued";
+                ended = Ended::Requeued;
                 with_store_retry("requeue shard", || queue.requeue(&shard, e.to_string())).await
             }
             Err(e) => commit(shared, &shard, all_failed(&shard.body, &e), Vec::new()).await,
@@ -364,11 +378,11 @@ async fn run_shard_inner(shared: &MoverShared, shard: Shard, buf: &mut Option<Ve
         Ok(true) => ended,
         Ok(false) => {
             tracing::warn!(shard = %shard.id, "completion refused: the claim was lost (lease expired); another worker owns it");
-            "refused"
+            Ended::Refused
         }
         Err(e) => {
-            tracing::warn!(shard = %shard.id, error = %e, "could not complete shard; it returns to the queue when the claim expires");
-            "uncommitted"
+            tracing::warn!(shard = %shard.id, error = %e, "could not complete shard; releasing its claim so that it runs again");
+            Ended::Uncommitted
         }
     }
 }

@@ -222,8 +222,11 @@ fn spawn_waker(shared: Arc<MoverShared>) {
                     if ev.kv.key == settings_key && ev.kind == ferry_common::store::EventKind::Put {
                         apply(&shared, &ev.kv.value);
                     }
+                    let look = worth_a_look(shared.queue.keys(), &ev);
                     drop(shared);
-                    wake.notify_waiters();
+                    if look {
+                        wake.notify_waiters();
+                    }
                 }
                 Ok(())
             }
@@ -237,11 +240,24 @@ fn spawn_waker(shared: Arc<MoverShared>) {
     });
 }
 
-/// How long an idle mover waits before looking for work again unprompted; the watch wakes it
-/// sooner on any change to the execution's keys. Each look costs several etcd reads, so a
-/// longer wait would spare etcd, but with 2 s the etcd-outage test hung in 2 of 14 runs (0 of
-/// 16 at 200 ms): some progress after an outage still depends on this poll, not on the watch.
-const IDLE_RECHECK: Duration = Duration::from_millis(200);
+/// Whether a change under an execution can give an idle mover something to claim: a shard
+/// queued or finished (which also shrinks the backlog that holds scans back), a claim ended
+/// (released, or deleted with an expired lease), a new stage or phase, a cancel. Results,
+/// report lines, part sets and shipped log lines cannot, and they are most of the writes.
+fn worth_a_look(keys: &ferry_common::keys::ExecKeys, ev: &ferry_common::store::WatchEvent) -> bool {
+    let key = ev.kv.key.as_slice();
+    key.starts_with(&keys.queue_prefix())
+        || (key.starts_with(&keys.claim_prefix()) && ev.kind == ferry_common::store::EventKind::Delete)
+        || key == keys.meta()
+        || key == keys.cancel()
+}
+
+/// How long an idle mover waits before looking for work again unprompted. Progress never
+/// waits on this: the watch wakes idle movers on every change that can give them work
+/// ([`worth_a_look`]), the watch is set up again after an outage with a look at once, and a
+/// claim always has a mover that completes or releases it. The look is only a safety net,
+/// and idle movers cost the Store nothing between changes.
+const IDLE_RECHECK: Duration = Duration::from_secs(30);
 
 const WATCH_RETRY_MIN: Duration = Duration::from_millis(200);
 const WATCH_RETRY_MAX: Duration = Duration::from_secs(5);
@@ -311,6 +327,7 @@ async fn mover_loop(shared: Arc<MoverShared>, index: usize) {
             Ok(Some(Some(shard))) => {
                 backoff = Duration::from_millis(50);
                 let id = shard.id.clone();
+                // Completed, requeued or released by the run: the claim is gone either way.
                 run_shard(&shared, shard, &mut buf).await;
                 shared.queue.done_with(&id);
             }

@@ -6,11 +6,15 @@
 //!   entry and the claim, and queue what the shard emitted. This is the fence: a worker whose
 //!   lease expired has lost its claim and cannot commit, so a stalled worker never overwrites
 //!   the accounting of the worker that took over.
+//! - Every claim has an owner: the mover that made it. A claim whose owner ends without
+//!   committing is released by that owner at once ([`ShardQueue::release`]), and a claim
+//!   transaction whose answer was lost (the Store went down between applying it and answering)
+//!   is released by the claimer before it lets go of the shard's id. A live worker's lease
+//!   never lapses, so a claim left behind by either would hold its shard for ever: the
+//!   execution hung after etcd outages this way.
 //! - Orphans: a claim that names this claimer while none of its movers runs the shard is given
-//!   back at the next claim. It happens when the Store is restored from a backup (the claims of
-//!   shards finished since the snapshot come back, under a lease that is still alive) or when
-//!   a claim committed but its answer was lost. Without this, such a shard would wait for the
-//!   lease to end, which for a live agent is never.
+//!   back at the next claim. Only a Store restored from a backup makes one now (the claims of
+//!   shards finished since the snapshot come back, under a lease that is still alive).
 
 use ferry_common::codec;
 use ferry_common::keys::ExecKeys;
@@ -166,9 +170,20 @@ impl ShardQueue {
             return Ok(None);
         }
         let claimed = self.claim_held(key, id).await;
-        if !matches!(claimed, Ok(Some(_))) {
-            self.done_with(id);
+        match &claimed {
+            Ok(Some(_)) => return claimed,
+            Ok(None) => {}
+            Err(e) => {
+                // The claim may have been applied with its answer lost, or the read after it
+                // failed: either way a claim of ours may stand with no mover behind it. It is
+                // released before the id is let go, waiting out the outage if need be.
+                tracing::debug!(shard = id, error = %e, "claim unanswered; releasing it in case it was applied");
+                if let Err(e) = with_store_retry("release an unanswered claim", || self.release(id)).await {
+                    tracing::warn!(shard = id, error = %e, "could not release an unanswered claim; the next claim round gives it back");
+                }
+            }
         }
+        self.done_with(id);
         claimed
     }
 
@@ -238,9 +253,12 @@ impl ShardQueue {
         self.complete(shard, &outcome, &[], Vec::new()).await
     }
 
-    /// Gives a claim back untouched (graceful shutdown).
-    pub async fn release(&self, shard: &Shard) -> Result<(), QueueError> {
-        let txn = Txn::new().when([self.fence(shard)]).and_then([TxnOp::delete(self.keys.claim(&shard.id))]);
+    /// Gives the claim of shard `id` back untouched if it is ours: its owner ended without
+    /// committing, or does not know whether its claim was applied. Deleting a claim that is
+    /// already gone, or another claimer's, changes nothing.
+    pub async fn release(&self, id: &str) -> Result<(), QueueError> {
+        let claim = self.keys.claim(id);
+        let txn = Txn::new().when([Compare::value_is(claim.clone(), self.holder.clone())]).and_then([TxnOp::delete(claim)]);
         self.store.txn(txn).await?;
         Ok(())
     }
@@ -340,6 +358,34 @@ impl ShardQueue {
     }
 }
 
+/// Retries a Store operation while the Store is unavailable. Giving up is not an option for
+/// the steps that end a claim: a claim that is neither completed nor released stays with this
+/// live worker for ever.
+pub async fn with_store_retry<T, F, Fut>(what: &str, mut op: F) -> Result<T, QueueError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, QueueError>>,
+{
+    let mut backoff = std::time::Duration::from_millis(100);
+    let mut warned: Option<std::time::Instant> = None;
+    loop {
+        match op().await {
+            Err(QueueError::Store(e)) if e.is_transient() => {
+                // Once, then every 30 s with the latest error: a loop that never ends must
+                // still say what it waits for.
+                if warned.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(30)) {
+                    let again = if warned.is_some() { "still " } else { "" };
+                    tracing::warn!(error = %e, "{what}: coordination store unavailable; {again}retrying until it is back");
+                    warned = Some(std::time::Instant::now());
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,6 +396,36 @@ mod tests {
     fn transfer_shard(seq: u64) -> Shard {
         let body = ShardBody::Transfer { entries: vec![] };
         Shard::new(Shard::child_id("root", seq, &body), body)
+    }
+
+    /// The path behind the hang after etcd outages: the claim transaction is applied but its
+    /// answer is lost, so the claimer thinks it claimed nothing while its live lease holds the
+    /// claim. The claim must be gone when `claim` returns, before any later claim round.
+    #[tokio::test]
+    async fn a_claim_whose_answer_was_lost_is_released_before_claim_returns() {
+        let mem: SharedStore = Arc::new(MemStore::new());
+        let lossy = Arc::new(ferry_common::testing::LossyStore::new(mem));
+        let store: SharedStore = lossy.clone();
+        let lease = store.lease_grant(Duration::from_secs(30)).await.unwrap();
+        let queue = ShardQueue::new(store.clone(), "exec-1", "w1", lease);
+        let shard = transfer_shard(1);
+        store.put(&queue.keys().queue(&shard.id), codec::encode(&shard).unwrap(), None).await.unwrap();
+        let claim_key = queue.keys().claim(&shard.id);
+        let (key, mut lost) = (claim_key.clone(), false);
+        lossy.lose_answers(move |txn| {
+            let claims = txn.success.iter().any(|op| matches!(op, TxnOp::Put { key: k, lease: Some(_), .. } if *k == key));
+            let lose = claims && !lost;
+            lost |= lose;
+            lose
+        });
+
+        let err = queue.claim(Stage::Transfer, 100).await.expect_err("the claim's answer is lost");
+        assert!(matches!(err, QueueError::Store(StoreError::Unavailable(_))), "{err}");
+        assert!(store.get(&claim_key).await.unwrap().is_none(), "a claim nobody runs is left under a live lease");
+        assert!(queue.held.lock().unwrap().is_empty());
+
+        let again = queue.claim(Stage::Transfer, 100).await.unwrap().expect("the shard is claimable again");
+        assert_eq!(again.id, shard.id);
     }
 
     #[tokio::test]
