@@ -112,8 +112,13 @@ pub struct Limits {
     pub scan_page_entries: u32,
     /// Scan shards are not claimed while more transfer shards than this are queued.
     pub max_queued_transfer_shards: u32,
-    /// Attempts per shard (and per entry) before its entries are reported failed.
+    /// Attempts per shard (and per entry) after integrity failures (checksum mismatches)
+    /// before its entries are reported failed.
     pub max_attempts: u32,
+    /// How long an outage (timeouts, 5xx, a link or the Store down) is retried, from the
+    /// first failure, before the entries are reported failed.
+    #[serde(default = "default_retry_window_secs")]
+    pub retry_window_secs: u64,
     /// Read/write buffer per mover.
     pub chunk_size: u32,
 }
@@ -128,9 +133,14 @@ impl Default for Limits {
             scan_page_entries: 4096,
             max_queued_transfer_shards: 64,
             max_attempts: 3,
+            retry_window_secs: default_retry_window_secs(),
             chunk_size: 1 << 20,
         }
     }
+}
+
+fn default_retry_window_secs() -> u64 {
+    600
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -791,6 +801,14 @@ pub struct Shard {
     pub body: ShardBody,
     #[serde(default)]
     pub last_error: Option<String>,
+    /// A retried shard runs no earlier than this (Unix ms): the backoff of the failure that
+    /// queued it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<u64>,
+    /// When its work first failed for a transient reason (Unix ms): retries stop once that is
+    /// a retry window ago.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_since_ms: Option<u64>,
 }
 
 impl Shard {
@@ -802,7 +820,7 @@ impl Shard {
     }
 
     pub fn new(id: String, body: ShardBody) -> Self {
-        Shard { id, attempt: 1, body, last_error: None }
+        Shard { id, attempt: 1, body, last_error: None, not_before_ms: None, failing_since_ms: None }
     }
 }
 

@@ -127,6 +127,48 @@ fn objects_of_a_server_without_tagging_are_copied_to_a_tree_and_to_a_bucket() {
     assert!(diff.is_empty(), "S3 -> S3 -> tree differs:\n{}", diff.join("\n"));
 }
 
+/// An S3 endpoint that fails for 20 s in the middle of an upload (open connections cut,
+/// new ones answered 503 or reset) costs a delay, not failed entries: the requests and shards
+/// it fails are tried again with backoff within the retry window, and the copy ends in
+/// SUCCESS with every object exact.
+#[test]
+fn a_twenty_second_s3_outage_mid_upload_ends_in_success() {
+    let Some(server) = S3Server::start(S3Flavor::S3sFs) else {
+        return;
+    };
+    let upstream: std::net::SocketAddr = server.endpoint.trim_start_matches("http://").parse().expect("s3s-fs listens on an address");
+    let proxy = support::fault_proxy::FaultProxy::start(upstream);
+    let dir = scratch();
+    let src = dir.path().join("src");
+    // 12 MiB at 1 MiB/s: the outage begins after about a quarter of it.
+    for i in 0..384 {
+        write_file(&src.join(format!("d{}/f{i}.bin", i % 8)), &random_bytes(32 * 1024));
+    }
+    let mut copy = Ferry::new("copy", &src, server.uri("outage")).arg("--endpoint-url").arg(proxy.endpoint()).args(["--json", "--bwlimit", "1M"]);
+    for (k, v) in server.env() {
+        copy = copy.env(k, v);
+    }
+    let running = std::thread::spawn(move || copy.run());
+    std::thread::sleep(Duration::from_secs(3));
+    proxy.down();
+    std::thread::sleep(Duration::from_secs(20));
+    proxy.up();
+    let out = running.join().expect("the copy's thread");
+    let (answered_503, reset) = proxy.refused();
+    eprintln!("outage: {answered_503} connections answered 503, {reset} reset; the copy: {}", out.stdout.trim());
+    assert!(answered_503 > 0 && reset > 0, "the outage refused no request (503: {answered_503}, reset: {reset}): it began after the copy\n{}", out.describe());
+    out.assert_code(0);
+    let json = out.json();
+    assert_eq!(json["status"], "SUCCESS", "{}", out.describe());
+    assert_eq!(counter(&json, "files_failed"), 0, "{}", out.describe());
+    assert_eq!(counter(&json, "bytes_transferred"), 384 * 32 * 1024, "{}", out.describe());
+
+    let back = dir.path().join("back");
+    ferry_s3(&server, "copy", server.uri("outage"), &back).arg("--json").run().assert_code(0);
+    let diff: Vec<String> = s3_differences(&src, &back).into_iter().filter(|l| !l.starts_with(".d..t")).collect();
+    assert!(diff.is_empty(), "the objects differ from the source after the outage:\n{}", diff.join("\n"));
+}
+
 /// With traces on, each S3 request is a span (the SDK's, one per operation) under the shard
 /// that made it, in the execution's trace.
 #[test]

@@ -6,8 +6,9 @@
 //!   that reaches the destination. The frames are the same either way.
 //!
 //! [`engine`] holds every shard kind, written once against those two. [`queue`] claims and
-//! completes shards through the Store with the fencing transaction from the design; [`node`]
-//! and [`agent`] are the actors and the agent loop that drive them.
+//! completes shards through the Store with the fencing transaction from the design, and
+//! [`retry`] decides when a failure is tried again; [`node`] and [`agent`] are the actors and
+//! the agent loop that drive them.
 
 pub mod agent;
 pub mod build_info;
@@ -20,5 +21,6 @@ pub mod node;
 pub mod queue;
 pub mod rate;
 pub mod report;
+pub mod retry;
 pub mod transport;
 pub mod vitals;

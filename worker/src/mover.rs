@@ -16,6 +16,7 @@ use crate::engine::scan::{list_page, LinkRole};
 use crate::engine::{dirmeta, links, parts, prune, transfer, verify, ExecContext, Line, Outcome};
 use crate::node::MoverShared;
 use crate::queue::{with_store_retry, QueueError};
+use crate::retry::{self, RetryPolicy, Tries, Verdict};
 use crate::transport::frame::PartTarget;
 use crate::transport::remote::RemoteDest;
 use crate::transport::{Connector, InProcess, LinkAgent, Remote, WriterAgent};
@@ -322,10 +323,17 @@ fn load(body: &ShardBody) -> (usize, u64) {
 
 /// Runs a shard to its end and says how it ended.
 async fn run_shard_inner(shared: &MoverShared, shard: Shard, buf: &mut Option<Vec<u8>>) -> Ended {
-    let max_attempts = shared.ctx.options().limits.max_attempts;
+    let policy = RetryPolicy::from_limits(&shared.ctx.options().limits);
     let queue = &shared.queue;
     let mut ended = Ended::Committed;
     tracing::debug!(shard = %shard.id, attempt = shard.attempt, "ShardClaimed");
+    // A retry waits out the backoff its failure was given, whoever claimed it.
+    let wait = policy.wait_before(&shard, now_ms());
+    if !wait.is_zero() {
+        tracing::debug!(shard = %shard.id, attempt = shard.attempt, wait_ms = wait.as_millis() as u64, "waiting before the retry");
+        tokio::time::sleep(wait).await;
+    }
+    let decide = |e: &FerryError| policy.decide(e.kind, Tries::of(&shard), now_ms(), retry::jitter());
     let committed: Result<bool, QueueError> = if let ShardBody::Part { file, offset, len, group, .. } = shard.body.clone() {
         let mut outcome = Outcome::default();
         let r = run_part(shared, &shard, file, offset, len, &group, buf).await;
@@ -344,14 +352,18 @@ async fn run_shard_inner(shared: &MoverShared, shard: Shard, buf: &mut Option<Ve
                 }
                 r
             }
-            Err(e) if e.kind.is_transient() && shard.attempt < max_attempts => {
-                note_failure(shared, &e);
-                ended = Ended::Requeued;
-                with_store_retry("requeue part", || queue.requeue(&shard, e.to_string())).await
-            }
             Err(e) => {
                 note_failure(shared, &e);
-                with_store_retry("complete part", || queue.complete_part(&shard, Err(e.to_string()), &[], None, &outcome)).await
+                match decide(&e) {
+                    Verdict::Retry(at) => {
+                        ended = Ended::Requeued;
+                        with_store_retry("requeue part", || queue.requeue(&shard, e.to_string(), at)).await
+                    }
+                    Verdict::Fail(why) => {
+                        let e = given_up(e, &why);
+                        with_store_retry("complete part", || queue.complete_part(&shard, Err(e.to_string()), &[], None, &outcome)).await
+                    }
+                }
             }
         }
     } else {
@@ -365,13 +377,15 @@ async fn run_shard_inner(shared: &MoverShared, shard: Shard, buf: &mut Option<Ve
                 return Ended::Abandoned;
             }
             Ok((outcome, extra)) => commit(shared, &shard, outcome, extra).await,
-            Err(e) if e.kind.is_transient() && shard.attempt < max_attempts => {
-                note_failure(shared, &e);
-                tracing::info!(shard = %shard.id, error = %e, "shard failed; queued for another attempt");
-                ended = Ended::Requeued;
-                with_store_retry("requeue shard", || queue.requeue(&shard, e.to_string())).await
-            }
-            Err(e) => commit(shared, &shard, all_failed(&shard.body, &e), Vec::new()).await,
+            Err(e) => match decide(&e) {
+                Verdict::Retry(at) => {
+                    note_failure(shared, &e);
+                    tracing::info!(shard = %shard.id, error = %e, retry_in_ms = at.not_before_ms.saturating_sub(now_ms()), "shard failed; queued for another attempt");
+                    ended = Ended::Requeued;
+                    with_store_retry("requeue shard", || queue.requeue(&shard, e.to_string(), at)).await
+                }
+                Verdict::Fail(why) => commit(shared, &shard, all_failed(&shard.body, &given_up(e, &why)), Vec::new()).await,
+            },
         }
     };
     match committed {
@@ -385,6 +399,19 @@ async fn run_shard_inner(shared: &MoverShared, shard: Shard, buf: &mut Option<Ve
             Ended::Uncommitted
         }
     }
+}
+
+/// The error a shard is failed with, saying why it was not tried again.
+fn given_up(e: FerryError, why: &str) -> FerryError {
+    if why.is_empty() {
+        e
+    } else {
+        FerryError::new(e.kind, format!("{} ({why})", e.message))
+    }
+}
+
+fn now_ms() -> u64 {
+    ferry_common::schedule::now_ms()
 }
 
 /// A part of a large file: finds the file's multipart write (recorded in the part set, left
@@ -466,7 +493,7 @@ async fn commit(shared: &MoverShared, shard: &Shard, mut outcome: Outcome, extra
 /// Runs any shard but a part; returns the outcome and extra completion writes.
 async fn execute(shared: &MoverShared, shard: &Shard, buf: &mut Option<Vec<u8>>) -> Result<(Outcome, Vec<TxnOp>), FerryError> {
     let (ctx, link) = (shared.ctx.clone(), shared.link.clone());
-    let attempt = shard.attempt;
+    let tries = Tries::of(shard);
     let body = shard.body.clone();
     let route = match body.kind() {
         ShardKind::Commit | ShardKind::Links | ShardKind::DirMeta => Route::InProcess,
@@ -487,7 +514,7 @@ async fn execute(shared: &MoverShared, shard: &Shard, buf: &mut Option<Vec<u8>>)
             page.into_bodies(&ctx, &shard.id, roles)
         }
         ShardBody::Transfer { entries } => {
-            blocking(buf, move |b| with_route(&ctx, &link, &route, |conn, _, settings| transfer::run_transfer(&ctx, conn, settings, entries, attempt, b)))
+            blocking(buf, move |b| with_route(&ctx, &link, &route, |conn, _, settings| transfer::run_transfer(&ctx, conn, settings, entries, tries, b)))
                 .await??
         }
         ShardBody::Commit { file, group, .. } => {

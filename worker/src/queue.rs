@@ -221,7 +221,14 @@ impl ShardQueue {
         match &outcome.retry {
             Some(body) => {
                 result.counters.shard_retries += 1;
-                let next = Shard { id: shard.id.clone(), attempt: shard.attempt + 1, body: body.clone(), last_error: outcome.retry_error.clone() };
+                let next = Shard {
+                    id: shard.id.clone(),
+                    attempt: shard.attempt + 1,
+                    body: body.clone(),
+                    last_error: outcome.retry_error.clone(),
+                    not_before_ms: outcome.retry_at.map(|at| at.not_before_ms),
+                    failing_since_ms: outcome.retry_at.map(|at| at.failing_since_ms),
+                };
                 ops.push(TxnOp::put(self.keys.queue(&shard.id), codec::encode(&next)?));
             }
             None => ops.push(TxnOp::delete(self.keys.queue(&shard.id))),
@@ -247,9 +254,10 @@ impl ShardQueue {
         Ok(self.store.txn(txn).await?.succeeded)
     }
 
-    /// Puts the shard back for another attempt (a transient whole-shard failure).
-    pub async fn requeue(&self, shard: &Shard, error: String) -> Result<bool, QueueError> {
-        let outcome = Outcome { retry: Some(shard.body.clone()), retry_error: Some(error), ..Default::default() };
+    /// Puts the shard back for another attempt, not before `at` (a transient whole-shard
+    /// failure).
+    pub async fn requeue(&self, shard: &Shard, error: String, at: crate::retry::RetryAt) -> Result<bool, QueueError> {
+        let outcome = Outcome { retry: Some(shard.body.clone()), retry_error: Some(error), retry_at: Some(at), ..Default::default() };
         self.complete(shard, &outcome, &[], Vec::new()).await
     }
 

@@ -14,6 +14,7 @@ use ferry_worker::engine::transfer::run_transfer;
 use ferry_worker::engine::write::Writer;
 use ferry_worker::engine::{parts, ExecContext};
 use ferry_worker::rate::RateLimiter;
+use ferry_worker::retry::Tries;
 use ferry_worker::transport::frame::{self, Code, FileHeader, Frame};
 use ferry_worker::transport::link::pki::{init_ca, revoke, Admission, Ca, Identity};
 use ferry_worker::transport::link::quic::{self, LinkClient, LinkTuning, Registry, ServeStats};
@@ -116,14 +117,14 @@ fn a_batch_arrives_whole_and_a_second_run_sends_nothing() {
     let ctx = ExecContext::open(spec(src.path(), dst.path())).unwrap();
     let rate = RateLimiter::new(0);
     let mut buf = Vec::new();
-    let out = run_transfer(&ctx, &Compressing(InProcess { ctx: &ctx }), &settings(&rate, true), entries.clone(), 1, &mut buf);
+    let out = run_transfer(&ctx, &Compressing(InProcess { ctx: &ctx }), &settings(&rate, true), entries.clone(), Tries::FIRST, &mut buf);
     assert!(out.result.failures.is_empty(), "{:?}", out.result.failures);
     assert_eq!(out.result.counters.files_transferred, entries.len() as u64);
     assert!(out.result.counters.bytes_compressed > (2 << 20) - 4096, "the compressible file was compressed: {:?}", out.result.counters);
     assert!(out.report.iter().filter(|r| r.kind == EntryKind::File).all(|r| r.crc32c.is_some()));
     assert_same_tree(src.path(), dst.path(), &entries);
 
-    let again = run_transfer(&ctx, &InProcess { ctx: &ctx }, &settings(&rate, false), entries.clone(), 1, &mut buf);
+    let again = run_transfer(&ctx, &InProcess { ctx: &ctx }, &settings(&rate, false), entries.clone(), Tries::FIRST, &mut buf);
     assert_eq!(again.result.counters.files_transferred, 0);
     assert_eq!(again.result.counters.files_skipped, entries.len() as u64, "{:?}", again.report);
 }
@@ -136,7 +137,7 @@ fn a_corrupted_chunk_is_detected_resent_and_counted() {
     ctx.hooks.corrupt_chunk = Some(b"d/big.bin".to_vec());
     let rate = RateLimiter::new(0);
     // Chunks are checked on arrival where they cross a network.
-    let out = run_transfer(&ctx, &Networked(InProcess { ctx: &ctx }), &settings(&rate, false), entries.clone(), 1, &mut Vec::new());
+    let out = run_transfer(&ctx, &Networked(InProcess { ctx: &ctx }), &settings(&rate, false), entries.clone(), Tries::FIRST, &mut Vec::new());
     assert!(out.result.failures.is_empty(), "{:?}", out.result.failures);
     assert_eq!(out.result.counters.chunks_resent, 1);
     assert_same_tree(src.path(), dst.path(), &entries);
@@ -215,7 +216,7 @@ fn a_dropped_link_resumes_from_the_last_chunk_written() {
     let ctx = ExecContext::open(spec(src.path(), dst.path())).unwrap();
     let flaky = Flaky { ctx: &ctx, budget: 4, cuts: 2, opened: AtomicUsize::new(0) };
     let rate = RateLimiter::new(0);
-    let out = run_transfer(&ctx, &flaky, &settings(&rate, false), entries.clone(), 1, &mut Vec::new());
+    let out = run_transfer(&ctx, &flaky, &settings(&rate, false), entries.clone(), Tries::FIRST, &mut Vec::new());
     assert!(out.result.failures.is_empty(), "{:?}", out.result.failures);
     assert_eq!(flaky.opened.load(Ordering::SeqCst), 3, "two cuts, three streams");
     // The writer kept 4 MiB at the first reconnect and 8 MiB at the second.
@@ -320,7 +321,7 @@ fn send_over_quic(src: &Path, dst: &Path, entries: &[Entry], tuning: &LinkTuning
     let client = LinkClient::new(&ids[1], tuning.clone()).unwrap();
     let rate = RateLimiter::new(0);
     let out = std::thread::scope(|s| {
-        s.spawn(|| run_transfer(&reader_ctx, &Remote { client: &client, addr }, &settings(&rate, compress), entries.to_vec(), 1, &mut Vec::new()))
+        s.spawn(|| run_transfer(&reader_ctx, &Remote { client: &client, addr }, &settings(&rate, compress), entries.to_vec(), Tries::FIRST, &mut Vec::new()))
             .join()
             .unwrap()
     });
@@ -571,7 +572,9 @@ fn a_writer_takes_nothing_from_an_agent_the_execution_does_not_read_through() {
     // An enrolled agent with the destination's label, but not one the source is read through.
     let stranger = LinkClient::new(&ids[2], LinkTuning::default()).unwrap();
     let out = std::thread::scope(|s| {
-        s.spawn(|| run_transfer(&reader_ctx, &Remote { client: &stranger, addr }, &settings(&rate, false), entries.clone(), 1, &mut Vec::new())).join().unwrap()
+        s.spawn(|| run_transfer(&reader_ctx, &Remote { client: &stranger, addr }, &settings(&rate, false), entries.clone(), Tries::FIRST, &mut Vec::new()))
+            .join()
+            .unwrap()
     });
     assert_eq!(out.result.counters.files_transferred, 0, "{:?}", out.result.counters);
     assert_eq!(files_under(dst.path()), 0, "nothing from the stranger reached the destination");
@@ -580,7 +583,9 @@ fn a_writer_takes_nothing_from_an_agent_the_execution_does_not_read_through() {
     // The agent the execution reads through is served.
     let reader = LinkClient::new(&ids[1], LinkTuning::default()).unwrap();
     let out = std::thread::scope(|s| {
-        s.spawn(|| run_transfer(&reader_ctx, &Remote { client: &reader, addr }, &settings(&rate, false), entries.clone(), 1, &mut Vec::new())).join().unwrap()
+        s.spawn(|| run_transfer(&reader_ctx, &Remote { client: &reader, addr }, &settings(&rate, false), entries.clone(), Tries::FIRST, &mut Vec::new()))
+            .join()
+            .unwrap()
     });
     assert!(out.result.failures.is_empty(), "{:?}", out.result.failures);
     assert_same_tree(src.path(), dst.path(), &entries);
@@ -609,8 +614,9 @@ fn a_reader_sends_nothing_to_a_writer_whose_certificate_lacks_the_destination_la
         ferry_worker::transport::WriterAgent { name: "writer".into(), addr: real },
     ];
     let connector = ferry_worker::transport::Remote::new(&client, &spec.link, writers, 0, None);
-    let out =
-        std::thread::scope(|s| s.spawn(|| run_transfer(&reader_ctx, &connector, &settings(&rate, false), entries.clone(), 1, &mut Vec::new())).join().unwrap());
+    let out = std::thread::scope(|s| {
+        s.spawn(|| run_transfer(&reader_ctx, &connector, &settings(&rate, false), entries.clone(), Tries::FIRST, &mut Vec::new())).join().unwrap()
+    });
     assert!(out.result.failures.is_empty(), "{:?}", out.result.failures);
     assert_same_tree(src.path(), dst.path(), &entries);
     assert_eq!(files_under(elsewhere.path()), 0, "the impostor received nothing");
@@ -635,7 +641,9 @@ fn a_revoked_agent_is_refused_at_its_next_handshake_in_both_directions() {
 
     let client = LinkClient::new(&ids[1], LinkTuning::default()).unwrap();
     let out = std::thread::scope(|s| {
-        s.spawn(|| run_transfer(&reader_ctx, &Remote { client: &client, addr }, &settings(&rate, false), entries.clone(), 1, &mut Vec::new())).join().unwrap()
+        s.spawn(|| run_transfer(&reader_ctx, &Remote { client: &client, addr }, &settings(&rate, false), entries.clone(), Tries::FIRST, &mut Vec::new()))
+            .join()
+            .unwrap()
     });
     assert_eq!(out.result.counters.files_transferred, 0);
     assert!(!dst.path().join("f").exists());

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod fault_proxy;
 pub mod objects;
 pub mod otlp;
 pub mod samba;

@@ -48,6 +48,8 @@ pub struct Outcome {
     pub retry: Option<ShardBody>,
     /// The last transient error, carried with the retry.
     pub retry_error: Option<String>,
+    /// When the retry may run, and since when its work fails.
+    pub retry_at: Option<crate::retry::RetryAt>,
     /// The worker lost its lease midway: drop the shard without completing it.
     pub abandoned: bool,
 }
@@ -156,28 +158,39 @@ impl Outcome {
     }
 }
 
-/// Collects entries that failed for a transient reason, to retry as a new attempt.
+/// Collects entries that failed for a transient reason, to retry as a new attempt, as
+/// [`crate::retry::RetryPolicy`] decides for each error.
 pub struct Retries {
-    max_attempts: u32,
-    attempt: u32,
+    policy: crate::retry::RetryPolicy,
+    tries: crate::retry::Tries,
     entries: Vec<Entry>,
     last_error: Option<String>,
+    at: Option<crate::retry::RetryAt>,
 }
 
 impl Retries {
-    pub fn new(ctx: &ExecContext, attempt: u32) -> Self {
-        Retries { max_attempts: ctx.options().limits.max_attempts, attempt, entries: Vec::new(), last_error: None }
+    pub fn new(ctx: &ExecContext, tries: crate::retry::Tries) -> Self {
+        let policy = crate::retry::RetryPolicy::from_limits(&ctx.options().limits);
+        Retries { policy, tries, entries: Vec::new(), last_error: None, at: None }
     }
 
-    /// Retries transient failures while attempts remain; reports the rest as failed.
+    /// Keeps `entry` for another attempt if the policy says so; reports it failed otherwise.
     pub fn fail(&mut self, out: &mut Outcome, entry: Entry, err: FerryError) {
-        if err.kind.is_transient() && self.attempt < self.max_attempts {
-            self.last_error = Some(err.to_string());
-            self.entries.push(entry);
-        } else {
-            let err =
-                if err.kind.is_transient() { FerryError::new(err.kind, format!("{} (gave up after {} attempts)", err.message, self.attempt)) } else { err };
-            out.fail(Line::of(&entry, EntryStatus::Failed), &err);
+        let now = ferry_common::schedule::now_ms();
+        match self.policy.decide(err.kind, self.tries, now, crate::retry::jitter()) {
+            crate::retry::Verdict::Retry(at) => {
+                self.last_error = Some(err.to_string());
+                self.entries.push(entry);
+                // The shard's retry waits for the longest of its entries' delays.
+                self.at = Some(match self.at {
+                    Some(prev) => crate::retry::RetryAt { not_before_ms: prev.not_before_ms.max(at.not_before_ms), ..prev },
+                    None => at,
+                });
+            }
+            crate::retry::Verdict::Fail(why) => {
+                let err = if why.is_empty() { err } else { FerryError::new(err.kind, format!("{} ({why})", err.message)) };
+                out.fail(Line::of(&entry, EntryStatus::Failed), &err);
+            }
         }
     }
 
@@ -185,6 +198,7 @@ impl Retries {
         if !self.entries.is_empty() {
             out.retry = Some(ShardBody::Transfer { entries: self.entries });
             out.retry_error = self.last_error;
+            out.retry_at = self.at;
         }
     }
 }

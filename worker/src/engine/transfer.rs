@@ -103,7 +103,14 @@ pub fn refusal_code(e: &FerryError) -> String {
 }
 
 /// Runs a transfer shard.
-pub fn run_transfer(ctx: &ExecContext, connector: &dyn Connector, settings: &SendSettings, entries: Vec<Entry>, attempt: u32, buf: &mut Vec<u8>) -> Outcome {
+pub fn run_transfer(
+    ctx: &ExecContext,
+    connector: &dyn Connector,
+    settings: &SendSettings,
+    entries: Vec<Entry>,
+    tries: crate::retry::Tries,
+    buf: &mut Vec<u8>,
+) -> Outcome {
     if ctx.options().dry_run {
         return dry_run(entries, "copy");
     }
@@ -118,7 +125,7 @@ pub fn run_transfer(ctx: &ExecContext, connector: &dyn Connector, settings: &Sen
     };
     out.counters().add(&batch.counters);
     let verify = ctx.commit_options().verify;
-    let mut retries = Retries::new(ctx, attempt);
+    let mut retries = Retries::new(ctx, tries);
     for (entry, settled) in batch.entries.into_iter().zip(batch.settled) {
         match settled {
             Some(Settled::Transferred { crc, note, .. }) => {
