@@ -104,18 +104,88 @@ async fn compact_history(store: &SharedStore) {
     }
 }
 
+/// The longest a leader waits for a change before it runs a round anyway: for what changes
+/// with time alone (schedules, the leader's keep-alive, compaction).
+const QUIET_ROUND: Duration = Duration::from_secs(1);
+
+/// Whether a change under [`keys::ROOT`] is news to the leader: anything but agents'
+/// heartbeats, shipped log lines, events and the election key, which no round acts on.
+fn news_to_leader(key: &[u8]) -> bool {
+    let Some(rest) = key.strip_prefix(keys::ROOT.as_bytes()) else {
+        return false;
+    };
+    if rest.starts_with(b"agents/") || rest.starts_with(b"events/") || rest == b"leader" {
+        return false;
+    }
+    // exec/{id}/logs/... and exec/{id}/logstreams/...
+    let in_exec = rest.strip_prefix(b"exec/").and_then(|r| r.iter().position(|&b| b == b'/').map(|i| &r[i + 1..]));
+    !in_exec.is_some_and(|r| r.starts_with(b"logs/") || r.starts_with(b"logstreams/"))
+}
+
+/// Follows the Store and wakes the leader on news, so that executions advance on the change
+/// that moves them (a completion, a new queue, an agent joining) rather than on a poll, and an
+/// idle cluster costs the Store one quiet round a second. A broken watch is set up again, and
+/// counts as news, since changes may have been missed meanwhile.
+struct ChangeWatch(tokio::task::JoinHandle<()>);
+
+impl ChangeWatch {
+    fn start(store: SharedStore, news: Arc<tokio::sync::Notify>) -> ChangeWatch {
+        ChangeWatch(tokio::spawn(async move {
+            use futures::StreamExt;
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                let followed: Result<(), StoreError> = async {
+                    let now = store.range(keys::ROOT.as_bytes(), RangeOptions { limit: 1, keys_only: true, ..Default::default() }).await?;
+                    let mut events = store.watch(keys::ROOT.as_bytes(), now.revision + 1).await?;
+                    backoff = Duration::from_millis(200);
+                    news.notify_one();
+                    while let Some(ev) = events.next().await {
+                        if news_to_leader(&ev?.kv.key) {
+                            news.notify_one();
+                        }
+                    }
+                    Ok(())
+                }
+                .await;
+                if let Err(e) = followed {
+                    tracing::debug!(error = %e, "leader's watch lost; watching again");
+                }
+                news.notify_one();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }))
+    }
+}
+
+impl Drop for ChangeWatch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn lead(store: &SharedStore, control: &ControlPlane, lease: LeaseId, shutdown: &mut watch::Receiver<bool>) {
     let mut drivers: HashMap<String, ExecutionDriver> = HashMap::new();
     let mut last_keepalive = tokio::time::Instant::now();
     let mut last_compaction = tokio::time::Instant::now();
     let mut last_control = tokio::time::Instant::now() - CONTROL_TICK;
     let mut control_state = LeaderState::default();
+    // At most one round per tick: a burst of changes (many completions) makes one round.
     let tick = control.cfg.reconcile_every();
+    let news = Arc::new(tokio::sync::Notify::new());
+    let _watch = ChangeWatch::start(store.clone(), news.clone());
+    let mut last_round = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(tick) => {}
+            _ = news.notified() => {}
+            _ = tokio::time::sleep(QUIET_ROUND) => {}
             _ = shutdown.changed() => {}
         }
+        tokio::select! {
+            _ = tokio::time::sleep_until(last_round + tick) => {}
+            _ = shutdown.changed() => {}
+        }
+        last_round = tokio::time::Instant::now();
         if *shutdown.borrow() {
             return;
         }
@@ -312,4 +382,29 @@ pub async fn cancel(store: &SharedStore, exec_id: &str) -> Result<Execution, Str
     }
     store.put(&ExecKeys::new(exec_id).cancel(), Vec::new(), None).await.map_err(|e| e.to_string())?;
     Ok(exec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_leader_wakes_for_what_moves_executions_and_not_for_heartbeats_or_logs() {
+        let exec = ExecKeys::new("e1");
+        for key in [
+            exec.meta(),
+            exec.done("s@1"),
+            exec.queue("1c-x"),
+            exec.claim("1c-x"),
+            exec.cancel(),
+            keys::active("e1"),
+            keys::worker("w1"),
+            keys::pending(3, "e2"),
+        ] {
+            assert!(news_to_leader(&key), "{}", String::from_utf8_lossy(&key));
+        }
+        for key in [keys::agent_record("w1"), keys::leader(), keys::event(5, "a"), exec.log_chunk("w1", 3), exec.log_stream("w1"), b"/other/app".to_vec()] {
+            assert!(!news_to_leader(&key), "{}", String::from_utf8_lossy(&key));
+        }
+    }
 }

@@ -32,10 +32,27 @@ pub enum FaultKind {
     RestartCoordinator,
     /// SIGKILL etcd, start it again on the same data after the down time.
     RestartEtcd,
+    /// Cut a worker from etcd (a blackhole route to etcd's address in its namespace) while it
+    /// still reaches its link peers: its lease lapses while its streams may still flow.
+    IsolateWorker,
+    /// SIGSTOP etcd for the down time, then SIGCONT: connections stay open and nothing
+    /// answers, unlike a restart, which refuses them.
+    StopEtcd,
+    /// SIGKILL the coordinator and a worker at the same moment; both come back after the
+    /// down time.
+    KillCoordinatorAndWorker,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 4] = [FaultKind::KillWorker, FaultKind::CutLink, FaultKind::RestartCoordinator, FaultKind::RestartEtcd];
+    pub const ALL: [FaultKind; 7] = [
+        FaultKind::KillWorker,
+        FaultKind::CutLink,
+        FaultKind::RestartCoordinator,
+        FaultKind::RestartEtcd,
+        FaultKind::IsolateWorker,
+        FaultKind::StopEtcd,
+        FaultKind::KillCoordinatorAndWorker,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -43,18 +60,26 @@ impl FaultKind {
             FaultKind::CutLink => "cut-link",
             FaultKind::RestartCoordinator => "restart-coordinator",
             FaultKind::RestartEtcd => "restart-etcd",
+            FaultKind::IsolateWorker => "isolate-worker",
+            FaultKind::StopEtcd => "stop-etcd",
+            FaultKind::KillCoordinatorAndWorker => "kill-coordinator-and-worker",
         }
     }
 
     pub fn parse(s: &str) -> Result<FaultKind> {
-        FaultKind::ALL
-            .into_iter()
-            .find(|k| k.name() == s)
-            .ok_or_else(|| Error::usage(format!("unknown fault {s:?} (kill-worker, cut-link, restart-coordinator, restart-etcd)")))
+        FaultKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+            Error::usage(format!("unknown fault {s:?} ({})", names.join(", ")))
+        })
     }
 
     fn targets_worker(self) -> bool {
-        matches!(self, FaultKind::KillWorker | FaultKind::CutLink)
+        matches!(self, FaultKind::KillWorker | FaultKind::CutLink | FaultKind::IsolateWorker | FaultKind::KillCoordinatorAndWorker)
+    }
+
+    /// Faults that need each worker in a network namespace of its own.
+    pub fn needs_netns(self) -> bool {
+        matches!(self, FaultKind::CutLink | FaultKind::IsolateWorker)
     }
 
     /// The range the down time is drawn from. Cuts reach past the 8 s link idle timeout and
@@ -65,6 +90,9 @@ impl FaultKind {
             FaultKind::CutLink => (3_000, 15_000),
             FaultKind::RestartCoordinator => (200, 3_000),
             FaultKind::RestartEtcd => (1_000, 6_000),
+            FaultKind::IsolateWorker => (3_000, 15_000),
+            FaultKind::StopEtcd => (1_000, 8_000),
+            FaultKind::KillCoordinatorAndWorker => (500, 4_000),
         }
     }
 }
@@ -104,7 +132,7 @@ pub fn plan(seed: u64, kinds: &[FaultKind], count: usize, window: Duration, work
     let window_ms = window.as_millis() as u64;
     let mut times: Vec<u64> = (0..count).map(|_| rng.gen_range(window_ms / 10..=window_ms * 9 / 10)).collect();
     times.sort_unstable();
-    chosen
+    let mut faults: Vec<Fault> = chosen
         .into_iter()
         .zip(times)
         .map(|(kind, at)| {
@@ -116,7 +144,29 @@ pub fn plan(seed: u64, kinds: &[FaultKind], count: usize, window: Duration, work
                 down: Duration::from_millis(rng.gen_range(lo..=hi)),
             }
         })
-        .collect()
+        .collect();
+    // Faults overlap: every other one starts while the one before it is still down (half way
+    // into its down time), and the rest fall where the draw put them, which overlaps too when
+    // the gaps are short. Real bad weeks do not wait for one thing to heal before the next.
+    for i in (1..faults.len()).step_by(2) {
+        let prev = &faults[i - 1];
+        faults[i].at = prev.at + prev.down / 2;
+    }
+    faults.sort_by_key(|f| f.at);
+    faults
+}
+
+/// Pairs of faults (indices into `faults`) whose down times overlap.
+pub fn overlaps(faults: &[Fault]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    for (i, a) in faults.iter().enumerate() {
+        for (j, b) in faults.iter().enumerate().skip(i + 1) {
+            if b.at < a.at + a.down && a.at < b.at + b.down {
+                out.push((i, j));
+            }
+        }
+    }
+    out
 }
 
 /// A hand-written schedule: `AT:KIND[:WORKER][:DOWN]`, comma-separated, e.g.
@@ -133,7 +183,7 @@ pub fn parse_schedule(text: &str, workers: usize) -> Result<Vec<Fault>> {
         for p in parts {
             if let Ok(n) = p.parse::<usize>() {
                 if !kind.targets_worker() {
-                    return Err(bad("only kill-worker and cut-link take a worker"));
+                    return Err(bad("only worker faults (kill-worker, cut-link, isolate-worker, kill-coordinator-and-worker) take a worker"));
                 }
                 if n == 0 || n > workers {
                     return Err(bad(&format!("worker {n} does not exist (1..={workers})")));
@@ -226,6 +276,8 @@ impl Check {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ChaosOutcome {
     pub seed: u64,
+    /// Pairs of injected faults that were down at the same time.
+    pub overlapping: usize,
     pub workers: usize,
     pub links: bool,
     pub injected: Vec<Injected>,
@@ -263,8 +315,8 @@ pub fn run(o: &ChaosOptions) -> Result<ChaosOutcome> {
         bin_dir: o.bin_dir.clone(),
         work: o.work.clone(),
     })?;
-    if !cluster.can_cut_links() && o.faults.iter().any(|f| f.kind == FaultKind::CutLink) {
-        return Err(Error::usage("cut-link faults need network namespaces (run as root, without --no-netns)"));
+    if let Some(f) = o.faults.iter().find(|f| f.kind.needs_netns() && !cluster.can_cut_links()) {
+        return Err(Error::usage(format!("{} faults need network namespaces (run as root, without --no-netns)", f.kind.name())));
     }
     say(format!(
         "chaos: {} files ({}), {} workers{}, seed {}; plan:",
@@ -292,25 +344,46 @@ pub fn run(o: &ChaosOptions) -> Result<ChaosOutcome> {
     let stderr = std::fs::File::create(o.work.join("copy.log")).map_err(|e| run_err(e.to_string()))?;
     let t0 = Instant::now();
     let mut child = copy.stdout(stdout).stderr(stderr).spawn().map_err(|e| run_err(format!("ferry copy: {e}")))?;
-    let mut injected = Vec::new();
+    // Each fault begins at its time and ends after its down time, whatever else is under way,
+    // so faults overlap as the plan has them.
+    let mut steps: Vec<(Duration, usize, bool)> = o.faults.iter().enumerate().flat_map(|(i, f)| [(f.at, i, true), (f.at + f.down, i, false)]).collect();
+    steps.sort_by_key(|&(at, i, begin)| (at, !begin, i));
+    let mut injected: Vec<Injected> = o.faults.iter().map(|f| Injected { fault: f.clone(), started_s: None, error: None }).collect();
     let mut exit = None;
-    for fault in &o.faults {
-        while exit.is_none() && t0.elapsed() < fault.at {
-            exit = child.try_wait().map_err(|e| run_err(e.to_string()))?;
-            std::thread::sleep(Duration::from_millis(50));
+    for (at, i, begin) in steps {
+        let fault = &o.faults[i];
+        if begin {
+            while exit.is_none() && t0.elapsed() < at {
+                exit = child.try_wait().map_err(|e| run_err(e.to_string()))?;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if exit.is_some() {
+                continue;
+            }
+            let started = t0.elapsed().as_secs_f64();
+            say(format!("  t={started:>6.1}s  begin {}", fault.describe()));
+            injected[i].started_s = Some(started);
+            if let Err(e) = begin_fault(&mut cluster, fault) {
+                say(format!("            failed to inject: {e}"));
+                injected[i].error = Some(e.to_string());
+            }
+        } else {
+            if injected[i].started_s.is_none() {
+                continue;
+            }
+            // Whatever happened to the copy, what a fault took down comes back.
+            while t0.elapsed() < at {
+                if exit.is_none() {
+                    exit = child.try_wait().map_err(|e| run_err(e.to_string()))?;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            say(format!("  t={:>6.1}s  end   {}", t0.elapsed().as_secs_f64(), fault.describe()));
+            if let Err(e) = end_fault(&mut cluster, fault) {
+                say(format!("            failed to heal: {e}"));
+                injected[i].error.get_or_insert(e.to_string());
+            }
         }
-        if exit.is_some() {
-            injected.push(Injected { fault: fault.clone(), started_s: None, error: None });
-            continue;
-        }
-        let started = t0.elapsed().as_secs_f64();
-        say(format!("  t={started:>6.1}s  injecting {}", fault.describe()));
-        let error = inject(&mut cluster, fault).err().map(|e| e.to_string());
-        if let Some(e) = &error {
-            say(format!("            failed to inject: {e}"));
-        }
-        injected.push(Injected { fault: fault.clone(), started_s: Some(started), error });
-        exit = child.try_wait().map_err(|e| run_err(e.to_string()))?;
     }
     let deadline = t0 + o.timeout;
     while exit.is_none() && Instant::now() < deadline {
@@ -332,8 +405,10 @@ pub fn run(o: &ChaosOptions) -> Result<ChaosOutcome> {
     let mut check = compare_trees(&src, &dst)?;
     check.source_files = stats.files;
     check_report(&report, &src, &mut check);
+    let started: Vec<Fault> = injected.iter().filter(|i| i.started_s.is_some()).map(|i| i.fault.clone()).collect();
     let outcome = ChaosOutcome {
         seed: o.seed,
+        overlapping: overlaps(&started).len(),
         workers: o.workers,
         links: o.links,
         injected,
@@ -354,24 +429,44 @@ pub fn run(o: &ChaosOptions) -> Result<ChaosOutcome> {
     Ok(outcome)
 }
 
-fn inject(c: &mut LocalCluster, f: &Fault) -> Result<()> {
+/// Takes down what `f` names. Faults may overlap, so each step works whatever state the
+/// part is in (a killed worker killed again, etcd stopped while it restarts).
+fn begin_fault(c: &mut LocalCluster, f: &Fault) -> Result<()> {
+    let w = f.worker.unwrap_or(0);
     match f.kind {
-        FaultKind::KillWorker => {
-            let w = f.worker.unwrap_or(0);
+        FaultKind::KillWorker => c.kill_worker(w),
+        FaultKind::CutLink => c.cut_link(w)?,
+        FaultKind::RestartCoordinator => c.kill_coordinator(),
+        FaultKind::RestartEtcd => c.kill_etcd(),
+        FaultKind::IsolateWorker => c.isolate_worker(w)?,
+        FaultKind::StopEtcd => c.signal_etcd(libc::SIGSTOP),
+        FaultKind::KillCoordinatorAndWorker => {
+            c.kill_coordinator();
             c.kill_worker(w);
-            std::thread::sleep(f.down);
-            c.start_worker(w)
         }
-        FaultKind::CutLink => {
-            let w = f.worker.unwrap_or(0);
-            c.cut_link(w)?;
-            std::thread::sleep(f.down);
-            c.heal_link(w)
-        }
-        FaultKind::RestartCoordinator => c.restart_coordinator(f.down),
+    }
+    Ok(())
+}
+
+/// Brings back what [`begin_fault`] took down.
+fn end_fault(c: &mut LocalCluster, f: &Fault) -> Result<()> {
+    let w = f.worker.unwrap_or(0);
+    match f.kind {
+        FaultKind::KillWorker => c.start_worker(w),
+        FaultKind::CutLink => c.heal_link(w),
+        FaultKind::RestartCoordinator => c.start_coordinator(),
         FaultKind::RestartEtcd => {
-            c.restart_etcd(f.down);
+            c.start_etcd();
             Ok(())
+        }
+        FaultKind::IsolateWorker => c.rejoin_worker(w),
+        FaultKind::StopEtcd => {
+            c.signal_etcd(libc::SIGCONT);
+            Ok(())
+        }
+        FaultKind::KillCoordinatorAndWorker => {
+            c.start_coordinator()?;
+            c.start_worker(w)
         }
     }
 }
@@ -473,6 +568,7 @@ fn print_outcome(o: &ChaosOutcome, work: &Path) {
             (None, _) => say(format!("  (not injected: the copy had ended)  {}", i.fault.describe())),
         }
     }
+    say(format!("chaos: {} pairs of faults overlapped", o.overlapping));
     say(format!(
         "chaos: copy {} after {:.1} s{}",
         if o.hung { "HUNG".to_string() } else { format!("exited {}", o.copy_exit.map(|c| c.to_string()).unwrap_or_else(|| "by a signal".into())) },
@@ -526,22 +622,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn plans_are_deterministic_cover_every_kind_and_stay_in_the_window() {
+    fn plans_are_deterministic_cover_every_kind_overlap_and_stay_in_the_window() {
         let window = Duration::from_secs(60);
-        let a = plan(7, &FaultKind::ALL, 6, window, 3);
-        assert_eq!(a, plan(7, &FaultKind::ALL, 6, window, 3), "same seed, same plan");
-        assert_ne!(a, plan(8, &FaultKind::ALL, 6, window, 3), "another seed, another plan");
-        assert_eq!(a.len(), 6);
+        let a = plan(7, &FaultKind::ALL, 8, window, 3);
+        assert_eq!(a, plan(7, &FaultKind::ALL, 8, window, 3), "same seed, same plan");
+        assert_ne!(a, plan(8, &FaultKind::ALL, 8, window, 3), "another seed, another plan");
+        assert_eq!(a.len(), 8);
         for k in FaultKind::ALL {
             assert!(a.iter().any(|f| f.kind == k), "{k:?} missing from {a:?}");
         }
         assert!(a.windows(2).all(|w| w[0].at <= w[1].at), "sorted by time");
         for f in &a {
-            assert!(f.at >= Duration::from_secs(6) && f.at <= Duration::from_secs(54), "{f:?} outside 10..90 % of the window");
+            // A fault set to overlap the one before it may start up to half of the longest
+            // down time (15 s) after 90 % of the window.
+            assert!(f.at >= Duration::from_secs(6) && f.at <= Duration::from_millis(54_000 + 7_500), "{f:?} outside the window");
             assert_eq!(f.worker.is_some(), f.kind.targets_worker());
             assert!(f.worker.is_none_or(|w| w < 3));
             let (lo, hi) = f.kind.down_range_ms();
             assert!((lo..=hi).contains(&(f.down.as_millis() as u64)));
+        }
+        for seed in 1..=20 {
+            let p = plan(seed, &FaultKind::ALL, 8, window, 3);
+            assert!(overlaps(&p).len() >= 4, "seed {seed}: every other fault overlaps the one before it: {p:?}");
         }
         assert!(plan(1, &[], 3, window, 3).is_empty());
     }

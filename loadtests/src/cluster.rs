@@ -108,6 +108,11 @@ fn sweep_stale() -> Vec<String> {
     removed
 }
 
+/// Whether `child` is a process that still runs.
+fn running(child: &mut Option<Child>) -> bool {
+    child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+}
+
 /// Kills a child with SIGKILL, as a crash or a pulled plug would.
 fn kill_hard(child: &mut Option<Child>) {
     if let Some(mut c) = child.take() {
@@ -236,7 +241,11 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Starts the coordinator unless it runs already.
     pub fn start_coordinator(&mut self) -> Result<()> {
+        if running(&mut self.coordinator) {
+            return Ok(());
+        }
         let log = self.log("coordinator")?;
         let child = Command::new(self.o.bin_dir.join("ferry"))
             .args(["coordinator", "--name", "c1", "--etcd", &self.etcd.endpoint])
@@ -250,12 +259,21 @@ impl LocalCluster {
 
     /// SIGKILL, then a new coordinator process on the same etcd.
     pub fn restart_coordinator(&mut self, down: Duration) -> Result<()> {
-        kill_hard(&mut self.coordinator);
+        self.kill_coordinator();
         std::thread::sleep(down);
         self.start_coordinator()
     }
 
+    /// SIGKILL of the coordinator; [`LocalCluster::start_coordinator`] brings it back.
+    pub fn kill_coordinator(&mut self) {
+        kill_hard(&mut self.coordinator);
+    }
+
+    /// Starts worker `i` unless it runs already.
     pub fn start_worker(&mut self, i: usize) -> Result<()> {
+        if running(&mut self.workers[i].child) {
+            return Ok(());
+        }
         let endpoint = match &self.net {
             Some(n) => self.etcd.endpoint_on(&n.host_ip),
             None => self.etcd.endpoint.clone(),
@@ -318,9 +336,45 @@ impl LocalCluster {
 
     /// SIGKILL of etcd, `down` of outage, then etcd again on the same ports and data.
     pub fn restart_etcd(&mut self, down: Duration) {
-        self.etcd.stop();
+        self.kill_etcd();
         std::thread::sleep(down);
+        self.start_etcd();
+    }
+
+    /// SIGKILL of etcd, keeping its data.
+    pub fn kill_etcd(&mut self) {
+        self.etcd.stop();
+    }
+
+    /// etcd again on the same ports and data (a stopped or killed one is killed first).
+    pub fn start_etcd(&mut self) {
         self.etcd.restart();
+    }
+
+    /// Sends `signal` to etcd (SIGSTOP freezes it with its connections open, SIGCONT thaws
+    /// it); nothing when etcd is not running.
+    pub fn signal_etcd(&self, signal: i32) {
+        if let Some(pid) = self.etcd.pid() {
+            // SAFETY: kill(2) on the pid of etcd, a child of this process.
+            unsafe { libc::kill(pid as i32, signal) };
+        }
+    }
+
+    /// Cuts worker `i` from etcd but not from its link peers: a blackhole route to etcd's
+    /// address (the bridge's) in the worker's namespace, while the other workers, on the same
+    /// bridge, stay reachable.
+    pub fn isolate_worker(&self, i: usize) -> Result<()> {
+        match (&self.workers[i].netns, &self.net) {
+            (Some(ns), Some(net)) => ip(&["-n", ns, "route", "replace", "blackhole", &format!("{}/32", net.host_ip)]),
+            _ => Err(Error::usage("a worker can only be cut from etcd in a network namespace (needs root; drop --no-netns)")),
+        }
+    }
+
+    pub fn rejoin_worker(&self, i: usize) -> Result<()> {
+        match (&self.workers[i].netns, &self.net) {
+            (Some(ns), Some(net)) => ip(&["-n", ns, "route", "del", "blackhole", &format!("{}/32", net.host_ip)]),
+            _ => Ok(()),
+        }
     }
 
     /// Waits until every worker has registered in etcd.

@@ -552,9 +552,13 @@ struct ChaosArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Fault kinds to draw from, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "kill-worker,cut-link,restart-coordinator,restart-etcd")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "kill-worker,cut-link,restart-coordinator,restart-etcd,isolate-worker,stop-etcd,kill-coordinator-and-worker"
+    )]
     faults: Vec<String>,
-    /// Faults to inject (every kind at least once when this allows) [default: 6, --tiny 4].
+    /// Faults to inject (every kind at least once when this allows) [default: 8, --tiny 4].
     #[arg(long)]
     count: Option<usize>,
     /// The faults fall between 10 % and 90 % of this window from the start of the copy; the
@@ -607,10 +611,10 @@ fn cmd_chaos(a: ChaosArgs) -> Result<i32> {
     let window = a.window.unwrap_or(std::time::Duration::from_secs(if a.tiny { 24 } else { 60 }));
     let kinds = a.faults.iter().map(|k| FaultKind::parse(k)).collect::<Result<Vec<_>>>()?;
     let netns = !a.no_netns;
-    let kinds: Vec<FaultKind> = if netns { kinds } else { kinds.into_iter().filter(|k| *k != FaultKind::CutLink).collect() };
+    let kinds: Vec<FaultKind> = if netns { kinds } else { kinds.into_iter().filter(|k| !k.needs_netns()).collect() };
     let faults = match &a.schedule {
         Some(s) => chaos::parse_schedule(s, a.workers)?,
-        None => chaos::plan(a.seed, &kinds, a.count.unwrap_or(if a.tiny { 4 } else { 6 }), window, a.workers),
+        None => chaos::plan(a.seed, &kinds, a.count.unwrap_or(if a.tiny { 4 } else { 8 }), window, a.workers),
     };
     let links = !a.no_links;
     if links && a.workers < 2 {

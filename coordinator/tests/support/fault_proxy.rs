@@ -25,7 +25,8 @@ struct Shared {
     refused_reset: AtomicU64,
 }
 
-const UNAVAILABLE: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>ServiceUnavailable</Code><Message>Please reduce your request rate.</Message></Error>";
+const UNAVAILABLE: &str =
+    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>ServiceUnavailable</Code><Message>Please reduce your request rate.</Message></Error>";
 
 impl FaultProxy {
     /// Listens on a free loopback port and forwards to `upstream`.
@@ -43,7 +44,7 @@ impl FaultProxy {
                 let Ok(client) = conn else { continue };
                 if s.down.load(Ordering::SeqCst) {
                     turn += 1;
-                    refuse(&s, client, turn % 2 == 0);
+                    refuse(&s, client, turn.is_multiple_of(2));
                     continue;
                 }
                 let Ok(server) = TcpStream::connect(upstream) else {
