@@ -755,3 +755,76 @@ fn posix_acls_and_trusted_xattrs_survive_a_local_copy() {
     assert_eq!(counter(&idle, "files_transferred"), 0, "an idle rerun copied: {idle}");
     assert_eq!(acls(&dst), acls(&src));
 }
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct SmallFs {
+    dir: PathBuf,
+}
+
+impl SmallFs {
+    /// `None` when this process may not mount (not root) outside CI; under `CI=true`, where
+    /// .ci/run runs as root, that is a failure.
+    fn mount(dir: &Path, size: &str) -> Option<SmallFs> {
+        fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "ferry-test-full"]).arg(dir).output().unwrap();
+        if !out.status.success() {
+            let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "cannot mount a tmpfs for the full-destination test: {why}");
+            eprintln!("skipping: cannot mount a tmpfs ({why})");
+            return None;
+        }
+        Some(SmallFs { dir: dir.to_path_buf() })
+    }
+
+    fn grow(&self, size: &str) {
+        let out = std::process::Command::new("mount").args(["-o", &format!("remount,size={size}")]).arg(&self.dir).output().unwrap();
+        assert!(out.status.success(), "remount {}: {}", self.dir.display(), String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+/// A destination that fills up mid-copy: the files that did not fit are reported failed with
+/// NO_SPACE and a hint, nothing partial is left under a real name or a temporary one, every
+/// file that did land is whole, and a rerun after space is freed finishes the job.
+#[test]
+fn a_full_destination_fails_cleanly_and_a_rerun_finishes_after_space_is_freed() {
+    let p = pair();
+    for i in 0..12 {
+        write_file(&p.src.join(format!("d{}/f{i}.bin", i % 3)), &random_bytes(MIB as usize + 4097 * i));
+    }
+    let Some(small) = SmallFs::mount(&p.dst, "6m") else {
+        return;
+    };
+    let out = Ferry::new("copy", &p.src, &p.dst).arg("--json").run();
+    out.assert_code(1);
+    let json = out.json();
+    assert_eq!(json["status"], "ERROR", "{}", out.describe());
+    let fails = failures(&json);
+    assert!(!fails.is_empty() && fails.iter().all(|(_, why)| why.to_lowercase().contains("space")), "{fails:?}\n{}", out.describe());
+    // The writer's NO_SPACE reaches the report as such, with its hint once (it used to turn
+    // into an internal error on the way, with a second hint to report a bug).
+    assert!(
+        fails.iter().filter(|(f, _)| p.src.join(f).is_file()).all(|(_, why)| why.matches("free space").count() == 1 && !why.contains("report a bug")),
+        "the failures say what to do, once: {fails:?}"
+    );
+    assert_no_temp_leftovers(&p.dst);
+    let landed: Vec<PathBuf> = walk(&p.dst).into_iter().filter(|r| p.dst.join(r).is_file()).collect();
+    for rel in &landed {
+        assert!(same_content(&p.src.join(rel), &p.dst.join(rel)), "{} is at the destination but not whole", rel.display());
+        assert!(!fails.iter().any(|(f, _)| Path::new(f) == rel), "{} is reported failed but landed", rel.display());
+    }
+    let failed_files = fails.iter().filter(|(f, _)| p.src.join(f).is_file()).count();
+    assert_eq!(landed.len() + failed_files, 12, "every file either landed whole or is reported failed: {landed:?} {fails:?}");
+
+    small.grow("64m");
+    let again = ferry_ok("copy", &p.src, &p.dst, &[]);
+    assert_eq!(counter(&again, "files_failed"), 0, "{again}");
+    let diff = compare_trees(&p.src, &p.dst);
+    assert!(diff.is_empty(), "the rerun did not finish the job:\n{}", diff.join("\n"));
+    assert_no_temp_leftovers(&p.dst);
+}

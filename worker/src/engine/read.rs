@@ -147,18 +147,24 @@ struct HeldSource<'a> {
     _slot: Slot,
 }
 
-/// The error for a REJECT from the writer; damaged data and a busy writer are worth another
-/// attempt.
+/// The error for a REJECT from the writer, of the kind the writer's error had, so that it is
+/// retried (damaged data, a busy or failing writer) or failed at once (a full or read-only
+/// destination) as it would be in process.
 fn rejected(code: u16, message: String) -> FerryError {
     let kind = match Code::from_u16(code) {
         Some(Code::CrcMismatch) => ErrorKind::Corrupt,
         Some(Code::Limit) => ErrorKind::Unavailable,
         Some(Code::UnsafePath) => ErrorKind::Config,
+        Some(Code::NoSpace) => ErrorKind::NoSpace,
+        Some(Code::Denied) => ErrorKind::PermissionDenied,
+        Some(Code::NotFound) => ErrorKind::NotFound,
         _ if message.contains("destination cannot hold") || message.contains("[SPECIAL_FILE]") || message.contains("_TOO_") || message.contains("NOT_UTF8") => {
             ErrorKind::Unsupported
         }
         _ => ErrorKind::Other,
     };
+    // The writer's message ends with its kind's hint; ours would repeat it.
+    let message = message.strip_suffix(&format!(" ({})", kind.hint())).unwrap_or(&message);
     FerryError::new(kind, format!("destination agent: {message}"))
 }
 
@@ -516,5 +522,27 @@ fn append_to_source(path: &str) {
     use std::io::Write;
     if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(path) {
         let _ = f.write_all(b"changed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer's error reaches the reader with its kind, so that it is retried or failed as
+    /// it would be in process, and with its hint once.
+    #[test]
+    fn a_rejected_entry_keeps_the_writers_error_kind_and_one_hint() {
+        for kind in [ErrorKind::NoSpace, ErrorKind::PermissionDenied, ErrorKind::NotFound, ErrorKind::Unavailable, ErrorKind::Corrupt] {
+            let Frame::Reject { code, message, .. } = crate::engine::write::reject_for(7, &FerryError::new(kind, "cannot write /d/x")) else {
+                panic!("a REJECT")
+            };
+            let e = rejected(code, message);
+            assert_eq!(e.kind, kind);
+            assert_eq!(e.to_string(), format!("destination agent: cannot write /d/x ({})", kind.hint()));
+        }
+        // A writer error of another kind, or a code this reader does not know, is an I/O
+        // failure that is not retried.
+        assert_eq!(rejected(99, "x".into()).kind, ErrorKind::Other);
     }
 }

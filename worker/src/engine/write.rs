@@ -133,10 +133,14 @@ fn reject(id: u64, code: Code, message: impl Into<String>) -> Frame {
     Frame::Reject { id, code: code as u16, message: message.into() }
 }
 
-fn reject_err(id: u64, e: &FerryError) -> Frame {
+/// The REJECT for entry `id` that failed with `e`, its code telling the reader its kind.
+pub(crate) fn reject_for(id: u64, e: &FerryError) -> Frame {
     let code = match e.kind {
         ErrorKind::Corrupt => Code::CrcMismatch,
         ErrorKind::Unavailable => Code::Limit,
+        ErrorKind::NoSpace => Code::NoSpace,
+        ErrorKind::PermissionDenied => Code::Denied,
+        ErrorKind::NotFound => Code::NotFound,
         _ => Code::Io,
     };
     reject(id, code, e.to_string())
@@ -292,7 +296,7 @@ impl<'a> Writer<'a> {
                     return ack(id, h.size, status::CURRENT);
                 }
                 Ok(false) => {}
-                Err(e) => return reject_err(id, &e),
+                Err(e) => return reject_for(id, &e),
             }
         }
         if !self.dst.capabilities().ownership {
@@ -309,13 +313,13 @@ impl<'a> Writer<'a> {
                             Ok(c) => (f.offset, f.crc) = (f.start() + kept, c),
                             Err(e) => {
                                 sink.abort();
-                                return reject_err(id, &e);
+                                return reject_for(id, &e);
                             }
                         }
                     }
                     f.sink = Some(sink);
                 }
-                Err(e) => return reject_err(id, &e),
+                Err(e) => return reject_for(id, &e),
             }
         }
         let resume_at = f.offset;
@@ -425,7 +429,7 @@ impl<'a> Writer<'a> {
             if let Some(s) = f.sink {
                 s.abort();
             }
-            return Ok(vec![reject_err(id, &e)]);
+            return Ok(vec![reject_for(id, &e)]);
         }
         let n = raw.len() as u64;
         // Combining costs more than a small file's whole copy: the first chunk is the CRC.
@@ -476,7 +480,7 @@ impl<'a> Writer<'a> {
             again.offset = again.start();
             match self.open_sink(&again) {
                 Ok(s) => again.sink = Some(s),
-                Err(e) => return Ok(vec![reject_err(id, &e)]),
+                Err(e) => return Ok(vec![reject_for(id, &e)]),
             }
             let from = again.offset;
             self.open.insert(id, again);
@@ -497,7 +501,7 @@ impl<'a> Writer<'a> {
                 self.staged.push((id, end, part, s));
                 Ok(Vec::new())
             }
-            Err(e) => Ok(vec![reject_err(id, &e)]),
+            Err(e) => Ok(vec![reject_for(id, &e)]),
         }
     }
 
@@ -522,7 +526,7 @@ impl<'a> Writer<'a> {
                     bytes += size;
                     replies.push(Frame::Done(Done { id, end, note, resumed, tags }));
                 }
-                Err(e) => replies.push(reject_err(id, &e)),
+                Err(e) => replies.push(reject_for(id, &e)),
             }
         }
         if files > 0 {

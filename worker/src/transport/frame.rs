@@ -77,6 +77,12 @@ pub enum Code {
     /// The peer's certificate does not allow it this stream: not an agent the execution
     /// reads its source through, or revoked.
     Forbidden = 12,
+    /// The destination is full (or over quota): the entry fails with NO_SPACE.
+    NoSpace = 13,
+    /// The destination refused the write (permissions, a read-only file system).
+    Denied = 14,
+    /// What the write needed is gone at the destination (a parent removed meanwhile).
+    NotFound = 15,
 }
 
 impl Code {
@@ -94,6 +100,9 @@ impl Code {
             10 => Code::UnknownExecution,
             11 => Code::LeaseLost,
             12 => Code::Forbidden,
+            13 => Code::NoSpace,
+            14 => Code::Denied,
+            15 => Code::NotFound,
             _ => return None,
         })
     }
