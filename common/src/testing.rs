@@ -615,11 +615,6 @@ impl LossyStore {
         self.counts.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Requests made so far, all operations but lease keep-alives.
-    pub fn requests(&self) -> u64 {
-        self.counts().iter().filter(|(op, _)| **op != "lease_keep_alive").map(|(_, n)| n).sum()
-    }
-
     /// Requests made so far whose key (or prefix, or first compared key) starts with `prefix`.
     pub fn requests_under(&self, prefix: &[u8]) -> usize {
         self.keys.lock().unwrap_or_else(|e| e.into_inner()).iter().filter(|k| k.starts_with(prefix)).count()

@@ -257,13 +257,6 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// SIGKILL, then a new coordinator process on the same etcd.
-    pub fn restart_coordinator(&mut self, down: Duration) -> Result<()> {
-        self.kill_coordinator();
-        std::thread::sleep(down);
-        self.start_coordinator()
-    }
-
     /// SIGKILL of the coordinator; [`LocalCluster::start_coordinator`] brings it back.
     pub fn kill_coordinator(&mut self) {
         kill_hard(&mut self.coordinator);
@@ -332,13 +325,6 @@ impl LocalCluster {
             Some(v) => ip(&["link", "set", v, "up"]),
             None => Ok(()),
         }
-    }
-
-    /// SIGKILL of etcd, `down` of outage, then etcd again on the same ports and data.
-    pub fn restart_etcd(&mut self, down: Duration) {
-        self.kill_etcd();
-        std::thread::sleep(down);
-        self.start_etcd();
     }
 
     /// SIGKILL of etcd, keeping its data.

@@ -191,6 +191,18 @@ enum Attempt {
     Failed(Error),
 }
 
+/// Where and as whom one connection is made.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    host: &'a str,
+    port: u16,
+    share: &'a str,
+    domain: Option<&'a str>,
+    user: &'a str,
+    password: &'a str,
+    encryption: Encryption,
+}
+
 impl Share {
     /// Connects (negotiate, NTLM session setup, tree connect) with default options.
     pub async fn connect(host: &str, port: u16, share: &str, domain: Option<&str>, user: &str, password: &str, encryption: Encryption) -> Result<Share> {
@@ -211,10 +223,11 @@ impl Share {
         if host.contains(':') {
             return Err(Error::Other(format!("host '{host}': IPv6 addresses are not supported by smb-rs; use a name or an IPv4 address")));
         }
+        let target = Target { host, port, share, domain, user, password, encryption };
         let mut conns = Vec::new();
         let (mut max_read, mut max_write) = (opts.max_io, opts.max_io);
         for _ in 0..opts.connections.max(1) {
-            let c = match Self::connect_one(host, port, share, domain, user, password, encryption, opts).await {
+            let c = match Self::connect_one(&target, opts).await {
                 Ok(c) => c,
                 Err(e) => {
                     for c in conns {
@@ -244,27 +257,17 @@ impl Share {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn connect_one(
-        host: &str,
-        port: u16,
-        share: &str,
-        domain: Option<&str>,
-        user: &str,
-        password: &str,
-        encryption: Encryption,
-        opts: &ConnectOptions,
-    ) -> Result<Conn> {
+    async fn connect_one(t: &Target<'_>, opts: &ConnectOptions) -> Result<Conn> {
         // A connection whose setup fails its signature check is made again, twice at most.
         // smb-rs sometimes rejects the signature of a setup response from samba (seen against
         // samba 4.17 on loopback in roughly one connection in a hundred), and a fresh
         // connection is fine. A tampering path fails every attempt, and the error stands.
         let mut attempt = 0;
         loop {
-            match Self::connect_attempt(host, port, share, domain, user, password, encryption, opts).await {
+            match Self::connect_attempt(t, opts).await {
                 Err(Attempt::SignatureCheck(e)) if attempt < 2 => {
                     attempt += 1;
-                    tracing::warn!(host, share, attempt, error = %e, "SMB connection setup failed its signature check; connecting again");
+                    tracing::warn!(host = t.host, share = t.share, attempt, error = %e, "SMB connection setup failed its signature check; connecting again");
                     tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
                 }
                 Err(Attempt::SignatureCheck(e)) | Err(Attempt::Failed(e)) => return Err(e),
@@ -273,17 +276,8 @@ impl Share {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn connect_attempt(
-        host: &str,
-        port: u16,
-        share: &str,
-        domain: Option<&str>,
-        user: &str,
-        password: &str,
-        encryption: Encryption,
-        opts: &ConnectOptions,
-    ) -> std::result::Result<Conn, Attempt> {
+    async fn connect_attempt(t: &Target<'_>, opts: &ConnectOptions) -> std::result::Result<Conn, Attempt> {
+        let Target { host, port, share, domain, user, password, encryption } = *t;
         let mut cfg = ClientConfig { dfs: false, ..Default::default() };
         cfg.connection.port = Some(port);
         cfg.connection.timeout = Some(opts.timeout);
