@@ -267,7 +267,9 @@ impl Share {
             match Self::connect_attempt(t, opts).await {
                 Err(Attempt::SignatureCheck(e)) if attempt < 2 => {
                     attempt += 1;
-                    tracing::warn!(host = t.host, share = t.share, attempt, error = %e, "SMB connection setup failed its signature check; connecting again");
+                    // DEBUG: a retry that works is nothing to act on, and a WARN would be a
+                    // second line beside a bad-input error's one line on the terminal.
+                    tracing::debug!(host = t.host, share = t.share, attempt, error = %e, "SMB connection setup failed its signature check; connecting again");
                     tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
                 }
                 Err(Attempt::SignatureCheck(e)) | Err(Attempt::Failed(e)) => return Err(e),
