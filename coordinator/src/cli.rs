@@ -460,6 +460,11 @@ fn check_s3(role: &str, uri: &str, settings: &S3Settings) -> Result<(), UsageErr
     loc.probe().map_err(|e| UsageError(format!("{role}: {}", e.message)))
 }
 
+/// Checks a scale-test location (`synthetic://` parameters; `null://` takes none).
+fn check_test_location(role: &str, uri: &str) -> Result<(), UsageError> {
+    ferry_worker::location::synthetic::check(uri).map_err(|e| UsageError(format!("{role} {}", e.message)))
+}
+
 /// Checks an `nfs://` location: mounts the export (unreachable server, unknown export and
 /// refused credentials fail here, in one line), then the directory: a source must be one; a
 /// destination is created and a probe file is written, its owner set where owners are kept,
@@ -539,10 +544,12 @@ fn check_any_locations(
     s3: &S3Settings,
     smb: &ferry_common::model::SmbOptions,
 ) -> Result<(String, String), UsageError> {
-    use ferry_worker::location::{is_efs_uri, is_nfs_uri, is_object_uri, is_smb_uri};
-    let remote = |u: &str| is_object_uri(u) || is_nfs_uri(u) || is_efs_uri(u) || is_smb_uri(u);
+    use ferry_worker::location::{is_efs_uri, is_nfs_uri, is_object_uri, is_smb_uri, is_test_uri};
+    let remote = |u: &str| is_object_uri(u) || is_nfs_uri(u) || is_efs_uri(u) || is_smb_uri(u) || is_test_uri(u);
     let check_remote = |role: &str, uri: &str| {
-        if is_object_uri(uri) {
+        if is_test_uri(uri) {
+            check_test_location(role, uri)
+        } else if is_object_uri(uri) {
             check_s3(role, uri, s3)
         } else if is_efs_uri(uri) {
             check_efs(role, uri, mode, dry_run, s3)
@@ -767,6 +774,10 @@ fn link_settings(common: &CommonArgs) -> Result<LinkSettings, UsageError> {
 /// A location bound to agents: an absolute local path on those agents, or an object store
 /// only they reach (checked by them).
 fn bound_path(role: &str, uri: &str) -> Result<String, UsageError> {
+    if ferry_worker::location::is_test_uri(uri) {
+        check_test_location(role, uri)?;
+        return Ok(uri.to_string());
+    }
     if ferry_worker::location::is_object_uri(uri) {
         ferry_worker::location::s3::S3Url::parse(uri).map_err(|e| UsageError(format!("{role} {e}")))?;
         return Ok(uri.to_string());

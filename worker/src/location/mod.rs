@@ -14,6 +14,7 @@ pub mod local;
 pub mod nfs;
 pub mod s3;
 pub mod smb;
+pub mod synthetic;
 
 use std::sync::Arc;
 
@@ -521,7 +522,13 @@ pub fn is_smb_uri(uri: &str) -> bool {
 
 /// Whether a location URI names a tree on this host's own file system (or a kernel mount).
 pub fn is_local_uri(uri: &str) -> bool {
-    !is_object_uri(uri) && !is_nfs_uri(uri) && !is_efs_uri(uri) && !is_smb_uri(uri)
+    !is_object_uri(uri) && !is_nfs_uri(uri) && !is_efs_uri(uri) && !is_smb_uri(uri) && !is_test_uri(uri)
+}
+
+/// Whether a location URI names one of the scale-test locations (`synthetic://`, `null://`;
+/// see [`synthetic`]), which are for testing only.
+pub fn is_test_uri(uri: &str) -> bool {
+    synthetic::is_synthetic_uri(uri) || synthetic::is_null_uri(uri)
 }
 
 /// What the location behind `uri` can hold.
@@ -533,6 +540,8 @@ pub fn profile(uri: &str) -> Result<Profile, FerryError> {
         Ok(nfs::profile())
     } else if is_smb_uri(uri) {
         Ok(smb::profile())
+    } else if is_test_uri(uri) {
+        Ok(synthetic::profile())
     } else {
         Ok(local::profile())
     }
@@ -548,6 +557,10 @@ pub fn open(uri: &str, spec: &ExecutionSpec) -> Result<SharedLocation, FerryErro
         efs::open(uri, &spec.s3, spec.options.fsync)
     } else if is_smb_uri(uri) {
         Ok(Arc::new(smb::open(uri, spec)?))
+    } else if synthetic::is_synthetic_uri(uri) {
+        Ok(Arc::new(synthetic::Synthetic::open(uri)?))
+    } else if synthetic::is_null_uri(uri) {
+        Ok(Arc::new(synthetic::Null::open(uri)?))
     } else {
         Ok(Arc::new(local::LocalLocation::open(&local_path(uri), &spec.id)?))
     }
