@@ -112,6 +112,15 @@ pub struct Limits {
     pub scan_page_entries: u32,
     /// Scan shards are not claimed while more transfer shards than this are queued.
     pub max_queued_transfer_shards: u32,
+    /// Scan pages hand found directories out as new scan shards (16 each) only while fewer
+    /// scan shards than this are queued; beyond it they keep them in their continuation, so
+    /// the listing frontier is a few keys whatever the tree's shape.
+    #[serde(default = "default_max_queued_scan_shards")]
+    pub max_queued_scan_shards: u32,
+    /// Scan shards are not claimed while this many Settle shards (directory metadata waiting
+    /// for older writes) are queued.
+    #[serde(default = "default_max_queued_settle_shards")]
+    pub max_queued_settle_shards: u32,
     /// Attempts per shard (and per entry) after integrity failures (checksum mismatches)
     /// before its entries are reported failed.
     pub max_attempts: u32,
@@ -132,6 +141,8 @@ impl Default for Limits {
             part_size: 64 << 20,
             scan_page_entries: 4096,
             max_queued_transfer_shards: 64,
+            max_queued_scan_shards: default_max_queued_scan_shards(),
+            max_queued_settle_shards: default_max_queued_settle_shards(),
             max_attempts: 3,
             retry_window_secs: default_retry_window_secs(),
             chunk_size: 1 << 20,
@@ -141,6 +152,14 @@ impl Default for Limits {
 
 fn default_retry_window_secs() -> u64 {
     600
+}
+
+fn default_max_queued_scan_shards() -> u32 {
+    64
+}
+
+fn default_max_queued_settle_shards() -> u32 {
+    128
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -620,6 +639,10 @@ pub struct ScanDir {
     /// The directory matched an include filter, so everything below is included.
     #[serde(default)]
     pub included: bool,
+    /// An earlier page of this directory made hard links in it: its metadata waits for the
+    /// Links stage (a DirMeta shard), not for its own transfers (a Settle shard).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub links: bool,
 }
 
 /// One entry to move, as the scanner saw it at the source.
@@ -684,6 +707,9 @@ pub enum ShardKind {
     Part,
     Transfer,
     Prune,
+    /// Directory metadata set as soon as everything written into the directories is in place
+    /// (see [`ShardBody::Settle`]).
+    Settle,
     Scan,
     Links,
     DirMeta,
@@ -691,8 +717,17 @@ pub enum ShardKind {
 }
 
 impl ShardKind {
-    pub const ALL: [ShardKind; 8] =
-        [ShardKind::Commit, ShardKind::Part, ShardKind::Transfer, ShardKind::Prune, ShardKind::Scan, ShardKind::Links, ShardKind::DirMeta, ShardKind::Verify];
+    pub const ALL: [ShardKind; 9] = [
+        ShardKind::Commit,
+        ShardKind::Part,
+        ShardKind::Transfer,
+        ShardKind::Prune,
+        ShardKind::Settle,
+        ShardKind::Scan,
+        ShardKind::Links,
+        ShardKind::DirMeta,
+        ShardKind::Verify,
+    ];
 
     pub fn letter(self) -> char {
         match self {
@@ -700,6 +735,7 @@ impl ShardKind {
             ShardKind::Part => 'b',
             ShardKind::Transfer => 'c',
             ShardKind::Prune => 'd',
+            ShardKind::Settle => 'e',
             ShardKind::Scan => 's',
             ShardKind::Links => 'l',
             ShardKind::DirMeta => 'm',
@@ -709,7 +745,7 @@ impl ShardKind {
 
     pub fn stage(self) -> Stage {
         match self {
-            ShardKind::Commit | ShardKind::Part | ShardKind::Transfer | ShardKind::Prune | ShardKind::Scan => Stage::Transfer,
+            ShardKind::Commit | ShardKind::Part | ShardKind::Transfer | ShardKind::Prune | ShardKind::Settle | ShardKind::Scan => Stage::Transfer,
             ShardKind::Links => Stage::Links,
             ShardKind::DirMeta => Stage::DirMeta,
             ShardKind::Verify => Stage::Verify,
@@ -724,6 +760,18 @@ impl ShardKind {
     /// Kinds that count as the transfer backlog for scan backpressure.
     pub fn is_backlog(self) -> bool {
         matches!(self, ShardKind::Commit | ShardKind::Part | ShardKind::Transfer)
+    }
+
+    /// Kinds that write into destination directories: a Settle shard waits for every one of
+    /// them that is older than itself (see [`ShardBody::Settle`]).
+    pub fn writes_entries(self) -> bool {
+        matches!(self, ShardKind::Commit | ShardKind::Part | ShardKind::Transfer | ShardKind::Prune)
+    }
+
+    /// The kind of a shard id (its second character), if it names one.
+    pub fn of_id(id: &str) -> Option<ShardKind> {
+        let letter = id.chars().nth(1)?;
+        Self::ALL.into_iter().find(|k| k.letter() == letter && id.starts_with(k.stage().digit()))
     }
 }
 
@@ -757,7 +805,20 @@ pub enum ShardBody {
     Links {
         links: Vec<LinkEntry>,
     },
+    /// Directory metadata that waits for the end of the Transfer stage: directories that
+    /// lose their owner's write or search permission, and directories that get hard links.
     DirMeta {
+        dirs: Vec<DirMeta>,
+    },
+    /// Directory metadata set during the Transfer stage, once every shard that writes into
+    /// these directories is done. A directory's times change only when its own entries do, and
+    /// every shard that writes into a directory comes from the scan pages that listed it, so
+    /// it was emitted no later than the page that finished the listing and emitted this shard.
+    /// Shard ids carry the revision of the scan page they came from (their origin, see
+    /// [`Shard::child_id`]): a Settle shard is claimable once no queued shard that writes
+    /// entries has an origin at or before its own. That keeps directory metadata out of the
+    /// Store except for a short while, whatever the tree's shape.
+    Settle {
         dirs: Vec<DirMeta>,
     },
     /// Compare source and destination directories (verify, POINT_IN_TIME_CONSISTENT).
@@ -774,6 +835,7 @@ impl ShardBody {
             }
             ShardBody::Links { .. } => Stage::Links,
             ShardBody::DirMeta { .. } => Stage::DirMeta,
+            ShardBody::Settle { .. } => Stage::Transfer,
             ShardBody::Verify { .. } => Stage::Verify,
         }
     }
@@ -786,6 +848,7 @@ impl ShardBody {
             ShardBody::Scan { .. } => ShardKind::Scan,
             ShardBody::Links { .. } => ShardKind::Links,
             ShardBody::DirMeta { .. } => ShardKind::DirMeta,
+            ShardBody::Settle { .. } => ShardKind::Settle,
             ShardBody::Verify { .. } => ShardKind::Verify,
         }
     }
@@ -809,20 +872,48 @@ pub struct Shard {
     /// a retry window ago.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failing_since_ms: Option<u64>,
+    /// The `create_revision` of its queue key, filled in when it is claimed (not stored): a
+    /// scan page's children carry it as their origin.
+    #[serde(skip)]
+    pub revision: i64,
 }
 
 impl Shard {
-    /// Ids are `{stage}{kind}-{hash}`: deterministic from the parent and the sequence number,
-    /// so a retried scan re-emits the same ids instead of duplicating work.
-    pub fn child_id(parent: &str, seq: u64, body: &ShardBody) -> String {
+    /// Ids are `{stage}{kind}-{origin:012x}-{hash:016x}.{seq:x}`: deterministic from the
+    /// origin, the parent and the sequence number, so a retried scan re-emits the same ids
+    /// instead of duplicating work. The origin is the Store revision at which the scan page
+    /// that planned the work was queued (see [`ShardBody::Settle`]); keys of one kind sort by
+    /// it, so claimers that read keys in order take older work first.
+    pub fn child_id(parent: &str, origin: u64, seq: u64, body: &ShardBody) -> String {
         let h = ((crc32c::crc32c(parent.as_bytes()) as u64) << 32) | crc32c::crc32c_append(0x5bd1_e995, parent.as_bytes()) as u64;
-        format!("{}{}-{h:016x}.{seq:x}", body.stage().digit(), body.kind().letter())
+        format!("{}{}-{:012x}-{h:016x}.{seq:x}", body.stage().digit(), body.kind().letter(), origin.min(ORIGIN_MAX))
+    }
+
+    /// The origin an id carries; 0 for ids without one (queued by an older ferry), which
+    /// counts as older than everything.
+    pub fn origin_of(id: &str) -> u64 {
+        match (id.get(3..15), id.as_bytes().get(15)) {
+            (Some(hex), Some(b'-')) => u64::from_str_radix(hex, 16).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// The origin of the shards this one emits: a scan page's own revision, and for any other
+    /// shard (a part that queues its file's commit) the origin it carries itself.
+    pub fn origin_of_children(&self) -> u64 {
+        match self.body {
+            ShardBody::Scan { .. } | ShardBody::Verify { .. } => self.revision.max(0) as u64,
+            _ => Self::origin_of(&self.id),
+        }
     }
 
     pub fn new(id: String, body: ShardBody) -> Self {
-        Shard { id, attempt: 1, body, last_error: None, not_before_ms: None, failing_since_ms: None }
+        Shard { id, attempt: 1, body, last_error: None, not_before_ms: None, failing_since_ms: None, revision: 0 }
     }
 }
+
+/// Origins are written in 12 hex digits.
+const ORIGIN_MAX: u64 = (1 << 48) - 1;
 
 /// Per-part record kept while a large file's parts are being written.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -897,6 +988,10 @@ pub struct ShardResult {
     pub counters: Counters,
     /// The first few failures, for the summary; the report file has all of them.
     pub failures: Vec<Failure>,
+    /// How many report chunks the completion wrote beside it; `None` from an older ferry,
+    /// whose chunks must be looked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_chunks: Option<u32>,
 }
 
 /// How many failures a shard result carries; the rest are only in the report.
@@ -1012,10 +1107,26 @@ mod tests {
     #[test]
     fn shard_ids_are_deterministic_and_sort_by_stage_and_kind() {
         let body = ShardBody::Transfer { entries: vec![] };
-        assert_eq!(Shard::child_id("1s-root", 3, &body), Shard::child_id("1s-root", 3, &body));
-        assert_ne!(Shard::child_id("1s-root", 3, &body), Shard::child_id("1s-root", 4, &body));
-        assert!(Shard::child_id("x", 1, &body).starts_with("1c-"));
-        assert!(Shard::child_id("x", 1, &ShardBody::Links { links: vec![] }).starts_with("2l-"));
+        assert_eq!(Shard::child_id("1s-root", 9, 3, &body), Shard::child_id("1s-root", 9, 3, &body));
+        assert_ne!(Shard::child_id("1s-root", 9, 3, &body), Shard::child_id("1s-root", 9, 4, &body));
+        assert!(Shard::child_id("x", 9, 1, &body).starts_with("1c-"));
+        assert!(Shard::child_id("x", 9, 1, &ShardBody::Links { links: vec![] }).starts_with("2l-"));
+        assert!(Shard::child_id("x", 10, 1, &body) > Shard::child_id("y", 9, 7, &body), "older origins sort first");
+    }
+
+    #[test]
+    fn ids_carry_their_origin_and_their_kind() {
+        let settle = ShardBody::Settle { dirs: vec![] };
+        let id = Shard::child_id("1s-x", 0xabc, 2, &settle);
+        assert_eq!(Shard::origin_of(&id), 0xabc);
+        assert_eq!(ShardKind::of_id(&id), Some(ShardKind::Settle));
+        assert_eq!(Shard::origin_of("1c-00000000000000ab.1"), 0, "an id from before origins counts as oldest");
+        assert_eq!(Shard::origin_of("1c"), 0);
+        let mut scan = Shard::new(Shard::child_id("p", 5, 0, &ShardBody::Scan { dirs: vec![] }), ShardBody::Scan { dirs: vec![] });
+        scan.revision = 77;
+        assert_eq!(scan.origin_of_children(), 77, "a scan page's children carry its revision");
+        let transfer = Shard::child_id("p", 5, 0, &ShardBody::Transfer { entries: vec![] });
+        assert_eq!(Shard::origin_of(&transfer), 5);
     }
 
     #[test]
@@ -1025,7 +1136,11 @@ mod tests {
         unique.dedup();
         assert_eq!(letters, unique, "one letter per kind");
         let transfer: Vec<ShardKind> = ShardKind::of_stage(Stage::Transfer).collect();
-        assert_eq!(transfer, [ShardKind::Commit, ShardKind::Part, ShardKind::Transfer, ShardKind::Prune, ShardKind::Scan], "started files first, listing last");
+        assert_eq!(
+            transfer,
+            [ShardKind::Commit, ShardKind::Part, ShardKind::Transfer, ShardKind::Prune, ShardKind::Settle, ShardKind::Scan],
+            "started files first, listing last"
+        );
         for kind in ShardKind::ALL {
             assert!(transfer.contains(&kind) == (kind.stage() == Stage::Transfer));
         }

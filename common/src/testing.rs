@@ -122,6 +122,10 @@ impl EtcdServer {
             .arg(&peer)
             .arg("--initial-cluster")
             .arg(format!("ferry-test={peer}"))
+            // As deploy/ runs it: raft entries are kept in memory until a snapshot, and a
+            // completion can carry a few hundred KiB, so etcd's default (100,000) held GiBs.
+            .arg("--snapshot-count")
+            .arg("10000")
             .arg("--log-level")
             .arg("error")
             .stdout(Stdio::null())

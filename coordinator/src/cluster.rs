@@ -87,18 +87,25 @@ pub async fn run_coordinator_with(control: Arc<ControlPlane>, name: String, mut 
 /// How often the leader fires schedules, launches queued executions and handles ended ones.
 const CONTROL_TICK: Duration = Duration::from_millis(250);
 
-/// How often the leader compacts the Store's history, and how many revisions it keeps.
+/// How often the leader compacts the Store's history, and how much of it it keeps: what is
+/// newer than the previous compaction tick, and at least `MIN_KEPT_REVISIONS`.
 const COMPACT_EVERY: Duration = Duration::from_secs(10);
-const KEEP_REVISIONS: i64 = 10_000;
+const MIN_KEPT_REVISIONS: i64 = 1_000;
 
 /// etcd keeps every old revision until compacted; without this a long execution would fill
-/// etcd's quota with history even though the live keys stay few.
-async fn compact_history(store: &SharedStore) {
+/// etcd's quota with history even though the live keys stay few. History is kept by time, not
+/// by count: a completion carries up to a shard's report lines (100 KiB and more), so a fixed
+/// count of revisions kept would hold a gigabyte of them in a large run (the database grew
+/// 5 MiB/s, towards etcd's 2 GiB quota, with 10,000 revisions kept). A watcher whose revision
+/// was compacted away reads the current state again (`StoreError::Compacted`).
+async fn compact_history(store: &SharedStore, previous_tick: &mut Option<i64>) {
     let Ok(r) = store.range(&keys::leader(), RangeOptions { limit: 1, keys_only: true, ..Default::default() }).await else {
         return;
     };
-    if r.revision > KEEP_REVISIONS {
-        if let Err(e) = store.compact(r.revision - KEEP_REVISIONS).await {
+    let upto = previous_tick.unwrap_or(0).min(r.revision - MIN_KEPT_REVISIONS);
+    *previous_tick = Some(r.revision);
+    if upto > 0 {
+        if let Err(e) = store.compact(upto).await {
             tracing::warn!(error = %e, "history compaction failed; will retry");
         }
     }
@@ -168,6 +175,7 @@ async fn lead(store: &SharedStore, control: &ControlPlane, lease: LeaseId, shutd
     let mut drivers: HashMap<String, ExecutionDriver> = HashMap::new();
     let mut last_keepalive = tokio::time::Instant::now();
     let mut last_compaction = tokio::time::Instant::now();
+    let mut compacted_tick = None;
     let mut last_control = tokio::time::Instant::now() - CONTROL_TICK;
     let mut control_state = LeaderState::default();
     // At most one round per tick: a burst of changes (many completions) makes one round.
@@ -208,7 +216,7 @@ async fn lead(store: &SharedStore, control: &ControlPlane, lease: LeaseId, shutd
             last_control = tokio::time::Instant::now();
         }
         if last_compaction.elapsed() >= COMPACT_EVERY {
-            compact_history(store).await;
+            compact_history(store, &mut compacted_tick).await;
             last_compaction = tokio::time::Instant::now();
         }
         let active = match store.range(&keys::active_prefix(), RangeOptions { keys_only: true, ..Default::default() }).await {

@@ -107,9 +107,9 @@ impl Reconciler {
 
     /// The shard that starts the execution.
     pub fn root_shard(&self) -> Shard {
-        let root = ScanDir { path: Vec::new(), cookie: None, after: None, included: false };
+        let root = ScanDir { path: Vec::new(), cookie: None, after: None, included: false, links: false };
         let body = if self.exec.spec.mode == Mode::Verify { ShardBody::Verify { dirs: vec![root] } } else { ShardBody::Scan { dirs: vec![root] } };
-        Shard::new(Shard::child_id(&self.exec.spec.id, 0, &body), body)
+        Shard::new(Shard::child_id(&self.exec.spec.id, 0, 0, &body), body)
     }
 
     pub fn fold(&mut self, result: &ShardResult) {
@@ -144,7 +144,7 @@ impl Reconciler {
             Some(stage) => {
                 self.exec.stage = stage;
                 let seed = (stage == Stage::Verify)
-                    .then(|| ShardBody::Verify { dirs: vec![ScanDir { path: Vec::new(), cookie: None, after: None, included: false }] });
+                    .then(|| ShardBody::Verify { dirs: vec![ScanDir { path: Vec::new(), cookie: None, after: None, included: false, links: false }] });
                 if stage == Stage::Verify {
                     self.exec.set_phase(Phase::Verifying, now_ms);
                 }
@@ -350,16 +350,28 @@ impl ExecutionDriver {
             let mut deletes = Vec::with_capacity(2 * done.kvs.len());
             let mut lines = Vec::new();
             let before = self.state.exec.clone();
-            for kv in &done.kvs {
-                let result: ShardResult = codec::decode(&kv.value)?;
-                self.state.fold(&result);
-                let attempt = ExecKeys::shard_of(&kv.key).to_string();
-                let report = self.keys.report_of(&attempt);
-                for chunk in self.store.range(&report, RangeOptions::default()).await?.kvs {
+            let results = done.kvs.iter().map(|kv| codec::decode::<ShardResult>(&kv.value)).collect::<Result<Vec<_>, _>>()?;
+            // The batch's report chunks are read at once, and only where a result says it has
+            // some: one round trip per result, one after another, made the fold slower than a
+            // busy cluster's completions (done keys piled up by the thousand).
+            let reports: Vec<Vec<u8>> = done.kvs.iter().map(|kv| self.keys.report_of(ExecKeys::shard_of(&kv.key))).collect();
+            let store = &self.store;
+            let chunks = futures::future::try_join_all(results.iter().zip(&reports).map(|(result, report)| async move {
+                match result.report_chunks {
+                    Some(0) => Ok(Vec::new()),
+                    _ => store.range(report, RangeOptions::default()).await.map(|r| r.kvs),
+                }
+            }))
+            .await?;
+            for ((kv, result), (report, chunks)) in done.kvs.iter().zip(&results).zip(reports.into_iter().zip(chunks)) {
+                self.state.fold(result);
+                for chunk in chunks {
                     lines.extend(codec::decode::<ReportChunk>(&chunk.value)?.entries);
                 }
                 deletes.push(TxnOp::delete(kv.key.clone()));
-                deletes.push(TxnOp::DeletePrefix { prefix: report });
+                if result.report_chunks != Some(0) {
+                    deletes.push(TxnOp::DeletePrefix { prefix: report });
+                }
             }
             if !lines.is_empty() {
                 self.write_report(|r| r.append(&lines));
@@ -430,7 +442,7 @@ impl ExecutionDriver {
             Step::Enter { seed, .. } => {
                 let mut ops = Vec::new();
                 if let Some(body) = seed {
-                    let shard = Shard::new(Shard::child_id(&format!("{}-verify", self.state.exec.spec.id), 0, &body), body);
+                    let shard = Shard::new(Shard::child_id(&format!("{}-verify", self.state.exec.spec.id), 0, 0, &body), body);
                     ops.push(TxnOp::put(self.keys.queue(&shard.id), codec::encode(&shard)?));
                 }
                 self.write_meta(ops).await?;
@@ -550,6 +562,7 @@ mod tests {
             holder: String::new(),
             counters: Counters { files_prepared: prepared, files_transferred: transferred, files_failed: failed, ..Default::default() },
             failures: vec![],
+            report_chunks: Some(0),
         }
     }
 

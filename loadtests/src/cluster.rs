@@ -405,6 +405,14 @@ impl LocalCluster {
         out
     }
 
+    /// The live processes by name: the workers, the coordinator and etcd.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        let mut out: Vec<(String, u32)> = self.workers.iter().filter_map(|w| Some((w.name.clone(), w.child.as_ref()?.id()))).collect();
+        out.extend(self.coordinator.as_ref().map(|c| ("coordinator".to_string(), c.id())));
+        out.extend(self.etcd.pid().map(|p| ("etcd".to_string(), p)));
+        out
+    }
+
     /// User+system CPU seconds used so far by etcd, the coordinator and the live workers.
     pub fn cpu_seconds(&self) -> f64 {
         let pids = self.workers.iter().filter_map(|w| w.child.as_ref().map(|c| c.id())).chain(self.coordinator.as_ref().map(|c| c.id())).chain(self.etcd.pid());

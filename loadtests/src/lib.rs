@@ -19,6 +19,7 @@ pub mod scale;
 pub mod size;
 pub mod stats;
 pub mod storebench;
+pub mod synth;
 pub mod tree;
 pub mod util;
 pub mod wan;

@@ -7,6 +7,7 @@
 //!   ferry-load store-bench [--shards N] [--claimers N]
 //!   ferry-load chaos [--workers 3 --seed N --faults kill-worker,cut-link,... | --schedule ...] [--tiny]
 //!   ferry-load scale [--entries 10000000 --workers 2 --tools ferry,ferry-embedded,rsync,fpart]
+//!   ferry-load synth [--files 100000000 --per-dir 1000 --fanout 10 --size 0 --workers 2]
 //!   ferry-load link-bench [--large-files N --large-size SIZE --small-files N] [--wan-delay 25ms --wan-loss 0.5% --wan-rate 500mbit] [--tools ...]
 //!
 //! Exit codes: 0 success, 1 failure (including a benchmarked tool failing or
@@ -62,6 +63,9 @@ enum Cmd {
     /// Preparing a very large tree (10,000,000 entries by default): ferry's dry run on a
     /// cluster and embedded, rsync -n and fpart, with entries/s, peak RSS and peak etcd keys.
     Scale(ScaleArgs),
+    /// The whole pipeline on a generated tree into a destination that keeps nothing
+    /// (synthetic:// to null://, scale tests only), on a local cluster.
+    Synth(SynthArgs),
     /// (used by link-bench) receive one TLS stream of files into DIR.
     #[command(hide = true)]
     TlsSink {
@@ -522,6 +526,54 @@ struct ScaleArgs {
     out: Option<PathBuf>,
 }
 
+#[derive(Args)]
+struct SynthArgs {
+    /// Files in the generated tree.
+    #[arg(long, default_value_t = 100_000_000)]
+    files: u64,
+    /// Files per directory.
+    #[arg(long, default_value_t = 1000)]
+    per_dir: u64,
+    /// Subdirectories per directory.
+    #[arg(long, default_value_t = 10)]
+    fanout: u64,
+    /// File size in bytes, or a range MIN-MAX.
+    #[arg(long, default_value = "0")]
+    size: String,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Workers of ferry's cluster.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Movers per worker.
+    #[arg(long, default_value_t = 8)]
+    movers: usize,
+    /// Directory with the release `ferry` and `ferry-worker` binaries.
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Scratch space for etcd and the logs.
+    #[arg(long, default_value = "/var/tmp/ferry-synth")]
+    work: PathBuf,
+    /// Write the results as JSON here (and the memory chart next to it, as SVG).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn cmd_synth(a: SynthArgs) -> Result<i32> {
+    let ws = ferry_loadtests::util::workspace_root();
+    let bin_dir = a.bin_dir.unwrap_or_else(|| ferry_loadtests::util::target_dir(&ws).join("release"));
+    let o = ferry_loadtests::synth::SynthOptions {
+        source: format!("synthetic://files={}&per-dir={}&fanout={}&size={}&seed={}", a.files, a.per_dir, a.fanout, a.size, a.seed),
+        workers: a.workers,
+        movers: a.movers,
+        bin_dir,
+        work: a.work,
+        out: a.out,
+    };
+    let run = ferry_loadtests::synth::run(&o)?;
+    Ok(if ferry_loadtests::synth::passed(&run) { 0 } else { 1 })
+}
+
 fn cmd_scale(a: ScaleArgs) -> Result<i32> {
     if a.runs == 0 || a.entries == 0 || a.files_per_dir == 0 || a.workers == 0 {
         return Err(Error::usage("--runs, --entries, --files-per-dir and --workers must be at least 1"));
@@ -661,6 +713,7 @@ fn main() {
         Cmd::NfsBench(a) => cmd_nfs_bench(a),
         Cmd::Chaos(a) => cmd_chaos(a),
         Cmd::Scale(a) => cmd_scale(a),
+        Cmd::Synth(a) => cmd_synth(a),
         Cmd::TlsSink { listen, dir, tls } => ferry_loadtests::linkbench::tls_sink(&listen, &dir, &tls).map(|_| 0),
         Cmd::TlsSend { connect, dir, tls } => ferry_loadtests::linkbench::tls_send(&connect, &dir, &tls).map(|_| 0),
     };

@@ -34,7 +34,7 @@ async fn fill(store: &SharedStore, exec: &str, shards: usize) {
     let keys = ExecKeys::new(exec);
     for i in 0..shards {
         let body = ShardBody::Transfer { entries: Vec::new() };
-        let shard = Shard::new(Shard::child_id("bench-root", i as u64, &body), body);
+        let shard = Shard::new(Shard::child_id("bench-root", 0, i as u64, &body), body);
         store.put(&keys.queue(&shard.id), codec::encode(&shard).expect("encode"), None).await.expect("queue a shard");
     }
 }
@@ -48,8 +48,9 @@ async fn drain(store: SharedStore, exec: &str, claimers: usize) {
             let lease = store.lease_grant(Duration::from_secs(30)).await.expect("lease");
             let queue = ShardQueue::new(store, &exec, &format!("bench-{c}"), lease);
             let mut idle = 0;
+            let unbounded = ferry_common::model::Limits { max_queued_transfer_shards: u32::MAX, max_queued_settle_shards: u32::MAX, ..Default::default() };
             while idle < 3 {
-                match queue.claim(Stage::Transfer, usize::MAX).await.expect("claim") {
+                match queue.claim(Stage::Transfer, &unbounded).await.expect("claim") {
                     Some(shard) => {
                         idle = 0;
                         let ok = queue.complete(&shard, &Outcome::default(), &[], Vec::new()).await.expect("complete");

@@ -27,7 +27,7 @@ pub fn claimable(ctx: &ExecContext) -> Option<Vec<ShardKind>> {
     match ctx.sides {
         Sides::Both { .. } => None,
         Sides::Reader { .. } => Some(vec![ShardKind::Scan, ShardKind::Transfer, ShardKind::Part, ShardKind::Prune, ShardKind::Verify]),
-        Sides::Writer { .. } => Some(vec![ShardKind::Commit, ShardKind::Links, ShardKind::DirMeta]),
+        Sides::Writer { .. } => Some(vec![ShardKind::Commit, ShardKind::Settle, ShardKind::Links, ShardKind::DirMeta]),
     }
 }
 
@@ -157,6 +157,7 @@ fn kind_label(kind: ShardKind) -> &'static str {
         ShardKind::Scan => "scan",
         ShardKind::Links => "links",
         ShardKind::DirMeta => "dirmeta",
+        ShardKind::Settle => "settle",
         ShardKind::Verify => "verify",
     }
 }
@@ -317,7 +318,7 @@ fn load(body: &ShardBody) -> (usize, u64) {
         ShardBody::Commit { file, .. } => (1, file.size),
         ShardBody::Prune { .. } => (1, 0),
         ShardBody::Links { links } => (links.len(), 0),
-        ShardBody::DirMeta { dirs } => (dirs.len(), 0),
+        ShardBody::DirMeta { dirs } | ShardBody::Settle { dirs } => (dirs.len(), 0),
     }
 }
 
@@ -496,7 +497,7 @@ async fn execute(shared: &MoverShared, shard: &Shard, buf: &mut Option<Vec<u8>>)
     let tries = Tries::of(shard);
     let body = shard.body.clone();
     let route = match body.kind() {
-        ShardKind::Commit | ShardKind::Links | ShardKind::DirMeta => Route::InProcess,
+        ShardKind::Commit | ShardKind::Links | ShardKind::DirMeta | ShardKind::Settle => Route::InProcess,
         _ => route(shared, shard).await?,
     };
     let outcome = match body {
@@ -511,7 +512,9 @@ async fn execute(shared: &MoverShared, shard: &Shard, buf: &mut Option<Vec<u8>>)
                     Some(first) => LinkRole::LinkTo(first),
                 });
             }
-            page.into_bodies(&ctx, &shard.id, roles)
+            // Unknown while the Store is down: then found directories stay in the continuation.
+            let room = shared.queue.room_for_scans(&ctx.options().limits).await.unwrap_or(0);
+            page.into_bodies(&ctx, &shard.id, roles, room)
         }
         ShardBody::Transfer { entries } => {
             blocking(buf, move |b| with_route(&ctx, &link, &route, |conn, _, settings| transfer::run_transfer(&ctx, conn, settings, entries, tries, b)))
@@ -528,7 +531,7 @@ async fn execute(shared: &MoverShared, shard: &Shard, buf: &mut Option<Vec<u8>>)
         }
         ShardBody::Prune { dir } => blocking(buf, move |_| with_route(&ctx, &link, &route, |_, dest, _| prune::run_prune(&ctx, dest, &dir))).await???,
         ShardBody::Links { links: l } => blocking(buf, move |_| links::run_links(&ctx, l)).await?,
-        ShardBody::DirMeta { dirs } => blocking(buf, move |_| dirmeta::run_dirmeta(&ctx, dirs)).await?,
+        ShardBody::DirMeta { dirs } | ShardBody::Settle { dirs } => blocking(buf, move |_| dirmeta::run_dirmeta(&ctx, dirs)).await?,
         ShardBody::Verify { dirs } => {
             blocking(buf, move |b| with_route(&ctx, &link, &route, |_, dest, _| verify::run_verify(&ctx, dest, &dirs, b))).await???
         }
@@ -575,7 +578,7 @@ pub fn all_failed(body: &ShardBody, err: &FerryError) -> Outcome {
                 out.fail(Line::new(l.path.clone(), EntryKind::HardLink, EntryStatus::Failed).size(l.size), &err);
             }
         }
-        ShardBody::DirMeta { dirs } => {
+        ShardBody::DirMeta { dirs } | ShardBody::Settle { dirs } => {
             for d in dirs.iter().filter(|d| !d.path.is_empty()) {
                 out.fail(Line::new(d.path.clone(), EntryKind::Dir, EntryStatus::Failed), &err);
             }

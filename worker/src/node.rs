@@ -320,7 +320,7 @@ async fn mover_loop(shared: Arc<MoverShared>, index: usize) {
             if exec.spec.link.is_bound() {
                 shared.link.rate.set_rate(shared.ctx.rate.rate());
             }
-            Ok(Some(shared.queue.claim(exec.stage, limits.max_queued_transfer_shards as usize).await?))
+            Ok(Some(shared.queue.claim(exec.stage, &limits).await?))
         };
         match step.await {
             Ok(None) => return,

@@ -12,13 +12,16 @@
 //!   is released by the claimer before it lets go of the shard's id. A live worker's lease
 //!   never lapses, so a claim left behind by either would hold its shard for ever: the
 //!   execution hung after etcd outages this way.
+//! - Settle shards (directory metadata) are claimable only once every queued shard that
+//!   writes entries is younger than them (its origin, carried in its id, is later): see
+//!   `ShardBody::Settle`.
 //! - Orphans: a claim that names this claimer while none of its movers runs the shard is given
 //!   back at the next claim. Only a Store restored from a backup makes one now (the claims of
 //!   shards finished since the snapshot come back, under a lease that is still alive).
 
 use ferry_common::codec;
 use ferry_common::keys::ExecKeys;
-use ferry_common::model::{FileMeta, PartSet, ReportChunk, Shard, ShardBody, ShardKind, ShardResult, Stage};
+use ferry_common::model::{FileMeta, Limits, PartSet, ReportChunk, Shard, ShardBody, ShardKind, ShardResult, Stage};
 use std::collections::HashSet;
 use std::sync::Mutex;
 
@@ -86,39 +89,58 @@ impl ShardQueue {
 
     /// Claims one shard of `stage`, or returns `None` when nothing is claimable right now.
     ///
-    /// Scan shards are only claimed while fewer than `max_backlog` transfer shards are queued:
-    /// that is the backpressure that keeps listing from running ahead of copying.
+    /// Scan shards are only claimed while fewer than `max_queued_transfer_shards` transfer
+    /// shards and fewer than `max_queued_settle_shards` Settle shards are queued: that is the
+    /// backpressure that keeps listing from running ahead of copying, and directory metadata
+    /// from piling up behind a long transfer.
     ///
     /// Shards already claimed are skipped using one read of the claim prefix: a claim
     /// transaction is a write (it goes through etcd's log even when its compare fails), so
     /// trying claimed shards one by one would cost a disk flush each.
-    pub async fn claim(&self, stage: Stage, max_backlog: usize) -> Result<Option<Shard>, QueueError> {
+    pub async fn claim(&self, stage: Stage, limits: &Limits) -> Result<Option<Shard>, QueueError> {
         let claims = self.store.range(&self.keys.claim_prefix(), RangeOptions::default()).await?.kvs;
         let given_back = self.give_back_orphans(&claims).await?;
         let claimed: HashSet<Vec<u8>> =
             claims.into_iter().filter(|kv| !given_back.contains(&kv.key)).map(|kv| ExecKeys::shard_of(&kv.key).as_bytes().to_vec()).collect();
-        let mut backlog = 0;
+        let (mut backlog, mut settling) = (0, 0);
         // Within a stage, finish files already started (commits, parts) before new files, and
         // list last, so the frontier stays small.
         for kind in ShardKind::of_stage(stage) {
-            if kind == ShardKind::Scan && backlog >= max_backlog {
+            if kind == ShardKind::Scan && (backlog >= limits.max_queued_transfer_shards as usize || settling >= limits.max_queued_settle_shards as usize) {
                 continue;
             }
             // Kinds this claimer may not take are not read at all. Its backlog then counts
             // only the transfer shards it could take, which is the backlog that matters to its
             // scans (in a linked execution only readers scan, and only readers transfer).
+            // Settle shards are counted all the same: writers run them, and readers' scans
+            // must wait for them.
             if self.kinds.as_ref().is_some_and(|k| !k.contains(&kind)) {
+                if kind == ShardKind::Settle {
+                    settling = self.store.count(&self.keys.queue_kind(kind)).await?;
+                }
                 continue;
             }
             let prefix = self.keys.queue_kind(kind);
             let mut start_after = None;
+            // The oldest origin among queued shards that write entries, read once if needed.
+            let mut low_water = None;
             loop {
                 let page = self.store.range(&prefix, RangeOptions { limit: CLAIM_PAGE, start_after: start_after.clone(), keys_only: true }).await?;
                 if kind.is_backlog() {
                     backlog += page.kvs.len();
                 }
+                if kind == ShardKind::Settle {
+                    settling += page.kvs.len();
+                }
                 start_after = page.kvs.last().map(|kv| kv.key.clone());
                 let mut keys: Vec<Vec<u8>> = page.kvs.into_iter().map(|kv| kv.key).filter(|k| !claimed.contains(ExecKeys::shard_of(k).as_bytes())).collect();
+                if kind == ShardKind::Settle && !keys.is_empty() {
+                    let oldest = match low_water {
+                        Some(w) => w,
+                        None => *low_water.insert(self.oldest_writing_origin().await?),
+                    };
+                    keys.retain(|k| Shard::origin_of(ExecKeys::shard_of(k)) < oldest);
+                }
                 // Claimers start at different places so they rarely collide on one key.
                 keys.shuffle(&mut rand::thread_rng());
                 for key in &keys {
@@ -132,6 +154,35 @@ impl ShardQueue {
             }
         }
         Ok(None)
+    }
+
+    /// The oldest origin among queued shards that write entries into the destination
+    /// (claimed or not), or `u64::MAX` when there are none: a Settle shard of an older origin
+    /// has nothing left to wait for.
+    async fn oldest_writing_origin(&self) -> Result<u64, QueueError> {
+        let prefix = self.keys.queue_stage(Stage::Transfer);
+        let mut oldest = u64::MAX;
+        let mut start_after = None;
+        loop {
+            let page = self.store.range(&prefix, RangeOptions { limit: 1024, start_after: start_after.clone(), keys_only: true }).await?;
+            for kv in &page.kvs {
+                let id = ExecKeys::shard_of(&kv.key);
+                if ShardKind::of_id(id).is_none_or(|k| k.writes_entries()) {
+                    oldest = oldest.min(Shard::origin_of(id));
+                }
+            }
+            start_after = page.kvs.last().map(|kv| kv.key.clone());
+            if !page.more {
+                return Ok(oldest);
+            }
+        }
+    }
+
+    /// How many more scan shards the queue takes before a scan page keeps what it found in
+    /// its continuation (`Limits::max_queued_scan_shards`).
+    pub async fn room_for_scans(&self, limits: &Limits) -> Result<usize, QueueError> {
+        let queued = self.store.count(&self.keys.queue_kind(ShardKind::Scan)).await?;
+        Ok((limits.max_queued_scan_shards as usize).saturating_sub(queued))
     }
 
     /// Releases the claims in `claims` that name this claimer but no mover of it holds (see
@@ -198,7 +249,11 @@ impl ShardQueue {
             return Ok(None);
         }
         match self.store.get(key).await? {
-            Some(kv) => Ok(Some(codec::decode(&kv.value)?)),
+            Some(kv) => {
+                let mut shard: Shard = codec::decode(&kv.value)?;
+                shard.revision = kv.create_revision;
+                Ok(Some(shard))
+            }
             // Completed by someone else between our claim and read: drop the claim.
             None => {
                 self.store.delete(&self.keys.claim(id)).await?;
@@ -217,6 +272,7 @@ impl ShardQueue {
         let mut result: ShardResult = outcome.result.clone();
         result.holder = String::from_utf8_lossy(&self.holder).into_owned();
         result.counters.shards_done += 1;
+        result.report_chunks = Some(report.len() as u32);
         let mut ops = vec![TxnOp::delete(self.keys.claim(&shard.id))];
         match &outcome.retry {
             Some(body) => {
@@ -228,6 +284,7 @@ impl ShardQueue {
                     last_error: outcome.retry_error.clone(),
                     not_before_ms: outcome.retry_at.map(|at| at.not_before_ms),
                     failing_since_ms: outcome.retry_at.map(|at| at.failing_since_ms),
+                    revision: 0,
                 };
                 ops.push(TxnOp::put(self.keys.queue(&shard.id), codec::encode(&next)?));
             }
@@ -238,8 +295,9 @@ impl ShardQueue {
         for (n, chunk) in report.iter().enumerate() {
             ops.push(TxnOp::put(self.keys.report(&attempt, n), codec::encode(chunk)?));
         }
+        let origin = shard.origin_of_children();
         for (seq, body) in outcome.emit.iter().enumerate() {
-            let child = Shard::new(Shard::child_id(&shard.id, seq as u64, body), body.clone());
+            let child = Shard::new(Shard::child_id(&shard.id, origin, seq as u64, body), body.clone());
             ops.push(TxnOp::put(self.keys.queue(&child.id), codec::encode(&child)?));
         }
         Ok(ops)
@@ -403,7 +461,126 @@ mod tests {
 
     fn transfer_shard(seq: u64) -> Shard {
         let body = ShardBody::Transfer { entries: vec![] };
-        Shard::new(Shard::child_id("root", seq, &body), body)
+        Shard::new(Shard::child_id("root", 0, seq, &body), body)
+    }
+
+    fn dir(path: &str) -> ferry_common::model::DirMeta {
+        ferry_common::model::DirMeta {
+            path: path.as_bytes().to_vec(),
+            mode: libc::S_IFDIR | 0o755,
+            uid: 0,
+            gid: 0,
+            atime: Default::default(),
+            mtime: Default::default(),
+            xattrs: None,
+        }
+    }
+
+    /// A directory's metadata waits for every shard that writes into it, and only for those
+    /// (and other older ones): the Settle shard a scan page emits is claimable once the
+    /// transfers of the same page, and the commit a part of it queues, are done, even while
+    /// younger transfers are still queued.
+    #[tokio::test]
+    async fn a_settle_shard_waits_for_the_writes_its_page_planned_and_no_longer() {
+        let store: SharedStore = Arc::new(MemStore::new());
+        let lease = store.lease_grant(Duration::from_secs(30)).await.unwrap();
+        let queue = ShardQueue::new(store.clone(), "exec-1", "w1", lease);
+        let limits = Limits::default();
+        let scan_body = ShardBody::Scan { dirs: vec![] };
+        let scan = Shard::new(Shard::child_id("root", 0, 0, &scan_body), scan_body);
+        store.put(&queue.keys().queue(&scan.id), codec::encode(&scan).unwrap(), None).await.unwrap();
+
+        // The scan page plans a transfer, a part of a large file, and the directory's Settle.
+        let page = queue.claim(Stage::Transfer, &limits).await.unwrap().expect("the scan");
+        assert!(page.revision > 0, "a claimed shard knows its key's revision");
+        let entry = ferry_common::model::Entry {
+            path: b"d/big".to_vec(),
+            kind: ferry_common::model::EntryKind::File,
+            size: 10,
+            mtime: Default::default(),
+            compare_checksum: false,
+            check_dest: false,
+        };
+        let outcome = Outcome {
+            emit: vec![
+                ShardBody::Transfer { entries: vec![] },
+                ShardBody::Part { file: entry.clone(), index: 0, count: 1, offset: 0, len: 10, group: "g".into() },
+                ShardBody::Settle { dirs: vec![dir("d")] },
+            ],
+            ..Default::default()
+        };
+        assert!(queue.complete(&page, &outcome, &[], Vec::new()).await.unwrap());
+        let children: Vec<String> = store
+            .range(&queue.keys().queue_stage(Stage::Transfer), RangeOptions::default())
+            .await
+            .unwrap()
+            .kvs
+            .iter()
+            .map(|kv| ExecKeys::shard_of(&kv.key).to_string())
+            .collect();
+        assert_eq!(children.len(), 3);
+        assert!(children.iter().all(|id| Shard::origin_of(id) == page.revision as u64), "children carry the page's revision: {children:?}");
+
+        // A younger page's transfer is queued too: it must not hold the Settle back.
+        let younger = ShardBody::Transfer { entries: vec![] };
+        let younger = Shard::new(Shard::child_id("other", page.revision as u64 + 5, 0, &younger), younger);
+        store.put(&queue.keys().queue(&younger.id), codec::encode(&younger).unwrap(), None).await.unwrap();
+
+        let settle_kind = |s: &Shard| matches!(s.body, ShardBody::Settle { .. });
+        // Claim and finish everything but the Settle and the younger transfer, checking that
+        // the Settle is never handed out while its page's writes are queued.
+        let mut claimed = Vec::new();
+        while let Some(s) = queue.claim(Stage::Transfer, &limits).await.unwrap() {
+            assert!(!settle_kind(&s), "the Settle came before its page's writes were done");
+            claimed.push(s);
+        }
+        assert_eq!(claimed.len(), 3, "the transfer, the part and the younger transfer");
+        for s in claimed.iter().filter(|s| s.id != younger.id && !matches!(s.body, ShardBody::Part { .. })) {
+            assert!(queue.complete(s, &Outcome::default(), &[], Vec::new()).await.unwrap());
+            queue.done_with(&s.id);
+        }
+        assert!(queue.claim(Stage::Transfer, &limits).await.unwrap().is_none(), "the part is still running");
+        // The part completes its set and queues the commit, which inherits the page's origin.
+        let part = claimed.iter().find(|s| matches!(s.body, ShardBody::Part { .. })).unwrap();
+        assert!(queue.complete_part(part, Ok((1, 10)), &[], None, &Outcome::default()).await.unwrap());
+        queue.done_with(&part.id);
+        let commit = queue.claim(Stage::Transfer, &limits).await.unwrap().expect("the commit");
+        assert!(matches!(commit.body, ShardBody::Commit { .. }), "{commit:?}");
+        assert_eq!(Shard::origin_of(&commit.id), page.revision as u64);
+        assert!(queue.claim(Stage::Transfer, &limits).await.unwrap().is_none(), "the commit still runs");
+        assert!(queue.complete(&commit, &Outcome::default(), &[], Vec::new()).await.unwrap());
+        queue.done_with(&commit.id);
+
+        let settle = queue.claim(Stage::Transfer, &limits).await.unwrap().expect("the Settle, with only a younger transfer left");
+        assert!(settle_kind(&settle));
+    }
+
+    /// Scans wait while too many Settle shards are queued, so directory metadata held back by
+    /// a long transfer cannot pile up in the Store.
+    #[tokio::test]
+    async fn scans_wait_while_settle_shards_pile_up() {
+        let store: SharedStore = Arc::new(MemStore::new());
+        let lease = store.lease_grant(Duration::from_secs(30)).await.unwrap();
+        let queue = ShardQueue::new(store.clone(), "exec-1", "w1", lease);
+        let limits = Limits { max_queued_settle_shards: 2, ..Limits::default() };
+        // An old transfer, claimed by another agent, holds back two younger Settle shards.
+        let old = ShardBody::Transfer { entries: vec![] };
+        let old = Shard::new(Shard::child_id("a", 1, 0, &old), old);
+        store.put(&queue.keys().queue(&old.id), codec::encode(&old).unwrap(), None).await.unwrap();
+        store.put(&queue.keys().claim(&old.id), b"w2#1".to_vec(), None).await.unwrap();
+        for seq in 0..2 {
+            let body = ShardBody::Settle { dirs: vec![dir("x")] };
+            let s = Shard::new(Shard::child_id("b", 2, seq, &body), body);
+            store.put(&queue.keys().queue(&s.id), codec::encode(&s).unwrap(), None).await.unwrap();
+        }
+        let scan = ShardBody::Scan { dirs: vec![] };
+        let scan = Shard::new(Shard::child_id("c", 3, 0, &scan), scan);
+        store.put(&queue.keys().queue(&scan.id), codec::encode(&scan).unwrap(), None).await.unwrap();
+        assert!(queue.claim(Stage::Transfer, &limits).await.unwrap().is_none(), "neither the Settles nor the scan");
+        let roomier = Limits { max_queued_settle_shards: 3, ..Limits::default() };
+        let got = queue.claim(Stage::Transfer, &roomier).await.unwrap().expect("the scan, below the limit");
+        assert_eq!(got.id, scan.id);
+        assert_eq!(queue.room_for_scans(&roomier).await.unwrap(), roomier.max_queued_scan_shards as usize - 1);
     }
 
     /// The path behind the hang after etcd outages: the claim transaction is applied but its
@@ -427,12 +604,12 @@ mod tests {
             lose
         });
 
-        let err = queue.claim(Stage::Transfer, 100).await.expect_err("the claim's answer is lost");
+        let err = queue.claim(Stage::Transfer, &Limits::default()).await.expect_err("the claim's answer is lost");
         assert!(matches!(err, QueueError::Store(StoreError::Unavailable(_))), "{err}");
         assert!(store.get(&claim_key).await.unwrap().is_none(), "a claim nobody runs is left under a live lease");
         assert!(queue.held.lock().unwrap().is_empty());
 
-        let again = queue.claim(Stage::Transfer, 100).await.unwrap().expect("the shard is claimable again");
+        let again = queue.claim(Stage::Transfer, &Limits::default()).await.unwrap().expect("the shard is claimable again");
         assert_eq!(again.id, shard.id);
     }
 
@@ -447,11 +624,11 @@ mod tests {
         }
         // A mover runs one shard; the other shard's claim names us too, as after a restore
         // from a backup taken while we held it.
-        let running = queue.claim(Stage::Transfer, 100).await.unwrap().expect("a shard to claim");
+        let running = queue.claim(Stage::Transfer, &Limits::default()).await.unwrap().expect("a shard to claim");
         let orphan = if running.id == a.id { &b } else { &a };
         store.put(&queue.keys().claim(&orphan.id), queue.holder.clone(), Some(lease)).await.unwrap();
 
-        let again = queue.claim(Stage::Transfer, 100).await.unwrap().expect("the orphan is given back and claimed");
+        let again = queue.claim(Stage::Transfer, &Limits::default()).await.unwrap().expect("the orphan is given back and claimed");
         assert_eq!(again.id, orphan.id);
         let held = store.get(&queue.keys().claim(&running.id)).await.unwrap().expect("the running shard keeps its claim");
         assert_eq!(held.value, queue.holder);
@@ -460,7 +637,7 @@ mod tests {
         let other = transfer_shard(3);
         store.put(&queue.keys().queue(&other.id), codec::encode(&other).unwrap(), None).await.unwrap();
         store.put(&queue.keys().claim(&other.id), b"w2#1".to_vec(), None).await.unwrap();
-        assert!(queue.claim(Stage::Transfer, 100).await.unwrap().is_none());
+        assert!(queue.claim(Stage::Transfer, &Limits::default()).await.unwrap().is_none());
         assert!(store.get(&queue.keys().claim(&other.id)).await.unwrap().is_some());
         assert!(store.get(&queue.keys().claim(&again.id)).await.unwrap().is_some());
     }

@@ -142,7 +142,10 @@ fn log_chunk() -> LogChunk {
 
 #[test]
 fn store_values_survive_hostile_bytes() {
-    let scan = Shard::new("s-1".into(), ShardBody::Scan { dirs: vec![ScanDir { path: b"a/b".to_vec(), cookie: Some(3), after: None, included: false }] });
+    let scan = Shard::new(
+        "s-1".into(),
+        ShardBody::Scan { dirs: vec![ScanDir { path: b"a/b".to_vec(), cookie: Some(3), after: None, included: false, links: false }] },
+    );
     let transfer = Shard::new("s-2".into(), ShardBody::Transfer { entries: vec![entry("a"), entry("b/c")] });
     let worker = WorkerInfo {
         name: "w1".into(),
@@ -220,7 +223,7 @@ fn store_values_written_by_a_later_release_still_decode() {
     later_release_reads_back(&Shard::new("s-1".into(), ShardBody::Transfer { entries: vec![entry("a")] }));
     later_release_reads_back(&Shard::new(
         "s-2".into(),
-        ShardBody::Scan { dirs: vec![ScanDir { path: b"a".to_vec(), cookie: Some(1), after: None, included: true }] },
+        ShardBody::Scan { dirs: vec![ScanDir { path: b"a".to_vec(), cookie: Some(1), after: None, included: true, links: false }] },
     ));
     later_release_reads_back(&PartSet::default());
     later_release_reads_back(&ShardResult::default());

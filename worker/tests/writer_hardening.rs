@@ -196,7 +196,7 @@ fn a_sync_scan_of_an_empty_source_root_is_refused_unless_allowed() {
     use ferry_worker::engine::scan::list_page;
     let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     std::fs::write(dst.path().join("precious"), b"keep").unwrap();
-    let root = [ScanDir { path: Vec::new(), cookie: None, after: None, included: false }];
+    let root = [ScanDir { path: Vec::new(), cookie: None, after: None, included: false, links: false }];
     let sync = |allow: bool| {
         let mut s = spec(src.path(), dst.path(), Options { remove_deleted: true, allow_empty_source: allow, ..Options::default() });
         s.mode = Mode::Sync;

@@ -1,6 +1,8 @@
-//! DirMeta shards: directory metadata, set after everything inside the directory was written
-//! (writing into a directory changes its mtime). They run where the destination is reached
-//! and need nothing of the source: the scan captured each directory's metadata.
+//! Directory metadata (Settle and DirMeta shards), set after everything inside the directory
+//! was written (writing into a directory changes its mtime): a Settle shard as soon as every
+//! shard that writes into its directories is done, a DirMeta shard at the end of the Transfer
+//! and Links stages. They run where the destination is reached and need nothing of the
+//! source: the scan captured each directory's metadata.
 
 use ferry_common::error::{ErrorKind, FerryError};
 use ferry_common::model::{DirMeta, EntryKind, EntryStatus};
@@ -29,7 +31,7 @@ fn wanted(ctx: &ExecContext, d: &DirMeta) -> Meta {
 
 /// Sets one directory's metadata; returns why it was skipped, if it was.
 fn apply(ctx: &ExecContext, dst: &dyn Location, d: &DirMeta) -> Result<Option<String>, FerryError> {
-    // Every transfer of the execution is finished by this stage: what temporary debris is
+    // Every shard that writes into the directory is finished by now: what temporary debris is
     // left (workers that died, interrupted runs) goes before the directory's times are set.
     dst.sweep(&d.path)?;
     let want = wanted(ctx, d);

@@ -131,6 +131,42 @@ pub fn scan_bodies(dirs: Vec<ScanDir>) -> Vec<ShardBody> {
     out
 }
 
+/// Encoded-size estimate of a directory in a scan shard.
+fn scan_dir_estimate(d: &ScanDir) -> usize {
+    d.path.len() + d.after.as_ref().map_or(0, |a| a.len()) + 40
+}
+
+/// The scan shards a page leaves behind: the directories it found (`subdirs`) and the ones
+/// it did not finish (`rest`, the first possibly part-listed).
+///
+/// Found directories go out as new shards of [`DIRS_PER_SCAN_SHARD`] while the queue has
+/// `room` for more scan shards, so listing spreads over the movers. What is left joins the
+/// page's continuation, which then replaces the shard that ran: the number of scan keys does
+/// not grow, whatever the tree's shape. Found directories go first in the continuation (depth
+/// first), so what waits to be listed is about the depth of the tree times its fan-out, not a
+/// breadth-first level. A continuation is split only where its value would pass
+/// [`MAX_ENCODED_BYTES`].
+pub fn plan_scans(subdirs: Vec<ScanDir>, rest: Vec<ScanDir>, room: usize) -> Vec<ShardBody> {
+    let spread = (room * DIRS_PER_SCAN_SHARD).min(subdirs.len());
+    let mut subdirs = subdirs.into_iter();
+    let mut out = scan_bodies(subdirs.by_ref().take(spread).collect());
+    let mut shard: Vec<ScanDir> = Vec::new();
+    let mut bytes = 0;
+    for d in subdirs.chain(rest) {
+        let size = scan_dir_estimate(&d);
+        if !shard.is_empty() && bytes + size > MAX_ENCODED_BYTES {
+            out.push(ShardBody::Scan { dirs: std::mem::take(&mut shard) });
+            bytes = 0;
+        }
+        bytes += size;
+        shard.push(d);
+    }
+    if !shard.is_empty() {
+        out.push(ShardBody::Scan { dirs: shard });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,16 +241,47 @@ mod tests {
         assert!(size.div_ceil(part) <= MAX_PARTS_PER_FILE);
     }
 
-    #[test]
-    fn scan_bodies_batch_directories() {
-        let dirs: Vec<ScanDir> = (0..40).map(|i| ScanDir { path: format!("d{i}").into_bytes(), cookie: None, after: None, included: true }).collect();
-        let counts: Vec<usize> = scan_bodies(dirs)
-            .into_iter()
+    fn dirs(prefix: &str, n: usize, len: usize) -> Vec<ScanDir> {
+        (0..n).map(|i| ScanDir { path: format!("{prefix}{i:0len$}").into_bytes(), cookie: None, after: None, included: true, links: false }).collect()
+    }
+
+    fn shapes(bodies: &[ShardBody]) -> Vec<usize> {
+        bodies
+            .iter()
             .map(|b| match b {
                 ShardBody::Scan { dirs } => dirs.len(),
-                _ => 0,
+                other => panic!("unexpected {other:?}"),
             })
-            .collect();
-        assert_eq!(counts, vec![16, 16, 8]);
+            .collect()
+    }
+
+    #[test]
+    fn found_directories_spread_while_the_queue_has_room() {
+        assert_eq!(shapes(&plan_scans(dirs("d", 40, 1), vec![], 10)), vec![16, 16, 8]);
+        assert_eq!(shapes(&plan_scans(dirs("d", 40, 1), dirs("r", 3, 1), 10)), vec![16, 16, 8, 3], "the rest continues as one shard");
+    }
+
+    #[test]
+    fn without_room_found_directories_join_the_continuation_first() {
+        let bodies = plan_scans(dirs("d", 40, 1), dirs("r", 3, 1), 1);
+        assert_eq!(shapes(&bodies), vec![16, 27]);
+        let ShardBody::Scan { dirs: cont } = &bodies[1] else { unreachable!() };
+        assert_eq!(cont[0].path, b"d16", "depth first: found directories are listed before the rest");
+        assert_eq!(cont[26].path, b"r2");
+        assert_eq!(shapes(&plan_scans(dirs("d", 512, 1), vec![], 0)), vec![512], "no new key at all");
+        assert!(plan_scans(vec![], vec![], 0).is_empty());
+    }
+
+    #[test]
+    fn a_continuation_splits_only_where_its_value_would_grow_too_large() {
+        // 2,000 directories of 200-byte paths: about 480 KiB, so three values.
+        let bodies = plan_scans(dirs("d", 2000, 200), vec![], 0);
+        let sizes = shapes(&bodies);
+        assert_eq!(sizes.iter().sum::<usize>(), 2000);
+        assert_eq!(sizes.len(), 3, "{sizes:?}");
+        for b in &bodies {
+            let ShardBody::Scan { dirs } = b else { unreachable!() };
+            assert!(dirs.iter().map(scan_dir_estimate).sum::<usize>() <= MAX_ENCODED_BYTES);
+        }
     }
 }

@@ -16,7 +16,7 @@ use ferry_common::paths;
 
 use super::decide::{self, Rules, Verdict};
 use super::dest::Dest;
-use super::plan::{scan_bodies, Binner};
+use super::plan::{plan_scans, Binner};
 use super::{ExecContext, Line, Outcome};
 use crate::location::{Listed, Location, Meta};
 
@@ -38,7 +38,10 @@ pub struct ListedPage {
     pub entries: Vec<Entry>,
     pub link_candidates: Vec<LinkCandidate>,
     pub subdirs: Vec<ScanDir>,
+    /// Metadata of the directories whose listing ended in this page.
     pub dirmeta: Vec<DirMeta>,
+    /// Of those, the ones an earlier page made hard links in (they wait for the Links stage).
+    pub dirmeta_after_links: Vec<DirMeta>,
     pub prunes: Vec<ScanDir>,
     /// Directories left for a continuation shard (the first may carry where to resume).
     pub rest: Vec<ScanDir>,
@@ -73,21 +76,21 @@ impl Budget {
 pub fn list_page(ctx: &ExecContext, dest: &dyn Dest, dirs: &[ScanDir]) -> Result<ListedPage, FerryError> {
     let mut page = ListedPage::default();
     let mut budget = Budget { entries: ctx.options().limits.scan_page_entries as usize, listed: 0, big_files: 0, report_bytes: 0 };
-    let mut made = Vec::new();
     for (i, dir) in dirs.iter().enumerate() {
         if budget.spent(&page) {
             page.rest.extend_from_slice(&dirs[i..]);
             break;
         }
-        if let Some(resume) = list_dir(ctx, dest, dir, &mut page, &mut budget, &mut made)? {
+        if let Some(resume) = list_dir(ctx, dest, dir, &mut page, &mut budget)? {
             page.rest.push(resume);
             page.rest.extend_from_slice(&dirs[i + 1..]);
             break;
         }
     }
-    // The destination's directories are made now, in listing order and owner-only: made
-    // later (for an empty directory, when its metadata is set) it would change its parent's
-    // mtime after the parent's metadata was set.
+    // The subdirectories found are made at the destination now, by the page that listed
+    // their parent, in listing order and owner-only: making one changes its parent's mtime,
+    // so it must happen before the parent's metadata can be set (by this page's Settle shard).
+    let made: Vec<Vec<u8>> = page.subdirs.iter().map(|d| d.path.clone()).collect();
     if !made.is_empty() && !ctx.options().dry_run {
         for r in dest.ensure_dirs(&made) {
             r?;
@@ -96,32 +99,37 @@ pub fn list_page(ctx: &ExecContext, dest: &dyn Dest, dirs: &[ScanDir]) -> Result
     Ok(page)
 }
 
-/// The first listing page of a directory: its metadata for the DirMeta stage, and its prune.
-/// `false` when the directory vanished since its parent listed it.
-fn begin_dir(ctx: &ExecContext, src: &dyn Location, dir: &ScanDir, page: &mut ListedPage, made: &mut Vec<Vec<u8>>) -> Result<bool, FerryError> {
-    let Some(m) = src.stat_dir(&dir.path)? else {
-        if dir.path.is_empty() {
+/// A source directory's metadata, to be set at the destination once its entries are; `None`
+/// when it vanished since its parent listed it.
+fn dir_meta(ctx: &ExecContext, src: &dyn Location, path: &[u8]) -> Result<Option<DirMeta>, FerryError> {
+    let Some(m) = src.stat_dir(path)? else {
+        if path.is_empty() {
             return Err(FerryError::new(ErrorKind::NotFound, format!("source {} does not exist (check the location)", src.describe(b""))));
         }
-        return Ok(false);
+        return Ok(None);
     };
     let xattrs = if ctx.keeps_xattrs() {
-        Some(src.xattrs(&dir.path)?.into_iter().map(|(k, v)| (serde_bytes::ByteBuf::from(k), serde_bytes::ByteBuf::from(v))).collect())
+        Some(src.xattrs(path)?.into_iter().map(|(k, v)| (serde_bytes::ByteBuf::from(k), serde_bytes::ByteBuf::from(v))).collect())
     } else {
         None
     };
-    page.dirmeta.push(DirMeta {
-        path: dir.path.clone(),
+    Ok(Some(DirMeta {
+        path: path.to_vec(),
         mode: m.mode.unwrap_or(libc::S_IFDIR | 0o755),
         uid: m.uid.unwrap_or(u32::MAX),
         gid: m.gid.unwrap_or(u32::MAX),
         atime: m.atime.unwrap_or(m.mtime),
         mtime: m.mtime,
         xattrs,
-    });
-    if !dir.path.is_empty() {
-        made.push(dir.path.clone());
-    }
+    }))
+}
+
+/// The first listing page of a directory: its metadata and its prune. `None` when the
+/// directory vanished since its parent listed it.
+fn begin_dir(ctx: &ExecContext, src: &dyn Location, dir: &ScanDir, page: &mut ListedPage) -> Result<Option<DirMeta>, FerryError> {
+    let Some(meta) = dir_meta(ctx, src, &dir.path)? else {
+        return Ok(None);
+    };
     if ctx.options().remove_deleted {
         if dir.path.is_empty() && !ctx.options().allow_empty_source && src.list(b"", None, 1)?.entries.is_empty() {
             return Err(FerryError::new(
@@ -132,25 +140,22 @@ fn begin_dir(ctx: &ExecContext, src: &dyn Location, dir: &ScanDir, page: &mut Li
                 ),
             ));
         }
-        page.prunes.push(ScanDir { path: dir.path.clone(), cookie: None, after: None, included: dir.included });
+        page.prunes.push(ScanDir { path: dir.path.clone(), cookie: None, after: None, included: dir.included, links: false });
     }
-    Ok(true)
+    Ok(Some(meta))
 }
 
 /// Lists one directory; returns where to resume if the budget ran out inside it.
-fn list_dir(
-    ctx: &ExecContext,
-    dest: &dyn Dest,
-    dir: &ScanDir,
-    page: &mut ListedPage,
-    budget: &mut Budget,
-    made: &mut Vec<Vec<u8>>,
-) -> Result<Option<ScanDir>, FerryError> {
+fn list_dir(ctx: &ExecContext, dest: &dyn Dest, dir: &ScanDir, page: &mut ListedPage, budget: &mut Budget) -> Result<Option<ScanDir>, FerryError> {
     let src = ctx.src()?;
     let resume = dir.after.clone().or_else(|| dir.cookie.map(|c| c.to_le_bytes().to_vec()));
-    if resume.is_none() && !begin_dir(ctx, src, dir, page, made)? {
-        return Ok(None);
-    }
+    let begun = match resume {
+        None => match begin_dir(ctx, src, dir, page)? {
+            Some(meta) => Some(meta),
+            None => return Ok(None),
+        },
+        Some(_) => None,
+    };
     let room = budget.entries.saturating_sub(budget.listed).max(1);
     let listing = match src.list(&dir.path, resume.as_deref(), room) {
         Ok(l) => l,
@@ -174,7 +179,22 @@ fn list_dir(
             break;
         }
     }
-    Ok(next.map(|r| ScanDir { path: dir.path.clone(), cookie: None, after: Some(r), included: dir.included }))
+    if next.is_none() {
+        // The listing ends in this page, so every shard that writes into the directory is
+        // planned by now (the directory's metadata waits for them, see `ShardBody::Settle`).
+        // A directory listed over several pages is looked up again: its first page's view
+        // is not carried along.
+        let meta = match begun {
+            Some(m) => Some(m),
+            None => dir_meta(ctx, src, &dir.path)?,
+        };
+        match meta {
+            Some(m) if dir.links => page.dirmeta_after_links.push(m),
+            Some(m) => page.dirmeta.push(m),
+            None => {}
+        }
+    }
+    Ok(next.map(|r| ScanDir { path: dir.path.clone(), cookie: None, after: Some(r), included: dir.included, links: dir.links }))
 }
 
 /// Plans one listed entry: a subdirectory to scan, a skip, a hard-link candidate, or an entry
@@ -211,7 +231,7 @@ fn plan_entry(
             return Ok(());
         };
         page.outcome.counters().files_prepared += 1;
-        page.subdirs.push(ScanDir { path: rel, cookie: None, after: None, included });
+        page.subdirs.push(ScanDir { path: rel, cookie: None, after: None, included, links: false });
         return Ok(());
     }
     if !ctx.matcher.file_selected(&rel, dir.included) {
@@ -286,34 +306,62 @@ pub enum LinkRole {
     LinkTo(Vec<u8>),
 }
 
+/// Whether a directory's metadata can be set as soon as its own entries are in place. One
+/// that takes its owner's read, write or search permission away waits for the end of the
+/// Transfer stage: set early, it could keep a non-root agent out of the directories below.
+fn settles_early(d: &DirMeta) -> bool {
+    d.mode & 0o700 == 0o700
+}
+
 impl ListedPage {
-    /// Turns the page into shard bodies (pure). `roles` is parallel to `link_candidates`.
-    pub fn into_bodies(self, ctx: &ExecContext, shard_id: &str, roles: Vec<LinkRole>) -> Outcome {
+    /// Turns the page into shard bodies (pure). `roles` is parallel to `link_candidates`;
+    /// `scan_room` is how many more scan shards the queue takes before found directories are
+    /// kept in the page's continuation instead (see [`plan_scans`]).
+    pub fn into_bodies(self, ctx: &ExecContext, shard_id: &str, roles: Vec<LinkRole>, scan_room: usize) -> Outcome {
         let mut out = self.outcome;
         let mut binner = Binner::new(&ctx.options().limits, ctx.dst_profile.limits, shard_id);
         for entry in self.entries {
             binner.push(entry);
         }
+        // Hard links are made in the Links stage: the directories they are made in settle then.
+        let mut linked_dirs = std::collections::HashSet::new();
         for (cand, role) in self.link_candidates.into_iter().zip(roles) {
             match role {
                 LinkRole::First => match cand.unchanged {
                     Some(reason) => out.record(Line::of(&cand.entry, EntryStatus::Skipped).reason(reason)),
                     None => binner.push(cand.entry),
                 },
-                LinkRole::LinkTo(target) => binner.push_link(LinkEntry { path: cand.entry.path, target, size: cand.entry.size }),
+                LinkRole::LinkTo(target) => {
+                    linked_dirs.insert(paths::split(&cand.entry.path).0.to_vec());
+                    binner.push_link(LinkEntry { path: cand.entry.path, target, size: cand.entry.size });
+                }
             }
         }
         out.emit = binner.finish();
         for p in self.prunes {
             out.emit.push(ShardBody::Prune { dir: p });
         }
-        out.emit.extend(scan_bodies(self.subdirs));
-        if !self.dirmeta.is_empty() {
-            out.emit.push(ShardBody::DirMeta { dirs: self.dirmeta });
+        let mut late = self.dirmeta_after_links;
+        let mut early = Vec::new();
+        for d in self.dirmeta {
+            if settles_early(&d) && !linked_dirs.contains(&d.path) {
+                early.push(d);
+            } else {
+                late.push(d);
+            }
         }
-        if !self.rest.is_empty() {
-            out.emit.push(ShardBody::Scan { dirs: self.rest });
+        let mut rest = self.rest;
+        // Only the first can be a directory whose listing goes on in the next page.
+        if let Some(first) = rest.first_mut().filter(|f| linked_dirs.contains(&f.path)) {
+            first.links = true;
         }
+        if !early.is_empty() {
+            out.emit.push(ShardBody::Settle { dirs: early });
+        }
+        if !late.is_empty() {
+            out.emit.push(ShardBody::DirMeta { dirs: late });
+        }
+        out.emit.extend(plan_scans(self.subdirs, rest, scan_room));
         out
     }
 }

@@ -92,7 +92,7 @@ pub fn run_verify(ctx: &ExecContext, dest: &dyn Dest, dirs: &[ScanDir], buf: &mu
                                 .code(r.code),
                         );
                     }
-                    subdirs.push(ScanDir { path: rel, cookie: None, after: None, included });
+                    subdirs.push(ScanDir { path: rel, cookie: None, after: None, included, links: false });
                     continue;
                 }
                 let diff = match &there {
@@ -107,7 +107,7 @@ pub fn run_verify(ctx: &ExecContext, dest: &dyn Dest, dirs: &[ScanDir], buf: &mu
                     None if report_all => out.record(Line::new(rel.clone(), EntryKind::Dir, EntryStatus::Verified)),
                     None => {}
                 }
-                subdirs.push(ScanDir { path: rel, cookie: None, after: None, included });
+                subdirs.push(ScanDir { path: rel, cookie: None, after: None, included, links: false });
                 continue;
             }
             if !ctx.matcher.file_selected(&rel, dir.included) || kind.is_special() && !ctx.options().preserve_devices {

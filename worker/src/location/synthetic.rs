@@ -54,7 +54,9 @@ fn mix(mut x: u64) -> u64 {
 impl SynthTree {
     /// Parses `synthetic://files=..&per-dir=..&fanout=..&size=..&seed=..` (`,` also separates).
     pub fn parse(uri: &str) -> Result<Self, FerryError> {
-        let bad = |why: String| FerryError::config(format!("{uri}: {why} (a synthetic tree is synthetic://files=N&per-dir=K&fanout=F&size=S[-MAX]&seed=X; testing only)"));
+        let bad = |why: String| {
+            FerryError::config(format!("{uri}: {why} (a synthetic tree is synthetic://files=N&per-dir=K&fanout=F&size=S[-MAX]&seed=X; testing only)"))
+        };
         let rest = uri.strip_prefix(SYNTHETIC_SCHEME).ok_or_else(|| bad("not a synthetic:// location".into()))?;
         let mut t = SynthTree { files: 1000, per_dir: 100, fanout: 10, size_min: 0, size_max: 0, seed: 1 };
         for pair in rest.trim_matches('/').trim_start_matches('?').split(['&', ',']).filter(|p| !p.is_empty()) {
@@ -196,7 +198,10 @@ pub fn profile() -> Profile {
 }
 
 fn read_only(what: String) -> FerryError {
-    FerryError::new(ErrorKind::Config, format!("{what} is a synthetic source and cannot be written (synthetic:// is for scale tests; write to null:// or a real location)"))
+    FerryError::new(
+        ErrorKind::Config,
+        format!("{what} is a synthetic source and cannot be written (synthetic:// is for scale tests; write to null:// or a real location)"),
+    )
 }
 
 /// The generated source tree.
@@ -263,7 +268,10 @@ impl Location for Synthetic {
         let total = (subdirs.end - subdirs.start) + self.tree.files_in(d);
         let start = match resume {
             Some(r) => std::str::from_utf8(r).ok().and_then(|s| s.parse::<u64>().ok()).ok_or_else(|| {
-                FerryError::new(ErrorKind::Corrupt, format!("{}: listing cursor {:?} is not one this location gave", self.describe(dir), String::from_utf8_lossy(r)))
+                FerryError::new(
+                    ErrorKind::Corrupt,
+                    format!("{}: listing cursor {:?} is not one this location gave", self.describe(dir), String::from_utf8_lossy(r)),
+                )
             })?,
             None => 0,
         };
@@ -271,11 +279,8 @@ impl Location for Synthetic {
         let nsub = subdirs.end - subdirs.start;
         let entries = (start..end)
             .map(|i| {
-                let (name, meta) = if i < nsub {
-                    (format!("d{i}"), SynthTree::dir_meta())
-                } else {
-                    (format!("f{}", i - nsub), self.tree.file_meta(d, i - nsub))
-                };
+                let (name, meta) =
+                    if i < nsub { (format!("d{i}"), SynthTree::dir_meta()) } else { (format!("f{}", i - nsub), self.tree.file_meta(d, i - nsub)) };
                 Listed { name: name.into_bytes(), meta, complete: true, cursor: (i + 1).to_string().into_bytes() }
             })
             .collect();
