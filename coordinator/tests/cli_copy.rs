@@ -118,6 +118,42 @@ fn tricky_tree_copies_exactly() {
     assert!(touched.is_empty(), "copy modified the source:\n{}", touched.join("\n"));
 }
 
+/// Directory times are set while the copy runs now, by the shard that follows the directory's
+/// last write (docs/store-layout.md, "Settle"). A directory listed over several scan pages
+/// (4,096 entries each) settles after its last page's writes, its subdirectories are made by
+/// the page that lists them, and in sync mode its deletions come first: every time must still
+/// be the source's.
+#[test]
+fn a_directory_listed_over_several_pages_ends_with_the_source_times() {
+    let p = pair();
+    let big = p.src.join("big");
+    fs::create_dir_all(big.join("sub/deeper")).unwrap();
+    for i in 0..9_000 {
+        fs::File::create(big.join(format!("f{i:05}"))).unwrap();
+    }
+    write_file(&big.join("sub/deeper/leaf"), b"leaf\n");
+    write_file(&p.src.join("top"), b"top\n");
+    for (rel, t) in [("big/sub/deeper", 1_000_000_300), ("big/sub", 1_000_000_200), ("big", 1_000_000_100), ("", 1_000_000_000)] {
+        set_times(&p.src.join(rel), (t, 0), (t, 7));
+    }
+    let before = time_snapshot(&p.src);
+    let json = ferry_ok("copy", &p.src, &p.dst, &[]);
+    assert_eq!(counter(&json, "files_failed"), 0, "{json}");
+    let diffs = time_differences(&before, &p.dst, false);
+    assert!(diffs.is_empty(), "directory times differ:\n{}", diffs.join("\n"));
+
+    // Sync: deletions in the big directory (an extra file at the destination) come before its
+    // times are set.
+    write_file(&p.dst.join("big/extra"), b"not in the source\n");
+    fs::remove_file(p.src.join("big/f00003")).unwrap();
+    set_times(&p.src.join("big"), (1_000_000_150, 0), (1_000_000_150, 9));
+    let before = time_snapshot(&p.src);
+    ferry_ok("sync", &p.src, &p.dst, &[]);
+    assert!(!exists(&p.dst.join("big/extra")) && !exists(&p.dst.join("big/f00003")));
+    let diffs = time_differences(&before, &p.dst, false);
+    assert!(diffs.is_empty(), "directory times differ after sync:\n{}", diffs.join("\n"));
+}
+
 #[test]
 fn second_run_copies_nothing() {
     let p = pair();
