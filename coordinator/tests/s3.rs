@@ -197,7 +197,8 @@ fn an_upload_is_traced_down_to_each_s3_request() {
     let parent =
         |s: &Value| -> Value { (*by_id.get(s["parent_span_id"].as_str().unwrap()).unwrap_or_else(|| panic!("the parent of {s} is in the trace"))).clone() };
     // Each file's PUT hangs under the batch it belongs to, under the transfer shard that made
-    // it; the directory's own object under its dir-meta shard.
+    // it; the directory's own object under the shard that sets its metadata (a Settle shard,
+    // or a DirMeta one for a directory that waits for the end).
     let mut file_puts = 0;
     for put in &puts {
         assert_eq!(put["attributes"]["rpc.method"], "PutObject");
@@ -207,7 +208,7 @@ fn an_upload_is_traced_down_to_each_s3_request() {
                 assert_eq!(parent(&up)["name"], "transfer", "{up}");
                 file_puts += 1;
             }
-            Some("dirmeta") => {}
+            Some("settle" | "dirmeta") => {}
             other => panic!("a PutObject under {other:?}: {put}"),
         }
     }
