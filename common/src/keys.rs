@@ -8,7 +8,7 @@
 //! /ferry/v1/index/{exec}                   ""                    every execution, for listing
 //! /ferry/v1/exec/{exec}/meta               Execution
 //! /ferry/v1/exec/{exec}/cancel             ""                    cancellation request
-//! /ferry/v1/exec/{exec}/queue/{shard}      Shard; id = {stage digit}{kind letter}-{hash}
+//! /ferry/v1/exec/{exec}/queue/{shard}      Shard; id = {stage digit}{kind letter}-{origin}-{hash}.{seq}
 //! /ferry/v1/exec/{exec}/claim/{shard}      worker id             (leased by the worker)
 //! /ferry/v1/exec/{exec}/done/{shard}       ShardResult           (folded, then deleted)
 //! /ferry/v1/exec/{exec}/report/{shard}.{n} ReportChunk           (folded into the report, then deleted)

@@ -121,12 +121,17 @@ fn kill_hard(child: &mut Option<Child>) {
     }
 }
 
-/// Peak resident set size of a live process (`VmHWM`), in bytes.
-pub fn peak_rss(pid: u32) -> Option<u64> {
+/// A memory field of a live process's `/proc/PID/status` (`VmHWM`, `VmRSS`, ...), in bytes.
+pub fn status_bytes(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.strip_prefix(field).is_some_and(|rest| rest.starts_with(':')))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// Peak resident set size of a live process (`VmHWM`), in bytes.
+pub fn peak_rss(pid: u32) -> Option<u64> {
+    status_bytes(pid, "VmHWM")
 }
 
 impl LocalCluster {

@@ -74,13 +74,6 @@ fn run_err(msg: impl Into<String>) -> Error {
     Error::run(msg.into())
 }
 
-/// Resident memory of a live process (`VmRSS`), in bytes.
-fn rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: u64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
 /// The size of etcd's database file (its backend, which compaction does not shrink).
 fn db_bytes(data_dir: &Path) -> u64 {
     std::fs::metadata(data_dir.join("member/snap/db")).map(|m| m.len()).unwrap_or(0)
@@ -115,7 +108,7 @@ pub fn run(o: &SynthOptions) -> Result<SynthRun> {
                     t_s: start.elapsed().as_secs_f64(),
                     keys: counter.count(),
                     db_bytes: db_bytes(&data_dir),
-                    rss: pids.iter().filter_map(|(n, p)| Some((n.clone(), rss(*p)?))).collect(),
+                    rss: pids.iter().filter_map(|(n, p)| Some((n.clone(), crate::cluster::status_bytes(*p, "VmRSS")?))).collect(),
                     cpu_s: pids.iter().filter_map(|(n, p)| Some((n.clone(), crate::util::process_cpu_seconds(*p, false)?))).collect(),
                 };
                 samples.lock().unwrap_or_else(|e| e.into_inner()).push(s);
